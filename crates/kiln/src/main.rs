@@ -1,0 +1,47 @@
+//! The `kiln` binary: parses flags, calls the library crates, maps errors to exit codes.
+//! Each subcommand family lives in its own file under `cmd/`; no logic a library should own.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+
+/// kiln: the whole pipeline from raw web text to a chatting assistant.
+///
+/// Stages: data (fetch, clean, dedup) → tok (BPE tokenizer) → pretrain (base model) → sample →
+/// sft (assistant) → chat.
+#[derive(Parser)]
+#[command(name = "kiln", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    /// Log filter (tracing syntax), e.g. `info`, `kiln_train=debug`. Also `RUST_LOG`.
+    #[arg(long, global = true, default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Web data: fetch the registry-shipped corpora, process web pages into clean text shards.
+    #[command(subcommand)]
+    Data(cmd::data::DataCommand),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| cli.log.clone());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let result = match cli.command {
+        Command::Data(c) => cmd::data::run(c),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
