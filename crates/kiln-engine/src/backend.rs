@@ -1,0 +1,312 @@
+//! The kernel-level trait every backend implements (cpu here, cuda in `cuda/`): the complete list
+//! of operations the model and optimizer code in this crate call. Model code never touches memory
+//! directly; it names regions of backend buffers with [`View`]s and calls these ops.
+//!
+//! Conventions (binding for every implementation):
+//! - All tensors are f32, row-major, contiguous. Shapes are given by explicit dimensions.
+//! - A [`View`] is `len` f32s at offset `off` (in elements) of a buffer. Views passed as outputs are
+//!   written through a shared reference (like a device pointer); the caller guarantees that an
+//!   output view never overlaps any other view of the same call (the cpu backend checks this).
+//! - "accumulate" outputs are added to (`+=`), "overwrite" outputs are replaced; each op says which.
+//! - Token ids and per-token weights are host slices (`&[u32]`, `&[f32]`); a device backend copies
+//!   them itself. Scalars that must come back to the host (`sum_squares`) return host values.
+//! - Ops are synchronous from the caller's point of view: a `read` after an op sees its result.
+//!
+//! Attention dims: q/k/v are packed per token as `[q heads (n_head*hd) | k heads (n_kv*hd) |
+//! v heads (n_kv*hd)]` (the GPT-2 `c_attn` layout when `n_kv == n_head`); query head `h` reads kv
+//! head `h / (n_head / n_kv)` (GQA).
+
+use crate::EngineError;
+
+/// A region of a backend buffer: `len` f32 elements starting at element `off`.
+pub struct View<'a, Buf> {
+    pub buf: &'a Buf,
+    pub off: usize,
+    pub len: usize,
+}
+
+impl<Buf> Clone for View<'_, Buf> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<Buf> Copy for View<'_, Buf> {}
+
+impl<'a, Buf> View<'a, Buf> {
+    pub fn new(buf: &'a Buf, off: usize, len: usize) -> Self {
+        View { buf, off, len }
+    }
+    /// A sub-view `[start, start + len)` relative to this view.
+    pub fn sub(&self, start: usize, len: usize) -> Self {
+        assert!(start + len <= self.len, "sub-view {start}+{len} out of {}", self.len);
+        View { buf: self.buf, off: self.off + start, len }
+    }
+}
+
+/// Normalization flavour for [`Backend::norm_forward`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormKind {
+    /// `(x - mean) * rstd * w + b`; stats = (mean, rstd) per row.
+    LayerNorm,
+    /// `x * rstd` (times `w` if given); stats = (0, rstd) per row. `rstd = 1/sqrt(mean(x²) + eps)`.
+    RmsNorm,
+}
+
+/// Pointwise activation for [`Backend::act_forward`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Act {
+    /// GELU, tanh approximation (GPT-2's `gelu_new`).
+    GeluTanh,
+    /// `relu(x)²`.
+    ReluSq,
+}
+
+/// Shape of a matmul: `C[m,n] = alpha * op(A)[m,k] @ op(B)[k,n] + beta * C`.
+/// `trans_a`: A is stored `[k,m]`; `trans_b`: B is stored `[n,k]` (a torch `Linear` weight).
+#[derive(Clone, Copy, Debug)]
+pub struct MatDims {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+}
+
+/// Dimensions for the attention ops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnDims {
+    /// Batch rows.
+    pub b: usize,
+    /// Query tokens per row in this call.
+    pub t: usize,
+    pub n_head: usize,
+    pub n_kv: usize,
+    pub head_dim: usize,
+}
+
+impl AttnDims {
+    /// Floats per token of the packed qkv layout.
+    pub fn qkv_width(&self) -> usize {
+        (self.n_head + 2 * self.n_kv) * self.head_dim
+    }
+    /// Floats per token of the attention output.
+    pub fn out_width(&self) -> usize {
+        self.n_head * self.head_dim
+    }
+}
+
+/// Per-head query/key preparation for the `modern` architecture ([`Backend::qk_prep_forward`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QkPrep {
+    /// Parameter-free RMSNorm of each q and k head vector (QK-norm), epsilon.
+    pub qk_norm_eps: Option<f32>,
+    /// Rotary embedding base (rotate-half convention, pairs `(i, i + hd/2)`).
+    pub rope_theta: Option<f32>,
+    /// Absolute position of the first token in this call (KV-cache decode).
+    pub pos0: usize,
+}
+
+/// AdamW hyper-parameters for one [`Backend::adamw`] call (one parameter group).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamHyper {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// 1-based step count (for bias correction).
+    pub step: u64,
+}
+
+/// The kernel-level operations. See the module docs for conventions.
+pub trait Backend: Send + Sync {
+    /// One device allocation of f32s.
+    type Buf: Send + Sync;
+
+    /// Short name for logs (`cpu`, `cuda`).
+    fn name(&self) -> &'static str;
+    /// A zero-filled buffer of `len` f32s.
+    fn alloc(&self, len: usize) -> Result<Self::Buf, EngineError>;
+    /// Length in f32s.
+    fn buf_len(&self, buf: &Self::Buf) -> usize;
+    /// Host → device: `dst = src` (`src.len() == dst.len`).
+    fn write(&self, dst: View<Self::Buf>, src: &[f32]);
+    /// Device → host: `dst = src`.
+    fn read(&self, src: View<Self::Buf>, dst: &mut [f32]);
+
+    // ---- elementwise / reductions -------------------------------------------------------
+    /// `dst[i] = value`.
+    fn fill(&self, dst: View<Self::Buf>, value: f32);
+    /// `dst = src` (same length, non-overlapping).
+    fn copy(&self, dst: View<Self::Buf>, src: View<Self::Buf>);
+    /// `y += alpha * x`.
+    fn axpy(&self, y: View<Self::Buf>, alpha: f32, x: View<Self::Buf>);
+    /// `x *= s`.
+    fn scale(&self, x: View<Self::Buf>, s: f32);
+    /// `Σ x²` (accumulated in f64), returned to the host.
+    fn sum_squares(&self, x: View<Self::Buf>) -> f64;
+
+    // ---- linear algebra -----------------------------------------------------------------
+    /// `c = alpha * op(a) @ op(b) + beta * c` (see [`MatDims`]); `beta == 0` never reads `c`.
+    fn matmul(
+        &self,
+        c: View<Self::Buf>,
+        a: View<Self::Buf>,
+        b: View<Self::Buf>,
+        d: MatDims,
+        alpha: f32,
+        beta: f32,
+    );
+    /// `out[r, :] += bias` for `rows` rows of `cols`.
+    fn add_bias(&self, out: View<Self::Buf>, bias: View<Self::Buf>, rows: usize, cols: usize);
+    /// Accumulate: `dbias += Σ_r dout[r, :]`.
+    fn bias_backward(&self, dbias: View<Self::Buf>, dout: View<Self::Buf>, rows: usize, cols: usize);
+
+    // ---- embedding ----------------------------------------------------------------------
+    /// Overwrite `out[b*t + i, :] = wte[ids[b*t + i], :] + wpe[pos0 + i, :]` (wpe optional);
+    /// `ids.len() == rows`, `t` = tokens per batch row. Ids are validated by the caller.
+    #[allow(clippy::too_many_arguments)]
+    fn embedding_forward(
+        &self,
+        out: View<Self::Buf>,
+        wte: View<Self::Buf>,
+        wpe: Option<View<Self::Buf>>,
+        ids: &[u32],
+        t: usize,
+        pos0: usize,
+        c: usize,
+    );
+    /// Accumulate: `dwte[ids[r]] += dout[r]`, `dwpe[r % t] += dout[r]`.
+    fn embedding_backward(
+        &self,
+        dwte: View<Self::Buf>,
+        dwpe: Option<View<Self::Buf>>,
+        dout: View<Self::Buf>,
+        ids: &[u32],
+        t: usize,
+        c: usize,
+    );
+
+    // ---- normalization ------------------------------------------------------------------
+    /// Overwrite `out` and `stats` (`2*rows`: mean, rstd per row) for `rows` rows of `cols`.
+    #[allow(clippy::too_many_arguments)]
+    fn norm_forward(
+        &self,
+        kind: NormKind,
+        out: View<Self::Buf>,
+        stats: View<Self::Buf>,
+        inp: View<Self::Buf>,
+        weight: Option<View<Self::Buf>>,
+        bias: Option<View<Self::Buf>>,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    );
+    /// Accumulate into `dinp`, `dweight`, `dbias` (all `+=`), given the forward's `inp`, `stats`.
+    #[allow(clippy::too_many_arguments)]
+    fn norm_backward(
+        &self,
+        kind: NormKind,
+        dinp: View<Self::Buf>,
+        dweight: Option<View<Self::Buf>>,
+        dbias: Option<View<Self::Buf>>,
+        dout: View<Self::Buf>,
+        inp: View<Self::Buf>,
+        stats: View<Self::Buf>,
+        weight: Option<View<Self::Buf>>,
+        rows: usize,
+        cols: usize,
+    );
+
+    // ---- activation ---------------------------------------------------------------------
+    /// Overwrite `out = act(inp)`.
+    fn act_forward(&self, act: Act, out: View<Self::Buf>, inp: View<Self::Buf>);
+    /// Overwrite `dinp = act'(inp) * dout`.
+    fn act_backward(&self, act: Act, dinp: View<Self::Buf>, dout: View<Self::Buf>, inp: View<Self::Buf>);
+
+    // ---- attention ----------------------------------------------------------------------
+    /// Overwrite `out` (packed qkv, `[b*t, qkv_width]`) with `inp` where each q and k head is
+    /// RMS-normalized (no weight) and then rotated (RoPE) at position `pos0 + i`; v is copied.
+    /// `stats` (`b*t*(n_head+n_kv)`) receives each head's rstd.
+    fn qk_prep_forward(
+        &self,
+        out: View<Self::Buf>,
+        stats: View<Self::Buf>,
+        inp: View<Self::Buf>,
+        d: AttnDims,
+        p: QkPrep,
+    );
+    /// Overwrite `dinp` from `dout` (inverse rotation, then RMSNorm backward; v passes through).
+    fn qk_prep_backward(
+        &self,
+        dinp: View<Self::Buf>,
+        dout: View<Self::Buf>,
+        inp: View<Self::Buf>,
+        stats: View<Self::Buf>,
+        d: AttnDims,
+        p: QkPrep,
+    );
+    /// Floats of backend-defined scratch that [`Backend::attention_forward`] saves for backward.
+    fn attention_scratch_len(&self, d: AttnDims) -> usize;
+    /// Causal softmax attention with scale `1/sqrt(hd)`: overwrite `out` (`[b*t, n_head*hd]`) and
+    /// `scratch` from packed `qkv` (`[b*t, qkv_width]`).
+    fn attention_forward(
+        &self,
+        out: View<Self::Buf>,
+        scratch: View<Self::Buf>,
+        qkv: View<Self::Buf>,
+        d: AttnDims,
+    );
+    /// Overwrite `dqkv` (`[b*t, qkv_width]`) from `dout`, given the forward's `qkv`, `scratch`.
+    fn attention_backward(
+        &self,
+        dqkv: View<Self::Buf>,
+        dout: View<Self::Buf>,
+        qkv: View<Self::Buf>,
+        scratch: View<Self::Buf>,
+        d: AttnDims,
+    );
+    /// KV-cache attention for decode/prefill: tokens `pos0..pos0+t` of each row. Writes the new
+    /// k/v (from packed `qkv`) into `k_cache`/`v_cache` (`[b, max_t, n_kv, hd]`) at `pos0 + i`,
+    /// then overwrites `out` with causal attention over cache positions `0..=pos0+i`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_cached(
+        &self,
+        out: View<Self::Buf>,
+        qkv: View<Self::Buf>,
+        k_cache: View<Self::Buf>,
+        v_cache: View<Self::Buf>,
+        d: AttnDims,
+        pos0: usize,
+        max_t: usize,
+    );
+
+    // ---- loss ---------------------------------------------------------------------------
+    /// Softmax cross-entropy over `rows` rows of `vocab` logits, optional soft-cap
+    /// `z = cap * tanh(x / cap)`. Overwrites `losses[r] = -log softmax(z_r)[targets[r]]`
+    /// (unweighted, nats). If `grad_scale` is `Some(s)`, the logits are overwritten in place by
+    /// `d(s * Σ_r weights[r] * losses[r]) / d logits` (the fused classifier of llm.c).
+    #[allow(clippy::too_many_arguments)]
+    fn cross_entropy(
+        &self,
+        logits: View<Self::Buf>,
+        losses: View<Self::Buf>,
+        targets: &[u32],
+        weights: &[f32],
+        rows: usize,
+        vocab: usize,
+        softcap: Option<f32>,
+        grad_scale: Option<f32>,
+    );
+
+    // ---- optimizer ----------------------------------------------------------------------
+    /// One AdamW step on a group (decoupled weight decay `p -= lr*wd*p`), updating moments `m`, `v`.
+    fn adamw(
+        &self,
+        p: View<Self::Buf>,
+        g: View<Self::Buf>,
+        m: View<Self::Buf>,
+        v: View<Self::Buf>,
+        h: AdamHyper,
+    );
+}

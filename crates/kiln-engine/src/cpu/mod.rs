@@ -1,0 +1,377 @@
+//! The cpu backend: the reference implementation of [`Backend`]. Matmuls (including the attention
+//! score/value products, per head) go to the `gemm` crate; everything else is fused row kernels
+//! parallelized with rayon. Reductions over rows (weight/bias gradients) are split by column
+//! chunks so no thread-local buffers are needed: nothing here allocates inside a training step
+//! except the attention-backward workspace, which grows once and is reused.
+
+mod kernels;
+
+use std::sync::Mutex;
+
+use crate::backend::{Act, AdamHyper, AttnDims, Backend, MatDims, NormKind, QkPrep, View};
+use crate::EngineError;
+
+/// A cpu buffer of f32s. Written through shared references (like a device pointer): the ops
+/// check that the views they write do not overlap the views they read.
+pub struct CpuBuf {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: the buffer is plain memory; concurrent access is governed by the ops, which only ever
+// hand out disjoint mutable regions (checked in `check`).
+unsafe impl Send for CpuBuf {}
+unsafe impl Sync for CpuBuf {}
+
+impl CpuBuf {
+    fn new(len: usize) -> CpuBuf {
+        let b: Box<[f32]> = vec![0f32; len].into_boxed_slice();
+        CpuBuf { ptr: Box::into_raw(b) as *mut f32, len }
+    }
+}
+
+impl Drop for CpuBuf {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len come from Box::into_raw of a boxed slice of exactly this length.
+        unsafe { drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.ptr, self.len))) }
+    }
+}
+
+/// Read-only slice of a view.
+pub(crate) fn r<'a>(v: View<'a, CpuBuf>) -> &'a [f32] {
+    assert!(v.off + v.len <= v.buf.len, "view {}+{} out of buffer {}", v.off, v.len, v.buf.len);
+    // SAFETY: in bounds; writers never overlap readers (checked per op).
+    unsafe { std::slice::from_raw_parts(v.buf.ptr.add(v.off), v.len) }
+}
+
+/// Mutable slice of a view.
+#[allow(clippy::mut_from_ref)]
+pub(crate) fn w<'a>(v: View<'a, CpuBuf>) -> &'a mut [f32] {
+    assert!(v.off + v.len <= v.buf.len, "view {}+{} out of buffer {}", v.off, v.len, v.buf.len);
+    // SAFETY: in bounds; `check` guarantees no other live view of this call overlaps it.
+    unsafe { std::slice::from_raw_parts_mut(v.buf.ptr.add(v.off), v.len) }
+}
+
+/// Panics if any output view overlaps any other view of the same call.
+fn check(outs: &[View<CpuBuf>], ins: &[View<CpuBuf>]) {
+    for (i, o) in outs.iter().enumerate() {
+        let others = outs.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, v)| v).chain(ins.iter());
+        for x in others {
+            if std::ptr::eq(o.buf, x.buf) && o.off < x.off + x.len && x.off < o.off + o.len && o.len > 0 && x.len > 0 {
+                panic!("cpu backend: output view {}+{} overlaps view {}+{}", o.off, o.len, x.off, x.len);
+            }
+        }
+    }
+}
+
+/// The cpu backend. `threads` is passed to `gemm`; the other kernels use the current rayon pool.
+pub struct CpuBackend {
+    pub threads: usize,
+    work: Mutex<Vec<f32>>,
+}
+
+impl CpuBackend {
+    pub fn new(threads: usize) -> Self {
+        CpuBackend { threads: threads.max(1), work: Mutex::new(Vec::new()) }
+    }
+
+    /// One thread per available core (rayon's global pool size).
+    pub fn default_threads() -> Self {
+        Self::new(rayon::current_num_threads())
+    }
+
+    fn par(&self) -> gemm::Parallelism {
+        if self.threads > 1 {
+            gemm::Parallelism::Rayon(self.threads)
+        } else {
+            gemm::Parallelism::None
+        }
+    }
+}
+
+/// Row-major strided matrix description for gemm.
+#[derive(Clone, Copy)]
+pub(crate) struct Mat {
+    pub ptr: *const f32,
+    pub rs: isize,
+    pub cs: isize,
+}
+
+/// `c = alpha * a @ b + beta * c`, raw strided (c row stride `c_rs`, col stride 1).
+///
+/// # Safety
+/// All pointers must be valid for the given shapes/strides; `c` must not alias `a`/`b`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_raw(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: *mut f32,
+    c_rs: isize,
+    a: Mat,
+    b: Mat,
+    alpha: f32,
+    beta: f32,
+    par: gemm::Parallelism,
+) {
+    gemm::gemm(
+        m, n, k, c, 1, c_rs, beta != 0.0, a.ptr, a.cs, a.rs, b.ptr, b.cs, b.rs, beta, alpha, false,
+        false, false, par,
+    );
+}
+
+impl Backend for CpuBackend {
+    type Buf = CpuBuf;
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn alloc(&self, len: usize) -> Result<CpuBuf, EngineError> {
+        Ok(CpuBuf::new(len))
+    }
+
+    fn buf_len(&self, buf: &CpuBuf) -> usize {
+        buf.len
+    }
+
+    fn write(&self, dst: View<CpuBuf>, src: &[f32]) {
+        w(dst).copy_from_slice(src);
+    }
+
+    fn read(&self, src: View<CpuBuf>, dst: &mut [f32]) {
+        dst.copy_from_slice(r(src));
+    }
+
+    fn fill(&self, dst: View<CpuBuf>, value: f32) {
+        kernels::par_map(w(dst), |x| *x = value);
+    }
+
+    fn copy(&self, dst: View<CpuBuf>, src: View<CpuBuf>) {
+        check(&[dst], &[src]);
+        w(dst).copy_from_slice(r(src));
+    }
+
+    fn axpy(&self, y: View<CpuBuf>, alpha: f32, x: View<CpuBuf>) {
+        check(&[y], &[x]);
+        kernels::par_zip(w(y), r(x), |y, x| *y += alpha * x);
+    }
+
+    fn scale(&self, x: View<CpuBuf>, s: f32) {
+        kernels::par_map(w(x), |x| *x *= s);
+    }
+
+    fn sum_squares(&self, x: View<CpuBuf>) -> f64 {
+        kernels::sum_squares(r(x))
+    }
+
+    fn matmul(&self, c: View<CpuBuf>, a: View<CpuBuf>, b: View<CpuBuf>, d: MatDims, alpha: f32, beta: f32) {
+        check(&[c], &[a, b]);
+        assert!(a.len >= d.m * d.k && b.len >= d.k * d.n && c.len >= d.m * d.n, "matmul shape {d:?}");
+        let am = if d.trans_a {
+            Mat { ptr: r(a).as_ptr(), rs: 1, cs: d.m as isize }
+        } else {
+            Mat { ptr: r(a).as_ptr(), rs: d.k as isize, cs: 1 }
+        };
+        let bm = if d.trans_b {
+            Mat { ptr: r(b).as_ptr(), rs: 1, cs: d.k as isize }
+        } else {
+            Mat { ptr: r(b).as_ptr(), rs: d.n as isize, cs: 1 }
+        };
+        // SAFETY: shapes asserted above; c does not overlap a or b (checked).
+        unsafe { gemm_raw(d.m, d.n, d.k, w(c).as_mut_ptr(), d.n as isize, am, bm, alpha, beta, self.par()) }
+    }
+
+    fn add_bias(&self, out: View<CpuBuf>, bias: View<CpuBuf>, rows: usize, cols: usize) {
+        check(&[out], &[bias]);
+        kernels::add_bias(w(out), r(bias), rows, cols);
+    }
+
+    fn bias_backward(&self, dbias: View<CpuBuf>, dout: View<CpuBuf>, rows: usize, cols: usize) {
+        check(&[dbias], &[dout]);
+        kernels::bias_backward(w(dbias), r(dout), rows, cols);
+    }
+
+    fn embedding_forward(
+        &self,
+        out: View<CpuBuf>,
+        wte: View<CpuBuf>,
+        wpe: Option<View<CpuBuf>>,
+        ids: &[u32],
+        t: usize,
+        pos0: usize,
+        c: usize,
+    ) {
+        let mut ins = vec![wte];
+        ins.extend(wpe);
+        check(&[out], &ins);
+        kernels::embedding_forward(w(out), r(wte), wpe.map(r), ids, t, pos0, c);
+    }
+
+    fn embedding_backward(
+        &self,
+        dwte: View<CpuBuf>,
+        dwpe: Option<View<CpuBuf>>,
+        dout: View<CpuBuf>,
+        ids: &[u32],
+        t: usize,
+        c: usize,
+    ) {
+        let mut outs = vec![dwte];
+        outs.extend(dwpe);
+        check(&outs, &[dout]);
+        kernels::embedding_backward(w(dwte), dwpe.map(w), r(dout), ids, t, c);
+    }
+
+    fn norm_forward(
+        &self,
+        kind: NormKind,
+        out: View<CpuBuf>,
+        stats: View<CpuBuf>,
+        inp: View<CpuBuf>,
+        weight: Option<View<CpuBuf>>,
+        bias: Option<View<CpuBuf>>,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) {
+        let mut ins = vec![inp];
+        ins.extend(weight);
+        ins.extend(bias);
+        check(&[out, stats], &ins);
+        kernels::norm_forward(kind, w(out), w(stats), r(inp), weight.map(r), bias.map(r), rows, cols, eps);
+    }
+
+    fn norm_backward(
+        &self,
+        kind: NormKind,
+        dinp: View<CpuBuf>,
+        dweight: Option<View<CpuBuf>>,
+        dbias: Option<View<CpuBuf>>,
+        dout: View<CpuBuf>,
+        inp: View<CpuBuf>,
+        stats: View<CpuBuf>,
+        weight: Option<View<CpuBuf>>,
+        rows: usize,
+        cols: usize,
+    ) {
+        let mut outs = vec![dinp];
+        outs.extend(dweight);
+        outs.extend(dbias);
+        let mut ins = vec![dout, inp, stats];
+        ins.extend(weight);
+        check(&outs, &ins);
+        kernels::norm_backward(
+            kind,
+            w(dinp),
+            dweight.map(w),
+            dbias.map(w),
+            r(dout),
+            r(inp),
+            r(stats),
+            weight.map(r),
+            rows,
+            cols,
+        );
+    }
+
+    fn act_forward(&self, act: Act, out: View<CpuBuf>, inp: View<CpuBuf>) {
+        check(&[out], &[inp]);
+        kernels::act_forward(act, w(out), r(inp));
+    }
+
+    fn act_backward(&self, act: Act, dinp: View<CpuBuf>, dout: View<CpuBuf>, inp: View<CpuBuf>) {
+        check(&[dinp], &[dout, inp]);
+        kernels::act_backward(act, w(dinp), r(dout), r(inp));
+    }
+
+    fn qk_prep_forward(&self, out: View<CpuBuf>, stats: View<CpuBuf>, inp: View<CpuBuf>, d: AttnDims, p: QkPrep) {
+        check(&[out, stats], &[inp]);
+        kernels::qk_prep_forward(w(out), w(stats), r(inp), d, p);
+    }
+
+    fn qk_prep_backward(
+        &self,
+        dinp: View<CpuBuf>,
+        dout: View<CpuBuf>,
+        inp: View<CpuBuf>,
+        stats: View<CpuBuf>,
+        d: AttnDims,
+        p: QkPrep,
+    ) {
+        check(&[dinp], &[dout, inp, stats]);
+        kernels::qk_prep_backward(w(dinp), r(dout), r(inp), r(stats), d, p);
+    }
+
+    fn attention_scratch_len(&self, d: AttnDims) -> usize {
+        d.b * d.n_head * d.t * d.t
+    }
+
+    fn attention_forward(&self, out: View<CpuBuf>, scratch: View<CpuBuf>, qkv: View<CpuBuf>, d: AttnDims) {
+        check(&[out, scratch], &[qkv]);
+        kernels::attention_forward(w(out), w(scratch), r(qkv), d);
+    }
+
+    fn attention_backward(
+        &self,
+        dqkv: View<CpuBuf>,
+        dout: View<CpuBuf>,
+        qkv: View<CpuBuf>,
+        scratch: View<CpuBuf>,
+        d: AttnDims,
+    ) {
+        check(&[dqkv], &[dout, qkv, scratch]);
+        let mut work = self.work.lock().unwrap_or_else(|e| e.into_inner());
+        let need = d.b * d.n_head * d.t * d.t;
+        if work.len() < need {
+            work.resize(need, 0.0);
+        }
+        kernels::attention_backward(w(dqkv), r(dout), r(qkv), r(scratch), &mut work[..need], d);
+    }
+
+    fn attention_cached(
+        &self,
+        out: View<CpuBuf>,
+        qkv: View<CpuBuf>,
+        k_cache: View<CpuBuf>,
+        v_cache: View<CpuBuf>,
+        d: AttnDims,
+        pos0: usize,
+        max_t: usize,
+    ) {
+        check(&[out, k_cache, v_cache], &[qkv]);
+        kernels::attention_cached(w(out), r(qkv), w(k_cache), w(v_cache), d, pos0, max_t);
+    }
+
+    fn cross_entropy(
+        &self,
+        logits: View<CpuBuf>,
+        losses: View<CpuBuf>,
+        targets: &[u32],
+        weights: &[f32],
+        rows: usize,
+        vocab: usize,
+        softcap: Option<f32>,
+        grad_scale: Option<f32>,
+    ) {
+        check(&[logits, losses], &[]);
+        kernels::cross_entropy(w(logits), w(losses), targets, weights, rows, vocab, softcap, grad_scale);
+    }
+
+    fn adamw(&self, p: View<CpuBuf>, g: View<CpuBuf>, m: View<CpuBuf>, v: View<CpuBuf>, h: AdamHyper) {
+        check(&[p, m, v], &[g]);
+        kernels::adamw(w(p), r(g), w(m), w(v), h);
+    }
+}
+
+impl CpuBackend {
+    /// Raw gemm on host slices (row-major, no transposes) for the matmul probe in benchmarks:
+    /// `c[m,n] = a[m,k] @ b[k,n]`.
+    pub fn gemm_host(&self, c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize) {
+        assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
+        let am = Mat { ptr: a.as_ptr(), rs: k as isize, cs: 1 };
+        let bm = Mat { ptr: b.as_ptr(), rs: n as isize, cs: 1 };
+        // SAFETY: shapes asserted; c is a distinct &mut.
+        unsafe { gemm_raw(m, n, k, c.as_mut_ptr(), n as isize, am, bm, 1.0, 0.0, self.par()) }
+    }
+}
