@@ -1,1 +1,39 @@
-//! kiln-tokenizer: byte-level BPE — training, encode/decode, split patterns, special tokens, tiktoken rank files.
+//! kiln-tokenizer: byte-level BPE — training, encode/decode, split patterns, special tokens,
+//! tiktoken rank files.
+//!
+//! ```
+//! use kiln_tokenizer::Tokenizer;
+//! let tok = Tokenizer::from_pretrained("cl100k_base").unwrap();
+//! let ids = tok.encode_ordinary("hello world");
+//! assert_eq!(ids, vec![15339, 1917]);
+//! assert_eq!(tok.decode(&ids), "hello world");
+//! ```
+
+mod bpe;
+mod error;
+mod pretokenize;
+mod pretrained;
+mod rankfile;
+mod tokenizer;
+mod unicode;
+
+pub use error::TokenizerError;
+pub use pretokenize::{SplitPattern, GPT2_PATTERN, GPT4_PATTERN, O200K_PATTERN};
+pub use pretrained::PRETRAINED;
+pub use rankfile::{parse_rank_file, read_rank_file, write_atomic, CONFIG_FILE, RANK_FILE};
+pub use tokenizer::Tokenizer;
+
+/// The chat format's special tokens (DESIGN.md), appended after the merges by training.
+pub const CHAT_SPECIAL_TOKENS: &[&str] = &[
+    "<|bos|>",
+    "<|user_start|>",
+    "<|user_end|>",
+    "<|assistant_start|>",
+    "<|assistant_end|>",
+    "<|python_start|>",
+    "<|python_end|>",
+    "<|output_start|>",
+    "<|output_end|>",
+    "<|search_start|>",
+    "<|search_end|>",
+];
