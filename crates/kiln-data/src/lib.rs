@@ -3,3 +3,4 @@
 //! clean, deduplicated text shards. This crate knows nothing about tokens or models.
 
 pub mod fetch;
+pub mod shards;
