@@ -2,5 +2,13 @@
 //! packages ([`fetch`]), and (see the crate README) the web-data pipeline that turns WARC/HTML into
 //! clean, deduplicated text shards. This crate knows nothing about tokens or models.
 
+pub mod charset;
+pub mod extract;
 pub mod fetch;
+pub mod lang;
+pub mod minhash;
+pub mod pii;
+pub mod quality;
 pub mod shards;
+pub mod url_filter;
+pub mod warc;
