@@ -10,11 +10,13 @@
 //! ```
 
 mod bpe;
+pub mod corpus;
 mod error;
 mod pretokenize;
 mod pretrained;
 mod rankfile;
 mod tokenizer;
+mod train;
 mod unicode;
 
 pub use error::TokenizerError;
@@ -22,6 +24,10 @@ pub use pretokenize::{SplitPattern, GPT2_PATTERN, GPT4_PATTERN, O200K_PATTERN};
 pub use pretrained::PRETRAINED;
 pub use rankfile::{parse_rank_file, read_rank_file, write_atomic, CONFIG_FILE, RANK_FILE};
 pub use tokenizer::Tokenizer;
+pub use train::{
+    train_from_counts, train_from_files, train_from_iter, train_from_texts, PieceCounter,
+    TrainConfig,
+};
 
 /// The chat format's special tokens (DESIGN.md), appended after the merges by training.
 pub const CHAT_SPECIAL_TOKENS: &[&str] = &[

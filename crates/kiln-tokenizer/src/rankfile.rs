@@ -150,10 +150,10 @@ impl Tokenizer {
         })
     }
 
-    /// Saves to `dir` (created if needed) as `tokenizer.tiktoken` + `tokenizer.json`; each file is
-    /// written to a temp file and renamed, the JSON last, so a reader never sees a half-written pair.
+    /// Saves to `dir` as `tokenizer.tiktoken` + `tokenizer.json`. A new `dir` is written as a
+    /// temp folder beside it and renamed into place; into an existing `dir` each file is written to
+    /// a temp file and renamed, the JSON last. Either way no half-written file is ever visible.
     pub fn save(&self, dir: &Path) -> Result<(), TokenizerError> {
-        std::fs::create_dir_all(dir).map_err(|e| TokenizerError::io(dir, e))?;
         let engine = base64::engine::general_purpose::STANDARD;
         let ranks = self.ranks();
         let mut text = String::with_capacity(ranks.len() * 12);
@@ -170,9 +170,31 @@ impl Tokenizer {
             n_ranks: ranks.len(),
             special_tokens: self.specials.iter().cloned().collect(),
         };
-        let json = serde_json::to_string_pretty(&config).expect("config serializes");
-        write_atomic(&dir.join(RANK_FILE), text.as_bytes())?;
-        write_atomic(&dir.join(CONFIG_FILE), json.as_bytes())
+        let json = serde_json::to_string_pretty(&config).expect("config serializes") + "\n";
+        if dir.is_dir() {
+            write_atomic(&dir.join(RANK_FILE), text.as_bytes())?;
+            return write_atomic(&dir.join(CONFIG_FILE), json.as_bytes());
+        }
+        let parent = dir
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent).map_err(|e| TokenizerError::io(parent, e))?;
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = parent.join(format!(".{name}.tmp{}", std::process::id()));
+        let result = (|| {
+            std::fs::create_dir_all(&tmp).map_err(|e| TokenizerError::io(&tmp, e))?;
+            write_atomic(&tmp.join(RANK_FILE), text.as_bytes())?;
+            write_atomic(&tmp.join(CONFIG_FILE), json.as_bytes())?;
+            std::fs::rename(&tmp, dir).map_err(|e| TokenizerError::io(dir, e))
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        result
     }
 
     /// A tokenizer name (`cl100k_base`, …) or a directory saved by [`Tokenizer::save`].
@@ -208,6 +230,10 @@ mod tests {
         let t = tiny();
         t.save(dir.path()).unwrap();
         let u = Tokenizer::load(dir.path()).unwrap();
+        // A new folder is created whole.
+        let fresh = dir.path().join("a/b/new");
+        t.save(&fresh).unwrap();
+        assert!(Tokenizer::load(&fresh).is_ok());
         assert_eq!(u.vocab_size(), 259);
         assert_eq!(u.pattern(), &SplitPattern::Gpt4);
         assert_eq!(
