@@ -10,6 +10,8 @@ pub mod backend;
 pub mod checkpoint;
 pub mod config;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod generate;
 pub mod model;
 pub mod optim;

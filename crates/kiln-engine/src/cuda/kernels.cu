@@ -1,0 +1,377 @@
+// kiln cuda kernels (everything but training attention): compiled at run time with NVRTC after
+// prelude.cu (see cuda/mod.rs). Every kernel has a CPU twin in cpu/kernels.rs, checked against it by
+// the device script (scripts/gpu/device-check.sh). f32 everywhere (the trait's storage type);
+// matmuls are cuBLAS (mod.rs). No headers, so a bare NVRTC compiles it (no CUDA toolkit needed).
+
+// ---- elementwise -------------------------------------------------------------------------
+extern "C" __global__ void k_fill(float* x, i64 n, float v) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) x[i] = v;
+}
+extern "C" __global__ void k_axpy(float* y, const float* x, i64 n, float a) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) y[i] += a * x[i];
+}
+extern "C" __global__ void k_scale(float* x, i64 n, float s) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) x[i] *= s;
+}
+// out += Σ x² in double (out zeroed by the caller); 256 threads.
+extern "C" __global__ void k_sum_squares(const float* x, i64 n, double* out) {
+    __shared__ double sh[256];
+    double acc = 0.0;
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        double v = x[i];
+        acc += v * v;
+    }
+    sh[threadIdx.x] = acc;
+    __syncthreads();
+    for (int s = 128; s > 0; s >>= 1) {
+        if (threadIdx.x < s) sh[threadIdx.x] += sh[threadIdx.x + s];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) atomicAdd(out, sh[0]);
+}
+extern "C" __global__ void k_add_bias(float* out, const float* bias, i64 n, int cols) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
+        out[i] += bias[i % cols];
+}
+
+// Column reductions (bias grads, norm weight grads): block (32, 8), grid (ceil(cols/32),
+// ceil(rows/ROWS_PER_BLOCK)); partial sums over a row chunk, then one atomicAdd per column.
+#define RPB 256
+// dw[c] += Σ_r dout[r,c] * (x[r,c] - mean_r) * rstd_r  (if dw),  db[c] += Σ_r dout[r,c]  (if db).
+// With x == nullptr only db is computed (bias_backward).
+extern "C" __global__ void k_col_grads(float* dw, float* db, const float* dout, const float* x,
+                                       const float* stats, int rows, int cols) {
+    __shared__ float sw[8][33];
+    __shared__ float sb[8][33];
+    int c = blockIdx.x * 32 + threadIdx.x;
+    int r0 = blockIdx.y * RPB;
+    int r1 = min(rows, r0 + RPB);
+    float aw = 0.f, ab = 0.f;
+    if (c < cols) {
+        for (int r = r0 + threadIdx.y; r < r1; r += 8) {
+            float d = dout[(i64)r * cols + c];
+            ab += d;
+            if (dw) aw += d * (x[(i64)r * cols + c] - stats[2 * r]) * stats[2 * r + 1];
+        }
+    }
+    sw[threadIdx.y][threadIdx.x] = aw;
+    sb[threadIdx.y][threadIdx.x] = ab;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < cols) {
+        float tw = 0.f, tb = 0.f;
+        for (int k = 0; k < 8; k++) { tw += sw[k][threadIdx.x]; tb += sb[k][threadIdx.x]; }
+        if (dw) atomicAdd(&dw[c], tw);
+        if (db) atomicAdd(&db[c], tb);
+    }
+}
+
+// ---- embedding ---------------------------------------------------------------------------
+extern "C" __global__ void k_embed_fwd(float* out, const float* wte, const float* wpe, const unsigned* ids,
+                                       i64 rows, int t, int pos0, int c) {
+    i64 n = rows * c;
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        i64 r = i / c;
+        int k = (int)(i % c);
+        float v = wte[(i64)ids[r] * c + k];
+        if (wpe) v += wpe[(i64)(pos0 + r % t) * c + k];
+        out[i] = v;
+    }
+}
+extern "C" __global__ void k_embed_bwd(float* dwte, float* dwpe, const float* dout, const unsigned* ids,
+                                       i64 rows, int t, int c) {
+    i64 n = rows * c;
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        i64 r = i / c;
+        int k = (int)(i % c);
+        float d = dout[i];
+        atomicAdd(&dwte[(i64)ids[r] * c + k], d);
+        if (dwpe) atomicAdd(&dwpe[(i64)(r % t) * c + k], d);
+    }
+}
+
+// ---- normalization: one warp per row, 8 rows per 256-thread block ---------------------------
+extern "C" __global__ void k_norm_fwd(float* out, float* stats, const float* inp, const float* w,
+                                      const float* b, int rows, int cols, float eps, int is_ln) {
+    int row = blockIdx.x * 8 + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    const float* x = inp + (i64)row * cols;
+    float mean = 0.f;
+    if (is_ln) {
+        float s = 0.f;
+        for (int i = lane; i < cols; i += 32) s += x[i];
+        mean = warp_sum(s) / cols;
+    }
+    float v = 0.f;
+    for (int i = lane; i < cols; i += 32) { float d = x[i] - mean; v += d * d; }
+    float var = warp_sum(v) / cols;
+    float rstd = 1.0f / sqrtf(var + eps);
+    if (lane == 0) { stats[2 * row] = mean; stats[2 * row + 1] = rstd; }
+    float* o = out + (i64)row * cols;
+    for (int i = lane; i < cols; i += 32) {
+        float y = (x[i] - mean) * rstd;
+        if (w) y *= w[i];
+        if (b) y += b[i];
+        o[i] = y;
+    }
+}
+// dinp += (dn - mean(dn) - norm * mean(dn * norm)) * rstd, dn = dout * w  (mean(dn) only for LN).
+extern "C" __global__ void k_norm_bwd_dx(float* dinp, const float* dout, const float* inp, const float* stats,
+                                         const float* w, int rows, int cols, int is_ln) {
+    int row = blockIdx.x * 8 + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    const float* x = inp + (i64)row * cols;
+    const float* d = dout + (i64)row * cols;
+    float mean = stats[2 * row], rstd = stats[2 * row + 1];
+    float s_dn = 0.f, s_dnn = 0.f;
+    for (int i = lane; i < cols; i += 32) {
+        float norm = (x[i] - mean) * rstd;
+        float dn = d[i] * (w ? w[i] : 1.f);
+        s_dn += dn;
+        s_dnn += dn * norm;
+    }
+    s_dn = warp_sum(s_dn);
+    s_dnn = warp_sum(s_dnn);
+    float m_dn = is_ln ? s_dn / cols : 0.f;
+    float m_dnn = s_dnn / cols;
+    float* di = dinp + (i64)row * cols;
+    for (int i = lane; i < cols; i += 32) {
+        float norm = (x[i] - mean) * rstd;
+        float dn = d[i] * (w ? w[i] : 1.f);
+        di[i] += (dn - m_dn - norm * m_dnn) * rstd;
+    }
+}
+
+// ---- activations --------------------------------------------------------------------------
+#define GELU_S 0.7978845608f
+extern "C" __global__ void k_act_fwd(float* out, const float* inp, i64 n, int kind) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        float x = inp[i];
+        if (kind == 0) {
+            float u = GELU_S * (x + 0.044715f * x * x * x);
+            out[i] = 0.5f * x * (1.f + tanhf(u));
+        } else {
+            float r = fmaxf(x, 0.f);
+            out[i] = r * r;
+        }
+    }
+}
+extern "C" __global__ void k_act_bwd(float* dinp, const float* dout, const float* inp, i64 n, int kind) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        float x = inp[i], g;
+        if (kind == 0) {
+            float u = GELU_S * (x + 0.044715f * x * x * x);
+            float th = tanhf(u);
+            float sech2 = 1.f - th * th;
+            g = 0.5f * (1.f + th) + 0.5f * x * sech2 * GELU_S * (1.f + 3.f * 0.044715f * x * x);
+        } else {
+            g = 2.f * fmaxf(x, 0.f);
+        }
+        dinp[i] = dout[i] * g;
+    }
+}
+
+// ---- QK-norm + RoPE: one warp per (token row, head of nh+nkv); v heads are copied ----------
+extern "C" __global__ void k_qk_prep_fwd(float* out, float* stats, const float* inp, int rows, int t, int nh,
+                                         int nkv, int hd, int pos0, int use_norm, float eps, int use_rope,
+                                         float theta) {
+    int nqk = nh + nkv;
+    int wdt = (nh + 2 * nkv) * hd;
+    i64 gw = (blockIdx.x * (i64)blockDim.x + threadIdx.x) / 32;
+    int lane = threadIdx.x % 32;
+    if (gw >= (i64)rows * (nqk + nkv)) return;
+    int r = (int)(gw / (nqk + nkv));
+    int h = (int)(gw % (nqk + nkv));
+    const float* x = inp + (i64)r * wdt + h * hd;
+    float* o = out + (i64)r * wdt + h * hd;
+    if (h >= nqk) { for (int i = lane; i < hd; i += 32) o[i] = x[i]; return; }
+    float rstd = 1.f;
+    if (use_norm) {
+        float s = 0.f;
+        for (int i = lane; i < hd; i += 32) s += x[i] * x[i];
+        rstd = 1.f / sqrtf(warp_sum(s) / hd + eps);
+    }
+    if (lane == 0) stats[(i64)r * nqk + h] = rstd;
+    if (use_rope) {
+        int half = hd / 2;
+        float pos = (float)(pos0 + r % t);
+        for (int i = lane; i < half; i += 32) {
+            float freq = powf(theta, -(float)i / (float)half);
+            float sn, cs;
+            sincosf(pos * freq, &sn, &cs);
+            float y1 = x[i] * rstd, y2 = x[i + half] * rstd;
+            o[i] = y1 * cs - y2 * sn;
+            o[i + half] = y1 * sn + y2 * cs;
+        }
+    } else {
+        for (int i = lane; i < hd; i += 32) o[i] = x[i] * rstd;
+    }
+}
+extern "C" __global__ void k_qk_prep_bwd(float* dinp, const float* dout, const float* inp, const float* stats,
+                                         int rows, int t, int nh, int nkv, int hd, int pos0, int use_norm,
+                                         int use_rope, float theta) {
+    int nqk = nh + nkv;
+    int wdt = (nh + 2 * nkv) * hd;
+    i64 gw = (blockIdx.x * (i64)blockDim.x + threadIdx.x) / 32;
+    int lane = threadIdx.x % 32;
+    if (gw >= (i64)rows * (nqk + nkv)) return;
+    int r = (int)(gw / (nqk + nkv));
+    int h = (int)(gw % (nqk + nkv));
+    const float* x = inp + (i64)r * wdt + h * hd;
+    const float* dy = dout + (i64)r * wdt + h * hd;
+    float* ds = dinp + (i64)r * wdt + h * hd;
+    if (h >= nqk) { for (int i = lane; i < hd; i += 32) ds[i] = dy[i]; return; }
+    // inverse rotation into ds, then RMSNorm backward in place (each lane owns its elements).
+    int half = hd / 2;
+    float pos = (float)(pos0 + r % t);
+    if (use_rope) {
+        for (int i = lane; i < half; i += 32) {
+            float freq = powf(theta, -(float)i / (float)half);
+            float sn, cs;
+            sincosf(pos * freq, &sn, &cs);
+            float d1 = dy[i], d2 = dy[i + half];
+            ds[i] = d1 * cs + d2 * sn;
+            ds[i + half] = -d1 * sn + d2 * cs;
+        }
+    } else {
+        for (int i = lane; i < hd; i += 32) ds[i] = dy[i];
+    }
+    __syncwarp();
+    if (use_norm) {
+        float rstd = stats[(i64)r * nqk + h];
+        float m = 0.f;
+        for (int i = lane; i < hd; i += 32) m += ds[i] * x[i] * rstd;
+        m = warp_sum(m) / hd;
+        __syncwarp();
+        for (int i = lane; i < hd; i += 32) ds[i] = rstd * (ds[i] - x[i] * rstd * m);
+    }
+}
+
+// ---- KV-cache decode -----------------------------------------------------------------------
+// Append the new k/v of rows b*t+i at cache position pos0+i (cache [b, max_t, nkv, hd]).
+extern "C" __global__ void k_kv_append(float* kc, float* vc, const float* qkv, int B, int t, int nh, int nkv,
+                                       int hd, int pos0, int max_t) {
+    int row_kv = nkv * hd;
+    int wq = (nh + 2 * nkv) * hd;
+    i64 n = (i64)B * t * row_kv;
+    for (i64 idx = blockIdx.x * (i64)blockDim.x + threadIdx.x; idx < n; idx += (i64)gridDim.x * blockDim.x) {
+        i64 r = idx / row_kv;
+        int e = (int)(idx % row_kv);
+        int b = (int)(r / t), i = (int)(r % t);
+        i64 dst = ((i64)b * max_t + pos0 + i) * row_kv + e;
+        kc[dst] = qkv[r * wq + nh * hd + e];
+        vc[dst] = qkv[r * wq + (nh + nkv) * hd + e];
+    }
+}
+// One block (128 threads) per (token row, head); scores in dynamic shared memory (max_t floats).
+extern "C" __global__ void k_attn_cached(float* out, const float* qkv, const float* kc, const float* vc, int t,
+                                         int nh, int nkv, int hd, int pos0, int max_t, float scale) {
+    extern __shared__ float sc[];
+    __shared__ float red[32];
+    int r = blockIdx.x, h = blockIdx.y;
+    int b = r / t, i = r % t;
+    int n = pos0 + i + 1;
+    int kvh = h / (nh / nkv);
+    int row_kv = nkv * hd;
+    int wq = (nh + 2 * nkv) * hd;
+    const float* q = qkv + (i64)r * wq + h * hd;
+    const float* kb = kc + (i64)b * max_t * row_kv + kvh * hd;
+    const float* vb = vc + (i64)b * max_t * row_kv + kvh * hd;
+    float lm = NEG_INF;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        float s = 0.f;
+        for (int d = 0; d < hd; d++) s += q[d] * kb[(i64)j * row_kv + d];
+        s *= scale;
+        sc[j] = s;
+        lm = fmaxf(lm, s);
+    }
+    int lane = threadIdx.x % 32, wid = threadIdx.x / 32, nw = blockDim.x / 32;
+    lm = warp_max(lm);
+    if (lane == 0) red[wid] = lm;
+    __syncthreads();
+    float mx = NEG_INF;
+    for (int w = 0; w < nw; w++) mx = fmaxf(mx, red[w]);
+    __syncthreads();
+    float ls = 0.f;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        float e = expf(sc[j] - mx);
+        sc[j] = e;
+        ls += e;
+    }
+    ls = warp_sum(ls);
+    if (lane == 0) red[wid] = ls;
+    __syncthreads();
+    float sum = 0.f;
+    for (int w = 0; w < nw; w++) sum += red[w];
+    float inv = 1.f / sum;
+    float* o = out + (i64)r * nh * hd + h * hd;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float acc = 0.f;
+        for (int j = 0; j < n; j++) acc += sc[j] * vb[(i64)j * row_kv + d];
+        o[d] = acc * inv;
+    }
+}
+
+// ---- fused softmax cross-entropy with per-token weights: one 512-thread block per row --------
+extern "C" __global__ void k_cross_entropy(float* logits, float* losses, const unsigned* targets,
+                                           const float* weights, int rows, int V, float cap, int has_cap,
+                                           float grad_scale, int has_grad) {
+    __shared__ float sm[16], ss[16];
+    int r = blockIdx.x;
+    float* z = logits + (i64)r * V;
+    float m = NEG_INF, s = 0.f;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+        float v = z[j];
+        if (has_cap) {
+            v = cap * tanhf(v / cap);
+            if (has_grad) z[j] = v;
+        }
+        if (v > m) { s = s * expf(m - v) + 1.f; m = v; } else { s += expf(v - m); }
+    }
+    // combine (m, s) over the warp, then over warps
+    for (int o = 16; o > 0; o >>= 1) {
+        float m2 = __shfl_xor_sync(0xffffffff, m, o), s2 = __shfl_xor_sync(0xffffffff, s, o);
+        float mn = fmaxf(m, m2);
+        s = (m == NEG_INF ? 0.f : s * expf(m - mn)) + (m2 == NEG_INF ? 0.f : s2 * expf(m2 - mn));
+        m = mn;
+    }
+    int lane = threadIdx.x % 32, wid = threadIdx.x / 32, nw = blockDim.x / 32;
+    if (lane == 0) { sm[wid] = m; ss[wid] = s; }
+    __syncthreads();
+    float mx = NEG_INF;
+    for (int w = 0; w < nw; w++) mx = fmaxf(mx, sm[w]);
+    float sum = 0.f;
+    for (int w = 0; w < nw; w++) sum += sm[w] == NEG_INF ? 0.f : ss[w] * expf(sm[w] - mx);
+    unsigned tgt = targets[r];
+    if (threadIdx.x == 0) {
+        float zt = z[tgt];
+        if (has_cap && !has_grad) zt = cap * tanhf(zt / cap);
+        losses[r] = mx + logf(sum) - zt;
+    }
+    if (!has_grad) return;
+    __syncthreads();  // the target logit is read above before being overwritten below
+    float ws = grad_scale * weights[r];
+    float inv = 1.f / sum;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+        float v = z[j];
+        float p = expf(v - mx) * inv;
+        float g = ws * (p - (j == (int)tgt ? 1.f : 0.f));
+        if (has_cap) { float th = v / cap; g *= 1.f - th * th; }
+        z[j] = g;
+    }
+}
+
+// ---- AdamW (decoupled decay), bias corrections precomputed on the host ---------------------
+extern "C" __global__ void k_adamw(float* p, const float* g, float* m, float* v, i64 n, float b1, float b2,
+                                   float eps, float decay, float step_size, float bc2_sqrt) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        float gi = g[i];
+        float mi = b1 * m[i] + (1.f - b1) * gi;
+        float vi = b2 * v[i] + (1.f - b2) * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        float denom = sqrtf(vi) / bc2_sqrt + eps;
+        p[i] = p[i] * decay - step_size * mi / denom;
+    }
+}

@@ -1,0 +1,844 @@
+//! The cuda backend (feature `cuda`): [`CudaBackend`] implements [`Backend`] on one NVIDIA GPU.
+//!
+//! - cudarc with dynamic loading: `libcuda`, `libcublas` and `libnvrtc` are opened at run time,
+//!   so the crate builds and links on a machine without CUDA.
+//! - Kernels (`kernels.cu`, f32) are compiled once per process with NVRTC for the device's
+//!   compute capability; no headers are needed. Each has its CPU twin in `cpu/kernels.rs`, and
+//!   the device script (`scripts/gpu/device-check.sh`) compares the two backends.
+//! - Matmuls go to cuBLAS. Storage is f32 (the trait's type, so master weights, gradients and
+//!   optimizer moments are f32); [`Precision`] picks the arithmetic: `F32` (exact SGEMM, used for
+//!   parity), `Tf32`, or `Bf16` (`cublasGemmEx` with `CUBLAS_COMPUTE_32F_FAST_16BF`: operands
+//!   rounded to bf16 inside cuBLAS, fp32 accumulation). Choice and why: the trait is f32-only and
+//!   the model code is shared; keeping activations in f32 costs memory bandwidth (see the notes in
+//!   `scripts/gpu/NOTES.md`) but needs no trait change.
+//! - Attention is flash-style (no T×T matrix): online softmax forward saving the log-sum-exp,
+//!   backward recomputing probabilities in two kernels (dQ per query; dK/dV per key, summing a GQA
+//!   group's query heads without atomics). f32 on CUDA cores.
+//! - One stream; every op is enqueued on it and `read`/`sum_squares` synchronize, which gives the
+//!   trait's "synchronous from the caller's view" semantics. Buffers come from a small pool keyed
+//!   by length, so per-step allocations (decode logits) do not hit `cuMemAlloc`/`cuMemFree`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use cudarc::cublas::{result as blas, sys as blas_sys};
+use cudarc::driver::{result as drv, CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
+
+use crate::backend::{Act, AdamHyper, AttnDims, Backend, MatDims, NormKind, QkPrep, View};
+use crate::EngineError;
+
+/// CUDA C of every kernel but training attention (prelude + kernels.cu).
+pub const BASE_SOURCE: &str = concat!(include_str!("prelude.cu"), include_str!("kernels.cu"));
+/// CUDA C of the flash-attention templates (prelude + attention.cu); see [`attention_source`].
+pub const ATTN_SOURCE: &str = concat!(include_str!("prelude.cu"), include_str!("attention.cu"));
+
+/// Head dims with a flash-attention instantiation (each compiled on first use).
+pub const ATTN_HEAD_DIMS: [usize; 5] = [8, 16, 32, 64, 128];
+
+/// Entry points of [`BASE_SOURCE`].
+pub const BASE_KERNELS: [&str; 18] = [
+    "k_fill",
+    "k_axpy",
+    "k_scale",
+    "k_sum_squares",
+    "k_add_bias",
+    "k_col_grads",
+    "k_embed_fwd",
+    "k_embed_bwd",
+    "k_norm_fwd",
+    "k_norm_bwd_dx",
+    "k_act_fwd",
+    "k_act_bwd",
+    "k_qk_prep_fwd",
+    "k_qk_prep_bwd",
+    "k_kv_append",
+    "k_attn_cached",
+    "k_cross_entropy",
+    "k_adamw",
+];
+
+/// The attention module's source for head dim `hd`.
+pub fn attention_source(hd: usize) -> String {
+    format!("{ATTN_SOURCE}\nATTN_INST({hd})\n")
+}
+
+/// Entry points of [`attention_source`]`(hd)`.
+pub fn attention_kernels(hd: usize) -> Vec<String> {
+    vec![
+        "k_attn_bwd_d".to_string(),
+        format!("k_attn_fwd_{hd}"),
+        format!("k_attn_bwd_dq_{hd}"),
+        format!("k_attn_bwd_dkv_{hd}"),
+    ]
+}
+
+/// Compile CUDA C to PTX for `compute_{major}{minor}` (needs only libnvrtc).
+pub fn compile(src: &str, major: i32, minor: i32) -> Result<String, EngineError> {
+    let opts = CompileOptions {
+        options: vec![format!("--gpu-architecture=compute_{major}{minor}"), "--std=c++17".into()],
+        ..Default::default()
+    };
+    let ptx = compile_ptx_with_opts(src, opts)
+        .map_err(|e| EngineError::Backend(format!("NVRTC compile of the cuda kernels failed: {e}")))?;
+    Ok(ptx.to_src())
+}
+
+/// Matmul arithmetic (storage is always f32).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    /// Plain SGEMM: matches the cpu backend to ~1e-5.
+    F32,
+    /// TF32 tensor cores, fp32 accumulation.
+    Tf32,
+    /// bf16 tensor cores (operands rounded inside cuBLAS), fp32 accumulation.
+    Bf16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = EngineError;
+    fn from_str(s: &str) -> Result<Self, EngineError> {
+        match s {
+            "f32" | "fp32" => Ok(Precision::F32),
+            "tf32" => Ok(Precision::Tf32),
+            "bf16" => Ok(Precision::Bf16),
+            _ => Err(EngineError::Config(format!("unknown cuda precision `{s}` (f32, tf32 or bf16)"))),
+        }
+    }
+}
+
+fn derr(what: &str, e: impl std::fmt::Debug) -> EngineError {
+    EngineError::Backend(format!("cuda: {what}: {e:?}"))
+}
+
+/// Device memory pool: freed buffers are kept per exact length and reused.
+struct Pool {
+    ctx: Arc<CudaContext>,
+    free: Mutex<HashMap<usize, Vec<u64>>>,
+    stats: Mutex<(usize, usize)>,
+}
+
+impl Pool {
+    fn get(&self, len: usize) -> Result<u64, EngineError> {
+        if let Some(p) = self.free.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&len).and_then(|v| v.pop()) {
+            return Ok(p);
+        }
+        let bytes = (len.max(1) * 4) as u64;
+        self.ctx.bind_to_thread().map_err(|e| derr("bind context", e))?;
+        // SAFETY: plain device allocation; freed only by `Drop for Pool`.
+        let p = unsafe { drv::malloc_sync(bytes as usize) }.map_err(|e| {
+            let free = self.ctx.mem_get_info().map(|(f, _)| f).unwrap_or(0);
+            if format!("{e:?}").contains("OUT_OF_MEMORY") {
+                EngineError::OutOfMemory { need_mb: bytes >> 20, avail_mb: (free >> 20) as u64 }
+            } else {
+                derr("cuMemAlloc", e)
+            }
+        })?;
+        let mut st = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        st.0 += bytes as usize;
+        st.1 = st.1.max(st.0);
+        Ok(p)
+    }
+    fn put(&self, len: usize, ptr: u64) {
+        self.free.lock().unwrap_or_else(|e| e.into_inner()).entry(len).or_default().push(ptr);
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        if self.ctx.bind_to_thread().is_err() {
+            return;
+        }
+        for (_, ptrs) in self.free.get_mut().unwrap_or_else(|e| e.into_inner()).drain() {
+            for p in ptrs {
+                // SAFETY: every pooled pointer came from malloc_sync and no buffer refers to it.
+                let _ = unsafe { drv::free_sync(p) };
+            }
+        }
+    }
+}
+
+/// A device buffer of f32s (returned to the backend's pool on drop).
+pub struct CudaBuf {
+    ptr: u64,
+    len: usize,
+    pool: Arc<Pool>,
+}
+
+impl Drop for CudaBuf {
+    fn drop(&mut self) {
+        self.pool.put(self.len, self.ptr);
+    }
+}
+
+/// Growable device scratch for host-side inputs (token ids, weights) and reductions.
+struct Scratch {
+    ids: (u64, usize),
+    ids2: (u64, usize),
+    wts: (u64, usize),
+    red: u64,
+}
+
+struct BlasHandle(blas_sys::cublasHandle_t);
+// SAFETY: the handle is only used under the backend's mutex.
+unsafe impl Send for BlasHandle {}
+unsafe impl Sync for BlasHandle {}
+
+/// The CUDA backend on one device.
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    funcs: HashMap<String, CudaFunction>,
+    /// Attention kernels per head dim, compiled on first use.
+    attn: Mutex<HashMap<usize, HashMap<String, CudaFunction>>>,
+    cc: (i32, i32),
+    blas: Mutex<BlasHandle>,
+    pool: Arc<Pool>,
+    scratch: Mutex<Scratch>,
+    precision: Precision,
+    sms: u32,
+    device_name: String,
+}
+
+fn ptr(v: &View<CudaBuf>) -> u64 {
+    assert!(v.off + v.len <= v.buf.len, "cuda view {}+{} out of buffer {}", v.off, v.len, v.buf.len);
+    v.buf.ptr + (v.off * 4) as u64
+}
+
+fn optr(v: &Option<View<CudaBuf>>) -> u64 {
+    v.as_ref().map_or(0, ptr)
+}
+
+/// A kernel argument as an 8-byte slot: the kernel reads its parameter's size from the slot's
+/// start (little-endian), so i32/f32 live in the low 4 bytes.
+trait KArg {
+    fn slot(self) -> u64;
+}
+impl KArg for u64 {
+    fn slot(self) -> u64 {
+        self
+    }
+}
+impl KArg for i64 {
+    fn slot(self) -> u64 {
+        self as u64
+    }
+}
+impl KArg for i32 {
+    fn slot(self) -> u64 {
+        self as u32 as u64
+    }
+}
+impl KArg for f32 {
+    fn slot(self) -> u64 {
+        self.to_bits() as u64
+    }
+}
+
+/// Launch `$name` with grid/block/smem and the listed args (u64 pointers, i64, i32, f32).
+macro_rules! launch {
+    ($s:expr, $name:expr, $grid:expr, $block:expr, $smem:expr; $($arg:expr),* $(,)?) => {{
+        let f = $s.func($name);
+        let slots = [$(KArg::slot($arg)),*];
+        let mut b = $s.stream.launch_builder(&f);
+        for a in slots.iter() {
+            b.arg(a);
+        }
+        let cfg = LaunchConfig { grid_dim: $grid, block_dim: $block, shared_mem_bytes: $smem };
+        // SAFETY: argument types match the kernel signatures in kernels.cu; pointers come from
+        // bounds-checked views.
+        unsafe { b.launch(cfg) }.unwrap_or_else(|e| panic!("cuda: launch {}: {e:?}", $name));
+    }};
+}
+
+impl CudaBackend {
+    /// Open device `ordinal`, compile the kernels, create the cuBLAS handle.
+    pub fn new(ordinal: usize, precision: Precision) -> Result<Self, EngineError> {
+        let ctx = std::panic::catch_unwind(|| CudaContext::new(ordinal))
+            .map_err(|_| EngineError::Backend("cuda: could not load libcuda (is an NVIDIA driver installed? set LD_LIBRARY_PATH)".into()))?
+            .map_err(|e| derr("open device", e))?;
+        let stream = ctx.new_stream().map_err(|e| derr("new stream", e))?;
+        let (maj, min) = ctx.compute_capability().map_err(|e| derr("compute capability", e))?;
+        let names: Vec<String> = BASE_KERNELS.iter().map(|s| s.to_string()).collect();
+        let funcs = load_module(&ctx, BASE_SOURCE, (maj, min), &names)?;
+        let handle = std::panic::catch_unwind(blas::create_handle)
+            .map_err(|_| EngineError::Backend("cuda: could not load libcublas (add the CUDA toolkit's lib64 to LD_LIBRARY_PATH)".into()))?
+            .map_err(|e| derr("cublasCreate", e))?;
+        // SAFETY: valid handle and stream of this context.
+        unsafe { blas::set_stream(handle, stream.cu_stream() as _) }.map_err(|e| derr("cublasSetStream", e))?;
+        let sms = ctx
+            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| derr("SM count", e))? as u32;
+        let device_name = ctx.name().unwrap_or_else(|_| "cuda device".into());
+        let pool = Arc::new(Pool { ctx: ctx.clone(), free: Mutex::new(HashMap::new()), stats: Mutex::new((0, 0)) });
+        ctx.bind_to_thread().map_err(|e| derr("bind", e))?;
+        // SAFETY: plain allocation, freed in Drop.
+        let red = unsafe { drv::malloc_sync(8) }.map_err(|e| derr("cuMemAlloc", e))?;
+        Ok(CudaBackend {
+            ctx,
+            stream,
+            funcs,
+            attn: Mutex::new(HashMap::new()),
+            cc: (maj, min),
+            blas: Mutex::new(BlasHandle(handle)),
+            pool,
+            scratch: Mutex::new(Scratch { ids: (0, 0), ids2: (0, 0), wts: (0, 0), red }),
+            precision,
+            sms,
+            device_name,
+        })
+    }
+
+    /// Device 0 with the precision named by `KILN_CUDA_PRECISION` (default bf16).
+    pub fn from_env() -> Result<Self, EngineError> {
+        let p = std::env::var("KILN_CUDA_PRECISION").unwrap_or_else(|_| "bf16".into()).parse()?;
+        Self::new(0, p)
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    pub fn device_name(&self) -> &str {
+        &self.device_name
+    }
+
+    /// Bytes currently held by this backend's buffers (pool included) and the peak so far.
+    pub fn memory_bytes(&self) -> (usize, usize) {
+        *self.pool.stats.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Device memory (free, total) as the driver reports it.
+    pub fn device_memory(&self) -> (usize, usize) {
+        self.ctx.mem_get_info().unwrap_or((0, 0))
+    }
+
+    /// Wait for all enqueued work.
+    pub fn synchronize(&self) {
+        self.stream.synchronize().unwrap_or_else(|e| panic!("cuda: synchronize: {e:?}"));
+    }
+
+    fn func(&self, name: &str) -> CudaFunction {
+        if let Some(f) = self.funcs.get(name) {
+            return f.clone();
+        }
+        let hd: usize = name.rsplit('_').next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        let key = if name == "k_attn_bwd_d" { 0 } else { hd };
+        let attn = self.attn.lock().unwrap_or_else(|e| e.into_inner());
+        let found = if key == 0 { attn.values().next() } else { attn.get(&key) };
+        found.and_then(|m| m.get(name)).cloned().unwrap_or_else(|| panic!("cuda: kernel {name} not loaded"))
+    }
+
+    /// Compile and load the attention kernels for head dim `hd` once.
+    fn ensure_attention(&self, hd: usize) {
+        assert!(
+            ATTN_HEAD_DIMS.contains(&hd),
+            "cuda attention: head dim {hd} has no kernel (supported: {ATTN_HEAD_DIMS:?})"
+        );
+        let mut attn = self.attn.lock().unwrap_or_else(|e| e.into_inner());
+        if attn.contains_key(&hd) {
+            return;
+        }
+        let t0 = std::time::Instant::now();
+        let m = load_module(&self.ctx, &attention_source(hd), self.cc, &attention_kernels(hd))
+            .unwrap_or_else(|e| panic!("{e}"));
+        tracing::debug!("cuda: attention kernels for head dim {hd} compiled in {:.1?}", t0.elapsed());
+        attn.insert(hd, m);
+    }
+
+    fn bind(&self) {
+        self.ctx.bind_to_thread().unwrap_or_else(|e| panic!("cuda: bind context: {e:?}"));
+    }
+
+    /// Grid for a grid-stride elementwise kernel over `n` items with 256 threads.
+    fn grid1(&self, n: usize) -> (u32, u32, u32) {
+        let blocks = n.div_ceil(256).clamp(1, (self.sms as usize) * 32);
+        (blocks as u32, 1, 1)
+    }
+
+    /// Copy host `u32`s into a growable device scratch slot; returns its pointer.
+    fn upload_u32(&self, slot: fn(&mut Scratch) -> &mut (u64, usize), data: &[u32]) -> u64 {
+        self.upload_bytes(slot, data.as_ptr() as *const u8, data.len() * 4)
+    }
+
+    fn upload_bytes(&self, slot: fn(&mut Scratch) -> &mut (u64, usize), src: *const u8, bytes: usize) -> u64 {
+        let mut sc = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let s = slot(&mut sc);
+        if s.1 < bytes {
+            self.synchronize();
+            // SAFETY: the old pointer (if any) is idle after the synchronize.
+            unsafe {
+                if s.0 != 0 {
+                    drv::free_sync(s.0).unwrap_or_else(|e| panic!("cuda: free: {e:?}"));
+                }
+                s.0 = drv::malloc_sync(bytes.max(256)).unwrap_or_else(|e| panic!("cuda: scratch alloc: {e:?}"));
+            }
+            s.1 = bytes.max(256);
+        }
+        if bytes > 0 {
+            // SAFETY: `src` is valid for `bytes` (a live host slice); pageable copies are staged
+            // before the call returns, so the host slice may be reused afterwards.
+            unsafe {
+                let host = std::slice::from_raw_parts(src, bytes);
+                drv::memcpy_htod_async(s.0, host, self.stream.cu_stream()).unwrap_or_else(|e| panic!("cuda: upload: {e:?}"));
+            }
+        }
+        s.0
+    }
+
+    fn gemm(&self, d: MatDims, alpha: f32, beta: f32, a: u64, b: u64, c: u64) {
+        use blas_sys::cublasOperation_t::{CUBLAS_OP_N as N, CUBLAS_OP_T as T};
+        // Row-major C = op(A) op(B) is column-major Cᵀ = op(B)ᵀ op(A)ᵀ: swap the operands.
+        let (opa, lda) = if d.trans_b { (T, d.k) } else { (N, d.n) };
+        let (opb, ldb) = if d.trans_a { (T, d.m) } else { (N, d.k) };
+        let h = self.blas.lock().unwrap_or_else(|e| e.into_inner());
+        let (m, n, k) = (d.n as i32, d.m as i32, d.k as i32);
+        // SAFETY: pointers are device pointers of views whose lengths were checked by the caller.
+        let r = unsafe {
+            match self.precision {
+                Precision::F32 => blas::sgemm(
+                    h.0, opa, opb, m, n, k, &alpha, b as *const f32, lda as i32, a as *const f32, ldb as i32, &beta,
+                    c as *mut f32, d.n as i32,
+                ),
+                p => {
+                    let ct = if p == Precision::Bf16 {
+                        blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16BF
+                    } else {
+                        blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
+                    };
+                    let f = blas_sys::cudaDataType_t::CUDA_R_32F;
+                    blas::gemm_ex(
+                        h.0,
+                        opa,
+                        opb,
+                        m,
+                        n,
+                        k,
+                        &alpha as *const f32 as *const _,
+                        b as *const _,
+                        f,
+                        lda as i32,
+                        a as *const _,
+                        f,
+                        ldb as i32,
+                        &beta as *const f32 as *const _,
+                        c as *mut _,
+                        f,
+                        d.n as i32,
+                        ct,
+                        blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
+                    )
+                }
+            }
+        };
+        r.unwrap_or_else(|e| panic!("cuda: gemm {d:?}: {e:?}"));
+    }
+
+}
+
+/// The PTX cache folder: `KILN_CUDA_CACHE`, else `$HOME/.cache/kiln-cuda` (None: no cache).
+fn cache_dir() -> Option<std::path::PathBuf> {
+    std::env::var_os("KILN_CUDA_CACHE")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache/kiln-cuda")))
+}
+
+/// PTX for `src` on compute capability `cc`, from the cache (keyed by a hash of the source and
+/// arch) or compiled with NVRTC and stored (atomically). The fully unrolled attention kernels take
+/// NVRTC tens of seconds, so a cache filled once (`cuda_check ptx-cache DIR` needs no GPU) saves
+/// that on every later start.
+pub fn cached_ptx(src: &str, cc: (i32, i32)) -> Result<String, EngineError> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    src.hash(&mut h);
+    cc.hash(&mut h);
+    let file = cache_dir().map(|d| d.join(format!("kiln-{:016x}-sm{}{}.ptx", h.finish(), cc.0, cc.1)));
+    if let Some(ptx) = file.as_ref().and_then(|f| std::fs::read_to_string(f).ok()) {
+        return Ok(ptx);
+    }
+    let ptx = std::panic::catch_unwind(|| compile(src, cc.0, cc.1)).map_err(|_| {
+        EngineError::Backend("cuda: could not load libnvrtc (add the CUDA toolkit's lib64 to LD_LIBRARY_PATH)".into())
+    })??;
+    if let Some(f) = file {
+        let tmp = f.with_extension(format!("tmp{}", std::process::id()));
+        let ok = f.parent().is_some_and(|d| std::fs::create_dir_all(d).is_ok())
+            && std::fs::write(&tmp, &ptx).is_ok()
+            && std::fs::rename(&tmp, &f).is_ok();
+        if !ok {
+            tracing::warn!("cuda: could not store PTX cache file {}", f.display());
+        }
+    }
+    Ok(ptx)
+}
+
+/// Compile `src` with NVRTC, load it, and look up `names`.
+fn load_module(
+    ctx: &Arc<CudaContext>,
+    src: &str,
+    cc: (i32, i32),
+    names: &[String],
+) -> Result<HashMap<String, CudaFunction>, EngineError> {
+    let ptx = cached_ptx(src, cc)?;
+    let module = ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx)).map_err(|e| derr("load module", e))?;
+    let mut funcs = HashMap::new();
+    for n in names {
+        let f = module.load_function(n).map_err(|e| derr(&format!("load kernel {n}"), e))?;
+        funcs.insert(n.clone(), f);
+    }
+    Ok(funcs)
+}
+
+impl Drop for CudaBackend {
+    fn drop(&mut self) {
+        let _ = self.stream.synchronize();
+        let sc = self.scratch.get_mut().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: idle after synchronize; these pointers are owned here.
+        unsafe {
+            for p in [sc.ids.0, sc.ids2.0, sc.wts.0, sc.red] {
+                if p != 0 {
+                    let _ = drv::free_sync(p);
+                }
+            }
+            let _ = blas::destroy_handle(self.blas.get_mut().unwrap_or_else(|e| e.into_inner()).0);
+        }
+    }
+}
+
+impl Backend for CudaBackend {
+    type Buf = CudaBuf;
+
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn alloc(&self, len: usize) -> Result<CudaBuf, EngineError> {
+        let p = self.pool.get(len)?;
+        let buf = CudaBuf { ptr: p, len, pool: self.pool.clone() };
+        if len > 0 {
+            // SAFETY: p is valid for len f32s; enqueued on our stream before any use of buf.
+            unsafe { drv::memset_d8_async(p, 0, len * 4, self.stream.cu_stream()) }.map_err(|e| derr("memset", e))?;
+        }
+        Ok(buf)
+    }
+
+    fn buf_len(&self, buf: &CudaBuf) -> usize {
+        buf.len
+    }
+
+    fn write(&self, dst: View<CudaBuf>, src: &[f32]) {
+        assert_eq!(dst.len, src.len(), "cuda write: view {} vs host {}", dst.len, src.len());
+        self.bind();
+        // SAFETY: bounds checked by `ptr`; pageable source is staged before return.
+        unsafe { drv::memcpy_htod_async(ptr(&dst), src, self.stream.cu_stream()) }
+            .unwrap_or_else(|e| panic!("cuda: write: {e:?}"));
+    }
+
+    fn read(&self, src: View<CudaBuf>, dst: &mut [f32]) {
+        assert_eq!(src.len, dst.len(), "cuda read: view {} vs host {}", src.len, dst.len());
+        self.bind();
+        // SAFETY: bounds checked; synchronized before returning so dst is complete.
+        unsafe { drv::memcpy_dtoh_async(dst, ptr(&src), self.stream.cu_stream()) }
+            .unwrap_or_else(|e| panic!("cuda: read: {e:?}"));
+        self.synchronize();
+    }
+
+    fn fill(&self, dst: View<CudaBuf>, value: f32) {
+        self.bind();
+        launch!(self, "k_fill", self.grid1(dst.len), (256, 1, 1), 0; ptr(&dst), dst.len as i64, value);
+    }
+
+    fn copy(&self, dst: View<CudaBuf>, src: View<CudaBuf>) {
+        assert_eq!(dst.len, src.len, "cuda copy: {} vs {}", dst.len, src.len);
+        self.bind();
+        // SAFETY: both ranges bounds-checked; the trait guarantees no overlap.
+        unsafe { drv::memcpy_dtod_async(ptr(&dst), ptr(&src), dst.len * 4, self.stream.cu_stream()) }
+            .unwrap_or_else(|e| panic!("cuda: copy: {e:?}"));
+    }
+
+    fn axpy(&self, y: View<CudaBuf>, alpha: f32, x: View<CudaBuf>) {
+        assert_eq!(y.len, x.len);
+        self.bind();
+        launch!(self, "k_axpy", self.grid1(y.len), (256, 1, 1), 0; ptr(&y), ptr(&x), y.len as i64, alpha);
+    }
+
+    fn scale(&self, x: View<CudaBuf>, s: f32) {
+        self.bind();
+        launch!(self, "k_scale", self.grid1(x.len), (256, 1, 1), 0; ptr(&x), x.len as i64, s);
+    }
+
+    fn sum_squares(&self, x: View<CudaBuf>) -> f64 {
+        self.bind();
+        let red = self.scratch.lock().unwrap_or_else(|e| e.into_inner()).red;
+        // SAFETY: red is an 8-byte device allocation owned by the backend.
+        unsafe { drv::memset_d8_async(red, 0, 8, self.stream.cu_stream()) }.unwrap_or_else(|e| panic!("cuda: memset: {e:?}"));
+        launch!(self, "k_sum_squares", self.grid1(x.len), (256, 1, 1), 0; ptr(&x), x.len as i64, red);
+        let mut out = [0f64];
+        // SAFETY: 8 bytes from our reduction slot; synchronized below.
+        unsafe { drv::memcpy_dtoh_async(&mut out[..], red, self.stream.cu_stream()) }
+            .unwrap_or_else(|e| panic!("cuda: read: {e:?}"));
+        self.synchronize();
+        out[0]
+    }
+
+    fn matmul(&self, c: View<CudaBuf>, a: View<CudaBuf>, b: View<CudaBuf>, d: MatDims, alpha: f32, beta: f32) {
+        assert!(a.len >= d.m * d.k && b.len >= d.k * d.n && c.len >= d.m * d.n, "matmul shape {d:?}");
+        if d.m == 0 || d.n == 0 {
+            return;
+        }
+        self.bind();
+        self.gemm(d, alpha, beta, ptr(&a), ptr(&b), ptr(&c));
+    }
+
+    fn add_bias(&self, out: View<CudaBuf>, bias: View<CudaBuf>, rows: usize, cols: usize) {
+        assert!(out.len >= rows * cols && bias.len >= cols);
+        self.bind();
+        let n = rows * cols;
+        launch!(self, "k_add_bias", self.grid1(n), (256, 1, 1), 0; ptr(&out), ptr(&bias), n as i64, cols as i32);
+    }
+
+    fn bias_backward(&self, dbias: View<CudaBuf>, dout: View<CudaBuf>, rows: usize, cols: usize) {
+        assert!(dout.len >= rows * cols && dbias.len >= cols);
+        self.bind();
+        let grid = (cols.div_ceil(32) as u32, rows.div_ceil(256) as u32, 1);
+        launch!(self, "k_col_grads", grid, (32, 8, 1), 0; 0u64, ptr(&dbias), ptr(&dout), 0u64, 0u64, rows as i32, cols as i32);
+    }
+
+    fn embedding_forward(
+        &self,
+        out: View<CudaBuf>,
+        wte: View<CudaBuf>,
+        wpe: Option<View<CudaBuf>>,
+        ids: &[u32],
+        t: usize,
+        pos0: usize,
+        c: usize,
+    ) {
+        assert!(out.len >= ids.len() * c);
+        self.bind();
+        let idp = self.upload_u32(|s| &mut s.ids, ids);
+        let n = ids.len() * c;
+        launch!(self, "k_embed_fwd", self.grid1(n), (256, 1, 1), 0;
+            ptr(&out), ptr(&wte), optr(&wpe), idp, ids.len() as i64, t as i32, pos0 as i32, c as i32);
+    }
+
+    fn embedding_backward(
+        &self,
+        dwte: View<CudaBuf>,
+        dwpe: Option<View<CudaBuf>>,
+        dout: View<CudaBuf>,
+        ids: &[u32],
+        t: usize,
+        c: usize,
+    ) {
+        assert!(dout.len >= ids.len() * c);
+        self.bind();
+        let idp = self.upload_u32(|s| &mut s.ids, ids);
+        let n = ids.len() * c;
+        launch!(self, "k_embed_bwd", self.grid1(n), (256, 1, 1), 0;
+            ptr(&dwte), optr(&dwpe), ptr(&dout), idp, ids.len() as i64, t as i32, c as i32);
+    }
+
+    fn norm_forward(
+        &self,
+        kind: NormKind,
+        out: View<CudaBuf>,
+        stats: View<CudaBuf>,
+        inp: View<CudaBuf>,
+        weight: Option<View<CudaBuf>>,
+        bias: Option<View<CudaBuf>>,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) {
+        assert!(out.len >= rows * cols && inp.len >= rows * cols && stats.len >= 2 * rows);
+        self.bind();
+        let is_ln = (kind == NormKind::LayerNorm) as i32;
+        launch!(self, "k_norm_fwd", (rows.div_ceil(8) as u32, 1, 1), (256, 1, 1), 0;
+            ptr(&out), ptr(&stats), ptr(&inp), optr(&weight), optr(&bias), rows as i32, cols as i32, eps, is_ln);
+    }
+
+    fn norm_backward(
+        &self,
+        kind: NormKind,
+        dinp: View<CudaBuf>,
+        dweight: Option<View<CudaBuf>>,
+        dbias: Option<View<CudaBuf>>,
+        dout: View<CudaBuf>,
+        inp: View<CudaBuf>,
+        stats: View<CudaBuf>,
+        weight: Option<View<CudaBuf>>,
+        rows: usize,
+        cols: usize,
+    ) {
+        assert!(dinp.len >= rows * cols && dout.len >= rows * cols && inp.len >= rows * cols);
+        self.bind();
+        let is_ln = (kind == NormKind::LayerNorm) as i32;
+        launch!(self, "k_norm_bwd_dx", (rows.div_ceil(8) as u32, 1, 1), (256, 1, 1), 0;
+            ptr(&dinp), ptr(&dout), ptr(&inp), ptr(&stats), optr(&weight), rows as i32, cols as i32, is_ln);
+        if dweight.is_some() || dbias.is_some() {
+            let grid = (cols.div_ceil(32) as u32, rows.div_ceil(256) as u32, 1);
+            launch!(self, "k_col_grads", grid, (32, 8, 1), 0;
+                optr(&dweight), optr(&dbias), ptr(&dout), ptr(&inp), ptr(&stats), rows as i32, cols as i32);
+        }
+    }
+
+    fn act_forward(&self, act: Act, out: View<CudaBuf>, inp: View<CudaBuf>) {
+        assert_eq!(out.len, inp.len);
+        self.bind();
+        let kind = (act == Act::ReluSq) as i32;
+        launch!(self, "k_act_fwd", self.grid1(out.len), (256, 1, 1), 0; ptr(&out), ptr(&inp), out.len as i64, kind);
+    }
+
+    fn act_backward(&self, act: Act, dinp: View<CudaBuf>, dout: View<CudaBuf>, inp: View<CudaBuf>) {
+        assert_eq!(dinp.len, inp.len);
+        self.bind();
+        let kind = (act == Act::ReluSq) as i32;
+        launch!(self, "k_act_bwd", self.grid1(dinp.len), (256, 1, 1), 0;
+            ptr(&dinp), ptr(&dout), ptr(&inp), dinp.len as i64, kind);
+    }
+
+    fn qk_prep_forward(&self, out: View<CudaBuf>, stats: View<CudaBuf>, inp: View<CudaBuf>, d: AttnDims, p: QkPrep) {
+        let rows = d.b * d.t;
+        assert!(out.len >= rows * d.qkv_width() && stats.len >= rows * (d.n_head + d.n_kv));
+        self.bind();
+        let warps = rows * (d.n_head + 2 * d.n_kv);
+        launch!(self, "k_qk_prep_fwd", ((warps * 32).div_ceil(256) as u32, 1, 1), (256, 1, 1), 0;
+            ptr(&out), ptr(&stats), ptr(&inp), rows as i32, d.t as i32, d.n_head as i32, d.n_kv as i32,
+            d.head_dim as i32, p.pos0 as i32, p.qk_norm_eps.is_some() as i32, p.qk_norm_eps.unwrap_or(0.0),
+            p.rope_theta.is_some() as i32, p.rope_theta.unwrap_or(0.0));
+    }
+
+    fn qk_prep_backward(
+        &self,
+        dinp: View<CudaBuf>,
+        dout: View<CudaBuf>,
+        inp: View<CudaBuf>,
+        stats: View<CudaBuf>,
+        d: AttnDims,
+        p: QkPrep,
+    ) {
+        let rows = d.b * d.t;
+        assert!(dinp.len >= rows * d.qkv_width());
+        self.bind();
+        let warps = rows * (d.n_head + 2 * d.n_kv);
+        launch!(self, "k_qk_prep_bwd", ((warps * 32).div_ceil(256) as u32, 1, 1), (256, 1, 1), 0;
+            ptr(&dinp), ptr(&dout), ptr(&inp), ptr(&stats), rows as i32, d.t as i32, d.n_head as i32,
+            d.n_kv as i32, d.head_dim as i32, p.pos0 as i32, p.qk_norm_eps.is_some() as i32,
+            p.rope_theta.is_some() as i32, p.rope_theta.unwrap_or(0.0));
+    }
+
+    /// lse `[b, nh, t]`, D `[b, nh, t]` (filled in backward), and a copy of the output.
+    fn attention_scratch_len(&self, d: AttnDims) -> usize {
+        2 * d.b * d.n_head * d.t + d.b * d.t * d.out_width()
+    }
+
+    fn attention_forward(&self, out: View<CudaBuf>, scratch: View<CudaBuf>, qkv: View<CudaBuf>, d: AttnDims) {
+        let hd = d.head_dim;
+        self.ensure_attention(hd);
+        assert!(scratch.len >= self.attention_scratch_len(d) && qkv.len >= d.b * d.t * d.qkv_width());
+        self.bind();
+        let bh = d.b * d.n_head * d.t;
+        let lse = scratch.sub(0, bh);
+        let ocopy = scratch.sub(2 * bh, d.b * d.t * d.out_width());
+        let scale = 1.0 / (hd as f32).sqrt();
+        let grid = (d.t.div_ceil(64) as u32, d.n_head as u32, d.b as u32);
+        launch!(self, &format!("k_attn_fwd_{hd}"), grid, (64, 1, 1), 0;
+            ptr(&out), ptr(&lse), ptr(&qkv), d.t as i32, d.n_head as i32, d.n_kv as i32, scale);
+        self.copy(ocopy, out.sub(0, d.b * d.t * d.out_width()));
+    }
+
+    fn attention_backward(
+        &self,
+        dqkv: View<CudaBuf>,
+        dout: View<CudaBuf>,
+        qkv: View<CudaBuf>,
+        scratch: View<CudaBuf>,
+        d: AttnDims,
+    ) {
+        let hd = d.head_dim;
+        self.ensure_attention(hd);
+        assert!(scratch.len >= self.attention_scratch_len(d) && dqkv.len >= d.b * d.t * d.qkv_width());
+        self.bind();
+        let bh = d.b * d.n_head * d.t;
+        let lse = scratch.sub(0, bh);
+        let dd = scratch.sub(bh, bh);
+        let ocopy = scratch.sub(2 * bh, d.b * d.t * d.out_width());
+        let rows = d.b * d.t;
+        let scale = 1.0 / (hd as f32).sqrt();
+        launch!(self, "k_attn_bwd_d", ((rows * d.n_head * 32).div_ceil(256) as u32, 1, 1), (256, 1, 1), 0;
+            ptr(&dd), ptr(&dout), ptr(&ocopy), rows as i32, d.t as i32, d.n_head as i32, hd as i32);
+        let grid_q = (d.t.div_ceil(64) as u32, d.n_head as u32, d.b as u32);
+        launch!(self, &format!("k_attn_bwd_dq_{hd}"), grid_q, (64, 1, 1), 0;
+            ptr(&dqkv), ptr(&dout), ptr(&qkv), ptr(&lse), ptr(&dd), d.t as i32, d.n_head as i32, d.n_kv as i32, scale);
+        let bkv = if hd >= 128 { 32 } else { 64 };
+        let grid_kv = (d.t.div_ceil(bkv) as u32, d.n_kv as u32, d.b as u32);
+        launch!(self, &format!("k_attn_bwd_dkv_{hd}"), grid_kv, (bkv as u32, 1, 1), 0;
+            ptr(&dqkv), ptr(&dout), ptr(&qkv), ptr(&lse), ptr(&dd), d.t as i32, d.n_head as i32, d.n_kv as i32, scale);
+    }
+
+    fn attention_cached(
+        &self,
+        out: View<CudaBuf>,
+        qkv: View<CudaBuf>,
+        k_cache: View<CudaBuf>,
+        v_cache: View<CudaBuf>,
+        d: AttnDims,
+        pos0: usize,
+        max_t: usize,
+    ) {
+        assert!(pos0 + d.t <= max_t, "KV cache overflow: {} > {max_t}", pos0 + d.t);
+        let row_kv = d.n_kv * d.head_dim;
+        assert!(k_cache.len >= d.b * max_t * row_kv && v_cache.len >= d.b * max_t * row_kv);
+        self.bind();
+        let n = d.b * d.t * row_kv;
+        launch!(self, "k_kv_append", self.grid1(n), (256, 1, 1), 0;
+            ptr(&k_cache), ptr(&v_cache), ptr(&qkv), d.b as i32, d.t as i32, d.n_head as i32, d.n_kv as i32,
+            d.head_dim as i32, pos0 as i32, max_t as i32);
+        let smem = ((pos0 + d.t) * 4) as u32;
+        assert!(smem <= 48 * 1024, "cuda decode: {} cached positions exceed the 12288 supported", pos0 + d.t);
+        let scale = 1.0 / (d.head_dim as f32).sqrt();
+        launch!(self, "k_attn_cached", ((d.b * d.t) as u32, d.n_head as u32, 1), (128, 1, 1), smem;
+            ptr(&out), ptr(&qkv), ptr(&k_cache), ptr(&v_cache), d.t as i32, d.n_head as i32, d.n_kv as i32,
+            d.head_dim as i32, pos0 as i32, max_t as i32, scale);
+    }
+
+    fn cross_entropy(
+        &self,
+        logits: View<CudaBuf>,
+        losses: View<CudaBuf>,
+        targets: &[u32],
+        weights: &[f32],
+        rows: usize,
+        vocab: usize,
+        softcap: Option<f32>,
+        grad_scale: Option<f32>,
+    ) {
+        assert!(logits.len >= rows * vocab && losses.len >= rows && targets.len() >= rows);
+        if let Some(&t) = targets[..rows].iter().find(|&&t| t as usize >= vocab) {
+            panic!("target {t} out of vocab {vocab}");
+        }
+        self.bind();
+        let tp = self.upload_u32(|s| &mut s.ids2, &targets[..rows]);
+        let wp = if grad_scale.is_some() {
+            assert!(weights.len() >= rows);
+            self.upload_bytes(|s| &mut s.wts, weights.as_ptr() as *const u8, rows * 4)
+        } else {
+            0
+        };
+        launch!(self, "k_cross_entropy", (rows as u32, 1, 1), (512, 1, 1), 0;
+            ptr(&logits), ptr(&losses), tp, wp, rows as i32, vocab as i32, softcap.unwrap_or(1.0),
+            softcap.is_some() as i32, grad_scale.unwrap_or(0.0), grad_scale.is_some() as i32);
+    }
+
+    fn adamw(&self, p: View<CudaBuf>, g: View<CudaBuf>, m: View<CudaBuf>, v: View<CudaBuf>, h: AdamHyper) {
+        assert!(g.len == p.len && m.len == p.len && v.len == p.len);
+        self.bind();
+        let bc1 = 1.0 - (h.beta1 as f64).powi(h.step as i32);
+        let bc2 = 1.0 - (h.beta2 as f64).powi(h.step as i32);
+        let step_size = (h.lr as f64 / bc1) as f32;
+        let bc2_sqrt = bc2.sqrt() as f32;
+        let decay = 1.0 - h.lr * h.weight_decay;
+        launch!(self, "k_adamw", self.grid1(p.len), (256, 1, 1), 0;
+            ptr(&p), ptr(&g), ptr(&m), ptr(&v), p.len as i64, h.beta1, h.beta2, h.eps, decay, step_size, bc2_sqrt);
+    }
+}
