@@ -16,7 +16,8 @@ use std::time::Instant;
 use kiln_engine::backend::{Act, AdamHyper, AttnDims, Backend, MatDims, NormKind, QkPrep, View};
 use kiln_engine::cuda::{CudaBackend, Precision};
 use kiln_engine::{
-    load_checkpoint, save_checkpoint, CpuBackend, Generator, Model, ModelConfig, OptimKind, OptimizerConfig, Rng, Trainer,
+    load_checkpoint, save_checkpoint, CpuBackend, Generator, Model, ModelConfig, OptimKind,
+    OptimizerConfig, Rng, Trainer,
 };
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -101,7 +102,12 @@ macro_rules! on_both {
     }};
 }
 
-fn compare(tw: &mut Twin, what: &str, pair: &(<CpuBackend as Backend>::Buf, <CudaBackend as Backend>::Buf), tol: f64) {
+fn compare(
+    tw: &mut Twin,
+    what: &str,
+    pair: &(<CpuBackend as Backend>::Buf, <CudaBackend as Backend>::Buf),
+    tol: f64,
+) {
     let c = host_c(tw, &pair.0);
     let g = host_g(tw, &pair.1);
     tw.report(what, &g, &c, tol);
@@ -128,9 +134,19 @@ fn op_parity(tw: &mut Twin) {
         let a = both(tw, &rand_vec(&mut r, m * k, 1.0));
         let b = both(tw, &rand_vec(&mut r, k * nn, 1.0));
         let c = both(tw, &rand_vec(&mut r, m * nn, 1.0));
-        let d = MatDims { m, n: nn, k, trans_a: ta, trans_b: tb };
+        let d = MatDims {
+            m,
+            n: nn,
+            k,
+            trans_a: ta,
+            trans_b: tb,
+        };
         on_both!(tw, [a, b, c], |be| be.matmul(c, a, b, d, 0.5, 1.0));
-        let tol_mm = if tw.gpu.precision() == Precision::F32 { 1e-5 } else { 1e-2 };
+        let tol_mm = if tw.gpu.precision() == Precision::F32 {
+            1e-5
+        } else {
+            1e-2
+        };
         compare(tw, &format!("matmul ta={ta} tb={tb}"), &c, tol_mm);
     }
     // bias
@@ -173,7 +189,18 @@ fn op_parity(tw: &mut Twin) {
         let dbb = both(tw, &rand_vec(&mut r, cols, 1.0));
         on_both!(tw, [inp, w, b, out, st, dout, dinp, dw, dbb], |be| {
             be.norm_forward(kind, out, st, inp, Some(w), Some(b), rows, cols, 1e-5);
-            be.norm_backward(kind, dinp, Some(dw), Some(dbb), dout, inp, st, Some(w), rows, cols)
+            be.norm_backward(
+                kind,
+                dinp,
+                Some(dw),
+                Some(dbb),
+                dout,
+                inp,
+                st,
+                Some(w),
+                rows,
+                cols,
+            )
         });
         compare(tw, &format!("norm_forward {kind:?}"), &out, tol);
         compare(tw, &format!("norm_backward dx {kind:?}"), &dinp, 1e-5);
@@ -196,17 +223,30 @@ fn op_parity(tw: &mut Twin) {
     }
     // attention (flash kernels) incl. GQA, qk_prep, cached decode
     for (b, t, nh, nkv, hd) in [(2, 67, 4, 2, 16), (1, 130, 2, 2, 64), (2, 40, 4, 1, 32)] {
-        let d = AttnDims { b, t, n_head: nh, n_kv: nkv, head_dim: hd };
+        let d = AttnDims {
+            b,
+            t,
+            n_head: nh,
+            n_kv: nkv,
+            head_dim: hd,
+        };
         let wq = d.qkv_width();
         let inp = both(tw, &rand_vec(&mut r, b * t * wq, 1.0));
         let qkr = both(tw, &vec![0f32; b * t * wq]);
         let qst = both(tw, &vec![0f32; b * t * (nh + nkv)]);
         let out = both(tw, &vec![0f32; b * t * d.out_width()]);
-        let sc = (tw.cpu.alloc(tw.cpu.attention_scratch_len(d)).unwrap(), tw.gpu.alloc(tw.gpu.attention_scratch_len(d)).unwrap());
+        let sc = (
+            tw.cpu.alloc(tw.cpu.attention_scratch_len(d)).unwrap(),
+            tw.gpu.alloc(tw.gpu.attention_scratch_len(d)).unwrap(),
+        );
         let dout = both(tw, &rand_vec(&mut r, b * t * d.out_width(), 1.0));
         let dqkr = both(tw, &vec![0f32; b * t * wq]);
         let dinp = both(tw, &vec![0f32; b * t * wq]);
-        let p = QkPrep { qk_norm_eps: Some(1e-6), rope_theta: Some(10000.0), pos0: 3 };
+        let p = QkPrep {
+            qk_norm_eps: Some(1e-6),
+            rope_theta: Some(10000.0),
+            pos0: 3,
+        };
         on_both!(tw, [inp, qkr, qst, out, sc, dout, dqkr, dinp], |be| {
             be.qk_prep_forward(qkr, qst, inp, d, p);
             be.attention_forward(out, sc, qkr, d);
@@ -225,7 +265,9 @@ fn op_parity(tw: &mut Twin) {
         let o2 = both(tw, &vec![0f32; b * t * d.out_width()]);
         let (t1, t2) = (t - 3, 3);
         let rows_of = |x: &[f32], w: usize, from: usize, n: usize| -> Vec<f32> {
-            (0..b).flat_map(|bi| x[(bi * t + from) * w..(bi * t + from + n) * w].to_vec()).collect()
+            (0..b)
+                .flat_map(|bi| x[(bi * t + from) * w..(bi * t + from + n) * w].to_vec())
+                .collect()
         };
         let qh = host_c(tw, &qkr.0);
         let q1 = both(tw, &rows_of(&qh, wq, 0, t1));
@@ -244,26 +286,71 @@ fn op_parity(tw: &mut Twin) {
     for cap in [None, Some(15.0f32)] {
         let (rows, vocab) = (33, 1000);
         let targets: Vec<u32> = (0..rows).map(|_| r.below(vocab as u64) as u32).collect();
-        let weights: Vec<f32> = (0..rows).map(|i| if i % 5 == 0 { 0.0 } else { r.uniform() as f32 * 2.0 }).collect();
+        let weights: Vec<f32> = (0..rows)
+            .map(|i| {
+                if i % 5 == 0 {
+                    0.0
+                } else {
+                    r.uniform() as f32 * 2.0
+                }
+            })
+            .collect();
         let logits = both(tw, &rand_vec(&mut r, rows * vocab, 5.0));
         let logits2 = both(tw, &host_c(tw, &logits.0));
         let losses = both(tw, &vec![0f32; rows]);
         let losses2 = both(tw, &vec![0f32; rows]);
         on_both!(tw, [logits, losses, logits2, losses2], |be| {
-            be.cross_entropy(logits, losses, &targets, &weights, rows, vocab, cap, Some(0.25));
+            be.cross_entropy(
+                logits,
+                losses,
+                &targets,
+                &weights,
+                rows,
+                vocab,
+                cap,
+                Some(0.25),
+            );
             be.cross_entropy(logits2, losses2, &targets, &weights, rows, vocab, cap, None)
         });
-        compare(tw, &format!("cross_entropy loss cap={cap:?}"), &losses, 1e-5);
-        compare(tw, &format!("cross_entropy grad cap={cap:?}"), &logits, 1e-5);
-        compare(tw, &format!("cross_entropy eval loss cap={cap:?}"), &losses2, 1e-5);
+        compare(
+            tw,
+            &format!("cross_entropy loss cap={cap:?}"),
+            &losses,
+            1e-5,
+        );
+        compare(
+            tw,
+            &format!("cross_entropy grad cap={cap:?}"),
+            &logits,
+            1e-5,
+        );
+        compare(
+            tw,
+            &format!("cross_entropy eval loss cap={cap:?}"),
+            &losses2,
+            1e-5,
+        );
     }
     // AdamW
     let n = 10_007;
     let p = both(tw, &rand_vec(&mut r, n, 1.0));
     let g = both(tw, &rand_vec(&mut r, n, 1.0));
     let m = both(tw, &rand_vec(&mut r, n, 0.1));
-    let v = both(tw, &rand_vec(&mut r, n, 0.1).iter().map(|x| x.abs()).collect::<Vec<_>>());
-    let h = AdamHyper { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, step: 3 };
+    let v = both(
+        tw,
+        &rand_vec(&mut r, n, 0.1)
+            .iter()
+            .map(|x| x.abs())
+            .collect::<Vec<_>>(),
+    );
+    let h = AdamHyper {
+        lr: 1e-2,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        step: 3,
+    };
     on_both!(tw, [p, g, m, v], |be| be.adamw(p, g, m, v, h));
     compare(tw, "adamw p", &p, 1e-6);
     compare(tw, "adamw v", &v, 1e-6);
@@ -279,13 +366,19 @@ fn model_parity(tw: &mut Twin, arch: &str, opt: OptimKind) -> Res<()> {
     let gpu = tw.gpu.clone();
     let mc = Model::new(cpu, cfg.clone(), 11)?;
     let mg = Model::from_host(gpu.clone(), cfg.clone(), &mc.params_host())?;
-    let oc = OptimizerConfig { kind: opt, grad_clip: Some(1.0), ..Default::default() };
+    let oc = OptimizerConfig {
+        kind: opt,
+        grad_clip: Some(1.0),
+        ..Default::default()
+    };
     let mut tc = Trainer::new(mc, b, t, oc.clone())?;
     let mut tg = Trainer::new(mg, b, t, oc)?;
     let mut r = Rng::new(5);
     let x: Vec<u32> = (0..b * t).map(|_| r.below(211) as u32).collect();
     let y: Vec<u32> = (0..b * t).map(|_| r.below(211) as u32).collect();
-    let w: Vec<f32> = (0..b * t).map(|i| if i % 7 == 0 { 0.0 } else { 1.0 }).collect();
+    let w: Vec<f32> = (0..b * t)
+        .map(|i| if i % 7 == 0 { 0.0 } else { 1.0 })
+        .collect();
     let bf16 = tw.gpu.precision() != Precision::F32;
     let (tol_out, tol_grad) = if bf16 { (2e-2, 5e-2) } else { (1e-4, 1e-4) };
     let prec = format!("{:?}", tw.gpu.precision());
@@ -301,7 +394,10 @@ fn model_parity(tw: &mut Twin, arch: &str, opt: OptimKind) -> Res<()> {
     let (gc, gg) = (tc.grads_host(), tg.grads_host());
     let mut worst = (String::new(), 0f64);
     for s in &tc.model.layout.specs {
-        let (_, rel) = diff(&gg[s.offset..s.offset + s.len], &gc[s.offset..s.offset + s.len]);
+        let (_, rel) = diff(
+            &gg[s.offset..s.offset + s.len],
+            &gc[s.offset..s.offset + s.len],
+        );
         if rel > worst.1 || worst.0.is_empty() {
             worst = (s.name.clone(), rel);
         }
@@ -343,13 +439,21 @@ fn model_parity(tw: &mut Twin, arch: &str, opt: OptimKind) -> Res<()> {
 fn parity() -> Res<()> {
     let mut total_fail = 0;
     for prec in [Precision::F32, Precision::Bf16] {
-        let mut tw = Twin { cpu: Arc::new(CpuBackend::new(4)), gpu: Arc::new(CudaBackend::new(0, prec)?), fails: 0, checks: 0 };
+        let mut tw = Twin {
+            cpu: Arc::new(CpuBackend::new(4)),
+            gpu: Arc::new(CudaBackend::new(0, prec)?),
+            fails: 0,
+            checks: 0,
+        };
         if prec == Precision::F32 {
             op_parity(&mut tw);
         }
         model_parity(&mut tw, "gpt2", OptimKind::AdamW)?;
         model_parity(&mut tw, "modern", OptimKind::Muon)?;
-        println!("{}", serde_json::json!({"check": "summary", "precision": format!("{prec:?}"), "checks": tw.checks, "fails": tw.fails}));
+        println!(
+            "{}",
+            serde_json::json!({"check": "summary", "precision": format!("{prec:?}"), "checks": tw.checks, "fails": tw.fails})
+        );
         total_fail += tw.fails;
     }
     if total_fail > 0 {
@@ -371,7 +475,14 @@ fn bench(args: &[String]) -> Res<()> {
     let cfg = gpt2_124m();
     let model = Model::new(gpu.clone(), cfg.clone(), 1)?;
     let n_params = model.num_params();
-    let opt = OptimizerConfig { lr: 1e-3, beta1: 0.9, beta2: 0.95, weight_decay: 0.1, grad_clip: None, ..Default::default() };
+    let opt = OptimizerConfig {
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.95,
+        weight_decay: 0.1,
+        grad_clip: None,
+        ..Default::default()
+    };
     let mut tr = Trainer::new(model, b, t, opt)?;
     let mut r = Rng::new(3);
     let x: Vec<u32> = (0..b * t).map(|_| r.below(50257) as u32).collect();
@@ -415,7 +526,12 @@ fn bench(args: &[String]) -> Res<()> {
 }
 
 fn decode(args: &[String]) -> Res<()> {
-    let rows_list: Vec<usize> = args.first().map_or("1,32", |s| s.as_str()).split(',').map(|s| s.parse()).collect::<Result<_, _>>()?;
+    let rows_list: Vec<usize> = args
+        .first()
+        .map_or("1,32", |s| s.as_str())
+        .split(',')
+        .map(|s| s.parse())
+        .collect::<Result<_, _>>()?;
     let tokens: usize = args.get(1).map_or(Ok(128), |s| s.parse())?;
     let gpu = Arc::new(CudaBackend::new(0, Precision::Bf16)?);
     let model = Model::new(gpu.clone(), gpt2_124m(), 1)?;
@@ -423,13 +539,21 @@ fn decode(args: &[String]) -> Res<()> {
         let prompt: Vec<u32> = (0..16).map(|i| (i * 37 % 50257) as u32).collect();
         let mut g = Generator::new(&model, rows, prompt.len() + tokens + 1)?;
         let mut logits = g.prefill(&prompt)?;
-        let argmax = |l: &[f32]| l.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|x| x.0 as u32).unwrap_or(0);
+        let argmax = |l: &[f32]| {
+            l.iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|x| x.0 as u32)
+                .unwrap_or(0)
+        };
         let mut toks = vec![argmax(&logits); rows];
         // warm one step, then time
         logits = g.step(&toks)?;
         let t0 = Instant::now();
         for _ in 1..tokens {
-            toks = (0..rows).map(|r| argmax(&logits[r * 50304..(r + 1) * 50304])).collect();
+            toks = (0..rows)
+                .map(|r| argmax(&logits[r * 50304..(r + 1) * 50304]))
+                .collect();
             logits = g.step(&toks)?;
         }
         let el = t0.elapsed().as_secs_f64();
@@ -449,7 +573,10 @@ fn train(args: &[String]) -> Res<()> {
     let toks: Vec<u32> = text.iter().map(|&c| c as u32).collect();
     let cfg = ModelConfig::gpt2(256, 4, 4, 256, 256);
     let (b, t) = (32, 256);
-    let opt = OptimizerConfig { lr: 1e-3, ..Default::default() };
+    let opt = OptimizerConfig {
+        lr: 1e-3,
+        ..Default::default()
+    };
     let batch = |step: usize| -> (Vec<u32>, Vec<u32>) {
         let mut r = Rng::new(1000 + step as u64);
         let mut x = Vec::with_capacity(b * t);
@@ -461,13 +588,20 @@ fn train(args: &[String]) -> Res<()> {
         }
         (x, y)
     };
-    let run = |from: Option<&std::path::Path>, start: usize, end: usize, save_at: Option<usize>| -> Res<Vec<f32>> {
+    let run = |from: Option<&std::path::Path>,
+               start: usize,
+               end: usize,
+               save_at: Option<usize>|
+     -> Res<Vec<f32>> {
         let gpu = Arc::new(CudaBackend::new(0, Precision::Bf16)?);
         let mut tr = match from {
             Some(dir) => {
                 let ck = load_checkpoint(dir)?;
                 let mut tr = Trainer::new(ck.into_model(gpu.clone())?, b, t, opt.clone())?;
-                let st = ck.optimizer.as_ref().ok_or("checkpoint without optimizer state")?;
+                let st = ck
+                    .optimizer
+                    .as_ref()
+                    .ok_or("checkpoint without optimizer state")?;
                 tr.opt.set_state_host(&*gpu, &st.m, &st.v, st.step)?;
                 tr
             }
@@ -476,11 +610,20 @@ fn train(args: &[String]) -> Res<()> {
         let mut losses = vec![];
         let t0 = Instant::now();
         for step in start..end {
-            let lr = if step < 20 { (step + 1) as f32 / 20.0 } else { 1.0 };
+            let lr = if step < 20 {
+                (step + 1) as f32 / 20.0
+            } else {
+                1.0
+            };
             let (x, y) = batch(step);
             losses.push(tr.train_step(&x, &y, None, lr)?.loss);
             if Some(step + 1) == save_at {
-                save_checkpoint(&out, &tr.model, Some(&tr.opt), &serde_json::json!({"step": step + 1}))?;
+                save_checkpoint(
+                    &out,
+                    &tr.model,
+                    Some(&tr.opt),
+                    &serde_json::json!({"step": step + 1}),
+                )?;
             }
         }
         let el = t0.elapsed().as_secs_f64();

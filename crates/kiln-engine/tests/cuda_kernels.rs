@@ -4,7 +4,9 @@
 //! Without libnvrtc the test prints SKIPPED and checks nothing.
 #![cfg(feature = "cuda")]
 
-use kiln_engine::cuda::{attention_kernels, attention_source, compile, ATTN_HEAD_DIMS, BASE_KERNELS, BASE_SOURCE};
+use kiln_engine::cuda::{
+    attention_kernels, attention_source, compile, ATTN_HEAD_DIMS, BASE_KERNELS, BASE_SOURCE,
+};
 
 fn nvrtc_present() -> bool {
     // SAFETY: only probes whether the shared library can be opened.
@@ -18,7 +20,10 @@ fn nvrtc_present() -> bool {
 fn check(ptx: &str, names: &[String]) {
     assert!(ptx.contains(".target sm_90"), "PTX target is not sm_90");
     for name in names {
-        assert!(ptx.contains(&format!(".entry {name}(")), "kernel {name} missing from the PTX");
+        assert!(
+            ptx.contains(&format!(".entry {name}(")),
+            "kernel {name} missing from the PTX"
+        );
     }
 }
 
@@ -28,7 +33,13 @@ fn base_kernels_compile_to_ptx_for_hopper() {
         return;
     }
     let ptx = compile(BASE_SOURCE, 9, 0).unwrap_or_else(|e| panic!("{e}"));
-    check(&ptx, &BASE_KERNELS.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    check(
+        &ptx,
+        &BASE_KERNELS
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>(),
+    );
 }
 
 #[test]
@@ -38,11 +49,19 @@ fn attention_kernels_compile_for_every_head_dim() {
     }
     // KILN_NVRTC_HEAD_DIMS=64,16 limits the (slow, fully unrolled) set for a quick check.
     let dims: Vec<usize> = match std::env::var("KILN_NVRTC_HEAD_DIMS") {
-        Ok(s) => s.split(',').map(|x| x.trim().parse().expect("KILN_NVRTC_HEAD_DIMS: comma-separated ints")).collect(),
+        Ok(s) => s
+            .split(',')
+            .map(|x| {
+                x.trim()
+                    .parse()
+                    .expect("KILN_NVRTC_HEAD_DIMS: comma-separated ints")
+            })
+            .collect(),
         Err(_) => ATTN_HEAD_DIMS.to_vec(),
     };
     for hd in dims {
-        let ptx = compile(&attention_source(hd), 9, 0).unwrap_or_else(|e| panic!("head dim {hd}: {e}"));
+        let ptx =
+            compile(&attention_source(hd), 9, 0).unwrap_or_else(|e| panic!("head dim {hd}: {e}"));
         check(&ptx, &attention_kernels(hd));
     }
 }

@@ -22,7 +22,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use cudarc::cublas::{result as blas, sys as blas_sys};
-use cudarc::driver::{result as drv, CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    result as drv, CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg,
+};
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
 
 use crate::backend::{Act, AdamHyper, AttnDims, Backend, MatDims, NormKind, QkPrep, View};
@@ -76,11 +78,15 @@ pub fn attention_kernels(hd: usize) -> Vec<String> {
 /// Compile CUDA C to PTX for `compute_{major}{minor}` (needs only libnvrtc).
 pub fn compile(src: &str, major: i32, minor: i32) -> Result<String, EngineError> {
     let opts = CompileOptions {
-        options: vec![format!("--gpu-architecture=compute_{major}{minor}"), "--std=c++17".into()],
+        options: vec![
+            format!("--gpu-architecture=compute_{major}{minor}"),
+            "--std=c++17".into(),
+        ],
         ..Default::default()
     };
-    let ptx = compile_ptx_with_opts(src, opts)
-        .map_err(|e| EngineError::Backend(format!("NVRTC compile of the cuda kernels failed: {e}")))?;
+    let ptx = compile_ptx_with_opts(src, opts).map_err(|e| {
+        EngineError::Backend(format!("NVRTC compile of the cuda kernels failed: {e}"))
+    })?;
     Ok(ptx.to_src())
 }
 
@@ -102,7 +108,9 @@ impl std::str::FromStr for Precision {
             "f32" | "fp32" => Ok(Precision::F32),
             "tf32" => Ok(Precision::Tf32),
             "bf16" => Ok(Precision::Bf16),
-            _ => Err(EngineError::Config(format!("unknown cuda precision `{s}` (f32, tf32 or bf16)"))),
+            _ => Err(EngineError::Config(format!(
+                "unknown cuda precision `{s}` (f32, tf32 or bf16)"
+            ))),
         }
     }
 }
@@ -120,16 +128,27 @@ struct Pool {
 
 impl Pool {
     fn get(&self, len: usize) -> Result<u64, EngineError> {
-        if let Some(p) = self.free.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&len).and_then(|v| v.pop()) {
+        if let Some(p) = self
+            .free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&len)
+            .and_then(|v| v.pop())
+        {
             return Ok(p);
         }
         let bytes = (len.max(1) * 4) as u64;
-        self.ctx.bind_to_thread().map_err(|e| derr("bind context", e))?;
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| derr("bind context", e))?;
         // SAFETY: plain device allocation; freed only by `Drop for Pool`.
         let p = unsafe { drv::malloc_sync(bytes as usize) }.map_err(|e| {
             let free = self.ctx.mem_get_info().map(|(f, _)| f).unwrap_or(0);
             if format!("{e:?}").contains("OUT_OF_MEMORY") {
-                EngineError::OutOfMemory { need_mb: bytes >> 20, avail_mb: (free >> 20) as u64 }
+                EngineError::OutOfMemory {
+                    need_mb: bytes >> 20,
+                    avail_mb: (free >> 20) as u64,
+                }
             } else {
                 derr("cuMemAlloc", e)
             }
@@ -140,7 +159,12 @@ impl Pool {
         Ok(p)
     }
     fn put(&self, len: usize, ptr: u64) {
-        self.free.lock().unwrap_or_else(|e| e.into_inner()).entry(len).or_default().push(ptr);
+        self.free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(len)
+            .or_default()
+            .push(ptr);
     }
 }
 
@@ -149,7 +173,12 @@ impl Drop for Pool {
         if self.ctx.bind_to_thread().is_err() {
             return;
         }
-        for (_, ptrs) in self.free.get_mut().unwrap_or_else(|e| e.into_inner()).drain() {
+        for (_, ptrs) in self
+            .free
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+        {
             for p in ptrs {
                 // SAFETY: every pooled pointer came from malloc_sync and no buffer refers to it.
                 let _ = unsafe { drv::free_sync(p) };
@@ -201,7 +230,13 @@ pub struct CudaBackend {
 }
 
 fn ptr(v: &View<CudaBuf>) -> u64 {
-    assert!(v.off + v.len <= v.buf.len, "cuda view {}+{} out of buffer {}", v.off, v.len, v.buf.len);
+    assert!(
+        v.off + v.len <= v.buf.len,
+        "cuda view {}+{} out of buffer {}",
+        v.off,
+        v.len,
+        v.buf.len
+    );
     v.buf.ptr + (v.off * 4) as u64
 }
 
@@ -258,19 +293,28 @@ impl CudaBackend {
             .map_err(|_| EngineError::Backend("cuda: could not load libcuda (is an NVIDIA driver installed? set LD_LIBRARY_PATH)".into()))?
             .map_err(|e| derr("open device", e))?;
         let stream = ctx.new_stream().map_err(|e| derr("new stream", e))?;
-        let (maj, min) = ctx.compute_capability().map_err(|e| derr("compute capability", e))?;
+        let (maj, min) = ctx
+            .compute_capability()
+            .map_err(|e| derr("compute capability", e))?;
         let names: Vec<String> = BASE_KERNELS.iter().map(|s| s.to_string()).collect();
         let funcs = load_module(&ctx, BASE_SOURCE, (maj, min), &names)?;
         let handle = std::panic::catch_unwind(blas::create_handle)
             .map_err(|_| EngineError::Backend("cuda: could not load libcublas (add the CUDA toolkit's lib64 to LD_LIBRARY_PATH)".into()))?
             .map_err(|e| derr("cublasCreate", e))?;
         // SAFETY: valid handle and stream of this context.
-        unsafe { blas::set_stream(handle, stream.cu_stream() as _) }.map_err(|e| derr("cublasSetStream", e))?;
+        unsafe { blas::set_stream(handle, stream.cu_stream() as _) }
+            .map_err(|e| derr("cublasSetStream", e))?;
         let sms = ctx
-            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
             .map_err(|e| derr("SM count", e))? as u32;
         let device_name = ctx.name().unwrap_or_else(|_| "cuda device".into());
-        let pool = Arc::new(Pool { ctx: ctx.clone(), free: Mutex::new(HashMap::new()), stats: Mutex::new((0, 0)) });
+        let pool = Arc::new(Pool {
+            ctx: ctx.clone(),
+            free: Mutex::new(HashMap::new()),
+            stats: Mutex::new((0, 0)),
+        });
         ctx.bind_to_thread().map_err(|e| derr("bind", e))?;
         // SAFETY: plain allocation, freed in Drop.
         let red = unsafe { drv::malloc_sync(8) }.map_err(|e| derr("cuMemAlloc", e))?;
@@ -282,7 +326,12 @@ impl CudaBackend {
             cc: (maj, min),
             blas: Mutex::new(BlasHandle(handle)),
             pool,
-            scratch: Mutex::new(Scratch { ids: (0, 0), ids2: (0, 0), wts: (0, 0), red }),
+            scratch: Mutex::new(Scratch {
+                ids: (0, 0),
+                ids2: (0, 0),
+                wts: (0, 0),
+                red,
+            }),
             precision,
             sms,
             device_name,
@@ -291,7 +340,9 @@ impl CudaBackend {
 
     /// Device 0 with the precision named by `KILN_CUDA_PRECISION` (default bf16).
     pub fn from_env() -> Result<Self, EngineError> {
-        let p = std::env::var("KILN_CUDA_PRECISION").unwrap_or_else(|_| "bf16".into()).parse()?;
+        let p = std::env::var("KILN_CUDA_PRECISION")
+            .unwrap_or_else(|_| "bf16".into())
+            .parse()?;
         Self::new(0, p)
     }
 
@@ -315,18 +366,31 @@ impl CudaBackend {
 
     /// Wait for all enqueued work.
     pub fn synchronize(&self) {
-        self.stream.synchronize().unwrap_or_else(|e| panic!("cuda: synchronize: {e:?}"));
+        self.stream
+            .synchronize()
+            .unwrap_or_else(|e| panic!("cuda: synchronize: {e:?}"));
     }
 
     fn func(&self, name: &str) -> CudaFunction {
         if let Some(f) = self.funcs.get(name) {
             return f.clone();
         }
-        let hd: usize = name.rsplit('_').next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        let hd: usize = name
+            .rsplit('_')
+            .next()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
         let key = if name == "k_attn_bwd_d" { 0 } else { hd };
         let attn = self.attn.lock().unwrap_or_else(|e| e.into_inner());
-        let found = if key == 0 { attn.values().next() } else { attn.get(&key) };
-        found.and_then(|m| m.get(name)).cloned().unwrap_or_else(|| panic!("cuda: kernel {name} not loaded"))
+        let found = if key == 0 {
+            attn.values().next()
+        } else {
+            attn.get(&key)
+        };
+        found
+            .and_then(|m| m.get(name))
+            .cloned()
+            .unwrap_or_else(|| panic!("cuda: kernel {name} not loaded"))
     }
 
     /// Compile and load the attention kernels for head dim `hd` once.
@@ -340,14 +404,24 @@ impl CudaBackend {
             return;
         }
         let t0 = std::time::Instant::now();
-        let m = load_module(&self.ctx, &attention_source(hd), self.cc, &attention_kernels(hd))
-            .unwrap_or_else(|e| panic!("{e}"));
-        tracing::debug!("cuda: attention kernels for head dim {hd} compiled in {:.1?}", t0.elapsed());
+        let m = load_module(
+            &self.ctx,
+            &attention_source(hd),
+            self.cc,
+            &attention_kernels(hd),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        tracing::debug!(
+            "cuda: attention kernels for head dim {hd} compiled in {:.1?}",
+            t0.elapsed()
+        );
         attn.insert(hd, m);
     }
 
     fn bind(&self) {
-        self.ctx.bind_to_thread().unwrap_or_else(|e| panic!("cuda: bind context: {e:?}"));
+        self.ctx
+            .bind_to_thread()
+            .unwrap_or_else(|e| panic!("cuda: bind context: {e:?}"));
     }
 
     /// Grid for a grid-stride elementwise kernel over `n` items with 256 threads.
@@ -361,7 +435,12 @@ impl CudaBackend {
         self.upload_bytes(slot, data.as_ptr() as *const u8, data.len() * 4)
     }
 
-    fn upload_bytes(&self, slot: fn(&mut Scratch) -> &mut (u64, usize), src: *const u8, bytes: usize) -> u64 {
+    fn upload_bytes(
+        &self,
+        slot: fn(&mut Scratch) -> &mut (u64, usize),
+        src: *const u8,
+        bytes: usize,
+    ) -> u64 {
         let mut sc = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let s = slot(&mut sc);
         if s.1 < bytes {
@@ -371,7 +450,8 @@ impl CudaBackend {
                 if s.0 != 0 {
                     drv::free_sync(s.0).unwrap_or_else(|e| panic!("cuda: free: {e:?}"));
                 }
-                s.0 = drv::malloc_sync(bytes.max(256)).unwrap_or_else(|e| panic!("cuda: scratch alloc: {e:?}"));
+                s.0 = drv::malloc_sync(bytes.max(256))
+                    .unwrap_or_else(|e| panic!("cuda: scratch alloc: {e:?}"));
             }
             s.1 = bytes.max(256);
         }
@@ -380,7 +460,8 @@ impl CudaBackend {
             // before the call returns, so the host slice may be reused afterwards.
             unsafe {
                 let host = std::slice::from_raw_parts(src, bytes);
-                drv::memcpy_htod_async(s.0, host, self.stream.cu_stream()).unwrap_or_else(|e| panic!("cuda: upload: {e:?}"));
+                drv::memcpy_htod_async(s.0, host, self.stream.cu_stream())
+                    .unwrap_or_else(|e| panic!("cuda: upload: {e:?}"));
             }
         }
         s.0
@@ -397,8 +478,20 @@ impl CudaBackend {
         let r = unsafe {
             match self.precision {
                 Precision::F32 => blas::sgemm(
-                    h.0, opa, opb, m, n, k, &alpha, b as *const f32, lda as i32, a as *const f32, ldb as i32, &beta,
-                    c as *mut f32, d.n as i32,
+                    h.0,
+                    opa,
+                    opb,
+                    m,
+                    n,
+                    k,
+                    &alpha,
+                    b as *const f32,
+                    lda as i32,
+                    a as *const f32,
+                    ldb as i32,
+                    &beta,
+                    c as *mut f32,
+                    d.n as i32,
                 ),
                 p => {
                     let ct = if p == Precision::Bf16 {
@@ -433,14 +526,15 @@ impl CudaBackend {
         };
         r.unwrap_or_else(|e| panic!("cuda: gemm {d:?}: {e:?}"));
     }
-
 }
 
 /// The PTX cache folder: `KILN_CUDA_CACHE`, else `$HOME/.cache/kiln-cuda` (None: no cache).
 fn cache_dir() -> Option<std::path::PathBuf> {
     std::env::var_os("KILN_CUDA_CACHE")
         .map(std::path::PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache/kiln-cuda")))
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache/kiln-cuda"))
+        })
 }
 
 /// PTX for `src` on compute capability `cc`, from the cache (keyed by a hash of the source and
@@ -452,16 +546,22 @@ pub fn cached_ptx(src: &str, cc: (i32, i32)) -> Result<String, EngineError> {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     src.hash(&mut h);
     cc.hash(&mut h);
-    let file = cache_dir().map(|d| d.join(format!("kiln-{:016x}-sm{}{}.ptx", h.finish(), cc.0, cc.1)));
+    let file =
+        cache_dir().map(|d| d.join(format!("kiln-{:016x}-sm{}{}.ptx", h.finish(), cc.0, cc.1)));
     if let Some(ptx) = file.as_ref().and_then(|f| std::fs::read_to_string(f).ok()) {
         return Ok(ptx);
     }
     let ptx = std::panic::catch_unwind(|| compile(src, cc.0, cc.1)).map_err(|_| {
-        EngineError::Backend("cuda: could not load libnvrtc (add the CUDA toolkit's lib64 to LD_LIBRARY_PATH)".into())
+        EngineError::Backend(
+            "cuda: could not load libnvrtc (add the CUDA toolkit's lib64 to LD_LIBRARY_PATH)"
+                .into(),
+        )
     })??;
     if let Some(f) = file {
         let tmp = f.with_extension(format!("tmp{}", std::process::id()));
-        let ok = f.parent().is_some_and(|d| std::fs::create_dir_all(d).is_ok())
+        let ok = f
+            .parent()
+            .is_some_and(|d| std::fs::create_dir_all(d).is_ok())
             && std::fs::write(&tmp, &ptx).is_ok()
             && std::fs::rename(&tmp, &f).is_ok();
         if !ok {
@@ -479,10 +579,14 @@ fn load_module(
     names: &[String],
 ) -> Result<HashMap<String, CudaFunction>, EngineError> {
     let ptx = cached_ptx(src, cc)?;
-    let module = ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx)).map_err(|e| derr("load module", e))?;
+    let module = ctx
+        .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
+        .map_err(|e| derr("load module", e))?;
     let mut funcs = HashMap::new();
     for n in names {
-        let f = module.load_function(n).map_err(|e| derr(&format!("load kernel {n}"), e))?;
+        let f = module
+            .load_function(n)
+            .map_err(|e| derr(&format!("load kernel {n}"), e))?;
         funcs.insert(n.clone(), f);
     }
     Ok(funcs)
@@ -513,10 +617,15 @@ impl Backend for CudaBackend {
 
     fn alloc(&self, len: usize) -> Result<CudaBuf, EngineError> {
         let p = self.pool.get(len)?;
-        let buf = CudaBuf { ptr: p, len, pool: self.pool.clone() };
+        let buf = CudaBuf {
+            ptr: p,
+            len,
+            pool: self.pool.clone(),
+        };
         if len > 0 {
             // SAFETY: p is valid for len f32s; enqueued on our stream before any use of buf.
-            unsafe { drv::memset_d8_async(p, 0, len * 4, self.stream.cu_stream()) }.map_err(|e| derr("memset", e))?;
+            unsafe { drv::memset_d8_async(p, 0, len * 4, self.stream.cu_stream()) }
+                .map_err(|e| derr("memset", e))?;
         }
         Ok(buf)
     }
@@ -526,7 +635,13 @@ impl Backend for CudaBackend {
     }
 
     fn write(&self, dst: View<CudaBuf>, src: &[f32]) {
-        assert_eq!(dst.len, src.len(), "cuda write: view {} vs host {}", dst.len, src.len());
+        assert_eq!(
+            dst.len,
+            src.len(),
+            "cuda write: view {} vs host {}",
+            dst.len,
+            src.len()
+        );
         self.bind();
         // SAFETY: bounds checked by `ptr`; pageable source is staged before return.
         unsafe { drv::memcpy_htod_async(ptr(&dst), src, self.stream.cu_stream()) }
@@ -534,7 +649,13 @@ impl Backend for CudaBackend {
     }
 
     fn read(&self, src: View<CudaBuf>, dst: &mut [f32]) {
-        assert_eq!(src.len, dst.len(), "cuda read: view {} vs host {}", src.len, dst.len());
+        assert_eq!(
+            src.len,
+            dst.len(),
+            "cuda read: view {} vs host {}",
+            src.len,
+            dst.len()
+        );
         self.bind();
         // SAFETY: bounds checked; synchronized before returning so dst is complete.
         unsafe { drv::memcpy_dtoh_async(dst, ptr(&src), self.stream.cu_stream()) }
@@ -551,8 +672,10 @@ impl Backend for CudaBackend {
         assert_eq!(dst.len, src.len, "cuda copy: {} vs {}", dst.len, src.len);
         self.bind();
         // SAFETY: both ranges bounds-checked; the trait guarantees no overlap.
-        unsafe { drv::memcpy_dtod_async(ptr(&dst), ptr(&src), dst.len * 4, self.stream.cu_stream()) }
-            .unwrap_or_else(|e| panic!("cuda: copy: {e:?}"));
+        unsafe {
+            drv::memcpy_dtod_async(ptr(&dst), ptr(&src), dst.len * 4, self.stream.cu_stream())
+        }
+        .unwrap_or_else(|e| panic!("cuda: copy: {e:?}"));
     }
 
     fn axpy(&self, y: View<CudaBuf>, alpha: f32, x: View<CudaBuf>) {
@@ -570,7 +693,8 @@ impl Backend for CudaBackend {
         self.bind();
         let red = self.scratch.lock().unwrap_or_else(|e| e.into_inner()).red;
         // SAFETY: red is an 8-byte device allocation owned by the backend.
-        unsafe { drv::memset_d8_async(red, 0, 8, self.stream.cu_stream()) }.unwrap_or_else(|e| panic!("cuda: memset: {e:?}"));
+        unsafe { drv::memset_d8_async(red, 0, 8, self.stream.cu_stream()) }
+            .unwrap_or_else(|e| panic!("cuda: memset: {e:?}"));
         launch!(self, "k_sum_squares", self.grid1(x.len), (256, 1, 1), 0; ptr(&x), x.len as i64, red);
         let mut out = [0f64];
         // SAFETY: 8 bytes from our reduction slot; synchronized below.
@@ -580,8 +704,19 @@ impl Backend for CudaBackend {
         out[0]
     }
 
-    fn matmul(&self, c: View<CudaBuf>, a: View<CudaBuf>, b: View<CudaBuf>, d: MatDims, alpha: f32, beta: f32) {
-        assert!(a.len >= d.m * d.k && b.len >= d.k * d.n && c.len >= d.m * d.n, "matmul shape {d:?}");
+    fn matmul(
+        &self,
+        c: View<CudaBuf>,
+        a: View<CudaBuf>,
+        b: View<CudaBuf>,
+        d: MatDims,
+        alpha: f32,
+        beta: f32,
+    ) {
+        assert!(
+            a.len >= d.m * d.k && b.len >= d.k * d.n && c.len >= d.m * d.n,
+            "matmul shape {d:?}"
+        );
         if d.m == 0 || d.n == 0 {
             return;
         }
@@ -697,7 +832,14 @@ impl Backend for CudaBackend {
             ptr(&dinp), ptr(&dout), ptr(&inp), dinp.len as i64, kind);
     }
 
-    fn qk_prep_forward(&self, out: View<CudaBuf>, stats: View<CudaBuf>, inp: View<CudaBuf>, d: AttnDims, p: QkPrep) {
+    fn qk_prep_forward(
+        &self,
+        out: View<CudaBuf>,
+        stats: View<CudaBuf>,
+        inp: View<CudaBuf>,
+        d: AttnDims,
+        p: QkPrep,
+    ) {
         let rows = d.b * d.t;
         assert!(out.len >= rows * d.qkv_width() && stats.len >= rows * (d.n_head + d.n_kv));
         self.bind();
@@ -732,10 +874,18 @@ impl Backend for CudaBackend {
         2 * d.b * d.n_head * d.t + d.b * d.t * d.out_width()
     }
 
-    fn attention_forward(&self, out: View<CudaBuf>, scratch: View<CudaBuf>, qkv: View<CudaBuf>, d: AttnDims) {
+    fn attention_forward(
+        &self,
+        out: View<CudaBuf>,
+        scratch: View<CudaBuf>,
+        qkv: View<CudaBuf>,
+        d: AttnDims,
+    ) {
         let hd = d.head_dim;
         self.ensure_attention(hd);
-        assert!(scratch.len >= self.attention_scratch_len(d) && qkv.len >= d.b * d.t * d.qkv_width());
+        assert!(
+            scratch.len >= self.attention_scratch_len(d) && qkv.len >= d.b * d.t * d.qkv_width()
+        );
         self.bind();
         let bh = d.b * d.n_head * d.t;
         let lse = scratch.sub(0, bh);
@@ -757,7 +907,9 @@ impl Backend for CudaBackend {
     ) {
         let hd = d.head_dim;
         self.ensure_attention(hd);
-        assert!(scratch.len >= self.attention_scratch_len(d) && dqkv.len >= d.b * d.t * d.qkv_width());
+        assert!(
+            scratch.len >= self.attention_scratch_len(d) && dqkv.len >= d.b * d.t * d.qkv_width()
+        );
         self.bind();
         let bh = d.b * d.n_head * d.t;
         let lse = scratch.sub(0, bh);
@@ -786,7 +938,11 @@ impl Backend for CudaBackend {
         pos0: usize,
         max_t: usize,
     ) {
-        assert!(pos0 + d.t <= max_t, "KV cache overflow: {} > {max_t}", pos0 + d.t);
+        assert!(
+            pos0 + d.t <= max_t,
+            "KV cache overflow: {} > {max_t}",
+            pos0 + d.t
+        );
         let row_kv = d.n_kv * d.head_dim;
         assert!(k_cache.len >= d.b * max_t * row_kv && v_cache.len >= d.b * max_t * row_kv);
         self.bind();
@@ -795,7 +951,11 @@ impl Backend for CudaBackend {
             ptr(&k_cache), ptr(&v_cache), ptr(&qkv), d.b as i32, d.t as i32, d.n_head as i32, d.n_kv as i32,
             d.head_dim as i32, pos0 as i32, max_t as i32);
         let smem = ((pos0 + d.t) * 4) as u32;
-        assert!(smem <= 48 * 1024, "cuda decode: {} cached positions exceed the 12288 supported", pos0 + d.t);
+        assert!(
+            smem <= 48 * 1024,
+            "cuda decode: {} cached positions exceed the 12288 supported",
+            pos0 + d.t
+        );
         let scale = 1.0 / (d.head_dim as f32).sqrt();
         launch!(self, "k_attn_cached", ((d.b * d.t) as u32, d.n_head as u32, 1), (128, 1, 1), smem;
             ptr(&out), ptr(&qkv), ptr(&k_cache), ptr(&v_cache), d.t as i32, d.n_head as i32, d.n_kv as i32,
@@ -830,7 +990,14 @@ impl Backend for CudaBackend {
             softcap.is_some() as i32, grad_scale.unwrap_or(0.0), grad_scale.is_some() as i32);
     }
 
-    fn adamw(&self, p: View<CudaBuf>, g: View<CudaBuf>, m: View<CudaBuf>, v: View<CudaBuf>, h: AdamHyper) {
+    fn adamw(
+        &self,
+        p: View<CudaBuf>,
+        g: View<CudaBuf>,
+        m: View<CudaBuf>,
+        v: View<CudaBuf>,
+        h: AdamHyper,
+    ) {
         assert!(g.len == p.len && m.len == p.len && v.len == p.len);
         self.bind();
         let bc1 = 1.0 - (h.beta1 as f64).powi(h.step as i32);
