@@ -274,6 +274,40 @@ pub fn eval_choice(
     Ok(score)
 }
 
+/// The three SFT evals of the report card.
+#[derive(Debug, Clone, Serialize)]
+pub struct EngineScores {
+    pub mmlu: EvalScore,
+    pub gsm8k: EvalScore,
+    pub arithmetic: EvalScore,
+}
+
+/// Runs MMLU (letter likelihoods), GSM8K and held-out arithmetic (greedy generation) on a
+/// kiln-engine model.
+pub fn run_all<B: kiln_engine::Backend>(
+    model: &kiln_engine::Model<B>,
+    codec: &dyn Codec,
+    tokens: &ChatTokens,
+    mmlu: &[ChoiceProblem],
+    gsm8k: &[OpenProblem],
+    arithmetic: &[OpenProblem],
+    max_new: usize,
+) -> Result<EngineScores, EvalError> {
+    let mut m = crate::engine::EngineModel { model };
+    Ok(EngineScores {
+        mmlu: eval_choice("MMLU", &mut m, codec, tokens, mmlu)?,
+        gsm8k: eval_open("GSM8K", &mut m, codec, tokens, gsm8k, max_new)?,
+        arithmetic: eval_open(
+            "arithmetic (held out)",
+            &mut m,
+            codec,
+            tokens,
+            arithmetic,
+            max_new,
+        )?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

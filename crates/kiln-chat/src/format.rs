@@ -28,6 +28,10 @@ pub trait Codec {
     fn special_id(&self, name: &str) -> Option<u32>;
     /// Vocabulary size (ids are `< vocab_size`).
     fn vocab_size(&self) -> usize;
+    /// The exact bytes of `ids` (for streaming: a character may span tokens).
+    fn decode_bytes(&self, ids: &[u32]) -> Vec<u8> {
+        self.decode_text(ids).into_bytes()
+    }
 }
 
 /// Errors of the format: missing special tokens, badly shaped conversations.
@@ -416,6 +420,17 @@ pub mod testing {
         }
         fn vocab_size(&self) -> usize {
             256 + SPECIALS.len()
+        }
+        fn decode_bytes(&self, ids: &[u32]) -> Vec<u8> {
+            let mut out = Vec::new();
+            for &id in ids {
+                if id < 256 {
+                    out.push(id as u8);
+                } else {
+                    out.extend_from_slice(self.decode_text(&[id]).as_bytes());
+                }
+            }
+            out
         }
     }
 }
