@@ -25,9 +25,11 @@ stage() { # name limit_s outfile cmd...
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 stage parity 60 parity.jsonl "$D/cuda_check" parity
 stage bench_kiln_bf16 60 bench.jsonl "$D/cuda_check" bench 16 1024 20 bf16
+stage bench_kiln_bf16_attn_v1 45 bench.jsonl env KILN_CUDA_ATTN=v1 "$D/cuda_check" bench 16 1024 10 bf16
+stage bench_kiln_tf32 30 bench.jsonl "$D/cuda_check" bench 16 1024 10 tf32
 stage bench_torch 75 bench.jsonl python3 scripts/gpu/torch_peak.py "$D/torch_ref.py" gpu
 stage decode 30 decode.jsonl "$D/cuda_check" decode 1,32 128
 stage train_resume 45 train.jsonl "$D/cuda_check" train "$D/corpus.txt" /tmp/kiln-ckpt 300
-stage bench_torch_compile 120 bench.jsonl python3 scripts/gpu/torch_peak.py "$D/torch_ref.py" gpu --compile
+stage bench_torch_compile 100 bench.jsonl python3 scripts/gpu/torch_peak.py "$D/torch_ref.py" gpu --compile
 cat "$OUT"/*.jsonl | python3 scripts/gpu/summarize.py | tee "$OUT/summary.json"
 tail -20 "$OUT/stderr.log"

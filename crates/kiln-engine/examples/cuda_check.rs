@@ -221,8 +221,17 @@ fn op_parity(tw: &mut Twin) {
         compare(tw, &format!("act_forward {act:?}"), &out, tol);
         compare(tw, &format!("act_backward {act:?}"), &dinp, tol);
     }
-    // attention (flash kernels) incl. GQA, qk_prep, cached decode
-    for (b, t, nh, nkv, hd) in [(2, 67, 4, 2, 16), (1, 130, 2, 2, 64), (2, 40, 4, 1, 32)] {
+    // attention (flash kernels v1 and v2) incl. GQA, qk_prep, cached decode
+    for (v2, b, t, nh, nkv, hd) in [
+        (false, 2, 67, 4, 2, 16),
+        (false, 1, 130, 2, 2, 64),
+        (false, 2, 40, 4, 1, 32),
+        (true, 2, 67, 4, 2, 16),
+        (true, 1, 130, 2, 2, 64),
+        (true, 2, 40, 4, 1, 32),
+        (true, 1, 200, 4, 1, 64),
+    ] {
+        tw.gpu.set_attention_v2(v2);
         let d = AttnDims {
             b,
             t,
@@ -253,7 +262,10 @@ fn op_parity(tw: &mut Twin) {
             be.attention_backward(dqkr, dout, qkr, sc, d);
             be.qk_prep_backward(dinp, dqkr, inp, qst, d, p)
         });
-        let tag = format!("b{b} t{t} nh{nh} nkv{nkv} hd{hd}");
+        let tag = format!(
+            "{} b{b} t{t} nh{nh} nkv{nkv} hd{hd}",
+            if v2 { "v2" } else { "v1" }
+        );
         compare(tw, &format!("qk_prep_forward {tag}"), &qkr, 1e-5);
         compare(tw, &format!("attention_forward {tag}"), &out, 1e-5);
         compare(tw, &format!("attention_backward {tag}"), &dqkr, 1e-4);
@@ -282,6 +294,7 @@ fn op_parity(tw: &mut Twin) {
         compare(tw, &format!("attention_cached step {tag}"), &o2b, 1e-5);
         drop(o2);
     }
+    tw.gpu.set_attention_v2(true);
     // cross-entropy with weights, with and without soft-cap
     for cap in [None, Some(15.0f32)] {
         let (rows, vocab) = (33, 1000);
@@ -503,6 +516,19 @@ fn bench(args: &[String]) -> Res<()> {
             times.push(t0.elapsed().as_secs_f64());
         }
     }
+    // one more step with per-op timing (synchronizing after every op) for the breakdown
+    gpu.set_profiling(true);
+    tr.train_step(&x, &y, None, 1.0)?;
+    gpu.set_profiling(false);
+    let prof: Vec<_> = gpu
+        .take_profile()
+        .into_iter()
+        .map(|(op, ms, n)| serde_json::json!({"op": op, "ms": (ms * 100.0).round() / 100.0, "calls": n}))
+        .collect();
+    println!(
+        "{}",
+        serde_json::json!({"bench": "train_profile", "precision": format!("{prec:?}"), "ops": prof})
+    );
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let med = times[times.len() / 2];
     let mean = times.iter().sum::<f64>() / times.len() as f64;
@@ -516,7 +542,7 @@ fn bench(args: &[String]) -> Res<()> {
     let (free, total) = gpu.device_memory();
     println!(
         "{}",
-        serde_json::json!({"bench": "train", "impl": "kiln-cuda", "precision": format!("{prec:?}"), "device": gpu.device_name(),
+        serde_json::json!({"bench": "train", "impl": "kiln-cuda", "precision": format!("{prec:?}"), "attention": std::env::var("KILN_CUDA_ATTN").unwrap_or_else(|_| "v2".into()), "device": gpu.device_name(),
             "batch": b, "ctx": t, "params": n_params, "steps": steps, "step_ms_median": med * 1e3, "step_ms_mean": mean * 1e3,
             "tokens_per_s": tok_s, "flops_per_token": flops_tok, "mfu_989": mfu, "first_loss": first_loss, "last_loss": last_loss,
             "backend_peak_mb": peak as f64 / 1048576.0, "backend_cur_mb": cur as f64 / 1048576.0,
@@ -661,7 +687,11 @@ fn main() -> Res<()> {
             // fill KILN_CUDA_CACHE for sm_90 without a GPU (only libnvrtc is needed)
             use kiln_engine::cuda::{attention_source, cached_ptx, ATTN_HEAD_DIMS, BASE_SOURCE};
             cached_ptx(BASE_SOURCE, (9, 0))?;
-            for hd in ATTN_HEAD_DIMS {
+            let dims: Vec<usize> = match args.get(1) {
+                Some(l) => l.split(',').map(|x| x.parse()).collect::<Result<_, _>>()?,
+                None => ATTN_HEAD_DIMS.to_vec(),
+            };
+            for hd in dims {
                 cached_ptx(&attention_source(hd), (9, 0))?;
                 eprintln!("head dim {hd}: cached");
             }

@@ -72,6 +72,9 @@ pub fn attention_kernels(hd: usize) -> Vec<String> {
         format!("k_attn_fwd_{hd}"),
         format!("k_attn_bwd_dq_{hd}"),
         format!("k_attn_bwd_dkv_{hd}"),
+        format!("k_attn2_fwd_{hd}"),
+        format!("k_attn2_bwd_dq_{hd}"),
+        format!("k_attn2_bwd_dkv_{hd}"),
     ]
 }
 
@@ -227,6 +230,30 @@ pub struct CudaBackend {
     precision: Precision,
     sms: u32,
     device_name: String,
+    /// Per-op timing (each op synchronizes when on): name → (seconds, calls).
+    profiling: std::sync::atomic::AtomicBool,
+    /// Attention kernels v2 (two threads per row, register-resident operands) instead of v1.
+    attn_v2: std::sync::atomic::AtomicBool,
+    profile: Mutex<HashMap<&'static str, (f64, u64)>>,
+}
+
+/// Times one op when profiling is on (synchronizes on drop).
+struct OpGuard<'a> {
+    be: &'a CudaBackend,
+    name: &'static str,
+    t0: Option<std::time::Instant>,
+}
+
+impl Drop for OpGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(t0) = self.t0 {
+            self.be.synchronize();
+            let mut p = self.be.profile.lock().unwrap_or_else(|e| e.into_inner());
+            let e = p.entry(self.name).or_insert((0.0, 0));
+            e.0 += t0.elapsed().as_secs_f64();
+            e.1 += 1;
+        }
+    }
 }
 
 fn ptr(v: &View<CudaBuf>) -> u64 {
@@ -335,6 +362,11 @@ impl CudaBackend {
             precision,
             sms,
             device_name,
+            profiling: std::sync::atomic::AtomicBool::new(false),
+            attn_v2: std::sync::atomic::AtomicBool::new(
+                std::env::var("KILN_CUDA_ATTN").map_or(true, |v| v != "v1"),
+            ),
+            profile: Mutex::new(HashMap::new()),
         })
     }
 
@@ -416,6 +448,51 @@ impl CudaBackend {
             t0.elapsed()
         );
         attn.insert(hd, m);
+    }
+
+    /// Use attention kernels v2 (default; `KILN_CUDA_ATTN=v1` picks v1 at start) or v1.
+    pub fn set_attention_v2(&self, on: bool) {
+        self.attn_v2.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn attn_prefix(&self) -> (&'static str, u32) {
+        if self.attn_v2.load(std::sync::atomic::Ordering::Relaxed) {
+            ("k_attn2", 128)
+        } else {
+            ("k_attn", 64)
+        }
+    }
+
+    /// Turn per-op timing on or off (on: every op synchronizes, so only for diagnosis).
+    pub fn set_profiling(&self, on: bool) {
+        self.synchronize();
+        self.profiling
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The per-op times collected so far (op, milliseconds, calls), largest first; clears them.
+    pub fn take_profile(&self) -> Vec<(String, f64, u64)> {
+        let mut p = self.profile.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = p
+            .drain()
+            .map(|(k, (s, n))| (k.to_string(), s * 1e3, n))
+            .collect();
+        v.sort_by(|a, b| b.1.total_cmp(&a.1));
+        v
+    }
+
+    /// Bind the context to this thread and start timing op `name` if profiling.
+    fn op(&self, name: &'static str) -> OpGuard<'_> {
+        self.bind();
+        let on = self.profiling.load(std::sync::atomic::Ordering::Relaxed);
+        if on {
+            self.synchronize();
+        }
+        OpGuard {
+            be: self,
+            name,
+            t0: on.then(std::time::Instant::now),
+        }
     }
 
     fn bind(&self) {
@@ -642,7 +719,7 @@ impl Backend for CudaBackend {
             dst.len,
             src.len()
         );
-        self.bind();
+        let _p = self.op("write");
         // SAFETY: bounds checked by `ptr`; pageable source is staged before return.
         unsafe { drv::memcpy_htod_async(ptr(&dst), src, self.stream.cu_stream()) }
             .unwrap_or_else(|e| panic!("cuda: write: {e:?}"));
@@ -656,7 +733,7 @@ impl Backend for CudaBackend {
             src.len,
             dst.len()
         );
-        self.bind();
+        let _p = self.op("read");
         // SAFETY: bounds checked; synchronized before returning so dst is complete.
         unsafe { drv::memcpy_dtoh_async(dst, ptr(&src), self.stream.cu_stream()) }
             .unwrap_or_else(|e| panic!("cuda: read: {e:?}"));
@@ -664,13 +741,13 @@ impl Backend for CudaBackend {
     }
 
     fn fill(&self, dst: View<CudaBuf>, value: f32) {
-        self.bind();
+        let _p = self.op("fill");
         launch!(self, "k_fill", self.grid1(dst.len), (256, 1, 1), 0; ptr(&dst), dst.len as i64, value);
     }
 
     fn copy(&self, dst: View<CudaBuf>, src: View<CudaBuf>) {
         assert_eq!(dst.len, src.len, "cuda copy: {} vs {}", dst.len, src.len);
-        self.bind();
+        let _p = self.op("copy");
         // SAFETY: both ranges bounds-checked; the trait guarantees no overlap.
         unsafe {
             drv::memcpy_dtod_async(ptr(&dst), ptr(&src), dst.len * 4, self.stream.cu_stream())
@@ -680,17 +757,17 @@ impl Backend for CudaBackend {
 
     fn axpy(&self, y: View<CudaBuf>, alpha: f32, x: View<CudaBuf>) {
         assert_eq!(y.len, x.len);
-        self.bind();
+        let _p = self.op("axpy");
         launch!(self, "k_axpy", self.grid1(y.len), (256, 1, 1), 0; ptr(&y), ptr(&x), y.len as i64, alpha);
     }
 
     fn scale(&self, x: View<CudaBuf>, s: f32) {
-        self.bind();
+        let _p = self.op("scale");
         launch!(self, "k_scale", self.grid1(x.len), (256, 1, 1), 0; ptr(&x), x.len as i64, s);
     }
 
     fn sum_squares(&self, x: View<CudaBuf>) -> f64 {
-        self.bind();
+        let _p = self.op("sum_squares");
         let red = self.scratch.lock().unwrap_or_else(|e| e.into_inner()).red;
         // SAFETY: red is an 8-byte device allocation owned by the backend.
         unsafe { drv::memset_d8_async(red, 0, 8, self.stream.cu_stream()) }
@@ -720,20 +797,20 @@ impl Backend for CudaBackend {
         if d.m == 0 || d.n == 0 {
             return;
         }
-        self.bind();
+        let _p = self.op("matmul");
         self.gemm(d, alpha, beta, ptr(&a), ptr(&b), ptr(&c));
     }
 
     fn add_bias(&self, out: View<CudaBuf>, bias: View<CudaBuf>, rows: usize, cols: usize) {
         assert!(out.len >= rows * cols && bias.len >= cols);
-        self.bind();
+        let _p = self.op("add_bias");
         let n = rows * cols;
         launch!(self, "k_add_bias", self.grid1(n), (256, 1, 1), 0; ptr(&out), ptr(&bias), n as i64, cols as i32);
     }
 
     fn bias_backward(&self, dbias: View<CudaBuf>, dout: View<CudaBuf>, rows: usize, cols: usize) {
         assert!(dout.len >= rows * cols && dbias.len >= cols);
-        self.bind();
+        let _p = self.op("bias_backward");
         let grid = (cols.div_ceil(32) as u32, rows.div_ceil(256) as u32, 1);
         launch!(self, "k_col_grads", grid, (32, 8, 1), 0; 0u64, ptr(&dbias), ptr(&dout), 0u64, 0u64, rows as i32, cols as i32);
     }
@@ -749,7 +826,7 @@ impl Backend for CudaBackend {
         c: usize,
     ) {
         assert!(out.len >= ids.len() * c);
-        self.bind();
+        let _p = self.op("embedding_forward");
         let idp = self.upload_u32(|s| &mut s.ids, ids);
         let n = ids.len() * c;
         launch!(self, "k_embed_fwd", self.grid1(n), (256, 1, 1), 0;
@@ -766,7 +843,7 @@ impl Backend for CudaBackend {
         c: usize,
     ) {
         assert!(dout.len >= ids.len() * c);
-        self.bind();
+        let _p = self.op("embedding_backward");
         let idp = self.upload_u32(|s| &mut s.ids, ids);
         let n = ids.len() * c;
         launch!(self, "k_embed_bwd", self.grid1(n), (256, 1, 1), 0;
@@ -786,7 +863,7 @@ impl Backend for CudaBackend {
         eps: f32,
     ) {
         assert!(out.len >= rows * cols && inp.len >= rows * cols && stats.len >= 2 * rows);
-        self.bind();
+        let _p = self.op("norm_forward");
         let is_ln = (kind == NormKind::LayerNorm) as i32;
         launch!(self, "k_norm_fwd", (rows.div_ceil(8) as u32, 1, 1), (256, 1, 1), 0;
             ptr(&out), ptr(&stats), ptr(&inp), optr(&weight), optr(&bias), rows as i32, cols as i32, eps, is_ln);
@@ -806,7 +883,7 @@ impl Backend for CudaBackend {
         cols: usize,
     ) {
         assert!(dinp.len >= rows * cols && dout.len >= rows * cols && inp.len >= rows * cols);
-        self.bind();
+        let _p = self.op("norm_backward");
         let is_ln = (kind == NormKind::LayerNorm) as i32;
         launch!(self, "k_norm_bwd_dx", (rows.div_ceil(8) as u32, 1, 1), (256, 1, 1), 0;
             ptr(&dinp), ptr(&dout), ptr(&inp), ptr(&stats), optr(&weight), rows as i32, cols as i32, is_ln);
@@ -819,14 +896,14 @@ impl Backend for CudaBackend {
 
     fn act_forward(&self, act: Act, out: View<CudaBuf>, inp: View<CudaBuf>) {
         assert_eq!(out.len, inp.len);
-        self.bind();
+        let _p = self.op("act_forward");
         let kind = (act == Act::ReluSq) as i32;
         launch!(self, "k_act_fwd", self.grid1(out.len), (256, 1, 1), 0; ptr(&out), ptr(&inp), out.len as i64, kind);
     }
 
     fn act_backward(&self, act: Act, dinp: View<CudaBuf>, dout: View<CudaBuf>, inp: View<CudaBuf>) {
         assert_eq!(dinp.len, inp.len);
-        self.bind();
+        let _p = self.op("act_backward");
         let kind = (act == Act::ReluSq) as i32;
         launch!(self, "k_act_bwd", self.grid1(dinp.len), (256, 1, 1), 0;
             ptr(&dinp), ptr(&dout), ptr(&inp), dinp.len as i64, kind);
@@ -842,7 +919,7 @@ impl Backend for CudaBackend {
     ) {
         let rows = d.b * d.t;
         assert!(out.len >= rows * d.qkv_width() && stats.len >= rows * (d.n_head + d.n_kv));
-        self.bind();
+        let _p = self.op("qk_prep_forward");
         let warps = rows * (d.n_head + 2 * d.n_kv);
         launch!(self, "k_qk_prep_fwd", ((warps * 32).div_ceil(256) as u32, 1, 1), (256, 1, 1), 0;
             ptr(&out), ptr(&stats), ptr(&inp), rows as i32, d.t as i32, d.n_head as i32, d.n_kv as i32,
@@ -861,7 +938,7 @@ impl Backend for CudaBackend {
     ) {
         let rows = d.b * d.t;
         assert!(dinp.len >= rows * d.qkv_width());
-        self.bind();
+        let _p = self.op("qk_prep_backward");
         let warps = rows * (d.n_head + 2 * d.n_kv);
         launch!(self, "k_qk_prep_bwd", ((warps * 32).div_ceil(256) as u32, 1, 1), (256, 1, 1), 0;
             ptr(&dinp), ptr(&dout), ptr(&inp), ptr(&stats), rows as i32, d.t as i32, d.n_head as i32,
@@ -886,13 +963,14 @@ impl Backend for CudaBackend {
         assert!(
             scratch.len >= self.attention_scratch_len(d) && qkv.len >= d.b * d.t * d.qkv_width()
         );
-        self.bind();
+        let _p = self.op("attention_forward");
         let bh = d.b * d.n_head * d.t;
         let lse = scratch.sub(0, bh);
         let ocopy = scratch.sub(2 * bh, d.b * d.t * d.out_width());
         let scale = 1.0 / (hd as f32).sqrt();
         let grid = (d.t.div_ceil(64) as u32, d.n_head as u32, d.b as u32);
-        launch!(self, &format!("k_attn_fwd_{hd}"), grid, (64, 1, 1), 0;
+        let (pre, nt) = self.attn_prefix();
+        launch!(self, &format!("{pre}_fwd_{hd}"), grid, (nt, 1, 1), 0;
             ptr(&out), ptr(&lse), ptr(&qkv), d.t as i32, d.n_head as i32, d.n_kv as i32, scale);
         self.copy(ocopy, out.sub(0, d.b * d.t * d.out_width()));
     }
@@ -910,7 +988,7 @@ impl Backend for CudaBackend {
         assert!(
             scratch.len >= self.attention_scratch_len(d) && dqkv.len >= d.b * d.t * d.qkv_width()
         );
-        self.bind();
+        let _p = self.op("attention_backward");
         let bh = d.b * d.n_head * d.t;
         let lse = scratch.sub(0, bh);
         let dd = scratch.sub(bh, bh);
@@ -920,11 +998,17 @@ impl Backend for CudaBackend {
         launch!(self, "k_attn_bwd_d", ((rows * d.n_head * 32).div_ceil(256) as u32, 1, 1), (256, 1, 1), 0;
             ptr(&dd), ptr(&dout), ptr(&ocopy), rows as i32, d.t as i32, d.n_head as i32, hd as i32);
         let grid_q = (d.t.div_ceil(64) as u32, d.n_head as u32, d.b as u32);
-        launch!(self, &format!("k_attn_bwd_dq_{hd}"), grid_q, (64, 1, 1), 0;
+        let (pre, nt) = self.attn_prefix();
+        launch!(self, &format!("{pre}_bwd_dq_{hd}"), grid_q, (nt, 1, 1), 0;
             ptr(&dqkv), ptr(&dout), ptr(&qkv), ptr(&lse), ptr(&dd), d.t as i32, d.n_head as i32, d.n_kv as i32, scale);
-        let bkv = if hd >= 128 { 32 } else { 64 };
-        let grid_kv = (d.t.div_ceil(bkv) as u32, d.n_kv as u32, d.b as u32);
-        launch!(self, &format!("k_attn_bwd_dkv_{hd}"), grid_kv, (bkv as u32, 1, 1), 0;
+        // v1: one thread per key (32 keys per block at hd 128); v2: 64 keys, two threads each
+        let (keys, threads) = match (pre, hd >= 128) {
+            ("k_attn2", _) => (64, 128),
+            (_, true) => (32, 32),
+            _ => (64, 64),
+        };
+        let grid_kv = (d.t.div_ceil(keys) as u32, d.n_kv as u32, d.b as u32);
+        launch!(self, &format!("{pre}_bwd_dkv_{hd}"), grid_kv, (threads, 1, 1), 0;
             ptr(&dqkv), ptr(&dout), ptr(&qkv), ptr(&lse), ptr(&dd), d.t as i32, d.n_head as i32, d.n_kv as i32, scale);
     }
 
@@ -945,7 +1029,7 @@ impl Backend for CudaBackend {
         );
         let row_kv = d.n_kv * d.head_dim;
         assert!(k_cache.len >= d.b * max_t * row_kv && v_cache.len >= d.b * max_t * row_kv);
-        self.bind();
+        let _p = self.op("attention_cached");
         let n = d.b * d.t * row_kv;
         launch!(self, "k_kv_append", self.grid1(n), (256, 1, 1), 0;
             ptr(&k_cache), ptr(&v_cache), ptr(&qkv), d.b as i32, d.t as i32, d.n_head as i32, d.n_kv as i32,
@@ -977,7 +1061,7 @@ impl Backend for CudaBackend {
         if let Some(&t) = targets[..rows].iter().find(|&&t| t as usize >= vocab) {
             panic!("target {t} out of vocab {vocab}");
         }
-        self.bind();
+        let _p = self.op("cross_entropy");
         let tp = self.upload_u32(|s| &mut s.ids2, &targets[..rows]);
         let wp = if grad_scale.is_some() {
             assert!(weights.len() >= rows);
@@ -999,7 +1083,7 @@ impl Backend for CudaBackend {
         h: AdamHyper,
     ) {
         assert!(g.len == p.len && m.len == p.len && v.len == p.len);
-        self.bind();
+        let _p = self.op("adamw");
         let bc1 = 1.0 - (h.beta1 as f64).powi(h.step as i32);
         let bc2 = 1.0 - (h.beta2 as f64).powi(h.step as i32);
         let step_size = (h.lr as f64 / bc1) as f32;
