@@ -65,3 +65,38 @@ fn attention_kernels_compile_for_every_head_dim() {
         check(&ptx, &attention_kernels(hd));
     }
 }
+
+#[test]
+fn precision_names_parse_and_bad_ones_are_named() {
+    use kiln_engine::cuda::Precision;
+    assert_eq!("f32".parse::<Precision>().unwrap(), Precision::F32);
+    assert_eq!("tf32".parse::<Precision>().unwrap(), Precision::Tf32);
+    assert_eq!("bf16".parse::<Precision>().unwrap(), Precision::Bf16);
+    let e = "fp8".parse::<Precision>().unwrap_err().to_string();
+    assert!(e.contains("fp8"), "{e}");
+}
+
+#[test]
+fn every_attention_module_names_its_head_dim() {
+    for hd in ATTN_HEAD_DIMS {
+        let src = attention_source(hd);
+        assert!(src.ends_with(&format!("ATTN_INST({hd})\n")));
+        for k in attention_kernels(hd).iter().filter(|k| *k != "k_attn_bwd_d") {
+            assert!(k.ends_with(&format!("_{hd}")), "{k}");
+        }
+    }
+}
+
+/// On a machine without the NVIDIA driver (CI), opening the backend is an error that says what
+/// is missing — never a panic or a crash.
+#[test]
+fn no_driver_is_a_clean_error() {
+    use kiln_engine::cuda::{CudaBackend, Precision};
+    match CudaBackend::new(0, Precision::F32) {
+        Ok(be) => eprintln!("SKIPPED: a CUDA device is present ({})", be.device_name()),
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(msg.contains("libcuda not found"), "{msg}");
+        }
+    }
+}

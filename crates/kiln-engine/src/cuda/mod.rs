@@ -316,6 +316,17 @@ macro_rules! launch {
 impl CudaBackend {
     /// Open device `ordinal`, compile the kernels, create the cuBLAS handle.
     pub fn new(ordinal: usize, precision: Precision) -> Result<Self, EngineError> {
+        // SAFETY: these only try to open the shared libraries.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err(EngineError::Backend(
+                "cuda: libcuda not found (no NVIDIA driver on this machine, or set LD_LIBRARY_PATH)".into(),
+            ));
+        }
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return Err(EngineError::Backend(
+                "cuda: libcublas not found (add the CUDA toolkit's lib64 to LD_LIBRARY_PATH)".into(),
+            ));
+        }
         let ctx = std::panic::catch_unwind(|| CudaContext::new(ordinal))
             .map_err(|_| EngineError::Backend("cuda: could not load libcuda (is an NVIDIA driver installed? set LD_LIBRARY_PATH)".into()))?
             .map_err(|e| derr("open device", e))?;
