@@ -12,3 +12,8 @@ pub mod quality;
 pub mod shards;
 pub mod url_filter;
 pub mod warc;
+pub mod config;
+pub mod input;
+pub mod pipeline;
+pub mod stats;
+pub mod textshard;

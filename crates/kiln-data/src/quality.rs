@@ -519,7 +519,7 @@ pub fn fineweb(text: &str, c: &FineWebConfig) -> Result<(), &'static str> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A clean English paragraph of the kind every filter keeps.

@@ -69,10 +69,15 @@ pub fn read_stream(reader: &mut dyn BufRead, sink: &mut dyn FnMut(Item)) -> std:
                     parse_records(&mut cursor, sink)?;
                 }
                 Err(e) => {
-                    // Whatever decoded before the error may still hold whole records.
+                    // Whatever decoded before the error may still hold whole records; the
+                    // cut record itself is reported once, as the gzip error.
                     if !member.is_empty() {
                         let mut cursor = std::io::Cursor::new(member);
-                        parse_records(&mut cursor, sink)?;
+                        parse_records(&mut cursor, &mut |item: Item| {
+                            if item.is_ok() {
+                                sink(item)
+                            }
+                        })?;
                     }
                     sink(Err(Skip {
                         reason: "truncated_gzip",
