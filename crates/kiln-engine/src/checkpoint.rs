@@ -129,6 +129,10 @@ pub fn save_checkpoint<B: Backend>(
     meta.insert("format".to_string(), "pt".to_string());
     safetensors::write(&tmp.join("model.safetensors"), &refs, &meta)?;
     drop(owned);
+    // Test hook: widen the window in which a checkpoint is half-written (crash tests).
+    if let Some(ms) = std::env::var("KILN_CKPT_PAUSE_MS").ok().and_then(|v| v.parse::<u64>().ok()) {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
 
     let config_json = if gpt2 {
         hf_gpt2_config(cfg)

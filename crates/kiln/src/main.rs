@@ -24,6 +24,14 @@ enum Command {
     /// Web data: fetch the registry-shipped corpora, process web pages into clean text shards.
     #[command(subcommand)]
     Data(cmd::data::DataCommand),
+    /// Pretrain a base model on token shards (eval in bits-per-byte, live samples, checkpoints,
+    /// exact resume).
+    Pretrain(Box<cmd::pretrain::PretrainArgs>),
+    /// Sample continuations from a checkpoint (KV cache; temperature/top-k/top-p/min-p).
+    Sample(cmd::sample::SampleArgs),
+    /// Benchmarks against the PyTorch reference (shared/bench/torch_ref.py).
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -36,6 +44,12 @@ fn main() -> std::process::ExitCode {
         .init();
     let result = match cli.command {
         Command::Data(c) => cmd::data::run(c),
+        Command::Pretrain(a) => {
+            let threads = cmd::engine_threads(a.threads);
+            cmd::pretrain::run(*a, threads)
+        }
+        Command::Sample(a) => cmd::sample::run(a, cmd::engine_threads(None)),
+        Command::Bench(c) => cmd::bench::run(c),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

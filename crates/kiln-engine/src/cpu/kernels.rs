@@ -27,8 +27,18 @@ pub fn par_zip(y: &mut [f32], x: &[f32], f: impl Fn(&mut f32, f32) + Sync) {
     });
 }
 
+/// Σx² in f64. Deterministic: fixed pieces summed in order (rayon's own `sum` may split
+/// differently from run to run, which would break bit-exact resume through gradient clipping).
 pub fn sum_squares(x: &[f32]) -> f64 {
-    x.par_chunks(CHUNK).map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>()).sum()
+    const PIECES: usize = 64;
+    let mut part = [0f64; PIECES];
+    let per = x.len().div_ceil(PIECES).max(1);
+    part.par_iter_mut().enumerate().for_each(|(i, p)| {
+        let lo = (i * per).min(x.len());
+        let hi = ((i + 1) * per).min(x.len());
+        *p = x[lo..hi].iter().map(|&v| (v as f64) * (v as f64)).sum();
+    });
+    part.iter().sum()
 }
 
 /// Dot product with 8 independent accumulators (vectorizes without fast-math).
@@ -521,6 +531,22 @@ pub fn cross_entropy(
                 Some(c) => c * fast_tanh(x / c),
                 None => x,
             };
+            if let (Some(s), None) = (grad_scale, softcap) {
+                // fused: one exp per logit, stored in place and turned into the gradient
+                let mx = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let zt = z[tgt];
+                let mut sum = 0f32;
+                for v in z.iter_mut() {
+                    *v = (*v - mx).exp();
+                    sum += *v;
+                }
+                *loss = mx + sum.ln() - zt;
+                let ws = s * weights[r];
+                let k = ws / sum;
+                z.iter_mut().for_each(|v| *v *= k);
+                z[tgt] -= ws;
+                return;
+            }
             if grad_scale.is_some() && softcap.is_some() {
                 z.iter_mut().for_each(|v| *v = cap(*v));
             }

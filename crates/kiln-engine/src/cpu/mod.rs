@@ -55,7 +55,26 @@ pub(crate) fn w<'a>(v: View<'a, CpuBuf>) -> &'a mut [f32] {
 /// Panics if any output view overlaps any other view of the same call.
 fn check(outs: &[View<CpuBuf>], ins: &[View<CpuBuf>]) {
     for (i, o) in outs.iter().enumerate() {
-        let others = outs.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, v)| v).chain(ins.iter());
+        for (j, x) in outs.iter().enumerate() {
+            if i != j {
+                overlap(o, x);
+            }
+        }
+        ins.iter().for_each(|x| overlap(o, x));
+    }
+}
+
+fn overlap(o: &View<CpuBuf>, x: &View<CpuBuf>) {
+    if std::ptr::eq(o.buf, x.buf) && o.off < x.off + x.len && x.off < o.off + o.len && o.len > 0 && x.len > 0 {
+        panic!("cpu backend: output view {}+{} overlaps view {}+{}", o.off, o.len, x.off, x.len);
+    }
+}
+
+/// [`check`] over optional views (no allocation; used on the hot path).
+fn check_opt(outs: &[Option<View<CpuBuf>>], ins: &[Option<View<CpuBuf>>]) {
+    for (i, o) in outs.iter().enumerate() {
+        let Some(o) = o else { continue };
+        let others = outs.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, v)| v).chain(ins.iter()).flatten();
         for x in others {
             if std::ptr::eq(o.buf, x.buf) && o.off < x.off + x.len && x.off < o.off + o.len && o.len > 0 && x.len > 0 {
                 panic!("cpu backend: output view {}+{} overlaps view {}+{}", o.off, o.len, x.off, x.len);
@@ -202,9 +221,7 @@ impl Backend for CpuBackend {
         pos0: usize,
         c: usize,
     ) {
-        let mut ins = vec![wte];
-        ins.extend(wpe);
-        check(&[out], &ins);
+        check_opt(&[Some(out)], &[Some(wte), wpe]);
         kernels::embedding_forward(w(out), r(wte), wpe.map(r), ids, t, pos0, c);
     }
 
@@ -217,9 +234,7 @@ impl Backend for CpuBackend {
         t: usize,
         c: usize,
     ) {
-        let mut outs = vec![dwte];
-        outs.extend(dwpe);
-        check(&outs, &[dout]);
+        check_opt(&[Some(dwte), dwpe], &[Some(dout)]);
         kernels::embedding_backward(w(dwte), dwpe.map(w), r(dout), ids, t, c);
     }
 
@@ -235,10 +250,7 @@ impl Backend for CpuBackend {
         cols: usize,
         eps: f32,
     ) {
-        let mut ins = vec![inp];
-        ins.extend(weight);
-        ins.extend(bias);
-        check(&[out, stats], &ins);
+        check_opt(&[Some(out), Some(stats)], &[Some(inp), weight, bias]);
         kernels::norm_forward(kind, w(out), w(stats), r(inp), weight.map(r), bias.map(r), rows, cols, eps);
     }
 
@@ -255,12 +267,7 @@ impl Backend for CpuBackend {
         rows: usize,
         cols: usize,
     ) {
-        let mut outs = vec![dinp];
-        outs.extend(dweight);
-        outs.extend(dbias);
-        let mut ins = vec![dout, inp, stats];
-        ins.extend(weight);
-        check(&outs, &ins);
+        check_opt(&[Some(dinp), dweight, dbias], &[Some(dout), Some(inp), Some(stats), weight]);
         kernels::norm_backward(
             kind,
             w(dinp),
