@@ -24,6 +24,9 @@ enum Command {
     /// Web data: fetch the registry-shipped corpora, process web pages into clean text shards.
     #[command(subcommand)]
     Data(cmd::data::DataCommand),
+    /// Tokenizer: train byte-level BPE, encode/decode (tiktoken-compatible), view tokens.
+    #[command(subcommand)]
+    Tok(cmd::tok::TokCommand),
     /// Pretrain a base model on token shards (eval in bits-per-byte, live samples, checkpoints,
     /// exact resume).
     Pretrain(Box<cmd::pretrain::PretrainArgs>),
@@ -44,6 +47,7 @@ fn main() -> std::process::ExitCode {
         .init();
     let result = match cli.command {
         Command::Data(c) => cmd::data::run(c),
+        Command::Tok(c) => cmd::tok::run(c),
         Command::Pretrain(a) => {
             let threads = cmd::engine_threads(a.threads);
             cmd::pretrain::run(*a, threads)

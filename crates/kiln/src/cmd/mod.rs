@@ -1,6 +1,7 @@
 //! One module per subcommand family.
 
 pub mod data;
+pub mod tok;
 pub mod bench;
 pub mod pretrain;
 pub mod sample;
