@@ -485,6 +485,11 @@ pub fn evals_sample(v: &Value) -> Result<Conversation, String> {
             }),
         }
     }
+    if conv.messages.is_empty() {
+        // Some tasks put the whole prompt in system messages: the last one is the question.
+        let q = system.pop().ok_or("`input` has no messages")?;
+        conv.messages.push(Message::user(q));
+    }
     if !system.is_empty() {
         conv.system = Some(system.join("\n\n"));
     }
@@ -501,17 +506,28 @@ fn load_evals(
     col: &mut Collector,
 ) -> Result<(), MixError> {
     for file in evals_files(root, include, exclude)? {
-        let text = read(&file)?;
-        let mut used = 0;
-        for (ln, line) in text.lines().enumerate() {
-            if used >= per_file {
-                break;
-            }
+        // Read lazily: the registry is ~600 MB and only the first `per_file` samples are used.
+        let f = std::fs::File::open(&file).map_err(|source| MixError::Io {
+            path: file.clone(),
+            source,
+        })?;
+        // Only the first `per_file` lines are looked at, usable or not.
+        for (ln, line) in std::io::BufRead::lines(std::io::BufReader::new(f))
+            .enumerate()
+            .take(per_file)
+        {
+            let line = match line {
+                Ok(l) => l,
+                Err(e) => {
+                    col.malformed(format!("{}:{}: {e}", file.display(), ln + 1))?;
+                    break;
+                }
+            };
             if line.trim().is_empty() {
                 continue;
             }
             let at = || format!("{}:{}", file.display(), ln + 1);
-            let conv = match serde_json::from_str::<Value>(line)
+            let conv = match serde_json::from_str::<Value>(&line)
                 .map_err(|e| e.to_string())
                 .and_then(|v| evals_sample(&v))
             {
@@ -521,7 +537,6 @@ fn load_evals(
                     continue;
                 }
             };
-            used += 1;
             let chars = conv.system.as_ref().map_or(0, String::len)
                 + conv
                     .messages
@@ -584,6 +599,13 @@ mod tests {
         .unwrap();
         let c = evals_sample(&v).unwrap();
         assert_eq!(c.system.as_deref(), Some("S"));
+        let only_system: Value = serde_json::json!({"input": [{"role": "system", "content": "rules"}, {"role": "system", "content": "Q?"}], "ideal": "A"});
+        let c2 = evals_sample(&only_system).unwrap();
+        assert_eq!(
+            (c2.system.as_deref(), c2.messages[0].content.text().as_str()),
+            (Some("rules"), "Q?")
+        );
+        c2.validate(true).unwrap();
         assert_eq!(c.messages.len(), 4);
         assert_eq!(c.messages[3], Message::assistant("4"));
         c.validate(true).unwrap();

@@ -6,3 +6,4 @@ pub mod metrics;
 pub mod plot;
 pub mod pretrain;
 pub mod schedule;
+pub mod sft;

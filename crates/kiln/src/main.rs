@@ -2,6 +2,7 @@
 //! Each subcommand family lives in its own file under `cmd/`; no logic a library should own.
 
 mod cmd;
+mod report;
 
 use clap::{Parser, Subcommand};
 
@@ -35,6 +36,12 @@ enum Command {
     /// Benchmarks against the PyTorch reference (shared/bench/torch_ref.py).
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
+    /// Supervised fine-tuning of a base model on a conversation mix (TOML) → an assistant.
+    Sft(Box<cmd::sft::SftArgs>),
+    /// Chat with a checkpoint in the terminal (streaming, multi-turn; `--once` for scripts).
+    Chat(cmd::chat::ChatArgs),
+    /// The whole pipeline, small: data → tokenizer → pretrain → SFT → evals → report card.
+    Speedrun(cmd::speedrun::SpeedrunArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -54,6 +61,15 @@ fn main() -> std::process::ExitCode {
         }
         Command::Sample(a) => cmd::sample::run(a, cmd::engine_threads(None)),
         Command::Bench(c) => cmd::bench::run(c),
+        Command::Sft(a) => {
+            let threads = cmd::engine_threads(a.threads);
+            cmd::sft::run(*a, threads)
+        }
+        Command::Chat(a) => cmd::chat::run(a, cmd::engine_threads(None)),
+        Command::Speedrun(a) => {
+            let threads = cmd::engine_threads(a.threads);
+            cmd::speedrun::run(a, threads)
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

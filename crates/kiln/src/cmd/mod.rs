@@ -5,6 +5,9 @@ pub mod tok;
 pub mod bench;
 pub mod pretrain;
 pub mod sample;
+pub mod chat;
+pub mod sft;
+pub mod speedrun;
 
 /// Size rayon's global pool for the engine (all cores unless told) and return the thread count.
 pub fn engine_threads(n: Option<usize>) -> usize {

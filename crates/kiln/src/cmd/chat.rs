@@ -1,0 +1,239 @@
+//! `kiln chat`: talk to a checkpoint in the terminal. Streams tokens as they are sampled, keeps the
+//! multi-turn history, `/clear`, `/temp <t>`, `/system <text>`, and says when the context window
+//! fills (old exchanges are dropped). `--once` reads one message from stdin and prints one reply
+//! (for scripts and tests). `--base-prompt <file>` uses a base model as an assistant by continuing
+//! a conversation-shaped document, stopping at the next turn marker.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use kiln_chat::format::ChatTokens;
+use kiln_chat::session::{base_model_reply, ChatSession};
+use kiln_engine::{CpuBackend, Model, SamplingParams};
+use kiln_tokenizer::Tokenizer;
+
+#[derive(Args)]
+pub struct ChatArgs {
+    /// Checkpoint folder (or a run folder with ckpt/latest), e.g. runs/speedrun/sft.
+    #[arg(long)]
+    pub ckpt: PathBuf,
+    /// Tokenizer folder or name [default: the one the run recorded].
+    #[arg(long)]
+    pub tokenizer: Option<String>,
+    /// Read one message from stdin, print one reply, exit.
+    #[arg(long)]
+    pub once: bool,
+    /// Use a base model: continue this conversation-shaped document (`User:` / `Assistant:` turns).
+    #[arg(long)]
+    pub base_prompt: Option<PathBuf>,
+    /// Sampling temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.7)]
+    pub temp: f32,
+    #[arg(long, default_value_t = 50)]
+    pub top_k: usize,
+    /// Most tokens per reply.
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: usize,
+    /// A system message for the conversation.
+    #[arg(long)]
+    pub system: Option<String>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// A loaded model with its tokenizer.
+pub struct Loaded {
+    pub model: Model<CpuBackend>,
+    pub tok: Tokenizer,
+    pub dir: PathBuf,
+}
+
+/// Loads a checkpoint and the tokenizer its run recorded (or `tokenizer`), checking that they fit.
+pub fn load_model(ckpt: &Path, tokenizer: Option<&str>, threads: usize) -> anyhow::Result<Loaded> {
+    let dir = kiln_train::pretrain::resolve_checkpoint(ckpt)?;
+    let ck =
+        kiln_engine::load_checkpoint(&dir).with_context(|| format!("loading {}", dir.display()))?;
+    let tok_name = match (tokenizer, ck.train["config"]["tokenizer"].as_str()) {
+        (Some(t), _) => t.to_string(),
+        (None, Some(t)) => t.to_string(),
+        _ => bail!(
+            "{}: the run recorded no tokenizer; pass --tokenizer",
+            dir.display()
+        ),
+    };
+    let tok = Tokenizer::load_named(&tok_name)
+        .with_context(|| format!("loading tokenizer {tok_name:?}"))?;
+    if tok.vocab_size() > ck.config.vocab_size {
+        bail!(
+            "tokenizer {tok_name:?} has {} tokens but the model's vocabulary is {}: they do not belong together",
+            tok.vocab_size(),
+            ck.config.vocab_size
+        );
+    }
+    let model = ck.into_model(Arc::new(CpuBackend::new(threads)))?;
+    Ok(Loaded { model, tok, dir })
+}
+
+/// The chat tokens of `tok`, or an error that says what to do.
+pub fn chat_tokens(tok: &Tokenizer, what: &str) -> anyhow::Result<ChatTokens> {
+    ChatTokens::from_codec(tok).with_context(|| {
+        format!("{what}: this tokenizer cannot render conversations (train one with `kiln tok train`, which adds the chat tokens)")
+    })
+}
+
+fn read_stdin_all() -> anyhow::Result<String> {
+    let mut s = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("reading stdin")?;
+    Ok(s)
+}
+
+pub fn run(a: ChatArgs, threads: usize) -> anyhow::Result<()> {
+    let l = load_model(&a.ckpt, a.tokenizer.as_deref(), threads)?;
+    let sampling = SamplingParams {
+        temperature: a.temp,
+        top_k: a.top_k,
+        top_p: 0.95,
+        min_p: 0.0,
+    };
+    let mut out = std::io::stdout();
+
+    if let Some(doc_path) = &a.base_prompt {
+        let doc = std::fs::read_to_string(doc_path)
+            .with_context(|| format!("reading {}", doc_path.display()))?;
+        let bos = l
+            .tok
+            .special_token_id("<|bos|>")
+            .or_else(|| l.tok.special_token_id("<|endoftext|>"));
+        let mut history = doc.trim_end().to_string();
+        let mut turn = |user: &str, seed: u64, out: &mut std::io::Stdout| -> anyhow::Result<()> {
+            let reply = base_model_reply(
+                &l.model,
+                &l.tok,
+                bos,
+                &history,
+                user,
+                ("User:", "Assistant:"),
+                &sampling,
+                a.max_tokens,
+                seed,
+                |piece| {
+                    let _ = write!(out, "{piece}");
+                    let _ = out.flush();
+                },
+            )?;
+            writeln!(out)?;
+            history = format!("{history}\nUser: {}\nAssistant: {reply}", user.trim());
+            Ok(())
+        };
+        if a.once {
+            let msg = read_stdin_all()?;
+            return turn(&msg, a.seed, &mut out);
+        }
+        eprintln!(
+            "base model as assistant (document {}); Ctrl-D to quit",
+            doc_path.display()
+        );
+        let stdin = std::io::stdin();
+        let mut seed = a.seed;
+        loop {
+            eprint!("> ");
+            let mut line = String::new();
+            if stdin.lock().read_line(&mut line)? == 0 {
+                return Ok(());
+            }
+            if line.trim().is_empty() {
+                continue;
+            }
+            seed += 1;
+            turn(&line, seed, &mut out)?;
+        }
+    }
+
+    let tokens = chat_tokens(&l.tok, &l.dir.display().to_string())?;
+    let mut session = ChatSession::new(a.temp, a.max_tokens, a.seed);
+    session.sampling.top_k = a.top_k;
+    session.conv.system = a.system.clone();
+    let say =
+        |session: &mut ChatSession, msg: &str, out: &mut std::io::Stdout| -> anyhow::Result<()> {
+            let info = session.reply(&l.model, &l.tok, &tokens, msg.trim(), |piece| {
+                let _ = write!(out, "{piece}");
+                let _ = out.flush();
+            })?;
+            writeln!(out)?;
+            if info.dropped_exchanges > 0 {
+                eprintln!(
+                    "[context full: dropped the {} oldest exchange(s) to make room]",
+                    info.dropped_exchanges
+                );
+            }
+            if info.context_used * 10 >= info.context * 8 {
+                eprintln!(
+                    "[context {}/{} tokens used; /clear to start over]",
+                    info.context_used, info.context
+                );
+            }
+            if info.cut {
+                eprintln!("[reply cut at {} tokens]", info.tokens);
+            }
+            Ok(())
+        };
+    if a.once {
+        let msg = read_stdin_all()?;
+        if msg.trim().is_empty() {
+            bail!("--once: stdin was empty; pipe a message in, e.g. `echo hello | kiln chat --ckpt … --once`");
+        }
+        return say(&mut session, &msg, &mut out);
+    }
+    eprintln!(
+        "chatting with {} ({} params, context {}). Commands: /clear /temp <t> /system <text> /quit",
+        l.dir.display(),
+        l.model.num_params(),
+        l.model.cfg.context
+    );
+    let stdin = std::io::stdin();
+    loop {
+        eprint!("> ");
+        let _ = std::io::stderr().flush();
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(cmd) = line.strip_prefix('/') {
+            let (name, arg) = cmd
+                .split_once(' ')
+                .map_or((cmd, ""), |(n, r)| (n, r.trim()));
+            match name {
+                "clear" => {
+                    session.clear();
+                    eprintln!("[history cleared]");
+                }
+                "temp" => match arg.parse::<f32>() {
+                    Ok(t) if t >= 0.0 => {
+                        session.sampling.temperature = t;
+                        eprintln!("[temperature {t}]");
+                    }
+                    _ => eprintln!("[usage: /temp <non-negative number>]"),
+                },
+                "system" => {
+                    session.conv.system = (!arg.is_empty()).then(|| arg.to_string());
+                    session.clear();
+                    eprintln!(
+                        "[system message {}; history cleared]",
+                        if arg.is_empty() { "removed" } else { "set" }
+                    );
+                }
+                "quit" | "exit" => return Ok(()),
+                _ => eprintln!("[unknown command /{name}; try /clear /temp /system /quit]"),
+            }
+            continue;
+        }
+        say(&mut session, line, &mut out)?;
+    }
+}

@@ -1,0 +1,386 @@
+//! The speedrun's report card: `report.md` and a self-contained `report.html` (curves inline as
+//! SVG, no scripts, no external files) with the plan, timings, tokens/s, eval numbers beside their
+//! chance level, the SFT mix statistics, and base vs SFT samples on the same prompts.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+/// Everything the report shows.
+pub struct RunInfo {
+    pub name: String,
+    pub run: PathBuf,
+    pub plan: Value,
+    /// (stage, seconds, skipped)
+    pub timings: Vec<(String, f64, bool)>,
+    pub eval: Value,
+    pub mix: Value,
+    pub corpus_docs: usize,
+    pub corpus_tokens: usize,
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn num(v: &Value, digits: usize) -> String {
+    v.as_f64()
+        .map_or("–".to_string(), |x| format!("{x:.digits$}"))
+}
+
+/// One line chart as an inline SVG string.
+pub fn svg_chart(title: &str, points: &[(f64, f64)], color: &str) -> String {
+    let (w, h) = (420.0, 260.0);
+    let (l, r, t, b) = (55.0, w - 15.0, 30.0, h - 35.0);
+    let mut s = format!(
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" role="img" aria-label="{0}"><rect width="100%" height="100%" fill="white"/><text x="{1}" y="18" font-size="14" text-anchor="middle">{0}</text><rect x="{l}" y="{t}" width="{2}" height="{3}" fill="none" stroke="#888"/>"##,
+        esc(title),
+        (l + r) / 2.0,
+        r - l,
+        b - t
+    );
+    let pts: Vec<(f64, f64)> = points
+        .iter()
+        .copied()
+        .filter(|p| p.0.is_finite() && p.1.is_finite())
+        .collect();
+    if pts.is_empty() {
+        let _ = write!(
+            s,
+            r##"<text x="{}" y="{}" font-size="12" text-anchor="middle" fill="#888">no data</text></svg>"##,
+            (l + r) / 2.0,
+            (t + b) / 2.0
+        );
+        return s;
+    }
+    let fold = |f: fn(f64, f64) -> f64, init: f64, sel: fn(&(f64, f64)) -> f64| {
+        pts.iter().map(sel).fold(init, f)
+    };
+    let (x0, mut x1) = (
+        fold(f64::min, f64::MAX, |p| p.0),
+        fold(f64::max, f64::MIN, |p| p.0),
+    );
+    let (y0, mut y1) = (
+        fold(f64::min, f64::MAX, |p| p.1),
+        fold(f64::max, f64::MIN, |p| p.1),
+    );
+    if x1 <= x0 {
+        x1 = x0 + 1.0;
+    }
+    if y1 <= y0 {
+        y1 = y0 + 1.0;
+    }
+    let px = |x: f64| l + (x - x0) / (x1 - x0) * (r - l);
+    let py = |y: f64| b - (y - y0) / (y1 - y0) * (b - t);
+    for i in 0..=4 {
+        let fy = y0 + (y1 - y0) * i as f64 / 4.0;
+        let fx = x0 + (x1 - x0) * i as f64 / 4.0;
+        let _ = write!(
+            s,
+            r##"<line x1="{l}" x2="{r}" y1="{0:.1}" y2="{0:.1}" stroke="#eee"/><text x="{1}" y="{2:.1}" font-size="10" text-anchor="end">{fy:.3}</text><text x="{3:.1}" y="{4}" font-size="10" text-anchor="middle">{fx:.0}</text>"##,
+            py(fy),
+            l - 4.0,
+            py(fy) + 3.0,
+            px(fx),
+            b + 14.0
+        );
+    }
+    let _ = write!(
+        s,
+        r##"<text x="{}" y="{}" font-size="11" text-anchor="middle">step</text>"##,
+        (l + r) / 2.0,
+        b + 28.0
+    );
+    let mut d = String::new();
+    for (i, &(x, y)) in pts.iter().enumerate() {
+        let _ = write!(
+            d,
+            "{}{:.1},{:.1} ",
+            if i == 0 { "M" } else { "L" },
+            px(x),
+            py(y)
+        );
+    }
+    let _ = write!(
+        s,
+        r##"<path d="{d}" fill="none" stroke="{color}" stroke-width="1.5"/>"##
+    );
+    if pts.len() < 30 {
+        for &(x, y) in &pts {
+            let _ = write!(
+                s,
+                r##"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="{color}"/>"##,
+                px(x),
+                py(y)
+            );
+        }
+    }
+    s.push_str("</svg>");
+    s
+}
+
+fn curve(v: &Value) -> Vec<(f64, f64)> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| Some((p[0].as_f64()?, p[1].as_f64()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// (name, accuracy text, correct/total, chance)
+fn score_rows(eval: &Value) -> Vec<(String, String, String, String)> {
+    eval["sft"]["scores"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|s| {
+                    let (c, t) = (
+                        s["correct"].as_u64().unwrap_or(0),
+                        s["total"].as_u64().unwrap_or(0),
+                    );
+                    let acc = if t > 0 {
+                        format!("{:.1}%", 100.0 * c as f64 / t as f64)
+                    } else {
+                        "–".into()
+                    };
+                    let chance = s["chance"].as_f64().map_or("–".into(), |x| {
+                        if x > 0.0 {
+                            format!("{:.0}%", x * 100.0)
+                        } else {
+                            "≈0%".into()
+                        }
+                    });
+                    (
+                        s["name"].as_str().unwrap_or("?").to_string(),
+                        acc,
+                        format!("{c}/{t}"),
+                        chance,
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn markdown(i: &RunInfo) -> String {
+    let e = &i.eval;
+    let p = &i.plan;
+    let mut m = String::new();
+    let _ = writeln!(m, "# kiln report card: `{}`\n", i.name);
+    let _ = writeln!(
+        m,
+        "Model: gpt2 {}L × {}d, {} heads, context {}, vocab {} ({} parameters). Corpus: {} documents, {} tokens. Budget {} min ({:?} preset).\n",
+        p["layers"], p["dim"], p["heads"], p["context"], p["vocab"], e["base"]["params"], i.corpus_docs, i.corpus_tokens, p["minutes"], p["preset"].as_str().unwrap_or("?")
+    );
+    let _ = writeln!(m, "## Evals\n\nTiny models score low; the point is a pipeline that measures. Chance level is shown beside each score.\n");
+    let _ = writeln!(m, "| eval | model | score | chance |\n|---|---|---|---|");
+    let _ = writeln!(
+        m,
+        "| validation bits per byte (pretraining text) | base | {} | – |",
+        num(&e["base"]["val_bpb"], 4)
+    );
+    let _ = writeln!(
+        m,
+        "| chat validation loss (nats/trained token) | base | {} | – |",
+        num(&e["sft"]["chat_val_loss_base"], 4)
+    );
+    let _ = writeln!(
+        m,
+        "| chat validation loss (nats/trained token) | SFT | {} | – |",
+        num(&e["sft"]["chat_val_loss"], 4)
+    );
+    for (name, acc, ct, chance) in score_rows(e) {
+        let _ = writeln!(m, "| {name} ({ct}) | SFT | {acc} | {chance} |");
+    }
+    let _ = writeln!(m, "\n## Throughput\n\n| stage | tokens/s |\n|---|---|");
+    let _ = writeln!(
+        m,
+        "| pretrain | {} |\n| SFT | {} |",
+        num(&e["base"]["tok_per_s"], 0),
+        num(&e["sft"]["tok_per_s"], 0)
+    );
+    let _ = writeln!(m, "\n## Timings\n\n| stage | seconds |\n|---|---|");
+    for (s, t, skipped) in &i.timings {
+        let _ = writeln!(
+            m,
+            "| {s} | {} |",
+            if *skipped {
+                "skipped (output existed)".to_string()
+            } else {
+                format!("{t:.1}")
+            }
+        );
+    }
+    if let Some(srcs) = i.mix["sources"].as_array() {
+        let _ = writeln!(m, "\n## SFT mix\n\n| source | train | val | malformed | rejected | too long |\n|---|---|---|---|---|---|");
+        for s in srcs {
+            let _ = writeln!(
+                m,
+                "| {} | {} | {} | {} | {} | {} |",
+                s["kind"].as_str().unwrap_or("?"),
+                s["train"],
+                s["val"],
+                s["malformed"],
+                s["rejected"],
+                s["too_long"]
+            );
+        }
+        let _ = writeln!(
+            m,
+            "\nConversations cut to the context: {}; dropped (answer did not fit): {}.",
+            i.mix["truncated"], i.mix["dropped"]
+        );
+    }
+    let _ = writeln!(m, "\n## Samples (same prompts; greedy)\n");
+    for s in e["samples"].as_array().into_iter().flatten() {
+        let _ = writeln!(m, "**User:** {}\n", s["prompt"].as_str().unwrap_or(""));
+        let _ = writeln!(
+            m,
+            "- base (as `User:`/`Assistant:` document): {}",
+            s["base"].as_str().unwrap_or("").replace('\n', " ⏎ ")
+        );
+        let _ = writeln!(
+            m,
+            "- SFT: {}\n",
+            s["sft"].as_str().unwrap_or("").replace('\n', " ⏎ ")
+        );
+    }
+    let _ = writeln!(
+        m,
+        "Curves: see report.html. Chat: `cargo run --release -p kiln -- chat --ckpt {}`",
+        i.run.join("sft").display()
+    );
+    m
+}
+
+fn html(i: &RunInfo, md_tables: &str) -> String {
+    let e = &i.eval;
+    let c = &e["curves"];
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>kiln report card: {}</title><style>body{{font-family:sans-serif;max-width:960px;margin:2em auto;padding:0 1em;color:#222}}table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}.s{{background:#f6f6f6;padding:.5em;white-space:pre-wrap;font-family:monospace}}svg{{margin:4px}}</style></head><body>",
+        esc(&i.name)
+    );
+    let _ = write!(h, "<h1>kiln report card: {}</h1>", esc(&i.name));
+    let _ = write!(
+        h,
+        "<h2>Curves</h2><div>{}{}</div><div>{}{}</div>",
+        svg_chart("pretraining loss", &curve(&c["pretrain_loss"]), "#c0392b"),
+        svg_chart(
+            "pretraining validation bits/byte",
+            &curve(&c["pretrain_val_bpb"]),
+            "#2c3e50"
+        ),
+        svg_chart(
+            "SFT loss (trained tokens)",
+            &curve(&c["sft_loss"]),
+            "#27ae60"
+        ),
+        svg_chart(
+            "SFT chat validation loss",
+            &curve(&c["sft_val_loss"]),
+            "#8e44ad"
+        )
+    );
+    // Tables: the markdown's, converted line by line (the only markdown used is tables, headings,
+    // bold and lists).
+    let mut in_table = false;
+    for line in md_tables.lines() {
+        if line.starts_with('|') {
+            if line.starts_with("|---") {
+                continue;
+            }
+            if !in_table {
+                h.push_str("<table>");
+                in_table = true;
+            }
+            h.push_str("<tr>");
+            for cell in line.trim_matches('|').split(" | ") {
+                let _ = write!(h, "<td>{}</td>", esc(cell.trim()).replace('`', ""));
+            }
+            h.push_str("</tr>");
+            continue;
+        }
+        if in_table {
+            h.push_str("</table>");
+            in_table = false;
+        }
+        if let Some(t) = line.strip_prefix("## ") {
+            let _ = write!(h, "<h2>{}</h2>", esc(t));
+        } else if line.starts_with("# ") {
+        } else if let Some(t) = line.strip_prefix("**User:** ") {
+            let _ = write!(h, "<p><b>User:</b> {}</p>", esc(t));
+        } else if let Some(t) = line.strip_prefix("- ") {
+            let (who, text) = t.split_once(": ").unwrap_or(("", t));
+            let _ = write!(
+                h,
+                "<div><i>{}</i><div class=\"s\">{}</div></div>",
+                esc(who),
+                esc(text).replace(" ⏎ ", "\n")
+            );
+        } else if !line.trim().is_empty() {
+            let _ = write!(h, "<p>{}</p>", esc(line).replace('`', ""));
+        }
+    }
+    if in_table {
+        h.push_str("</table>");
+    }
+    h.push_str("</body></html>\n");
+    h
+}
+
+/// Writes `report.md` and `report.html` into the run folder; returns their paths.
+pub fn write(i: &RunInfo) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let md = markdown(i);
+    let html = html(i, &md);
+    let (mp, hp) = (i.run.join("report.md"), i.run.join("report.html"));
+    kiln_engine::safetensors::write_atomic(&mp, md.as_bytes())?;
+    kiln_engine::safetensors::write_atomic(&hp, html.as_bytes())?;
+    Ok((mp, hp))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn report_shows_numbers_and_is_self_contained() {
+        let dir = tempfile::tempdir().unwrap();
+        let info = RunInfo {
+            name: "t".into(),
+            run: dir.path().to_path_buf(),
+            plan: json!({"layers": 2, "dim": 64, "heads": 2, "context": 128, "vocab": 512, "minutes": 1.5, "preset": "Smoke"}),
+            timings: vec![
+                ("pretrain".into(), 12.5, false),
+                ("tokenizer".into(), 0.0, true),
+            ],
+            eval: json!({
+                "base": {"val_bpb": 2.3456, "params": 1000, "tok_per_s": 5000.0},
+                "sft": {"chat_val_loss_base": 4.0, "chat_val_loss": 3.25, "tok_per_s": 4000.0,
+                        "scores": [{"name": "MMLU", "correct": 11, "total": 40, "chance": 0.25}]},
+                "samples": [{"prompt": "Who are you?", "base": "a <b>", "sft": "I am Kiln."}],
+                "curves": {"pretrain_loss": [[1, 5.0], [2, 4.0]], "pretrain_val_bpb": [], "sft_loss": [[1, 3.0]], "sft_val_loss": []}
+            }),
+            mix: json!({"sources": [{"kind": "identity", "train": 9, "val": 1, "malformed": 0, "rejected": 0, "too_long": 0}], "truncated": 2, "dropped": 1}),
+            corpus_docs: 10,
+            corpus_tokens: 1234,
+        };
+        let (mp, hp) = write(&info).unwrap();
+        let md = std::fs::read_to_string(mp).unwrap();
+        assert!(md.contains("| validation bits per byte (pretraining text) | base | 2.3456 |"));
+        assert!(md.contains("| MMLU (11/40) | SFT | 27.5% | 25% |"));
+        assert!(md.contains("| tokenizer | skipped (output existed) |"));
+        let h = std::fs::read_to_string(hp).unwrap();
+        assert_eq!(h.matches("<svg").count(), 4);
+        assert!(h.contains("a &lt;b&gt;"), "sample text is escaped");
+        assert!(!h.contains("<script") && !h.contains("src=\"http"));
+    }
+}

@@ -1,0 +1,298 @@
+//! Runs the real `kiln` binary: `kiln speedrun --preset smoke` once (shared by the tests here),
+//! then checks the report card, that a rerun skips every stage, `kiln chat --once` (SFT and
+//! base-prompt modes), and `kiln sft`'s bad-input errors.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+fn kiln() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+fn data_fetched() -> bool {
+    let data = workspace().join("data/raw");
+    ["shakespeare", "chitchat", "evals", "gsm8k"]
+        .iter()
+        .all(|s| data.join(s).join(".kiln-ok").exists())
+}
+
+/// The smoke run's folder (run once per test binary).
+fn smoke() -> &'static Path {
+    static RUN: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    &RUN.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let t = std::time::Instant::now();
+        let out = kiln()
+            .current_dir(workspace())
+            .args(["speedrun", "--preset", "smoke", "--no-progress", "--runs"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let secs = t.elapsed().as_secs_f64();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "speedrun failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("chat --ckpt"),
+            "prints how to chat:\n{stdout}"
+        );
+        eprintln!("smoke speedrun: {secs:.1} s");
+        assert!(secs < 180.0, "smoke preset took {secs:.0} s (budget 3 min)");
+        let run = dir.path().join("smoke");
+        (dir, run)
+    })
+    .1
+}
+
+#[test]
+fn smoke_speedrun_writes_report_card_and_reruns_skip() {
+    if !data_fetched() {
+        eprintln!("skipping: run `kiln data fetch` first");
+        return;
+    }
+    let run = smoke();
+    let md = std::fs::read_to_string(run.join("report.md")).unwrap();
+    for needle in [
+        "validation bits per byte",
+        "chat validation loss",
+        "MMLU (",
+        "GSM8K (",
+        "arithmetic (held out) (",
+        "tokens/s",
+        "## Samples",
+    ] {
+        assert!(md.contains(needle), "report.md lacks {needle:?}:\n{md}");
+    }
+    let html = std::fs::read_to_string(run.join("report.html")).unwrap();
+    assert_eq!(html.matches("<svg").count(), 4, "four inline charts");
+    assert!(!html.contains("<script"));
+    let eval: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("eval.json")).unwrap()).unwrap();
+    let bpb = eval["base"]["val_bpb"].as_f64().unwrap();
+    assert!(bpb > 0.5 && bpb < 8.0, "bpb {bpb}");
+    let (v0, v1) = (
+        eval["sft"]["chat_val_loss_base"].as_f64().unwrap(),
+        eval["sft"]["chat_val_loss"].as_f64().unwrap(),
+    );
+    assert!(v1 < v0, "SFT lowers the chat validation loss: {v0} -> {v1}");
+    assert_eq!(eval["samples"].as_array().unwrap().len(), 4);
+
+    // Rerun: every stage's output exists, so everything is skipped and it is quick.
+    let t = std::time::Instant::now();
+    let out = kiln()
+        .current_dir(workspace())
+        .args(["speedrun", "--preset", "smoke", "--no-progress", "--runs"])
+        .arg(run.parent().unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !stdout.contains("[4/7]") && !stdout.contains("[5/7]"),
+        "stages rerun:\n{stdout}"
+    );
+    assert!(t.elapsed().as_secs_f64() < 30.0);
+    let md2 = std::fs::read_to_string(run.join("report.md")).unwrap();
+    assert!(
+        !md2.contains("| pretrain | skipped"),
+        "the first run's timing is kept:\n{md2}"
+    );
+}
+
+fn chat_once(args: &[&str], input: &str) -> std::process::Output {
+    let mut child = kiln()
+        .current_dir(workspace())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn chat_once_replies_from_sft_and_base_prompt_modes() {
+    if !data_fetched() {
+        return;
+    }
+    let run = smoke();
+    let sft = run.join("sft");
+    let out = chat_once(
+        &[
+            "chat",
+            "--ckpt",
+            sft.to_str().unwrap(),
+            "--once",
+            "--temp",
+            "0",
+            "--max-tokens",
+            "20",
+        ],
+        "Who are you?\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reply = String::from_utf8_lossy(&out.stdout);
+    assert!(!reply.trim().is_empty());
+    assert!(
+        !reply.contains("<|"),
+        "no control tokens in the reply: {reply}"
+    );
+    // Greedy is deterministic.
+    let again = chat_once(
+        &[
+            "chat",
+            "--ckpt",
+            sft.to_str().unwrap(),
+            "--once",
+            "--temp",
+            "0",
+            "--max-tokens",
+            "20",
+        ],
+        "Who are you?\n",
+    );
+    assert_eq!(reply, String::from_utf8_lossy(&again.stdout));
+
+    let base = run.join("base");
+    let doc = workspace().join("configs/base-prompt.txt");
+    let out = chat_once(
+        &[
+            "chat",
+            "--ckpt",
+            base.to_str().unwrap(),
+            "--base-prompt",
+            doc.to_str().unwrap(),
+            "--once",
+            "--max-tokens",
+            "30",
+        ],
+        "hello",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("\nUser:"),
+        "stops at the next turn marker"
+    );
+
+    let empty = chat_once(&["chat", "--ckpt", sft.to_str().unwrap(), "--once"], "  \n");
+    assert!(!empty.status.success());
+    assert!(String::from_utf8_lossy(&empty.stderr).contains("stdin was empty"));
+}
+
+#[test]
+fn sft_bad_inputs_fail_clearly() {
+    if !data_fetched() {
+        return;
+    }
+    let run = smoke();
+    let dir = tempfile::tempdir().unwrap();
+    let base = run.join("base");
+    // A malformed line: skipped and counted by default, an error naming file:line with --strict.
+    let convs = dir.path().join("c.jsonl");
+    std::fs::write(
+        &convs,
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"},{\"role\":\"assistant\",\"content\":\"hello\"}]}\n{oops\n",
+    )
+    .unwrap();
+    let mix = dir.path().join("mix.toml");
+    std::fs::write(
+        &mix,
+        "val_fraction = 0.0\n[[source]]\nkind = \"jsonl\"\nfile = \"c.jsonl\"\n",
+    )
+    .unwrap();
+    let o = kiln()
+        .args([
+            "sft",
+            "--base",
+            base.to_str().unwrap(),
+            "--mix",
+            mix.to_str().unwrap(),
+            "--strict",
+            "--steps",
+            "1",
+            "--no-progress",
+            "--out",
+        ])
+        .arg(dir.path().join("o1"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("c.jsonl:2"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = kiln()
+        .args([
+            "sft",
+            "--base",
+            base.to_str().unwrap(),
+            "--mix",
+            mix.to_str().unwrap(),
+            "--steps",
+            "2",
+            "--batch",
+            "1",
+            "--no-progress",
+            "--out",
+        ])
+        .arg(dir.path().join("o2"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("malformed    1"), "{stdout}");
+    assert!(dir.path().join("o2/ckpt/latest").exists());
+    // A tokenizer without the chat tokens.
+    let o = kiln()
+        .args([
+            "sft",
+            "--base",
+            base.to_str().unwrap(),
+            "--mix",
+            mix.to_str().unwrap(),
+            "--tokenizer",
+            "gpt2",
+            "--out",
+        ])
+        .arg(dir.path().join("o3"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("<|bos|>") && err.contains("chat tokens"),
+        "{err}"
+    );
+}
