@@ -38,8 +38,16 @@ impl<'a, Buf> View<'a, Buf> {
     }
     /// A sub-view `[start, start + len)` relative to this view.
     pub fn sub(&self, start: usize, len: usize) -> Self {
-        assert!(start + len <= self.len, "sub-view {start}+{len} out of {}", self.len);
-        View { buf: self.buf, off: self.off + start, len }
+        assert!(
+            start + len <= self.len,
+            "sub-view {start}+{len} out of {}",
+            self.len
+        );
+        View {
+            buf: self.buf,
+            off: self.off + start,
+            len,
+        }
     }
 }
 
@@ -160,7 +168,13 @@ pub trait Backend: Send + Sync {
     /// `out[r, :] += bias` for `rows` rows of `cols`.
     fn add_bias(&self, out: View<Self::Buf>, bias: View<Self::Buf>, rows: usize, cols: usize);
     /// Accumulate: `dbias += Σ_r dout[r, :]`.
-    fn bias_backward(&self, dbias: View<Self::Buf>, dout: View<Self::Buf>, rows: usize, cols: usize);
+    fn bias_backward(
+        &self,
+        dbias: View<Self::Buf>,
+        dout: View<Self::Buf>,
+        rows: usize,
+        cols: usize,
+    );
 
     // ---- embedding ----------------------------------------------------------------------
     /// Overwrite `out[b*t + i, :] = wte[ids[b*t + i], :] + wpe[pos0 + i, :]` (wpe optional);
@@ -222,7 +236,13 @@ pub trait Backend: Send + Sync {
     /// Overwrite `out = act(inp)`.
     fn act_forward(&self, act: Act, out: View<Self::Buf>, inp: View<Self::Buf>);
     /// Overwrite `dinp = act'(inp) * dout`.
-    fn act_backward(&self, act: Act, dinp: View<Self::Buf>, dout: View<Self::Buf>, inp: View<Self::Buf>);
+    fn act_backward(
+        &self,
+        act: Act,
+        dinp: View<Self::Buf>,
+        dout: View<Self::Buf>,
+        inp: View<Self::Buf>,
+    );
 
     // ---- attention ----------------------------------------------------------------------
     /// Overwrite `out` (packed qkv, `[b*t, qkv_width]`) with `inp` where each q and k head is

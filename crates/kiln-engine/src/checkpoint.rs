@@ -43,7 +43,10 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     /// Build the model on a backend.
-    pub fn into_model<B: Backend>(&self, backend: std::sync::Arc<B>) -> Result<Model<B>, EngineError> {
+    pub fn into_model<B: Backend>(
+        &self,
+        backend: std::sync::Arc<B>,
+    ) -> Result<Model<B>, EngineError> {
         Model::from_host(backend, self.config.clone(), &self.params)
     }
 }
@@ -83,8 +86,18 @@ fn hf_gpt2_config(c: &ModelConfig) -> Value {
 }
 
 fn from_hf_gpt2_config(v: &Value, path: &Path) -> Result<ModelConfig, EngineError> {
-    let get = |k: &str| v[k].as_u64().map(|x| x as usize).ok_or_else(|| EngineError::ckpt(path, format!("missing field `{k}`")));
-    let mut c = ModelConfig::gpt2(get("vocab_size")?, get("n_layer")?, get("n_head")?, get("n_embd")?, get("n_positions")?);
+    let get = |k: &str| {
+        v[k].as_u64()
+            .map(|x| x as usize)
+            .ok_or_else(|| EngineError::ckpt(path, format!("missing field `{k}`")))
+    };
+    let mut c = ModelConfig::gpt2(
+        get("vocab_size")?,
+        get("n_layer")?,
+        get("n_head")?,
+        get("n_embd")?,
+        get("n_positions")?,
+    );
     if let Some(e) = v["layer_norm_epsilon"].as_f64() {
         c.norm_eps = e as f32;
     }
@@ -103,8 +116,14 @@ pub fn save_checkpoint<B: Backend>(
     opt: Option<&Optimizer<B>>,
     train: &Value,
 ) -> Result<(), EngineError> {
-    let name = dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "ckpt".into());
-    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = dir
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "ckpt".into());
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| EngineError::io(parent, e))?;
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     if tmp.exists() {
@@ -119,18 +138,28 @@ pub fn save_checkpoint<B: Backend>(
     for s in &model.layout.specs {
         let data = &host[s.offset..s.offset + s.len];
         if gpt2 && is_conv1d(&s.name) {
-            owned.push((s.name.clone(), vec![s.shape[1], s.shape[0]], transpose(data, s.shape[0], s.shape[1])));
+            owned.push((
+                s.name.clone(),
+                vec![s.shape[1], s.shape[0]],
+                transpose(data, s.shape[0], s.shape[1]),
+            ));
         } else {
             owned.push((s.name.clone(), s.shape.clone(), data.to_vec()));
         }
     }
-    let refs: Vec<(&str, &[usize], &[f32])> = owned.iter().map(|(n, s, d)| (n.as_str(), s.as_slice(), d.as_slice())).collect();
+    let refs: Vec<(&str, &[usize], &[f32])> = owned
+        .iter()
+        .map(|(n, s, d)| (n.as_str(), s.as_slice(), d.as_slice()))
+        .collect();
     let mut meta = BTreeMap::new();
     meta.insert("format".to_string(), "pt".to_string());
     safetensors::write(&tmp.join("model.safetensors"), &refs, &meta)?;
     drop(owned);
     // Test hook: widen the window in which a checkpoint is half-written (crash tests).
-    if let Some(ms) = std::env::var("KILN_CKPT_PAUSE_MS").ok().and_then(|v| v.parse::<u64>().ok()) {
+    if let Some(ms) = std::env::var("KILN_CKPT_PAUSE_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
         std::thread::sleep(std::time::Duration::from_millis(ms));
     }
 
@@ -147,7 +176,11 @@ pub fn save_checkpoint<B: Backend>(
     if let Some(opt) = opt {
         let (m, v, step) = opt.state_host(&model.backend);
         let shape = [m.len()];
-        safetensors::write(&tmp.join("optimizer.safetensors"), &[("m", &shape, &m), ("v", &shape, &v)], &BTreeMap::new())?;
+        safetensors::write(
+            &tmp.join("optimizer.safetensors"),
+            &[("m", &shape, &m), ("v", &shape, &v)],
+            &BTreeMap::new(),
+        )?;
         kiln["optimizer"] = json!({ "config": opt.cfg, "step": step });
     }
     write_json(&tmp.join("kiln.json"), &kiln)?;
@@ -175,41 +208,71 @@ pub fn load_checkpoint(dir: &Path) -> Result<Checkpoint, EngineError> {
     let kiln_path = dir.join("kiln.json");
     let (config, kiln) = if kiln_path.exists() {
         let s = std::fs::read(&kiln_path).map_err(|e| EngineError::io(&kiln_path, e))?;
-        let v: Value = serde_json::from_slice(&s).map_err(|e| EngineError::ckpt(&kiln_path, format!("bad JSON: {e}")))?;
+        let v: Value = serde_json::from_slice(&s)
+            .map_err(|e| EngineError::ckpt(&kiln_path, format!("bad JSON: {e}")))?;
         let c: ModelConfig = serde_json::from_value(v["config"].clone())
             .map_err(|e| EngineError::ckpt(&kiln_path, format!("bad `config`: {e}")))?;
         (c, Some(v))
     } else {
         let p = dir.join("config.json");
         let s = std::fs::read(&p).map_err(|e| EngineError::io(&p, e))?;
-        let v: Value = serde_json::from_slice(&s).map_err(|e| EngineError::ckpt(&p, format!("bad JSON: {e}")))?;
+        let v: Value = serde_json::from_slice(&s)
+            .map_err(|e| EngineError::ckpt(&p, format!("bad JSON: {e}")))?;
         if v["model_type"] != "gpt2" {
-            return Err(EngineError::ckpt(&p, format!("model_type {} is not gpt2 and there is no kiln.json", v["model_type"])));
+            return Err(EngineError::ckpt(
+                &p,
+                format!(
+                    "model_type {} is not gpt2 and there is no kiln.json",
+                    v["model_type"]
+                ),
+            ));
         }
         (from_hf_gpt2_config(&v, &p)?, None)
     };
-    config.validate().map_err(|e| EngineError::ckpt(dir, e.to_string()))?;
+    config
+        .validate()
+        .map_err(|e| EngineError::ckpt(dir, e.to_string()))?;
     let layout = Layout::new(&config);
     let wpath = dir.join("model.safetensors");
     let (tensors, _) = safetensors::read(&wpath)?;
     let mut by_name: BTreeMap<String, safetensors::Tensor> = BTreeMap::new();
     for t in tensors {
-        let name = t.name.strip_prefix("transformer.").unwrap_or(&t.name).to_string();
+        let name = t
+            .name
+            .strip_prefix("transformer.")
+            .unwrap_or(&t.name)
+            .to_string();
         by_name.insert(name, t);
     }
     let gpt2 = config.arch == Arch::Gpt2;
     let mut params = vec![0f32; layout.total];
     for s in &layout.specs {
-        let t = by_name.get(&s.name).ok_or_else(|| EngineError::ckpt(&wpath, format!("missing tensor `{}`", s.name)))?;
+        let t = by_name
+            .get(&s.name)
+            .ok_or_else(|| EngineError::ckpt(&wpath, format!("missing tensor `{}`", s.name)))?;
         let dst = &mut params[s.offset..s.offset + s.len];
         if gpt2 && is_conv1d(&s.name) {
             if t.shape != [s.shape[1], s.shape[0]] {
-                return Err(EngineError::ckpt(&wpath, format!("tensor `{}` has shape {:?}, expected {:?}", s.name, t.shape, [s.shape[1], s.shape[0]])));
+                return Err(EngineError::ckpt(
+                    &wpath,
+                    format!(
+                        "tensor `{}` has shape {:?}, expected {:?}",
+                        s.name,
+                        t.shape,
+                        [s.shape[1], s.shape[0]]
+                    ),
+                ));
             }
             dst.copy_from_slice(&transpose(&t.data, s.shape[1], s.shape[0]));
         } else {
             if t.shape != s.shape {
-                return Err(EngineError::ckpt(&wpath, format!("tensor `{}` has shape {:?}, expected {:?}", s.name, t.shape, s.shape)));
+                return Err(EngineError::ckpt(
+                    &wpath,
+                    format!(
+                        "tensor `{}` has shape {:?}, expected {:?}",
+                        s.name, t.shape, s.shape
+                    ),
+                ));
             }
             dst.copy_from_slice(&t.data);
         }
@@ -221,10 +284,22 @@ pub fn load_checkpoint(dir: &Path) -> Result<Checkpoint, EngineError> {
         if !k["optimizer"].is_null() {
             let op = dir.join("optimizer.safetensors");
             let (ts, _) = safetensors::read(&op)?;
-            let get = |n: &str| ts.iter().find(|t| t.name == n).map(|t| t.data.clone()).ok_or_else(|| EngineError::ckpt(&op, format!("missing `{n}`")));
+            let get = |n: &str| {
+                ts.iter()
+                    .find(|t| t.name == n)
+                    .map(|t| t.data.clone())
+                    .ok_or_else(|| EngineError::ckpt(&op, format!("missing `{n}`")))
+            };
             let (m, v) = (get("m")?, get("v")?);
             if m.len() != layout.total || v.len() != layout.total {
-                return Err(EngineError::ckpt(&op, format!("moments have {} floats, model has {}", m.len(), layout.total)));
+                return Err(EngineError::ckpt(
+                    &op,
+                    format!(
+                        "moments have {} floats, model has {}",
+                        m.len(),
+                        layout.total
+                    ),
+                ));
             }
             let cfg: OptimizerConfig = serde_json::from_value(k["optimizer"]["config"].clone())
                 .map_err(|e| EngineError::ckpt(&kiln_path, format!("bad optimizer config: {e}")))?;
@@ -232,5 +307,10 @@ pub fn load_checkpoint(dir: &Path) -> Result<Checkpoint, EngineError> {
             optimizer = Some(OptState { cfg, m, v, step });
         }
     }
-    Ok(Checkpoint { config, params, optimizer, train })
+    Ok(Checkpoint {
+        config,
+        params,
+        optimizer,
+        train,
+    })
 }

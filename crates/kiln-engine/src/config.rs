@@ -21,7 +21,9 @@ impl std::str::FromStr for Arch {
         match s {
             "gpt2" => Ok(Arch::Gpt2),
             "modern" => Ok(Arch::Modern),
-            _ => Err(EngineError::Config(format!("unknown arch `{s}` (expected gpt2 or modern)"))),
+            _ => Err(EngineError::Config(format!(
+                "unknown arch `{s}` (expected gpt2 or modern)"
+            ))),
         }
     }
 }
@@ -65,7 +67,13 @@ fn default_theta() -> f32 {
 
 impl ModelConfig {
     /// GPT-2 shaped config.
-    pub fn gpt2(vocab_size: usize, n_layer: usize, n_head: usize, n_embd: usize, context: usize) -> Self {
+    pub fn gpt2(
+        vocab_size: usize,
+        n_layer: usize,
+        n_head: usize,
+        n_embd: usize,
+        context: usize,
+    ) -> Self {
         ModelConfig {
             arch: Arch::Gpt2,
             vocab_size,
@@ -109,20 +117,34 @@ impl ModelConfig {
 
     pub fn validate(&self) -> Result<(), EngineError> {
         let bad = |m: String| Err(EngineError::Config(m));
-        if self.vocab_size == 0 || self.n_layer == 0 || self.n_head == 0 || self.n_embd == 0 || self.context == 0 {
+        if self.vocab_size == 0
+            || self.n_layer == 0
+            || self.n_head == 0
+            || self.n_embd == 0
+            || self.context == 0
+        {
             return bad(format!("all sizes must be positive: {self:?}"));
         }
-        if self.n_embd % self.n_head != 0 {
-            return bad(format!("n_embd {} is not divisible by n_head {}", self.n_embd, self.n_head));
+        if !self.n_embd.is_multiple_of(self.n_head) {
+            return bad(format!(
+                "n_embd {} is not divisible by n_head {}",
+                self.n_embd, self.n_head
+            ));
         }
-        if self.n_kv_head == 0 || self.n_head % self.n_kv_head != 0 {
-            return bad(format!("n_kv_head {} must divide n_head {}", self.n_kv_head, self.n_head));
+        if self.n_kv_head == 0 || !self.n_head.is_multiple_of(self.n_kv_head) {
+            return bad(format!(
+                "n_kv_head {} must divide n_head {}",
+                self.n_kv_head, self.n_head
+            ));
         }
         if self.arch == Arch::Gpt2 && self.n_kv_head != self.n_head {
             return bad("gpt2 has no GQA: n_kv_head must equal n_head".into());
         }
-        if self.arch == Arch::Modern && self.head_dim() % 2 != 0 {
-            return bad(format!("RoPE needs an even head dim, got {}", self.head_dim()));
+        if self.arch == Arch::Modern && !self.head_dim().is_multiple_of(2) {
+            return bad(format!(
+                "RoPE needs an even head dim, got {}",
+                self.head_dim()
+            ));
         }
         if let Some(c) = self.logit_softcap {
             if c.is_nan() || c <= 0.0 {
@@ -147,7 +169,9 @@ impl ModelConfig {
         let bt = b * t;
         let qkv = (self.n_head + 2 * self.n_kv_head) * self.head_dim();
         let probs = b * self.n_head * t * t;
-        let per_layer = bt * (c + c + 2 + qkv * 2 + (self.n_head + self.n_kv_head) + c + c + c + 2 + 4 * c * 2) + probs;
+        let per_layer = bt
+            * (c + c + 2 + qkv * 2 + (self.n_head + self.n_kv_head) + c + c + c + 2 + 4 * c * 2)
+            + probs;
         let grads_scratch = bt * (c * 3 + qkv * 2 + 8 * c);
         self.n_layer * per_layer + bt * (c * 2 + 2) + bt * self.vocab_size + bt * 2 + grads_scratch
     }
@@ -171,7 +195,10 @@ pub fn available_memory() -> Option<u64> {
 pub fn check_memory(need: u64) -> Result<(), EngineError> {
     if let Some(avail) = available_memory() {
         if need > avail {
-            return Err(EngineError::OutOfMemory { need_mb: need >> 20, avail_mb: avail >> 20 });
+            return Err(EngineError::OutOfMemory {
+                need_mb: need >> 20,
+                avail_mb: avail >> 20,
+            });
         }
     }
     Ok(())
@@ -190,7 +217,10 @@ mod tests {
         let m = ModelConfig::modern(100, 2, 4, 3, 16, 8);
         assert!(m.validate().unwrap_err().to_string().contains("n_kv_head"));
         // GPT-2 124M has 124,439,808 parameters (tied head).
-        assert_eq!(ModelConfig::gpt2(50257, 12, 12, 768, 1024).num_params(), 124_439_808);
+        assert_eq!(
+            ModelConfig::gpt2(50257, 12, 12, 768, 1024).num_params(),
+            124_439_808
+        );
     }
     #[test]
     fn memory_check_refuses_absurd_models() {

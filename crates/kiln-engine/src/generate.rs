@@ -41,7 +41,10 @@ impl<'m, B: Backend> Generator<'m, B> {
     pub fn new(model: &'m Model<B>, rows: usize, max_t: usize) -> Result<Self, EngineError> {
         let cfg = &model.cfg;
         if max_t > cfg.context || rows == 0 {
-            return Err(EngineError::Shape(format!("generator: {rows} rows × {max_t} tokens (context {})", cfg.context)));
+            return Err(EngineError::Shape(format!(
+                "generator: {rows} rows × {max_t} tokens (context {})",
+                cfg.context
+            )));
         }
         let per = rows * max_t * cfg.n_kv_head * cfg.head_dim();
         let mut k = Vec::new();
@@ -50,7 +53,15 @@ impl<'m, B: Backend> Generator<'m, B> {
             k.push(model.backend.alloc(per)?);
             v.push(model.backend.alloc(per)?);
         }
-        Ok(Generator { model, rows, max_t, k, v, pos: 0, scratch: None })
+        Ok(Generator {
+            model,
+            rows,
+            max_t,
+            k,
+            v,
+            pos: 0,
+            scratch: None,
+        })
     }
 
     /// Tokens already in the cache (per row).
@@ -109,16 +120,47 @@ impl<'m, B: Backend> Generator<'m, B> {
         let d = m.attn_dims(b, t);
         let (wq, wo) = (d.qkv_width(), d.out_width());
         let nk = m.norm_kind();
-        be.embedding_forward(vw(&s.x, n * c), p(m.layout.wte), po(m.layout.wpe), ids, t, self.pos, c);
+        be.embedding_forward(
+            vw(&s.x, n * c),
+            p(m.layout.wte),
+            po(m.layout.wpe),
+            ids,
+            t,
+            self.pos,
+            c,
+        );
         let per_row = self.max_t * cfg.n_kv_head * cfg.head_dim();
         for (l, ls) in m.layout.layers.iter().enumerate() {
-            be.norm_forward(nk, vw(&s.ln, n * c), vw(&s.stats, 2 * n), vw(&s.x, n * c), po(ls.ln1_w), po(ls.ln1_b), n, c, cfg.norm_eps);
-            be.matmul(vw(&s.qkv, n * wq), vw(&s.ln, n * c), p(ls.qkv_w), lin(n, wq, c), 1.0, 0.0);
+            be.norm_forward(
+                nk,
+                vw(&s.ln, n * c),
+                vw(&s.stats, 2 * n),
+                vw(&s.x, n * c),
+                po(ls.ln1_w),
+                po(ls.ln1_b),
+                n,
+                c,
+                cfg.norm_eps,
+            );
+            be.matmul(
+                vw(&s.qkv, n * wq),
+                vw(&s.ln, n * c),
+                p(ls.qkv_w),
+                lin(n, wq, c),
+                1.0,
+                0.0,
+            );
             if let Some(bias) = ls.qkv_b {
                 be.add_bias(vw(&s.qkv, n * wq), p(bias), n, wq);
             }
             let att_in = if let Some(prep) = m.qk_prep(self.pos) {
-                be.qk_prep_forward(vw(&s.qkr, n * wq), vw(&s.qk_stats, n * (cfg.n_head + cfg.n_kv_head)), vw(&s.qkv, n * wq), d, prep);
+                be.qk_prep_forward(
+                    vw(&s.qkr, n * wq),
+                    vw(&s.qk_stats, n * (cfg.n_head + cfg.n_kv_head)),
+                    vw(&s.qkv, n * wq),
+                    d,
+                    prep,
+                );
                 &s.qkr
             } else {
                 &s.qkv
@@ -132,17 +174,48 @@ impl<'m, B: Backend> Generator<'m, B> {
                 self.pos,
                 self.max_t,
             );
-            be.matmul(vw(&s.x, n * c), vw(&s.att, n * wo), p(ls.proj_w), lin(n, c, wo), 1.0, 1.0);
+            be.matmul(
+                vw(&s.x, n * c),
+                vw(&s.att, n * wo),
+                p(ls.proj_w),
+                lin(n, c, wo),
+                1.0,
+                1.0,
+            );
             if let Some(bias) = ls.proj_b {
                 be.add_bias(vw(&s.x, n * c), p(bias), n, c);
             }
-            be.norm_forward(nk, vw(&s.ln, n * c), vw(&s.stats, 2 * n), vw(&s.x, n * c), po(ls.ln2_w), po(ls.ln2_b), n, c, cfg.norm_eps);
-            be.matmul(vw(&s.h, n * 4 * c), vw(&s.ln, n * c), p(ls.fc_w), lin(n, 4 * c, c), 1.0, 0.0);
+            be.norm_forward(
+                nk,
+                vw(&s.ln, n * c),
+                vw(&s.stats, 2 * n),
+                vw(&s.x, n * c),
+                po(ls.ln2_w),
+                po(ls.ln2_b),
+                n,
+                c,
+                cfg.norm_eps,
+            );
+            be.matmul(
+                vw(&s.h, n * 4 * c),
+                vw(&s.ln, n * c),
+                p(ls.fc_w),
+                lin(n, 4 * c, c),
+                1.0,
+                0.0,
+            );
             if let Some(bias) = ls.fc_b {
                 be.add_bias(vw(&s.h, n * 4 * c), p(bias), n, 4 * c);
             }
             be.act_forward(m.act(), vw(&s.g, n * 4 * c), vw(&s.h, n * 4 * c));
-            be.matmul(vw(&s.x, n * c), vw(&s.g, n * 4 * c), p(ls.fcp_w), lin(n, c, 4 * c), 1.0, 1.0);
+            be.matmul(
+                vw(&s.x, n * c),
+                vw(&s.g, n * 4 * c),
+                p(ls.fcp_w),
+                lin(n, c, 4 * c),
+                1.0,
+                1.0,
+            );
             if let Some(bias) = ls.fcp_b {
                 be.add_bias(vw(&s.x, n * c), p(bias), n, c);
             }
@@ -177,7 +250,14 @@ impl<'m, B: Backend> Generator<'m, B> {
         }
         let logits = be.alloc(k * vs)?;
         let hs = m.head_slot();
-        be.matmul(View::new(&logits, 0, k * vs), View::new(&s.h, 0, k * c), View::new(&m.params, hs.off, hs.len), lin(k, vs, c), 1.0, 0.0);
+        be.matmul(
+            View::new(&logits, 0, k * vs),
+            View::new(&s.h, 0, k * c),
+            View::new(&m.params, hs.off, hs.len),
+            lin(k, vs, c),
+            1.0,
+            0.0,
+        );
         let mut out = vec![0f32; k * vs];
         be.read(View::new(&logits, 0, k * vs), &mut out);
         if let Some(cap) = m.cfg.logit_softcap {
@@ -187,7 +267,12 @@ impl<'m, B: Backend> Generator<'m, B> {
     }
 
     /// Logits for every position of `b` fresh rows of `t` tokens (resets the cache).
-    pub(crate) fn forward_all(&mut self, ids: &[u32], b: usize, t: usize) -> Result<Vec<f32>, EngineError> {
+    pub(crate) fn forward_all(
+        &mut self,
+        ids: &[u32],
+        b: usize,
+        t: usize,
+    ) -> Result<Vec<f32>, EngineError> {
         self.pos = 0;
         self.run(ids, b, t)?;
         self.head(0..b * t)
@@ -206,8 +291,14 @@ impl<'m, B: Backend> Generator<'m, B> {
         let per_row = self.max_t * self.model.cfg.n_kv_head * self.model.cfg.head_dim();
         for l in 0..self.k.len() {
             for r in 1..self.rows {
-                be.copy(View::new(&self.k[l], r * per_row, row), View::new(&self.k[l], 0, row));
-                be.copy(View::new(&self.v[l], r * per_row, row), View::new(&self.v[l], 0, row));
+                be.copy(
+                    View::new(&self.k[l], r * per_row, row),
+                    View::new(&self.k[l], 0, row),
+                );
+                be.copy(
+                    View::new(&self.v[l], r * per_row, row),
+                    View::new(&self.v[l], 0, row),
+                );
             }
         }
         self.head(std::iter::once(prompt.len() - 1))
@@ -216,7 +307,11 @@ impl<'m, B: Backend> Generator<'m, B> {
     /// Append one token to each row; returns logits `[rows, vocab]`.
     pub fn step(&mut self, tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
         if tokens.len() != self.rows {
-            return Err(EngineError::Shape(format!("step: {} tokens for {} rows", tokens.len(), self.rows)));
+            return Err(EngineError::Shape(format!(
+                "step: {} tokens for {} rows",
+                tokens.len(),
+                self.rows
+            )));
         }
         self.run(tokens, self.rows, 1)?;
         self.head(0..self.rows)
@@ -238,21 +333,39 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0 }
+        SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+        }
     }
 }
 
 /// Sample one token id from `logits` (`[vocab]`).
 pub fn sample_token(logits: &[f32], sp: &SamplingParams, rng: &mut Rng) -> u32 {
     let argmax = || {
-        logits.iter().enumerate().fold((0usize, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0 as u32
+        logits
+            .iter()
+            .enumerate()
+            .fold((0usize, f32::NEG_INFINITY), |b, (i, &x)| {
+                if x > b.1 {
+                    (i, x)
+                } else {
+                    b
+                }
+            })
+            .0 as u32
     };
     if sp.temperature <= 0.0 {
         return argmax();
     }
     let mx = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut cand: Vec<(u32, f64)> =
-        logits.iter().enumerate().map(|(i, &x)| (i as u32, (((x - mx) / sp.temperature) as f64).exp())).collect();
+    let mut cand: Vec<(u32, f64)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| (i as u32, (((x - mx) / sp.temperature) as f64).exp()))
+        .collect();
     cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     if sp.top_k > 0 && sp.top_k < cand.len() {
         cand.truncate(sp.top_k);
@@ -303,11 +416,18 @@ pub struct GenerateOptions {
 
 /// Continue `prompt` `num_samples` times; returns the new tokens of each sample (stop token
 /// included if hit). The cached path prefills once and forks the cache.
-pub fn generate<B: Backend>(model: &Model<B>, prompt: &[u32], o: &GenerateOptions) -> Result<Vec<Vec<u32>>, EngineError> {
+pub fn generate<B: Backend>(
+    model: &Model<B>,
+    prompt: &[u32],
+    o: &GenerateOptions,
+) -> Result<Vec<Vec<u32>>, EngineError> {
     model.check_ids(prompt)?;
     let ctx = model.cfg.context;
     if prompt.is_empty() || prompt.len() >= ctx {
-        return Err(EngineError::Shape(format!("prompt of {} tokens must be in 1..{ctx}", prompt.len())));
+        return Err(EngineError::Shape(format!(
+            "prompt of {} tokens must be in 1..{ctx}",
+            prompt.len()
+        )));
     }
     let max_new = o.max_tokens.min(ctx - prompt.len());
     let n = o.num_samples.max(1);

@@ -24,7 +24,13 @@ pub struct Model<B: Backend> {
 }
 
 pub(crate) fn lin(m: usize, n: usize, k: usize) -> MatDims {
-    MatDims { m, n, k, trans_a: false, trans_b: true }
+    MatDims {
+        m,
+        n,
+        k,
+        trans_a: false,
+        trans_b: true,
+    }
 }
 
 impl<B: Backend> Model<B> {
@@ -44,8 +50,13 @@ impl<B: Backend> Model<B> {
                     dst.iter_mut().for_each(|x| *x = v);
                 }
                 _ => {
-                    let std = if s.name.ends_with("c_proj.weight") { proj_std } else { 0.02 };
-                    dst.iter_mut().for_each(|x| *x = (rng.normal() * std) as f32);
+                    let std = if s.name.ends_with("c_proj.weight") {
+                        proj_std
+                    } else {
+                        0.02
+                    };
+                    dst.iter_mut()
+                        .for_each(|x| *x = (rng.normal() * std) as f32);
                 }
             }
         }
@@ -65,7 +76,12 @@ impl<B: Backend> Model<B> {
         }
         let params = backend.alloc(layout.total)?;
         backend.write(View::new(&params, 0, layout.total), host);
-        Ok(Model { cfg, layout, backend, params })
+        Ok(Model {
+            cfg,
+            layout,
+            backend,
+            params,
+        })
     }
 
     pub fn num_params(&self) -> usize {
@@ -75,16 +91,22 @@ impl<B: Backend> Model<B> {
     /// All parameters to the host, in layout order.
     pub fn params_host(&self) -> Vec<f32> {
         let mut v = vec![0f32; self.layout.total];
-        self.backend.read(View::new(&self.params, 0, self.layout.total), &mut v);
+        self.backend
+            .read(View::new(&self.params, 0, self.layout.total), &mut v);
         v
     }
 
     /// Overwrite all parameters from the host.
     pub fn set_params_host(&mut self, host: &[f32]) -> Result<(), EngineError> {
         if host.len() != self.layout.total {
-            return Err(EngineError::Shape(format!("{} floats, need {}", host.len(), self.layout.total)));
+            return Err(EngineError::Shape(format!(
+                "{} floats, need {}",
+                host.len(),
+                self.layout.total
+            )));
         }
-        self.backend.write(View::new(&self.params, 0, self.layout.total), host);
+        self.backend
+            .write(View::new(&self.params, 0, self.layout.total), host);
         Ok(())
     }
 
@@ -92,12 +114,19 @@ impl<B: Backend> Model<B> {
     pub fn tensor(&self, name: &str) -> Option<Vec<f32>> {
         let s = self.layout.get(name)?;
         let mut v = vec![0f32; s.len];
-        self.backend.read(View::new(&self.params, s.offset, s.len), &mut v);
+        self.backend
+            .read(View::new(&self.params, s.offset, s.len), &mut v);
         Some(v)
     }
 
     pub(crate) fn attn_dims(&self, b: usize, t: usize) -> AttnDims {
-        AttnDims { b, t, n_head: self.cfg.n_head, n_kv: self.cfg.n_kv_head, head_dim: self.cfg.head_dim() }
+        AttnDims {
+            b,
+            t,
+            n_head: self.cfg.n_head,
+            n_kv: self.cfg.n_kv_head,
+            head_dim: self.cfg.head_dim(),
+        }
     }
 
     pub(crate) fn norm_kind(&self) -> NormKind {
@@ -217,10 +246,18 @@ fn v<Buf>(b: &Buf, len: usize) -> View<'_, Buf> {
 impl<B: Backend> Trainer<B> {
     /// Allocate gradients, optimizer state and activations for batch `b` × `t` tokens; refuses
     /// with an estimate when that would not fit in available memory.
-    pub fn new(model: Model<B>, b: usize, t: usize, opt_cfg: OptimizerConfig) -> Result<Self, EngineError> {
+    pub fn new(
+        model: Model<B>,
+        b: usize,
+        t: usize,
+        opt_cfg: OptimizerConfig,
+    ) -> Result<Self, EngineError> {
         let cfg = model.cfg.clone();
         if t == 0 || t > cfg.context || b == 0 {
-            return Err(EngineError::Shape(format!("batch {b} × {t} tokens (context {})", cfg.context)));
+            return Err(EngineError::Shape(format!(
+                "batch {b} × {t} tokens (context {})",
+                cfg.context
+            )));
         }
         let need = (4 * model.layout.total as u64 + cfg.activation_floats(b, t) as u64) * 4;
         if model.backend.name() == "cpu" {
@@ -268,10 +305,24 @@ impl<B: Backend> Trainer<B> {
         };
         let grads = be.alloc(model.layout.total)?;
         let opt = Optimizer::new(&model, opt_cfg)?;
-        Ok(Trainer { model, b, t, grads, opt, acts, ones: vec![1.0; bt], losses_host: vec![0.0; bt] })
+        Ok(Trainer {
+            model,
+            b,
+            t,
+            grads,
+            opt,
+            acts,
+            ones: vec![1.0; bt],
+            losses_host: vec![0.0; bt],
+        })
     }
 
-    fn check_batch(&self, inputs: &[u32], targets: &[u32], weights: Option<&[f32]>) -> Result<(), EngineError> {
+    fn check_batch(
+        &self,
+        inputs: &[u32],
+        targets: &[u32],
+        weights: Option<&[f32]>,
+    ) -> Result<(), EngineError> {
         let bt = self.b * self.t;
         if inputs.len() != bt || targets.len() != bt || weights.is_some_and(|w| w.len() != bt) {
             return Err(EngineError::Shape(format!(
@@ -299,10 +350,22 @@ impl<B: Backend> Trainer<B> {
         let po = |s: Option<Slot>| s.map(p);
         let nk = m.norm_kind();
         let a = &self.acts;
-        be.embedding_forward(v(&a.layers[0].res, bt * c), p(m.layout.wte), po(m.layout.wpe), inputs, t, 0, c);
+        be.embedding_forward(
+            v(&a.layers[0].res, bt * c),
+            p(m.layout.wte),
+            po(m.layout.wpe),
+            inputs,
+            t,
+            0,
+            c,
+        );
         for (l, ls) in m.layout.layers.iter().enumerate() {
             let la = &a.layers[l];
-            let next_res = if l + 1 < cfg.n_layer { &a.layers[l + 1].res } else { &a.res_final };
+            let next_res = if l + 1 < cfg.n_layer {
+                &a.layers[l + 1].res
+            } else {
+                &a.res_final
+            };
             be.norm_forward(
                 nk,
                 v(&la.ln1, bt * c),
@@ -314,7 +377,14 @@ impl<B: Backend> Trainer<B> {
                 c,
                 cfg.norm_eps,
             );
-            be.matmul(v(&la.qkv, bt * wq), v(&la.ln1, bt * c), p(ls.qkv_w), lin(bt, wq, c), 1.0, 0.0);
+            be.matmul(
+                v(&la.qkv, bt * wq),
+                v(&la.ln1, bt * c),
+                p(ls.qkv_w),
+                lin(bt, wq, c),
+                1.0,
+                0.0,
+            );
             if let Some(bias) = ls.qkv_b {
                 be.add_bias(v(&la.qkv, bt * wq), p(bias), bt, wq);
             }
@@ -337,7 +407,14 @@ impl<B: Backend> Trainer<B> {
                 d,
             );
             be.copy(v(&la.res2, bt * c), v(&la.res, bt * c));
-            be.matmul(v(&la.res2, bt * c), v(&la.att, bt * wo), p(ls.proj_w), lin(bt, c, wo), 1.0, 1.0);
+            be.matmul(
+                v(&la.res2, bt * c),
+                v(&la.att, bt * wo),
+                p(ls.proj_w),
+                lin(bt, c, wo),
+                1.0,
+                1.0,
+            );
             if let Some(bias) = ls.proj_b {
                 be.add_bias(v(&la.res2, bt * c), p(bias), bt, c);
             }
@@ -352,13 +429,27 @@ impl<B: Backend> Trainer<B> {
                 c,
                 cfg.norm_eps,
             );
-            be.matmul(v(&la.fch, bt * 4 * c), v(&la.ln2, bt * c), p(ls.fc_w), lin(bt, 4 * c, c), 1.0, 0.0);
+            be.matmul(
+                v(&la.fch, bt * 4 * c),
+                v(&la.ln2, bt * c),
+                p(ls.fc_w),
+                lin(bt, 4 * c, c),
+                1.0,
+                0.0,
+            );
             if let Some(bias) = ls.fc_b {
                 be.add_bias(v(&la.fch, bt * 4 * c), p(bias), bt, 4 * c);
             }
             be.act_forward(m.act(), v(&la.fcg, bt * 4 * c), v(&la.fch, bt * 4 * c));
             be.copy(v(next_res, bt * c), v(&la.res2, bt * c));
-            be.matmul(v(next_res, bt * c), v(&la.fcg, bt * 4 * c), p(ls.fcp_w), lin(bt, c, 4 * c), 1.0, 1.0);
+            be.matmul(
+                v(next_res, bt * c),
+                v(&la.fcg, bt * 4 * c),
+                p(ls.fcp_w),
+                lin(bt, c, 4 * c),
+                1.0,
+                1.0,
+            );
             if let Some(bias) = ls.fcp_b {
                 be.add_bias(v(next_res, bt * c), p(bias), bt, c);
             }
@@ -401,15 +492,39 @@ impl<B: Backend> Trainer<B> {
         let go = |s: Option<Slot>| s.map(g);
         let nk = m.norm_kind();
         let a = &self.acts;
-        let tn = MatDims { m: 0, n: 0, k: 0, trans_a: false, trans_b: false };
+        let tn = MatDims {
+            m: 0,
+            n: 0,
+            k: 0,
+            trans_a: false,
+            trans_b: false,
+        };
         // head: dlnf = dlogits @ W ; dW += dlogits^T @ lnf
         let head = m.head_slot();
-        be.matmul(v(&a.dln, bt * c), v(&a.logits, bt * vs), p(head), MatDims { m: bt, n: c, k: vs, ..tn }, 1.0, 0.0);
+        be.matmul(
+            v(&a.dln, bt * c),
+            v(&a.logits, bt * vs),
+            p(head),
+            MatDims {
+                m: bt,
+                n: c,
+                k: vs,
+                ..tn
+            },
+            1.0,
+            0.0,
+        );
         be.matmul(
             g(head),
             v(&a.logits, bt * vs),
             v(&a.lnf, bt * c),
-            MatDims { m: vs, n: c, k: bt, trans_a: true, trans_b: false },
+            MatDims {
+                m: vs,
+                n: c,
+                k: bt,
+                trans_a: true,
+                trans_b: false,
+            },
             1.0,
             1.0,
         );
@@ -426,18 +541,67 @@ impl<B: Backend> Trainer<B> {
             bt,
             c,
         );
-        let wgrad = |n: usize, k: usize| MatDims { m: n, n: k, k: bt, trans_a: true, trans_b: false };
+        let wgrad = |n: usize, k: usize| MatDims {
+            m: n,
+            n: k,
+            k: bt,
+            trans_a: true,
+            trans_b: false,
+        };
         for (l, ls) in m.layout.layers.iter().enumerate().rev() {
             let la = &a.layers[l];
             // MLP: res_out = res2 + fcg @ Wfcp^T + b
-            be.matmul(v(&a.dfcg, bt * 4 * c), v(&a.dres, bt * c), p(ls.fcp_w), MatDims { m: bt, n: 4 * c, k: c, ..tn }, 1.0, 0.0);
-            be.matmul(g(ls.fcp_w), v(&a.dres, bt * c), v(&la.fcg, bt * 4 * c), wgrad(c, 4 * c), 1.0, 1.0);
+            be.matmul(
+                v(&a.dfcg, bt * 4 * c),
+                v(&a.dres, bt * c),
+                p(ls.fcp_w),
+                MatDims {
+                    m: bt,
+                    n: 4 * c,
+                    k: c,
+                    ..tn
+                },
+                1.0,
+                0.0,
+            );
+            be.matmul(
+                g(ls.fcp_w),
+                v(&a.dres, bt * c),
+                v(&la.fcg, bt * 4 * c),
+                wgrad(c, 4 * c),
+                1.0,
+                1.0,
+            );
             if let Some(bs) = ls.fcp_b {
                 be.bias_backward(g(bs), v(&a.dres, bt * c), bt, c);
             }
-            be.act_backward(m.act(), v(&a.dfch, bt * 4 * c), v(&a.dfcg, bt * 4 * c), v(&la.fch, bt * 4 * c));
-            be.matmul(v(&a.dln, bt * c), v(&a.dfch, bt * 4 * c), p(ls.fc_w), MatDims { m: bt, n: c, k: 4 * c, ..tn }, 1.0, 0.0);
-            be.matmul(g(ls.fc_w), v(&a.dfch, bt * 4 * c), v(&la.ln2, bt * c), wgrad(4 * c, c), 1.0, 1.0);
+            be.act_backward(
+                m.act(),
+                v(&a.dfch, bt * 4 * c),
+                v(&a.dfcg, bt * 4 * c),
+                v(&la.fch, bt * 4 * c),
+            );
+            be.matmul(
+                v(&a.dln, bt * c),
+                v(&a.dfch, bt * 4 * c),
+                p(ls.fc_w),
+                MatDims {
+                    m: bt,
+                    n: c,
+                    k: 4 * c,
+                    ..tn
+                },
+                1.0,
+                0.0,
+            );
+            be.matmul(
+                g(ls.fc_w),
+                v(&a.dfch, bt * 4 * c),
+                v(&la.ln2, bt * c),
+                wgrad(4 * c, c),
+                1.0,
+                1.0,
+            );
             if let Some(bs) = ls.fc_b {
                 be.bias_backward(g(bs), v(&a.dfch, bt * 4 * c), bt, 4 * c);
             }
@@ -454,13 +618,36 @@ impl<B: Backend> Trainer<B> {
                 c,
             );
             // attention: res2 = res + att @ Wp^T + b
-            be.matmul(v(&a.datt, bt * wo), v(&a.dres, bt * c), p(ls.proj_w), MatDims { m: bt, n: wo, k: c, ..tn }, 1.0, 0.0);
-            be.matmul(g(ls.proj_w), v(&a.dres, bt * c), v(&la.att, bt * wo), wgrad(c, wo), 1.0, 1.0);
+            be.matmul(
+                v(&a.datt, bt * wo),
+                v(&a.dres, bt * c),
+                p(ls.proj_w),
+                MatDims {
+                    m: bt,
+                    n: wo,
+                    k: c,
+                    ..tn
+                },
+                1.0,
+                0.0,
+            );
+            be.matmul(
+                g(ls.proj_w),
+                v(&a.dres, bt * c),
+                v(&la.att, bt * wo),
+                wgrad(c, wo),
+                1.0,
+                1.0,
+            );
             if let Some(bs) = ls.proj_b {
                 be.bias_backward(g(bs), v(&a.dres, bt * c), bt, c);
             }
             let modern = m.qk_prep(0);
-            let (att_in, datt_in) = if modern.is_some() { (&la.qkr, &a.dqkr) } else { (&la.qkv, &a.dqkv) };
+            let (att_in, datt_in) = if modern.is_some() {
+                (&la.qkr, &a.dqkr)
+            } else {
+                (&la.qkv, &a.dqkv)
+            };
             be.attention_backward(
                 v(datt_in, bt * wq),
                 v(&a.datt, bt * wo),
@@ -478,8 +665,27 @@ impl<B: Backend> Trainer<B> {
                     prep,
                 );
             }
-            be.matmul(v(&a.dln, bt * c), v(&a.dqkv, bt * wq), p(ls.qkv_w), MatDims { m: bt, n: c, k: wq, ..tn }, 1.0, 0.0);
-            be.matmul(g(ls.qkv_w), v(&a.dqkv, bt * wq), v(&la.ln1, bt * c), wgrad(wq, c), 1.0, 1.0);
+            be.matmul(
+                v(&a.dln, bt * c),
+                v(&a.dqkv, bt * wq),
+                p(ls.qkv_w),
+                MatDims {
+                    m: bt,
+                    n: c,
+                    k: wq,
+                    ..tn
+                },
+                1.0,
+                0.0,
+            );
+            be.matmul(
+                g(ls.qkv_w),
+                v(&a.dqkv, bt * wq),
+                v(&la.ln1, bt * c),
+                wgrad(wq, c),
+                1.0,
+                1.0,
+            );
             if let Some(bs) = ls.qkv_b {
                 be.bias_backward(g(bs), v(&a.dqkv, bt * wq), bt, wq);
             }
@@ -496,7 +702,14 @@ impl<B: Backend> Trainer<B> {
                 c,
             );
         }
-        be.embedding_backward(g(m.layout.wte), go(m.layout.wpe), v(&a.dres, bt * c), inputs, t, c);
+        be.embedding_backward(
+            g(m.layout.wte),
+            go(m.layout.wpe),
+            v(&a.dres, bt * c),
+            inputs,
+            t,
+            c,
+        );
     }
 
     /// Forward + backward on one micro-batch. The loss is `Σ_i w_i · CE_i / norm` (weights
@@ -526,7 +739,13 @@ impl<B: Backend> Trainer<B> {
             Some(1.0 / norm),
         );
         be.read(v(&self.acts.losses, bt), &mut self.losses_host);
-        let loss = self.losses_host.iter().zip(w).map(|(l, w)| (*l as f64) * (*w as f64)).sum::<f64>() / norm as f64;
+        let loss = self
+            .losses_host
+            .iter()
+            .zip(w)
+            .map(|(l, w)| (*l as f64) * (*w as f64))
+            .sum::<f64>()
+            / norm as f64;
         self.backward(inputs);
         Ok(loss as f32)
     }
@@ -561,13 +780,17 @@ impl<B: Backend> Trainer<B> {
     }
 
     pub fn zero_grad(&mut self) {
-        self.model.backend.fill(v(&self.grads, self.model.layout.total), 0.0);
+        self.model
+            .backend
+            .fill(v(&self.grads, self.model.layout.total), 0.0);
     }
 
     /// Gradients to the host, in layout order.
     pub fn grads_host(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.model.layout.total];
-        self.model.backend.read(v(&self.grads, self.model.layout.total), &mut out);
+        self.model
+            .backend
+            .read(v(&self.grads, self.model.layout.total), &mut out);
         out
     }
 

@@ -23,7 +23,9 @@ impl std::str::FromStr for OptimKind {
         match s {
             "adamw" => Ok(OptimKind::AdamW),
             "muon" => Ok(OptimKind::Muon),
-            _ => Err(EngineError::Config(format!("unknown optimizer `{s}` (adamw or muon)"))),
+            _ => Err(EngineError::Config(format!(
+                "unknown optimizer `{s}` (adamw or muon)"
+            ))),
         }
     }
 }
@@ -103,7 +105,9 @@ impl<B: Backend> Optimizer<B> {
                 Rule::Muon { rows, cols }
             } else {
                 let decay = s.kind != ParamKind::Vector || cfg.decay_vectors;
-                Rule::Adam { weight_decay: if decay { cfg.weight_decay } else { 0.0 } }
+                Rule::Adam {
+                    weight_decay: if decay { cfg.weight_decay } else { 0.0 },
+                }
             };
             // merge adjacent Adam tensors with the same decay into one call
             if let (Some(last), Rule::Adam { weight_decay }) = (groups.last_mut(), &rule) {
@@ -115,15 +119,32 @@ impl<B: Backend> Optimizer<B> {
                     }
                 }
             }
-            groups.push(Group { off: s.offset, len: s.len, rule });
+            groups.push(Group {
+                off: s.offset,
+                len: s.len,
+                rule,
+            });
         }
         let ns = if max_mat > 0 {
-            Some([be.alloc(max_mat)?, be.alloc(max_mat)?, be.alloc(max_sq)?, be.alloc(max_sq)?])
+            Some([
+                be.alloc(max_mat)?,
+                be.alloc(max_mat)?,
+                be.alloc(max_sq)?,
+                be.alloc(max_sq)?,
+            ])
         } else {
             None
         };
         let total = model.layout.total;
-        Ok(Optimizer { cfg, m: be.alloc(total)?, v: be.alloc(total)?, step: 0, groups, total, ns })
+        Ok(Optimizer {
+            cfg,
+            m: be.alloc(total)?,
+            v: be.alloc(total)?,
+            step: 0,
+            groups,
+            total,
+            ns,
+        })
     }
 
     /// Apply one update from `grads` with learning rates scaled by `lr_scale`.
@@ -173,7 +194,13 @@ impl<B: Backend> Optimizer<B> {
         (m, v, self.step)
     }
 
-    pub fn set_state_host(&mut self, be: &B, m: &[f32], v: &[f32], step: u64) -> Result<(), EngineError> {
+    pub fn set_state_host(
+        &mut self,
+        be: &B,
+        m: &[f32],
+        v: &[f32],
+        step: u64,
+    ) -> Result<(), EngineError> {
         if m.len() != self.total || v.len() != self.total {
             return Err(EngineError::Shape(format!(
                 "optimizer state has {}/{} floats, model needs {}",
@@ -191,7 +218,13 @@ impl<B: Backend> Optimizer<B> {
 
 /// Newton–Schulz quintic iteration (coefficients from Keller Jordan's Muon) on the `rows×cols`
 /// matrix in `ns[0]`; returns the view holding the (approximately) orthogonalized result.
-fn newton_schulz<'a, B: Backend>(be: &B, ns: &'a [B::Buf; 4], rows: usize, cols: usize, steps: usize) -> View<'a, B::Buf> {
+fn newton_schulz<'a, B: Backend>(
+    be: &B,
+    ns: &'a [B::Buf; 4],
+    rows: usize,
+    cols: usize,
+    steps: usize,
+) -> View<'a, B::Buf> {
     let (a, b, c) = (3.4445f32, -4.7750f32, 2.0315f32);
     let n = rows * cols;
     let s = rows.min(cols);
@@ -201,20 +234,78 @@ fn newton_schulz<'a, B: Backend>(be: &B, ns: &'a [B::Buf; 4], rows: usize, cols:
     let poly = View::new(&ns[3], 0, s * s);
     let norm = be.sum_squares(x).sqrt() as f32;
     be.scale(x, 1.0 / (norm + 1e-7));
-    let sq = MatDims { m: s, n: s, k: s, trans_a: false, trans_b: false };
+    let sq = MatDims {
+        m: s,
+        n: s,
+        k: s,
+        trans_a: false,
+        trans_b: false,
+    };
     for _ in 0..steps {
         if rows <= cols {
             // A = X Xᵀ; B = bA + cA²; X ← aX + B X
-            be.matmul(gram, x, x, MatDims { m: rows, n: rows, k: cols, trans_a: false, trans_b: true }, 1.0, 0.0);
+            be.matmul(
+                gram,
+                x,
+                x,
+                MatDims {
+                    m: rows,
+                    n: rows,
+                    k: cols,
+                    trans_a: false,
+                    trans_b: true,
+                },
+                1.0,
+                0.0,
+            );
             be.matmul(poly, gram, gram, sq, c, 0.0);
             be.axpy(poly, b, gram);
-            be.matmul(y, poly, x, MatDims { m: rows, n: cols, k: rows, trans_a: false, trans_b: false }, 1.0, 0.0);
+            be.matmul(
+                y,
+                poly,
+                x,
+                MatDims {
+                    m: rows,
+                    n: cols,
+                    k: rows,
+                    trans_a: false,
+                    trans_b: false,
+                },
+                1.0,
+                0.0,
+            );
         } else {
             // A = Xᵀ X; B = bA + cA²; X ← aX + X B
-            be.matmul(gram, x, x, MatDims { m: cols, n: cols, k: rows, trans_a: true, trans_b: false }, 1.0, 0.0);
+            be.matmul(
+                gram,
+                x,
+                x,
+                MatDims {
+                    m: cols,
+                    n: cols,
+                    k: rows,
+                    trans_a: true,
+                    trans_b: false,
+                },
+                1.0,
+                0.0,
+            );
             be.matmul(poly, gram, gram, sq, c, 0.0);
             be.axpy(poly, b, gram);
-            be.matmul(y, x, poly, MatDims { m: rows, n: cols, k: cols, trans_a: false, trans_b: false }, 1.0, 0.0);
+            be.matmul(
+                y,
+                x,
+                poly,
+                MatDims {
+                    m: rows,
+                    n: cols,
+                    k: cols,
+                    trans_a: false,
+                    trans_b: false,
+                },
+                1.0,
+                0.0,
+            );
         }
         be.axpy(y, a, x);
         std::mem::swap(&mut x, &mut y);

@@ -71,7 +71,13 @@ impl Layout {
         let mut add = |name: String, shape: Vec<usize>, kind: ParamKind| -> Slot {
             let len = shape.iter().product();
             let s = Slot { off: total, len };
-            specs.push(ParamSpec { name, shape, offset: total, len, kind });
+            specs.push(ParamSpec {
+                name,
+                shape,
+                offset: total,
+                len,
+                kind,
+            });
             total += len;
             s
         };
@@ -79,7 +85,13 @@ impl Layout {
         let qkv = (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim();
         let gpt2 = cfg.arch == Arch::Gpt2;
         let wte = add("wte.weight".into(), vec![v, c], ParamKind::Embedding);
-        let wpe = gpt2.then(|| add("wpe.weight".into(), vec![cfg.context, c], ParamKind::Embedding));
+        let wpe = gpt2.then(|| {
+            add(
+                "wpe.weight".into(),
+                vec![cfg.context, c],
+                ParamKind::Embedding,
+            )
+        });
         let mut layers = Vec::new();
         for i in 0..cfg.n_layer {
             let p = |s: &str| format!("h.{i}.{s}");
@@ -92,7 +104,11 @@ impl Layout {
             if gpt2 {
                 l.qkv_b = Some(add(p("attn.c_attn.bias"), vec![qkv], ParamKind::Vector));
             }
-            l.proj_w = add(p("attn.c_proj.weight"), vec![c, cfg.n_head * cfg.head_dim()], ParamKind::Matrix);
+            l.proj_w = add(
+                p("attn.c_proj.weight"),
+                vec![c, cfg.n_head * cfg.head_dim()],
+                ParamKind::Matrix,
+            );
             if gpt2 {
                 l.proj_b = Some(add(p("attn.c_proj.bias"), vec![c], ParamKind::Vector));
                 l.ln2_w = Some(add(p("ln_2.weight"), vec![c], ParamKind::Vector));
@@ -117,7 +133,16 @@ impl Layout {
             (None, None)
         };
         let lm_head = (!gpt2).then(|| add("lm_head.weight".into(), vec![v, c], ParamKind::Head));
-        Layout { specs, total, wte, wpe, layers, lnf_w, lnf_b, lm_head }
+        Layout {
+            specs,
+            total,
+            wte,
+            wpe,
+            layers,
+            lnf_w,
+            lnf_b,
+            lm_head,
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<&ParamSpec> {

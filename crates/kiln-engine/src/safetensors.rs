@@ -20,7 +20,11 @@ pub struct Tensor {
 }
 
 /// Write `tensors` (f32) plus string metadata atomically to `path`.
-pub fn write(path: &Path, tensors: &[(&str, &[usize], &[f32])], metadata: &BTreeMap<String, String>) -> Result<(), EngineError> {
+pub fn write(
+    path: &Path,
+    tensors: &[(&str, &[usize], &[f32])],
+    metadata: &BTreeMap<String, String>,
+) -> Result<(), EngineError> {
     let mut header = Map::new();
     if !metadata.is_empty() {
         header.insert("__metadata__".into(), json!(metadata));
@@ -29,12 +33,19 @@ pub fn write(path: &Path, tensors: &[(&str, &[usize], &[f32])], metadata: &BTree
     for (name, shape, data) in tensors {
         let n: usize = shape.iter().product();
         if n != data.len() {
-            return Err(EngineError::ckpt(path, format!("tensor {name}: shape {shape:?} but {} values", data.len())));
+            return Err(EngineError::ckpt(
+                path,
+                format!("tensor {name}: shape {shape:?} but {} values", data.len()),
+            ));
         }
-        header.insert((*name).to_string(), json!({"dtype": "F32", "shape": shape, "data_offsets": [off, off + 4 * n]}));
+        header.insert(
+            (*name).to_string(),
+            json!({"dtype": "F32", "shape": shape, "data_offsets": [off, off + 4 * n]}),
+        );
         off += 4 * n;
     }
-    let mut h = serde_json::to_vec(&Value::Object(header)).map_err(|e| EngineError::ckpt(path, e.to_string()))?;
+    let mut h = serde_json::to_vec(&Value::Object(header))
+        .map_err(|e| EngineError::ckpt(path, e.to_string()))?;
     while h.len() % 8 != 0 {
         h.push(b' ');
     }
@@ -51,8 +62,14 @@ pub fn write(path: &Path, tensors: &[(&str, &[usize], &[f32])], metadata: &BTree
 
 /// Write `bytes` to `path` via a fsynced temp file + rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let mut f = std::fs::File::create(&tmp).map_err(|e| EngineError::io(&tmp, e))?;
     f.write_all(bytes).map_err(|e| EngineError::io(&tmp, e))?;
@@ -70,10 +87,13 @@ pub fn read(path: &Path) -> Result<(Vec<Tensor>, BTreeMap<String, String>), Engi
     }
     let hlen = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
     if hlen > bytes.len() - 8 {
-        return Err(bad(format!("header length {hlen} exceeds file size {} (truncated or not safetensors)", bytes.len())));
+        return Err(bad(format!(
+            "header length {hlen} exceeds file size {} (truncated or not safetensors)",
+            bytes.len()
+        )));
     }
-    let header: Map<String, Value> =
-        serde_json::from_slice(&bytes[8..8 + hlen]).map_err(|e| bad(format!("bad safetensors header: {e}")))?;
+    let header: Map<String, Value> = serde_json::from_slice(&bytes[8..8 + hlen])
+        .map_err(|e| bad(format!("bad safetensors header: {e}")))?;
     let data = &bytes[8 + hlen..];
     let mut meta = BTreeMap::new();
     let mut out = Vec::new();
@@ -94,29 +114,50 @@ pub fn read(path: &Path) -> Result<(Vec<Tensor>, BTreeMap<String, String>), Engi
             .map(|x| x.as_u64().map(|v| v as usize))
             .collect::<Option<_>>()
             .ok_or_else(|| bad(format!("{name}: bad shape")))?;
-        let offs = info["data_offsets"].as_array().ok_or_else(|| bad(format!("{name}: no data_offsets")))?;
+        let offs = info["data_offsets"]
+            .as_array()
+            .ok_or_else(|| bad(format!("{name}: no data_offsets")))?;
         let (s, e) = (
             offs.first().and_then(|v| v.as_u64()).unwrap_or(0) as usize,
             offs.get(1).and_then(|v| v.as_u64()).unwrap_or(0) as usize,
         );
         if e > data.len() || s > e {
-            return Err(bad(format!("{name}: data {s}..{e} beyond {} data bytes (truncated?)", data.len())));
+            return Err(bad(format!(
+                "{name}: data {s}..{e} beyond {} data bytes (truncated?)",
+                data.len()
+            )));
         }
         let raw = &data[s..e];
         let n: usize = shape.iter().product();
         let vals: Vec<f32> = match dtype {
-            "F32" => raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            "BF16" => raw.chunks_exact(2).map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)).collect(),
-            "F16" => raw.chunks_exact(2).map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect(),
+            "F32" => raw
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            "BF16" => raw
+                .chunks_exact(2)
+                .map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16))
+                .collect(),
+            "F16" => raw
+                .chunks_exact(2)
+                .map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]])))
+                .collect(),
             _ => {
                 // non-float buffers (e.g. HF's attention masks) are skipped
                 continue;
             }
         };
         if vals.len() != n {
-            return Err(bad(format!("{name}: shape {shape:?} needs {n} values, data has {}", vals.len())));
+            return Err(bad(format!(
+                "{name}: shape {shape:?} needs {n} values, data has {}",
+                vals.len()
+            )));
         }
-        out.push(Tensor { name, shape, data: vals });
+        out.push(Tensor {
+            name,
+            shape,
+            data: vals,
+        });
     }
     Ok((out, meta))
 }
@@ -155,10 +196,18 @@ mod tests {
         let p = dir.path().join("a.safetensors");
         let mut meta = BTreeMap::new();
         meta.insert("k".to_string(), "v".to_string());
-        write(&p, &[("x", &[2, 2], &[1.0, 2.0, 3.0, -4.5]), ("y", &[1], &[7.0])], &meta).unwrap();
+        write(
+            &p,
+            &[("x", &[2, 2], &[1.0, 2.0, 3.0, -4.5]), ("y", &[1], &[7.0])],
+            &meta,
+        )
+        .unwrap();
         let (t, m) = read(&p).unwrap();
         assert_eq!(m["k"], "v");
-        assert_eq!(t.iter().find(|t| t.name == "x").unwrap().data, vec![1.0, 2.0, 3.0, -4.5]);
+        assert_eq!(
+            t.iter().find(|t| t.name == "x").unwrap().data,
+            vec![1.0, 2.0, 3.0, -4.5]
+        );
         let bytes = std::fs::read(&p).unwrap();
         std::fs::write(&p, &bytes[..bytes.len() - 3]).unwrap();
         assert!(read(&p).unwrap_err().to_string().contains("truncated"));

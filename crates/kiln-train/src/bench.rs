@@ -31,9 +31,31 @@ pub struct Preset {
 
 pub fn preset(name: &str) -> Option<Preset> {
     match name {
-        "cpu-small" => Some(Preset { name: "cpu-small", vocab: 4096, ctx: 256, layers: 4, heads: 4, dim: 256, batch: 8, warm: 3, steps: 10, threads: 2 }),
+        "cpu-small" => Some(Preset {
+            name: "cpu-small",
+            vocab: 4096,
+            ctx: 256,
+            layers: 4,
+            heads: 4,
+            dim: 256,
+            batch: 8,
+            warm: 3,
+            steps: 10,
+            threads: 2,
+        }),
         // a seconds-long variant for tests
-        "tiny" => Some(Preset { name: "tiny", vocab: 128, ctx: 32, layers: 2, heads: 2, dim: 32, batch: 2, warm: 1, steps: 2, threads: 1 }),
+        "tiny" => Some(Preset {
+            name: "tiny",
+            vocab: 128,
+            ctx: 32,
+            layers: 2,
+            heads: 2,
+            dim: 32,
+            batch: 2,
+            warm: 1,
+            steps: 2,
+            threads: 1,
+        }),
         _ => None,
     }
 }
@@ -67,7 +89,11 @@ fn round(x: f64, d: i32) -> f64 {
 pub fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
@@ -97,10 +123,20 @@ pub fn bench_train(p: &Preset) -> Result<BenchReport, TrainError> {
     let cfg = ModelConfig::gpt2(p.vocab, p.layers, p.heads, p.dim, p.ctx);
     let model = Model::new(be.clone(), cfg.clone(), 0)?;
     let nparams = model.num_params();
-    let oc = OptimizerConfig { lr: 1e-3, beta1: 0.9, beta2: 0.95, weight_decay: 0.1, decay_vectors: true, grad_clip: None, ..Default::default() };
+    let oc = OptimizerConfig {
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.95,
+        weight_decay: 0.1,
+        decay_vectors: true,
+        grad_clip: None,
+        ..Default::default()
+    };
     let mut tr = Trainer::new(model, p.batch, p.ctx, oc)?;
     let mut r = Rng::new(0);
-    let data: Vec<u32> = (0..p.batch * (p.ctx + 1)).map(|_| r.below(p.vocab as u64) as u32).collect();
+    let data: Vec<u32> = (0..p.batch * (p.ctx + 1))
+        .map(|_| r.below(p.vocab as u64) as u32)
+        .collect();
     let (mut x, mut y) = (Vec::new(), Vec::new());
     for row in data.chunks(p.ctx + 1) {
         x.extend_from_slice(&row[..p.ctx]);
@@ -132,7 +168,14 @@ pub fn bench_train(p: &Preset) -> Result<BenchReport, TrainError> {
         stop: vec![],
         no_cache,
     };
-    let _ = generate(&model, prompt, &GenerateOptions { max_tokens: 3, ..mk(true) })?;
+    let _ = generate(
+        &model,
+        prompt,
+        &GenerateOptions {
+            max_tokens: 3,
+            ..mk(true)
+        },
+    )?;
     let t0 = Instant::now();
     let out = generate(&model, prompt, &mk(true))?;
     let nocache = out[0].len() as f64 / t0.elapsed().as_secs_f64();

@@ -24,7 +24,11 @@ pub struct TokenData {
 impl TokenData {
     /// Split documents: the last `val_frac` of them (at least one when there are two or more)
     /// form the validation stream. Ids are checked against `vocab`.
-    pub fn from_documents(docs: &[Vec<u32>], val_frac: f32, vocab: usize) -> Result<TokenData, TrainError> {
+    pub fn from_documents(
+        docs: &[Vec<u32>],
+        val_frac: f32,
+        vocab: usize,
+    ) -> Result<TokenData, TrainError> {
         for (d, doc) in docs.iter().enumerate() {
             if let Some((i, &id)) = doc.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
                 return Err(TrainError::Data(format!(
@@ -32,10 +36,17 @@ impl TokenData {
                 )));
             }
         }
-        let n_val = if docs.len() >= 2 { ((docs.len() as f32 * val_frac).ceil() as usize).clamp(1, docs.len() - 1) } else { 0 };
+        let n_val = if docs.len() >= 2 {
+            ((docs.len() as f32 * val_frac).ceil() as usize).clamp(1, docs.len() - 1)
+        } else {
+            0
+        };
         let split = docs.len() - n_val;
         let cat = |ds: &[Vec<u32>]| ds.iter().flatten().copied().collect::<Vec<u32>>();
-        Ok(TokenData { train: cat(&docs[..split]), val: cat(&docs[split..]) })
+        Ok(TokenData {
+            train: cat(&docs[..split]),
+            val: cat(&docs[split..]),
+        })
     }
 }
 
@@ -58,7 +69,13 @@ impl Loader {
                 t + 1
             )));
         }
-        let mut l = Loader { stream, t, seed, pos: DataPos::default(), perm: Vec::new() };
+        let mut l = Loader {
+            stream,
+            t,
+            seed,
+            pos: DataPos::default(),
+            perm: Vec::new(),
+        };
         l.make_perm();
         Ok(l)
     }
@@ -70,7 +87,8 @@ impl Loader {
     fn make_perm(&mut self) {
         let n = self.stream.len().saturating_sub(1) / self.t;
         self.perm = (0..n as u32).collect();
-        Rng::new(self.seed ^ self.pos.epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15)).shuffle(&mut self.perm);
+        Rng::new(self.seed ^ self.pos.epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            .shuffle(&mut self.perm);
     }
 
     /// Jump to a saved position.
@@ -87,7 +105,10 @@ impl Loader {
         let t = self.t;
         for (xr, yr) in x.chunks_mut(t).zip(y.chunks_mut(t)) {
             if self.pos.cursor as usize >= self.perm.len() {
-                self.pos = DataPos { epoch: self.pos.epoch + 1, cursor: 0 };
+                self.pos = DataPos {
+                    epoch: self.pos.epoch + 1,
+                    cursor: 0,
+                };
                 self.make_perm();
             }
             let w = self.perm[self.pos.cursor as usize] as usize;
@@ -100,7 +121,12 @@ impl Loader {
 }
 
 /// Sequential validation batches: up to `max_batches` full `(b, t)` batches from the start.
-pub fn val_batches(val: &[u32], b: usize, t: usize, max_batches: usize) -> Vec<(Vec<u32>, Vec<u32>)> {
+pub fn val_batches(
+    val: &[u32],
+    b: usize,
+    t: usize,
+    max_batches: usize,
+) -> Vec<(Vec<u32>, Vec<u32>)> {
     let windows = val.len().saturating_sub(1) / t;
     let n = (windows / b).min(max_batches);
     (0..n)
@@ -144,7 +170,9 @@ mod tests {
         let d = TokenData::from_documents(&docs, 0.1, 10).unwrap();
         assert_eq!(d.val, vec![0, 4, 4, 4]);
         assert_eq!(d.train, vec![0, 1, 2, 0, 3]);
-        let err = TokenData::from_documents(&docs, 0.1, 4).unwrap_err().to_string();
+        let err = TokenData::from_documents(&docs, 0.1, 4)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("document 2") && err.contains("id 4"), "{err}");
         assert!(Loader::new(vec![1, 2, 3], 8, 0).is_err());
     }

@@ -22,7 +22,12 @@ impl MetricsLog {
                 let text = std::fs::read_to_string(path).map_err(io)?;
                 let kept: String = text
                     .lines()
-                    .filter(|l| serde_json::from_str::<Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= max))
+                    .filter(|l| {
+                        serde_json::from_str::<Value>(l)
+                            .ok()
+                            .and_then(|v| v["step"].as_u64())
+                            .is_some_and(|s| s <= max)
+                    })
                     .map(|l| format!("{l}\n"))
                     .collect();
                 kiln_engine::safetensors::write_atomic(path, kept.as_bytes())?;
@@ -30,13 +35,22 @@ impl MetricsLog {
         } else if path.exists() {
             std::fs::remove_file(path).map_err(io)?;
         }
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
-        Ok(MetricsLog { path: path.to_path_buf(), file })
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(io)?;
+        Ok(MetricsLog {
+            path: path.to_path_buf(),
+            file,
+        })
     }
 
     pub fn write(&mut self, v: &Value) -> Result<(), TrainError> {
         let line = format!("{v}\n");
-        self.file.write_all(line.as_bytes()).map_err(|e| TrainError::io(&self.path, e))?;
+        self.file
+            .write_all(line.as_bytes())
+            .map_err(|e| TrainError::io(&self.path, e))?;
         self.file.flush().map_err(|e| TrainError::io(&self.path, e))
     }
 
@@ -48,7 +62,10 @@ impl MetricsLog {
 /// Read every record of a metrics file.
 pub fn read_metrics(path: &Path) -> Result<Vec<Value>, TrainError> {
     let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
-    Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
 }
 
 /// Bits per byte: `Σ nats / (ln 2 · Σ bytes)` over targets whose byte length is non-zero
@@ -77,11 +94,13 @@ mod tests {
         let p = dir.path().join("m.jsonl");
         let mut m = MetricsLog::open(&p, None).unwrap();
         for s in 1..=5 {
-            m.write(&serde_json::json!({"step": s, "loss": 1.0})).unwrap();
+            m.write(&serde_json::json!({"step": s, "loss": 1.0}))
+                .unwrap();
         }
         drop(m);
         let mut m = MetricsLog::open(&p, Some(3)).unwrap();
-        m.write(&serde_json::json!({"step": 4, "loss": 2.0})).unwrap();
+        m.write(&serde_json::json!({"step": 4, "loss": 2.0}))
+            .unwrap();
         let recs = read_metrics(&p).unwrap();
         assert_eq!(recs.len(), 4);
         assert_eq!(recs[3]["loss"], 2.0);

@@ -14,11 +14,32 @@ pub struct Series<'a> {
 
 fn panel(svg: &mut String, s: &Series, x0: f64, y0: f64, w: f64, h: f64) {
     let (l, r, t, b) = (x0 + 55.0, x0 + w - 15.0, y0 + 30.0, y0 + h - 35.0);
-    let _ = write!(svg, r##"<text x="{}" y="{}" font-size="14" text-anchor="middle">{}</text>"##, (l + r) / 2.0, y0 + 18.0, s.title);
-    let _ = write!(svg, r##"<rect x="{l}" y="{t}" width="{}" height="{}" fill="none" stroke="#888"/>"##, r - l, b - t);
-    let pts: Vec<(f64, f64)> = s.points.iter().copied().filter(|p| p.0.is_finite() && p.1.is_finite()).collect();
+    let _ = write!(
+        svg,
+        r##"<text x="{}" y="{}" font-size="14" text-anchor="middle">{}</text>"##,
+        (l + r) / 2.0,
+        y0 + 18.0,
+        s.title
+    );
+    let _ = write!(
+        svg,
+        r##"<rect x="{l}" y="{t}" width="{}" height="{}" fill="none" stroke="#888"/>"##,
+        r - l,
+        b - t
+    );
+    let pts: Vec<(f64, f64)> = s
+        .points
+        .iter()
+        .copied()
+        .filter(|p| p.0.is_finite() && p.1.is_finite())
+        .collect();
     if pts.is_empty() {
-        let _ = write!(svg, r##"<text x="{}" y="{}" font-size="12" text-anchor="middle" fill="#888">no data yet</text>"##, (l + r) / 2.0, (t + b) / 2.0);
+        let _ = write!(
+            svg,
+            r##"<text x="{}" y="{}" font-size="12" text-anchor="middle" fill="#888">no data yet</text>"##,
+            (l + r) / 2.0,
+            (t + b) / 2.0
+        );
         return;
     }
     let (mut xmin, mut xmax) = (f64::MAX, f64::MIN);
@@ -40,19 +61,54 @@ fn panel(svg: &mut String, s: &Series, x0: f64, y0: f64, w: f64, h: f64) {
     for i in 0..=4 {
         let fy = ymin + (ymax - ymin) * i as f64 / 4.0;
         let fx = xmin + (xmax - xmin) * i as f64 / 4.0;
-        let _ = write!(svg, r##"<text x="{}" y="{}" font-size="10" text-anchor="end">{:.3}</text>"##, l - 4.0, py(fy) + 3.0, fy);
-        let _ = write!(svg, r##"<text x="{}" y="{}" font-size="10" text-anchor="middle">{:.0}</text>"##, px(fx), b + 14.0, fx);
-        let _ = write!(svg, r##"<line x1="{l}" x2="{r}" y1="{0}" y2="{0}" stroke="#eee"/>"##, py(fy));
+        let _ = write!(
+            svg,
+            r##"<text x="{}" y="{}" font-size="10" text-anchor="end">{:.3}</text>"##,
+            l - 4.0,
+            py(fy) + 3.0,
+            fy
+        );
+        let _ = write!(
+            svg,
+            r##"<text x="{}" y="{}" font-size="10" text-anchor="middle">{:.0}</text>"##,
+            px(fx),
+            b + 14.0,
+            fx
+        );
+        let _ = write!(
+            svg,
+            r##"<line x1="{l}" x2="{r}" y1="{0}" y2="{0}" stroke="#eee"/>"##,
+            py(fy)
+        );
     }
-    let _ = write!(svg, r##"<text x="{}" y="{}" font-size="11" text-anchor="middle">step</text>"##, (l + r) / 2.0, b + 28.0);
+    let _ = write!(
+        svg,
+        r##"<text x="{}" y="{}" font-size="11" text-anchor="middle">step</text>"##,
+        (l + r) / 2.0,
+        b + 28.0
+    );
     let mut d = String::new();
     for (i, &(x, y)) in pts.iter().enumerate() {
-        let _ = write!(d, "{}{:.1},{:.1} ", if i == 0 { "M" } else { "L" }, px(x), py(y));
+        let _ = write!(
+            d,
+            "{}{:.1},{:.1} ",
+            if i == 0 { "M" } else { "L" },
+            px(x),
+            py(y)
+        );
     }
-    let _ = write!(svg, r##"<path d="{d}" fill="none" stroke="#c0392b" stroke-width="1.5"/>"##);
+    let _ = write!(
+        svg,
+        r##"<path d="{d}" fill="none" stroke="#c0392b" stroke-width="1.5"/>"##
+    );
     if pts.len() < 30 {
         for &(x, y) in &pts {
-            let _ = write!(svg, r##"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="#c0392b"/>"##, px(x), py(y));
+            let _ = write!(
+                svg,
+                r##"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="#c0392b"/>"##,
+                px(x),
+                py(y)
+            );
         }
     }
 }
@@ -80,7 +136,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.svg");
         let pts = [(1.0, 5.0), (2.0, 4.0), (3.0, 3.5)];
-        write_svg(&p, &[Series { title: "train loss", points: &pts }, Series { title: "val bpb", points: &[] }]).unwrap();
+        write_svg(
+            &p,
+            &[
+                Series {
+                    title: "train loss",
+                    points: &pts,
+                },
+                Series {
+                    title: "val bpb",
+                    points: &[],
+                },
+            ],
+        )
+        .unwrap();
         let s = std::fs::read_to_string(&p).unwrap();
         assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"));
         assert!(s.contains("<path d=\"M") && s.contains("no data yet"));

@@ -15,7 +15,10 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln_engine::generate::{generate, GenerateOptions};
-use kiln_engine::{load_checkpoint, save_checkpoint, CpuBackend, EngineError, Model, ModelConfig, OptimizerConfig, Rng, SamplingParams, Trainer};
+use kiln_engine::{
+    load_checkpoint, save_checkpoint, CpuBackend, EngineError, Model, ModelConfig, OptimizerConfig,
+    Rng, SamplingParams, Trainer,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -40,13 +43,22 @@ pub enum TrainError {
     Data(String),
     #[error("config: {0}")]
     Config(String),
-    #[error("loss became {loss} at step {step}; stopped. The last good checkpoint is kept: {last_ckpt}")]
-    NonFinite { step: u64, loss: f32, last_ckpt: String },
+    #[error(
+        "loss became {loss} at step {step}; stopped. The last good checkpoint is kept: {last_ckpt}"
+    )]
+    NonFinite {
+        step: u64,
+        loss: f32,
+        last_ckpt: String,
+    },
 }
 
 impl TrainError {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
-        TrainError::Io { path: path.display().to_string(), source }
+        TrainError::Io {
+            path: path.display().to_string(),
+            source,
+        }
     }
 }
 
@@ -108,7 +120,10 @@ pub struct Summary {
 pub fn load_shards(path: &Path) -> Result<Vec<Vec<u32>>, TrainError> {
     let files = kiln_data::shards::list_shards(path)?;
     if files.is_empty() {
-        return Err(TrainError::Data(format!("{}: no *.parquet token shards", path.display())));
+        return Err(TrainError::Data(format!(
+            "{}: no *.parquet token shards",
+            path.display()
+        )));
     }
     let mut docs = Vec::new();
     for f in files {
@@ -129,12 +144,18 @@ pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf, TrainError> {
             return Ok(dir.join(name.trim()));
         }
     }
-    Err(TrainError::Config(format!("{}: not a checkpoint (no kiln.json) and no ckpt/latest pointer", path.display())))
+    Err(TrainError::Config(format!(
+        "{}: not a checkpoint (no kiln.json) and no ckpt/latest pointer",
+        path.display()
+    )))
 }
 
 /// Human-readable differences between two model configs.
 pub fn config_diff(a: &ModelConfig, b: &ModelConfig) -> Vec<String> {
-    let (va, vb) = (serde_json::to_value(a).unwrap_or_default(), serde_json::to_value(b).unwrap_or_default());
+    let (va, vb) = (
+        serde_json::to_value(a).unwrap_or_default(),
+        serde_json::to_value(b).unwrap_or_default(),
+    );
     let mut out = Vec::new();
     if let (Some(ma), Some(mb)) = (va.as_object(), vb.as_object()) {
         for (k, x) in ma {
@@ -160,7 +181,10 @@ fn prune(root: &Path, keep: usize) -> Result<(), TrainError> {
     let mut steps: Vec<PathBuf> = std::fs::read_dir(root)
         .map_err(|e| TrainError::io(root, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("step_")))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("step_"))
+        })
         .collect();
     steps.sort();
     let keep = keep.max(1);
@@ -173,13 +197,24 @@ fn prune(root: &Path, keep: usize) -> Result<(), TrainError> {
 }
 
 /// Run (or resume) pretraining on `docs`, writing everything under `out`.
-pub fn pretrain(cfg: &PretrainConfig, docs: &[Vec<u32>], out: &Path, resume: Option<&Path>, hooks: &Hooks) -> Result<Summary, TrainError> {
+pub fn pretrain(
+    cfg: &PretrainConfig,
+    docs: &[Vec<u32>],
+    out: &Path,
+    resume: Option<&Path>,
+    hooks: &Hooks,
+) -> Result<Summary, TrainError> {
     cfg.model.validate()?;
     if cfg.seq_len == 0 || cfg.seq_len > cfg.model.context {
-        return Err(TrainError::Config(format!("seq_len {} must be in 1..={} (model context)", cfg.seq_len, cfg.model.context)));
+        return Err(TrainError::Config(format!(
+            "seq_len {} must be in 1..={} (model context)",
+            cfg.seq_len, cfg.model.context
+        )));
     }
     if cfg.batch == 0 || cfg.grad_accum == 0 || cfg.steps == 0 {
-        return Err(TrainError::Config("batch, grad_accum and steps must be positive".into()));
+        return Err(TrainError::Config(
+            "batch, grad_accum and steps must be positive".into(),
+        ));
     }
     // refuse before reading data or allocating anything big
     kiln_engine::config::check_memory(cfg.model.train_bytes(cfg.batch))?;
@@ -236,23 +271,33 @@ pub fn pretrain(cfg: &PretrainConfig, docs: &[Vec<u32>], out: &Path, resume: Opt
                 )));
             }
             let tr = &ck.train;
-            step = tr["step"].as_u64().ok_or_else(|| TrainError::Config(format!("{}: kiln.json has no train.step", dir.display())))?;
-            let pos: DataPos = serde_json::from_value(tr["data"].clone())
-                .map_err(|e| TrainError::Config(format!("{}: bad train.data: {e}", dir.display())))?;
+            step = tr["step"].as_u64().ok_or_else(|| {
+                TrainError::Config(format!("{}: kiln.json has no train.step", dir.display()))
+            })?;
+            let pos: DataPos = serde_json::from_value(tr["data"].clone()).map_err(|e| {
+                TrainError::Config(format!("{}: bad train.data: {e}", dir.display()))
+            })?;
             loader.set_pos(pos);
             if let Ok(r) = serde_json::from_value::<Rng>(tr["sample_rng"].clone()) {
                 sample_rng = r;
             }
             elapsed_prev = tr["elapsed_s"].as_f64().unwrap_or(0.0);
             if let Ok(old) = serde_json::from_value::<PretrainConfig>(tr["config"].clone()) {
-                if old.batch != cfg.batch || old.seq_len != cfg.seq_len || old.seed != cfg.seed || old.grad_accum != cfg.grad_accum {
+                if old.batch != cfg.batch
+                    || old.seq_len != cfg.seq_len
+                    || old.seed != cfg.seed
+                    || old.grad_accum != cfg.grad_accum
+                {
                     tracing::warn!("resuming with a different batch/seq_len/accum/seed than the checkpoint: the run will not match an uninterrupted one");
                 }
             }
             tracing::info!("resuming from {} at step {step}", dir.display());
             (ck.into_model(backend.clone())?, ck.optimizer)
         }
-        None => (Model::new(backend.clone(), cfg.model.clone(), cfg.seed)?, None),
+        None => (
+            Model::new(backend.clone(), cfg.model.clone(), cfg.seed)?,
+            None,
+        ),
     };
     let mut tr = Trainer::new(model, cfg.batch, cfg.seq_len, cfg.optim.clone())?;
     if let Some(o) = opt_state {
@@ -267,7 +312,9 @@ pub fn pretrain(cfg: &PretrainConfig, docs: &[Vec<u32>], out: &Path, resume: Opt
     let mpath = out.join("metrics.jsonl");
     let mut metrics = MetricsLog::open(&mpath, resume.map(|_| step))?;
     if resume.is_none() {
-        metrics.write(&json!({"event": "start", "step": 0, "params": tr.model.num_params(), "config": cfg}))?;
+        metrics.write(
+            &json!({"event": "start", "step": 0, "params": tr.model.num_params(), "config": cfg}),
+        )?;
     }
 
     let bar = if hooks.progress {
@@ -287,13 +334,20 @@ pub fn pretrain(cfg: &PretrainConfig, docs: &[Vec<u32>], out: &Path, resume: Opt
     let tokens_per_step = (bt * cfg.grad_accum) as f64;
     let mut last_loss = f32::NAN;
     let mut last_bpb = None;
-    let mut last_ckpt: Option<PathBuf> = std::fs::read_to_string(root.join("latest")).ok().map(|n| root.join(n.trim()));
+    let mut last_ckpt: Option<PathBuf> = std::fs::read_to_string(root.join("latest"))
+        .ok()
+        .map(|n| root.join(n.trim()));
     let mut step_time = 0f64;
     let mut steps_timed = 0u64;
     let run_start = Instant::now();
     let mut done_here = 0usize;
 
-    let save = |tr: &Trainer<CpuBackend>, step: u64, pos: DataPos, rng: &Rng, elapsed: f64| -> Result<PathBuf, TrainError> {
+    let save = |tr: &Trainer<CpuBackend>,
+                step: u64,
+                pos: DataPos,
+                rng: &Rng,
+                elapsed: f64|
+     -> Result<PathBuf, TrainError> {
         let name = format!("step_{step:06}");
         let dir = root.join(&name);
         let state = json!({"step": step, "data": pos, "sample_rng": rng, "elapsed_s": elapsed, "config": cfg});
@@ -315,11 +369,14 @@ pub fn pretrain(cfg: &PretrainConfig, docs: &[Vec<u32>], out: &Path, resume: Opt
         if !loss.is_finite() || !grad_norm.is_finite() {
             bar.abandon();
             let bad = if loss.is_finite() { grad_norm } else { loss };
-            metrics.write(&json!({"event": "nonfinite", "step": step + 1, "loss": bad.to_string()}))?;
+            metrics
+                .write(&json!({"event": "nonfinite", "step": step + 1, "loss": bad.to_string()}))?;
             return Err(TrainError::NonFinite {
                 step: step + 1,
                 loss: bad,
-                last_ckpt: last_ckpt.as_ref().map_or("none written yet".into(), |p| p.display().to_string()),
+                last_ckpt: last_ckpt
+                    .as_ref()
+                    .map_or("none written yet".into(), |p| p.display().to_string()),
             });
         }
         let lr = sched.lr_scale(step as usize);
@@ -352,29 +409,54 @@ pub fn pretrain(cfg: &PretrainConfig, docs: &[Vec<u32>], out: &Path, resume: Opt
             let val_loss = sum_loss / ntok.max(1) as f64;
             let bpb = (bytes > 0).then(|| nats / (std::f64::consts::LN_2 * bytes as f64));
             last_bpb = bpb;
-            metrics.write(&json!({"event": "eval", "step": step, "val_loss": val_loss, "val_bpb": bpb}))?;
-            bar.suspend(|| tracing::info!("step {step}: val loss {val_loss:.4}{}", bpb.map_or(String::new(), |b| format!(", val bpb {b:.4}"))));
+            metrics.write(
+                &json!({"event": "eval", "step": step, "val_loss": val_loss, "val_bpb": bpb}),
+            )?;
+            bar.suspend(|| {
+                tracing::info!(
+                    "step {step}: val loss {val_loss:.4}{}",
+                    bpb.map_or(String::new(), |b| format!(", val bpb {b:.4}"))
+                )
+            });
             write_plot(out, &mpath)?;
         }
-        if cfg.sample_every > 0 && !hooks.sample_prompts.is_empty() && (step as usize % cfg.sample_every == 0 || last) {
+        if cfg.sample_every > 0
+            && !hooks.sample_prompts.is_empty()
+            && (step as usize % cfg.sample_every == 0 || last)
+        {
             for p in &hooks.sample_prompts {
                 let p = &p[..p.len().min(cfg.model.context - 1)];
                 let o = GenerateOptions {
                     max_tokens: cfg.sample_tokens,
                     num_samples: 1,
-                    sampling: SamplingParams { temperature: 0.8, top_k: 50, ..Default::default() },
+                    sampling: SamplingParams {
+                        temperature: 0.8,
+                        top_k: 50,
+                        ..Default::default()
+                    },
                     seed: sample_rng.next_u64(),
                     stop: vec![p[0]],
                     no_cache: false,
                 };
                 let s = generate(&tr.model, p, &o)?;
                 let text = hooks.decode.map(|d| d(&[p, &s[0][..]].concat()));
-                bar.suspend(|| tracing::info!("step {step} sample: {}", text.as_deref().unwrap_or("(no tokenizer)")));
+                bar.suspend(|| {
+                    tracing::info!(
+                        "step {step} sample: {}",
+                        text.as_deref().unwrap_or("(no tokenizer)")
+                    )
+                });
                 metrics.write(&json!({"event": "sample", "step": step, "prompt": p, "tokens": s[0], "text": text}))?;
             }
         }
         if (cfg.ckpt_every > 0 && step as usize % cfg.ckpt_every == 0) || last {
-            let dir = save(&tr, step, loader.pos, &sample_rng, elapsed_prev + run_start.elapsed().as_secs_f64())?;
+            let dir = save(
+                &tr,
+                step,
+                loader.pos,
+                &sample_rng,
+                elapsed_prev + run_start.elapsed().as_secs_f64(),
+            )?;
             bar.suspend(|| tracing::info!("checkpoint {}", dir.display()));
             last_ckpt = Some(dir);
         }
@@ -389,7 +471,11 @@ pub fn pretrain(cfg: &PretrainConfig, docs: &[Vec<u32>], out: &Path, resume: Opt
         last_loss,
         last_val_bpb: last_bpb,
         last_ckpt,
-        tokens_per_s: if step_time > 0.0 { tokens_per_step * steps_timed as f64 / step_time } else { 0.0 },
+        tokens_per_s: if step_time > 0.0 {
+            tokens_per_step * steps_timed as f64 / step_time
+        } else {
+            0.0
+        },
     })
 }
 
@@ -404,14 +490,31 @@ pub fn write_plot(out: &Path, metrics: &Path) -> Result<(), TrainError> {
     let bpb: Vec<(f64, f64)> = recs
         .iter()
         .filter(|r| r["event"] == "eval")
-        .filter_map(|r| Some((r["step"].as_f64()?, r["val_bpb"].as_f64().or_else(|| r["val_loss"].as_f64())?)))
+        .filter_map(|r| {
+            Some((
+                r["step"].as_f64()?,
+                r["val_bpb"].as_f64().or_else(|| r["val_loss"].as_f64())?,
+            ))
+        })
         .collect();
-    let has_bpb = recs.iter().any(|r| r["event"] == "eval" && r["val_bpb"].is_number());
+    let has_bpb = recs
+        .iter()
+        .any(|r| r["event"] == "eval" && r["val_bpb"].is_number());
     write_svg(
         &out.join("curves.svg"),
         &[
-            Series { title: "train loss (nats/token)", points: &loss },
-            Series { title: if has_bpb { "val bits per byte" } else { "val loss (nats/token)" }, points: &bpb },
+            Series {
+                title: "train loss (nats/token)",
+                points: &loss,
+            },
+            Series {
+                title: if has_bpb {
+                    "val bits per byte"
+                } else {
+                    "val loss (nats/token)"
+                },
+                points: &bpb,
+            },
         ],
     )
 }

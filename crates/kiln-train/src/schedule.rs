@@ -35,7 +35,12 @@ mod tests {
     use super::*;
     #[test]
     fn shape() {
-        let s = Schedule { total_steps: 100, warmup_steps: 10, warmdown_frac: 0.2, final_frac: 0.0 };
+        let s = Schedule {
+            total_steps: 100,
+            warmup_steps: 10,
+            warmdown_frac: 0.2,
+            final_frac: 0.0,
+        };
         assert!((s.lr_scale(0) - 0.1).abs() < 1e-6);
         assert_eq!(s.lr_scale(9), 1.0);
         assert_eq!(s.lr_scale(50), 1.0);

@@ -8,12 +8,20 @@ use std::process::{Command, Output};
 const BIN: &str = env!("CARGO_BIN_EXE_kiln");
 
 fn kiln(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).env("RUST_LOG", "warn").output().expect("run kiln")
+    Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run kiln")
 }
 
 fn ok(args: &[&str]) -> String {
     let o = kiln(args);
-    assert!(o.status.success(), "kiln {args:?} failed:\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "kiln {args:?} failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
@@ -30,7 +38,9 @@ fn shard(dir: &Path, n: usize, vocab: u32) -> PathBuf {
     for d in 0..n {
         let mut doc = vec![0u32];
         for i in 0..(40 + d % 17) {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let noise = ((s >> 33) % 3) as u32;
             doc.push(1 + ((i as u32 * 7 + d as u32 + noise) % (vocab - 1)));
         }
@@ -43,9 +53,42 @@ fn shard(dir: &Path, n: usize, vocab: u32) -> PathBuf {
 
 fn base_args<'a>(data: &'a str, out: &'a str) -> Vec<&'a str> {
     vec![
-        "pretrain", "--data", data, "--out", out, "--vocab-size", "32", "--layers", "2", "--heads", "2", "--dim", "16",
-        "--context", "16", "--batch", "2", "--steps", "12", "--warmup", "2", "--eval-every", "4", "--eval-batches", "2",
-        "--val-frac", "0.1", "--ckpt-every", "4", "--sample-every", "0", "--seed", "7", "--threads", "1", "--no-progress",
+        "pretrain",
+        "--data",
+        data,
+        "--out",
+        out,
+        "--vocab-size",
+        "32",
+        "--layers",
+        "2",
+        "--heads",
+        "2",
+        "--dim",
+        "16",
+        "--context",
+        "16",
+        "--batch",
+        "2",
+        "--steps",
+        "12",
+        "--warmup",
+        "2",
+        "--eval-every",
+        "4",
+        "--eval-batches",
+        "2",
+        "--val-frac",
+        "0.1",
+        "--ckpt-every",
+        "4",
+        "--sample-every",
+        "0",
+        "--seed",
+        "7",
+        "--threads",
+        "1",
+        "--no-progress",
     ]
 }
 
@@ -71,20 +114,35 @@ fn pretrain_resume_is_bit_exact_and_outputs_exist() {
     let mut a = base_args(d, part.to_str().unwrap());
     a.extend(["--stop-after", "5"]);
     ok(&a);
-    assert_eq!(std::fs::read_to_string(part.join("ckpt/latest")).unwrap().trim(), "step_000004");
+    assert_eq!(
+        std::fs::read_to_string(part.join("ckpt/latest"))
+            .unwrap()
+            .trim(),
+        "step_000004"
+    );
     let mut a = base_args(d, part.to_str().unwrap());
     a.extend(["--resume", part.to_str().unwrap()]);
     ok(&a);
     let (lf, lp) = (losses(&full), losses(&part));
     assert_eq!(lf.len(), 12);
-    assert_eq!(lf, lp, "resumed run must reproduce the uninterrupted loss sequence bit for bit");
-    assert!(lf[11].1.parse::<f32>().unwrap() < lf[0].1.parse::<f32>().unwrap(), "loss should fall: {lf:?}");
+    assert_eq!(
+        lf, lp,
+        "resumed run must reproduce the uninterrupted loss sequence bit for bit"
+    );
+    assert!(
+        lf[11].1.parse::<f32>().unwrap() < lf[0].1.parse::<f32>().unwrap(),
+        "loss should fall: {lf:?}"
+    );
     let svg = std::fs::read_to_string(full.join("curves.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("<path"));
     let m = std::fs::read_to_string(full.join("metrics.jsonl")).unwrap();
     assert!(m.contains("\"event\":\"eval\""), "eval records in metrics");
     // keep = 2 checkpoints
-    let steps: Vec<_> = std::fs::read_dir(full.join("ckpt")).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with("step_")).collect();
+    let steps: Vec<_> = std::fs::read_dir(full.join("ckpt"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("step_"))
+        .collect();
     assert_eq!(steps.len(), 2);
 }
 
@@ -108,25 +166,50 @@ fn sigkill_while_writing_a_checkpoint_keeps_the_previous_one() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         let writing = std::fs::read_dir(&root)
-            .map(|rd| rd.flatten().any(|e| e.file_name().to_string_lossy().starts_with(".step_000008.tmp-")))
+            .map(|rd| {
+                rd.flatten().any(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with(".step_000008.tmp-")
+                })
+            })
             .unwrap_or(false);
         if writing {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "checkpoint 8 never started");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "checkpoint 8 never started"
+        );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    Command::new("kill").args(["-9", &child.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-9", &child.id().to_string()])
+        .status()
+        .unwrap();
     let st = child.wait().unwrap();
     assert!(!st.success(), "the child was killed");
-    assert_eq!(std::fs::read_to_string(root.join("latest")).unwrap().trim(), "step_000004", "previous checkpoint still current");
+    assert_eq!(
+        std::fs::read_to_string(root.join("latest")).unwrap().trim(),
+        "step_000004",
+        "previous checkpoint still current"
+    );
     assert!(root.join("step_000004/model.safetensors").exists());
-    assert!(!root.join("step_000008").exists(), "the half-written checkpoint never appears under its name");
+    assert!(
+        !root.join("step_000008").exists(),
+        "the half-written checkpoint never appears under its name"
+    );
     let mut a = base_args(d, run.to_str().unwrap());
     a.extend(["--resume", run.to_str().unwrap()]);
     ok(&a);
     assert_eq!(losses(&full), losses(&run));
-    assert!(!std::fs::read_dir(&root).unwrap().flatten().any(|e| e.file_name().to_string_lossy().contains(".tmp-")), "partial dir cleaned");
+    assert!(
+        !std::fs::read_dir(&root)
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().contains(".tmp-")),
+        "partial dir cleaned"
+    );
 }
 
 #[test]
@@ -164,7 +247,26 @@ fn bad_inputs_give_clear_errors() {
     let e = fails(&a);
     assert!(e.contains("disagrees") && e.contains("n_layer"), "{e}");
     // a model that cannot fit: refused with the estimate, before allocating
-    let e = fails(&["pretrain", "--data", d, "--out", o, "--vocab-size", "32", "--layers", "64", "--heads", "64", "--dim", "32768", "--context", "4096", "--batch", "64", "--no-progress"]);
+    let e = fails(&[
+        "pretrain",
+        "--data",
+        d,
+        "--out",
+        o,
+        "--vocab-size",
+        "32",
+        "--layers",
+        "64",
+        "--heads",
+        "64",
+        "--dim",
+        "32768",
+        "--context",
+        "4096",
+        "--batch",
+        "64",
+        "--no-progress",
+    ]);
     assert!(e.contains("MiB"), "{e}");
     // NaN/inf loss: stop naming the step, keep the last good checkpoint
     let nan = dir.path().join("nan");
@@ -175,11 +277,21 @@ fn bad_inputs_give_clear_errors() {
     }
     a.extend(["--lr", "1e30", "--grad-clip", "0"]);
     let e = fails(&a);
-    assert!(e.contains("at step") && e.contains("last good checkpoint"), "{e}");
+    assert!(
+        e.contains("at step") && e.contains("last good checkpoint"),
+        "{e}"
+    );
     let latest = std::fs::read_to_string(nan.join("ckpt/latest")).unwrap();
     let step: u32 = latest.trim().trim_start_matches("step_").parse().unwrap();
-    assert!(e.contains(&format!("at step {}", step + 1)), "{e} / latest {latest}");
-    assert!(nan.join("ckpt").join(latest.trim()).join("model.safetensors").exists());
+    assert!(
+        e.contains(&format!("at step {}", step + 1)),
+        "{e} / latest {latest}"
+    );
+    assert!(nan
+        .join("ckpt")
+        .join(latest.trim())
+        .join("model.safetensors")
+        .exists());
 }
 
 #[test]
@@ -187,29 +299,92 @@ fn sample_cached_equals_uncached_and_is_seeded() {
     let dir = tempfile::tempdir().unwrap();
     let tok = kiln_tokenizer::Tokenizer::from_pretrained("gpt2").unwrap();
     let text = "the cat sat on the mat. the dog sat on the log. ";
-    let docs: Vec<Vec<u32>> = (0..20).map(|_| [vec![50256], tok.encode_ordinary(&text.repeat(3))].concat()).collect();
+    let docs: Vec<Vec<u32>> = (0..20)
+        .map(|_| [vec![50256], tok.encode_ordinary(&text.repeat(3))].concat())
+        .collect();
     let data = dir.path().join("t.parquet");
     kiln_data::shards::write_token_shard(&data, &docs).unwrap();
     let run = dir.path().join("run");
     ok(&[
-        "pretrain", "--data", data.to_str().unwrap(), "--tokenizer", "gpt2", "--out", run.to_str().unwrap(), "--layers", "1",
-        "--heads", "2", "--dim", "16", "--context", "32", "--batch", "2", "--steps", "3", "--eval-every", "3", "--val-frac", "0.2",
-        "--sample-every", "3", "--sample-tokens", "4", "--threads", "1", "--no-progress",
+        "pretrain",
+        "--data",
+        data.to_str().unwrap(),
+        "--tokenizer",
+        "gpt2",
+        "--out",
+        run.to_str().unwrap(),
+        "--layers",
+        "1",
+        "--heads",
+        "2",
+        "--dim",
+        "16",
+        "--context",
+        "32",
+        "--batch",
+        "2",
+        "--steps",
+        "3",
+        "--eval-every",
+        "3",
+        "--val-frac",
+        "0.2",
+        "--sample-every",
+        "3",
+        "--sample-tokens",
+        "4",
+        "--threads",
+        "1",
+        "--no-progress",
     ]);
     let m = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    assert!(m.contains("\"event\":\"sample\"") && m.contains("val_bpb"), "samples and bpb logged");
+    assert!(
+        m.contains("\"event\":\"sample\"") && m.contains("val_bpb"),
+        "samples and bpb logged"
+    );
     let r = run.to_str().unwrap();
-    let args = ["sample", "--ckpt", r, "--prompt", "the cat", "--max-tokens", "6", "--seed", "3", "--num-samples", "2", "--top-k", "20", "--top-p", "0.9", "--min-p", "0.01"];
+    let args = [
+        "sample",
+        "--ckpt",
+        r,
+        "--prompt",
+        "the cat",
+        "--max-tokens",
+        "6",
+        "--seed",
+        "3",
+        "--num-samples",
+        "2",
+        "--top-k",
+        "20",
+        "--top-p",
+        "0.9",
+        "--min-p",
+        "0.01",
+    ];
     let a = ok(&args);
     let b = ok(&args);
     assert_eq!(a, b, "same seed, same samples");
-    assert!(a.contains("--- sample 2 ---") && a.contains("the cat"), "{a}");
+    assert!(
+        a.contains("--- sample 2 ---") && a.contains("the cat"),
+        "{a}"
+    );
     let mut nc = args.to_vec();
     nc.push("--no-cache");
     assert_eq!(ok(&nc), a, "KV-cache decoding equals full recompute");
     let pf = dir.path().join("prompt.txt");
     std::fs::write(&pf, "the dog").unwrap();
-    let c = ok(&["sample", "--ckpt", r, "--prompt-file", pf.to_str().unwrap(), "--max-tokens", "4", "--temperature", "0"]);
+    let c = ok(&[
+        "sample",
+        "--ckpt",
+        r,
+        "--prompt-file",
+        pf.to_str().unwrap(),
+        "--max-tokens",
+        "4",
+        "--temperature",
+        "0",
+    ]);
     assert!(c.starts_with("the dog"), "{c}");
 }
 
@@ -217,7 +392,20 @@ fn sample_cached_equals_uncached_and_is_seeded() {
 fn bench_train_prints_torch_ref_fields() {
     let out = ok(&["bench", "train", "--preset", "tiny"]);
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    for k in ["impl", "mode", "params", "first_loss", "ln_vocab", "last_loss", "train_tokens_per_s", "tflops", "decode_tokens_per_s_nocache", "decode_tokens_per_s_kvcache", "fraction_of_peak", "peak_rss_mb"] {
+    for k in [
+        "impl",
+        "mode",
+        "params",
+        "first_loss",
+        "ln_vocab",
+        "last_loss",
+        "train_tokens_per_s",
+        "tflops",
+        "decode_tokens_per_s_nocache",
+        "decode_tokens_per_s_kvcache",
+        "fraction_of_peak",
+        "peak_rss_mb",
+    ] {
         assert!(v.get(k).is_some(), "missing {k} in {out}");
     }
     assert!(v["train_tokens_per_s"].as_f64().unwrap() > 0.0);

@@ -26,20 +26,33 @@ unsafe impl Sync for CpuBuf {}
 impl CpuBuf {
     fn new(len: usize) -> CpuBuf {
         let b: Box<[f32]> = vec![0f32; len].into_boxed_slice();
-        CpuBuf { ptr: Box::into_raw(b) as *mut f32, len }
+        CpuBuf {
+            ptr: Box::into_raw(b) as *mut f32,
+            len,
+        }
     }
 }
 
 impl Drop for CpuBuf {
     fn drop(&mut self) {
         // SAFETY: ptr/len come from Box::into_raw of a boxed slice of exactly this length.
-        unsafe { drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.ptr, self.len))) }
+        unsafe {
+            drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+                self.ptr, self.len,
+            )))
+        }
     }
 }
 
 /// Read-only slice of a view.
 pub(crate) fn r<'a>(v: View<'a, CpuBuf>) -> &'a [f32] {
-    assert!(v.off + v.len <= v.buf.len, "view {}+{} out of buffer {}", v.off, v.len, v.buf.len);
+    assert!(
+        v.off + v.len <= v.buf.len,
+        "view {}+{} out of buffer {}",
+        v.off,
+        v.len,
+        v.buf.len
+    );
     // SAFETY: in bounds; writers never overlap readers (checked per op).
     unsafe { std::slice::from_raw_parts(v.buf.ptr.add(v.off), v.len) }
 }
@@ -47,7 +60,13 @@ pub(crate) fn r<'a>(v: View<'a, CpuBuf>) -> &'a [f32] {
 /// Mutable slice of a view.
 #[allow(clippy::mut_from_ref)]
 pub(crate) fn w<'a>(v: View<'a, CpuBuf>) -> &'a mut [f32] {
-    assert!(v.off + v.len <= v.buf.len, "view {}+{} out of buffer {}", v.off, v.len, v.buf.len);
+    assert!(
+        v.off + v.len <= v.buf.len,
+        "view {}+{} out of buffer {}",
+        v.off,
+        v.len,
+        v.buf.len
+    );
     // SAFETY: in bounds; `check` guarantees no other live view of this call overlaps it.
     unsafe { std::slice::from_raw_parts_mut(v.buf.ptr.add(v.off), v.len) }
 }
@@ -65,8 +84,16 @@ fn check(outs: &[View<CpuBuf>], ins: &[View<CpuBuf>]) {
 }
 
 fn overlap(o: &View<CpuBuf>, x: &View<CpuBuf>) {
-    if std::ptr::eq(o.buf, x.buf) && o.off < x.off + x.len && x.off < o.off + o.len && o.len > 0 && x.len > 0 {
-        panic!("cpu backend: output view {}+{} overlaps view {}+{}", o.off, o.len, x.off, x.len);
+    if std::ptr::eq(o.buf, x.buf)
+        && o.off < x.off + x.len
+        && x.off < o.off + o.len
+        && o.len > 0
+        && x.len > 0
+    {
+        panic!(
+            "cpu backend: output view {}+{} overlaps view {}+{}",
+            o.off, o.len, x.off, x.len
+        );
     }
 }
 
@@ -74,10 +101,24 @@ fn overlap(o: &View<CpuBuf>, x: &View<CpuBuf>) {
 fn check_opt(outs: &[Option<View<CpuBuf>>], ins: &[Option<View<CpuBuf>>]) {
     for (i, o) in outs.iter().enumerate() {
         let Some(o) = o else { continue };
-        let others = outs.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, v)| v).chain(ins.iter()).flatten();
+        let others = outs
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, v)| v)
+            .chain(ins.iter())
+            .flatten();
         for x in others {
-            if std::ptr::eq(o.buf, x.buf) && o.off < x.off + x.len && x.off < o.off + o.len && o.len > 0 && x.len > 0 {
-                panic!("cpu backend: output view {}+{} overlaps view {}+{}", o.off, o.len, x.off, x.len);
+            if std::ptr::eq(o.buf, x.buf)
+                && o.off < x.off + x.len
+                && x.off < o.off + o.len
+                && o.len > 0
+                && x.len > 0
+            {
+                panic!(
+                    "cpu backend: output view {}+{} overlaps view {}+{}",
+                    o.off, o.len, x.off, x.len
+                );
             }
         }
     }
@@ -91,7 +132,10 @@ pub struct CpuBackend {
 
 impl CpuBackend {
     pub fn new(threads: usize) -> Self {
-        CpuBackend { threads: threads.max(1), work: Mutex::new(Vec::new()) }
+        CpuBackend {
+            threads: threads.max(1),
+            work: Mutex::new(Vec::new()),
+        }
     }
 
     /// One thread per available core (rayon's global pool size).
@@ -134,8 +178,25 @@ pub(crate) unsafe fn gemm_raw(
     par: gemm::Parallelism,
 ) {
     gemm::gemm(
-        m, n, k, c, 1, c_rs, beta != 0.0, a.ptr, a.cs, a.rs, b.ptr, b.cs, b.rs, beta, alpha, false,
-        false, false, par,
+        m,
+        n,
+        k,
+        c,
+        1,
+        c_rs,
+        beta != 0.0,
+        a.ptr,
+        a.cs,
+        a.rs,
+        b.ptr,
+        b.cs,
+        b.rs,
+        beta,
+        alpha,
+        false,
+        false,
+        false,
+        par,
     );
 }
 
@@ -184,21 +245,61 @@ impl Backend for CpuBackend {
         kernels::sum_squares(r(x))
     }
 
-    fn matmul(&self, c: View<CpuBuf>, a: View<CpuBuf>, b: View<CpuBuf>, d: MatDims, alpha: f32, beta: f32) {
+    fn matmul(
+        &self,
+        c: View<CpuBuf>,
+        a: View<CpuBuf>,
+        b: View<CpuBuf>,
+        d: MatDims,
+        alpha: f32,
+        beta: f32,
+    ) {
         check(&[c], &[a, b]);
-        assert!(a.len >= d.m * d.k && b.len >= d.k * d.n && c.len >= d.m * d.n, "matmul shape {d:?}");
+        assert!(
+            a.len >= d.m * d.k && b.len >= d.k * d.n && c.len >= d.m * d.n,
+            "matmul shape {d:?}"
+        );
         let am = if d.trans_a {
-            Mat { ptr: r(a).as_ptr(), rs: 1, cs: d.m as isize }
+            Mat {
+                ptr: r(a).as_ptr(),
+                rs: 1,
+                cs: d.m as isize,
+            }
         } else {
-            Mat { ptr: r(a).as_ptr(), rs: d.k as isize, cs: 1 }
+            Mat {
+                ptr: r(a).as_ptr(),
+                rs: d.k as isize,
+                cs: 1,
+            }
         };
         let bm = if d.trans_b {
-            Mat { ptr: r(b).as_ptr(), rs: 1, cs: d.k as isize }
+            Mat {
+                ptr: r(b).as_ptr(),
+                rs: 1,
+                cs: d.k as isize,
+            }
         } else {
-            Mat { ptr: r(b).as_ptr(), rs: d.n as isize, cs: 1 }
+            Mat {
+                ptr: r(b).as_ptr(),
+                rs: d.n as isize,
+                cs: 1,
+            }
         };
         // SAFETY: shapes asserted above; c does not overlap a or b (checked).
-        unsafe { gemm_raw(d.m, d.n, d.k, w(c).as_mut_ptr(), d.n as isize, am, bm, alpha, beta, self.par()) }
+        unsafe {
+            gemm_raw(
+                d.m,
+                d.n,
+                d.k,
+                w(c).as_mut_ptr(),
+                d.n as isize,
+                am,
+                bm,
+                alpha,
+                beta,
+                self.par(),
+            )
+        }
     }
 
     fn add_bias(&self, out: View<CpuBuf>, bias: View<CpuBuf>, rows: usize, cols: usize) {
@@ -251,7 +352,17 @@ impl Backend for CpuBackend {
         eps: f32,
     ) {
         check_opt(&[Some(out), Some(stats)], &[Some(inp), weight, bias]);
-        kernels::norm_forward(kind, w(out), w(stats), r(inp), weight.map(r), bias.map(r), rows, cols, eps);
+        kernels::norm_forward(
+            kind,
+            w(out),
+            w(stats),
+            r(inp),
+            weight.map(r),
+            bias.map(r),
+            rows,
+            cols,
+            eps,
+        );
     }
 
     fn norm_backward(
@@ -267,7 +378,10 @@ impl Backend for CpuBackend {
         rows: usize,
         cols: usize,
     ) {
-        check_opt(&[Some(dinp), dweight, dbias], &[Some(dout), Some(inp), Some(stats), weight]);
+        check_opt(
+            &[Some(dinp), dweight, dbias],
+            &[Some(dout), Some(inp), Some(stats), weight],
+        );
         kernels::norm_backward(
             kind,
             w(dinp),
@@ -292,7 +406,14 @@ impl Backend for CpuBackend {
         kernels::act_backward(act, w(dinp), r(dout), r(inp));
     }
 
-    fn qk_prep_forward(&self, out: View<CpuBuf>, stats: View<CpuBuf>, inp: View<CpuBuf>, d: AttnDims, p: QkPrep) {
+    fn qk_prep_forward(
+        &self,
+        out: View<CpuBuf>,
+        stats: View<CpuBuf>,
+        inp: View<CpuBuf>,
+        d: AttnDims,
+        p: QkPrep,
+    ) {
         check(&[out, stats], &[inp]);
         kernels::qk_prep_forward(w(out), w(stats), r(inp), d, p);
     }
@@ -314,7 +435,13 @@ impl Backend for CpuBackend {
         d.b * d.n_head * d.t * d.t
     }
 
-    fn attention_forward(&self, out: View<CpuBuf>, scratch: View<CpuBuf>, qkv: View<CpuBuf>, d: AttnDims) {
+    fn attention_forward(
+        &self,
+        out: View<CpuBuf>,
+        scratch: View<CpuBuf>,
+        qkv: View<CpuBuf>,
+        d: AttnDims,
+    ) {
         check(&[out, scratch], &[qkv]);
         kernels::attention_forward(w(out), w(scratch), r(qkv), d);
     }
@@ -362,10 +489,26 @@ impl Backend for CpuBackend {
         grad_scale: Option<f32>,
     ) {
         check(&[logits, losses], &[]);
-        kernels::cross_entropy(w(logits), w(losses), targets, weights, rows, vocab, softcap, grad_scale);
+        kernels::cross_entropy(
+            w(logits),
+            w(losses),
+            targets,
+            weights,
+            rows,
+            vocab,
+            softcap,
+            grad_scale,
+        );
     }
 
-    fn adamw(&self, p: View<CpuBuf>, g: View<CpuBuf>, m: View<CpuBuf>, v: View<CpuBuf>, h: AdamHyper) {
+    fn adamw(
+        &self,
+        p: View<CpuBuf>,
+        g: View<CpuBuf>,
+        m: View<CpuBuf>,
+        v: View<CpuBuf>,
+        h: AdamHyper,
+    ) {
         check(&[p, m, v], &[g]);
         kernels::adamw(w(p), r(g), w(m), w(v), h);
     }
@@ -376,9 +519,30 @@ impl CpuBackend {
     /// `c[m,n] = a[m,k] @ b[k,n]`.
     pub fn gemm_host(&self, c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize) {
         assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
-        let am = Mat { ptr: a.as_ptr(), rs: k as isize, cs: 1 };
-        let bm = Mat { ptr: b.as_ptr(), rs: n as isize, cs: 1 };
+        let am = Mat {
+            ptr: a.as_ptr(),
+            rs: k as isize,
+            cs: 1,
+        };
+        let bm = Mat {
+            ptr: b.as_ptr(),
+            rs: n as isize,
+            cs: 1,
+        };
         // SAFETY: shapes asserted; c is a distinct &mut.
-        unsafe { gemm_raw(m, n, k, c.as_mut_ptr(), n as isize, am, bm, 1.0, 0.0, self.par()) }
+        unsafe {
+            gemm_raw(
+                m,
+                n,
+                k,
+                c.as_mut_ptr(),
+                n as isize,
+                am,
+                bm,
+                1.0,
+                0.0,
+                self.par(),
+            )
+        }
     }
 }

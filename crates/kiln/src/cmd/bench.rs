@@ -19,9 +19,13 @@ pub enum BenchCommand {
 pub fn run(c: BenchCommand) -> anyhow::Result<()> {
     match c {
         BenchCommand::Train { preset } => {
-            let Some(p) = kiln_train::bench::preset(&preset) else { bail!("unknown preset {preset:?} (cpu-small, tiny)") };
+            let Some(p) = kiln_train::bench::preset(&preset) else {
+                bail!("unknown preset {preset:?} (cpu-small, tiny)")
+            };
             // the preset's thread count governs both rayon and gemm
-            let _ = rayon::ThreadPoolBuilder::new().num_threads(p.threads).build_global();
+            let _ = rayon::ThreadPoolBuilder::new()
+                .num_threads(p.threads)
+                .build_global();
             let r = kiln_train::bench::bench_train(&p)?;
             println!("{}", serde_json::to_string(&r)?);
             Ok(())

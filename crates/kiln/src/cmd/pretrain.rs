@@ -113,7 +113,8 @@ pub fn load_tokenizer(name: &str) -> anyhow::Result<Tokenizer> {
 
 /// The BOS id: `<|bos|>`, else GPT-2's `<|endoftext|>`.
 pub fn bos_id(tok: &Tokenizer) -> Option<u32> {
-    tok.special_token_id("<|bos|>").or_else(|| tok.special_token_id("<|endoftext|>"))
+    tok.special_token_id("<|bos|>")
+        .or_else(|| tok.special_token_id("<|endoftext|>"))
 }
 
 pub fn run(a: PretrainArgs, threads: usize) -> anyhow::Result<()> {
@@ -122,13 +123,22 @@ pub fn run(a: PretrainArgs, threads: usize) -> anyhow::Result<()> {
     let base = match &a.resume {
         Some(p) => {
             let dir = resolve_checkpoint(p)?;
-            kiln_engine::load_checkpoint(&dir).with_context(|| format!("reading checkpoint {}", dir.display()))?.config
+            kiln_engine::load_checkpoint(&dir)
+                .with_context(|| format!("reading checkpoint {}", dir.display()))?
+                .config
         }
         None => {
             let arch: Arch = a.arch.as_deref().unwrap_or("gpt2").parse()?;
             let vocab = a.vocab_size.or(tok.as_ref().map(|t| t.vocab_size()));
-            let Some(vocab) = vocab else { bail!("--vocab-size is required without --tokenizer") };
-            let (l, h, d, c) = (a.layers.unwrap_or(4), a.heads.unwrap_or(4), a.dim.unwrap_or(256), a.context.unwrap_or(256));
+            let Some(vocab) = vocab else {
+                bail!("--vocab-size is required without --tokenizer")
+            };
+            let (l, h, d, c) = (
+                a.layers.unwrap_or(4),
+                a.heads.unwrap_or(4),
+                a.dim.unwrap_or(256),
+                a.context.unwrap_or(256),
+            );
             match arch {
                 Arch::Gpt2 => ModelConfig::gpt2(vocab, l, h, d, c),
                 Arch::Modern => ModelConfig::modern(vocab, l, h, a.kv_heads.unwrap_or(h), d, c),
@@ -139,7 +149,11 @@ pub fn run(a: PretrainArgs, threads: usize) -> anyhow::Result<()> {
     if let Some(s) = &a.arch {
         model.arch = s.parse()?;
     }
-    if let Some(v) = a.vocab_size.or(if a.resume.is_some() { tok.as_ref().map(|t| t.vocab_size()) } else { None }) {
+    if let Some(v) = a.vocab_size.or(if a.resume.is_some() {
+        tok.as_ref().map(|t| t.vocab_size())
+    } else {
+        None
+    }) {
         model.vocab_size = v;
     }
     macro_rules! over {
@@ -188,15 +202,32 @@ pub fn run(a: PretrainArgs, threads: usize) -> anyhow::Result<()> {
         tokenizer: a.tokenizer.clone(),
     };
     let docs = load_shards(&a.data)?;
-    tracing::info!("{} documents, {} tokens from {}", docs.len(), docs.iter().map(|d| d.len()).sum::<usize>(), a.data.display());
+    tracing::info!(
+        "{} documents, {} tokens from {}",
+        docs.len(),
+        docs.iter().map(|d| d.len()).sum::<usize>(),
+        a.data.display()
+    );
 
     let token_bytes: Option<Vec<u32>> = tok.as_ref().map(|t| {
-        (0..t.vocab_size() as u32).map(|id| if t.is_special(id) { 0 } else { t.token_bytes(id).map_or(0, |b| b.len() as u32) }).collect()
+        (0..t.vocab_size() as u32)
+            .map(|id| {
+                if t.is_special(id) {
+                    0
+                } else {
+                    t.token_bytes(id).map_or(0, |b| b.len() as u32)
+                }
+            })
+            .collect()
     });
     let decode = tok.as_ref().map(|t| move |ids: &[u32]| t.decode(ids));
     let mut prompts = Vec::new();
     if let Some(t) = &tok {
-        let texts = if a.sample_prompts.is_empty() { vec!["The".to_string(), "Once upon a time".to_string()] } else { a.sample_prompts.clone() };
+        let texts = if a.sample_prompts.is_empty() {
+            vec!["The".to_string(), "Once upon a time".to_string()]
+        } else {
+            a.sample_prompts.clone()
+        };
         for p in texts {
             let mut ids: Vec<u32> = bos_id(t).into_iter().collect();
             ids.extend(t.encode_ordinary(&p));
@@ -215,7 +246,8 @@ pub fn run(a: PretrainArgs, threads: usize) -> anyhow::Result<()> {
         "step {}  loss {:.4}{}  {:.0} tok/s  checkpoint {}",
         s.step,
         s.last_loss,
-        s.last_val_bpb.map_or(String::new(), |b| format!("  val bpb {b:.4}")),
+        s.last_val_bpb
+            .map_or(String::new(), |b| format!("  val bpb {b:.4}")),
         s.tokens_per_s,
         s.last_ckpt.map_or("-".into(), |p| p.display().to_string())
     );

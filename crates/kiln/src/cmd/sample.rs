@@ -59,23 +59,37 @@ pub struct SampleArgs {
 
 pub fn run(a: SampleArgs, threads: usize) -> anyhow::Result<()> {
     let dir = kiln_train::pretrain::resolve_checkpoint(&a.ckpt)?;
-    let ck = kiln_engine::load_checkpoint(&dir).with_context(|| format!("loading {}", dir.display()))?;
+    let ck =
+        kiln_engine::load_checkpoint(&dir).with_context(|| format!("loading {}", dir.display()))?;
     let tok_name = match (&a.tokenizer, ck.train["config"]["tokenizer"].as_str()) {
         (Some(t), _) => t.clone(),
         (None, Some(t)) => t.to_string(),
         (None, None) if ck.train.is_null() => "gpt2".to_string(),
-        _ => bail!("{}: the run recorded no tokenizer; pass --tokenizer", dir.display()),
+        _ => bail!(
+            "{}: the run recorded no tokenizer; pass --tokenizer",
+            dir.display()
+        ),
     };
     let tok = load_tokenizer(&tok_name)?;
     if tok.vocab_size() > ck.config.vocab_size {
-        bail!("tokenizer {tok_name:?} has {} tokens but the model's vocab is {}", tok.vocab_size(), ck.config.vocab_size);
+        bail!(
+            "tokenizer {tok_name:?} has {} tokens but the model's vocab is {}",
+            tok.vocab_size(),
+            ck.config.vocab_size
+        );
     }
     let text = match (&a.prompt, &a.prompt_file) {
         (Some(p), _) => p.clone(),
-        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+        (None, Some(f)) => {
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
+        }
         (None, None) => bail!("give --prompt or --prompt-file"),
     };
-    let mut ids: Vec<u32> = if a.no_bos { Vec::new() } else { bos_id(&tok).into_iter().collect() };
+    let mut ids: Vec<u32> = if a.no_bos {
+        Vec::new()
+    } else {
+        bos_id(&tok).into_iter().collect()
+    };
     ids.extend(tok.encode_ordinary(&text));
     if ids.is_empty() {
         bail!("empty prompt");
@@ -83,14 +97,23 @@ pub fn run(a: SampleArgs, threads: usize) -> anyhow::Result<()> {
     let o = GenerateOptions {
         max_tokens: a.max_tokens,
         num_samples: a.num_samples,
-        sampling: SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, min_p: a.min_p },
+        sampling: SamplingParams {
+            temperature: a.temperature,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            min_p: a.min_p,
+        },
         seed: a.seed,
         stop: bos_id(&tok).into_iter().collect(),
         no_cache: a.no_cache,
     };
     let t0 = std::time::Instant::now();
     let outs = match a.device.as_str() {
-        "cpu" => generate(&ck.into_model(Arc::new(CpuBackend::new(threads)))?, &ids, &o)?,
+        "cpu" => generate(
+            &ck.into_model(Arc::new(CpuBackend::new(threads)))?,
+            &ids,
+            &o,
+        )?,
         other => generate_on(other, &ck, &ids, &o)?,
     };
     let n: usize = outs.iter().map(|s| s.len()).sum();
@@ -107,7 +130,12 @@ pub fn run(a: SampleArgs, threads: usize) -> anyhow::Result<()> {
 
 /// `kiln sample --device cuda` (the cuda backend, feature `cuda`).
 #[cfg(feature = "cuda")]
-fn generate_on(device: &str, ck: &kiln_engine::Checkpoint, ids: &[u32], o: &GenerateOptions) -> anyhow::Result<Vec<Vec<u32>>> {
+fn generate_on(
+    device: &str,
+    ck: &kiln_engine::Checkpoint,
+    ids: &[u32],
+    o: &GenerateOptions,
+) -> anyhow::Result<Vec<Vec<u32>>> {
     if device != "cuda" {
         bail!("unknown --device {device:?} (cpu or cuda)");
     }
@@ -116,7 +144,12 @@ fn generate_on(device: &str, ck: &kiln_engine::Checkpoint, ids: &[u32], o: &Gene
 }
 
 #[cfg(not(feature = "cuda"))]
-fn generate_on(device: &str, _: &kiln_engine::Checkpoint, _: &[u32], _: &GenerateOptions) -> anyhow::Result<Vec<Vec<u32>>> {
+fn generate_on(
+    device: &str,
+    _: &kiln_engine::Checkpoint,
+    _: &[u32],
+    _: &GenerateOptions,
+) -> anyhow::Result<Vec<Vec<u32>>> {
     match device {
         "cuda" => bail!("this kiln was built without CUDA: rebuild with `cargo build --release -p kiln --features cuda`"),
         _ => bail!("unknown --device {device:?} (cpu or cuda)"),
