@@ -63,8 +63,10 @@ impl Vocab {
         pairs.reserve(ranks.len() * 2);
         for (bytes, id) in ranks {
             for k in 1..bytes.len() {
-                if let (Some(&a), Some(&b)) = (encoder.get(&bytes[..k]), encoder.get(&bytes[k..])) {
-                    pairs.insert(key(a, b), *id);
+                if let Some(&a) = encoder.get(&bytes[..k]) {
+                    if let Some(&b) = encoder.get(&bytes[k..]) {
+                        pairs.insert(key(a, b), *id);
+                    }
                 }
             }
         }
