@@ -150,10 +150,15 @@ const BOILERPLATE: &[&str] = &[
     "widget",
 ];
 
-fn is_boilerplate_attr(value: &str) -> bool {
+fn is_boilerplate_attr(value: &[u8]) -> bool {
     value
-        .split(|c: char| c == '-' || c == '_' || c.is_whitespace())
-        .any(|part| !part.is_empty() && BOILERPLATE.iter().any(|b| part.eq_ignore_ascii_case(b)))
+        .split(|&c| c == b'-' || c == b'_' || c.is_ascii_whitespace())
+        .any(|part| {
+            !part.is_empty()
+                && BOILERPLATE
+                    .iter()
+                    .any(|b| part.eq_ignore_ascii_case(b.as_bytes()))
+        })
 }
 
 struct Tag<'a> {
@@ -163,8 +168,19 @@ struct Tag<'a> {
     attrs: &'a [u8],
 }
 
-fn attr<'a>(attrs: &'a [u8], wanted: &str) -> Option<std::borrow::Cow<'a, str>> {
+/// The attributes the extractor looks at, found in one pass over the tag.
+#[derive(Default)]
+struct Attrs<'a> {
+    hidden: bool,
+    style: Option<&'a [u8]>,
+    role: Option<&'a [u8]>,
+    class: Option<&'a [u8]>,
+    id: Option<&'a [u8]>,
+}
+
+fn attrs(attrs: &[u8]) -> Attrs<'_> {
     // Tiny attribute scanner: name[=value] pairs, values quoted or bare.
+    let mut out = Attrs::default();
     let mut i = 0;
     let n = attrs.len();
     while i < n {
@@ -202,14 +218,34 @@ fn attr<'a>(attrs: &'a [u8], wanted: &str) -> Option<std::borrow::Cow<'a, str>> 
                 value = &attrs[vs..i];
             }
         }
-        if name.eq_ignore_ascii_case(wanted.as_bytes()) {
-            return Some(String::from_utf8_lossy(value));
+        if name.eq_ignore_ascii_case(b"class") {
+            out.class = Some(value);
+        } else if name.eq_ignore_ascii_case(b"id") {
+            out.id = Some(value);
+        } else if name.eq_ignore_ascii_case(b"role") {
+            out.role = Some(value);
+        } else if name.eq_ignore_ascii_case(b"style") {
+            out.style = Some(value);
+        } else if name.eq_ignore_ascii_case(b"hidden")
+            || (name.eq_ignore_ascii_case(b"aria-hidden") && value.eq_ignore_ascii_case(b"true"))
+        {
+            out.hidden = true;
         }
         if start == i {
             i += 1;
         }
     }
-    None
+    out
+}
+
+fn hides(style: &[u8]) -> bool {
+    let s: Vec<u8> = style
+        .iter()
+        .filter(|b| !b.is_ascii_whitespace())
+        .map(u8::to_ascii_lowercase)
+        .collect();
+    memchr::memmem::find(&s, b"display:none").is_some()
+        || memchr::memmem::find(&s, b"visibility:hidden").is_some()
 }
 
 /// Receives tags and text in document order.
@@ -553,36 +589,32 @@ impl Sink for Extractor<'_> {
             self.pre_depth += 1;
         }
         if !self.state.hard_skip {
-            let hidden = attr(tag.attrs, "hidden").is_some()
-                || attr(tag.attrs, "aria-hidden").is_some_and(|v| v == "true")
-                || attr(tag.attrs, "style").is_some_and(|s| {
-                    let s = s.to_ascii_lowercase().replace(' ', "");
-                    s.contains("display:none") || s.contains("visibility:hidden")
-                });
-            if HARD_SKIP_TAGS.contains(&name) || hidden {
+            let a = attrs(tag.attrs);
+            if HARD_SKIP_TAGS.contains(&name) || a.hidden || a.style.is_some_and(hides) {
                 self.state.hard_skip = true;
                 return false;
             }
-            let role = attr(tag.attrs, "role");
-            if name == "main" || name == "article" || role.as_deref() == Some("main") {
+            let role = a.role.map(|r| r.to_ascii_lowercase());
+            let role = role.as_deref();
+            if name == "main" || name == "article" || role == Some(b"main".as_slice()) {
                 // Main content wins over any boilerplate-looking wrapper around it.
                 self.state.in_main = true;
                 self.state.soft_skip = false;
             } else if !matches!(name, "html" | "body")
                 && (SOFT_SKIP_TAGS.contains(&name)
-                    || role.as_deref().is_some_and(|r| {
+                    || role.is_some_and(|r| {
                         matches!(
                             r,
-                            "navigation"
-                                | "banner"
-                                | "contentinfo"
-                                | "complementary"
-                                | "search"
-                                | "menu"
+                            b"navigation"
+                                | b"banner"
+                                | b"contentinfo"
+                                | b"complementary"
+                                | b"search"
+                                | b"menu"
                         )
                     })
-                    || attr(tag.attrs, "class").is_some_and(|c| is_boilerplate_attr(&c))
-                    || attr(tag.attrs, "id").is_some_and(|c| is_boilerplate_attr(&c)))
+                    || a.class.is_some_and(is_boilerplate_attr)
+                    || a.id.is_some_and(is_boilerplate_attr))
             {
                 self.state.soft_skip = true;
             }

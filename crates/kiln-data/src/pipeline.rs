@@ -467,7 +467,7 @@ fn filter_unit(
         }
         ReadItem::Note(n) => stats.note("read", &n, 1),
     })?;
-    let n_read = docs.len() as u64;
+    let n_read = stats.stage("read").docs_in;
     let mut kept = Vec::new();
     let mut sigs = Signatures {
         keys: vec![],

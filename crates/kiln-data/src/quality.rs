@@ -9,6 +9,46 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// A small multiply-rotate hasher (FxHash's recipe). The std SipHash made n-gram counting
+/// 70% of the pipeline's time; these tables hold text fragments, not attacker-chosen keys
+/// that could matter for DoS (a document's cost is bounded by its length either way).
+#[derive(Default, Clone, Copy)]
+pub struct Fx(u64);
+
+impl Fx {
+    #[inline]
+    fn add(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+impl Hasher for Fx {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.add(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut v = [0u8; 8];
+            v[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(v));
+        }
+    }
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+pub type FxBuild = BuildHasherDefault<Fx>;
 
 /// Words, numbers and punctuation runs, roughly as NLTK's `word_tokenize` yields them.
 pub fn split_words(text: &str) -> Vec<&str> {
@@ -56,7 +96,7 @@ pub fn split_words(text: &str) -> Vec<&str> {
 }
 
 fn find_duplicates<'a>(items: impl Iterator<Item = &'a str>) -> (usize, usize) {
-    let mut seen = HashSet::new();
+    let mut seen: HashSet<&str, FxBuild> = HashSet::default();
     let (mut dup_elements, mut dup_chars) = (0, 0);
     for item in items {
         if !seen.insert(item) {
@@ -122,25 +162,43 @@ pub fn gopher_repetition(text: &str, c: &GopherRepetitionConfig) -> Result<(), &
         return Err("dup_line_char_frac");
     }
     let words = split_words(text);
+    // Words as ids, n-grams as 64-bit hashes of ids: equal n-grams hash equal, and distinct
+    // ones collide with negligible probability.
+    let mut intern: HashMap<&str, u64, FxBuild> = HashMap::default();
+    let ids: Vec<u64> = words
+        .iter()
+        .map(|w| {
+            let next = intern.len() as u64;
+            *intern.entry(w).or_insert(next)
+        })
+        .collect();
+    let gram_hash = |i: usize, n: usize| -> u64 {
+        let mut h = Fx(n as u64);
+        for &id in &ids[i..i + n] {
+            h.add(id);
+        }
+        h.0
+    };
+    let gram_len = |i: usize, n: usize| words[i..i + n].iter().map(|w| w.len()).sum::<usize>();
     for &(n, frac) in &c.top_n_grams {
         if words.len() < n {
             continue;
         }
-        let mut counts: HashMap<&[&str], usize> = HashMap::new();
-        for gram in words.windows(n) {
-            *counts.entry(gram).or_insert(0) += 1;
+        let mut counts: HashMap<u64, u32, FxBuild> = HashMap::default();
+        for i in 0..=words.len() - n {
+            *counts.entry(gram_hash(i, n)).or_insert(0) += 1;
         }
         // The most frequent n-gram (first seen wins ties, as Counter.most_common does).
-        let mut best: Option<(&[&str], usize)> = None;
-        for gram in words.windows(n) {
-            let count = counts[gram];
+        let mut best: Option<(usize, u32)> = None;
+        for i in 0..=words.len() - n {
+            let count = counts[&gram_hash(i, n)];
             if best.is_none_or(|(_, c)| count > c) {
-                best = Some((gram, count));
+                best = Some((i, count));
             }
         }
-        if let Some((gram, count)) = best {
-            let len = gram.iter().map(|w| w.len()).sum::<usize>() + n - 1;
-            if (len * count) as f64 / total > frac {
+        if let Some((i, count)) = best {
+            let len = gram_len(i, n) + n - 1;
+            if (len * count as usize) as f64 / total > frac {
                 return Err(match n {
                     2 => "top_2_gram",
                     3 => "top_3_gram",
@@ -154,16 +212,16 @@ pub fn gopher_repetition(text: &str, c: &GopherRepetitionConfig) -> Result<(), &
         if words.len() < n {
             continue;
         }
-        let mut seen: HashSet<&[&str]> = HashSet::new();
+        let mut seen: HashSet<u64, FxBuild> = HashSet::default();
         let mut repeated = 0usize;
         let mut i = 0;
         while i + n <= words.len() {
-            let gram = &words[i..i + n];
-            if seen.contains(gram) {
-                repeated += gram.iter().map(|w| w.len()).sum::<usize>();
+            let h = gram_hash(i, n);
+            if seen.contains(&h) {
+                repeated += gram_len(i, n);
                 i += n;
             } else {
-                seen.insert(gram);
+                seen.insert(h);
                 i += 1;
             }
         }
