@@ -16,6 +16,7 @@ pub struct DataPos {
 }
 
 /// Train/validation token streams.
+#[derive(Debug)]
 pub struct TokenData {
     pub train: Vec<u32>,
     pub val: Vec<u32>,

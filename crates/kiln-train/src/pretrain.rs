@@ -92,10 +92,13 @@ pub struct PretrainConfig {
 }
 
 /// What the caller provides besides the config (the engine stays tokenizer-free).
+/// Turns ids into text (the tokenizer's decode, supplied by the caller).
+pub type Decode<'a> = &'a dyn Fn(&[u32]) -> String;
+
 #[derive(Default)]
 pub struct Hooks<'a> {
     /// Turns ids into text for the live samples.
-    pub decode: Option<&'a dyn Fn(&[u32]) -> String>,
+    pub decode: Option<Decode<'a>>,
     /// Byte length of each token id (0 for special tokens) for bits-per-byte.
     pub token_bytes: Option<&'a [u32]>,
     /// Prompts for the live samples (ids, BOS first).
@@ -393,7 +396,10 @@ pub fn pretrain(
         bar.set_message(format!("loss {loss:.4}  {tok_s:.0} tok/s"));
 
         let last = step as usize == cfg.steps;
-        if cfg.eval_every > 0 && !vals.is_empty() && (step as usize % cfg.eval_every == 0 || last) {
+        if cfg.eval_every > 0
+            && !vals.is_empty()
+            && ((step as usize).is_multiple_of(cfg.eval_every) || last)
+        {
             let (mut nats, mut bytes, mut ntok) = (0f64, 0u64, 0usize);
             let mut sum_loss = 0f64;
             for (vx, vy) in &vals {
@@ -422,7 +428,7 @@ pub fn pretrain(
         }
         if cfg.sample_every > 0
             && !hooks.sample_prompts.is_empty()
-            && (step as usize % cfg.sample_every == 0 || last)
+            && ((step as usize).is_multiple_of(cfg.sample_every) || last)
         {
             for p in &hooks.sample_prompts {
                 let p = &p[..p.len().min(cfg.model.context - 1)];
@@ -449,7 +455,7 @@ pub fn pretrain(
                 metrics.write(&json!({"event": "sample", "step": step, "prompt": p, "tokens": s[0], "text": text}))?;
             }
         }
-        if (cfg.ckpt_every > 0 && step as usize % cfg.ckpt_every == 0) || last {
+        if (cfg.ckpt_every > 0 && (step as usize).is_multiple_of(cfg.ckpt_every)) || last {
             let dir = save(
                 &tr,
                 step,

@@ -411,3 +411,44 @@ fn bench_train_prints_torch_ref_fields() {
     assert!(v["train_tokens_per_s"].as_f64().unwrap() > 0.0);
     assert!(v["last_loss"].as_f64().unwrap() < v["first_loss"].as_f64().unwrap());
 }
+
+#[test]
+fn modern_muon_gqa_pretrain_resumes_bit_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = shard(dir.path(), 60, 32);
+    let d = data.to_str().unwrap();
+    let extra = [
+        "--arch",
+        "modern",
+        "--optim",
+        "muon",
+        "--kv-heads",
+        "1",
+        "--accum",
+        "2",
+    ];
+    let full = dir.path().join("full");
+    let mut a = base_args(d, full.to_str().unwrap());
+    a.extend(extra);
+    ok(&a);
+    let part = dir.path().join("part");
+    let mut a = base_args(d, part.to_str().unwrap());
+    a.extend(extra);
+    a.extend(["--stop-after", "6"]);
+    ok(&a);
+    let mut a = base_args(d, part.to_str().unwrap());
+    a.extend(extra);
+    a.extend(["--resume", part.to_str().unwrap()]);
+    ok(&a);
+    let (lf, lp) = (losses(&full), losses(&part));
+    assert_eq!(lf, lp);
+    assert!(
+        lf[11].1.parse::<f32>().unwrap() < lf[0].1.parse::<f32>().unwrap(),
+        "{lf:?}"
+    );
+    let k: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(full.join("ckpt/step_000012/kiln.json")).unwrap())
+            .unwrap();
+    assert_eq!(k["config"]["arch"], "modern");
+    assert_eq!(k["config"]["n_kv_head"], 1);
+}
