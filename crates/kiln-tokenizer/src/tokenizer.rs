@@ -235,6 +235,12 @@ mod tests {
     }
 
     #[test]
+    fn tokenizer_is_send_and_sync() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<Tokenizer>();
+    }
+
+    #[test]
     fn merges_follow_rank_order() {
         let t = tiny();
         assert_eq!(t.encode_ordinary("abc"), vec![257]);
