@@ -44,7 +44,7 @@ impl Problem {
         let h = (self.a.wrapping_mul(1_000_003) ^ self.b.wrapping_mul(998_244_353))
             .wrapping_add(self.op as u64 * 7919)
             .wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        (h >> 32) % 10 == 0
+        (h >> 32).is_multiple_of(10)
     }
 
     /// The question, phrased by one of a few templates.

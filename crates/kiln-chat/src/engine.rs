@@ -78,8 +78,7 @@ pub fn stream<B: Backend>(
     let mut g = Generator::new(model, 1, ctx)?;
     let mut logits = g.prefill(prompt)?;
     let mut rng = Rng::new(seed);
-    let mut len = prompt.len();
-    for _ in 0..max_new {
+    for len in prompt.len()..prompt.len() + max_new {
         let id = sample_token(&logits, sampling, &mut rng);
         if stop.contains(&id) {
             return Ok(StopReason::StopToken(id));
@@ -91,7 +90,6 @@ pub fn stream<B: Backend>(
             return Ok(StopReason::ContextFull);
         }
         logits = g.step(&[id])?;
-        len += 1;
     }
     Ok(StopReason::MaxTokens)
 }

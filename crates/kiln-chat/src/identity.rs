@@ -99,7 +99,7 @@ impl Persona {
                     "How were you trained?".into(),
                     "Where does your knowledge come from?".into(),
                 ],
-                format!("{t}"),
+                t.to_string(),
             ),
             (
                 vec![

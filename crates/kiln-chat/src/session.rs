@@ -135,6 +135,8 @@ impl ChatSession {
 /// The base-model trick: `document` is a conversation-shaped text (e.g. a few `User:` /
 /// `Assistant:` exchanges); the user's message is appended as a new turn and the model continues
 /// until it starts the next turn (`user_marker`) or writes a BOS.
+// The arguments are independent knobs of one call; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 pub fn base_model_reply<B: Backend>(
     model: &Model<B>,
     codec: &dyn Codec,

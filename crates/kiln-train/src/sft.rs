@@ -121,19 +121,26 @@ fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
     order
 }
 
-/// Fills `rows` rows of `t` inputs/targets/weights from `items` in `order`, starting at `pos`.
-/// Returns the number of trained targets. Padding uses `pad` with weight 0.
+/// A batch being filled: `x.len() / t` rows of `t` inputs, targets and weights.
+struct Rows<'a> {
+    x: &'a mut [u32],
+    y: &'a mut [u32],
+    w: &'a mut [f32],
+    t: usize,
+}
+
+/// Fills every row of `out` with whole conversations from `items` (indices from `next`; one that
+/// did not fit is left in `peek` for the next row). Returns the number of trained targets.
+/// Padding uses `pad` with weight 0.
 fn pack(
     items: &[Rendered],
     next: &mut dyn FnMut() -> usize,
     peek: &mut Option<usize>,
-    rows: usize,
-    t: usize,
     pad: u32,
-    x: &mut [u32],
-    y: &mut [u32],
-    w: &mut [f32],
+    out: Rows,
 ) -> usize {
+    let Rows { x, y, w, t } = out;
+    let rows = x.len() / t;
     let mut trained = 0;
     let mut ids = Vec::with_capacity(t + 1);
     let mut mask = Vec::with_capacity(t + 1);
@@ -149,7 +156,7 @@ fn pack(
             }
             ids.extend_from_slice(&it.ids[..it.ids.len().min(t + 1)]);
             mask.extend_from_slice(&it.mask[..it.mask.len().min(t + 1)]);
-            if ids.len() >= t + 1 {
+            if ids.len() > t {
                 break;
             }
         }
@@ -189,7 +196,18 @@ pub fn val_batches(
             i += 1;
             k
         };
-        pack(val, &mut next, &mut peek, b, t, pad, &mut x, &mut y, &mut w);
+        pack(
+            val,
+            &mut next,
+            &mut peek,
+            pad,
+            Rows {
+                x: &mut x,
+                y: &mut y,
+                w: &mut w,
+                t,
+            },
+        );
         consumed += i - before;
         out.push((x, y, w));
     }
@@ -383,12 +401,13 @@ pub fn sft(
             &data.train,
             &mut next,
             &mut peek,
-            cfg.batch,
-            cfg.seq_len,
             pad,
-            &mut x,
-            &mut y,
-            &mut w,
+            Rows {
+                x: &mut x,
+                y: &mut y,
+                w: &mut w,
+                t: cfg.seq_len,
+            },
         );
         // A conversation peeked but not used goes back (so the saved position is exact).
         if peek.take().is_some() {
@@ -416,7 +435,8 @@ pub fn sft(
             .time_limit_s
             .is_some_and(|lim| start.elapsed().as_secs_f64() >= lim);
         let last = step as usize == cfg.steps || out_of_time;
-        if !vals.is_empty() && ((cfg.eval_every > 0 && step as usize % cfg.eval_every == 0) || last)
+        if !vals.is_empty()
+            && ((cfg.eval_every > 0 && (step as usize).is_multiple_of(cfg.eval_every)) || last)
         {
             let v = masked_loss(&mut tr, &vals)?;
             metrics.write(&json!({"event": "eval", "step": step, "val_loss": v}))?;
@@ -429,7 +449,7 @@ pub fn sft(
             val_loss.map(|v| format!(" val {v:.3}")).unwrap_or_default(),
             tok_s
         ));
-        if last || (cfg.ckpt_every > 0 && step as usize % cfg.ckpt_every == 0) {
+        if last || (cfg.ckpt_every > 0 && (step as usize).is_multiple_of(cfg.ckpt_every)) {
             last_ckpt = save(&tr, step, pos, val_loss, elapsed)?;
         }
         if out_of_time {
@@ -495,12 +515,13 @@ mod tests {
             &data.train,
             &mut next,
             &mut peek,
-            b,
-            tl,
             t.bos,
-            &mut x,
-            &mut y,
-            &mut w,
+            Rows {
+                x: &mut x,
+                y: &mut y,
+                w: &mut w,
+                t: tl,
+            },
         );
         // Each conversation ("q0" ~ 15 tokens) fits twice per row of 41; trained = "answer i" + end.
         assert_eq!(trained, 4 * 9);
