@@ -41,8 +41,10 @@ fn read_gold(path: &Path) -> Option<String> {
 }
 
 /// (corpus name, html root, function from relative html path to gold path)
-fn corpora() -> Vec<(&'static str, PathBuf, Box<dyn Fn(&Path) -> PathBuf>)> {
-    let mut v: Vec<(&'static str, PathBuf, Box<dyn Fn(&Path) -> PathBuf>)> = Vec::new();
+type Corpus = (&'static str, PathBuf, Box<dyn Fn(&Path) -> PathBuf>);
+
+fn corpora() -> Vec<Corpus> {
+    let mut v: Vec<Corpus> = Vec::new();
     if let Ok(root) = kiln_data::fetch::source_dir("python-doc") {
         let html = root.join("usr/share/doc/python3.11/html");
         let h2 = html.clone();
@@ -96,7 +98,7 @@ fn main() {
                 continue;
             };
             if list {
-                println!("{name}\t{}", page.display());
+                println!("{name}\t{}\t{}", html_root.display(), rel.display());
             }
             let bytes = std::fs::read(&page).expect("readable page");
             let t0 = std::time::Instant::now();

@@ -7,7 +7,7 @@
 //! for (≥10× datatrove+trafilatura per core), and they score whole subtrees where documentation
 //! and news pages mostly say what is navigation through tags, roles and class names. The
 //! precision/recall/F1 of this extractor against the doc packages' source texts is measured by
-//! `cargo run --release -p kiln-data --example extract_f1` (figures in the crate README).
+//! `cargo run --release -p kiln-data --example extract_f1` (figures in the README).
 //!
 //! Bad input: nesting deeper than [`ExtractConfig::max_depth`] is reported as
 //! [`ExtractError::TooDeep`] (the document is skipped, not the run).

@@ -81,7 +81,7 @@ fn code(lang: whatlang::Lang) -> &'static str {
 /// `None` to keep, or the reason to drop, with the detected language and score.
 pub fn check(text: &str, c: &LanguageConfig) -> (Option<&'static str>, String, f64) {
     let (lang, score) = identify(text, c.max_chars);
-    if !c.languages.iter().any(|l| *l == lang) {
+    if !c.languages.contains(&lang) {
         return (Some("language_not_kept"), lang, score);
     }
     if score <= c.min_score {

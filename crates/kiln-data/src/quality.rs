@@ -69,15 +69,14 @@ pub fn split_words(text: &str) -> Vec<&str> {
             i += cl;
             while i < n {
                 let c2 = text[i..].chars().next().expect("in bounds");
-                if is_word(c2) {
-                    i += c2.len_utf8();
-                } else if matches!(c2, '\'' | '’' | '-' | '.' | ',')
+                // Joiners inside a word: it's, state-of-the-art, 3.14, 1,000.
+                let joiner = matches!(c2, '\'' | '’' | '-' | '.' | ',')
                     && text[i + c2.len_utf8()..]
                         .chars()
                         .next()
                         .is_some_and(|c3| is_word(c3) && (c2 != ',' || c3.is_ascii_digit()))
-                    && (c2 != ',' || b[i - 1].is_ascii_digit())
-                {
+                    && (c2 != ',' || b[i - 1].is_ascii_digit());
+                if is_word(c2) || joiner {
                     i += c2.len_utf8();
                 } else {
                     break;
