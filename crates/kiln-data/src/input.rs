@@ -498,4 +498,33 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn parquet_input_keeps_ids_and_urls() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.parquet");
+        let doc = |t: &str, id: &str| crate::textshard::TextDoc {
+            text: t.into(),
+            id: id.into(),
+            url: format!("http://{id}.example/"),
+            language: "en".into(),
+            language_score: 1.0,
+        };
+        crate::textshard::write_text_shard(&p, &[doc("one", "a"), doc("two", "b")]).unwrap();
+        let unit = Unit {
+            index: 0,
+            source: UnitSource::Parquet(p),
+        };
+        let mut got = Vec::new();
+        read_unit(&unit, &InputConfig::default(), &mut |i| {
+            if let ReadItem::Doc(d) = i {
+                let Payload::Text(t) = d.payload else {
+                    panic!("text payload")
+                };
+                got.push(format!("{}|{}|{t}", d.id, d.url));
+            }
+        })
+        .unwrap();
+        assert_eq!(got, ["a|http://a.example/|one", "b|http://b.example/|two"]);
+    }
 }
