@@ -30,7 +30,9 @@ pub enum FetchError {
         command: String,
         detail: String,
     },
-    #[error("fetching `{source_name}`: checksum mismatch for {file}: expected {expected}, got {actual}")]
+    #[error(
+        "fetching `{source_name}`: checksum mismatch for {file}: expected {expected}, got {actual}"
+    )]
     Checksum {
         source_name: &'static str,
         file: PathBuf,
@@ -164,7 +166,9 @@ pub const SOURCES: &[Source] = &[
     },
     Source {
         name: "perl-doc",
-        origin: Origin::Apt { package: "perl-doc" },
+        origin: Origin::Apt {
+            package: "perl-doc",
+        },
         default: false,
         what: "Perl documentation (.pod), extra distinct text for the tokenizer benchmark",
     },
@@ -286,7 +290,9 @@ pub fn fetch_source(data_dir: &Path, source: &'static Source) -> Result<Outcome,
     }
     // Unpack into a temp folder beside the destination, then rename: a killed fetch never leaves
     // a folder that looks complete.
-    let staging = data_dir.join("raw").join(format!(".{}.partial", source.name));
+    let staging = data_dir
+        .join("raw")
+        .join(format!(".{}.partial", source.name));
     if staging.exists() {
         fs::remove_dir_all(&staging).map_err(io_err(&staging))?;
     }
@@ -308,7 +314,11 @@ pub fn fetch_source(data_dir: &Path, source: &'static Source) -> Result<Outcome,
     Ok(Outcome::Fetched { sha256: actual })
 }
 
-fn require(client: &'static str, source: &'static Source, hint: &'static str) -> Result<(), FetchError> {
+fn require(
+    client: &'static str,
+    source: &'static Source,
+    hint: &'static str,
+) -> Result<(), FetchError> {
     let found = std::env::var_os("PATH")
         .map(|paths| std::env::split_paths(&paths).any(|p| p.join(client).is_file()))
         .unwrap_or(false);
@@ -349,12 +359,29 @@ fn download(source: &'static Source, downloads: &Path) -> Result<PathBuf, FetchE
     }
     match source.origin {
         Origin::Pip { spec, sdist, .. } => {
-            require("pip", source, "Python's pip: `apt-get install python3-pip`")
-                .or_else(|_| require("pip3", source, "Python's pip: `apt-get install python3-pip`"))?;
-            let pip = if require("pip", source, "").is_ok() { "pip" } else { "pip3" };
+            require("pip", source, "Python's pip: `apt-get install python3-pip`").or_else(
+                |_| {
+                    require(
+                        "pip3",
+                        source,
+                        "Python's pip: `apt-get install python3-pip`",
+                    )
+                },
+            )?;
+            let pip = if require("pip", source, "").is_ok() {
+                "pip"
+            } else {
+                "pip3"
+            };
             let mut cmd = Command::new(pip);
-            cmd.args(["download", "--no-deps", "--disable-pip-version-check", "-q", "-d"])
-                .arg(downloads);
+            cmd.args([
+                "download",
+                "--no-deps",
+                "--disable-pip-version-check",
+                "-q",
+                "-d",
+            ])
+            .arg(downloads);
             if sdist {
                 cmd.args(["--no-binary", ":all:"]);
             }
@@ -451,8 +478,13 @@ mod tests {
         let default = sources_in_set("default").unwrap();
         let full = sources_in_set("full").unwrap();
         assert!(default.len() < full.len());
-        assert!(default.iter().all(|s| full.iter().any(|f| f.name == s.name)));
-        assert!(matches!(sources_in_set("nope"), Err(FetchError::UnknownSet(_))));
+        assert!(default
+            .iter()
+            .all(|s| full.iter().any(|f| f.name == s.name)));
+        assert!(matches!(
+            sources_in_set("nope"),
+            Err(FetchError::UnknownSet(_))
+        ));
     }
 
     #[test]

@@ -3,17 +3,17 @@
 //! clean, deduplicated text shards. This crate knows nothing about tokens or models.
 
 pub mod charset;
+pub mod config;
 pub mod extract;
 pub mod fetch;
+pub mod input;
 pub mod lang;
 pub mod minhash;
 pub mod pii;
+pub mod pipeline;
 pub mod quality;
 pub mod shards;
-pub mod url_filter;
-pub mod warc;
-pub mod config;
-pub mod input;
-pub mod pipeline;
 pub mod stats;
 pub mod textshard;
+pub mod url_filter;
+pub mod warc;

@@ -80,7 +80,9 @@ pub fn write_token_shard(path: &Path, documents: &[Vec<u32>]) -> Result<(), Shar
     let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(builder.finish())])
         .map_err(|e| parquet_err(path, e))?;
     let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid level")))
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(3).expect("valid level"),
+        ))
         .build();
     let tmp = temp_path_for(path);
     let result = (|| {
@@ -115,14 +117,15 @@ pub fn read_token_shard(path: &Path) -> Result<Vec<Vec<u32>>, ShardError> {
                 column: TOKENS_COLUMN.into(),
                 problem: "is missing (is this a token shard?)".into(),
             })?;
-        let lists = column
-            .as_any()
-            .downcast_ref::<ListArray>()
-            .ok_or_else(|| ShardError::Column {
-                path: path.to_path_buf(),
-                column: TOKENS_COLUMN.into(),
-                problem: format!("has type {}, expected List<UInt32>", column.data_type()),
-            })?;
+        let lists =
+            column
+                .as_any()
+                .downcast_ref::<ListArray>()
+                .ok_or_else(|| ShardError::Column {
+                    path: path.to_path_buf(),
+                    column: TOKENS_COLUMN.into(),
+                    problem: format!("has type {}, expected List<UInt32>", column.data_type()),
+                })?;
         for row in 0..lists.len() {
             let values = lists.value(row);
             let ids = values
@@ -163,9 +166,15 @@ pub fn read_text_column(path: &Path, column: &str) -> Result<Vec<String>, ShardE
             })?;
         if let Some(strings) = array.as_any().downcast_ref::<arrow_array::StringArray>() {
             out.extend(strings.iter().flatten().map(str::to_owned));
-        } else if let Some(strings) = array.as_any().downcast_ref::<arrow_array::LargeStringArray>() {
+        } else if let Some(strings) = array
+            .as_any()
+            .downcast_ref::<arrow_array::LargeStringArray>()
+        {
             out.extend(strings.iter().flatten().map(str::to_owned));
-        } else if let Some(strings) = array.as_any().downcast_ref::<arrow_array::StringViewArray>() {
+        } else if let Some(strings) = array
+            .as_any()
+            .downcast_ref::<arrow_array::StringViewArray>()
+        {
             out.extend(strings.iter().flatten().map(str::to_owned));
         } else {
             return Err(ShardError::Column {
@@ -250,7 +259,10 @@ mod tests {
         let path = dir.path().join("tok.parquet");
         write_token_shard(&path, &[vec![1]]).unwrap();
         let err = read_text_column(&path, "text").unwrap_err().to_string();
-        assert!(err.contains("`text` is missing") && err.contains("tokens"), "{err}");
+        assert!(
+            err.contains("`text` is missing") && err.contains("tokens"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -263,6 +275,9 @@ mod tests {
         let mut w = ArrowWriter::try_new(File::create(&path).unwrap(), schema, None).unwrap();
         w.write(&batch).unwrap();
         w.close().unwrap();
-        assert_eq!(read_text_column(&path, "text").unwrap(), vec!["hello", "world"]);
+        assert_eq!(
+            read_text_column(&path, "text").unwrap(),
+            vec!["hello", "world"]
+        );
     }
 }

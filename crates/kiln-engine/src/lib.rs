@@ -53,9 +53,15 @@ pub enum EngineError {
 
 impl EngineError {
     pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
-        EngineError::Io { path: path.display().to_string(), source }
+        EngineError::Io {
+            path: path.display().to_string(),
+            source,
+        }
     }
     pub(crate) fn ckpt(path: &std::path::Path, msg: impl Into<String>) -> Self {
-        EngineError::Checkpoint { path: path.display().to_string(), msg: msg.into() }
+        EngineError::Checkpoint {
+            path: path.display().to_string(),
+            msg: msg.into(),
+        }
     }
 }

@@ -81,7 +81,10 @@ fn every_attention_module_names_its_head_dim() {
     for hd in ATTN_HEAD_DIMS {
         let src = attention_source(hd);
         assert!(src.ends_with(&format!("ATTN_INST({hd})\n")));
-        for k in attention_kernels(hd).iter().filter(|k| *k != "k_attn_bwd_d") {
+        for k in attention_kernels(hd)
+            .iter()
+            .filter(|k| *k != "k_attn_bwd_d")
+        {
             assert!(k.ends_with(&format!("_{hd}")), "{k}");
         }
     }

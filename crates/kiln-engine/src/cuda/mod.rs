@@ -324,7 +324,8 @@ impl CudaBackend {
         }
         if !unsafe { cudarc::cublas::sys::is_culib_present() } {
             return Err(EngineError::Backend(
-                "cuda: libcublas not found (add the CUDA toolkit's lib64 to LD_LIBRARY_PATH)".into(),
+                "cuda: libcublas not found (add the CUDA toolkit's lib64 to LD_LIBRARY_PATH)"
+                    .into(),
             ));
         }
         let ctx = std::panic::catch_unwind(|| CudaContext::new(ordinal))
