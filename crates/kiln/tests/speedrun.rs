@@ -19,10 +19,9 @@ fn workspace() -> PathBuf {
 }
 
 fn data_fetched() -> bool {
-    let data = workspace().join("data/raw");
     ["shakespeare", "chitchat", "evals", "gsm8k"]
         .iter()
-        .all(|s| data.join(s).join(".kiln-ok").exists())
+        .all(|s| kiln_data::fetch::source_dir_for_test(s).is_some())
 }
 
 /// The smoke run's folder (run once per test binary).
@@ -59,7 +58,6 @@ fn smoke() -> &'static Path {
 #[test]
 fn smoke_speedrun_writes_report_card_and_reruns_skip() {
     if !data_fetched() {
-        eprintln!("skipping: run `kiln data fetch` first");
         return;
     }
     let run = smoke();
