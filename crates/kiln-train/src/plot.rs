@@ -12,14 +12,15 @@ pub struct Series<'a> {
     pub points: &'a [(f64, f64)],
 }
 
-fn panel(svg: &mut String, s: &Series, x0: f64, y0: f64, w: f64, h: f64) {
+/// Draw one panel at `(x0, y0)` of size `w × h` into `svg`, its line in `color`.
+fn panel(svg: &mut String, s: &Series, color: &str, x0: f64, y0: f64, w: f64, h: f64) {
     let (l, r, t, b) = (x0 + 55.0, x0 + w - 15.0, y0 + 30.0, y0 + h - 35.0);
     let _ = write!(
         svg,
         r##"<text x="{}" y="{}" font-size="14" text-anchor="middle">{}</text>"##,
         (l + r) / 2.0,
         y0 + 18.0,
-        s.title
+        xml_escape(s.title)
     );
     let _ = write!(
         svg,
@@ -99,18 +100,38 @@ fn panel(svg: &mut String, s: &Series, x0: f64, y0: f64, w: f64, h: f64) {
     }
     let _ = write!(
         svg,
-        r##"<path d="{d}" fill="none" stroke="#c0392b" stroke-width="1.5"/>"##
+        r##"<path d="{d}" fill="none" stroke="{color}" stroke-width="1.5"/>"##
     );
     if pts.len() < 30 {
         for &(x, y) in &pts {
             let _ = write!(
                 svg,
-                r##"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="#c0392b"/>"##,
+                r##"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="{color}"/>"##,
                 px(x),
                 py(y)
             );
         }
     }
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// One panel as a standalone inline SVG (for HTML reports), its line in `color`.
+pub fn chart_svg(title: &str, points: &[(f64, f64)], color: &str) -> String {
+    let (w, h) = (420.0, 260.0);
+    let mut svg = format!(
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" role="img" aria-label="{}"><rect width="100%" height="100%" fill="white"/>"##,
+        xml_escape(title)
+    );
+    let series = Series { title, points };
+    panel(&mut svg, &series, color, 0.0, 0.0, w, h);
+    svg.push_str("</svg>");
+    svg
 }
 
 /// Write the panels side by side to `path` (atomically).
@@ -121,7 +142,7 @@ pub fn write_svg(path: &Path, panels: &[Series]) -> Result<(), TrainError> {
         r##"<svg xmlns="http://www.w3.org/2000/svg" width="{total_w}" height="{h}" viewBox="0 0 {total_w} {h}" font-family="sans-serif"><rect width="100%" height="100%" fill="white"/>"##
     );
     for (i, s) in panels.iter().enumerate() {
-        panel(&mut svg, s, i as f64 * w, 0.0, w, h);
+        panel(&mut svg, s, "#c0392b", i as f64 * w, 0.0, w, h);
     }
     svg.push_str("</svg>\n");
     kiln_engine::safetensors::write_atomic(path, svg.as_bytes())?;

@@ -32,95 +32,10 @@ fn num(v: &Value, digits: usize) -> String {
         .map_or("–".to_string(), |x| format!("{x:.digits$}"))
 }
 
-/// One line chart as an inline SVG string.
+/// One line chart as an inline SVG string (drawn by kiln-train's plot module, which also draws
+/// the training curves).
 pub fn svg_chart(title: &str, points: &[(f64, f64)], color: &str) -> String {
-    let (w, h) = (420.0, 260.0);
-    let (l, r, t, b) = (55.0, w - 15.0, 30.0, h - 35.0);
-    let mut s = format!(
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" role="img" aria-label="{0}"><rect width="100%" height="100%" fill="white"/><text x="{1}" y="18" font-size="14" text-anchor="middle">{0}</text><rect x="{l}" y="{t}" width="{2}" height="{3}" fill="none" stroke="#888"/>"##,
-        esc(title),
-        (l + r) / 2.0,
-        r - l,
-        b - t
-    );
-    let pts: Vec<(f64, f64)> = points
-        .iter()
-        .copied()
-        .filter(|p| p.0.is_finite() && p.1.is_finite())
-        .collect();
-    if pts.is_empty() {
-        let _ = write!(
-            s,
-            r##"<text x="{}" y="{}" font-size="12" text-anchor="middle" fill="#888">no data</text></svg>"##,
-            (l + r) / 2.0,
-            (t + b) / 2.0
-        );
-        return s;
-    }
-    let fold = |f: fn(f64, f64) -> f64, init: f64, sel: fn(&(f64, f64)) -> f64| {
-        pts.iter().map(sel).fold(init, f)
-    };
-    let (x0, mut x1) = (
-        fold(f64::min, f64::MAX, |p| p.0),
-        fold(f64::max, f64::MIN, |p| p.0),
-    );
-    let (y0, mut y1) = (
-        fold(f64::min, f64::MAX, |p| p.1),
-        fold(f64::max, f64::MIN, |p| p.1),
-    );
-    if x1 <= x0 {
-        x1 = x0 + 1.0;
-    }
-    if y1 <= y0 {
-        y1 = y0 + 1.0;
-    }
-    let px = |x: f64| l + (x - x0) / (x1 - x0) * (r - l);
-    let py = |y: f64| b - (y - y0) / (y1 - y0) * (b - t);
-    for i in 0..=4 {
-        let fy = y0 + (y1 - y0) * i as f64 / 4.0;
-        let fx = x0 + (x1 - x0) * i as f64 / 4.0;
-        let _ = write!(
-            s,
-            r##"<line x1="{l}" x2="{r}" y1="{0:.1}" y2="{0:.1}" stroke="#eee"/><text x="{1}" y="{2:.1}" font-size="10" text-anchor="end">{fy:.3}</text><text x="{3:.1}" y="{4}" font-size="10" text-anchor="middle">{fx:.0}</text>"##,
-            py(fy),
-            l - 4.0,
-            py(fy) + 3.0,
-            px(fx),
-            b + 14.0
-        );
-    }
-    let _ = write!(
-        s,
-        r##"<text x="{}" y="{}" font-size="11" text-anchor="middle">step</text>"##,
-        (l + r) / 2.0,
-        b + 28.0
-    );
-    let mut d = String::new();
-    for (i, &(x, y)) in pts.iter().enumerate() {
-        let _ = write!(
-            d,
-            "{}{:.1},{:.1} ",
-            if i == 0 { "M" } else { "L" },
-            px(x),
-            py(y)
-        );
-    }
-    let _ = write!(
-        s,
-        r##"<path d="{d}" fill="none" stroke="{color}" stroke-width="1.5"/>"##
-    );
-    if pts.len() < 30 {
-        for &(x, y) in &pts {
-            let _ = write!(
-                s,
-                r##"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="{color}"/>"##,
-                px(x),
-                py(y)
-            );
-        }
-    }
-    s.push_str("</svg>");
-    s
+    kiln_train::plot::chart_svg(title, points, color)
 }
 
 fn curve(v: &Value) -> Vec<(f64, f64)> {
