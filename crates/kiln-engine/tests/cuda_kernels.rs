@@ -2,10 +2,17 @@
 //! supported head dim) to PTX with NVRTC on the host — no GPU needed, only libnvrtc on
 //! `LD_LIBRARY_PATH` (scripts/gpu/nvrtc-local.sh fetches it from the `nvidia-cuda-nvrtc` wheel).
 //! Without libnvrtc the test prints SKIPPED and checks nothing.
+//!
+//! The tensor-core attention kernels (attention_tc.cu) are also run on the CPU: tests/tc_emu.cpp
+//! compiles them unchanged as host C++ with the warp collectives (mma.sync, ldmatrix, shfl)
+//! emulated from the PTX ISA's fragment tables and compares against a reference attention (needs a
+//! C++20 compiler, `c++` or `$CXX`; SKIPPED without one). With `KILN_PTXAS` pointing at ptxas 13.0
+//! (the `nvidia-cuda-nvcc` wheel), their PTX is also assembled for sm_90 and checked for spills.
 #![cfg(feature = "cuda")]
 
 use kiln_engine::cuda::{
     attention_kernels, attention_source, compile, ATTN_HEAD_DIMS, BASE_KERNELS, BASE_SOURCE,
+    TC_HEAD_DIMS,
 };
 
 fn nvrtc_present() -> bool {
@@ -101,5 +108,111 @@ fn no_driver_is_a_clean_error() {
             let msg = e.to_string();
             assert!(msg.contains("libcuda not found"), "{msg}");
         }
+    }
+}
+
+#[test]
+fn tc_kernels_exist_exactly_for_their_head_dims() {
+    for hd in ATTN_HEAD_DIMS {
+        let names = attention_kernels(hd);
+        let tc = names.iter().filter(|k| k.starts_with("k_attn_tc_")).count();
+        let src = attention_source(hd);
+        if TC_HEAD_DIMS.contains(&hd) {
+            assert_eq!(tc, 3, "{names:?}");
+            assert!(src.contains(&format!("TC_INST({hd})")));
+        } else {
+            assert_eq!(tc, 0, "{names:?}");
+            assert!(!src.contains("\nTC_INST("));
+        }
+    }
+}
+
+#[test]
+fn attention_kernel_names_parse_and_bad_ones_are_named() {
+    use kiln_engine::cuda::AttnKernel;
+    for k in [AttnKernel::V1, AttnKernel::V2, AttnKernel::Tc] {
+        assert_eq!(k.name().parse::<AttnKernel>().unwrap(), k);
+    }
+    let e = "v3".parse::<AttnKernel>().unwrap_err().to_string();
+    assert!(e.contains("v3"), "{e}");
+}
+
+/// Runs attention_tc.cu's forward, dQ and dK/dV kernels on the CPU (tests/tc_emu.cpp) and checks
+/// them against a double-precision reference: the fragment layouts, ldmatrix addressing, masking,
+/// partial tiles and GQA, before any GPU sees them.
+#[test]
+fn tc_attention_kernels_match_reference_on_cpu() {
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = tmp.path().join("tc_emu");
+    let built = std::process::Command::new(&cxx)
+        .args(["-std=c++20", "-O2", "-pthread"])
+        .arg(dir.join("tests/tc_emu.cpp"))
+        .arg("-o")
+        .arg(&exe)
+        .output();
+    let built = match built {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("SKIPPED: no C++ compiler `{cxx}` ({e})");
+            return;
+        }
+    };
+    assert!(
+        built.status.success(),
+        "compiling tests/tc_emu.cpp:\n{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let run = std::process::Command::new(&exe).output().unwrap();
+    let out = String::from_utf8_lossy(&run.stdout);
+    eprintln!("{out}");
+    assert!(
+        run.status.success() && out.contains("TC EMULATION OK"),
+        "{out}"
+    );
+    assert_eq!(
+        out.lines().filter(|l| l.ends_with(" ok")).count(),
+        20,
+        "{out}"
+    );
+}
+
+/// With KILN_PTXAS=/path/to/ptxas (13.0): the tc kernels assemble for sm_90 without spills.
+#[test]
+fn tc_kernels_assemble_for_sm90_without_spills() {
+    let Ok(ptxas) = std::env::var("KILN_PTXAS") else {
+        eprintln!("SKIPPED: set KILN_PTXAS to a ptxas 13.0 binary to check registers and spills");
+        return;
+    };
+    if !nvrtc_present() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    for hd in TC_HEAD_DIMS {
+        let src = format!(
+            "{}{}\nTC_INST({hd})\n",
+            include_str!("../src/cuda/prelude.cu"),
+            include_str!("../src/cuda/attention_tc.cu")
+        );
+        let ptx = compile(&src, 9, 0).unwrap_or_else(|e| panic!("head dim {hd}: {e}"));
+        let f = tmp.path().join(format!("tc{hd}.ptx"));
+        std::fs::write(&f, ptx).unwrap();
+        let o = std::process::Command::new(&ptxas)
+            .args(["-arch=sm_90", "-v"])
+            .arg(&f)
+            .arg("-o")
+            .arg(tmp.path().join(format!("tc{hd}.cubin")))
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&o.stderr).to_string();
+        eprintln!("{log}");
+        assert!(o.status.success(), "ptxas head dim {hd}: {log}");
+        assert_eq!(
+            log.matches("0 bytes spill stores, 0 bytes spill loads")
+                .count(),
+            3,
+            "head dim {hd} spills: {log}"
+        );
     }
 }

@@ -13,7 +13,10 @@
 //!   `scripts/gpu/NOTES.md`) but needs no trait change.
 //! - Attention is flash-style (no T×T matrix): online softmax forward saving the log-sum-exp,
 //!   backward recomputing probabilities in two kernels (dQ per query; dK/dV per key, summing a GQA
-//!   group's query heads without atomics). f32 on CUDA cores.
+//!   group's query heads without atomics). [`AttnKernel`]: `v2`/`v1` in f32 on CUDA cores (the f32
+//!   and tf32 default, exact to ~1e-6), `tc` on tensor cores (`attention_tc.cu`: bf16 operands,
+//!   fp32 accumulation; the bf16 default for head dims in [`TC_HEAD_DIMS`] on sm_80+, self-tested
+//!   against v2 on first use and replaced by v2 with a warning if they disagree).
 //! - One stream; every op is enqueued on it and `read`/`sum_squares` synchronize, which gives the
 //!   trait's "synchronous from the caller's view" semantics. Buffers come from a small pool keyed
 //!   by length, so per-step allocations (decode logits) do not hit `cuMemAlloc`/`cuMemFree`.
@@ -33,10 +36,63 @@ use crate::EngineError;
 /// CUDA C of every kernel but training attention (prelude + kernels.cu).
 pub const BASE_SOURCE: &str = concat!(include_str!("prelude.cu"), include_str!("kernels.cu"));
 /// CUDA C of the flash-attention templates (prelude + attention.cu); see [`attention_source`].
-pub const ATTN_SOURCE: &str = concat!(include_str!("prelude.cu"), include_str!("attention.cu"));
+pub const ATTN_SOURCE: &str = concat!(
+    include_str!("prelude.cu"),
+    include_str!("attention.cu"),
+    include_str!("attention_tc.cu")
+);
 
 /// Head dims with a flash-attention instantiation (each compiled on first use).
 pub const ATTN_HEAD_DIMS: [usize; 5] = [8, 16, 32, 64, 128];
+
+/// Head dims with a tensor-core ("tc") attention instantiation (HD 128 would need more than 48 KiB
+/// of static shared memory and spills in dK/dV; it uses v2).
+pub const TC_HEAD_DIMS: [usize; 3] = [16, 32, 64];
+
+/// Which training-attention kernels run (`KILN_CUDA_ATTN=v1|v2|tc` forces one at start).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttnKernel {
+    /// One thread per row, f32 (the first version).
+    V1,
+    /// Two threads per row, register-resident operands, f32: the exact path.
+    V2,
+    /// Tensor cores (bf16 mma.sync, fp32 accumulation), FlashAttention-2 style.
+    Tc,
+}
+
+impl AttnKernel {
+    pub fn name(self) -> &'static str {
+        match self {
+            AttnKernel::V1 => "v1",
+            AttnKernel::V2 => "v2",
+            AttnKernel::Tc => "tc",
+        }
+    }
+    fn code(self) -> u8 {
+        self as u8
+    }
+    fn from_code(c: u8) -> Self {
+        match c {
+            0 => AttnKernel::V1,
+            1 => AttnKernel::V2,
+            _ => AttnKernel::Tc,
+        }
+    }
+}
+
+impl std::str::FromStr for AttnKernel {
+    type Err = EngineError;
+    fn from_str(s: &str) -> Result<Self, EngineError> {
+        match s {
+            "v1" => Ok(AttnKernel::V1),
+            "v2" => Ok(AttnKernel::V2),
+            "tc" => Ok(AttnKernel::Tc),
+            _ => Err(EngineError::Config(format!(
+                "unknown cuda attention kernel `{s}` (v1, v2 or tc)"
+            ))),
+        }
+    }
+}
 
 /// Entry points of [`BASE_SOURCE`].
 pub const BASE_KERNELS: [&str; 18] = [
@@ -62,12 +118,17 @@ pub const BASE_KERNELS: [&str; 18] = [
 
 /// The attention module's source for head dim `hd`.
 pub fn attention_source(hd: usize) -> String {
-    format!("{ATTN_SOURCE}\nATTN_INST({hd})\n")
+    let tc = if TC_HEAD_DIMS.contains(&hd) {
+        format!("TC_INST({hd})\n")
+    } else {
+        String::new()
+    };
+    format!("{ATTN_SOURCE}\n{tc}ATTN_INST({hd})\n")
 }
 
 /// Entry points of [`attention_source`]`(hd)`.
 pub fn attention_kernels(hd: usize) -> Vec<String> {
-    vec![
+    let mut v = vec![
         "k_attn_bwd_d".to_string(),
         format!("k_attn_fwd_{hd}"),
         format!("k_attn_bwd_dq_{hd}"),
@@ -75,7 +136,13 @@ pub fn attention_kernels(hd: usize) -> Vec<String> {
         format!("k_attn2_fwd_{hd}"),
         format!("k_attn2_bwd_dq_{hd}"),
         format!("k_attn2_bwd_dkv_{hd}"),
-    ]
+    ];
+    if TC_HEAD_DIMS.contains(&hd) {
+        for k in ["fwd", "bwd_dq", "bwd_dkv"] {
+            v.push(format!("k_attn_tc_{k}_{hd}"));
+        }
+    }
+    v
 }
 
 /// Compile CUDA C to PTX for `compute_{major}{minor}` (needs only libnvrtc).
@@ -232,8 +299,10 @@ pub struct CudaBackend {
     device_name: String,
     /// Per-op timing (each op synchronizes when on): name → (seconds, calls).
     profiling: std::sync::atomic::AtomicBool,
-    /// Attention kernels v2 (two threads per row, register-resident operands) instead of v1.
-    attn_v2: std::sync::atomic::AtomicBool,
+    /// Requested training-attention kernels ([`AttnKernel`] code).
+    attn_mode: std::sync::atomic::AtomicU8,
+    /// Per head dim: did the tc kernels pass their first-use self-test against v2?
+    tc_ok: Mutex<HashMap<usize, bool>>,
     profile: Mutex<HashMap<&'static str, (f64, u64)>>,
 }
 
@@ -375,9 +444,15 @@ impl CudaBackend {
             sms,
             device_name,
             profiling: std::sync::atomic::AtomicBool::new(false),
-            attn_v2: std::sync::atomic::AtomicBool::new(
-                std::env::var("KILN_CUDA_ATTN").map_or(true, |v| v != "v1"),
+            attn_mode: std::sync::atomic::AtomicU8::new(
+                match std::env::var("KILN_CUDA_ATTN") {
+                    Ok(v) => v.parse::<AttnKernel>()?,
+                    Err(_) if precision == Precision::Bf16 => AttnKernel::Tc,
+                    Err(_) => AttnKernel::V2,
+                }
+                .code(),
             ),
+            tc_ok: Mutex::new(HashMap::new()),
             profile: Mutex::new(HashMap::new()),
         })
     }
@@ -462,16 +537,229 @@ impl CudaBackend {
         attn.insert(hd, m);
     }
 
-    /// Use attention kernels v2 (default; `KILN_CUDA_ATTN=v1` picks v1 at start) or v1.
+    /// Use attention kernels v2 or v1 (kept for callers of the two-kernel era).
     pub fn set_attention_v2(&self, on: bool) {
-        self.attn_v2.store(on, std::sync::atomic::Ordering::Relaxed);
+        self.set_attention(if on { AttnKernel::V2 } else { AttnKernel::V1 });
     }
 
-    fn attn_prefix(&self) -> (&'static str, u32) {
-        if self.attn_v2.load(std::sync::atomic::Ordering::Relaxed) {
-            ("k_attn2", 128)
+    /// Request the training-attention kernels (default: tc in bf16 mode, else v2;
+    /// `KILN_CUDA_ATTN=v1|v2|tc` at start).
+    pub fn set_attention(&self, k: AttnKernel) {
+        self.attn_mode
+            .store(k.code(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The requested training-attention kernels.
+    pub fn attention(&self) -> AttnKernel {
+        AttnKernel::from_code(self.attn_mode.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// The kernels that will run for head dim `hd` (tc falls back to v2 for head dims without a tc
+    /// instantiation, before sm_80, and after a failed self-test; this compiles and self-tests).
+    pub fn attention_for(&self, hd: usize) -> AttnKernel {
+        let k = self.attention();
+        if k != AttnKernel::Tc {
+            return k;
+        }
+        if self.cc.0 < 8 || !TC_HEAD_DIMS.contains(&hd) {
+            return AttnKernel::V2;
+        }
+        self.ensure_attention(hd);
+        if self.tc_self_test(hd) {
+            AttnKernel::Tc
         } else {
-            ("k_attn", 64)
+            AttnKernel::V2
+        }
+    }
+
+    /// The kernels for this call: [`Self::attention_for`], and v2 instead of tc when a pointer is
+    /// not 16-byte aligned (the tc kernels use float4 loads and float2 stores).
+    fn attn_pick(&self, hd: usize, ptrs: &[u64]) -> AttnKernel {
+        match self.attention_for(hd) {
+            AttnKernel::Tc if ptrs.iter().any(|p| p % 16 != 0) => AttnKernel::V2,
+            k => k,
+        }
+    }
+
+    /// One-time check of the tc kernels for head dim `hd` against v2 on a small GQA shape with a
+    /// partial tile (forward output and every gradient, relative max-norm ≤ 5e-2). On failure tc
+    /// is disabled for `hd` with a warning: a fragment-layout bug then costs speed, not a run.
+    fn tc_self_test(&self, hd: usize) -> bool {
+        if let Some(&ok) = self
+            .tc_ok
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&hd)
+        {
+            return ok;
+        }
+        let d = AttnDims {
+            b: 1,
+            t: 80,
+            n_head: 2,
+            n_kv: 1,
+            head_dim: hd,
+        };
+        let (fwd_err, bwd_err) = self.tc_compare(d).unwrap_or((f64::INFINITY, f64::INFINITY));
+        let ok = fwd_err <= 5e-2 && bwd_err <= 5e-2;
+        if ok {
+            tracing::debug!(
+                "cuda: tc attention hd {hd} self-test: fwd {fwd_err:.2e}, bwd {bwd_err:.2e}"
+            );
+        } else {
+            tracing::warn!(
+                "cuda: tensor-core attention (head dim {hd}) disagrees with v2 (fwd rel {fwd_err:.2e}, bwd rel {bwd_err:.2e}); using v2"
+            );
+        }
+        self.tc_ok
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(hd, ok);
+        ok
+    }
+
+    /// Run v2 and tc forward + backward on the same random inputs; (fwd, bwd) relative max-norm.
+    pub fn tc_compare(&self, d: AttnDims) -> Result<(f64, f64), EngineError> {
+        let n_qkv = d.b * d.t * d.qkv_width();
+        let n_out = d.b * d.t * d.out_width();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+                })
+                .collect()
+        };
+        let qkv = self.alloc(n_qkv)?;
+        let dout = self.alloc(n_out)?;
+        self.write(View::new(&qkv, 0, n_qkv), &rnd(n_qkv));
+        self.write(View::new(&dout, 0, n_out), &rnd(n_out));
+        let sc_len = self.attention_scratch_len(d);
+        let mut res = vec![];
+        for k in [AttnKernel::V2, AttnKernel::Tc] {
+            let out = self.alloc(n_out)?;
+            let sc = self.alloc(sc_len)?;
+            let dqkv = self.alloc(n_qkv)?;
+            let (ov, scv, dv) = (
+                View::new(&out, 0, n_out),
+                View::new(&sc, 0, sc_len),
+                View::new(&dqkv, 0, n_qkv),
+            );
+            self.attn_fwd_with(k, ov, scv, View::new(&qkv, 0, n_qkv), d);
+            self.attn_bwd_with(
+                k,
+                dv,
+                View::new(&dout, 0, n_out),
+                View::new(&qkv, 0, n_qkv),
+                scv,
+                d,
+            );
+            let mut ho = vec![0f32; n_out];
+            let mut hg = vec![0f32; n_qkv];
+            self.read(ov, &mut ho);
+            self.read(dv, &mut hg);
+            res.push((ho, hg));
+        }
+        let rel = |got: &[f32], want: &[f32]| -> f64 {
+            let (mut num, mut den) = (0f64, 0f64);
+            for (&g, &w) in got.iter().zip(want) {
+                let e = (g as f64 - w as f64).abs();
+                num = if e.is_finite() {
+                    num.max(e)
+                } else {
+                    f64::INFINITY
+                };
+                den = den.max((w as f64).abs());
+            }
+            num / den.max(1e-30)
+        };
+        Ok((rel(&res[1].0, &res[0].0), rel(&res[1].1, &res[0].1)))
+    }
+
+    /// [`Backend::attention_forward`] with kernels `k` (compiled already).
+    fn attn_fwd_with(
+        &self,
+        k: AttnKernel,
+        out: View<CudaBuf>,
+        scratch: View<CudaBuf>,
+        qkv: View<CudaBuf>,
+        d: AttnDims,
+    ) {
+        let hd = d.head_dim;
+        assert!(
+            scratch.len >= self.attention_scratch_len(d) && qkv.len >= d.b * d.t * d.qkv_width()
+        );
+        let bh = d.b * d.n_head * d.t;
+        let lse = scratch.sub(0, bh);
+        let ocopy = scratch.sub(2 * bh, d.b * d.t * d.out_width());
+        let scale = 1.0 / (hd as f32).sqrt();
+        let args = |s: &Self, name: &str, grid, nt| {
+            launch!(s, name, grid, (nt, 1, 1), 0;
+                ptr(&out), ptr(&lse), ptr(&qkv), d.t as i32, d.n_head as i32, d.n_kv as i32, scale);
+        };
+        let grid = (d.t.div_ceil(64) as u32, d.n_head as u32, d.b as u32);
+        match k {
+            AttnKernel::V1 => args(self, &format!("k_attn_fwd_{hd}"), grid, 64),
+            AttnKernel::V2 => args(self, &format!("k_attn2_fwd_{hd}"), grid, 128),
+            AttnKernel::Tc => {
+                let g = (d.n_head as u32, d.b as u32, d.t.div_ceil(64) as u32);
+                args(self, &format!("k_attn_tc_fwd_{hd}"), g, 128)
+            }
+        }
+        self.copy(ocopy, out.sub(0, d.b * d.t * d.out_width()));
+    }
+
+    /// [`Backend::attention_backward`] with kernels `k` (compiled already).
+    fn attn_bwd_with(
+        &self,
+        k: AttnKernel,
+        dqkv: View<CudaBuf>,
+        dout: View<CudaBuf>,
+        qkv: View<CudaBuf>,
+        scratch: View<CudaBuf>,
+        d: AttnDims,
+    ) {
+        let hd = d.head_dim;
+        assert!(
+            scratch.len >= self.attention_scratch_len(d) && dqkv.len >= d.b * d.t * d.qkv_width()
+        );
+        let bh = d.b * d.n_head * d.t;
+        let lse = scratch.sub(0, bh);
+        let dd = scratch.sub(bh, bh);
+        let ocopy = scratch.sub(2 * bh, d.b * d.t * d.out_width());
+        let rows = d.b * d.t;
+        let scale = 1.0 / (hd as f32).sqrt();
+        launch!(self, "k_attn_bwd_d", ((rows * d.n_head * 32).div_ceil(256) as u32, 1, 1), (256, 1, 1), 0;
+            ptr(&dd), ptr(&dout), ptr(&ocopy), rows as i32, d.t as i32, d.n_head as i32, hd as i32);
+        let args = |s: &Self, name: &str, grid, nt| {
+            launch!(s, name, grid, (nt, 1, 1), 0;
+                ptr(&dqkv), ptr(&dout), ptr(&qkv), ptr(&lse), ptr(&dd), d.t as i32, d.n_head as i32,
+                d.n_kv as i32, scale);
+        };
+        let tiles = |n: usize| d.t.div_ceil(n) as u32;
+        let grid_q = (tiles(64), d.n_head as u32, d.b as u32);
+        match k {
+            AttnKernel::V1 => {
+                args(self, &format!("k_attn_bwd_dq_{hd}"), grid_q, 64);
+                // one thread per key (32 keys per block at hd 128)
+                let keys = if hd >= 128 { 32 } else { 64 };
+                let grid_kv = (tiles(keys), d.n_kv as u32, d.b as u32);
+                args(self, &format!("k_attn_bwd_dkv_{hd}"), grid_kv, keys as u32);
+            }
+            AttnKernel::V2 => {
+                args(self, &format!("k_attn2_bwd_dq_{hd}"), grid_q, 128);
+                let grid_kv = (tiles(64), d.n_kv as u32, d.b as u32);
+                args(self, &format!("k_attn2_bwd_dkv_{hd}"), grid_kv, 128);
+            }
+            AttnKernel::Tc => {
+                let g = (d.n_head as u32, d.b as u32, tiles(64));
+                args(self, &format!("k_attn_tc_bwd_dq_{hd}"), g, 128);
+                let g = (d.n_kv as u32, d.b as u32, tiles(64));
+                args(self, &format!("k_attn_tc_bwd_dkv_{hd}"), g, 128);
+            }
         }
     }
 
@@ -970,21 +1258,10 @@ impl Backend for CudaBackend {
         qkv: View<CudaBuf>,
         d: AttnDims,
     ) {
-        let hd = d.head_dim;
-        self.ensure_attention(hd);
-        assert!(
-            scratch.len >= self.attention_scratch_len(d) && qkv.len >= d.b * d.t * d.qkv_width()
-        );
+        self.ensure_attention(d.head_dim);
+        let k = self.attn_pick(d.head_dim, &[ptr(&out), ptr(&qkv)]);
         let _p = self.op("attention_forward");
-        let bh = d.b * d.n_head * d.t;
-        let lse = scratch.sub(0, bh);
-        let ocopy = scratch.sub(2 * bh, d.b * d.t * d.out_width());
-        let scale = 1.0 / (hd as f32).sqrt();
-        let grid = (d.t.div_ceil(64) as u32, d.n_head as u32, d.b as u32);
-        let (pre, nt) = self.attn_prefix();
-        launch!(self, &format!("{pre}_fwd_{hd}"), grid, (nt, 1, 1), 0;
-            ptr(&out), ptr(&lse), ptr(&qkv), d.t as i32, d.n_head as i32, d.n_kv as i32, scale);
-        self.copy(ocopy, out.sub(0, d.b * d.t * d.out_width()));
+        self.attn_fwd_with(k, out, scratch, qkv, d);
     }
 
     fn attention_backward(
@@ -995,33 +1272,10 @@ impl Backend for CudaBackend {
         scratch: View<CudaBuf>,
         d: AttnDims,
     ) {
-        let hd = d.head_dim;
-        self.ensure_attention(hd);
-        assert!(
-            scratch.len >= self.attention_scratch_len(d) && dqkv.len >= d.b * d.t * d.qkv_width()
-        );
+        self.ensure_attention(d.head_dim);
+        let k = self.attn_pick(d.head_dim, &[ptr(&dqkv), ptr(&dout), ptr(&qkv)]);
         let _p = self.op("attention_backward");
-        let bh = d.b * d.n_head * d.t;
-        let lse = scratch.sub(0, bh);
-        let dd = scratch.sub(bh, bh);
-        let ocopy = scratch.sub(2 * bh, d.b * d.t * d.out_width());
-        let rows = d.b * d.t;
-        let scale = 1.0 / (hd as f32).sqrt();
-        launch!(self, "k_attn_bwd_d", ((rows * d.n_head * 32).div_ceil(256) as u32, 1, 1), (256, 1, 1), 0;
-            ptr(&dd), ptr(&dout), ptr(&ocopy), rows as i32, d.t as i32, d.n_head as i32, hd as i32);
-        let grid_q = (d.t.div_ceil(64) as u32, d.n_head as u32, d.b as u32);
-        let (pre, nt) = self.attn_prefix();
-        launch!(self, &format!("{pre}_bwd_dq_{hd}"), grid_q, (nt, 1, 1), 0;
-            ptr(&dqkv), ptr(&dout), ptr(&qkv), ptr(&lse), ptr(&dd), d.t as i32, d.n_head as i32, d.n_kv as i32, scale);
-        // v1: one thread per key (32 keys per block at hd 128); v2: 64 keys, two threads each
-        let (keys, threads) = match (pre, hd >= 128) {
-            ("k_attn2", _) => (64, 128),
-            (_, true) => (32, 32),
-            _ => (64, 64),
-        };
-        let grid_kv = (d.t.div_ceil(keys) as u32, d.n_kv as u32, d.b as u32);
-        launch!(self, &format!("{pre}_bwd_dkv_{hd}"), grid_kv, (threads, 1, 1), 0;
-            ptr(&dqkv), ptr(&dout), ptr(&qkv), ptr(&lse), ptr(&dd), d.t as i32, d.n_head as i32, d.n_kv as i32, scale);
+        self.attn_bwd_with(k, dqkv, dout, qkv, scratch, d);
     }
 
     fn attention_cached(
