@@ -1,18 +1,28 @@
 //! `kiln bench train`: the same model, data, optimizer and measurement as
 //! `shared/bench/torch_ref.py` (GPT-2 block, init N(0, 0.02), AdamW lr 1e-3, betas 0.9/0.95,
 //! wd 0.1 on every tensor, no clipping; warm-up steps then timed steps; decode of 128 tokens after a
-//! 16-token prompt without a KV cache), printing the same JSON fields, plus KV-cache decode speed,
-//! a matmul probe (the machine's f32 GEMM peak measured in the same run), the fraction of that
-//! peak the training step reaches, and peak RSS.
-
+//! 16-token prompt without a KV cache), printing the same JSON fields, plus KV-cache decode speed
+//! and peak memory. On the cpu (`cpu-small` = torch_ref.py `cpu`): a matmul probe (the machine's
+//! f32 GEMM peak measured in the same run), the fraction of that peak the step reaches, peak RSS.
+//! On a GPU (`gpu-gpt2-124m` = torch_ref.py `gpu`): MFU against 989 TFLOP/s (H100 dense bf16, as
+//! torch_ref.py) and the backend's peak device memory. The loop is generic over the backend.
 use std::sync::Arc;
 use std::time::Instant;
 
+use kiln_engine::backend::View;
 use kiln_engine::generate::{generate, GenerateOptions};
 use kiln_engine::{CpuBackend, Model, ModelConfig, OptimizerConfig, Rng, SamplingParams, Trainer};
 use serde::Serialize;
 
+use crate::device::{with_backend, Device, DeviceSpec, OnBackend, TrainBackend};
 use crate::pretrain::TrainError;
+
+/// The rated peak torch_ref.py's `gpu` MFU is measured against (H100 SXM, dense bf16), FLOP/s.
+pub const GPU_PEAK_FLOPS: f64 = 989e12;
+
+/// How FLOPs per token are counted (torch_ref.py's formula).
+pub const FLOP_FORMULA: &str =
+    "6*N + 12*L*H*Q*T per token (N = all parameters incl. embeddings, tied head counted once; L layers, H heads, Q head dim, T context)";
 
 /// A benchmark shape (torch_ref.py's `CFG`).
 #[derive(Clone, Debug)]
@@ -26,8 +36,14 @@ pub struct Preset {
     pub batch: usize,
     pub warm: usize,
     pub steps: usize,
+    /// CPU threads (rayon + gemm); 0 = leave the pool as it is.
     pub threads: usize,
+    /// The device the preset is meant for (the `--device` default).
+    pub device: Device,
 }
+
+/// Preset names, for help and errors.
+pub const PRESETS: &str = "cpu-small, gpu-gpt2-124m, tiny";
 
 pub fn preset(name: &str) -> Option<Preset> {
     match name {
@@ -42,6 +58,21 @@ pub fn preset(name: &str) -> Option<Preset> {
             warm: 3,
             steps: 10,
             threads: 2,
+            device: Device::Cpu,
+        }),
+        // torch_ref.py `gpu`: the GPT-2-124M shape in bf16
+        "gpu-gpt2-124m" => Some(Preset {
+            name: "gpu-gpt2-124m",
+            vocab: 50304,
+            ctx: 1024,
+            layers: 12,
+            heads: 12,
+            dim: 768,
+            batch: 16,
+            warm: 5,
+            steps: 20,
+            threads: 0,
+            device: Device::Cuda,
         }),
         // a seconds-long variant for tests
         "tiny" => Some(Preset {
@@ -55,6 +86,7 @@ pub fn preset(name: &str) -> Option<Preset> {
             warm: 1,
             steps: 2,
             threads: 1,
+            device: Device::Cpu,
         }),
         _ => None,
     }
@@ -64,20 +96,39 @@ pub fn preset(name: &str) -> Option<Preset> {
 pub struct BenchReport {
     #[serde(rename = "impl")]
     pub impl_: String,
+    /// torch_ref.py's mode: `cpu` or `gpu`.
     pub mode: String,
+    pub preset: String,
+    pub device: String,
+    pub precision: String,
+    pub batch: usize,
+    pub ctx: usize,
     pub params: usize,
     pub first_loss: f64,
     pub ln_vocab: f64,
     pub last_loss: f64,
     pub train_tokens_per_s: f64,
+    pub step_ms: f64,
     pub tflops: f64,
+    pub flops_per_token: f64,
+    pub flop_formula: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mfu_vs_989tf_bf16: Option<f64>,
     pub decode_tokens_per_s_nocache: f64,
     pub decode_tokens_per_s_kvcache: f64,
-    pub matmul_probe_gflops: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matmul_probe_gflops: Option<f64>,
     pub step_gflops: f64,
-    pub fraction_of_peak: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fraction_of_peak: Option<f64>,
     pub threads: usize,
     pub peak_rss_mb: f64,
+    /// Device memory held by the backend at its peak (training step), MiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_gpu_memory_mb: Option<f64>,
+    /// Device memory in use as the driver reports it after training (context included), MiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_used_mb: Option<f64>,
 }
 
 fn round(x: f64, d: i32) -> f64 {
@@ -117,10 +168,30 @@ pub fn matmul_probe(be: &CpuBackend, m: usize, k: usize, n: usize) -> f64 {
     best
 }
 
-/// Run the training + decode benchmark.
-pub fn bench_train(p: &Preset) -> Result<BenchReport, TrainError> {
-    let be = Arc::new(CpuBackend::new(p.threads));
+/// Run the training + decode benchmark on the device `spec` names.
+pub fn bench_train(spec: &DeviceSpec, p: &Preset) -> Result<BenchReport, TrainError> {
+    struct Run<'a>(&'a Preset);
+    impl OnBackend for Run<'_> {
+        type Output = BenchReport;
+        fn run<B: TrainBackend>(self, be: Arc<B>) -> Result<BenchReport, TrainError> {
+            bench_train_with(be, self.0)
+        }
+    }
+    let threads = if p.threads == 0 {
+        rayon::current_num_threads()
+    } else {
+        p.threads
+    };
+    with_backend(spec, threads, Run(p))
+}
+
+/// Run the training + decode benchmark on a given backend.
+pub fn bench_train_with<B: TrainBackend>(
+    be: Arc<B>,
+    p: &Preset,
+) -> Result<BenchReport, TrainError> {
     let cfg = ModelConfig::gpt2(p.vocab, p.layers, p.heads, p.dim, p.ctx);
+    be.check_fits(cfg.train_bytes(p.batch))?;
     let model = Model::new(be.clone(), cfg.clone(), 0)?;
     let nparams = model.num_params();
     let oc = OptimizerConfig {
@@ -146,16 +217,20 @@ pub fn bench_train(p: &Preset) -> Result<BenchReport, TrainError> {
     for _ in 1..p.warm {
         tr.train_step(&x, &y, None, 1.0)?;
     }
+    be.synchronize();
     let t0 = Instant::now();
     let mut last = 0.0;
     for _ in 0..p.steps {
         last = tr.train_step(&x, &y, None, 1.0)?.loss as f64;
     }
+    be.synchronize();
     let dt = t0.elapsed().as_secs_f64();
     let tps = (p.batch * p.ctx * p.steps) as f64 / dt;
     let (l, h, q, t) = (p.layers, p.heads, p.dim / p.heads, p.ctx);
     let flops_tok = 6.0 * nparams as f64 + 12.0 * (l * h * q * t) as f64;
     let step_gflops = flops_tok * tps / 1e9;
+    let peak_dev = be.peak_device_bytes();
+    let used_dev = be.device_used_bytes();
 
     let model = tr.model;
     let prompt = &x[..16.min(p.ctx - 1)];
@@ -182,23 +257,39 @@ pub fn bench_train(p: &Preset) -> Result<BenchReport, TrainError> {
     let t0 = Instant::now();
     let out = generate(&model, prompt, &mk(false))?;
     let kv = out[0].len() as f64 / t0.elapsed().as_secs_f64();
+    // a one-float read: the device has finished everything before the report
+    let mut one = [0f32];
+    be.read(View::new(&model.params, 0, 1), &mut one);
 
-    let probe = matmul_probe(&be, p.batch * p.ctx, p.dim, 4 * p.dim);
+    let gpu = be.name() != "cpu";
+    let probe = be.matmul_probe_gflops(p.batch * p.ctx, p.dim, 4 * p.dim);
+    let mb = |b: u64| round(b as f64 / 1048576.0, 1);
     Ok(BenchReport {
         impl_: "kiln".into(),
-        mode: "cpu".into(),
+        mode: if gpu { "gpu" } else { "cpu" }.into(),
+        preset: p.name.into(),
+        device: be.label(),
+        precision: be.precision().into(),
+        batch: p.batch,
+        ctx: p.ctx,
         params: nparams,
         first_loss: round(first, 4),
         ln_vocab: round((p.vocab as f64).ln(), 4),
         last_loss: round(last, 4),
         train_tokens_per_s: round(tps, 1),
+        step_ms: round(dt * 1e3 / p.steps as f64, 2),
         tflops: round(flops_tok * tps / 1e12, 2),
+        flops_per_token: flops_tok,
+        flop_formula: FLOP_FORMULA,
+        mfu_vs_989tf_bf16: gpu.then(|| round(flops_tok * tps / GPU_PEAK_FLOPS, 4)),
         decode_tokens_per_s_nocache: round(nocache, 1),
         decode_tokens_per_s_kvcache: round(kv, 1),
-        matmul_probe_gflops: round(probe, 1),
+        matmul_probe_gflops: probe.map(|g| round(g, 1)),
         step_gflops: round(step_gflops, 1),
-        fraction_of_peak: round(step_gflops / probe, 3),
-        threads: p.threads,
+        fraction_of_peak: probe.map(|g| round(step_gflops / g, 3)),
+        threads: rayon::current_num_threads(),
         peak_rss_mb: round(peak_rss_mb(), 1),
+        peak_gpu_memory_mb: peak_dev.map(mb),
+        device_used_mb: used_dev.map(mb),
     })
 }

@@ -19,6 +19,8 @@ use kiln_engine::{
     load_checkpoint, save_checkpoint, CpuBackend, EngineError, Model, ModelConfig, OptimizerConfig,
     Rng, SamplingParams, Trainer,
 };
+
+use crate::device::{with_backend, DeviceSpec, OnBackend, TrainBackend};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -199,8 +201,61 @@ fn prune(root: &Path, keep: usize) -> Result<(), TrainError> {
     Ok(())
 }
 
-/// Run (or resume) pretraining on `docs`, writing everything under `out`.
+/// Run (or resume) pretraining on `docs` on the cpu backend (`cfg.threads`), writing everything
+/// under `out`.
 pub fn pretrain(
+    cfg: &PretrainConfig,
+    docs: &[Vec<u32>],
+    out: &Path,
+    resume: Option<&Path>,
+    hooks: &Hooks,
+) -> Result<Summary, TrainError> {
+    pretrain_with(
+        Arc::new(CpuBackend::new(cfg.threads)),
+        cfg,
+        docs,
+        out,
+        resume,
+        hooks,
+    )
+}
+
+/// [`pretrain`] on the device `spec` names (`--device cpu|cuda`).
+pub fn pretrain_on(
+    spec: &DeviceSpec,
+    cfg: &PretrainConfig,
+    docs: &[Vec<u32>],
+    out: &Path,
+    resume: Option<&Path>,
+    hooks: &Hooks,
+) -> Result<Summary, TrainError> {
+    struct Run<'a, 'h> {
+        cfg: &'a PretrainConfig,
+        docs: &'a [Vec<u32>],
+        out: &'a Path,
+        resume: Option<&'a Path>,
+        hooks: &'a Hooks<'h>,
+    }
+    impl OnBackend for Run<'_, '_> {
+        type Output = Summary;
+        fn run<B: TrainBackend>(self, be: Arc<B>) -> Result<Summary, TrainError> {
+            pretrain_with(be, self.cfg, self.docs, self.out, self.resume, self.hooks)
+        }
+    }
+    let run = Run {
+        cfg,
+        docs,
+        out,
+        resume,
+        hooks,
+    };
+    with_backend(spec, cfg.threads, run)
+}
+
+/// [`pretrain`] on a given backend. The checkpoints are host-side, so a run resumes on any
+/// backend; bit-exact resume holds on the cpu (the cuda kernels' atomics are not deterministic).
+pub fn pretrain_with<B: TrainBackend>(
+    backend: Arc<B>,
     cfg: &PretrainConfig,
     docs: &[Vec<u32>],
     out: &Path,
@@ -220,7 +275,7 @@ pub fn pretrain(
         ));
     }
     // refuse before reading data or allocating anything big
-    kiln_engine::config::check_memory(cfg.model.train_bytes(cfg.batch))?;
+    backend.check_fits(cfg.model.train_bytes(cfg.batch))?;
     std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
     let root = ckpt_root(out);
     std::fs::create_dir_all(&root).map_err(|e| TrainError::io(&root, e))?;
@@ -239,9 +294,10 @@ pub fn pretrain(
 
     let need = cfg.model.train_bytes(cfg.batch);
     tracing::info!(
-        "model {} ({} params), batch {}×{}×{} accum, estimated memory {} MiB",
+        "model {} ({} params) on {}, batch {}×{}×{} accum, estimated memory {} MiB",
         cfg.model.arch,
         cfg.model.num_params(),
+        backend.label(),
         cfg.batch,
         cfg.seq_len,
         cfg.grad_accum,
@@ -257,7 +313,6 @@ pub fn pretrain(
             }
         }
     }
-    let backend = Arc::new(CpuBackend::new(cfg.threads));
     let mut step: u64 = 0;
     let mut sample_rng = Rng::new(cfg.seed ^ 0x5a5a);
     let mut elapsed_prev = 0f64;
@@ -316,7 +371,7 @@ pub fn pretrain(
     let mut metrics = MetricsLog::open(&mpath, resume.map(|_| step))?;
     if resume.is_none() {
         metrics.write(
-            &json!({"event": "start", "step": 0, "params": tr.model.num_params(), "config": cfg}),
+            &json!({"event": "start", "step": 0, "params": tr.model.num_params(), "config": cfg, "device": backend.label()}),
         )?;
     }
 
@@ -345,7 +400,7 @@ pub fn pretrain(
     let run_start = Instant::now();
     let mut done_here = 0usize;
 
-    let save = |tr: &Trainer<CpuBackend>,
+    let save = |tr: &Trainer<B>,
                 step: u64,
                 pos: DataPos,
                 rng: &Rng,
@@ -353,7 +408,7 @@ pub fn pretrain(
      -> Result<PathBuf, TrainError> {
         let name = format!("step_{step:06}");
         let dir = root.join(&name);
-        let state = json!({"step": step, "data": pos, "sample_rng": rng, "elapsed_s": elapsed, "config": cfg});
+        let state = json!({"step": step, "data": pos, "sample_rng": rng, "elapsed_s": elapsed, "config": cfg, "device": tr.model.backend.name()});
         save_checkpoint(&dir, &tr.model, Some(&tr.opt), &state)?;
         write_latest(&root, &name)?;
         prune(&root, cfg.keep_ckpts)?;
@@ -384,6 +439,8 @@ pub fn pretrain(
         }
         let lr = sched.lr_scale(step as usize);
         tr.optimizer_step(lr);
+        // no-op on the cpu; on a GPU the step's work is queued and timing needs it done
+        tr.model.backend.synchronize();
         step += 1;
         done_here += 1;
         let dt = t0.elapsed().as_secs_f64();

@@ -19,6 +19,7 @@ use kiln_engine::{load_checkpoint, save_checkpoint, CpuBackend, Model, Optimizer
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::device::{with_backend, DeviceSpec, OnBackend, TrainBackend};
 use crate::metrics::MetricsLog;
 use crate::pretrain::{resolve_checkpoint, TrainError};
 use crate::schedule::Schedule;
@@ -215,8 +216,8 @@ pub fn val_batches(
 }
 
 /// Mean loss per trained token over `batches`.
-pub fn masked_loss(
-    tr: &mut Trainer<CpuBackend>,
+pub fn masked_loss<B: TrainBackend>(
+    tr: &mut Trainer<B>,
     batches: &[(Vec<u32>, Vec<u32>, Vec<f32>)],
 ) -> Result<f64, TrainError> {
     let (mut nats, mut n) = (0f64, 0f64);
@@ -249,8 +250,72 @@ fn ckpt_name(step: u64) -> String {
 }
 
 /// Run (or resume, when `<out>/ckpt/latest` exists and `resume` is set) SFT starting from the
-/// base checkpoint `base`.
+/// base checkpoint `base`, on the cpu backend (`cfg.threads`).
 pub fn sft(
+    cfg: &SftConfig,
+    base: &Path,
+    data: &SftData,
+    pad: u32,
+    out: &Path,
+    resume: bool,
+    progress: bool,
+) -> Result<SftSummary, TrainError> {
+    let be = Arc::new(CpuBackend::new(cfg.threads));
+    sft_with(be, cfg, base, data, pad, out, resume, progress)
+}
+
+/// [`sft`] on the device `spec` names (`--device cpu|cuda`).
+#[allow(clippy::too_many_arguments)]
+pub fn sft_on(
+    spec: &DeviceSpec,
+    cfg: &SftConfig,
+    base: &Path,
+    data: &SftData,
+    pad: u32,
+    out: &Path,
+    resume: bool,
+    progress: bool,
+) -> Result<SftSummary, TrainError> {
+    struct Run<'a> {
+        cfg: &'a SftConfig,
+        base: &'a Path,
+        data: &'a SftData,
+        pad: u32,
+        out: &'a Path,
+        resume: bool,
+        progress: bool,
+    }
+    impl OnBackend for Run<'_> {
+        type Output = SftSummary;
+        fn run<B: TrainBackend>(self, be: Arc<B>) -> Result<SftSummary, TrainError> {
+            let Run {
+                cfg,
+                base,
+                data,
+                pad,
+                out,
+                resume,
+                progress,
+            } = self;
+            sft_with(be, cfg, base, data, pad, out, resume, progress)
+        }
+    }
+    let run = Run {
+        cfg,
+        base,
+        data,
+        pad,
+        out,
+        resume,
+        progress,
+    };
+    with_backend(spec, cfg.threads, run)
+}
+
+/// [`sft`] on a given backend.
+#[allow(clippy::too_many_arguments)]
+pub fn sft_with<B: TrainBackend>(
+    be: Arc<B>,
     cfg: &SftConfig,
     base: &Path,
     data: &SftData,
@@ -266,7 +331,6 @@ pub fn sft(
     }
     let root = out.join("ckpt");
     std::fs::create_dir_all(&root).map_err(|e| TrainError::io(&root, e))?;
-    let be = Arc::new(CpuBackend::new(cfg.threads));
     let resume_dir = if resume && root.join("latest").exists() {
         Some(resolve_checkpoint(out)?)
     } else {
@@ -310,7 +374,7 @@ pub fn sft(
             model_cfg.vocab_size
         )));
     }
-    let model: Model<CpuBackend> = ck.into_model(be.clone())?;
+    let model: Model<B> = ck.into_model(be.clone())?;
     let mut tr = Trainer::new(model, cfg.batch, cfg.seq_len, cfg.optim.clone())?;
     if resume_dir.is_some() {
         if let Some(o) = &ck.optimizer {
@@ -359,14 +423,14 @@ pub fn sft(
     let start = Instant::now();
     let (mut last_loss, mut tok_total, mut trained_total, mut steps_here) =
         (f32::NAN, 0f64, 0f64, 0u64);
-    let save = |tr: &Trainer<CpuBackend>,
+    let save = |tr: &Trainer<B>,
                 step: u64,
                 pos: SftPos,
                 val: Option<f64>,
                 elapsed: f64|
      -> Result<PathBuf, TrainError> {
         let dir = root.join(ckpt_name(step));
-        let state = json!({"kind": "sft", "step": step, "data": pos, "val_loss": val, "elapsed_s": elapsed, "config": cfg, "base": base});
+        let state = json!({"kind": "sft", "step": step, "data": pos, "val_loss": val, "elapsed_s": elapsed, "config": cfg, "base": base, "device": tr.model.backend.name()});
         save_checkpoint(&dir, &tr.model, Some(&tr.opt), &state)?;
         kiln_engine::safetensors::write_atomic(&root.join("latest"), ckpt_name(step).as_bytes())?;
         // Keep the newest two.
@@ -415,6 +479,7 @@ pub fn sft(
         }
         let lr = sched.lr_scale(step as usize);
         let s = tr.train_step(&x, &y, Some(&w), lr)?;
+        tr.model.backend.synchronize(); // no-op on the cpu; timing on a GPU
         if !s.loss.is_finite() {
             return Err(TrainError::NonFinite {
                 step: step + 1,

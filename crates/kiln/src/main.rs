@@ -37,7 +37,7 @@ enum Command {
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
     /// Supervised fine-tuning of a base model on a conversation mix (TOML) → an assistant.
-    Sft(Box<cmd::sft::SftArgs>),
+    Sft(Box<cmd::sft::SftCli>),
     /// Chat with a checkpoint in the terminal (streaming, multi-turn; `--once` for scripts).
     Chat(cmd::chat::ChatArgs),
     /// The whole pipeline, small: data → tokenizer → pretrain → SFT → evals → report card.
@@ -62,7 +62,7 @@ fn main() -> std::process::ExitCode {
         Command::Sample(a) => cmd::sample::run(a, cmd::engine_threads(None)),
         Command::Bench(c) => cmd::bench::run(c),
         Command::Sft(a) => {
-            let threads = cmd::engine_threads(a.threads);
+            let threads = cmd::engine_threads(a.args.threads);
             cmd::sft::run(*a, threads)
         }
         Command::Chat(a) => cmd::chat::run(a, cmd::engine_threads(None)),

@@ -3,30 +3,40 @@
 
 use anyhow::bail;
 use clap::Subcommand;
+use kiln_train::device::DeviceSpec;
+
+use super::pretrain::DeviceArgs;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
     /// Training step + decode benchmark; prints one JSON line (torch_ref.py's fields plus
-    /// KV-cache decode, matmul-probe peak, fraction of peak, peak RSS).
+    /// KV-cache decode, peak memory; on the cpu a matmul-probe peak and the fraction of it, on a
+    /// GPU MFU against 989 TFLOP/s with the FLOP formula).
     Train {
         /// cpu-small (torch_ref.py `cpu`: vocab 4096, ctx 256, 4 layers, 4 heads, width 256,
-        /// batch 8, fp32, 2 threads) or tiny.
+        /// batch 8, fp32, 2 threads), gpu-gpt2-124m (torch_ref.py `gpu`: vocab 50304, ctx 1024,
+        /// 12 layers, 12 heads, width 768, batch 16, bf16; device cuda) or tiny.
         #[arg(long, default_value = "cpu-small")]
         preset: String,
+        #[command(flatten)]
+        device: DeviceArgs,
     },
 }
 
 pub fn run(c: BenchCommand) -> anyhow::Result<()> {
     match c {
-        BenchCommand::Train { preset } => {
+        BenchCommand::Train { preset, device } => {
             let Some(p) = kiln_train::bench::preset(&preset) else {
-                bail!("unknown preset {preset:?} (cpu-small, tiny)")
+                bail!("unknown preset {preset:?} ({})", kiln_train::bench::PRESETS)
             };
             // the preset's thread count governs both rayon and gemm
-            let _ = rayon::ThreadPoolBuilder::new()
-                .num_threads(p.threads)
-                .build_global();
-            let r = kiln_train::bench::bench_train(&p)?;
+            if p.threads > 0 {
+                let _ = rayon::ThreadPoolBuilder::new()
+                    .num_threads(p.threads)
+                    .build_global();
+            }
+            let spec: DeviceSpec = device.spec(p.device)?;
+            let r = kiln_train::bench::bench_train(&spec, &p)?;
             println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }

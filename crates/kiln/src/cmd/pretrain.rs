@@ -7,7 +7,37 @@ use anyhow::{bail, Context};
 use clap::Args;
 use kiln_engine::{Arch, ModelConfig, OptimKind, OptimizerConfig};
 use kiln_tokenizer::Tokenizer;
-use kiln_train::pretrain::{load_shards, pretrain, resolve_checkpoint, Hooks, PretrainConfig};
+use kiln_train::device::{Device, DeviceSpec};
+use kiln_train::pretrain::{load_shards, pretrain_on, resolve_checkpoint, Hooks, PretrainConfig};
+
+/// `--device` / `--precision`, shared by pretrain, sft, sample and bench train.
+#[derive(Args, Clone, Debug, Default)]
+pub struct DeviceArgs {
+    /// Backend: cpu, or cuda (a build with `--features cuda` and an NVIDIA GPU) [default: cpu;
+    /// cuda for the gpu-* bench presets]. Checkpoints load on either.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Matmul arithmetic on cuda: bf16 (tensor cores, fp32 accumulation), tf32, or f32 (exact)
+    /// [default: $KILN_CUDA_PRECISION, else bf16]. The cpu backend computes in f32.
+    #[arg(long)]
+    pub precision: Option<String>,
+}
+
+impl DeviceArgs {
+    /// The device to use, `default` when `--device` is not given.
+    pub fn spec(&self, default: Device) -> anyhow::Result<DeviceSpec> {
+        let mut s = match &self.device {
+            Some(d) => DeviceSpec::parse(d, None)?,
+            None => DeviceSpec {
+                device: default,
+                precision: None,
+            },
+        };
+        s.precision = self.precision.as_deref().map(str::parse).transpose()?;
+        s.check_built()?;
+        Ok(s)
+    }
+}
 
 #[derive(Args)]
 pub struct PretrainArgs {
@@ -105,6 +135,8 @@ pub struct PretrainArgs {
     /// Stop this process after N steps (the run can be resumed; for tests and staged runs).
     #[arg(long, hide = true)]
     pub stop_after: Option<usize>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 pub fn load_tokenizer(name: &str) -> anyhow::Result<Tokenizer> {
@@ -118,6 +150,7 @@ pub fn bos_id(tok: &Tokenizer) -> Option<u32> {
 }
 
 pub fn run(a: PretrainArgs, threads: usize) -> anyhow::Result<()> {
+    let spec = a.device.spec(Device::Cpu)?;
     let tok = a.tokenizer.as_deref().map(load_tokenizer).transpose()?;
     // base model config: the checkpoint's when resuming, else defaults; flags override
     let base = match &a.resume {
@@ -241,7 +274,7 @@ pub fn run(a: PretrainArgs, threads: usize) -> anyhow::Result<()> {
         progress: !a.no_progress,
         stop_after: a.stop_after,
     };
-    let s = pretrain(&cfg, &docs, &a.out, a.resume.as_deref(), &hooks)?;
+    let s = pretrain_on(&spec, &cfg, &docs, &a.out, a.resume.as_deref(), &hooks)?;
     println!(
         "step {}  loss {:.4}{}  {:.0} tok/s  checkpoint {}",
         s.step,

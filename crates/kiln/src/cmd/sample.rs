@@ -8,9 +8,11 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::Args;
 use kiln_engine::generate::{generate, GenerateOptions};
-use kiln_engine::{CpuBackend, SamplingParams};
+use kiln_engine::{Checkpoint, SamplingParams};
+use kiln_train::device::{with_backend, Device, OnBackend, TrainBackend};
+use kiln_train::pretrain::TrainError;
 
-use super::pretrain::{bos_id, load_tokenizer};
+use super::pretrain::{bos_id, load_tokenizer, DeviceArgs};
 
 #[derive(Args)]
 pub struct SampleArgs {
@@ -51,13 +53,34 @@ pub struct SampleArgs {
     /// Recompute the whole sequence per token instead of using the KV cache (for comparison).
     #[arg(long, hide = true)]
     pub no_cache: bool,
-    /// Backend: cpu, or cuda (a build with `--features cuda` and an NVIDIA GPU; matmul precision
-    /// from KILN_CUDA_PRECISION: bf16 (default), tf32 or f32).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// After the samples, print one JSON line with the generation's tokens, seconds and
+    /// tokens/s (model load and tokenization excluded).
+    #[arg(long)]
+    pub stats: bool,
+}
+
+/// The model built on the chosen backend, then `generate`; returns the samples and the seconds
+/// `generate` took.
+struct Sample<'a> {
+    ck: &'a Checkpoint,
+    ids: &'a [u32],
+    o: &'a GenerateOptions,
+}
+
+impl OnBackend for Sample<'_> {
+    type Output = (Vec<Vec<u32>>, f64, String);
+    fn run<B: TrainBackend>(self, be: Arc<B>) -> Result<Self::Output, TrainError> {
+        let model = self.ck.into_model(be.clone())?;
+        let t0 = std::time::Instant::now();
+        let outs = generate(&model, self.ids, self.o)?;
+        Ok((outs, t0.elapsed().as_secs_f64(), be.label()))
+    }
 }
 
 pub fn run(a: SampleArgs, threads: usize) -> anyhow::Result<()> {
+    let spec = a.device.spec(Device::Cpu)?;
     let dir = kiln_train::pretrain::resolve_checkpoint(&a.ckpt)?;
     let ck =
         kiln_engine::load_checkpoint(&dir).with_context(|| format!("loading {}", dir.display()))?;
@@ -107,15 +130,15 @@ pub fn run(a: SampleArgs, threads: usize) -> anyhow::Result<()> {
         stop: bos_id(&tok).into_iter().collect(),
         no_cache: a.no_cache,
     };
-    let t0 = std::time::Instant::now();
-    let outs = match a.device.as_str() {
-        "cpu" => generate(
-            &ck.into_model(Arc::new(CpuBackend::new(threads)))?,
-            &ids,
-            &o,
-        )?,
-        other => generate_on(other, &ck, &ids, &o)?,
-    };
+    let (outs, secs, device) = with_backend(
+        &spec,
+        threads,
+        Sample {
+            ck: &ck,
+            ids: &ids,
+            o: &o,
+        },
+    )?;
     let n: usize = outs.iter().map(|s| s.len()).sum();
     for (i, s) in outs.iter().enumerate() {
         if outs.len() > 1 {
@@ -124,34 +147,14 @@ pub fn run(a: SampleArgs, threads: usize) -> anyhow::Result<()> {
         let body: Vec<u32> = s.iter().copied().filter(|t| !o.stop.contains(t)).collect();
         println!("{}{}", text, tok.decode(&body));
     }
-    tracing::info!("{n} tokens in {:.2}s", t0.elapsed().as_secs_f64());
+    tracing::info!("{n} tokens in {secs:.2}s on {device}");
+    if a.stats {
+        println!(
+            "{}",
+            serde_json::json!({"sample": "stats", "device": device, "num_samples": outs.len(),
+                "prompt_tokens": ids.len(), "tokens": n, "seconds": secs,
+                "tokens_per_s": n as f64 / secs.max(1e-9)})
+        );
+    }
     Ok(())
-}
-
-/// `kiln sample --device cuda` (the cuda backend, feature `cuda`).
-#[cfg(feature = "cuda")]
-fn generate_on(
-    device: &str,
-    ck: &kiln_engine::Checkpoint,
-    ids: &[u32],
-    o: &GenerateOptions,
-) -> anyhow::Result<Vec<Vec<u32>>> {
-    if device != "cuda" {
-        bail!("unknown --device {device:?} (cpu or cuda)");
-    }
-    let be = Arc::new(kiln_engine::cuda::CudaBackend::from_env()?);
-    Ok(generate(&ck.into_model(be)?, ids, o)?)
-}
-
-#[cfg(not(feature = "cuda"))]
-fn generate_on(
-    device: &str,
-    _: &kiln_engine::Checkpoint,
-    _: &[u32],
-    _: &GenerateOptions,
-) -> anyhow::Result<Vec<Vec<u32>>> {
-    match device {
-        "cuda" => bail!("this kiln was built without CUDA: rebuild with `cargo build --release -p kiln --features cuda`"),
-        _ => bail!("unknown --device {device:?} (cpu or cuda)"),
-    }
 }

@@ -7,10 +7,22 @@ use anyhow::{bail, Context};
 use clap::Args;
 use kiln_chat::mix::{MixConfig, SourceStats};
 use kiln_engine::OptimizerConfig;
-use kiln_train::sft::{render_data, sft, SftConfig, SftSummary};
+use kiln_train::device::{Device, DeviceSpec};
+use kiln_train::sft::{render_data, sft_on, SftConfig, SftSummary};
 use serde_json::json;
 
 use super::chat::chat_tokens;
+use super::pretrain::DeviceArgs;
+
+/// `kiln sft`'s flags: [`SftArgs`] plus the device (kept apart: the speedrun builds `SftArgs`
+/// itself and trains on the cpu).
+#[derive(Args)]
+pub struct SftCli {
+    #[command(flatten)]
+    pub args: SftArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
 
 #[derive(Args, Clone)]
 pub struct SftArgs {
@@ -93,6 +105,11 @@ fn tokenizer_of(base: &Path, flag: Option<&str>) -> anyhow::Result<String> {
 }
 
 pub fn execute(a: &SftArgs, threads: usize) -> anyhow::Result<SftOutcome> {
+    execute_on(a, threads, &DeviceSpec::cpu())
+}
+
+/// [`execute`] on a device.
+pub fn execute_on(a: &SftArgs, threads: usize, spec: &DeviceSpec) -> anyhow::Result<SftOutcome> {
     let tok_name = tokenizer_of(&a.base, a.tokenizer.as_deref())?;
     let tok = kiln_tokenizer::Tokenizer::load_named(&tok_name)
         .with_context(|| format!("loading tokenizer {tok_name:?}"))?;
@@ -150,7 +167,8 @@ pub fn execute(a: &SftArgs, threads: usize) -> anyhow::Result<SftOutcome> {
         time_limit_s: a.minutes.map(|m| m * 60.0),
         tokenizer: Some(tok_abs),
     };
-    let summary = sft(
+    let summary = sft_on(
+        spec,
         &cfg,
         &a.base,
         &data,
@@ -169,8 +187,10 @@ pub fn execute(a: &SftArgs, threads: usize) -> anyhow::Result<SftOutcome> {
     })
 }
 
-pub fn run(a: SftArgs, threads: usize) -> anyhow::Result<()> {
-    let o = execute(&a, threads)?;
+pub fn run(c: SftCli, threads: usize) -> anyhow::Result<()> {
+    let spec = c.device.spec(Device::Cpu)?;
+    let a = c.args;
+    let o = execute_on(&a, threads, &spec)?;
     for s in &o.stats {
         println!(
             "  {:<10} train {:>6}  val {:>5}  malformed {:>4}  rejected {:>5}  too long {:>4}",

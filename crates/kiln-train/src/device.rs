@@ -1,0 +1,272 @@
+//! Which backend the training loops run on: `--device cpu|cuda` and the matmul precision
+//! ([`DeviceSpec`]) → a backend handed to a loop that is generic over it ([`with_backend`]), and
+//! the few facts the loops need beyond the kernel trait ([`TrainBackend`]: wait for queued work,
+//! peak device memory, a memory check before allocating, a label for logs).
+//!
+//! The cuda backend exists only in builds with the `cuda` feature; without it, asking for it is an
+//! error that says how to build it. Checkpoints are host-side (safetensors + JSON), so a run on one
+//! device resumes on the other.
+
+use std::sync::Arc;
+
+use kiln_engine::{Backend, CpuBackend, EngineError};
+
+use crate::pretrain::TrainError;
+
+/// A backend the training loops can run on.
+pub trait TrainBackend: Backend + 'static {
+    /// Device and arithmetic, for logs and reports (`cpu (2 threads, f32)`).
+    fn label(&self) -> String;
+    /// Matmul arithmetic: `f32`, `tf32` or `bf16`.
+    fn precision(&self) -> &'static str;
+    /// Block until all queued work is done (timing); the cpu backend is synchronous.
+    fn synchronize(&self) {}
+    /// Peak bytes of device memory held by this backend so far (`None` on the cpu: see peak RSS).
+    fn peak_device_bytes(&self) -> Option<u64> {
+        None
+    }
+    /// Device memory in use as the driver reports it (context included), if a device has one.
+    fn device_used_bytes(&self) -> Option<u64> {
+        None
+    }
+    /// Refuse (with the estimate) when `need` bytes will not fit where this backend allocates.
+    fn check_fits(&self, need: u64) -> Result<(), EngineError>;
+    /// Best-of-N GFLOP/s of an `m×k` by `k×n` matmul on this backend (the cpu bench's peak probe;
+    /// `None` where the bench compares against the device's rated peak instead).
+    fn matmul_probe_gflops(&self, _m: usize, _k: usize, _n: usize) -> Option<f64> {
+        None
+    }
+}
+
+impl TrainBackend for CpuBackend {
+    fn label(&self) -> String {
+        format!("cpu ({} threads, f32)", rayon::current_num_threads())
+    }
+    fn precision(&self) -> &'static str {
+        "f32"
+    }
+    fn check_fits(&self, need: u64) -> Result<(), EngineError> {
+        kiln_engine::config::check_memory(need)
+    }
+    fn matmul_probe_gflops(&self, m: usize, k: usize, n: usize) -> Option<f64> {
+        Some(crate::bench::matmul_probe(self, m, k, n))
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl TrainBackend for kiln_engine::cuda::CudaBackend {
+    fn label(&self) -> String {
+        format!(
+            "{} ({} matmuls)",
+            self.device_name(),
+            TrainBackend::precision(self)
+        )
+    }
+    fn precision(&self) -> &'static str {
+        use kiln_engine::cuda::Precision;
+        match kiln_engine::cuda::CudaBackend::precision(self) {
+            Precision::F32 => "f32",
+            Precision::Tf32 => "tf32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+    fn synchronize(&self) {
+        kiln_engine::cuda::CudaBackend::synchronize(self)
+    }
+    fn peak_device_bytes(&self) -> Option<u64> {
+        Some(self.memory_bytes().1 as u64)
+    }
+    fn device_used_bytes(&self) -> Option<u64> {
+        let (free, total) = self.device_memory();
+        (total > 0).then(|| (total - free) as u64)
+    }
+    fn check_fits(&self, need: u64) -> Result<(), EngineError> {
+        let (free, total) = self.device_memory();
+        if total > 0 && need > free as u64 {
+            return Err(EngineError::OutOfMemory {
+                need_mb: need >> 20,
+                avail_mb: (free as u64) >> 20,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Where to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    Cuda,
+}
+
+impl std::str::FromStr for Device {
+    type Err = TrainError;
+    fn from_str(s: &str) -> Result<Self, TrainError> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" | "gpu" => Ok(Device::Cuda),
+            _ => Err(TrainError::Config(format!(
+                "unknown device `{s}` (cpu or cuda)"
+            ))),
+        }
+    }
+}
+
+/// Matmul arithmetic (storage stays f32 on every backend).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    F32,
+    Tf32,
+    Bf16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = TrainError;
+    fn from_str(s: &str) -> Result<Self, TrainError> {
+        match s {
+            "f32" | "fp32" => Ok(Precision::F32),
+            "tf32" => Ok(Precision::Tf32),
+            "bf16" => Ok(Precision::Bf16),
+            _ => Err(TrainError::Config(format!(
+                "unknown precision `{s}` (f32, tf32 or bf16)"
+            ))),
+        }
+    }
+}
+
+/// A device and, optionally, its matmul precision (default: f32 on the cpu; on cuda
+/// `KILN_CUDA_PRECISION`, else bf16).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceSpec {
+    pub device: Device,
+    pub precision: Option<Precision>,
+}
+
+impl DeviceSpec {
+    pub fn cpu() -> Self {
+        DeviceSpec {
+            device: Device::Cpu,
+            precision: None,
+        }
+    }
+
+    /// Error early (before any data is read) when this build cannot run on the device.
+    /// Also refuses a precision the device does not have.
+    pub fn check_built(&self) -> Result<(), TrainError> {
+        match self.device {
+            Device::Cuda if !cfg!(feature = "cuda") => Err(no_cuda()),
+            Device::Cpu => cpu_precision(self.precision),
+            Device::Cuda => Ok(()),
+        }
+    }
+
+    /// From the CLI strings (`--device`, `--precision`).
+    pub fn parse(device: &str, precision: Option<&str>) -> Result<Self, TrainError> {
+        Ok(DeviceSpec {
+            device: device.parse()?,
+            precision: precision.map(str::parse).transpose()?,
+        })
+    }
+}
+
+/// A computation generic over the backend (Rust has no generic closures): [`with_backend`]
+/// builds the backend a [`DeviceSpec`] names and calls [`OnBackend::run`] with it.
+pub trait OnBackend {
+    type Output;
+    fn run<B: TrainBackend>(self, backend: Arc<B>) -> Result<Self::Output, TrainError>;
+}
+
+/// Build the backend `spec` names (`threads` sizes the cpu backend) and run `f` on it.
+pub fn with_backend<F: OnBackend>(
+    spec: &DeviceSpec,
+    threads: usize,
+    f: F,
+) -> Result<F::Output, TrainError> {
+    match spec.device {
+        Device::Cpu => {
+            cpu_precision(spec.precision)?;
+            f.run(Arc::new(CpuBackend::new(threads)))
+        }
+        Device::Cuda => on_cuda(spec.precision, f),
+    }
+}
+
+fn cpu_precision(p: Option<Precision>) -> Result<(), TrainError> {
+    match p {
+        Some(p) if p != Precision::F32 => Err(TrainError::Config(format!(
+            "precision {p:?} needs --device cuda: the cpu backend computes in f32"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn on_cuda<F: OnBackend>(precision: Option<Precision>, f: F) -> Result<F::Output, TrainError> {
+    use kiln_engine::cuda::{CudaBackend, Precision as P};
+    let be = match precision {
+        None => CudaBackend::from_env()?,
+        Some(p) => CudaBackend::new(
+            0,
+            match p {
+                Precision::F32 => P::F32,
+                Precision::Tf32 => P::Tf32,
+                Precision::Bf16 => P::Bf16,
+            },
+        )?,
+    };
+    f.run(Arc::new(be))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn on_cuda<F: OnBackend>(_: Option<Precision>, _: F) -> Result<F::Output, TrainError> {
+    Err(no_cuda())
+}
+
+fn no_cuda() -> TrainError {
+    TrainError::Config(
+        "--device cuda: this kiln was built without the cuda backend; rebuild with \
+         `CUDARC_CUDA_VERSION=13000 cargo build --release -p kiln --features cuda` \
+         (no CUDA install needed to build; the GPU machine needs the driver and toolkit libraries)"
+            .into(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Name;
+    impl OnBackend for Name {
+        type Output = (String, &'static str);
+        fn run<B: TrainBackend>(self, be: Arc<B>) -> Result<Self::Output, TrainError> {
+            Ok((be.name().to_string(), be.precision()))
+        }
+    }
+
+    #[test]
+    fn specs_parse_and_dispatch() {
+        let s = DeviceSpec::parse("cpu", None).unwrap();
+        assert_eq!(
+            with_backend(&s, 1, Name).unwrap(),
+            ("cpu".to_string(), "f32")
+        );
+        assert!(DeviceSpec::parse("tpu", None)
+            .unwrap_err()
+            .to_string()
+            .contains("cpu or cuda"));
+        assert!(DeviceSpec::parse("cuda", Some("fp8")).is_err());
+        let e = with_backend(&DeviceSpec::parse("cpu", Some("bf16")).unwrap(), 1, Name)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--device cuda"), "{e}");
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn cuda_without_the_feature_says_how_to_build_it() {
+        let spec = DeviceSpec::parse("cuda", None).unwrap();
+        let e = with_backend(&spec, 1, Name).unwrap_err().to_string();
+        assert!(e.contains("--features cuda"), "{e}");
+        assert_eq!(spec.check_built().unwrap_err().to_string(), e);
+    }
+}
