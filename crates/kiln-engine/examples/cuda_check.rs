@@ -719,6 +719,13 @@ fn bench_attention(gpu: &CudaBackend, b: usize, t: usize) -> Res<()> {
         );
     }
     gpu.set_attention(prev);
+    // tc against v2 at the full bench shape (random inputs): forward and dqkv, rel max-norm
+    let (fwd_rel, bwd_rel) = gpu.tc_compare(d)?;
+    println!(
+        "{}",
+        serde_json::json!({"check": "tc_vs_v2", "b": b, "t": t, "n_head": d.n_head, "head_dim": d.head_dim,
+            "fwd_rel_max": fwd_rel, "dqkv_rel_max": bwd_rel, "ok": fwd_rel <= 2e-2 && bwd_rel <= 3e-2})
+    );
     Ok(())
 }
 

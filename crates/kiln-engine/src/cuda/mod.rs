@@ -618,8 +618,16 @@ impl CudaBackend {
         ok
     }
 
-    /// Run v2 and tc forward + backward on the same random inputs; (fwd, bwd) relative max-norm.
+    /// Run v2 and tc forward + backward on the same random inputs; (fwd, bwd) relative max-norm
+    /// (bwd over the whole packed dqkv).
     pub fn tc_compare(&self, d: AttnDims) -> Result<(f64, f64), EngineError> {
+        if self.cc.0 < 8 || !TC_HEAD_DIMS.contains(&d.head_dim) {
+            return Err(EngineError::Backend(format!(
+                "cuda: no tensor-core attention for head dim {} on sm_{}{}",
+                d.head_dim, self.cc.0, self.cc.1
+            )));
+        }
+        self.ensure_attention(d.head_dim);
         let n_qkv = d.b * d.t * d.qkv_width();
         let n_out = d.b * d.t * d.out_width();
         let mut seed = 0x2545_f491_4f6c_dd1du64;
