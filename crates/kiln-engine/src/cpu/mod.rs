@@ -5,6 +5,7 @@
 //! except the attention-backward workspace, which grows once and is reused.
 
 mod kernels;
+pub mod sgemm;
 
 use std::sync::Mutex;
 
@@ -152,6 +153,13 @@ impl CpuBackend {
     }
 }
 
+/// Detected once: whether [`sgemm`] can run here (`KILN_NO_AVX512=1` forces the `gemm` crate, for
+/// comparisons and for testing the fallback on AVX-512 machines).
+static HAVE_AVX512: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+    sgemm::available()
+        && std::env::var_os("KILN_NO_AVX512").is_none_or(|v| v.is_empty() || v == "0")
+});
+
 /// Row-major strided matrix description for gemm.
 #[derive(Clone, Copy)]
 pub(crate) struct Mat {
@@ -177,6 +185,36 @@ pub(crate) unsafe fn gemm_raw(
     beta: f32,
     par: gemm::Parallelism,
 ) {
+    // kiln's AVX-512 kernel for everything matrix-shaped; the `gemm` crate for vector-shaped
+    // products (decode's one-row matmuls), where packing would cost more than it saves, and on
+    // CPUs without AVX-512.
+    if m >= 8 && n >= 16 && k >= 8 && *HAVE_AVX512 {
+        let threads = match par {
+            gemm::Parallelism::Rayon(t) => t,
+            _ => 1,
+        };
+        sgemm::sgemm(
+            m,
+            n,
+            k,
+            alpha,
+            sgemm::StridedRef {
+                ptr: a.ptr,
+                rs: a.rs,
+                cs: a.cs,
+            },
+            sgemm::StridedRef {
+                ptr: b.ptr,
+                rs: b.rs,
+                cs: b.cs,
+            },
+            beta,
+            c,
+            c_rs as usize,
+            threads,
+        );
+        return;
+    }
     gemm::gemm(
         m,
         n,
