@@ -59,12 +59,13 @@ impl Scratch {
     }
     /// An aligned pointer to at least `len` floats.
     fn get(&mut self, len: usize) -> *mut f32 {
-        if self.buf.len() < len + 16 {
-            self.buf = vec![0f32; len + 16];
+        // 16 floats for the alignment shift, 16 more for packing stores that run past the end.
+        if self.buf.len() < len + 32 {
+            self.buf = vec![0f32; len + 32];
         }
         let p = self.buf.as_mut_ptr();
         let misalign = (p as usize / 4) % 16;
-        // SAFETY: the buffer has 16 spare floats for the alignment shift.
+        // SAFETY: the buffer has 32 spare floats, at most 15 used by the shift.
         unsafe { p.add((16 - misalign) % 16) }
     }
 }
@@ -186,69 +187,146 @@ pub unsafe fn sgemm(
     });
 }
 
+/// Transposes a 16×16 block: row `r` of the source is the 16 floats at `src[r]`; row `q` of the
+/// result (source column q) is stored as 16 floats at `dst + q·dst_stride`, in increasing q, so a
+/// `dst_stride` below 16 is fine when the caller owns the 16 − dst_stride floats past the last row
+/// (each store's tail is overwritten by the next). Four shuffle stages, 64 shuffles per 256 floats.
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose16(src: &[*const f32; 16], dst: *mut f32, dst_stride: usize) {
+    let r: [__m512; 16] = std::array::from_fn(|i| _mm512_loadu_ps(src[i]));
+    // Stage 1: interleave row pairs within 128-bit lanes: t[2i] = (a0 b0 a1 b1 | ...).
+    let mut t = [_mm512_setzero_ps(); 16];
+    for i in 0..8 {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    // Stage 2: u[4g + c] holds, in each 128-bit lane l, column 4l + c of rows 4g..4g+4.
+    let mut u = [_mm512_setzero_ps(); 16];
+    for g in 0..4 {
+        let (lo0, hi0, lo1, hi1) = (t[4 * g], t[4 * g + 1], t[4 * g + 2], t[4 * g + 3]);
+        u[4 * g] = _mm512_shuffle_ps::<0x44>(lo0, lo1);
+        u[4 * g + 1] = _mm512_shuffle_ps::<0xEE>(lo0, lo1);
+        u[4 * g + 2] = _mm512_shuffle_ps::<0x44>(hi0, hi1);
+        u[4 * g + 3] = _mm512_shuffle_ps::<0xEE>(hi0, hi1);
+    }
+    // Stages 3 and 4: regroup the 128-bit lanes so column q has rows 0..16 in order.
+    let mut out = [_mm512_setzero_ps(); 16];
+    for c in 0..4 {
+        let v0 = _mm512_shuffle_f32x4::<0x88>(u[c], u[4 + c]);
+        let v1 = _mm512_shuffle_f32x4::<0xDD>(u[c], u[4 + c]);
+        let v2 = _mm512_shuffle_f32x4::<0x88>(u[8 + c], u[12 + c]);
+        let v3 = _mm512_shuffle_f32x4::<0xDD>(u[8 + c], u[12 + c]);
+        out[c] = _mm512_shuffle_f32x4::<0x88>(v0, v2);
+        out[c + 4] = _mm512_shuffle_f32x4::<0x88>(v1, v3);
+        out[c + 8] = _mm512_shuffle_f32x4::<0xDD>(v0, v2);
+        out[c + 12] = _mm512_shuffle_f32x4::<0xDD>(v1, v3);
+    }
+    for (q, v) in out.iter().enumerate() {
+        _mm512_storeu_ps(dst.add(q * dst_stride), *v);
+    }
+}
+
 /// Packs columns `[jp·NR, jp·NR + NR)` of a kc-deep slab of B into panel `jp` of `dst`: for each
 /// k, NR consecutive values (zero past column n).
+#[target_feature(enable = "avx512f")]
 unsafe fn pack_b_panel(b: StridedRef, kc: usize, n: usize, jp: usize, dst: SendPtr<f32>) {
     let out = dst.0.add(jp * kc * NR);
     let j0 = jp * NR;
     let cols = (n - j0).min(NR);
     if b.cs == 1 {
-        // Rows of B are contiguous: copy kc runs of `cols` floats.
+        // Rows of B are contiguous: two (masked) vector copies per k.
+        let (m0, m1) = col_masks(cols);
         for p in 0..kc {
             let src = b.ptr.offset(p as isize * b.rs + j0 as isize);
             let o = out.add(p * NR);
-            std::ptr::copy_nonoverlapping(src, o, cols);
-            for jj in cols..NR {
-                *o.add(jj) = 0.0;
-            }
+            _mm512_store_ps(o, _mm512_maskz_loadu_ps(m0, src));
+            _mm512_store_ps(o.add(16), _mm512_maskz_loadu_ps(m1, src.add(16)));
         }
-    } else {
-        // Columns of B are contiguous when rs == 1 (a transposed weight): read down each column.
-        for jj in 0..NR {
-            if jj < cols {
-                let src = b.ptr.offset((j0 + jj) as isize * b.cs);
-                for p in 0..kc {
-                    *out.add(p * NR + jj) = *src.offset(p as isize * b.rs);
-                }
-            } else {
-                for p in 0..kc {
-                    *out.add(p * NR + jj) = 0.0;
-                }
+        return;
+    }
+    let mut p0 = 0;
+    if b.rs == 1 && cols == NR {
+        // Columns of B are contiguous (a transposed weight): transpose 16×16 blocks.
+        while p0 + 16 <= kc {
+            for half in 0..2 {
+                let src: [*const f32; 16] = std::array::from_fn(|r| {
+                    b.ptr
+                        .offset((j0 + 16 * half + r) as isize * b.cs + p0 as isize)
+                });
+                transpose16(&src, out.add(p0 * NR + 16 * half), NR);
             }
+            p0 += 16;
+        }
+    }
+    // The rest (tails, edge panels, general strides), one element at a time.
+    for jj in 0..NR {
+        let src = b.ptr.offset((j0 + jj.min(cols - 1)) as isize * b.cs);
+        for p in p0..kc {
+            *out.add(p * NR + jj) = if jj < cols {
+                *src.offset(p as isize * b.rs)
+            } else {
+                0.0
+            };
         }
     }
 }
 
+/// Lane masks for the two 16-wide halves of an NR tile with `cols` valid columns.
+fn col_masks(cols: usize) -> (__mmask16, __mmask16) {
+    let m0 = if cols >= 16 {
+        0xffff
+    } else {
+        (1u16 << cols) - 1
+    };
+    let m1 = if cols >= 32 {
+        0xffff
+    } else if cols > 16 {
+        (1u16 << (cols - 16)) - 1
+    } else {
+        0
+    };
+    (m0, m1)
+}
+
 /// Packs rows `[i0, i0 + rows)` of a kc-deep slab of A as MR-tall panels: for each k, MR
-/// consecutive values (zero past the last row).
+/// consecutive values (zero past the last row). Writes up to 16 floats past the block (the
+/// scratch buffer has the room).
+#[target_feature(enable = "avx512f")]
 unsafe fn pack_a_block(a: StridedRef, kc: usize, i0: usize, rows: usize, dst: *mut f32) {
     for ip in 0..rows.div_ceil(MR) {
         let out = dst.add(ip * kc * MR);
         let r0 = i0 + ip * MR;
         let nr = (rows - ip * MR).min(MR);
         if a.rs == 1 {
-            // Columns of A are contiguous (A stored transposed): MR-long runs per k.
+            // Columns of A are contiguous (A stored transposed): one masked load per k; the
+            // 16-wide store's two extra zeros are overwritten by the next k's.
+            let mask: __mmask16 = (1u16 << nr) - 1;
             for p in 0..kc {
                 let src = a.ptr.offset(r0 as isize + p as isize * a.cs);
-                let o = out.add(p * MR);
-                std::ptr::copy_nonoverlapping(src, o, nr);
-                for ii in nr..MR {
-                    *o.add(ii) = 0.0;
-                }
+                _mm512_storeu_ps(out.add(p * MR), _mm512_maskz_loadu_ps(mask, src));
             }
-        } else {
-            // Rows of A are contiguous: read the MR rows side by side (MR streams) so the
-            // writes are sequential.
-            let mut rows_ptr = [std::ptr::null::<f32>(); MR];
-            for (ii, rp) in rows_ptr.iter_mut().enumerate() {
-                *rp = a.ptr.offset((r0 + ii.min(nr - 1)) as isize * a.rs);
+            continue;
+        }
+        let mut p0 = 0;
+        if a.cs == 1 && nr == MR {
+            // Rows of A are contiguous: transpose 16×16 blocks of (MR rows + 2 repeats).
+            while p0 + 16 <= kc {
+                let src: [*const f32; 16] = std::array::from_fn(|r| {
+                    a.ptr
+                        .offset((r0 + r.min(MR - 1)) as isize * a.rs + p0 as isize)
+                });
+                transpose16(&src, out.add(p0 * MR), MR);
+                p0 += 16;
             }
-            for p in 0..kc {
-                let o = out.add(p * MR);
-                let off = p as isize * a.cs;
-                for (ii, rp) in rows_ptr.iter().enumerate() {
-                    *o.add(ii) = if ii < nr { *rp.offset(off) } else { 0.0 };
-                }
+        }
+        for ii in 0..MR {
+            let src = a.ptr.offset((r0 + ii.min(nr - 1)) as isize * a.rs);
+            for p in p0..kc {
+                *out.add(p * MR + ii) = if ii < nr {
+                    *src.offset(p as isize * a.cs)
+                } else {
+                    0.0
+                };
             }
         }
     }
@@ -325,18 +403,7 @@ unsafe fn micro_14x32(
         ap = ap.add(MR);
         bp = bp.add(NR);
     }
-    let m0: __mmask16 = if cols >= 16 {
-        0xffff
-    } else {
-        (1u16 << cols) - 1
-    };
-    let m1: __mmask16 = if cols >= 32 {
-        0xffff
-    } else if cols > 16 {
-        (1u16 << (cols - 16)) - 1
-    } else {
-        0
-    };
+    let (m0, m1) = col_masks(cols);
     let va = _mm512_set1_ps(alpha);
     let vb = _mm512_set1_ps(beta);
     for (i, row) in acc.iter().enumerate() {
@@ -393,6 +460,22 @@ mod tests {
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+    }
+
+    #[test]
+    fn transpose16_transposes() {
+        if !available() {
+            return;
+        }
+        let src: Vec<f32> = (0..16 * 20).map(|i| i as f32).collect();
+        let rows: [*const f32; 16] = std::array::from_fn(|r| src[r * 20 + 3..].as_ptr());
+        let mut dst = vec![-1f32; 16 * 16];
+        unsafe { transpose16(&rows, dst.as_mut_ptr(), 16) };
+        for q in 0..16 {
+            for r in 0..16 {
+                assert_eq!(dst[q * 16 + r], src[r * 20 + 3 + q], "q{q} r{r}");
+            }
+        }
     }
 
     /// Every edge case of the tiling (tails in m, n and k; more than one KC slab; every transpose;
