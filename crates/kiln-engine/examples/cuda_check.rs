@@ -9,6 +9,11 @@
 //! - `bench [B T steps precision]`: training tokens/s on the GPT-2-124M shape (torch_ref.py `gpu`:
 //!   vocab 50304, ctx 1024, 12×12×768, AdamW), MFU by 6N + attention FLOPs, peak memory; then the
 //!   attention kernels alone (v2 and tc, forward and backward per call) at that shape.
+//!   The bf16 matmul operand paths (`f32ops`, `bf16ops`, `cached`; see `cuda::Bf16Gemm`) are
+//!   checked against the cpu and each other, and the cached bf16 copies against uncached ones after
+//!   every kind of write to the operand's buffer (and after a training step, on gradients).
+//! - `bench-gemm [B T STEPS]`: the training step at the bench shape under each bf16 operand path
+//!   on one trainer (step ms and the matmul share of a profiled step, per path).
 //! - `decode ROWS [TOKENS]`: KV-cache decode tokens/s on the same model.
 //! - `train TEXT OUT STEPS`: byte-level gpt2 training on a text file with a checkpoint at half
 //!   way and a resume from it that must reproduce the uninterrupted run's losses.
@@ -17,7 +22,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use kiln_engine::backend::{Act, AdamHyper, AttnDims, Backend, MatDims, NormKind, QkPrep, View};
-use kiln_engine::cuda::{AttnKernel, CudaBackend, Precision};
+use kiln_engine::cuda::{AttnKernel, Bf16Gemm, CudaBackend, Precision};
 use kiln_engine::{
     load_checkpoint, save_checkpoint, CpuBackend, Generator, Model, ModelConfig, OptimKind,
     OptimizerConfig, Rng, Trainer,
@@ -467,6 +472,239 @@ fn tc_parity(tw: &mut Twin) {
     tw.gpu.set_attention(prev);
 }
 
+/// Run `f` with the gpu's bf16 operand path set to `m`, then restore the previous one.
+fn with_gemm<T>(gpu: &CudaBackend, m: Bf16Gemm, f: impl FnOnce() -> T) -> T {
+    let prev = gpu.bf16_gemm();
+    gpu.set_bf16_gemm(m);
+    let out = f();
+    gpu.set_bf16_gemm(prev);
+    out
+}
+
+const GEMM_MODES: [Bf16Gemm; 3] = [Bf16Gemm::F32Operands, Bf16Gemm::Bf16, Bf16Gemm::Bf16Cached];
+
+/// bf16 precision only: each operand path against the cpu (bf16 tolerance) and against each other
+/// (explicit bf16 vs cuBLAS's own rounding: 1e-3; cached vs converted per call: same bits, 1e-6);
+/// then the cache's invalidation: a cached matmul after each kind of write to the weight's buffer
+/// equals a freshly converted one.
+fn bf16_gemm_parity(tw: &mut Twin) {
+    let gpu = tw.gpu.clone();
+    let mut r = Rng::new(23);
+    for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+        // odd offsets: the scalar conversion tail and unaligned bf16 operands
+        let (m, k, nn, off) = (67, 45, 89, 3);
+        let a = both(tw, &rand_vec(&mut r, off + m * k, 1.0));
+        let b = both(tw, &rand_vec(&mut r, k * nn, 1.0));
+        let c0 = rand_vec(&mut r, m * nn, 1.0);
+        let d = MatDims {
+            m,
+            n: nn,
+            k,
+            trans_a: ta,
+            trans_b: tb,
+        };
+        let cc = tw.cpu.alloc(m * nn).unwrap();
+        tw.cpu.write(View::new(&cc, 0, m * nn), &c0);
+        tw.cpu.matmul(
+            View::new(&cc, 0, m * nn),
+            View::new(&a.0, off, m * k),
+            View::new(&b.0, 0, k * nn),
+            d,
+            0.5,
+            1.0,
+        );
+        let want = host_c(tw, &cc);
+        let mut got = vec![];
+        for mode in GEMM_MODES {
+            let cg = gpu.alloc(m * nn).unwrap();
+            gpu.write(View::new(&cg, 0, m * nn), &c0);
+            with_gemm(&gpu, mode, || {
+                // twice: the second call reads the cached copies
+                for _ in 0..2 {
+                    gpu.matmul(
+                        View::new(&cg, 0, m * nn),
+                        View::new(&a.1, off, m * k),
+                        View::new(&b.1, 0, k * nn),
+                        d,
+                        0.25,
+                        1.0,
+                    );
+                }
+            });
+            let h = host_g(tw, &cg);
+            tw.report(
+                &format!("matmul bf16 {} ta={ta} tb={tb}", mode.name()),
+                &h,
+                &want,
+                1e-2,
+            );
+            got.push(h);
+        }
+        tw.report(
+            &format!("matmul bf16ops vs f32ops ta={ta} tb={tb}"),
+            &got[1],
+            &got[0],
+            1e-3,
+        );
+        tw.report(
+            &format!("matmul cached vs bf16ops ta={ta} tb={tb}"),
+            &got[2],
+            &got[1],
+            1e-6,
+        );
+    }
+    // invalidation: W lives at offset `wo` of a parameter-like buffer with other tensors around it
+    let (m, k, nn, wo) = (64, 96, 80, 40);
+    let total = wo + k * nn + 50;
+    let host_w = rand_vec(&mut r, total, 1.0);
+    let a = both(tw, &rand_vec(&mut r, m * k, 1.0));
+    let wbuf = gpu.alloc(total).unwrap();
+    let other = gpu.alloc(total).unwrap();
+    gpu.write(View::new(&other, 0, total), &rand_vec(&mut r, total, 1.0));
+    let (g, mm, vv) = (
+        gpu.alloc(total).unwrap(),
+        gpu.alloc(total).unwrap(),
+        gpu.alloc(total).unwrap(),
+    );
+    gpu.write(View::new(&g, 0, total), &rand_vec(&mut r, total, 0.1));
+    let d = MatDims {
+        m,
+        n: nn,
+        k,
+        trans_a: false,
+        trans_b: true,
+    };
+    let w = View::new(&wbuf, wo, k * nn);
+    let all = View::new(&wbuf, 0, total);
+    let run = |mode: Bf16Gemm| -> Vec<f32> {
+        let c = gpu.alloc(m * nn).unwrap();
+        with_gemm(&gpu, mode, || {
+            gpu.matmul(
+                View::new(&c, 0, m * nn),
+                View::new(&a.1, 0, m * k),
+                w,
+                d,
+                1.0,
+                0.0,
+            )
+        });
+        let mut h = vec![0f32; m * nn];
+        gpu.read(View::new(&c, 0, m * nn), &mut h);
+        h
+    };
+    type Write<'a> = Box<dyn Fn(&CudaBackend) + 'a>;
+    let writes: Vec<(&str, Write)> = vec![
+        ("write", Box::new(|be| be.write(all, &host_w))),
+        ("scale", Box::new(|be| be.scale(w, 1.5))),
+        (
+            "axpy",
+            Box::new(|be| be.axpy(all, -0.3, View::new(&other, 0, total))),
+        ),
+        (
+            "copy",
+            Box::new(|be| be.copy(all, View::new(&other, 0, total))),
+        ),
+        (
+            "fill_part",
+            Box::new(|be| be.fill(View::new(&wbuf, wo + 7, 13), 0.25)),
+        ),
+        (
+            "adamw",
+            Box::new(|be| {
+                be.adamw(
+                    all,
+                    View::new(&g, 0, total),
+                    View::new(&mm, 0, total),
+                    View::new(&vv, 0, total),
+                    AdamHyper {
+                        lr: 0.05,
+                        beta1: 0.9,
+                        beta2: 0.95,
+                        eps: 1e-8,
+                        weight_decay: 0.1,
+                        step: 1,
+                    },
+                )
+            }),
+        ),
+        (
+            "matmul_into",
+            Box::new(|be| {
+                be.matmul(
+                    View::new(&wbuf, wo, m * k),
+                    View::new(&other, 0, m * nn),
+                    View::new(&other, m * nn, nn * k),
+                    MatDims {
+                        m,
+                        n: k,
+                        k: nn,
+                        trans_a: false,
+                        trans_b: false,
+                    },
+                    1.0,
+                    0.5,
+                )
+            }),
+        ),
+    ];
+    gpu.write(all, &host_w);
+    for (name, f) in &writes {
+        let before = run(Bf16Gemm::Bf16Cached);
+        f(&gpu);
+        let after = run(Bf16Gemm::Bf16Cached);
+        let fresh = run(Bf16Gemm::Bf16);
+        tw.report(&format!("bf16 cache after {name}"), &after, &fresh, 1e-6);
+        // the write must have changed the product, or the check above proves nothing
+        let (_, moved) = diff(&after, &before);
+        tw.checks += 1;
+        let ok = moved > 1e-3;
+        if !ok {
+            tw.fails += 1;
+        }
+        println!(
+            "{}",
+            serde_json::json!({"check": "bf16_cache_write_moved", "write": name, "rel_change": moved, "ok": ok})
+        );
+    }
+}
+
+/// bf16 precision only: after a training step in the cached path, the gradients of the next
+/// forward/backward equal those with per-call conversion (a stale weight or activation copy would
+/// differ by the update's size, ~1e-2).
+fn bf16_cache_train_check(tw: &mut Twin) -> Res<()> {
+    let gpu = tw.gpu.clone();
+    let cfg = ModelConfig::gpt2(211, 2, 4, 64, 64);
+    let (b, t) = (3, 48);
+    let model = Model::new(gpu.clone(), cfg, 11)?;
+    let mut tr = Trainer::new(model, b, t, OptimizerConfig::default())?;
+    let mut r = Rng::new(9);
+    let x: Vec<u32> = (0..b * t).map(|_| r.below(211) as u32).collect();
+    let y: Vec<u32> = (0..b * t).map(|_| r.below(211) as u32).collect();
+    let norm = (b * t) as f32;
+    let mut res = vec![];
+    with_gemm(&gpu, Bf16Gemm::Bf16Cached, || {
+        tr.train_step(&x, &y, None, 1.0)
+    })?;
+    for mode in [Bf16Gemm::Bf16Cached, Bf16Gemm::Bf16] {
+        tr.zero_grad();
+        let loss = with_gemm(&gpu, mode, || tr.forward_backward(&x, &y, None, norm))?;
+        res.push((loss, tr.grads_host()));
+    }
+    let (_, grel) = diff(&res[0].1, &res[1].1);
+    let lrel = ((res[0].0 - res[1].0) / res[1].0).abs() as f64;
+    let ok = grel <= 1e-4 && lrel <= 1e-5;
+    tw.checks += 1;
+    if !ok {
+        tw.fails += 1;
+    }
+    println!(
+        "{}",
+        serde_json::json!({"check": "bf16_cache_train", "loss_cached": res[0].0, "loss_fresh": res[1].0,
+            "loss_rel": lrel, "grads_rel": grel, "tol_grads": 1e-4, "ok": ok})
+    );
+    Ok(())
+}
+
 fn model_parity(tw: &mut Twin, arch: &str, opt: OptimKind) -> Res<()> {
     let cfg = match arch {
         "gpt2" => ModelConfig::gpt2(211, 2, 4, 64, 64),
@@ -559,10 +797,13 @@ fn parity() -> Res<()> {
         if prec == Precision::F32 {
             op_parity(&mut tw);
             tc_parity(&mut tw);
+        } else {
+            bf16_gemm_parity(&mut tw);
+            bf16_cache_train_check(&mut tw)?;
         }
         println!(
             "{}",
-            serde_json::json!({"check": "attention_default", "precision": format!("{prec:?}"),
+            serde_json::json!({"check": "attention_default", "precision": format!("{prec:?}"), "matmul": tw.gpu.matmul_path().name(),
                 "requested": tw.gpu.attention().name(), "runs_hd16": tw.gpu.attention_for(16).name(),
                 "runs_hd64": tw.gpu.attention_for(64).name()})
         );
@@ -576,6 +817,53 @@ fn parity() -> Res<()> {
     }
     if total_fail > 0 {
         return Err(format!("{total_fail} parity checks failed").into());
+    }
+    Ok(())
+}
+
+/// The training step at the bench shape under each bf16 operand path, on one trainer: median step
+/// ms per path, then one profiled step per path (matmul ms and calls, and the whole op table).
+fn bench_gemm(args: &[String]) -> Res<()> {
+    let b: usize = args.first().map_or(Ok(16), |s| s.parse())?;
+    let t: usize = args.get(1).map_or(Ok(1024), |s| s.parse())?;
+    let steps: usize = args.get(2).map_or(Ok(10), |s| s.parse())?;
+    let gpu = Arc::new(CudaBackend::new(0, Precision::Bf16)?);
+    let model = Model::new(gpu.clone(), gpt2_124m(), 1)?;
+    let opt = OptimizerConfig {
+        grad_clip: None,
+        ..Default::default()
+    };
+    let mut tr = Trainer::new(model, b, t, opt)?;
+    let mut r = Rng::new(3);
+    let x: Vec<u32> = (0..b * t).map(|_| r.below(50257) as u32).collect();
+    let y: Vec<u32> = (0..b * t).map(|_| r.below(50257) as u32).collect();
+    for mode in GEMM_MODES {
+        gpu.set_bf16_gemm(mode);
+        let mut times = vec![];
+        let mut loss = 0.0;
+        for s in 0..2 + steps {
+            let t0 = Instant::now();
+            loss = tr.train_step(&x, &y, None, 1.0)?.loss;
+            gpu.synchronize();
+            if s >= 2 {
+                times.push(t0.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        times.sort_by(|a, b| a.total_cmp(b));
+        gpu.set_profiling(true);
+        tr.train_step(&x, &y, None, 1.0)?;
+        gpu.set_profiling(false);
+        let prof = gpu.take_profile();
+        let mm = prof.iter().find(|p| p.0 == "matmul");
+        let (_, peak) = gpu.memory_bytes();
+        println!(
+            "{}",
+            serde_json::json!({"bench": "train_gemm_mode", "matmul": gpu.matmul_path().name(), "batch": b, "ctx": t,
+                "step_ms_median": times[times.len() / 2], "step_ms_min": times[0], "tokens_per_s": (b * t) as f64 / times[times.len() / 2] * 1e3,
+                "profiled_matmul_ms": mm.map(|p| p.1), "matmul_calls": mm.map(|p| p.2), "loss": loss,
+                "backend_peak_mb": peak as f64 / 1048576.0,
+                "ops": prof.iter().map(|(op, ms, n)| serde_json::json!({"op": op, "ms": (ms * 100.0).round() / 100.0, "calls": n})).collect::<Vec<_>>()})
+        );
     }
     Ok(())
 }
@@ -632,7 +920,7 @@ fn bench(args: &[String]) -> Res<()> {
         .collect();
     println!(
         "{}",
-        serde_json::json!({"bench": "train_profile", "precision": format!("{prec:?}"), "ops": prof})
+        serde_json::json!({"bench": "train_profile", "precision": format!("{prec:?}"), "matmul": gpu.matmul_path().name(), "ops": prof})
     );
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let med = times[times.len() / 2];
@@ -647,7 +935,7 @@ fn bench(args: &[String]) -> Res<()> {
     let (free, total) = gpu.device_memory();
     println!(
         "{}",
-        serde_json::json!({"bench": "train", "impl": "kiln-cuda", "precision": format!("{prec:?}"), "attention": gpu.attention_for(cfg.n_embd / cfg.n_head).name(), "device": gpu.device_name(),
+        serde_json::json!({"bench": "train", "impl": "kiln-cuda", "precision": format!("{prec:?}"), "attention": gpu.attention_for(cfg.n_embd / cfg.n_head).name(), "matmul": gpu.matmul_path().name(), "device": gpu.device_name(),
             "batch": b, "ctx": t, "params": n_params, "steps": steps, "step_ms_median": med * 1e3, "step_ms_mean": mean * 1e3,
             "tokens_per_s": tok_s, "flops_per_token": flops_tok, "mfu_989": mfu, "first_loss": first_loss, "last_loss": last_loss,
             "backend_peak_mb": peak as f64 / 1048576.0, "backend_cur_mb": cur as f64 / 1048576.0,
@@ -859,6 +1147,7 @@ fn main() -> Res<()> {
     match args.first().map(|s| s.as_str()) {
         Some("parity") => parity(),
         Some("bench") => bench(&args[1..]),
+        Some("bench-gemm") => bench_gemm(&args[1..]),
         Some("decode") => decode(&args[1..]),
         Some("train") => train(&args[1..]),
         Some("ptx-cache") => {
@@ -875,6 +1164,6 @@ fn main() -> Res<()> {
             }
             Ok(())
         }
-        _ => Err("usage: cuda_check parity | bench [B T STEPS PREC] | decode [ROWS,..] [TOKENS] | train TEXT OUT STEPS".into()),
+        _ => Err("usage: cuda_check parity | bench [B T STEPS PREC] | bench-gemm [B T STEPS] | decode [ROWS,..] [TOKENS] | train TEXT OUT STEPS".into()),
     }
 }

@@ -375,3 +375,26 @@ extern "C" __global__ void k_adamw(float* p, const float* g, float* m, float* v,
         p[i] = p[i] * decay - step_size * mi / denom;
     }
 }
+
+// ---- bf16 matmul operands (cuda/mod.rs: explicit bf16 GEMM in bf16 precision) --------------
+// f32 -> bf16 bits, round to nearest even; NaN stays a (quiet) NaN. No cuda_bf16.h (bare NVRTC).
+__device__ __forceinline__ unsigned f2bf(float x) {
+    unsigned u = __float_as_uint(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (u >> 16) | 0x40u;
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return u >> 16;
+}
+// dst[i] = bf16(src[i]) for i < n. vec != 0: src is 16-byte and dst 8-byte aligned (4 per step).
+extern "C" __global__ void k_to_bf16(unsigned short* dst, const float* src, i64 n, int vec) {
+    i64 stride = (i64)gridDim.x * blockDim.x;
+    i64 i0 = blockIdx.x * (i64)blockDim.x + threadIdx.x;
+    i64 n4 = vec ? n / 4 : 0;
+    for (i64 i = i0; i < n4; i += stride) {
+        float4 v = ((const float4*)src)[i];
+        uint2 o;
+        o.x = f2bf(v.x) | (f2bf(v.y) << 16);
+        o.y = f2bf(v.z) | (f2bf(v.w) << 16);
+        ((uint2*)dst)[i] = o;
+    }
+    for (i64 i = n4 * 4 + i0; i < n; i += stride) dst[i] = (unsigned short)f2bf(src[i]);
+}

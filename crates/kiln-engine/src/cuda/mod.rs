@@ -8,9 +8,15 @@
 //! - Matmuls go to cuBLAS. Storage is f32 (the trait's type, so master weights, gradients and
 //!   optimizer moments are f32); [`Precision`] picks the arithmetic: `F32` (exact SGEMM, used for
 //!   parity), `Tf32`, or `Bf16` (`cublasGemmEx` with `CUBLAS_COMPUTE_32F_FAST_16BF`: operands
-//!   rounded to bf16 inside cuBLAS, fp32 accumulation). Choice and why: the trait is f32-only and
-//!   the model code is shared; keeping activations in f32 costs memory bandwidth (see the notes in
+//!   rounded to bf16, fp32 accumulation). Choice and why: the trait is f32-only and the model code
+//!   is shared; keeping activations in f32 costs memory bandwidth (see the notes in
 //!   `scripts/gpu/NOTES.md`) but needs no trait change.
+//! - bf16 operands ([`Bf16Gemm`]): by default each operand region is converted once to bf16
+//!   (`k_to_bf16`) into a per-buffer shadow copy and the GEMM is bf16 × bf16 → f32; the copy is
+//!   reused until any op writes to that buffer (every op marks the buffers it writes, [`dirty`]),
+//!   so weights convert once per optimizer step and an activation or gradient once for both of its
+//!   matmuls. `KILN_CUDA_WCACHE=0` converts on every call; `KILN_CUDA_BF16OPS=0` hands cuBLAS the
+//!   f32 operands with `CUBLAS_COMPUTE_32F_FAST_16BF` (the first version).
 //! - Attention is flash-style (no T×T matrix): online softmax forward saving the log-sum-exp,
 //!   backward recomputing probabilities in two kernels (dQ per query; dK/dV per key, summing a GQA
 //!   group's query heads without atomics). [`AttnKernel`]: `v2`/`v1` in f32 on CUDA cores (the f32
@@ -95,7 +101,7 @@ impl std::str::FromStr for AttnKernel {
 }
 
 /// Entry points of [`BASE_SOURCE`].
-pub const BASE_KERNELS: [&str; 18] = [
+pub const BASE_KERNELS: [&str; 19] = [
     "k_fill",
     "k_axpy",
     "k_scale",
@@ -114,6 +120,7 @@ pub const BASE_KERNELS: [&str; 18] = [
     "k_attn_cached",
     "k_cross_entropy",
     "k_adamw",
+    "k_to_bf16",
 ];
 
 /// The attention module's source for head dim `hd`.
@@ -181,6 +188,72 @@ impl std::str::FromStr for Precision {
             _ => Err(EngineError::Config(format!(
                 "unknown cuda precision `{s}` (f32, tf32 or bf16)"
             ))),
+        }
+    }
+}
+
+/// How bf16-precision matmuls feed cuBLAS (`KILN_CUDA_BF16OPS=0` → `F32Operands`,
+/// `KILN_CUDA_WCACHE=0` → `Bf16`, default `Bf16Cached`). Only used in [`Precision::Bf16`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bf16Gemm {
+    /// f32 operands, `CUBLAS_COMPUTE_32F_FAST_16BF`: cuBLAS rounds while loading (the first
+    /// version; bound by reading and converting f32).
+    F32Operands,
+    /// Each operand converted to bf16 (`k_to_bf16`, round to nearest even) into scratch on every
+    /// call, then a bf16 × bf16 → f32 GEMM.
+    Bf16,
+    /// As `Bf16`, but the bf16 copy of an operand region is kept in a per-buffer shadow and reused
+    /// until any op writes to that buffer (weights between optimizer steps; activations between
+    /// forward and backward; a gradient between its dX and dW matmuls).
+    Bf16Cached,
+}
+
+impl Bf16Gemm {
+    pub fn name(self) -> &'static str {
+        match self {
+            Bf16Gemm::F32Operands => "f32ops",
+            Bf16Gemm::Bf16 => "bf16ops",
+            Bf16Gemm::Bf16Cached => "cached",
+        }
+    }
+    fn code(self) -> u8 {
+        self as u8
+    }
+    fn from_code(c: u8) -> Self {
+        match c {
+            0 => Bf16Gemm::F32Operands,
+            1 => Bf16Gemm::Bf16,
+            _ => Bf16Gemm::Bf16Cached,
+        }
+    }
+    /// The mode named by `KILN_CUDA_BF16OPS` / `KILN_CUDA_WCACHE` (`0` turns a path off).
+    pub fn from_env() -> Self {
+        let off = |k: &str| std::env::var(k).is_ok_and(|v| v == "0");
+        if off("KILN_CUDA_BF16OPS") {
+            Bf16Gemm::F32Operands
+        } else if off("KILN_CUDA_WCACHE") {
+            Bf16Gemm::Bf16
+        } else {
+            Bf16Gemm::Bf16Cached
+        }
+    }
+}
+
+/// The matmul arithmetic and operand path in use ([`CudaBackend::matmul_path`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatmulPath {
+    F32,
+    Tf32,
+    Bf16(Bf16Gemm),
+}
+
+impl MatmulPath {
+    /// `f32`, `tf32`, `bf16-f32ops`, `bf16-bf16ops`, `bf16-cached`.
+    pub fn name(self) -> String {
+        match self {
+            MatmulPath::F32 => "f32".into(),
+            MatmulPath::Tf32 => "tf32".into(),
+            MatmulPath::Bf16(m) => format!("bf16-{}", m.name()),
         }
     }
 }
@@ -262,11 +335,44 @@ pub struct CudaBuf {
     ptr: u64,
     len: usize,
     pool: Arc<Pool>,
+    /// bf16 copy of matmul-operand regions ([`Bf16Gemm::Bf16Cached`]).
+    shadow: Mutex<Shadow>,
 }
+
+/// A buffer's bf16 shadow: `ptr` holds `len` bf16s (region `off` at byte `2*off`, allocated on
+/// first use from the pool as `len.div_ceil(2)` f32s); `valid` lists the `(off, len)` regions
+/// converted since the buffer was last written. Every op clears `valid` of each buffer it writes
+/// ([`dirty`]), so a stale copy is never read.
+#[derive(Default)]
+struct Shadow {
+    ptr: u64,
+    valid: Vec<(usize, usize)>,
+}
+
+/// Regions remembered per shadow before the list is reset (the parameter buffer has one per
+/// weight matrix: 4 per layer plus the head).
+const SHADOW_REGIONS: usize = 512;
 
 impl Drop for CudaBuf {
     fn drop(&mut self) {
         self.pool.put(self.len, self.ptr);
+        let sh = self.shadow.get_mut().unwrap_or_else(|e| e.into_inner());
+        if sh.ptr != 0 {
+            self.pool.put(self.len.div_ceil(2), sh.ptr);
+        }
+    }
+}
+
+/// Mark `v`'s buffer as written: its bf16 shadow regions are stale.
+fn dirty(v: &View<CudaBuf>) {
+    let mut sh = v.buf.shadow.lock().unwrap_or_else(|e| e.into_inner());
+    sh.valid.clear();
+}
+
+/// [`dirty`] for an optional view.
+fn odirty(v: &Option<View<CudaBuf>>) {
+    if let Some(v) = v {
+        dirty(v);
     }
 }
 
@@ -275,6 +381,8 @@ struct Scratch {
     ids: (u64, usize),
     ids2: (u64, usize),
     wts: (u64, usize),
+    /// bf16 operand scratch for [`Bf16Gemm::Bf16`] (A, B).
+    bf: [(u64, usize); 2],
     red: u64,
 }
 
@@ -295,6 +403,8 @@ pub struct CudaBackend {
     pool: Arc<Pool>,
     scratch: Mutex<Scratch>,
     precision: Precision,
+    /// How bf16 matmuls get their operands ([`Bf16Gemm`] code).
+    bf16_gemm: std::sync::atomic::AtomicU8,
     sms: u32,
     device_name: String,
     /// Per-op timing (each op synchronizes when on): name → (seconds, calls).
@@ -438,9 +548,11 @@ impl CudaBackend {
                 ids: (0, 0),
                 ids2: (0, 0),
                 wts: (0, 0),
+                bf: [(0, 0); 2],
                 red,
             }),
             precision,
+            bf16_gemm: std::sync::atomic::AtomicU8::new(Bf16Gemm::from_env().code()),
             sms,
             device_name,
             profiling: std::sync::atomic::AtomicBool::new(false),
@@ -852,7 +964,89 @@ impl CudaBackend {
         s.0
     }
 
-    fn gemm(&self, d: MatDims, alpha: f32, beta: f32, a: u64, b: u64, c: u64) {
+    /// `n` bf16s of view `v` (from its start) for a bf16 GEMM operand; returns their device
+    /// pointer. `cached`: from `v`'s buffer shadow, converting only when that region is not current
+    /// (falls back to scratch if the shadow cannot be allocated); else converted into scratch
+    /// slot `slot` (0: A, 1: B) on every call.
+    fn bf16_operand(&self, v: &View<CudaBuf>, n: usize, slot: usize, cached: bool) -> u64 {
+        assert!(n <= v.len, "bf16 operand {n} > view {}", v.len);
+        let src = ptr(v);
+        if cached {
+            let mut sh = v.buf.shadow.lock().unwrap_or_else(|e| e.into_inner());
+            if sh.ptr == 0 {
+                match self.pool.get(v.buf.len.div_ceil(2)) {
+                    Ok(p) => sh.ptr = p,
+                    Err(e) => {
+                        tracing::warn!(
+                            "cuda: no memory for a bf16 operand copy ({e}); converting per call"
+                        );
+                        drop(sh);
+                        return self.bf16_operand(v, n, slot, false);
+                    }
+                }
+            }
+            let dst = sh.ptr + 2 * v.off as u64;
+            let end = v.off + n;
+            if !sh.valid.iter().any(|&(o, l)| o <= v.off && end <= o + l) {
+                self.to_bf16(dst, src, n);
+                if sh.valid.len() >= SHADOW_REGIONS {
+                    sh.valid.clear();
+                }
+                sh.valid.push((v.off, n));
+            }
+            return dst;
+        }
+        let bytes = 2 * n;
+        let mut sc = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let s = &mut sc.bf[slot];
+        if s.1 < bytes {
+            self.synchronize();
+            // SAFETY: the old pointer (if any) is idle after the synchronize.
+            unsafe {
+                if s.0 != 0 {
+                    drv::free_sync(s.0).unwrap_or_else(|e| panic!("cuda: free: {e:?}"));
+                }
+                s.0 = drv::malloc_sync(bytes.max(256))
+                    .unwrap_or_else(|e| panic!("cuda: bf16 scratch alloc: {e:?}"));
+            }
+            s.1 = bytes.max(256);
+        }
+        self.to_bf16(s.0, src, n);
+        s.0
+    }
+
+    /// Enqueue `dst[..n] = bf16(src[..n])` (device pointers; `dst` holds bf16s).
+    fn to_bf16(&self, dst: u64, src: u64, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let vec = (src.is_multiple_of(16) && dst.is_multiple_of(8)) as i32;
+        launch!(self, "k_to_bf16", self.grid1(n.div_ceil(4)), (256, 1, 1), 0; dst, src, n as i64, vec);
+    }
+
+    /// What [`Backend::matmul`] runs now.
+    pub fn matmul_path(&self) -> MatmulPath {
+        match self.precision {
+            Precision::F32 => MatmulPath::F32,
+            Precision::Tf32 => MatmulPath::Tf32,
+            Precision::Bf16 => MatmulPath::Bf16(self.bf16_gemm()),
+        }
+    }
+
+    /// How bf16 matmuls get their operands (default from the environment, see [`Bf16Gemm`]).
+    pub fn bf16_gemm(&self) -> Bf16Gemm {
+        Bf16Gemm::from_code(self.bf16_gemm.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Switch the bf16 operand path (for comparisons; takes effect on the next matmul).
+    pub fn set_bf16_gemm(&self, m: Bf16Gemm) {
+        self.bf16_gemm
+            .store(m.code(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// `bf16_ops`: `a` and `b` point at bf16 copies (bf16 × bf16 → f32, fp32 compute).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(&self, d: MatDims, alpha: f32, beta: f32, a: u64, b: u64, c: u64, bf16_ops: bool) {
         use blas_sys::cublasOperation_t::{CUBLAS_OP_N as N, CUBLAS_OP_T as T};
         // Row-major C = op(A) op(B) is column-major Cᵀ = op(B)ᵀ op(A)ᵀ: swap the operands.
         let (opa, lda) = if d.trans_b { (T, d.k) } else { (N, d.n) };
@@ -862,6 +1056,30 @@ impl CudaBackend {
         // SAFETY: pointers are device pointers of views whose lengths were checked by the caller.
         let r = unsafe {
             match self.precision {
+                _ if bf16_ops => {
+                    let bf = blas_sys::cudaDataType_t::CUDA_R_16BF;
+                    blas::gemm_ex(
+                        h.0,
+                        opa,
+                        opb,
+                        m,
+                        n,
+                        k,
+                        &alpha as *const f32 as *const _,
+                        b as *const _,
+                        bf,
+                        lda as i32,
+                        a as *const _,
+                        bf,
+                        ldb as i32,
+                        &beta as *const f32 as *const _,
+                        c as *mut _,
+                        blas_sys::cudaDataType_t::CUDA_R_32F,
+                        d.n as i32,
+                        blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                        blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
+                    )
+                }
                 Precision::F32 => blas::sgemm(
                     h.0,
                     opa,
@@ -983,7 +1201,9 @@ impl Drop for CudaBackend {
         let sc = self.scratch.get_mut().unwrap_or_else(|e| e.into_inner());
         // SAFETY: idle after synchronize; these pointers are owned here.
         unsafe {
-            for p in [sc.ids.0, sc.ids2.0, sc.wts.0, sc.red] {
+            for p in [
+                sc.ids.0, sc.ids2.0, sc.wts.0, sc.bf[0].0, sc.bf[1].0, sc.red,
+            ] {
                 if p != 0 {
                     let _ = drv::free_sync(p);
                 }
@@ -1006,6 +1226,7 @@ impl Backend for CudaBackend {
             ptr: p,
             len,
             pool: self.pool.clone(),
+            shadow: Mutex::new(Shadow::default()),
         };
         if len > 0 {
             // SAFETY: p is valid for len f32s; enqueued on our stream before any use of buf.
@@ -1028,6 +1249,7 @@ impl Backend for CudaBackend {
             src.len()
         );
         let _p = self.op("write");
+        dirty(&dst);
         // SAFETY: bounds checked by `ptr`; pageable source is staged before return.
         unsafe { drv::memcpy_htod_async(ptr(&dst), src, self.stream.cu_stream()) }
             .unwrap_or_else(|e| panic!("cuda: write: {e:?}"));
@@ -1050,12 +1272,14 @@ impl Backend for CudaBackend {
 
     fn fill(&self, dst: View<CudaBuf>, value: f32) {
         let _p = self.op("fill");
+        dirty(&dst);
         launch!(self, "k_fill", self.grid1(dst.len), (256, 1, 1), 0; ptr(&dst), dst.len as i64, value);
     }
 
     fn copy(&self, dst: View<CudaBuf>, src: View<CudaBuf>) {
         assert_eq!(dst.len, src.len, "cuda copy: {} vs {}", dst.len, src.len);
         let _p = self.op("copy");
+        dirty(&dst);
         // SAFETY: both ranges bounds-checked; the trait guarantees no overlap.
         unsafe {
             drv::memcpy_dtod_async(ptr(&dst), ptr(&src), dst.len * 4, self.stream.cu_stream())
@@ -1066,11 +1290,13 @@ impl Backend for CudaBackend {
     fn axpy(&self, y: View<CudaBuf>, alpha: f32, x: View<CudaBuf>) {
         assert_eq!(y.len, x.len);
         let _p = self.op("axpy");
+        dirty(&y);
         launch!(self, "k_axpy", self.grid1(y.len), (256, 1, 1), 0; ptr(&y), ptr(&x), y.len as i64, alpha);
     }
 
     fn scale(&self, x: View<CudaBuf>, s: f32) {
         let _p = self.op("scale");
+        dirty(&x);
         launch!(self, "k_scale", self.grid1(x.len), (256, 1, 1), 0; ptr(&x), x.len as i64, s);
     }
 
@@ -1106,12 +1332,25 @@ impl Backend for CudaBackend {
             return;
         }
         let _p = self.op("matmul");
-        self.gemm(d, alpha, beta, ptr(&a), ptr(&b), ptr(&c));
+        match self.matmul_path() {
+            MatmulPath::Bf16(mode) => {
+                let cached = mode == Bf16Gemm::Bf16Cached;
+                let pa = self.bf16_operand(&a, d.m * d.k, 0, cached);
+                let pb = self.bf16_operand(&b, d.k * d.n, 1, cached);
+                dirty(&c);
+                self.gemm(d, alpha, beta, pa, pb, ptr(&c), true);
+            }
+            _ => {
+                dirty(&c);
+                self.gemm(d, alpha, beta, ptr(&a), ptr(&b), ptr(&c), false);
+            }
+        }
     }
 
     fn add_bias(&self, out: View<CudaBuf>, bias: View<CudaBuf>, rows: usize, cols: usize) {
         assert!(out.len >= rows * cols && bias.len >= cols);
         let _p = self.op("add_bias");
+        dirty(&out);
         let n = rows * cols;
         launch!(self, "k_add_bias", self.grid1(n), (256, 1, 1), 0; ptr(&out), ptr(&bias), n as i64, cols as i32);
     }
@@ -1119,6 +1358,7 @@ impl Backend for CudaBackend {
     fn bias_backward(&self, dbias: View<CudaBuf>, dout: View<CudaBuf>, rows: usize, cols: usize) {
         assert!(dout.len >= rows * cols && dbias.len >= cols);
         let _p = self.op("bias_backward");
+        dirty(&dbias);
         let grid = (cols.div_ceil(32) as u32, rows.div_ceil(256) as u32, 1);
         launch!(self, "k_col_grads", grid, (32, 8, 1), 0; 0u64, ptr(&dbias), ptr(&dout), 0u64, 0u64, rows as i32, cols as i32);
     }
@@ -1135,6 +1375,7 @@ impl Backend for CudaBackend {
     ) {
         assert!(out.len >= ids.len() * c);
         let _p = self.op("embedding_forward");
+        dirty(&out);
         let idp = self.upload_u32(|s| &mut s.ids, ids);
         let n = ids.len() * c;
         launch!(self, "k_embed_fwd", self.grid1(n), (256, 1, 1), 0;
@@ -1152,6 +1393,8 @@ impl Backend for CudaBackend {
     ) {
         assert!(dout.len >= ids.len() * c);
         let _p = self.op("embedding_backward");
+        dirty(&dwte);
+        odirty(&dwpe);
         let idp = self.upload_u32(|s| &mut s.ids, ids);
         let n = ids.len() * c;
         launch!(self, "k_embed_bwd", self.grid1(n), (256, 1, 1), 0;
@@ -1172,6 +1415,8 @@ impl Backend for CudaBackend {
     ) {
         assert!(out.len >= rows * cols && inp.len >= rows * cols && stats.len >= 2 * rows);
         let _p = self.op("norm_forward");
+        dirty(&out);
+        dirty(&stats);
         let is_ln = (kind == NormKind::LayerNorm) as i32;
         launch!(self, "k_norm_fwd", (rows.div_ceil(8) as u32, 1, 1), (256, 1, 1), 0;
             ptr(&out), ptr(&stats), ptr(&inp), optr(&weight), optr(&bias), rows as i32, cols as i32, eps, is_ln);
@@ -1192,6 +1437,9 @@ impl Backend for CudaBackend {
     ) {
         assert!(dinp.len >= rows * cols && dout.len >= rows * cols && inp.len >= rows * cols);
         let _p = self.op("norm_backward");
+        dirty(&dinp);
+        odirty(&dweight);
+        odirty(&dbias);
         let is_ln = (kind == NormKind::LayerNorm) as i32;
         launch!(self, "k_norm_bwd_dx", (rows.div_ceil(8) as u32, 1, 1), (256, 1, 1), 0;
             ptr(&dinp), ptr(&dout), ptr(&inp), ptr(&stats), optr(&weight), rows as i32, cols as i32, is_ln);
@@ -1205,6 +1453,7 @@ impl Backend for CudaBackend {
     fn act_forward(&self, act: Act, out: View<CudaBuf>, inp: View<CudaBuf>) {
         assert_eq!(out.len, inp.len);
         let _p = self.op("act_forward");
+        dirty(&out);
         let kind = (act == Act::ReluSq) as i32;
         launch!(self, "k_act_fwd", self.grid1(out.len), (256, 1, 1), 0; ptr(&out), ptr(&inp), out.len as i64, kind);
     }
@@ -1212,6 +1461,7 @@ impl Backend for CudaBackend {
     fn act_backward(&self, act: Act, dinp: View<CudaBuf>, dout: View<CudaBuf>, inp: View<CudaBuf>) {
         assert_eq!(dinp.len, inp.len);
         let _p = self.op("act_backward");
+        dirty(&dinp);
         let kind = (act == Act::ReluSq) as i32;
         launch!(self, "k_act_bwd", self.grid1(dinp.len), (256, 1, 1), 0;
             ptr(&dinp), ptr(&dout), ptr(&inp), dinp.len as i64, kind);
@@ -1228,6 +1478,8 @@ impl Backend for CudaBackend {
         let rows = d.b * d.t;
         assert!(out.len >= rows * d.qkv_width() && stats.len >= rows * (d.n_head + d.n_kv));
         let _p = self.op("qk_prep_forward");
+        dirty(&out);
+        dirty(&stats);
         let warps = rows * (d.n_head + 2 * d.n_kv);
         launch!(self, "k_qk_prep_fwd", ((warps * 32).div_ceil(256) as u32, 1, 1), (256, 1, 1), 0;
             ptr(&out), ptr(&stats), ptr(&inp), rows as i32, d.t as i32, d.n_head as i32, d.n_kv as i32,
@@ -1247,6 +1499,7 @@ impl Backend for CudaBackend {
         let rows = d.b * d.t;
         assert!(dinp.len >= rows * d.qkv_width());
         let _p = self.op("qk_prep_backward");
+        dirty(&dinp);
         let warps = rows * (d.n_head + 2 * d.n_kv);
         launch!(self, "k_qk_prep_bwd", ((warps * 32).div_ceil(256) as u32, 1, 1), (256, 1, 1), 0;
             ptr(&dinp), ptr(&dout), ptr(&inp), ptr(&stats), rows as i32, d.t as i32, d.n_head as i32,
@@ -1269,6 +1522,8 @@ impl Backend for CudaBackend {
         self.ensure_attention(d.head_dim);
         let k = self.attn_pick(d.head_dim, &[ptr(&out), ptr(&qkv)]);
         let _p = self.op("attention_forward");
+        dirty(&out);
+        dirty(&scratch);
         self.attn_fwd_with(k, out, scratch, qkv, d);
     }
 
@@ -1283,6 +1538,8 @@ impl Backend for CudaBackend {
         self.ensure_attention(d.head_dim);
         let k = self.attn_pick(d.head_dim, &[ptr(&dqkv), ptr(&dout), ptr(&qkv)]);
         let _p = self.op("attention_backward");
+        dirty(&dqkv);
+        dirty(&scratch);
         self.attn_bwd_with(k, dqkv, dout, qkv, scratch, d);
     }
 
@@ -1304,6 +1561,9 @@ impl Backend for CudaBackend {
         let row_kv = d.n_kv * d.head_dim;
         assert!(k_cache.len >= d.b * max_t * row_kv && v_cache.len >= d.b * max_t * row_kv);
         let _p = self.op("attention_cached");
+        dirty(&out);
+        dirty(&k_cache);
+        dirty(&v_cache);
         let n = d.b * d.t * row_kv;
         launch!(self, "k_kv_append", self.grid1(n), (256, 1, 1), 0;
             ptr(&k_cache), ptr(&v_cache), ptr(&qkv), d.b as i32, d.t as i32, d.n_head as i32, d.n_kv as i32,
@@ -1336,6 +1596,8 @@ impl Backend for CudaBackend {
             panic!("target {t} out of vocab {vocab}");
         }
         let _p = self.op("cross_entropy");
+        dirty(&logits);
+        dirty(&losses);
         let tp = self.upload_u32(|s| &mut s.ids2, &targets[..rows]);
         let wp = if grad_scale.is_some() {
             assert!(weights.len() >= rows);
@@ -1358,6 +1620,9 @@ impl Backend for CudaBackend {
     ) {
         assert!(g.len == p.len && m.len == p.len && v.len == p.len);
         let _p = self.op("adamw");
+        dirty(&p);
+        dirty(&m);
+        dirty(&v);
         let bc1 = 1.0 - (h.beta1 as f64).powi(h.step as i32);
         let bc2 = 1.0 - (h.beta2 as f64).powi(h.step as i32);
         let step_size = (h.lr as f64 / bc1) as f32;
