@@ -1,9 +1,12 @@
 //! The cpu kernels over plain slices + dims (llm.c style): each forward has its backward next to it.
 //! Parallel over rows (rayon); row reductions (weight/bias grads, embedding scatter-add) are
 //! parallel over column chunks so each thread owns its outputs and no scratch is allocated.
+//! The per-row / per-chunk bodies are [`simd_fn!`]s (AVX-512 / AVX2 / baseline, bit-identical)
+//! using the vectorized [`exp`] and fixed-lane reductions of [`vmath`].
 
 use rayon::prelude::*;
 
+use super::vmath::{self, exp, hsum, simd_fn, LANES};
 use super::{gemm_raw, Mat};
 use crate::backend::{Act, AdamHyper, AttnDims, NormKind, QkPrep};
 
@@ -47,30 +50,71 @@ pub fn sum_squares(x: &[f32]) -> f64 {
     part.par_iter_mut().enumerate().for_each(|(i, p)| {
         let lo = (i * per).min(x.len());
         let hi = ((i + 1) * per).min(x.len());
-        *p = x[lo..hi].iter().map(|&v| (v as f64) * (v as f64)).sum();
+        *p = sum_sq_f64(&x[lo..hi]);
     });
     part.iter().sum()
 }
 
-/// Dot product with 8 independent accumulators (vectorizes without fast-math).
-#[inline]
+simd_fn! {
+    /// Σx² in f64 over 8 lanes.
+    fn sum_sq_f64(x: &[f32]) -> f64 {
+        let mut acc = [0f64; 8];
+        let ch = x.chunks_exact(8);
+        let rem = ch.remainder();
+        for c in ch {
+            for k in 0..8 {
+                acc[k] += (c[k] as f64) * (c[k] as f64);
+            }
+        }
+        let mut s = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+        for &v in rem {
+            s += (v as f64) * (v as f64);
+        }
+        s
+    }
+}
+
+/// Dot product over [`LANES`] independent accumulators (vectorizes without fast-math).
+#[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0f32; 8];
-    let ca = a.chunks_exact(8);
-    let cb = b.chunks_exact(8);
+    let mut acc = [0f32; LANES];
+    let ca = a.chunks_exact(LANES);
+    let cb = b.chunks_exact(LANES);
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
+        for i in 0..LANES {
             acc[i] += x[i] * y[i];
         }
     }
-    let mut s = (acc[0] + acc[4]) + (acc[1] + acc[5]) + (acc[2] + acc[6]) + (acc[3] + acc[7]);
+    let mut s = hsum(&acc);
     for (x, y) in ra.iter().zip(rb) {
         s += x * y;
     }
     s
+}
+
+/// `dst[i] += src[i]`.
+#[inline(always)]
+fn add_to(dst: &mut [f32], src: &[f32]) {
+    dst.iter_mut().zip(src).for_each(|(a, b)| *a += b);
+}
+
+simd_fn! {
+    /// Column chunk `[c0, c0 + db.len())` of `Σ_r dout[r, :]`, added to `db`.
+    fn col_sum_chunk(db: &mut [f32], dout: &[f32], rows: usize, cols: usize, c0: usize) {
+        let w = db.len();
+        for r in 0..rows {
+            add_to(db, &dout[r * cols + c0..r * cols + c0 + w]);
+        }
+    }
+}
+
+/// Rows per rayon task for row kernels: a few large tasks per thread.
+fn row_block(rows: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    rows.div_ceil(threads * 8).max(1)
 }
 
 /// Column chunk width for row reductions.
@@ -79,10 +123,19 @@ fn col_chunk(cols: usize) -> usize {
     (cols.div_ceil(threads * 4)).clamp(8, 256)
 }
 
+simd_fn! {
+    fn add_bias_rows(out: &mut [f32], bias: &[f32]) {
+        for row in out.chunks_exact_mut(bias.len()) {
+            add_to(row, bias);
+        }
+    }
+}
+
 pub fn add_bias(out: &mut [f32], bias: &[f32], rows: usize, cols: usize) {
-    out[..rows * cols].par_chunks_mut(cols).for_each(|row| {
-        row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
-    });
+    let bias = &bias[..cols];
+    out[..rows * cols]
+        .par_chunks_mut(row_block(rows) * cols)
+        .for_each(|blk| add_bias_rows(blk, bias));
 }
 
 pub fn bias_backward(dbias: &mut [f32], dout: &[f32], rows: usize, cols: usize) {
@@ -90,13 +143,7 @@ pub fn bias_backward(dbias: &mut [f32], dout: &[f32], rows: usize, cols: usize) 
     dbias[..cols]
         .par_chunks_mut(cc)
         .enumerate()
-        .for_each(|(ci, db)| {
-            let c0 = ci * cc;
-            for r in 0..rows {
-                let d = &dout[r * cols + c0..r * cols + c0 + db.len()];
-                db.iter_mut().zip(d).for_each(|(a, b)| *a += b);
-            }
-        });
+        .for_each(|(ci, db)| col_sum_chunk(db, dout, rows, cols, ci * cc));
 }
 
 pub fn embedding_forward(
@@ -155,6 +202,67 @@ pub fn embedding_backward(
     });
 }
 
+simd_fn! {
+    /// Normalizes whole rows: `out`/`inp` hold `stats.len() / 2` rows of `cols`.
+    fn norm_fwd_rows(
+        ln: bool,
+        out: &mut [f32],
+        stats: &mut [f32],
+        inp: &[f32],
+        weight: Option<&[f32]>,
+        bias: Option<&[f32]>,
+        cols: usize,
+        eps: f32,
+    ) {
+        let n = cols as f32;
+        for ((o, st), x) in out
+            .chunks_exact_mut(cols)
+            .zip(stats.chunks_exact_mut(2))
+            .zip(inp.chunks_exact(cols))
+        {
+            let mean = if ln { vmath::sum(x) / n } else { 0.0 };
+            let mut acc = [0f32; LANES];
+            let ch = x.chunks_exact(LANES);
+            let rem = ch.remainder();
+            for c in ch {
+                for k in 0..LANES {
+                    let d = c[k] - mean;
+                    acc[k] += d * d;
+                }
+            }
+            let mut ss = hsum(&acc);
+            for &v in rem {
+                ss += (v - mean) * (v - mean);
+            }
+            let rstd = 1.0 / (ss / n + eps).sqrt();
+            st[0] = mean;
+            st[1] = rstd;
+            match (weight, bias) {
+                (Some(w), Some(b)) => {
+                    for (((o, &x), &w), &b) in o.iter_mut().zip(x).zip(w).zip(b) {
+                        *o = (x - mean) * rstd * w + b;
+                    }
+                }
+                (Some(w), None) => {
+                    for ((o, &x), &w) in o.iter_mut().zip(x).zip(w) {
+                        *o = (x - mean) * rstd * w;
+                    }
+                }
+                (None, Some(b)) => {
+                    for ((o, &x), &b) in o.iter_mut().zip(x).zip(b) {
+                        *o = (x - mean) * rstd + b;
+                    }
+                }
+                (None, None) => {
+                    for (o, &x) in o.iter_mut().zip(x) {
+                        *o = (x - mean) * rstd;
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn norm_forward(
     kind: NormKind,
@@ -167,38 +275,109 @@ pub fn norm_forward(
     cols: usize,
     eps: f32,
 ) {
+    let ln = kind == NormKind::LayerNorm;
+    let (weight, bias) = (weight.map(|w| &w[..cols]), bias.map(|b| &b[..cols]));
+    let rb = row_block(rows);
     out[..rows * cols]
-        .par_chunks_mut(cols)
-        .zip(stats[..2 * rows].par_chunks_mut(2))
-        .enumerate()
-        .for_each(|(r, (o, st))| {
-            let x = &inp[r * cols..(r + 1) * cols];
-            let n = cols as f32;
-            let mean = if kind == NormKind::LayerNorm {
-                x.iter().sum::<f32>() / n
-            } else {
-                0.0
-            };
-            let var = x.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / n;
-            let rstd = 1.0 / (var + eps).sqrt();
-            st[0] = mean;
-            st[1] = rstd;
-            for i in 0..cols {
-                let mut y = (x[i] - mean) * rstd;
-                if let Some(w) = weight {
-                    y *= w[i];
+        .par_chunks_mut(rb * cols)
+        .zip(stats[..2 * rows].par_chunks_mut(2 * rb))
+        .zip(inp[..rows * cols].par_chunks(rb * cols))
+        .for_each(|((o, st), x)| norm_fwd_rows(ln, o, st, x, weight, bias, cols, eps));
+}
+
+simd_fn! {
+    /// `dinp += ∂/∂inp` for whole rows (`stats.len() / 2` rows of `cols`).
+    fn norm_bwd_rows(
+        ln: bool,
+        dinp: &mut [f32],
+        dout: &[f32],
+        inp: &[f32],
+        stats: &[f32],
+        weight: Option<&[f32]>,
+        cols: usize,
+    ) {
+        let n = cols as f32;
+        for (((di, d), x), st) in dinp
+            .chunks_exact_mut(cols)
+            .zip(dout.chunks_exact(cols))
+            .zip(inp.chunks_exact(cols))
+            .zip(stats.chunks_exact(2))
+        {
+            let (mean, rstd) = (st[0], st[1]);
+            let mut a_dn = [0f32; LANES];
+            let mut a_dnn = [0f32; LANES];
+            let mut i = 0;
+            while i + LANES <= cols {
+                for k in 0..LANES {
+                    let norm = (x[i + k] - mean) * rstd;
+                    let dn = d[i + k] * weight.map_or(1.0, |w| w[i + k]);
+                    a_dn[k] += dn;
+                    a_dnn[k] += dn * norm;
                 }
-                if let Some(b) = bias {
-                    y += b[i];
-                }
-                o[i] = y;
+                i += LANES;
             }
-        });
+            let (mut s_dn, mut s_dnn) = (hsum(&a_dn), hsum(&a_dnn));
+            while i < cols {
+                let norm = (x[i] - mean) * rstd;
+                let dn = d[i] * weight.map_or(1.0, |w| w[i]);
+                s_dn += dn;
+                s_dnn += dn * norm;
+                i += 1;
+            }
+            let m_dn = if ln { s_dn / n } else { 0.0 };
+            let m_dnn = s_dnn / n;
+            match weight {
+                Some(w) => {
+                    for (((di, &d), &x), &w) in di.iter_mut().zip(d).zip(x).zip(w) {
+                        let norm = (x - mean) * rstd;
+                        *di += (d * w - m_dn - norm * m_dnn) * rstd;
+                    }
+                }
+                None => {
+                    for ((di, &d), &x) in di.iter_mut().zip(d).zip(x) {
+                        let norm = (x - mean) * rstd;
+                        *di += (d - m_dn - norm * m_dnn) * rstd;
+                    }
+                }
+            }
+        }
+    }
+}
+
+simd_fn! {
+    /// Columns `[c0, c0 + width)` of `dweight += Σ_r dout·norm`, `dbias += Σ_r dout`.
+    fn norm_dparams_chunk(
+        dw: Option<&mut [f32]>,
+        db: Option<&mut [f32]>,
+        dout: &[f32],
+        inp: &[f32],
+        stats: &[f32],
+        rows: usize,
+        cols: usize,
+        c0: usize,
+        wdt: usize,
+    ) {
+        let mut dw = dw;
+        let mut db = db;
+        for r in 0..rows {
+            let x = &inp[r * cols + c0..r * cols + c0 + wdt];
+            let d = &dout[r * cols + c0..r * cols + c0 + wdt];
+            let (mean, rstd) = (stats[2 * r], stats[2 * r + 1]);
+            if let Some(dw) = dw.as_deref_mut() {
+                for ((a, &d), &x) in dw.iter_mut().zip(d).zip(x) {
+                    *a += d * (x - mean) * rstd;
+                }
+            }
+            if let Some(db) = db.as_deref_mut() {
+                add_to(db, d);
+            }
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
 pub fn norm_backward(
-    _kind: NormKind,
+    kind: NormKind,
     dinp: &mut [f32],
     dweight: Option<&mut [f32]>,
     dbias: Option<&mut [f32]>,
@@ -209,31 +388,15 @@ pub fn norm_backward(
     rows: usize,
     cols: usize,
 ) {
-    let n = cols as f32;
-    let is_ln = _kind == NormKind::LayerNorm;
+    let ln = kind == NormKind::LayerNorm;
+    let weight = weight.map(|w| &w[..cols]);
+    let rb = row_block(rows);
     dinp[..rows * cols]
-        .par_chunks_mut(cols)
-        .enumerate()
-        .for_each(|(r, di)| {
-            let x = &inp[r * cols..(r + 1) * cols];
-            let d = &dout[r * cols..(r + 1) * cols];
-            let (mean, rstd) = (stats[2 * r], stats[2 * r + 1]);
-            let mut s_dn = 0f32;
-            let mut s_dnn = 0f32;
-            for i in 0..cols {
-                let norm = (x[i] - mean) * rstd;
-                let dn = d[i] * weight.map_or(1.0, |w| w[i]);
-                s_dn += dn;
-                s_dnn += dn * norm;
-            }
-            let m_dn = if is_ln { s_dn / n } else { 0.0 };
-            let m_dnn = s_dnn / n;
-            for i in 0..cols {
-                let norm = (x[i] - mean) * rstd;
-                let dn = d[i] * weight.map_or(1.0, |w| w[i]);
-                di[i] += (dn - m_dn - norm * m_dnn) * rstd;
-            }
-        });
+        .par_chunks_mut(rb * cols)
+        .zip(dout[..rows * cols].par_chunks(rb * cols))
+        .zip(inp[..rows * cols].par_chunks(rb * cols))
+        .zip(stats[..2 * rows].par_chunks(2 * rb))
+        .for_each(|(((di, d), x), st)| norm_bwd_rows(ln, di, d, x, st, weight, cols));
     if dweight.is_none() && dbias.is_none() {
         return;
     }
@@ -245,21 +408,9 @@ pub fn norm_backward(
         let c0 = ci * cc;
         let wdt = cc.min(cols - c0);
         // SAFETY: this task owns columns [c0, c0+wdt).
-        let mut dw = dw_p.map(|p| unsafe { std::slice::from_raw_parts_mut(p.get().add(c0), wdt) });
-        let mut db = db_p.map(|p| unsafe { std::slice::from_raw_parts_mut(p.get().add(c0), wdt) });
-        for r in 0..rows {
-            let x = &inp[r * cols + c0..r * cols + c0 + wdt];
-            let d = &dout[r * cols + c0..r * cols + c0 + wdt];
-            let (mean, rstd) = (stats[2 * r], stats[2 * r + 1]);
-            if let Some(dw) = dw.as_deref_mut() {
-                for i in 0..wdt {
-                    dw[i] += d[i] * (x[i] - mean) * rstd;
-                }
-            }
-            if let Some(db) = db.as_deref_mut() {
-                db.iter_mut().zip(d).for_each(|(a, b)| *a += b);
-            }
-        }
+        let dw = dw_p.map(|p| unsafe { std::slice::from_raw_parts_mut(p.get().add(c0), wdt) });
+        let db = db_p.map(|p| unsafe { std::slice::from_raw_parts_mut(p.get().add(c0), wdt) });
+        norm_dparams_chunk(dw, db, dout, inp, stats, rows, cols, c0, wdt);
     });
 }
 
@@ -273,40 +424,67 @@ fn fast_tanh(x: f32) -> f32 {
     (e - 1.0) / (e + 1.0)
 }
 
-pub fn act_forward(act: Act, out: &mut [f32], inp: &[f32]) {
-    match act {
-        Act::GeluTanh => par_zip(out, inp, |o, x| {
+simd_fn! {
+    /// GELU-tanh: `0.5·x·(1 + tanh(u)) = x / (1 + e^(-2u))`, `u = √(2/π)(x + 0.044715x³)`.
+    fn gelu_fwd(out: &mut [f32], inp: &[f32]) {
+        for (o, &x) in out.iter_mut().zip(inp) {
             let u = GELU_S * (x + 0.044715 * x * x * x);
-            *o = 0.5 * x * (1.0 + fast_tanh(u));
-        }),
-        Act::ReluSq => par_zip(out, inp, |o, x| {
-            let r = x.max(0.0);
-            *o = r * r;
-        }),
+            *o = x / (1.0 + exp(-2.0 * u));
+        }
     }
+}
+
+simd_fn! {
+    /// `dinp = gelu'(x)·dout` with `s = σ(2u)`: `gelu' = s + 2x·s(1-s)·u'`.
+    fn gelu_bwd(dinp: &mut [f32], dout: &[f32], inp: &[f32]) {
+        for ((di, &d), &x) in dinp.iter_mut().zip(dout).zip(inp) {
+            let u = GELU_S * (x + 0.044715 * x * x * x);
+            let s = 1.0 / (1.0 + exp(-2.0 * u));
+            let du = GELU_S * (1.0 + 3.0 * 0.044715 * x * x);
+            *di = d * (s + 2.0 * x * s * (1.0 - s) * du);
+        }
+    }
+}
+
+simd_fn! {
+    fn relu_sq_fwd(out: &mut [f32], inp: &[f32]) {
+        for (o, &x) in out.iter_mut().zip(inp) {
+            let r = if x > 0.0 { x } else { 0.0 };
+            *o = r * r;
+        }
+    }
+}
+
+simd_fn! {
+    fn relu_sq_bwd(dinp: &mut [f32], dout: &[f32], inp: &[f32]) {
+        for ((di, &d), &x) in dinp.iter_mut().zip(dout).zip(inp) {
+            *di = d * (2.0 * if x > 0.0 { x } else { 0.0 });
+        }
+    }
+}
+
+pub fn act_forward(act: Act, out: &mut [f32], inp: &[f32]) {
+    assert_eq!(out.len(), inp.len());
+    let f = match act {
+        Act::GeluTanh => gelu_fwd,
+        Act::ReluSq => relu_sq_fwd,
+    };
+    out.par_chunks_mut(CHUNK)
+        .zip(inp.par_chunks(CHUNK))
+        .for_each(|(o, x)| f(o, x));
 }
 
 pub fn act_backward(act: Act, dinp: &mut [f32], dout: &[f32], inp: &[f32]) {
     assert_eq!(dinp.len(), inp.len());
+    assert_eq!(dout.len(), inp.len());
+    let f = match act {
+        Act::GeluTanh => gelu_bwd,
+        Act::ReluSq => relu_sq_bwd,
+    };
     dinp.par_chunks_mut(CHUNK)
         .zip(dout.par_chunks(CHUNK))
         .zip(inp.par_chunks(CHUNK))
-        .for_each(|((di, d), x)| {
-            for i in 0..di.len() {
-                let x = x[i];
-                di[i] = d[i]
-                    * match act {
-                        Act::GeluTanh => {
-                            let u = GELU_S * (x + 0.044715 * x * x * x);
-                            let th = fast_tanh(u);
-                            let sech2 = 1.0 - th * th;
-                            0.5 * (1.0 + th)
-                                + 0.5 * x * sech2 * GELU_S * (1.0 + 3.0 * 0.044715 * x * x)
-                        }
-                        Act::ReluSq => 2.0 * x.max(0.0),
-                    };
-            }
-        });
+        .for_each(|((di, d), x)| f(di, d, x));
 }
 
 /// cos/sin of the rotary angles for one position into `cs` (`[cos; half][sin; half]`).
@@ -410,20 +588,38 @@ pub fn qk_prep_backward(
         });
 }
 
-/// Masked softmax of row `i` of a `t×t` score matrix in place (entries `j > i` set to 0).
-#[inline]
-fn causal_softmax_row(row: &mut [f32], i: usize) {
-    let (live, dead) = row.split_at_mut(i + 1);
-    let mx = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for v in live.iter_mut() {
-        *v = (*v - mx).exp();
-        sum += *v;
+simd_fn! {
+    /// Causal softmax of rows `[r0, r0 + p.len() / t)` of a `t×t` score matrix, in place
+    /// (entries `j > i` set to 0).
+    fn causal_softmax_rows(p: &mut [f32], t: usize, r0: usize) {
+        for (k, row) in p.chunks_exact_mut(t).enumerate() {
+            let i = r0 + k;
+            let (live, dead) = row.split_at_mut(i + 1);
+            let mx = vmath::max(live);
+            let inv = 1.0 / vmath::exp_shift_sum(live, mx);
+            live.iter_mut().for_each(|v| *v *= inv);
+            dead.iter_mut().for_each(|v| *v = 0.0);
+        }
     }
-    let inv = 1.0 / sum;
-    live.iter_mut().for_each(|v| *v *= inv);
-    dead.iter_mut().for_each(|v| *v = 0.0);
 }
+
+simd_fn! {
+    /// Softmax backward of rows `[r0, r0 + ds.len() / t)`: `dS = P ⊙ (dP - rowsum(P ⊙ dP))·scale`
+    /// over `j ≤ i`, 0 above the diagonal. `ds` holds dP on entry.
+    fn causal_softmax_bwd_rows(ds: &mut [f32], p: &[f32], t: usize, r0: usize, scale: f32) {
+        for (k, (dr, pr)) in ds.chunks_exact_mut(t).zip(p.chunks_exact(t)).enumerate() {
+            let i = r0 + k;
+            let s = dot(&pr[..=i], &dr[..=i]);
+            for (d, &p) in dr[..=i].iter_mut().zip(&pr[..=i]) {
+                *d = p * (*d - s) * scale;
+            }
+            dr[i + 1..].iter_mut().for_each(|v| *v = 0.0);
+        }
+    }
+}
+
+/// Query rows per causal block: attention computes only the blocks on or below the diagonal.
+const ATT_BLOCK: usize = 64;
 
 pub fn attention_forward(out: &mut [f32], probs: &mut [f32], qkv: &[f32], d: AttnDims) {
     let (t, hd, nh) = (d.t, d.head_dim, d.n_head);
@@ -439,11 +635,6 @@ pub fn attention_forward(out: &mut [f32], probs: &mut [f32], qkv: &[f32], d: Att
             let (b, h) = (bh / nh, bh % nh);
             let kvh = h / grp;
             let base = b * t * wq;
-            let q = Mat {
-                ptr: qkv[base + h * hd..].as_ptr(),
-                rs: wq as isize,
-                cs: 1,
-            };
             let kt = Mat {
                 ptr: qkv[base + (nh + kvh) * hd..].as_ptr(),
                 rs: 1,
@@ -454,44 +645,51 @@ pub fn attention_forward(out: &mut [f32], probs: &mut [f32], qkv: &[f32], d: Att
                 rs: wq as isize,
                 cs: 1,
             };
-            // SAFETY: strided views stay inside qkv for rows of this batch; p is this task's own.
-            unsafe {
-                gemm_raw(
-                    t,
-                    t,
-                    hd,
-                    p.as_mut_ptr(),
-                    t as isize,
-                    q,
-                    kt,
-                    scale,
-                    0.0,
-                    gemm::Parallelism::None,
-                )
-            };
-            for i in 0..t {
-                causal_softmax_row(&mut p[i * t..(i + 1) * t], i);
+            for r0 in (0..t).step_by(ATT_BLOCK) {
+                let r1 = (r0 + ATT_BLOCK).min(t);
+                let q = Mat {
+                    ptr: qkv[base + r0 * wq + h * hd..].as_ptr(),
+                    rs: wq as isize,
+                    cs: 1,
+                };
+                // S[r0..r1, 0..r1] = scale · Q[r0..r1] K[0..r1]ᵀ (later columns are masked)
+                // SAFETY: strided views stay inside qkv for rows of this batch; p is this task's.
+                unsafe {
+                    gemm_raw(
+                        r1 - r0,
+                        r1,
+                        hd,
+                        p[r0 * t..].as_mut_ptr(),
+                        t as isize,
+                        q,
+                        kt,
+                        scale,
+                        0.0,
+                        gemm::Parallelism::None,
+                    )
+                };
+                causal_softmax_rows(&mut p[r0 * t..r1 * t], t, r0);
+                let pm = Mat {
+                    ptr: p[r0 * t..].as_ptr(),
+                    rs: t as isize,
+                    cs: 1,
+                };
+                // SAFETY: output columns [h*hd, (h+1)*hd) of batch b's rows belong to this task.
+                unsafe {
+                    gemm_raw(
+                        r1 - r0,
+                        hd,
+                        r1,
+                        out_p.get().add((b * t + r0) * wo + h * hd),
+                        wo as isize,
+                        pm,
+                        v,
+                        1.0,
+                        0.0,
+                        gemm::Parallelism::None,
+                    )
+                };
             }
-            let pm = Mat {
-                ptr: p.as_ptr(),
-                rs: t as isize,
-                cs: 1,
-            };
-            // SAFETY: output columns [h*hd, (h+1)*hd) of batch b's rows belong to this task only.
-            unsafe {
-                gemm_raw(
-                    t,
-                    hd,
-                    t,
-                    out_p.get().add(b * t * wo + h * hd),
-                    wo as isize,
-                    pm,
-                    v,
-                    1.0,
-                    0.0,
-                    gemm::Parallelism::None,
-                )
-            };
         });
 }
 
@@ -509,6 +707,7 @@ pub fn attention_backward(
     let grp = nh / nkv;
     let scale = 1.0 / (hd as f32).sqrt();
     let dq_p = SendPtr(dqkv.as_mut_ptr());
+    let (wq_s, wo_s, t_s) = (wq as isize, wo as isize, t as isize);
     // One task per (batch, kv head): it owns dK, dV of that head and dQ of its query heads.
     work[..d.b * nh * t * t]
         .par_chunks_mut(grp * t * t)
@@ -517,109 +716,126 @@ pub fn attention_backward(
             let (b, kvh) = (bk / nkv, bk % nkv);
             let base = b * t * wq;
             let none = gemm::Parallelism::None;
+            let k_off = base + (nh + kvh) * hd;
+            let v_off = base + (nh + nkv + kvh) * hd;
             for g in 0..grp {
                 let h = kvh * grp + g;
                 let ds = &mut ws[g * t * t..(g + 1) * t * t];
                 let p = &probs[(b * nh + h) * t * t..(b * nh + h + 1) * t * t];
-                let dom = Mat {
-                    ptr: dout[b * t * wo + h * hd..].as_ptr(),
-                    rs: wo as isize,
-                    cs: 1,
-                };
-                let vt = Mat {
-                    ptr: qkv[base + (nh + nkv + kvh) * hd..].as_ptr(),
-                    rs: 1,
-                    cs: wq as isize,
-                };
-                // SAFETY: all strided reads stay in batch b's rows; ds is this task's own scratch.
-                unsafe {
-                    gemm_raw(
+                let do_off = b * t * wo + h * hd;
+                let q_off = base + h * hd;
+                // Row blocks: dP, dS and dQ for query rows [r0, r1) need key columns [0, r1).
+                for r0 in (0..t).step_by(ATT_BLOCK) {
+                    let r1 = (r0 + ATT_BLOCK).min(t);
+                    let dom = Mat {
+                        ptr: dout[do_off + r0 * wo..].as_ptr(),
+                        rs: wo_s,
+                        cs: 1,
+                    };
+                    let vt = Mat {
+                        ptr: qkv[v_off..].as_ptr(),
+                        rs: 1,
+                        cs: wq_s,
+                    };
+                    // SAFETY: strided reads stay in batch b's rows; ds is this task's scratch.
+                    unsafe {
+                        gemm_raw(
+                            r1 - r0,
+                            r1,
+                            hd,
+                            ds[r0 * t..].as_mut_ptr(),
+                            t_s,
+                            dom,
+                            vt,
+                            1.0,
+                            0.0,
+                            none,
+                        )
+                    };
+                    causal_softmax_bwd_rows(
+                        &mut ds[r0 * t..r1 * t],
+                        &p[r0 * t..r1 * t],
                         t,
-                        t,
-                        hd,
-                        ds.as_mut_ptr(),
-                        t as isize,
-                        dom,
-                        vt,
-                        1.0,
-                        0.0,
-                        none,
-                    )
-                };
-                // softmax backward: dS = P ⊙ (dP - rowsum(P ⊙ dP)), times the score scale.
-                for i in 0..t {
-                    let pr = &p[i * t..(i + 1) * t];
-                    let dr = &mut ds[i * t..(i + 1) * t];
-                    let s = dot(&pr[..=i], &dr[..=i]);
-                    for j in 0..=i {
-                        dr[j] = pr[j] * (dr[j] - s) * scale;
-                    }
-                    dr[i + 1..].iter_mut().for_each(|v| *v = 0.0);
+                        r0,
+                        scale,
+                    );
+                    let dsm = Mat {
+                        ptr: ds[r0 * t..].as_ptr(),
+                        rs: t_s,
+                        cs: 1,
+                    };
+                    let k = Mat {
+                        ptr: qkv[k_off..].as_ptr(),
+                        rs: wq_s,
+                        cs: 1,
+                    };
+                    // SAFETY: dQ rows [r0, r1) of head h (batch b) belong to this task.
+                    unsafe {
+                        gemm_raw(
+                            r1 - r0,
+                            hd,
+                            r1,
+                            dq_p.get().add(q_off + r0 * wq),
+                            wq_s,
+                            dsm,
+                            k,
+                            1.0,
+                            0.0,
+                            none,
+                        )
+                    };
                 }
-                let dsm = Mat {
-                    ptr: ds.as_ptr(),
-                    rs: t as isize,
-                    cs: 1,
-                };
-                let dstm = Mat {
-                    ptr: ds.as_ptr(),
-                    rs: 1,
-                    cs: t as isize,
-                };
-                let k = Mat {
-                    ptr: qkv[base + (nh + kvh) * hd..].as_ptr(),
-                    rs: wq as isize,
-                    cs: 1,
-                };
-                let q = Mat {
-                    ptr: qkv[base + h * hd..].as_ptr(),
-                    rs: wq as isize,
-                    cs: 1,
-                };
-                let pt = Mat {
-                    ptr: p.as_ptr(),
-                    rs: 1,
-                    cs: t as isize,
-                };
+                // Column blocks: dK, dV for key rows [c0, c1) need query rows [c0, t).
                 let beta = if g == 0 { 0.0 } else { 1.0 };
-                // SAFETY: dQ of head h and dK/dV of kv head kvh (rows of batch b) belong to this task.
-                unsafe {
-                    gemm_raw(
-                        t,
-                        hd,
-                        t,
-                        dq_p.get().add(base + h * hd),
-                        wq as isize,
-                        dsm,
-                        k,
-                        1.0,
-                        0.0,
-                        none,
-                    );
-                    gemm_raw(
-                        t,
-                        hd,
-                        t,
-                        dq_p.get().add(base + (nh + kvh) * hd),
-                        wq as isize,
-                        dstm,
-                        q,
-                        1.0,
-                        beta,
-                        none,
-                    );
-                    gemm_raw(
-                        t,
-                        hd,
-                        t,
-                        dq_p.get().add(base + (nh + nkv + kvh) * hd),
-                        wq as isize,
-                        pt,
-                        dom,
-                        1.0,
-                        beta,
-                        none,
-                    );
+                for c0 in (0..t).step_by(ATT_BLOCK) {
+                    let c1 = (c0 + ATT_BLOCK).min(t);
+                    let dstm = Mat {
+                        ptr: ds[c0 * t + c0..].as_ptr(),
+                        rs: 1,
+                        cs: t_s,
+                    };
+                    let ptm = Mat {
+                        ptr: p[c0 * t + c0..].as_ptr(),
+                        rs: 1,
+                        cs: t_s,
+                    };
+                    let q = Mat {
+                        ptr: qkv[q_off + c0 * wq..].as_ptr(),
+                        rs: wq_s,
+                        cs: 1,
+                    };
+                    let dom = Mat {
+                        ptr: dout[do_off + c0 * wo..].as_ptr(),
+                        rs: wo_s,
+                        cs: 1,
+                    };
+                    // SAFETY: dK/dV rows [c0, c1) of kv head kvh (batch b) belong to this task.
+                    unsafe {
+                        gemm_raw(
+                            c1 - c0,
+                            hd,
+                            t - c0,
+                            dq_p.get().add(k_off + c0 * wq),
+                            wq_s,
+                            dstm,
+                            q,
+                            1.0,
+                            beta,
+                            none,
+                        );
+                        gemm_raw(
+                            c1 - c0,
+                            hd,
+                            t - c0,
+                            dq_p.get().add(v_off + c0 * wq),
+                            wq_s,
+                            ptm,
+                            dom,
+                            1.0,
+                            beta,
+                            none,
+                        );
+                    }
                 }
             }
         });
@@ -693,6 +909,40 @@ pub fn attention_cached(
         });
 }
 
+simd_fn! {
+    /// One row of the fused loss + gradient: `z` (logits) becomes `ws·(softmax(z) - onehot)`;
+    /// returns `logsumexp(z) - z[tgt]`.
+    fn ce_row_grad(z: &mut [f32], tgt: usize, ws: f32) -> f32 {
+        let mx = vmath::max(z);
+        let zt = z[tgt];
+        let sum = vmath::exp_shift_sum(z, mx);
+        let k = ws / sum;
+        z.iter_mut().for_each(|v| *v *= k);
+        z[tgt] -= ws;
+        mx + sum.ln() - zt
+    }
+}
+
+simd_fn! {
+    /// `logsumexp(z) - z[tgt]`, `z` unchanged.
+    fn ce_row_loss(z: &[f32], tgt: usize) -> f32 {
+        let mx = vmath::max(z);
+        let mut acc = [0f32; LANES];
+        let ch = z.chunks_exact(LANES);
+        let rem = ch.remainder();
+        for c in ch {
+            for k in 0..LANES {
+                acc[k] += exp(c[k] - mx);
+            }
+        }
+        let mut sum = hsum(&acc);
+        for &v in rem {
+            sum += exp(v - mx);
+        }
+        mx + sum.ln() - z[tgt]
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn cross_entropy(
     logits: &mut [f32],
@@ -716,19 +966,11 @@ pub fn cross_entropy(
                 None => x,
             };
             if let (Some(s), None) = (grad_scale, softcap) {
-                // fused: one exp per logit, stored in place and turned into the gradient
-                let mx = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let zt = z[tgt];
-                let mut sum = 0f32;
-                for v in z.iter_mut() {
-                    *v = (*v - mx).exp();
-                    sum += *v;
-                }
-                *loss = mx + sum.ln() - zt;
-                let ws = s * weights[r];
-                let k = ws / sum;
-                z.iter_mut().for_each(|v| *v *= k);
-                z[tgt] -= ws;
+                *loss = ce_row_grad(z, tgt, s * weights[r]);
+                return;
+            }
+            if let (None, None) = (grad_scale, softcap) {
+                *loss = ce_row_loss(z, tgt);
                 return;
             }
             if grad_scale.is_some() && softcap.is_some() {
@@ -762,17 +1004,26 @@ pub fn adamw(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: AdamHype
     let step_size = (h.lr as f64 / bc1) as f32;
     let bc2_sqrt = bc2.sqrt() as f32;
     let decay = 1.0 - h.lr * h.weight_decay;
+    let k = [h.beta1, h.beta2, step_size, bc2_sqrt, h.eps, decay];
     p.par_chunks_mut(CHUNK)
         .zip(g.par_chunks(CHUNK))
         .zip(m.par_chunks_mut(CHUNK))
         .zip(v.par_chunks_mut(CHUNK))
-        .for_each(|(((p, g), m), v)| {
-            for i in 0..p.len() {
-                let gi = g[i];
-                m[i] = h.beta1 * m[i] + (1.0 - h.beta1) * gi;
-                v[i] = h.beta2 * v[i] + (1.0 - h.beta2) * gi * gi;
-                let denom = v[i].sqrt() / bc2_sqrt + h.eps;
-                p[i] = p[i] * decay - step_size * m[i] / denom;
-            }
-        });
+        .for_each(|(((p, g), m), v)| adamw_chunk(p, g, m, v, k));
+}
+
+simd_fn! {
+    /// `k` = [beta1, beta2, step size (lr / bias correction 1), √(bias correction 2), eps, decay].
+    fn adamw_chunk(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: [f32; 6]) {
+        let [b1, b2, step_size, bc2_sqrt, eps, decay] = k;
+        let n = p.len().min(g.len()).min(m.len()).min(v.len());
+        let (p, g, m, v) = (&mut p[..n], &g[..n], &mut m[..n], &mut v[..n]);
+        for i in 0..n {
+            let gi = g[i];
+            m[i] = b1 * m[i] + (1.0 - b1) * gi;
+            v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
+            let denom = v[i].sqrt() / bc2_sqrt + eps;
+            p[i] = p[i] * decay - step_size * m[i] / denom;
+        }
+    }
 }

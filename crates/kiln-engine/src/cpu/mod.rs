@@ -5,6 +5,7 @@
 //! except the attention-backward workspace, which grows once and is reused.
 
 mod kernels;
+mod vmath;
 pub mod sgemm;
 
 use std::sync::Mutex;
