@@ -12,8 +12,10 @@
 //!   The bf16 matmul operand paths (`f32ops`, `bf16ops`, `cached`; see `cuda::Bf16Gemm`) are
 //!   checked against the cpu and each other, and the cached bf16 copies against uncached ones after
 //!   every kind of write to the operand's buffer (and after a training step, on gradients).
-//! - `bench-gemm [B T STEPS]`: the training step at the bench shape under each bf16 operand path
-//!   on one trainer (step ms and the matmul share of a profiled step, per path).
+//!   `matmul_bias` (the cuBLASLt bias epilogue in bf16) is checked against matmul + add_bias.
+//! - `bench-gemm [B T STEPS]`: the training step at the bench shape under each bf16 operand path,
+//!   then cached operands with the cuBLASLt bias epilogue, on one trainer (step ms and a profiled
+//!   step's op table, per path).
 //! - `decode ROWS [TOKENS]`: KV-cache decode tokens/s on the same model.
 //! - `train TEXT OUT STEPS`: byte-level gpt2 training on a text file with a checkpoint at half
 //!   way and a resume from it that must reproduce the uninterrupted run's losses.
@@ -553,6 +555,71 @@ fn bf16_gemm_parity(tw: &mut Twin) {
             1e-6,
         );
     }
+    // matmul_bias (cuBLASLt bias epilogue in bf16) against matmul + add_bias on the same operand
+    // path (1e-5: only the summation order may differ) and against the cpu (bf16 tolerance);
+    // bias offset 8 (16-byte aligned: fused) and 3 (unaligned: the separate-add fallback)
+    for (ta, tb, beta, boff) in [
+        (false, true, 0.0, 8),
+        (false, true, 1.0, 8),
+        (false, false, 1.0, 8),
+        (true, false, 0.0, 8),
+        (true, true, 1.0, 8),
+        (false, true, 1.0, 3),
+    ] {
+        let (m, k, nn) = (96, 64, 72);
+        let a = both(tw, &rand_vec(&mut r, m * k, 1.0));
+        let b = both(tw, &rand_vec(&mut r, k * nn, 1.0));
+        let bias = both(tw, &rand_vec(&mut r, boff + nn, 1.0));
+        let c0 = rand_vec(&mut r, m * nn, 1.0);
+        let d = MatDims {
+            m,
+            n: nn,
+            k,
+            trans_a: ta,
+            trans_b: tb,
+        };
+        let cc = tw.cpu.alloc(m * nn).unwrap();
+        tw.cpu.write(View::new(&cc, 0, m * nn), &c0);
+        tw.cpu.matmul_bias(
+            View::new(&cc, 0, m * nn),
+            View::new(&a.0, 0, m * k),
+            View::new(&b.0, 0, k * nn),
+            Some(View::new(&bias.0, boff, nn)),
+            d,
+            0.5,
+            beta,
+        );
+        let want = host_c(tw, &cc);
+        let mut got = vec![];
+        for fused in [true, false] {
+            let prev = gpu.lt_enabled();
+            gpu.set_lt(fused);
+            let cg = gpu.alloc(m * nn).unwrap();
+            gpu.write(View::new(&cg, 0, m * nn), &c0);
+            gpu.matmul_bias(
+                View::new(&cg, 0, m * nn),
+                View::new(&a.1, 0, m * k),
+                View::new(&b.1, 0, k * nn),
+                Some(View::new(&bias.1, boff, nn)),
+                d,
+                0.5,
+                beta,
+            );
+            got.push(host_g(tw, &cg));
+            gpu.set_lt(prev);
+        }
+        let what = format!(
+            "matmul_bias {} ta={ta} tb={tb} beta={beta} bias_off={boff}",
+            gpu.matmul_bias_path()
+        );
+        tw.report(&format!("{what} vs cpu"), &got[0], &want, 1e-2);
+        tw.report(
+            &format!("{what} vs matmul+add_bias"),
+            &got[0],
+            &got[1],
+            1e-5,
+        );
+    }
     // invalidation: W lives at offset `wo` of a parameter-like buffer with other tensors around it
     let (m, k, nn, wo) = (64, 96, 80, 40);
     let total = wo + k * nn + 50;
@@ -803,7 +870,7 @@ fn parity() -> Res<()> {
         }
         println!(
             "{}",
-            serde_json::json!({"check": "attention_default", "precision": format!("{prec:?}"), "matmul": tw.gpu.matmul_path().name(),
+            serde_json::json!({"check": "attention_default", "precision": format!("{prec:?}"), "matmul": tw.gpu.matmul_path().name(), "matmul_bias": tw.gpu.matmul_bias_path(),
                 "requested": tw.gpu.attention().name(), "runs_hd16": tw.gpu.attention_for(16).name(),
                 "runs_hd64": tw.gpu.attention_for(64).name()})
         );
@@ -837,8 +904,15 @@ fn bench_gemm(args: &[String]) -> Res<()> {
     let mut r = Rng::new(3);
     let x: Vec<u32> = (0..b * t).map(|_| r.below(50257) as u32).collect();
     let y: Vec<u32> = (0..b * t).map(|_| r.below(50257) as u32).collect();
-    for mode in GEMM_MODES {
+    let runs = [
+        (Bf16Gemm::F32Operands, false),
+        (Bf16Gemm::Bf16, false),
+        (Bf16Gemm::Bf16Cached, false),
+        (Bf16Gemm::Bf16Cached, true),
+    ];
+    for (mode, lt_on) in runs {
         gpu.set_bf16_gemm(mode);
+        gpu.set_lt(lt_on);
         let mut times = vec![];
         let mut loss = 0.0;
         for s in 0..2 + steps {
@@ -858,7 +932,7 @@ fn bench_gemm(args: &[String]) -> Res<()> {
         let (_, peak) = gpu.memory_bytes();
         println!(
             "{}",
-            serde_json::json!({"bench": "train_gemm_mode", "matmul": gpu.matmul_path().name(), "batch": b, "ctx": t,
+            serde_json::json!({"bench": "train_gemm_mode", "matmul": gpu.matmul_path().name(), "matmul_bias": gpu.matmul_bias_path(), "batch": b, "ctx": t,
                 "step_ms_median": times[times.len() / 2], "step_ms_min": times[0], "tokens_per_s": (b * t) as f64 / times[times.len() / 2] * 1e3,
                 "profiled_matmul_ms": mm.map(|p| p.1), "matmul_calls": mm.map(|p| p.2), "loss": loss,
                 "backend_peak_mb": peak as f64 / 1048576.0,
@@ -935,7 +1009,7 @@ fn bench(args: &[String]) -> Res<()> {
     let (free, total) = gpu.device_memory();
     println!(
         "{}",
-        serde_json::json!({"bench": "train", "impl": "kiln-cuda", "precision": format!("{prec:?}"), "attention": gpu.attention_for(cfg.n_embd / cfg.n_head).name(), "matmul": gpu.matmul_path().name(), "device": gpu.device_name(),
+        serde_json::json!({"bench": "train", "impl": "kiln-cuda", "precision": format!("{prec:?}"), "attention": gpu.attention_for(cfg.n_embd / cfg.n_head).name(), "matmul": gpu.matmul_path().name(), "matmul_bias": gpu.matmul_bias_path(), "device": gpu.device_name(),
             "batch": b, "ctx": t, "params": n_params, "steps": steps, "step_ms_median": med * 1e3, "step_ms_mean": mean * 1e3,
             "tokens_per_s": tok_s, "flops_per_token": flops_tok, "mfu_989": mfu, "first_loss": first_loss, "last_loss": last_loss,
             "backend_peak_mb": peak as f64 / 1048576.0, "backend_cur_mb": cur as f64 / 1048576.0,

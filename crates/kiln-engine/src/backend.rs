@@ -165,6 +165,25 @@ pub trait Backend: Send + Sync {
         alpha: f32,
         beta: f32,
     );
+    /// [`Backend::matmul`], then (if `bias` is given) `c[r, :] += bias` for the `d.m` rows of
+    /// `d.n`: the projection of a `Linear` layer. A backend may fuse the two (the cuda backend's
+    /// cuBLASLt bias epilogue); the default runs `matmul` and `add_bias`.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_bias(
+        &self,
+        c: View<Self::Buf>,
+        a: View<Self::Buf>,
+        b: View<Self::Buf>,
+        bias: Option<View<Self::Buf>>,
+        d: MatDims,
+        alpha: f32,
+        beta: f32,
+    ) {
+        self.matmul(c, a, b, d, alpha, beta);
+        if let Some(bias) = bias {
+            self.add_bias(c, bias, d.m, d.n);
+        }
+    }
     /// `out[r, :] += bias` for `rows` rows of `cols`.
     fn add_bias(&self, out: View<Self::Buf>, bias: View<Self::Buf>, rows: usize, cols: usize);
     /// Accumulate: `dbias += Σ_r dout[r, :]`.

@@ -377,17 +377,15 @@ impl<B: Backend> Trainer<B> {
                 c,
                 cfg.norm_eps,
             );
-            be.matmul(
+            be.matmul_bias(
                 v(&la.qkv, bt * wq),
                 v(&la.ln1, bt * c),
                 p(ls.qkv_w),
+                po(ls.qkv_b),
                 lin(bt, wq, c),
                 1.0,
                 0.0,
             );
-            if let Some(bias) = ls.qkv_b {
-                be.add_bias(v(&la.qkv, bt * wq), p(bias), bt, wq);
-            }
             let att_in = if let Some(prep) = m.qk_prep(0) {
                 be.qk_prep_forward(
                     v(&la.qkr, bt * wq),
@@ -407,17 +405,15 @@ impl<B: Backend> Trainer<B> {
                 d,
             );
             be.copy(v(&la.res2, bt * c), v(&la.res, bt * c));
-            be.matmul(
+            be.matmul_bias(
                 v(&la.res2, bt * c),
                 v(&la.att, bt * wo),
                 p(ls.proj_w),
+                po(ls.proj_b),
                 lin(bt, c, wo),
                 1.0,
                 1.0,
             );
-            if let Some(bias) = ls.proj_b {
-                be.add_bias(v(&la.res2, bt * c), p(bias), bt, c);
-            }
             be.norm_forward(
                 nk,
                 v(&la.ln2, bt * c),
@@ -429,30 +425,26 @@ impl<B: Backend> Trainer<B> {
                 c,
                 cfg.norm_eps,
             );
-            be.matmul(
+            be.matmul_bias(
                 v(&la.fch, bt * 4 * c),
                 v(&la.ln2, bt * c),
                 p(ls.fc_w),
+                po(ls.fc_b),
                 lin(bt, 4 * c, c),
                 1.0,
                 0.0,
             );
-            if let Some(bias) = ls.fc_b {
-                be.add_bias(v(&la.fch, bt * 4 * c), p(bias), bt, 4 * c);
-            }
             be.act_forward(m.act(), v(&la.fcg, bt * 4 * c), v(&la.fch, bt * 4 * c));
             be.copy(v(next_res, bt * c), v(&la.res2, bt * c));
-            be.matmul(
+            be.matmul_bias(
                 v(next_res, bt * c),
                 v(&la.fcg, bt * 4 * c),
                 p(ls.fcp_w),
+                po(ls.fcp_b),
                 lin(bt, c, 4 * c),
                 1.0,
                 1.0,
             );
-            if let Some(bias) = ls.fcp_b {
-                be.add_bias(v(next_res, bt * c), p(bias), bt, c);
-            }
         }
         be.norm_forward(
             nk,

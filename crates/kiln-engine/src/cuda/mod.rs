@@ -31,6 +31,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use cudarc::cublas::{result as blas, sys as blas_sys};
+use cudarc::cublaslt::{result as lt, sys as lt_sys};
 use cudarc::driver::{
     result as drv, CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg,
 };
@@ -386,6 +387,52 @@ struct Scratch {
     red: u64,
 }
 
+/// cuBLASLt for the fused bias epilogue ([`Backend::matmul_bias`] in bf16 precision): handle,
+/// workspace, and the heuristic's algorithm per problem (`None`: no algorithm, use the fallback).
+struct LtState {
+    handle: lt_sys::cublasLtHandle_t,
+    ws: u64,
+    ws_size: usize,
+    algos: HashMap<LtKey, Option<lt_sys::cublasLtMatmulAlgo_t>>,
+}
+// SAFETY: the handle is only used under the backend's mutex.
+unsafe impl Send for LtState {}
+unsafe impl Sync for LtState {}
+
+/// (m, n, k, trans_a, trans_b, beta != 0, alignment of a, b, c in bytes).
+type LtKey = (usize, usize, usize, bool, bool, bool, u32, u32, u32);
+
+/// The cuBLASLt objects of one call, destroyed on drop.
+struct LtObjs {
+    desc: lt_sys::cublasLtMatmulDesc_t,
+    layouts: [lt_sys::cublasLtMatrixLayout_t; 3],
+    pref: lt_sys::cublasLtMatmulPreference_t,
+}
+
+impl Drop for LtObjs {
+    fn drop(&mut self) {
+        // SAFETY: each non-null handle was created by cuBLASLt and is destroyed once, here.
+        unsafe {
+            if !self.desc.is_null() {
+                let _ = lt::destroy_matmul_desc(self.desc);
+            }
+            for l in self.layouts {
+                if !l.is_null() {
+                    let _ = lt::destroy_matrix_layout(l);
+                }
+            }
+            if !self.pref.is_null() {
+                let _ = lt::destroy_matmul_pref(self.pref);
+            }
+        }
+    }
+}
+
+/// Largest power of two (≤ 256) dividing a device address: what cuBLASLt may assume.
+fn align_of_ptr(p: u64) -> u32 {
+    1u32 << p.trailing_zeros().min(8)
+}
+
 struct BlasHandle(blas_sys::cublasHandle_t);
 // SAFETY: the handle is only used under the backend's mutex.
 unsafe impl Send for BlasHandle {}
@@ -405,6 +452,10 @@ pub struct CudaBackend {
     precision: Precision,
     /// How bf16 matmuls get their operands ([`Bf16Gemm`] code).
     bf16_gemm: std::sync::atomic::AtomicU8,
+    /// Fuse `matmul_bias` with the cuBLASLt bias epilogue (bf16 operands only; `KILN_CUDA_LT=0`).
+    lt_on: std::sync::atomic::AtomicBool,
+    /// cuBLASLt, created on first use (`Some(None)`: unavailable).
+    lt: Mutex<Option<Option<LtState>>>,
     sms: u32,
     device_name: String,
     /// Per-op timing (each op synchronizes when on): name → (seconds, calls).
@@ -553,6 +604,10 @@ impl CudaBackend {
             }),
             precision,
             bf16_gemm: std::sync::atomic::AtomicU8::new(Bf16Gemm::from_env().code()),
+            lt_on: std::sync::atomic::AtomicBool::new(
+                std::env::var("KILN_CUDA_LT").map_or(true, |v| v != "0"),
+            ),
+            lt: Mutex::new(None),
             sms,
             device_name,
             profiling: std::sync::atomic::AtomicBool::new(false),
@@ -1044,6 +1099,211 @@ impl CudaBackend {
             .store(m.code(), std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Is the cuBLASLt bias epilogue requested (`KILN_CUDA_LT`, default on)?
+    pub fn lt_enabled(&self) -> bool {
+        self.lt_on.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Request (or stop) the cuBLASLt bias epilogue for [`Backend::matmul_bias`].
+    pub fn set_lt(&self, on: bool) {
+        self.lt_on.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// What [`Backend::matmul_bias`] runs now: `lt-bias` (one fused cuBLASLt call) or
+    /// `matmul+add_bias`.
+    pub fn matmul_bias_path(&self) -> &'static str {
+        match self.matmul_path() {
+            MatmulPath::Bf16(m) if m != Bf16Gemm::F32Operands && self.lt_enabled() => "lt-bias",
+            _ => "matmul+add_bias",
+        }
+    }
+
+    fn lt_create(&self) -> Option<LtState> {
+        // SAFETY: only tries to open the shared library.
+        if !unsafe { lt_sys::is_culib_present() } {
+            tracing::warn!("cuda: libcublasLt not found; bias adds stay separate kernels");
+            return None;
+        }
+        let handle = match std::panic::catch_unwind(lt::create_handle) {
+            Ok(Ok(h)) => h,
+            e => {
+                tracing::warn!("cuda: cublasLtCreate failed ({e:?}); bias adds stay separate");
+                return None;
+            }
+        };
+        let ws_size = if self.cc.0 >= 9 { 32 << 20 } else { 4 << 20 };
+        // SAFETY: plain allocation, freed in Drop.
+        match unsafe { drv::malloc_sync(ws_size) } {
+            Ok(ws) => Some(LtState {
+                handle,
+                ws,
+                ws_size,
+                algos: HashMap::new(),
+            }),
+            Err(e) => {
+                tracing::warn!("cuda: no memory for the cuBLASLt workspace ({e:?})");
+                // SAFETY: created above, not used elsewhere.
+                let _ = unsafe { lt::destroy_handle(handle) };
+                None
+            }
+        }
+    }
+
+    /// `c = alpha * op(a) @ op(b) + beta * c + bias` (bias per column of the row-major `c`) in one
+    /// cuBLASLt call with bf16 `a`, `b` (device pointers as for [`Self::gemm`]) and f32 `c`, `bias`.
+    /// False (nothing enqueued) when cuBLASLt is unavailable or has no algorithm for the problem.
+    #[allow(clippy::too_many_arguments)]
+    fn lt_gemm_bias(
+        &self,
+        d: MatDims,
+        alpha: f32,
+        beta: f32,
+        a: u64,
+        b: u64,
+        c: u64,
+        bias: u64,
+    ) -> bool {
+        if !bias.is_multiple_of(16) {
+            return false;
+        }
+        let mut g = self.lt.lock().unwrap_or_else(|e| e.into_inner());
+        if g.is_none() {
+            *g = Some(self.lt_create());
+        }
+        let Some(Some(st)) = g.as_mut() else {
+            return false;
+        };
+        let key: LtKey = (
+            d.m,
+            d.n,
+            d.k,
+            d.trans_a,
+            d.trans_b,
+            beta != 0.0,
+            align_of_ptr(a),
+            align_of_ptr(b),
+            align_of_ptr(c),
+        );
+        if matches!(st.algos.get(&key), Some(None)) {
+            return false;
+        }
+        // SAFETY: descriptors are created and destroyed here; pointers are device pointers of
+        // bounds-checked views (bf16 operands of the sizes the layouts name) and the workspace.
+        let r = unsafe { self.lt_call(st, key, d, alpha, beta, [a, b, c, bias]) };
+        match r {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(
+                    "cuda: cuBLASLt bias epilogue unavailable for {d:?} ({e:?}); separate bias add"
+                );
+                st.algos.insert(key, None);
+                false
+            }
+        }
+    }
+
+    /// The cuBLASLt call of [`Self::lt_gemm_bias`]; row-major `C = op(A) op(B)` is column-major
+    /// `Cᵀ = op(B)ᵀ op(A)ᵀ`, so cuBLASLt's A is our `b` and its D has our `n` rows (the bias).
+    unsafe fn lt_call(
+        &self,
+        st: &mut LtState,
+        key: LtKey,
+        d: MatDims,
+        alpha: f32,
+        beta: f32,
+        [a, b, c, bias]: [u64; 4],
+    ) -> Result<(), lt::CublasError> {
+        use lt_sys::cublasLtMatmulDescAttributes_t as DA;
+        use lt_sys::cublasLtMatmulPreferenceAttributes_t as PA;
+        let bf = lt_sys::cudaDataType_t::CUDA_R_16BF;
+        let f = lt_sys::cudaDataType_t::CUDA_R_32F;
+        let mut o = LtObjs {
+            desc: std::ptr::null_mut(),
+            layouts: [std::ptr::null_mut(); 3],
+            pref: std::ptr::null_mut(),
+        };
+        o.desc = lt::create_matmul_desc(lt_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, f)?;
+        let set = |attr: DA, p: *const std::ffi::c_void, n: usize| {
+            lt::set_matmul_desc_attribute(o.desc, attr, p, n)
+        };
+        let (ta, tb) = (d.trans_b as i32, d.trans_a as i32);
+        set(DA::CUBLASLT_MATMUL_DESC_TRANSA, &ta as *const i32 as _, 4)?;
+        set(DA::CUBLASLT_MATMUL_DESC_TRANSB, &tb as *const i32 as _, 4)?;
+        let epi = lt_sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS;
+        set(
+            DA::CUBLASLT_MATMUL_DESC_EPILOGUE,
+            &epi as *const _ as _,
+            std::mem::size_of_val(&epi),
+        )?;
+        set(
+            DA::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+            &bias as *const u64 as _,
+            8,
+        )?;
+        let (m, n, k) = (d.n as u64, d.m as u64, d.k as u64);
+        // stored shapes (column-major rows, cols, ld) of cuBLASLt's A (our b) and B (our a)
+        let la = if d.trans_b { (k, m, k) } else { (m, k, m) };
+        let lb = if d.trans_a { (n, k, n) } else { (k, n, k) };
+        o.layouts[0] = lt::create_matrix_layout(bf, la.0, la.1, la.2 as i64)?;
+        o.layouts[1] = lt::create_matrix_layout(bf, lb.0, lb.1, lb.2 as i64)?;
+        o.layouts[2] = lt::create_matrix_layout(f, m, n, m as i64)?;
+        let algo = match st.algos.get(&key) {
+            Some(Some(al)) => *al,
+            _ => {
+                o.pref = lt::create_matmul_pref()?;
+                let ws = st.ws_size as u64;
+                lt::set_matmul_pref_attribute(
+                    o.pref,
+                    PA::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                    &ws as *const u64 as _,
+                    8,
+                )?;
+                for (attr, al) in [
+                    (PA::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, key.7),
+                    (PA::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, key.6),
+                    (PA::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, key.8),
+                    (PA::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, key.8),
+                ] {
+                    lt::set_matmul_pref_attribute(o.pref, attr, &al as *const u32 as _, 4)?;
+                }
+                let h = lt::get_matmul_algo_heuristic(
+                    st.handle,
+                    o.desc,
+                    o.layouts[0],
+                    o.layouts[1],
+                    o.layouts[2],
+                    o.layouts[2],
+                    o.pref,
+                )?;
+                if h.workspaceSize > st.ws_size {
+                    return Err(lt::CublasError(
+                        lt_sys::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED,
+                    ));
+                }
+                st.algos.insert(key, Some(h.algo));
+                h.algo
+            }
+        };
+        lt::matmul(
+            st.handle,
+            o.desc,
+            &alpha as *const f32 as _,
+            &beta as *const f32 as _,
+            b as _,
+            o.layouts[0],
+            a as _,
+            o.layouts[1],
+            c as _,
+            o.layouts[2],
+            c as _,
+            o.layouts[2],
+            &algo,
+            st.ws as _,
+            st.ws_size,
+            self.stream.cu_stream() as _,
+        )
+    }
+
     /// `bf16_ops`: `a` and `b` point at bf16 copies (bf16 × bf16 → f32, fp32 compute).
     #[allow(clippy::too_many_arguments)]
     fn gemm(&self, d: MatDims, alpha: f32, beta: f32, a: u64, b: u64, c: u64, bf16_ops: bool) {
@@ -1209,6 +1469,10 @@ impl Drop for CudaBackend {
                 }
             }
             let _ = blas::destroy_handle(self.blas.get_mut().unwrap_or_else(|e| e.into_inner()).0);
+            if let Some(Some(st)) = self.lt.get_mut().unwrap_or_else(|e| e.into_inner()).take() {
+                let _ = lt::destroy_handle(st.handle);
+                let _ = drv::free_sync(st.ws);
+            }
         }
     }
 }
@@ -1345,6 +1609,42 @@ impl Backend for CudaBackend {
                 self.gemm(d, alpha, beta, ptr(&a), ptr(&b), ptr(&c), false);
             }
         }
+    }
+
+    fn matmul_bias(
+        &self,
+        c: View<CudaBuf>,
+        a: View<CudaBuf>,
+        b: View<CudaBuf>,
+        bias: Option<View<CudaBuf>>,
+        d: MatDims,
+        alpha: f32,
+        beta: f32,
+    ) {
+        let fused = self.matmul_bias_path() == "lt-bias";
+        let Some(bias) = bias.filter(|_| fused && d.m > 0 && d.n > 0 && d.k > 0) else {
+            self.matmul(c, a, b, d, alpha, beta);
+            if let Some(bias) = bias {
+                self.add_bias(c, bias, d.m, d.n);
+            }
+            return;
+        };
+        assert!(
+            a.len >= d.m * d.k && b.len >= d.k * d.n && c.len >= d.m * d.n && bias.len >= d.n,
+            "matmul_bias shape {d:?}"
+        );
+        let p = self.op("matmul_bias");
+        let cached = self.bf16_gemm() == Bf16Gemm::Bf16Cached;
+        let pa = self.bf16_operand(&a, d.m * d.k, 0, cached);
+        let pb = self.bf16_operand(&b, d.k * d.n, 1, cached);
+        dirty(&c);
+        let pc = ptr(&c);
+        if self.lt_gemm_bias(d, alpha, beta, pa, pb, pc, ptr(&bias)) {
+            return;
+        }
+        self.gemm(d, alpha, beta, pa, pb, pc, true);
+        drop(p);
+        self.add_bias(c, bias, d.m, d.n);
     }
 
     fn add_bias(&self, out: View<CudaBuf>, bias: View<CudaBuf>, rows: usize, cols: usize) {
