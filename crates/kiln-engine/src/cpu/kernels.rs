@@ -1027,3 +1027,380 @@ simd_fn! {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::vmath::{supported, with_isa, Isa};
+    use crate::rng::Rng;
+
+    fn randn(n: usize, seed: u64, std: f32) -> Vec<f32> {
+        let mut r = Rng::new(seed);
+        (0..n).map(|_| r.normal() as f32 * std).collect()
+    }
+
+    /// `|got - want| <= tol * max(1, max|want|)` elementwise.
+    fn close(got: &[f32], want: &[f64], tol: f64, what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        let scale = want.iter().fold(1f64, |m, w| m.max(w.abs()));
+        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g as f64 - w).abs() <= tol * scale,
+                "{what}[{i}]: {g} vs {w}"
+            );
+        }
+    }
+
+    #[test]
+    fn gelu_matches_tanh_formula() {
+        let mut x = randn(5000, 1, 3.0);
+        x.extend([
+            -30.0, -10.0, -5.0, -1e-3, 0.0, 1e-3, 5.0, 10.0, 30.0, 1e4, -1e4,
+        ]);
+        let d = randn(x.len(), 2, 1.0);
+        let mut y = vec![0f32; x.len()];
+        let mut dx = vec![0f32; x.len()];
+        act_forward(Act::GeluTanh, &mut y, &x);
+        act_backward(Act::GeluTanh, &mut dx, &d, &x);
+        let s = (2.0f64 / std::f64::consts::PI).sqrt();
+        for i in 0..x.len() {
+            let xv = x[i] as f64;
+            let u = s * (xv + 0.044715 * xv.powi(3));
+            let th = u.tanh();
+            let want = 0.5 * xv * (1.0 + th);
+            let dwant = d[i] as f64
+                * (0.5 * (1.0 + th)
+                    + 0.5 * xv * (1.0 - th * th) * s * (1.0 + 3.0 * 0.044715 * xv * xv));
+            let tol = |w: f64| 2e-6 * w.abs().max(1.0);
+            assert!(
+                (y[i] as f64 - want).abs() <= tol(want),
+                "gelu({xv}) = {} vs {want}",
+                y[i]
+            );
+            assert!(
+                (dx[i] as f64 - dwant).abs() <= tol(dwant),
+                "gelu'({xv}): {} vs {dwant}",
+                dx[i]
+            );
+        }
+        assert!(act_fwd_one(f32::NAN).is_nan());
+    }
+
+    fn act_fwd_one(x: f32) -> f32 {
+        let mut y = [0f32];
+        act_forward(Act::GeluTanh, &mut y, &[x]);
+        y[0]
+    }
+
+    /// Naive f64 causal attention (GQA): returns (out, dqkv) for `dout`.
+    fn attention_ref(qkv: &[f32], dout: &[f32], d: AttnDims) -> (Vec<f64>, Vec<f64>) {
+        let (t, hd, nh, nkv) = (d.t, d.head_dim, d.n_head, d.n_kv);
+        let (wq, wo) = (d.qkv_width(), d.out_width());
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut out = vec![0f64; d.b * t * wo];
+        let mut dqkv = vec![0f64; d.b * t * wq];
+        let at = |b: usize, i: usize, c: usize| qkv[(b * t + i) * wq + c] as f64;
+        for b in 0..d.b {
+            for h in 0..nh {
+                let kvh = h / (nh / nkv);
+                let (qo, ko, vo) = (h * hd, (nh + kvh) * hd, (nh + nkv + kvh) * hd);
+                for i in 0..t {
+                    let s: Vec<f64> = (0..=i)
+                        .map(|j| {
+                            (0..hd)
+                                .map(|c| at(b, i, qo + c) * at(b, j, ko + c))
+                                .sum::<f64>()
+                                * scale
+                        })
+                        .collect();
+                    let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let z: f64 = s.iter().map(|v| (v - mx).exp()).sum();
+                    let p: Vec<f64> = s.iter().map(|v| (v - mx).exp() / z).collect();
+                    let dorow = &dout[(b * t + i) * wo + h * hd..][..hd];
+                    let dp: Vec<f64> = (0..=i)
+                        .map(|j| (0..hd).map(|c| dorow[c] as f64 * at(b, j, vo + c)).sum())
+                        .collect();
+                    let sdp: f64 = p.iter().zip(&dp).map(|(a, b)| a * b).sum();
+                    for j in 0..=i {
+                        let ds = p[j] * (dp[j] - sdp) * scale;
+                        for c in 0..hd {
+                            out[(b * t + i) * wo + h * hd + c] += p[j] * at(b, j, vo + c);
+                            dqkv[(b * t + i) * wq + qo + c] += ds * at(b, j, ko + c);
+                            dqkv[(b * t + j) * wq + ko + c] += ds * at(b, i, qo + c);
+                            dqkv[(b * t + j) * wq + vo + c] += p[j] * dorow[c] as f64;
+                        }
+                    }
+                }
+            }
+        }
+        (out, dqkv)
+    }
+
+    fn attention_run(qkv: &[f32], dout: &[f32], d: AttnDims) -> (Vec<f32>, Vec<f32>) {
+        let mut out = vec![0f32; d.b * d.t * d.out_width()];
+        let mut probs = vec![0f32; d.b * d.n_head * d.t * d.t];
+        let mut work = vec![f32::NAN; d.b * d.n_head * d.t * d.t];
+        let mut dqkv = vec![0f32; d.b * d.t * d.qkv_width()];
+        attention_forward(&mut out, &mut probs, qkv, d);
+        attention_backward(&mut dqkv, dout, qkv, &probs, &mut work, d);
+        (out, dqkv)
+    }
+
+    #[test]
+    fn attention_matches_naive_across_causal_blocks() {
+        // t = 150: three causal blocks, the last one partial; GQA with 2 query heads per kv head
+        let d = AttnDims {
+            b: 2,
+            t: 150,
+            n_head: 4,
+            n_kv: 2,
+            head_dim: 32,
+        };
+        let qkv = randn(d.b * d.t * d.qkv_width(), 3, 1.0);
+        let dout = randn(d.b * d.t * d.out_width(), 4, 1.0);
+        let (out, dqkv) = attention_run(&qkv, &dout, d);
+        let (ro, rd) = attention_ref(&qkv, &dout, d);
+        close(&out, &ro, 1e-5, "attention out");
+        close(&dqkv, &rd, 1e-5, "attention dqkv");
+    }
+
+    #[test]
+    fn cross_entropy_matches_reference() {
+        let (rows, vocab) = (6, 301);
+        let logits = randn(rows * vocab, 5, 3.0);
+        let targets: Vec<u32> = (0..rows as u32).map(|r| (r * 97) % vocab as u32).collect();
+        let weights: Vec<f32> = (0..rows).map(|r| 0.5 + r as f32 * 0.25).collect();
+        let mut want_loss = vec![0f64; rows];
+        let mut want_grad = vec![0f64; rows * vocab];
+        let gs = 0.125f64;
+        for r in 0..rows {
+            let z = &logits[r * vocab..(r + 1) * vocab];
+            let mx = z.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+            let s: f64 = z.iter().map(|&v| (v as f64 - mx).exp()).sum();
+            want_loss[r] = mx + s.ln() - z[targets[r] as usize] as f64;
+            for j in 0..vocab {
+                let p = (z[j] as f64 - mx).exp() / s;
+                let y = if j == targets[r] as usize { 1.0 } else { 0.0 };
+                want_grad[r * vocab + j] = gs * weights[r] as f64 * (p - y);
+            }
+        }
+        // loss only: logits untouched
+        let mut z = logits.clone();
+        let mut loss = vec![0f32; rows];
+        cross_entropy(
+            &mut z, &mut loss, &targets, &weights, rows, vocab, None, None,
+        );
+        assert_eq!(z, logits);
+        close(&loss, &want_loss, 1e-6, "ce loss");
+        // fused loss + gradient
+        let mut loss = vec![0f32; rows];
+        cross_entropy(
+            &mut z,
+            &mut loss,
+            &targets,
+            &weights,
+            rows,
+            vocab,
+            None,
+            Some(gs as f32),
+        );
+        close(&loss, &want_loss, 1e-6, "ce loss (fused)");
+        close(&z, &want_grad, 1e-6, "ce grad");
+    }
+
+    #[test]
+    fn norms_match_reference() {
+        let (rows, cols) = (9, 100);
+        let x = randn(rows * cols, 6, 2.0);
+        let w = randn(cols, 7, 1.0);
+        let bias = randn(cols, 8, 1.0);
+        let dy = randn(rows * cols, 9, 1.0);
+        for (kind, weight, with_bias) in [
+            (NormKind::LayerNorm, true, true),
+            (NormKind::RmsNorm, false, false),
+            (NormKind::RmsNorm, true, false),
+        ] {
+            let wv = weight.then_some(&w[..]);
+            let bv = with_bias.then_some(&bias[..]);
+            let mut out = vec![0f32; rows * cols];
+            let mut stats = vec![0f32; 2 * rows];
+            norm_forward(kind, &mut out, &mut stats, &x, wv, bv, rows, cols, 1e-5);
+            let mut dx = vec![1f32; rows * cols]; // accumulates onto 1
+            let mut dw = vec![1f32; cols];
+            let mut db = vec![1f32; cols];
+            norm_backward(
+                kind,
+                &mut dx,
+                weight.then_some(&mut dw[..]),
+                with_bias.then_some(&mut db[..]),
+                &dy,
+                &x,
+                &stats,
+                wv,
+                rows,
+                cols,
+            );
+            let (mut ro, mut rdx) = (vec![0f64; rows * cols], vec![1f64; rows * cols]);
+            let (mut rdw, mut rdb) = (vec![1f64; cols], vec![1f64; cols]);
+            for r in 0..rows {
+                let xr: Vec<f64> = x[r * cols..(r + 1) * cols]
+                    .iter()
+                    .map(|&v| v as f64)
+                    .collect();
+                let n = cols as f64;
+                let mean = if kind == NormKind::LayerNorm {
+                    xr.iter().sum::<f64>() / n
+                } else {
+                    0.0
+                };
+                let var = xr.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+                let rstd = 1.0 / (var + 1e-5).sqrt();
+                let xh: Vec<f64> = xr.iter().map(|v| (v - mean) * rstd).collect();
+                let wi = |i: usize| if weight { w[i] as f64 } else { 1.0 };
+                let dn: Vec<f64> = (0..cols).map(|i| dy[r * cols + i] as f64 * wi(i)).collect();
+                let m_dn = if kind == NormKind::LayerNorm {
+                    dn.iter().sum::<f64>() / n
+                } else {
+                    0.0
+                };
+                let m_dnn = dn.iter().zip(&xh).map(|(a, b)| a * b).sum::<f64>() / n;
+                for i in 0..cols {
+                    ro[r * cols + i] = xh[i] * wi(i) + if with_bias { bias[i] as f64 } else { 0.0 };
+                    rdx[r * cols + i] += (dn[i] - m_dn - xh[i] * m_dnn) * rstd;
+                    rdw[i] += dy[r * cols + i] as f64 * xh[i];
+                    rdb[i] += dy[r * cols + i] as f64;
+                }
+                assert!(
+                    (stats[2 * r] as f64 - mean).abs() < 1e-5
+                        && (stats[2 * r + 1] as f64 - rstd).abs() < 1e-5 * rstd
+                );
+            }
+            close(&out, &ro, 2e-6, "norm out");
+            close(&dx, &rdx, 2e-6, "norm dx");
+            if weight {
+                close(&dw, &rdw, 2e-6, "norm dw");
+            }
+            if with_bias {
+                close(&db, &rdb, 2e-6, "norm db");
+            }
+        }
+    }
+
+    #[test]
+    fn bias_and_adamw_match_loops() {
+        let (rows, cols) = (37, 70);
+        let x = randn(rows * cols, 10, 1.0);
+        let b = randn(cols, 11, 1.0);
+        let mut y = x.clone();
+        add_bias(&mut y, &b, rows, cols);
+        let mut db = b.clone();
+        bias_backward(&mut db, &x, rows, cols);
+        for c in 0..cols {
+            for r in 0..rows {
+                assert_eq!(y[r * cols + c], x[r * cols + c] + b[c]);
+            }
+            let s: f64 = (0..rows).map(|r| x[r * cols + c] as f64).sum::<f64>() + b[c] as f64;
+            assert!((db[c] as f64 - s).abs() < 1e-5, "dbias[{c}]");
+        }
+        let n = 40_000;
+        let (p0, g) = (randn(n, 12, 1.0), randn(n, 13, 0.1));
+        let (m0, v0) = (
+            randn(n, 14, 0.01),
+            randn(n, 15, 0.01).iter().map(|v| v * v).collect::<Vec<_>>(),
+        );
+        let h = AdamHyper {
+            lr: 1e-2,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            step: 4,
+        };
+        let (mut p, mut m, mut v) = (p0.clone(), m0.clone(), v0.clone());
+        adamw(&mut p, &g, &mut m, &mut v, h);
+        let (bc1, bc2) = (1.0 - 0.9f64.powi(4), 1.0 - 0.95f64.powi(4));
+        for i in (0..n).step_by(7) {
+            let mi = 0.9 * m0[i] as f64 + 0.1 * g[i] as f64;
+            let vi = 0.95 * v0[i] as f64 + 0.05 * (g[i] as f64).powi(2);
+            let pi = p0[i] as f64 * (1.0 - 1e-3) - 1e-2 * (mi / bc1) / ((vi / bc2).sqrt() + 1e-8);
+            assert!(
+                (p[i] as f64 - pi).abs() < 1e-5 * pi.abs().max(1.0),
+                "adamw p[{i}]: {} vs {pi}",
+                p[i]
+            );
+            assert!((m[i] as f64 - mi).abs() < 1e-6 && (v[i] as f64 - vi).abs() < 1e-7);
+        }
+        let s = sum_squares(&g);
+        let want: f64 = g.iter().map(|&v| (v as f64).powi(2)).sum();
+        assert!((s - want).abs() < 1e-9 * want);
+    }
+
+    /// Every instruction-set version of the kernels gives bit-identical results (so an AVX2-only
+    /// machine reproduces an AVX-512 run), checked on one thread per version.
+    #[test]
+    fn isa_versions_bit_identical() {
+        let d = AttnDims {
+            b: 1,
+            t: 70,
+            n_head: 2,
+            n_kv: 2,
+            head_dim: 16,
+        };
+        let qkv = randn(d.b * d.t * d.qkv_width(), 16, 1.0);
+        let dout = randn(d.b * d.t * d.out_width(), 17, 1.0);
+        let x = randn(33 * 90, 18, 2.0);
+        let targets: Vec<u32> = (0..33).map(|r| r * 2).collect();
+        let ones = vec![1f32; 33];
+        let run = || {
+            let (o, dq) = attention_run(&qkv, &dout, d);
+            let mut g = vec![0f32; x.len()];
+            let mut dg = vec![0f32; x.len()];
+            act_forward(Act::GeluTanh, &mut g, &x);
+            act_backward(Act::GeluTanh, &mut dg, &x, &x);
+            let mut n = vec![0f32; x.len()];
+            let mut st = vec![0f32; 66];
+            norm_forward(
+                NormKind::LayerNorm,
+                &mut n,
+                &mut st,
+                &x,
+                Some(&x[..90]),
+                Some(&x[90..180]),
+                33,
+                90,
+                1e-5,
+            );
+            let mut dn = vec![0f32; x.len()];
+            let mut dw = vec![0f32; 90];
+            norm_backward(
+                NormKind::LayerNorm,
+                &mut dn,
+                Some(&mut dw),
+                None,
+                &x,
+                &x,
+                &st,
+                Some(&x[..90]),
+                33,
+                90,
+            );
+            let mut z = x.clone();
+            let mut loss = vec![0f32; 33];
+            cross_entropy(&mut z, &mut loss, &targets, &ones, 33, 90, None, Some(0.5));
+            [o, dq, g, dg, n, st, dn, dw, z, loss].concat()
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let want = pool.install(|| with_isa(Isa::Scalar, run));
+        for isa in supported() {
+            let got = pool.install(|| with_isa(isa, run));
+            let diff = got
+                .iter()
+                .zip(&want)
+                .position(|(a, b)| a.to_bits() != b.to_bits());
+            assert_eq!(diff, None, "{isa:?} differs from the baseline version");
+        }
+    }
+}
