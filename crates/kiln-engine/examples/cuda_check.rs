@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use kiln_engine::backend::{Act, AdamHyper, AttnDims, Backend, MatDims, NormKind, QkPrep, View};
-use kiln_engine::cuda::{AttnKernel, Bf16Gemm, CudaBackend, Precision};
+use kiln_engine::cuda::{AttnKernel, Bf16Gemm, CudaBackend, CudaBuf, Precision};
 use kiln_engine::{
     load_checkpoint, save_checkpoint, CpuBackend, Generator, Model, ModelConfig, OptimKind,
     OptimizerConfig, Rng, Trainer,
@@ -735,6 +735,160 @@ fn bf16_gemm_parity(tw: &mut Twin) {
     }
 }
 
+/// bf16 precision, cached operands: each kernel that writes its output's bf16 shadow alongside
+/// (norm forward/backward, activation forward/backward, cross-entropy gradient) feeds a matmul
+/// that reads that shadow; it must equal the matmul on a fresh conversion (same bits: 1e-6).
+/// Also the f32 outputs themselves must not change when the shadow writes are on.
+fn fused_shadow_parity(tw: &mut Twin) {
+    let gpu = tw.gpu.clone();
+    let mut r = Rng::new(31);
+    let (rows, cols, nn) = (37, 64, 24);
+    let n = rows * cols;
+    // producers write into `x` at offset 8 of a larger buffer; the matmul reads that region
+    let off = 8;
+    let inp = gpu.alloc(n).unwrap();
+    let dout = gpu.alloc(n).unwrap();
+    let w = gpu.alloc(cols * nn).unwrap();
+    let stats = gpu.alloc(2 * rows).unwrap();
+    let tmp = gpu.alloc(n).unwrap();
+    let gw = gpu.alloc(cols).unwrap();
+    let gb = gpu.alloc(cols).unwrap();
+    gpu.write(View::new(&inp, 0, n), &rand_vec(&mut r, n, 1.0));
+    gpu.write(View::new(&dout, 0, n), &rand_vec(&mut r, n, 1.0));
+    gpu.write(
+        View::new(&w, 0, cols * nn),
+        &rand_vec(&mut r, cols * nn, 1.0),
+    );
+    gpu.write(View::new(&gw, 0, cols), &rand_vec(&mut r, cols, 1.0));
+    gpu.write(View::new(&gb, 0, cols), &rand_vec(&mut r, cols, 1.0));
+    let targets: Vec<u32> = (0..rows).map(|i| (i * 7 % cols) as u32).collect();
+    let weights = vec![1.0f32; rows];
+    let losses = gpu.alloc(rows).unwrap();
+    let init = rand_vec(&mut r, off + n, 1.0);
+    type Produce<'a> = Box<dyn Fn(&CudaBackend, View<CudaBuf>) + 'a>;
+    let (i, d, st) = (
+        View::new(&inp, 0, n),
+        View::new(&dout, 0, n),
+        View::new(&stats, 0, 2 * rows),
+    );
+    let producers: Vec<(&str, Produce)> = vec![
+        (
+            "act_forward",
+            Box::new(|be, x| be.act_forward(Act::GeluTanh, x, i)),
+        ),
+        (
+            "act_backward",
+            Box::new(|be, x| be.act_backward(Act::GeluTanh, x, d, i)),
+        ),
+        (
+            "norm_forward",
+            Box::new(|be, x| {
+                be.norm_forward(
+                    NormKind::LayerNorm,
+                    x,
+                    st,
+                    i,
+                    Some(View::new(&gw, 0, cols)),
+                    Some(View::new(&gb, 0, cols)),
+                    rows,
+                    cols,
+                    1e-5,
+                )
+            }),
+        ),
+        (
+            "norm_backward",
+            Box::new(|be, x| {
+                be.norm_forward(
+                    NormKind::RmsNorm,
+                    View::new(&tmp, 0, n),
+                    st,
+                    i,
+                    None,
+                    None,
+                    rows,
+                    cols,
+                    1e-5,
+                );
+                be.norm_backward(
+                    NormKind::RmsNorm,
+                    x,
+                    None,
+                    None,
+                    d,
+                    i,
+                    st,
+                    Some(View::new(&gw, 0, cols)),
+                    rows,
+                    cols,
+                )
+            }),
+        ),
+        (
+            "cross_entropy",
+            Box::new(|be, x| {
+                be.cross_entropy(
+                    x,
+                    View::new(&losses, 0, rows),
+                    &targets,
+                    &weights,
+                    rows,
+                    cols,
+                    Some(3.0),
+                    Some(0.5),
+                )
+            }),
+        ),
+    ];
+    let mm = MatDims {
+        m: rows,
+        n: nn,
+        k: cols,
+        trans_a: false,
+        trans_b: false,
+    };
+    for (name, f) in &producers {
+        let mut outs = vec![];
+        for fused in [true, false] {
+            let prev = gpu.fused_bf16();
+            gpu.set_fused_bf16(fused);
+            let x = gpu.alloc(off + n).unwrap();
+            gpu.write(View::new(&x, 0, off + n), &init);
+            let xv = View::new(&x, off, n);
+            f(&gpu, xv);
+            let c = gpu.alloc(rows * nn).unwrap();
+            let cv = View::new(&c, 0, rows * nn);
+            with_gemm(&gpu, Bf16Gemm::Bf16Cached, || {
+                gpu.matmul(cv, xv, View::new(&w, 0, cols * nn), mm, 1.0, 0.0)
+            });
+            let fresh = gpu.alloc(rows * nn).unwrap();
+            let fv = View::new(&fresh, 0, rows * nn);
+            with_gemm(&gpu, Bf16Gemm::Bf16, || {
+                gpu.matmul(fv, xv, View::new(&w, 0, cols * nn), mm, 1.0, 0.0)
+            });
+            let mut hx = vec![0f32; n];
+            gpu.read(xv, &mut hx);
+            let (mut hc, mut hf) = (vec![0f32; rows * nn], vec![0f32; rows * nn]);
+            gpu.read(cv, &mut hc);
+            gpu.read(fv, &mut hf);
+            tw.report(
+                &format!("fused bf16 shadow {name} fused={fused}"),
+                &hc,
+                &hf,
+                1e-6,
+            );
+            outs.push(hx);
+            gpu.set_fused_bf16(prev);
+        }
+        tw.report(
+            &format!("fused bf16 shadow {name}: f32 output unchanged"),
+            &outs[0],
+            &outs[1],
+            1e-6,
+        );
+    }
+}
+
 /// bf16 precision only: after a training step in the cached path, the gradients of the next
 /// forward/backward equal those with per-call conversion (a stale weight or activation copy would
 /// differ by the update's size, ~1e-2).
@@ -866,6 +1020,7 @@ fn parity() -> Res<()> {
             tc_parity(&mut tw);
         } else {
             bf16_gemm_parity(&mut tw);
+            fused_shadow_parity(&mut tw);
             bf16_cache_train_check(&mut tw)?;
         }
         println!(
@@ -904,15 +1059,18 @@ fn bench_gemm(args: &[String]) -> Res<()> {
     let mut r = Rng::new(3);
     let x: Vec<u32> = (0..b * t).map(|_| r.below(50257) as u32).collect();
     let y: Vec<u32> = (0..b * t).map(|_| r.below(50257) as u32).collect();
+    // (operand path, cuBLASLt bias epilogue, fused bf16 shadow writes)
     let runs = [
-        (Bf16Gemm::F32Operands, false),
-        (Bf16Gemm::Bf16, false),
-        (Bf16Gemm::Bf16Cached, false),
-        (Bf16Gemm::Bf16Cached, true),
+        (Bf16Gemm::F32Operands, false, false),
+        (Bf16Gemm::Bf16, false, false),
+        (Bf16Gemm::Bf16Cached, false, false),
+        (Bf16Gemm::Bf16Cached, true, false),
+        (Bf16Gemm::Bf16Cached, true, true),
     ];
-    for (mode, lt_on) in runs {
+    for (mode, lt_on, fused) in runs {
         gpu.set_bf16_gemm(mode);
         gpu.set_lt(lt_on);
+        gpu.set_fused_bf16(fused);
         let mut times = vec![];
         let mut loss = 0.0;
         for s in 0..2 + steps {
@@ -932,7 +1090,7 @@ fn bench_gemm(args: &[String]) -> Res<()> {
         let (_, peak) = gpu.memory_bytes();
         println!(
             "{}",
-            serde_json::json!({"bench": "train_gemm_mode", "matmul": gpu.matmul_path().name(), "matmul_bias": gpu.matmul_bias_path(), "batch": b, "ctx": t,
+            serde_json::json!({"bench": "train_gemm_mode", "matmul": gpu.matmul_path().name(), "matmul_bias": gpu.matmul_bias_path(), "fused_bf16": gpu.fused_bf16(), "batch": b, "ctx": t,
                 "step_ms_median": times[times.len() / 2], "step_ms_min": times[0], "tokens_per_s": (b * t) as f64 / times[times.len() / 2] * 1e3,
                 "profiled_matmul_ms": mm.map(|p| p.1), "matmul_calls": mm.map(|p| p.2), "loss": loss,
                 "backend_peak_mb": peak as f64 / 1048576.0,
@@ -1009,7 +1167,7 @@ fn bench(args: &[String]) -> Res<()> {
     let (free, total) = gpu.device_memory();
     println!(
         "{}",
-        serde_json::json!({"bench": "train", "impl": "kiln-cuda", "precision": format!("{prec:?}"), "attention": gpu.attention_for(cfg.n_embd / cfg.n_head).name(), "matmul": gpu.matmul_path().name(), "matmul_bias": gpu.matmul_bias_path(), "device": gpu.device_name(),
+        serde_json::json!({"bench": "train", "impl": "kiln-cuda", "precision": format!("{prec:?}"), "attention": gpu.attention_for(cfg.n_embd / cfg.n_head).name(), "matmul": gpu.matmul_path().name(), "matmul_bias": gpu.matmul_bias_path(), "fused_bf16": gpu.fused_bf16(), "device": gpu.device_name(),
             "batch": b, "ctx": t, "params": n_params, "steps": steps, "step_ms_median": med * 1e3, "step_ms_mean": mean * 1e3,
             "tokens_per_s": tok_s, "flops_per_token": flops_tok, "mfu_989": mfu, "first_loss": first_loss, "last_loss": last_loss,
             "backend_peak_mb": peak as f64 / 1048576.0, "backend_cur_mb": cur as f64 / 1048576.0,

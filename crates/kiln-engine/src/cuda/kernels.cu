@@ -3,6 +3,17 @@
 // the device script (scripts/gpu/device-check.sh). f32 everywhere (the trait's storage type);
 // matmuls are cuBLAS (mod.rs). No headers, so a bare NVRTC compiles it (no CUDA toolkit needed).
 
+// Kernels whose output feeds a bf16 matmul take `unsigned short* bf` (nullable): when set, they
+// also write the output rounded to bf16 there (the buffer's bf16 shadow, see mod.rs), which
+// saves the matmul a separate f32 read to convert it.
+// f32 -> bf16 bits, round to nearest even; NaN stays a (quiet) NaN. No cuda_bf16.h (bare NVRTC).
+__device__ __forceinline__ unsigned f2bf(float x) {
+    unsigned u = __float_as_uint(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (u >> 16) | 0x40u;
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return u >> 16;
+}
+
 // ---- elementwise -------------------------------------------------------------------------
 extern "C" __global__ void k_fill(float* x, i64 n, float v) {
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) x[i] = v;
@@ -91,7 +102,8 @@ extern "C" __global__ void k_embed_bwd(float* dwte, float* dwpe, const float* do
 
 // ---- normalization: one warp per row, 8 rows per 256-thread block ---------------------------
 extern "C" __global__ void k_norm_fwd(float* out, float* stats, const float* inp, const float* w,
-                                      const float* b, int rows, int cols, float eps, int is_ln) {
+                                      const float* b, int rows, int cols, float eps, int is_ln,
+                                      unsigned short* bf) {
     int row = blockIdx.x * 8 + threadIdx.x / 32;
     int lane = threadIdx.x % 32;
     if (row >= rows) return;
@@ -113,11 +125,12 @@ extern "C" __global__ void k_norm_fwd(float* out, float* stats, const float* inp
         if (w) y *= w[i];
         if (b) y += b[i];
         o[i] = y;
+        if (bf) bf[(i64)row * cols + i] = (unsigned short)f2bf(y);
     }
 }
 // dinp += (dn - mean(dn) - norm * mean(dn * norm)) * rstd, dn = dout * w  (mean(dn) only for LN).
 extern "C" __global__ void k_norm_bwd_dx(float* dinp, const float* dout, const float* inp, const float* stats,
-                                         const float* w, int rows, int cols, int is_ln) {
+                                         const float* w, int rows, int cols, int is_ln, unsigned short* bf) {
     int row = blockIdx.x * 8 + threadIdx.x / 32;
     int lane = threadIdx.x % 32;
     if (row >= rows) return;
@@ -139,25 +152,30 @@ extern "C" __global__ void k_norm_bwd_dx(float* dinp, const float* dout, const f
     for (int i = lane; i < cols; i += 32) {
         float norm = (x[i] - mean) * rstd;
         float dn = d[i] * (w ? w[i] : 1.f);
-        di[i] += (dn - m_dn - norm * m_dnn) * rstd;
+        float y = di[i] + (dn - m_dn - norm * m_dnn) * rstd;
+        di[i] = y;
+        if (bf) bf[(i64)row * cols + i] = (unsigned short)f2bf(y);
     }
 }
 
 // ---- activations --------------------------------------------------------------------------
 #define GELU_S 0.7978845608f
-extern "C" __global__ void k_act_fwd(float* out, const float* inp, i64 n, int kind) {
+extern "C" __global__ void k_act_fwd(float* out, const float* inp, i64 n, int kind, unsigned short* bf) {
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
-        float x = inp[i];
+        float x = inp[i], y;
         if (kind == 0) {
             float u = GELU_S * (x + 0.044715f * x * x * x);
-            out[i] = 0.5f * x * (1.f + tanhf(u));
+            y = 0.5f * x * (1.f + tanhf(u));
         } else {
             float r = fmaxf(x, 0.f);
-            out[i] = r * r;
+            y = r * r;
         }
+        out[i] = y;
+        if (bf) bf[i] = (unsigned short)f2bf(y);
     }
 }
-extern "C" __global__ void k_act_bwd(float* dinp, const float* dout, const float* inp, i64 n, int kind) {
+extern "C" __global__ void k_act_bwd(float* dinp, const float* dout, const float* inp, i64 n, int kind,
+                                     unsigned short* bf) {
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
         float x = inp[i], g;
         if (kind == 0) {
@@ -168,7 +186,9 @@ extern "C" __global__ void k_act_bwd(float* dinp, const float* dout, const float
         } else {
             g = 2.f * fmaxf(x, 0.f);
         }
-        dinp[i] = dout[i] * g;
+        float y = dout[i] * g;
+        dinp[i] = y;
+        if (bf) bf[i] = (unsigned short)f2bf(y);
     }
 }
 
@@ -316,7 +336,7 @@ extern "C" __global__ void k_attn_cached(float* out, const float* qkv, const flo
 // ---- fused softmax cross-entropy with per-token weights: one 512-thread block per row --------
 extern "C" __global__ void k_cross_entropy(float* logits, float* losses, const unsigned* targets,
                                            const float* weights, int rows, int V, float cap, int has_cap,
-                                           float grad_scale, int has_grad) {
+                                           float grad_scale, int has_grad, unsigned short* bf) {
     __shared__ float sm[16], ss[16];
     int r = blockIdx.x;
     float* z = logits + (i64)r * V;
@@ -359,6 +379,7 @@ extern "C" __global__ void k_cross_entropy(float* logits, float* losses, const u
         float g = ws * (p - (j == (int)tgt ? 1.f : 0.f));
         if (has_cap) { float th = v / cap; g *= 1.f - th * th; }
         z[j] = g;
+        if (bf) bf[(i64)r * V + j] = (unsigned short)f2bf(g);
     }
 }
 
@@ -377,13 +398,6 @@ extern "C" __global__ void k_adamw(float* p, const float* g, float* m, float* v,
 }
 
 // ---- bf16 matmul operands (cuda/mod.rs: explicit bf16 GEMM in bf16 precision) --------------
-// f32 -> bf16 bits, round to nearest even; NaN stays a (quiet) NaN. No cuda_bf16.h (bare NVRTC).
-__device__ __forceinline__ unsigned f2bf(float x) {
-    unsigned u = __float_as_uint(x);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (u >> 16) | 0x40u;
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return u >> 16;
-}
 // dst[i] = bf16(src[i]) for i < n. vec != 0: src is 16-byte and dst 8-byte aligned (4 per step).
 extern "C" __global__ void k_to_bf16(unsigned short* dst, const float* src, i64 n, int vec) {
     i64 stride = (i64)gridDim.x * blockDim.x;

@@ -452,6 +452,8 @@ pub struct CudaBackend {
     precision: Precision,
     /// How bf16 matmuls get their operands ([`Bf16Gemm`] code).
     bf16_gemm: std::sync::atomic::AtomicU8,
+    /// Producers of matmul inputs also write their bf16 shadow (`KILN_CUDA_FUSED_BF16=0` off).
+    fused_bf16: std::sync::atomic::AtomicBool,
     /// Fuse `matmul_bias` with the cuBLASLt bias epilogue (bf16 operands only; `KILN_CUDA_LT=0`).
     lt_on: std::sync::atomic::AtomicBool,
     /// cuBLASLt, created on first use (`Some(None)`: unavailable).
@@ -604,6 +606,9 @@ impl CudaBackend {
             }),
             precision,
             bf16_gemm: std::sync::atomic::AtomicU8::new(Bf16Gemm::from_env().code()),
+            fused_bf16: std::sync::atomic::AtomicBool::new(
+                std::env::var("KILN_CUDA_FUSED_BF16").map_or(true, |v| v != "0"),
+            ),
             lt_on: std::sync::atomic::AtomicBool::new(
                 std::env::var("KILN_CUDA_LT").map_or(true, |v| v != "0"),
             ),
@@ -1068,6 +1073,42 @@ impl CudaBackend {
         }
         self.to_bf16(s.0, src, n);
         s.0
+    }
+
+    /// For a kernel about to overwrite the first `n` floats of `v` (after [`dirty`]): in
+    /// [`Bf16Gemm::Bf16Cached`] mode with fused shadow writes on (`KILN_CUDA_FUSED_BF16=0` turns
+    /// them off), the bf16 shadow address of that region, which the kernel fills alongside its f32
+    /// output, marked current; else 0 (the kernel writes only f32).
+    fn shadow_out(&self, v: &View<CudaBuf>, n: usize) -> u64 {
+        if n == 0
+            || !self.fused_bf16.load(std::sync::atomic::Ordering::Relaxed)
+            || self.matmul_path() != MatmulPath::Bf16(Bf16Gemm::Bf16Cached)
+        {
+            return 0;
+        }
+        assert!(n <= v.len);
+        let mut sh = v.buf.shadow.lock().unwrap_or_else(|e| e.into_inner());
+        if sh.ptr == 0 {
+            match self.pool.get(v.buf.len.div_ceil(2)) {
+                Ok(p) => sh.ptr = p,
+                Err(_) => return 0,
+            }
+        }
+        sh.valid.clear();
+        sh.valid.push((v.off, n));
+        sh.ptr + 2 * v.off as u64
+    }
+
+    /// Have elementwise/norm/loss kernels write bf16 shadows of their outputs (cached mode only).
+    pub fn set_fused_bf16(&self, on: bool) {
+        self.fused_bf16
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Are fused bf16 shadow writes on (and effective: cached bf16 operands)?
+    pub fn fused_bf16(&self) -> bool {
+        self.fused_bf16.load(std::sync::atomic::Ordering::Relaxed)
+            && self.matmul_path() == MatmulPath::Bf16(Bf16Gemm::Bf16Cached)
     }
 
     /// Enqueue `dst[..n] = bf16(src[..n])` (device pointers; `dst` holds bf16s).
@@ -1718,8 +1759,9 @@ impl Backend for CudaBackend {
         dirty(&out);
         dirty(&stats);
         let is_ln = (kind == NormKind::LayerNorm) as i32;
+        let bf = self.shadow_out(&out, rows * cols);
         launch!(self, "k_norm_fwd", (rows.div_ceil(8) as u32, 1, 1), (256, 1, 1), 0;
-            ptr(&out), ptr(&stats), ptr(&inp), optr(&weight), optr(&bias), rows as i32, cols as i32, eps, is_ln);
+            ptr(&out), ptr(&stats), ptr(&inp), optr(&weight), optr(&bias), rows as i32, cols as i32, eps, is_ln, bf);
     }
 
     fn norm_backward(
@@ -1741,8 +1783,9 @@ impl Backend for CudaBackend {
         odirty(&dweight);
         odirty(&dbias);
         let is_ln = (kind == NormKind::LayerNorm) as i32;
+        let bf = self.shadow_out(&dinp, rows * cols);
         launch!(self, "k_norm_bwd_dx", (rows.div_ceil(8) as u32, 1, 1), (256, 1, 1), 0;
-            ptr(&dinp), ptr(&dout), ptr(&inp), ptr(&stats), optr(&weight), rows as i32, cols as i32, is_ln);
+            ptr(&dinp), ptr(&dout), ptr(&inp), ptr(&stats), optr(&weight), rows as i32, cols as i32, is_ln, bf);
         if dweight.is_some() || dbias.is_some() {
             let grid = (cols.div_ceil(32) as u32, rows.div_ceil(256) as u32, 1);
             launch!(self, "k_col_grads", grid, (32, 8, 1), 0;
@@ -1755,7 +1798,8 @@ impl Backend for CudaBackend {
         let _p = self.op("act_forward");
         dirty(&out);
         let kind = (act == Act::ReluSq) as i32;
-        launch!(self, "k_act_fwd", self.grid1(out.len), (256, 1, 1), 0; ptr(&out), ptr(&inp), out.len as i64, kind);
+        let bf = self.shadow_out(&out, out.len);
+        launch!(self, "k_act_fwd", self.grid1(out.len), (256, 1, 1), 0; ptr(&out), ptr(&inp), out.len as i64, kind, bf);
     }
 
     fn act_backward(&self, act: Act, dinp: View<CudaBuf>, dout: View<CudaBuf>, inp: View<CudaBuf>) {
@@ -1763,8 +1807,9 @@ impl Backend for CudaBackend {
         let _p = self.op("act_backward");
         dirty(&dinp);
         let kind = (act == Act::ReluSq) as i32;
+        let bf = self.shadow_out(&dinp, dinp.len);
         launch!(self, "k_act_bwd", self.grid1(dinp.len), (256, 1, 1), 0;
-            ptr(&dinp), ptr(&dout), ptr(&inp), dinp.len as i64, kind);
+            ptr(&dinp), ptr(&dout), ptr(&inp), dinp.len as i64, kind, bf);
     }
 
     fn qk_prep_forward(
@@ -1905,9 +1950,14 @@ impl Backend for CudaBackend {
         } else {
             0
         };
+        let bf = if grad_scale.is_some() {
+            self.shadow_out(&logits, rows * vocab)
+        } else {
+            0
+        };
         launch!(self, "k_cross_entropy", (rows as u32, 1, 1), (512, 1, 1), 0;
             ptr(&logits), ptr(&losses), tp, wp, rows as i32, vocab as i32, softcap.unwrap_or(1.0),
-            softcap.is_some() as i32, grad_scale.unwrap_or(0.0), grad_scale.is_some() as i32);
+            softcap.is_some() as i32, grad_scale.unwrap_or(0.0), grad_scale.is_some() as i32, bf);
     }
 
     fn adamw(
