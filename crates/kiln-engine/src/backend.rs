@@ -184,6 +184,24 @@ pub trait Backend: Send + Sync {
             self.add_bias(c, bias, d.m, d.n);
         }
     }
+    /// `out = res + op(a) @ op(b) (+ bias)` over the first `d.m * d.n` floats (`out`, `res` do
+    /// not overlap): a residual connection's projection. A backend may fuse it (the cuda backend
+    /// reads `res` as cuBLASLt's C); the default is [`Backend::copy`] then
+    /// [`Backend::matmul_bias`] with `beta = 1`.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_bias_residual(
+        &self,
+        out: View<Self::Buf>,
+        res: View<Self::Buf>,
+        a: View<Self::Buf>,
+        b: View<Self::Buf>,
+        bias: Option<View<Self::Buf>>,
+        d: MatDims,
+    ) {
+        let mn = d.m * d.n;
+        self.copy(out.sub(0, mn), res.sub(0, mn));
+        self.matmul_bias(out, a, b, bias, d, 1.0, 1.0);
+    }
     /// `out[r, :] += bias` for `rows` rows of `cols`.
     fn add_bias(&self, out: View<Self::Buf>, bias: View<Self::Buf>, rows: usize, cols: usize);
     /// Accumulate: `dbias += Σ_r dout[r, :]`.

@@ -404,15 +404,13 @@ impl<B: Backend> Trainer<B> {
                 v(att_in, bt * wq),
                 d,
             );
-            be.copy(v(&la.res2, bt * c), v(&la.res, bt * c));
-            be.matmul_bias(
+            be.matmul_bias_residual(
                 v(&la.res2, bt * c),
+                v(&la.res, bt * c),
                 v(&la.att, bt * wo),
                 p(ls.proj_w),
                 po(ls.proj_b),
                 lin(bt, c, wo),
-                1.0,
-                1.0,
             );
             be.norm_forward(
                 nk,
@@ -435,15 +433,13 @@ impl<B: Backend> Trainer<B> {
                 0.0,
             );
             be.act_forward(m.act(), v(&la.fcg, bt * 4 * c), v(&la.fch, bt * 4 * c));
-            be.copy(v(next_res, bt * c), v(&la.res2, bt * c));
-            be.matmul_bias(
+            be.matmul_bias_residual(
                 v(next_res, bt * c),
+                v(&la.res2, bt * c),
                 v(&la.fcg, bt * 4 * c),
                 p(ls.fcp_w),
                 po(ls.fcp_b),
                 lin(bt, c, 4 * c),
-                1.0,
-                1.0,
             );
         }
         be.norm_forward(

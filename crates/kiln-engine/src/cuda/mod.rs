@@ -399,8 +399,8 @@ struct LtState {
 unsafe impl Send for LtState {}
 unsafe impl Sync for LtState {}
 
-/// (m, n, k, trans_a, trans_b, beta != 0, alignment of a, b, c in bytes).
-type LtKey = (usize, usize, usize, bool, bool, bool, u32, u32, u32);
+/// (m, n, k, trans_a, trans_b, beta != 0, bias epilogue, alignment of a, b, c, d in bytes).
+type LtKey = (usize, usize, usize, bool, bool, bool, bool, [u32; 4]);
 
 /// The cuBLASLt objects of one call, destroyed on drop.
 struct LtObjs {
@@ -1190,9 +1190,10 @@ impl CudaBackend {
         }
     }
 
-    /// `c = alpha * op(a) @ op(b) + beta * c + bias` (bias per column of the row-major `c`) in one
-    /// cuBLASLt call with bf16 `a`, `b` (device pointers as for [`Self::gemm`]) and f32 `c`, `bias`.
-    /// False (nothing enqueued) when cuBLASLt is unavailable or has no algorithm for the problem.
+    /// `out = alpha * op(a) @ op(b) + beta * c (+ bias)` (bias per column of the row-major
+    /// output; `bias == 0`: none) in one cuBLASLt call with bf16 `a`, `b` (device pointers as for
+    /// [`Self::gemm`]) and f32 `c`, `out`, `bias` (`c == out` in place). False (nothing enqueued)
+    /// when cuBLASLt is unavailable or has no algorithm for the problem.
     #[allow(clippy::too_many_arguments)]
     fn lt_gemm_bias(
         &self,
@@ -1202,6 +1203,7 @@ impl CudaBackend {
         a: u64,
         b: u64,
         c: u64,
+        out: u64,
         bias: u64,
     ) -> bool {
         if !bias.is_multiple_of(16) {
@@ -1221,21 +1223,20 @@ impl CudaBackend {
             d.trans_a,
             d.trans_b,
             beta != 0.0,
-            align_of_ptr(a),
-            align_of_ptr(b),
-            align_of_ptr(c),
+            bias != 0,
+            [a, b, c, out].map(align_of_ptr),
         );
         if matches!(st.algos.get(&key), Some(None)) {
             return false;
         }
         // SAFETY: descriptors are created and destroyed here; pointers are device pointers of
         // bounds-checked views (bf16 operands of the sizes the layouts name) and the workspace.
-        let r = unsafe { self.lt_call(st, key, d, alpha, beta, [a, b, c, bias]) };
+        let r = unsafe { self.lt_call(st, key, d, alpha, beta, [a, b, c, out, bias]) };
         match r {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(
-                    "cuda: cuBLASLt bias epilogue unavailable for {d:?} ({e:?}); separate bias add"
+                    "cuda: cuBLASLt unavailable for {d:?} ({e:?}); cuBLAS and separate kernels"
                 );
                 st.algos.insert(key, None);
                 false
@@ -1252,7 +1253,7 @@ impl CudaBackend {
         d: MatDims,
         alpha: f32,
         beta: f32,
-        [a, b, c, bias]: [u64; 4],
+        [a, b, c, out, bias]: [u64; 5],
     ) -> Result<(), lt::CublasError> {
         use lt_sys::cublasLtMatmulDescAttributes_t as DA;
         use lt_sys::cublasLtMatmulPreferenceAttributes_t as PA;
@@ -1270,17 +1271,19 @@ impl CudaBackend {
         let (ta, tb) = (d.trans_b as i32, d.trans_a as i32);
         set(DA::CUBLASLT_MATMUL_DESC_TRANSA, &ta as *const i32 as _, 4)?;
         set(DA::CUBLASLT_MATMUL_DESC_TRANSB, &tb as *const i32 as _, 4)?;
-        let epi = lt_sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS;
-        set(
-            DA::CUBLASLT_MATMUL_DESC_EPILOGUE,
-            &epi as *const _ as _,
-            std::mem::size_of_val(&epi),
-        )?;
-        set(
-            DA::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-            &bias as *const u64 as _,
-            8,
-        )?;
+        if bias != 0 {
+            let epi = lt_sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS;
+            set(
+                DA::CUBLASLT_MATMUL_DESC_EPILOGUE,
+                &epi as *const _ as _,
+                std::mem::size_of_val(&epi),
+            )?;
+            set(
+                DA::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                &bias as *const u64 as _,
+                8,
+            )?;
+        }
         let (m, n, k) = (d.n as u64, d.m as u64, d.k as u64);
         // stored shapes (column-major rows, cols, ld) of cuBLASLt's A (our b) and B (our a)
         let la = if d.trans_b { (k, m, k) } else { (m, k, m) };
@@ -1299,11 +1302,12 @@ impl CudaBackend {
                     &ws as *const u64 as _,
                     8,
                 )?;
+                let [al_a, al_b, al_c, al_d] = key.7;
                 for (attr, al) in [
-                    (PA::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, key.7),
-                    (PA::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, key.6),
-                    (PA::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, key.8),
-                    (PA::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, key.8),
+                    (PA::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, al_b),
+                    (PA::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, al_a),
+                    (PA::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, al_c),
+                    (PA::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, al_d),
                 ] {
                     lt::set_matmul_pref_attribute(o.pref, attr, &al as *const u32 as _, 4)?;
                 }
@@ -1336,7 +1340,7 @@ impl CudaBackend {
             o.layouts[1],
             c as _,
             o.layouts[2],
-            c as _,
+            out as _,
             o.layouts[2],
             &algo,
             st.ws as _,
@@ -1680,12 +1684,45 @@ impl Backend for CudaBackend {
         let pb = self.bf16_operand(&b, d.k * d.n, 1, cached);
         dirty(&c);
         let pc = ptr(&c);
-        if self.lt_gemm_bias(d, alpha, beta, pa, pb, pc, ptr(&bias)) {
+        if self.lt_gemm_bias(d, alpha, beta, pa, pb, pc, pc, ptr(&bias)) {
             return;
         }
         self.gemm(d, alpha, beta, pa, pb, pc, true);
         drop(p);
         self.add_bias(c, bias, d.m, d.n);
+    }
+
+    fn matmul_bias_residual(
+        &self,
+        out: View<CudaBuf>,
+        res: View<CudaBuf>,
+        a: View<CudaBuf>,
+        b: View<CudaBuf>,
+        bias: Option<View<CudaBuf>>,
+        d: MatDims,
+    ) {
+        let mn = d.m * d.n;
+        if self.matmul_bias_path() != "lt-bias" || mn == 0 || d.k == 0 {
+            self.copy(out.sub(0, mn), res.sub(0, mn));
+            return self.matmul_bias(out, a, b, bias, d, 1.0, 1.0);
+        }
+        assert!(
+            a.len >= d.m * d.k && b.len >= d.k * d.n && out.len >= mn && res.len >= mn,
+            "matmul_bias_residual shape {d:?}"
+        );
+        assert!(bias.is_none_or(|x| x.len >= d.n));
+        let p = self.op("matmul_bias_residual");
+        let cached = self.bf16_gemm() == Bf16Gemm::Bf16Cached;
+        let pa = self.bf16_operand(&a, d.m * d.k, 0, cached);
+        let pb = self.bf16_operand(&b, d.k * d.n, 1, cached);
+        let (pr, po) = (ptr(&res.sub(0, mn)), ptr(&out.sub(0, mn)));
+        dirty(&out);
+        if self.lt_gemm_bias(d, 1.0, 1.0, pa, pb, pr, po, optr(&bias)) {
+            return;
+        }
+        drop(p);
+        self.copy(out.sub(0, mn), res.sub(0, mn));
+        self.matmul_bias(out, a, b, bias, d, 1.0, 1.0);
     }
 
     fn add_bias(&self, out: View<CudaBuf>, bias: View<CudaBuf>, rows: usize, cols: usize) {
