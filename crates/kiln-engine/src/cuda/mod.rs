@@ -1352,6 +1352,45 @@ impl CudaBackend {
     /// `bf16_ops`: `a` and `b` point at bf16 copies (bf16 × bf16 → f32, fp32 compute).
     #[allow(clippy::too_many_arguments)]
     fn gemm(&self, d: MatDims, alpha: f32, beta: f32, a: u64, b: u64, c: u64, bf16_ops: bool) {
+        self.gemm_raw(d, alpha, beta, a, b, c, bf16_ops)
+            .unwrap_or_else(|e| panic!("cuda: gemm {d:?}: {e}"));
+    }
+
+    /// The bf16 × bf16 GEMM on converted operands `pa`, `pb`; should cuBLAS refuse it, the f32
+    /// operands `a`, `b` go through `CUBLAS_COMPUTE_32F_FAST_16BF` instead and the backend stays on
+    /// that path ([`Bf16Gemm::F32Operands`]) with a warning.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_bf16(
+        &self,
+        d: MatDims,
+        alpha: f32,
+        beta: f32,
+        pa: u64,
+        pb: u64,
+        a: u64,
+        b: u64,
+        c: u64,
+    ) {
+        if let Err(e) = self.gemm_raw(d, alpha, beta, pa, pb, c, true) {
+            tracing::warn!(
+                "cuda: bf16-operand GEMM refused for {d:?} ({e}); using f32 operands from now on"
+            );
+            self.set_bf16_gemm(Bf16Gemm::F32Operands);
+            self.gemm(d, alpha, beta, a, b, c, false);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_raw(
+        &self,
+        d: MatDims,
+        alpha: f32,
+        beta: f32,
+        a: u64,
+        b: u64,
+        c: u64,
+        bf16_ops: bool,
+    ) -> Result<(), String> {
         use blas_sys::cublasOperation_t::{CUBLAS_OP_N as N, CUBLAS_OP_T as T};
         // Row-major C = op(A) op(B) is column-major Cᵀ = op(B)ᵀ op(A)ᵀ: swap the operands.
         let (opa, lda) = if d.trans_b { (T, d.k) } else { (N, d.n) };
@@ -1432,7 +1471,7 @@ impl CudaBackend {
                 }
             }
         };
-        r.unwrap_or_else(|e| panic!("cuda: gemm {d:?}: {e:?}"));
+        r.map_err(|e| format!("{e:?}"))
     }
 }
 
@@ -1647,7 +1686,7 @@ impl Backend for CudaBackend {
                 let pa = self.bf16_operand(&a, d.m * d.k, 0, cached);
                 let pb = self.bf16_operand(&b, d.k * d.n, 1, cached);
                 dirty(&c);
-                self.gemm(d, alpha, beta, pa, pb, ptr(&c), true);
+                self.gemm_bf16(d, alpha, beta, pa, pb, ptr(&a), ptr(&b), ptr(&c));
             }
             _ => {
                 dirty(&c);
@@ -1687,7 +1726,7 @@ impl Backend for CudaBackend {
         if self.lt_gemm_bias(d, alpha, beta, pa, pb, pc, pc, ptr(&bias)) {
             return;
         }
-        self.gemm(d, alpha, beta, pa, pb, pc, true);
+        self.gemm_bf16(d, alpha, beta, pa, pb, ptr(&a), ptr(&b), pc);
         drop(p);
         self.add_bias(c, bias, d.m, d.n);
     }
@@ -2017,5 +2056,49 @@ impl Backend for CudaBackend {
         let decay = 1.0 - h.lr * h.weight_decay;
         launch!(self, "k_adamw", self.grid1(p.len), (256, 1, 1), 0;
             ptr(&p), ptr(&g), ptr(&m), ptr(&v), p.len as i64, h.beta1, h.beta2, h.eps, decay, step_size, bc2_sqrt);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pointer_alignment_is_the_largest_power_of_two_up_to_256() {
+        assert_eq!(align_of_ptr(0x7f00_0000_0000), 256);
+        assert_eq!(align_of_ptr(0x7f00_0000_0010), 16);
+        assert_eq!(align_of_ptr(0x7f00_0000_0006), 2);
+        assert_eq!(align_of_ptr(0x7f00_0000_0180), 128);
+    }
+
+    #[test]
+    fn bf16_gemm_modes_round_trip_and_name_their_paths() {
+        for m in [Bf16Gemm::F32Operands, Bf16Gemm::Bf16, Bf16Gemm::Bf16Cached] {
+            assert_eq!(Bf16Gemm::from_code(m.code()), m);
+        }
+        assert_eq!(MatmulPath::Bf16(Bf16Gemm::Bf16Cached).name(), "bf16-cached");
+        assert_eq!(
+            MatmulPath::Bf16(Bf16Gemm::F32Operands).name(),
+            "bf16-f32ops"
+        );
+        assert_eq!(MatmulPath::F32.name(), "f32");
+    }
+
+    #[test]
+    fn the_bf16_conversion_kernel_is_in_the_base_module() {
+        assert!(BASE_KERNELS.contains(&"k_to_bf16"));
+        assert!(BASE_SOURCE.contains("k_to_bf16("));
+        // every kernel that can write a bf16 shadow takes the `bf` pointer last
+        for k in [
+            "k_norm_fwd",
+            "k_norm_bwd_dx",
+            "k_act_fwd",
+            "k_act_bwd",
+            "k_cross_entropy",
+        ] {
+            let at = BASE_SOURCE.find(&format!("void {k}(")).unwrap();
+            let sig = &BASE_SOURCE[at..at + BASE_SOURCE[at..].find(')').unwrap()];
+            assert!(sig.ends_with("unsigned short* bf"), "{k}: {sig}");
+        }
     }
 }
