@@ -1087,7 +1087,7 @@ fn parity() -> Res<()> {
         model_parity(&mut tw, "modern", OptimKind::Muon)?;
         println!(
             "{}",
-            serde_json::json!({"check": "summary", "precision": format!("{prec:?}"), "checks": tw.checks, "fails": tw.fails})
+            serde_json::json!({"check": "summary", "precision": format!("{prec:?}"), "checks": tw.checks, "fails": tw.fails, "lt_fallbacks": tw.gpu.lt_fallbacks()})
         );
         total_fail += tw.fails;
     }
@@ -1144,7 +1144,7 @@ fn bench_gemm(args: &[String]) -> Res<()> {
         let (_, peak) = gpu.memory_bytes();
         println!(
             "{}",
-            serde_json::json!({"bench": "train_gemm_mode", "matmul": gpu.matmul_path().name(), "matmul_bias": gpu.matmul_bias_path(), "fused_bf16": gpu.fused_bf16(), "batch": b, "ctx": t,
+            serde_json::json!({"bench": "train_gemm_mode", "matmul": gpu.matmul_path().name(), "matmul_bias": gpu.matmul_bias_path(), "fused_bf16": gpu.fused_bf16(), "lt_fallbacks": gpu.lt_fallbacks(), "batch": b, "ctx": t,
                 "step_ms_median": times[times.len() / 2], "step_ms_min": times[0], "tokens_per_s": (b * t) as f64 / times[times.len() / 2] * 1e3,
                 "profiled_matmul_ms": mm.map(|p| p.1), "matmul_calls": mm.map(|p| p.2), "loss": loss,
                 "backend_peak_mb": peak as f64 / 1048576.0,
@@ -1221,7 +1221,7 @@ fn bench(args: &[String]) -> Res<()> {
     let (free, total) = gpu.device_memory();
     println!(
         "{}",
-        serde_json::json!({"bench": "train", "impl": "kiln-cuda", "precision": format!("{prec:?}"), "attention": gpu.attention_for(cfg.n_embd / cfg.n_head).name(), "matmul": gpu.matmul_path().name(), "matmul_bias": gpu.matmul_bias_path(), "fused_bf16": gpu.fused_bf16(), "device": gpu.device_name(),
+        serde_json::json!({"bench": "train", "impl": "kiln-cuda", "precision": format!("{prec:?}"), "attention": gpu.attention_for(cfg.n_embd / cfg.n_head).name(), "matmul": gpu.matmul_path().name(), "matmul_bias": gpu.matmul_bias_path(), "fused_bf16": gpu.fused_bf16(), "lt_fallbacks": gpu.lt_fallbacks(), "device": gpu.device_name(),
             "batch": b, "ctx": t, "params": n_params, "steps": steps, "step_ms_median": med * 1e3, "step_ms_mean": mean * 1e3,
             "tokens_per_s": tok_s, "flops_per_token": flops_tok, "mfu_989": mfu, "first_loss": first_loss, "last_loss": last_loss,
             "backend_peak_mb": peak as f64 / 1048576.0, "backend_cur_mb": cur as f64 / 1048576.0,

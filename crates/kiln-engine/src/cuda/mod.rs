@@ -458,6 +458,8 @@ pub struct CudaBackend {
     lt_on: std::sync::atomic::AtomicBool,
     /// cuBLASLt, created on first use (`Some(None)`: unavailable).
     lt: Mutex<Option<Option<LtState>>>,
+    /// Calls that asked for cuBLASLt and fell back to cuBLAS + separate kernels.
+    lt_fallbacks: std::sync::atomic::AtomicU64,
     sms: u32,
     device_name: String,
     /// Per-op timing (each op synchronizes when on): name → (seconds, calls).
@@ -613,6 +615,7 @@ impl CudaBackend {
                 std::env::var("KILN_CUDA_LT").map_or(true, |v| v != "0"),
             ),
             lt: Mutex::new(None),
+            lt_fallbacks: std::sync::atomic::AtomicU64::new(0),
             sms,
             device_name,
             profiling: std::sync::atomic::AtomicBool::new(false),
@@ -1150,13 +1153,29 @@ impl CudaBackend {
         self.lt_on.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// What [`Backend::matmul_bias`] runs now: `lt-bias` (one fused cuBLASLt call) or
-    /// `matmul+add_bias`.
+    /// What [`Backend::matmul_bias`] runs now: `lt-bias` (one fused cuBLASLt call, unless cuBLASLt
+    /// has no algorithm for a shape: then that shape falls back with a warning) or
+    /// `matmul+add_bias` (also once cuBLASLt turned out to be unavailable).
     pub fn matmul_bias_path(&self) -> &'static str {
         match self.matmul_path() {
-            MatmulPath::Bf16(m) if m != Bf16Gemm::F32Operands && self.lt_enabled() => "lt-bias",
+            MatmulPath::Bf16(m)
+                if m != Bf16Gemm::F32Operands
+                    && self.lt_enabled()
+                    && !matches!(
+                        *self.lt.lock().unwrap_or_else(|e| e.into_inner()),
+                        Some(None)
+                    ) =>
+            {
+                "lt-bias"
+            }
             _ => "matmul+add_bias",
         }
+    }
+
+    /// How many cuBLASLt calls fell back to cuBLAS + separate kernels so far (0 when every
+    /// `matmul_bias` / `matmul_bias_residual` ran fused).
+    pub fn lt_fallbacks(&self) -> u64 {
+        self.lt_fallbacks.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn lt_create(&self) -> Option<LtState> {
@@ -1196,6 +1215,26 @@ impl CudaBackend {
     /// when cuBLASLt is unavailable or has no algorithm for the problem.
     #[allow(clippy::too_many_arguments)]
     fn lt_gemm_bias(
+        &self,
+        d: MatDims,
+        alpha: f32,
+        beta: f32,
+        a: u64,
+        b: u64,
+        c: u64,
+        out: u64,
+        bias: u64,
+    ) -> bool {
+        let ok = self.lt_try(d, alpha, beta, a, b, c, out, bias);
+        if !ok {
+            self.lt_fallbacks
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        ok
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn lt_try(
         &self,
         d: MatDims,
         alpha: f32,
