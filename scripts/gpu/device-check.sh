@@ -1,9 +1,23 @@
 #!/usr/bin/env bash
 # The cuda backend's device check, in one call (issue 6). Needs dist/gpu from scripts/gpu/prepare.sh
 # (carry it). Writes JSON lines to $OUT (default /tmp/kiln-gpu-out): parity.jsonl, bench.jsonl,
-# decode.jsonl, train.jsonl, summary.json; each stage has its own time limit so a slow stage
-# cannot eat the others. Order: correctness, our throughput, the peer, decode, train+resume,
-# then the peer with torch.compile (slowest to start).
+# decode.jsonl, train.jsonl, stages.jsonl, summary.json, plus pretrain/ (the runs' metrics with the
+# live samples, curves.svg, sample texts). Each stage has its own time limit so a slow stage cannot
+# eat the others, and all of them share one budget (KILN_CHECK_BUDGET, 360 s; 120 s of it kept for
+# torch.compile at the end), so the script ends within ≈ 6 min even if stages hang; expected total
+# ≈ 3–4 min. Order:
+#   (1) parity with the cpu backend (cuda_check parity)
+#   (2) `kiln bench train --preset gpu-gpt2-124m --device cuda` (+ cuda_check's per-op profile),
+#       the PyTorch peer eager (torch.compile last: slowest to start); peak GPU memory both sides
+#   (3) decode tokens/s at batch 1 and 32 on the 124M shape (cuda_check decode)
+#   (5) `kiln pretrain --device cuda`: 300 steps on the fetched Shakespeare (BPE 1024, gpt2 6×384,
+#       ctx 256, batch 32), checkpoint at 150; a second run SIGKILLed after its step-150 checkpoint
+#       and resumed; losses compared (GPU atomics: not bitwise); the cuda checkpoint resumed on the
+#       cpu and that cpu checkpoint resumed on cuda (interchangeable formats); `kiln sample
+#       --device cuda` at 1 and 32 samples (tokens/s) and greedy f32 cuda vs cpu text.
+# Env: KILN_CHECK_DEVICE=cpu runs stage (5) on the cpu (a dry run of the script's logic without a
+# GPU, with e.g. KILN_CHECK_STEPS=20 KILN_CHECK_BATCH=2); KILN_CHECK_NO_PREFLIGHT=1 skips the GPU
+# preflight (then every GPU stage fails on its own, fast).
 set -u
 cd "$(dirname "$0")/../.."
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}
@@ -12,24 +26,112 @@ export PYTHONUNBUFFERED=1
 OUT="${OUT:-/tmp/kiln-gpu-out}"
 mkdir -p "$OUT"
 D=dist/gpu
+DEV="${KILN_CHECK_DEVICE:-cuda}"
+STEPS="${KILN_CHECK_STEPS:-300}"
+BATCH="${KILN_CHECK_BATCH:-32}"
+HALF=$((STEPS / 2))
 export KILN_CUDA_CACHE="${KILN_CUDA_CACHE:-/tmp/kiln-ptx-cache}"
 mkdir -p "$KILN_CUDA_CACHE"
 [ -d "$D/ptx-cache" ] && cp "$D"/ptx-cache/*.ptx "$KILN_CUDA_CACHE"/ 2>/dev/null
-stage() { # name limit_s outfile cmd...
+SUM="python3 scripts/gpu/summarize.py"
+fail() { echo "{\"stage\": \"preflight\", \"ok\": false, \"error\": \"$1\"}" | tee -a "$OUT/stages.jsonl"; exit 2; }
+
+# ---- preflight: the prepared files, then the GPU (fail at once instead of per stage) ----------
+for f in kiln.xz cuda_check.xz torch_ref.py tok/tokenizer.tiktoken tokens/train.parquet; do
+  [ -e "$D/$f" ] || fail "missing $D/$f: run scripts/gpu/prepare.sh and carry dist/gpu"
+done
+for b in kiln cuda_check; do
+  python3 -c "import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" \
+    "$D/$b.xz" "/tmp/$b" && chmod +x "/tmp/$b" || fail "cannot unpack $D/$b.xz"
+done
+K=/tmp/kiln
+CC=/tmp/cuda_check
+if [ -z "${KILN_CHECK_NO_PREFLIGHT:-}" ]; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >"$OUT/gpu.txt" 2>&1 ||
+    fail "no NVIDIA GPU here (nvidia-smi: $(head -c 200 "$OUT/gpu.txt" | tr -d '\"\n'))"
+  cat "$OUT/gpu.txt"
+fi
+
+START=$(date +%s)
+BUDGET="${KILN_CHECK_BUDGET:-360}"
+RESERVE=120 # seconds kept for the last stage (torch.compile)
+left() { echo $((BUDGET - ($(date +%s) - START) - RESERVE)); }
+stage() { # name limit_s outfile cmd...   (limit cut to the budget left; skipped under 5 s)
   local name=$1 lim=$2 out=$3; shift 3
-  local t0=$(date +%s.%N)
-  timeout "$lim" "$@" 2>>"$OUT/stderr.log" | tee -a "$OUT/$out"
+  local t0=$(date +%s.%N) l=$(left)
+  [ "$lim" -gt "$l" ] && lim=$l
+  if [ "$lim" -lt 5 ]; then
+    echo "{\"stage\": \"$name\", \"rc\": 124, \"skipped\": \"out of time budget\", \"seconds\": 0}" | tee -a "$OUT/stages.jsonl"
+    return 124
+  fi
+  timeout -k 5 "$lim" "$@" 2>>"$OUT/stderr.log" | tee -a "$OUT/$out"
   local rc=${PIPESTATUS[0]}
   echo "{\"stage\": \"$name\", \"rc\": $rc, \"seconds\": $(awk "BEGIN{print $(date +%s.%N) - $t0}")}" | tee -a "$OUT/stages.jsonl"
+  return $rc
 }
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-stage parity 60 parity.jsonl "$D/cuda_check" parity
-stage bench_kiln_bf16 60 bench.jsonl "$D/cuda_check" bench 16 1024 20 bf16
-stage bench_kiln_bf16_attn_v1 45 bench.jsonl env KILN_CUDA_ATTN=v1 "$D/cuda_check" bench 16 1024 10 bf16
-stage bench_kiln_tf32 30 bench.jsonl "$D/cuda_check" bench 16 1024 10 tf32
-stage bench_torch 75 bench.jsonl python3 scripts/gpu/torch_peak.py "$D/torch_ref.py" gpu
-stage decode 30 decode.jsonl "$D/cuda_check" decode 1,32 128
-stage train_resume 45 train.jsonl "$D/cuda_check" train "$D/corpus.txt" /tmp/kiln-ckpt 300
-stage bench_torch_compile 100 bench.jsonl python3 scripts/gpu/torch_peak.py "$D/torch_ref.py" gpu --compile
-cat "$OUT"/*.jsonl | python3 scripts/gpu/summarize.py | tee "$OUT/summary.json"
+
+# ---- (1) parity, (2) training throughput next to PyTorch, (3) decode --------------------------
+if [ "$DEV" = cuda ]; then
+  stage parity 60 parity.jsonl "$CC" parity
+  stage bench_kiln 90 bench.jsonl "$K" bench train --preset gpu-gpt2-124m --device cuda --precision bf16
+  stage bench_kiln_profile 40 bench.jsonl "$CC" bench 16 1024 10 bf16
+  stage bench_torch 75 bench.jsonl python3 scripts/gpu/torch_peak.py "$D/torch_ref.py" gpu
+  stage decode 30 decode.jsonl "$CC" decode 1,32 128
+fi
+
+# ---- (5) pretrain with checkpoints, SIGKILL + resume, cross-device resume, sampling -----------
+P=/tmp/kiln-pretrain
+rm -rf "$P" && mkdir -p "$P" "$OUT/pretrain"
+# model, data and schedule (shared by every run); eval/sample/checkpoint cadence per run
+run_args=(pretrain --data "$D/tokens" --tokenizer "$D/tok" --arch gpt2 --layers 6 --heads 6 --dim 384
+  --context 256 --batch "$BATCH" --steps "$STEPS" --warmup $((STEPS / 10)) --lr 2e-3 --eval-batches 4
+  --val-frac 0.05 --sample-tokens 48 --sample-prompt "ROMEO:" --keep 3 --seed 1 --no-progress)
+live=(--eval-every $((STEPS / 6)) --sample-every "$HALF" --ckpt-every "$HALF")
+stage pretrain_full 90 train.jsonl "$K" "${run_args[@]}" "${live[@]}" --device "$DEV" --out "$P/full"
+
+# the same run, SIGKILLed once its step-HALF checkpoint is in place, then resumed
+t0=$(date +%s.%N)
+"$K" "${run_args[@]}" "${live[@]}" --device "$DEV" --out "$P/part" 2>>"$OUT/stderr.log" >/dev/null &
+pid=$!
+killed=false
+n=$(left); [ "$n" -gt 60 ] && n=60
+for _ in $(seq 1 $((20 * n))); do
+  if [ "$(cat "$P/part/ckpt/latest" 2>/dev/null)" = "$(printf 'step_%06d' "$HALF")" ]; then
+    kill -9 "$pid" 2>/dev/null && killed=true
+    break
+  fi
+  kill -0 "$pid" 2>/dev/null || break
+  sleep 0.05
+done
+kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null # out of time before the checkpoint
+wait "$pid" 2>/dev/null
+echo "{\"stage\": \"pretrain_killed\", \"killed\": $killed, \"latest\": \"$(cat "$P/part/ckpt/latest" 2>/dev/null)\", \"seconds\": $(awk "BEGIN{print $(date +%s.%N) - $t0}")}" | tee -a "$OUT/stages.jsonl"
+stage pretrain_resume 75 train.jsonl "$K" "${run_args[@]}" "${live[@]}" --device "$DEV" --out "$P/part" --resume "$P/part"
+$SUM compare "$P/full" "$P/part" "$HALF" | tee -a "$OUT/train.jsonl"
+
+# checkpoints are host-side: the cuda step-HALF checkpoint resumes on the cpu for 2 steps (writing
+# a cpu checkpoint), which resumes on cuda for 2 more; losses against the uninterrupted run
+CK="$P/full/ckpt/$(printf 'step_%06d' "$HALF")"
+stage resume_on_cpu 60 train.jsonl "$K" "${run_args[@]}" --device cpu --out "$P/cpu" --resume "$CK" --ckpt-every $((HALF + 2)) --stop-after 2 --eval-every 0 --sample-every 0
+stage resume_on_device 45 train.jsonl "$K" "${run_args[@]}" --device "$DEV" --out "$P/cpu" --resume "$P/cpu" --ckpt-every $((HALF + 2)) --stop-after 2 --eval-every 0 --sample-every 0
+$SUM compare "$P/full" "$P/cpu" "$HALF" cross_device | tee -a "$OUT/train.jsonl"
+
+# sampling from the trained checkpoint: tokens/s at 1 and 32 samples; greedy text cuda (f32) vs cpu
+S=(sample --ckpt "$P/full" --prompt "ROMEO:" --max-tokens 200 --seed 1 --stats)
+stage sample_1 45 pretrain/sample-1.txt "$K" "${S[@]}" --device "$DEV" --num-samples 1
+stage sample_32 45 pretrain/sample-32.txt "$K" "${S[@]}" --device "$DEV" --num-samples 32
+grep -h '^{"device"' "$OUT"/pretrain/sample-*.txt >>"$OUT/decode.jsonl"
+G=(sample --ckpt "$P/full" --prompt "ROMEO:" --max-tokens 48 --temperature 0)
+stage greedy_f32_$DEV 45 pretrain/greedy-$DEV.txt "$K" "${G[@]}" --device "$DEV" --precision f32 >/dev/null
+stage greedy_cpu 45 pretrain/greedy-cpu.txt "$K" "${G[@]}" --device cpu >/dev/null
+$SUM same-text "$OUT/pretrain/greedy-$DEV.txt" "$OUT/pretrain/greedy-cpu.txt" | tee -a "$OUT/train.jsonl"
+for r in full part cpu; do
+  cp "$P/$r/metrics.jsonl" "$OUT/pretrain/$r-metrics.json-lines" 2>/dev/null
+done
+cp "$P/full/curves.svg" "$OUT/pretrain/" 2>/dev/null
+
+# ---- the peer with torch.compile (slowest to start), then the summary --------------------------
+RESERVE=0
+[ "$DEV" = cuda ] && stage bench_torch_compile 150 bench.jsonl python3 scripts/gpu/torch_peak.py "$D/torch_ref.py" gpu --compile
+cat "$OUT"/*.jsonl | $SUM | tee "$OUT/summary.json"
 tail -20 "$OUT/stderr.log"

