@@ -428,6 +428,16 @@ impl Drop for LtObjs {
     }
 }
 
+/// cuBLASLt's column-major (rows, cols, ld) for its A (our `b`, transposed iff `d.trans_b`), B
+/// (our `a`, transposed iff `d.trans_a`) and C/D (our row-major `c` seen as `n × m`): row-major
+/// `C = op(A) op(B)` is column-major `Cᵀ = op(B)ᵀ op(A)ᵀ`.
+fn lt_layouts(d: MatDims) -> [(u64, u64, u64); 3] {
+    let (m, n, k) = (d.n as u64, d.m as u64, d.k as u64);
+    let la = if d.trans_b { (k, m, k) } else { (m, k, m) };
+    let lb = if d.trans_a { (n, k, n) } else { (k, n, k) };
+    [la, lb, (m, n, m)]
+}
+
 /// Largest power of two (≤ 256) dividing a device address: what cuBLASLt may assume.
 fn align_of_ptr(p: u64) -> u32 {
     1u32 << p.trailing_zeros().min(8)
@@ -1323,13 +1333,10 @@ impl CudaBackend {
                 8,
             )?;
         }
-        let (m, n, k) = (d.n as u64, d.m as u64, d.k as u64);
-        // stored shapes (column-major rows, cols, ld) of cuBLASLt's A (our b) and B (our a)
-        let la = if d.trans_b { (k, m, k) } else { (m, k, m) };
-        let lb = if d.trans_a { (n, k, n) } else { (k, n, k) };
+        let [la, lb, lc] = lt_layouts(d);
         o.layouts[0] = lt::create_matrix_layout(bf, la.0, la.1, la.2 as i64)?;
         o.layouts[1] = lt::create_matrix_layout(bf, lb.0, lb.1, lb.2 as i64)?;
-        o.layouts[2] = lt::create_matrix_layout(f, m, n, m as i64)?;
+        o.layouts[2] = lt::create_matrix_layout(f, lc.0, lc.1, lc.2 as i64)?;
         let algo = match st.algos.get(&key) {
             Some(Some(al)) => *al,
             _ => {
@@ -2108,6 +2115,66 @@ mod tests {
         assert_eq!(align_of_ptr(0x7f00_0000_0010), 16);
         assert_eq!(align_of_ptr(0x7f00_0000_0006), 2);
         assert_eq!(align_of_ptr(0x7f00_0000_0180), 128);
+    }
+
+    /// Column-major `D = op(A) op(B) + bias[row]` as cuBLASLt defines it, from the layouts.
+    fn colmajor_gemm(
+        [la, lb, lc]: [(u64, u64, u64); 3],
+        (ta, tb): (bool, bool),
+        a: &[f32],
+        b: &[f32],
+        bias: &[f32],
+    ) -> Vec<f32> {
+        let at = |r: u64, c: u64| -> f32 {
+            // element (r, c) of op(A), A stored la = (rows, cols, ld)
+            let (r, c) = if ta { (c, r) } else { (r, c) };
+            assert!(r < la.0 && c < la.1);
+            a[(c * la.2 + r) as usize]
+        };
+        let bt = |r: u64, c: u64| -> f32 {
+            let (r, c) = if tb { (c, r) } else { (r, c) };
+            assert!(r < lb.0 && c < lb.1);
+            b[(c * lb.2 + r) as usize]
+        };
+        let k = if ta { la.0 } else { la.1 };
+        assert_eq!(k, if tb { lb.1 } else { lb.0 });
+        let mut out = vec![0f32; (lc.2 * lc.1) as usize];
+        for j in 0..lc.1 {
+            for i in 0..lc.0 {
+                let s: f32 = (0..k).map(|p| at(i, p) * bt(p, j)).sum();
+                out[(j * lc.2 + i) as usize] = s + bias[i as usize];
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn lt_layouts_compute_the_row_major_product_with_a_per_column_bias() {
+        let (m, n, k) = (5usize, 3usize, 4usize);
+        let val = |i: usize| ((i * 7 % 11) as f32) - 5.0;
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            let d = MatDims {
+                m,
+                n,
+                k,
+                trans_a: ta,
+                trans_b: tb,
+            };
+            // our row-major a (m×k, or k×m if trans_a), b (k×n, or n×k if trans_b)
+            let a: Vec<f32> = (0..m * k).map(val).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| val(i + 3)).collect();
+            let bias: Vec<f32> = (0..n).map(|i| i as f32 * 0.5).collect();
+            let ga = |i: usize, p: usize| if ta { a[p * m + i] } else { a[i * k + p] };
+            let gb = |p: usize, j: usize| if tb { b[j * k + p] } else { b[p * n + j] };
+            // cuBLASLt's A is our b (op T iff trans_b), its B our a (op T iff trans_a)
+            let got = colmajor_gemm(lt_layouts(d), (tb, ta), &b, &a, &bias);
+            for i in 0..m {
+                for j in 0..n {
+                    let want: f32 = (0..k).map(|p| ga(i, p) * gb(p, j)).sum::<f32>() + bias[j];
+                    assert_eq!(got[i * n + j], want, "ta={ta} tb={tb} ({i},{j})");
+                }
+            }
+        }
     }
 
     #[test]
