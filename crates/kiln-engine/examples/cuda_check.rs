@@ -487,7 +487,8 @@ const GEMM_MODES: [Bf16Gemm; 3] = [Bf16Gemm::F32Operands, Bf16Gemm::Bf16, Bf16Ge
 
 /// bf16 precision only: each operand path against the cpu (bf16 tolerance) and against each other
 /// (explicit bf16 vs cuBLAS's own rounding: bf16 tolerance, ~1e-6 if cuBLAS also rounds to nearest
-/// even; cached vs converted per call: same bits, 1e-6);
+/// even; cached vs converted per call: same operand bits, 1e-5 as the copies' alignments may pick
+/// other cuBLAS kernels, while a stale copy is off by ~1e-2);
 /// then the cache's invalidation: a cached matmul after each kind of write to the weight's buffer
 /// equals a freshly converted one.
 fn bf16_gemm_parity(tw: &mut Twin) {
@@ -553,7 +554,7 @@ fn bf16_gemm_parity(tw: &mut Twin) {
             &format!("matmul cached vs bf16ops ta={ta} tb={tb}"),
             &got[2],
             &got[1],
-            1e-6,
+            1e-5,
         );
     }
     // matmul_bias (cuBLASLt bias epilogue in bf16) against matmul + add_bias on the same operand
@@ -678,7 +679,12 @@ fn bf16_gemm_parity(tw: &mut Twin) {
     let (m, k, nn, wo) = (64, 96, 80, 40);
     let total = wo + k * nn + 50;
     let host_w = rand_vec(&mut r, total, 1.0);
+    let host_w2 = rand_vec(&mut r, total, 1.0);
     let a = both(tw, &rand_vec(&mut r, m * k, 1.0));
+    // operands of the matmul that writes into W's buffer
+    let (ma, mb) = (gpu.alloc(m * nn).unwrap(), gpu.alloc(nn * k).unwrap());
+    gpu.write(View::new(&ma, 0, m * nn), &rand_vec(&mut r, m * nn, 1.0));
+    gpu.write(View::new(&mb, 0, nn * k), &rand_vec(&mut r, nn * k, 1.0));
     let wbuf = gpu.alloc(total).unwrap();
     let other = gpu.alloc(total).unwrap();
     gpu.write(View::new(&other, 0, total), &rand_vec(&mut r, total, 1.0));
@@ -715,7 +721,7 @@ fn bf16_gemm_parity(tw: &mut Twin) {
     };
     type Write<'a> = Box<dyn Fn(&CudaBackend) + 'a>;
     let writes: Vec<(&str, Write)> = vec![
-        ("write", Box::new(|be| be.write(all, &host_w))),
+        ("write", Box::new(|be| be.write(all, &host_w2))),
         ("scale", Box::new(|be| be.scale(w, 1.5))),
         (
             "axpy",
@@ -753,8 +759,8 @@ fn bf16_gemm_parity(tw: &mut Twin) {
             Box::new(|be| {
                 be.matmul(
                     View::new(&wbuf, wo, m * k),
-                    View::new(&other, 0, m * nn),
-                    View::new(&other, m * nn, nn * k),
+                    View::new(&ma, 0, m * nn),
+                    View::new(&mb, 0, nn * k),
                     MatDims {
                         m,
                         n: k,
@@ -774,7 +780,7 @@ fn bf16_gemm_parity(tw: &mut Twin) {
         f(&gpu);
         let after = run(Bf16Gemm::Bf16Cached);
         let fresh = run(Bf16Gemm::Bf16);
-        tw.report(&format!("bf16 cache after {name}"), &after, &fresh, 1e-6);
+        tw.report(&format!("bf16 cache after {name}"), &after, &fresh, 1e-5);
         // the write must have changed the product, or the check above proves nothing
         let (_, moved) = diff(&after, &before);
         tw.checks += 1;
@@ -791,7 +797,7 @@ fn bf16_gemm_parity(tw: &mut Twin) {
 
 /// bf16 precision, cached operands: each kernel that writes its output's bf16 shadow alongside
 /// (norm forward/backward, activation forward/backward, cross-entropy gradient) feeds a matmul
-/// that reads that shadow; it must equal the matmul on a fresh conversion (same bits: 1e-6).
+/// that reads that shadow; it must equal the matmul on a fresh conversion (same operand bits: 1e-5).
 /// Also the f32 outputs themselves must not change when the shadow writes are on.
 fn fused_shadow_parity(tw: &mut Twin) {
     let gpu = tw.gpu.clone();
@@ -929,7 +935,7 @@ fn fused_shadow_parity(tw: &mut Twin) {
                 &format!("fused bf16 shadow {name} fused={fused}"),
                 &hc,
                 &hf,
-                1e-6,
+                1e-5,
             );
             outs.push(hx);
             gpu.set_fused_bf16(prev);
