@@ -7,7 +7,8 @@
 # torch.compile at the end), so the script ends within ≈ 6 min even if stages hang; expected total
 # ≈ 3–4 min. Order:
 #   (1) parity with the cpu backend (cuda_check parity)
-#   (2) `kiln bench train --preset gpu-gpt2-124m --device cuda` (+ cuda_check's per-op profile),
+#   (2) `kiln bench train --preset gpu-gpt2-124m --device cuda` (+ cuda_check's per-op profile and
+#       its matmul operand-path comparison, bench-gemm),
 #       the PyTorch peer eager (torch.compile last: slowest to start); peak GPU memory both sides
 #   (3) decode tokens/s at batch 1 and 32 on the 124M shape (cuda_check decode)
 #   (5) `kiln pretrain --device cuda`: 300 steps on the fetched Shakespeare (BPE 1024, gpt2 6×384,
@@ -75,6 +76,7 @@ if [ "$DEV" = cuda ]; then
   stage parity 60 parity.jsonl "$CC" parity
   stage bench_kiln 90 bench.jsonl "$K" bench train --preset gpu-gpt2-124m --device cuda --precision bf16
   stage bench_kiln_profile 40 bench.jsonl "$CC" bench 16 1024 10 bf16
+  stage bench_gemm_modes 45 bench.jsonl "$CC" bench-gemm 16 1024 8
   stage bench_torch 75 bench.jsonl python3 scripts/gpu/torch_peak.py "$D/torch_ref.py" gpu
   stage decode 30 decode.jsonl "$CC" decode 1,32 128
 fi

@@ -78,6 +78,9 @@ def summary(lines):
     for r in rows:
         if r.get("bench") == "train" and r.get("impl") == "kiln-cuda":
             s[f"cuda_check_{r['precision']}_tokens_per_s"] = round(r["tokens_per_s"], 1)
+        if r.get("bench") == "train_gemm_mode":
+            mode = f"{r['matmul']}|{r.get('matmul_bias')}|fused={r.get('fused_bf16')}"
+            s[f"gemm_mode_{mode}_step_ms"] = round(r["step_ms_median"], 2)
     for r in rows:
         impl = r.get("impl", "")
         if impl.startswith("pytorch") and "train_tokens_per_s" in r:
