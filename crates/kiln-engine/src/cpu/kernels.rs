@@ -889,24 +889,38 @@ pub fn attention_cached(
             for h in 0..nh {
                 let kvh = h / grp;
                 let q = &qkv[r * wq + h * hd..r * wq + (h + 1) * hd];
-                for (j, s) in sc.iter_mut().enumerate() {
-                    *s = dot(q, &kb[j * row_kv + kvh * hd..j * row_kv + (kvh + 1) * hd]) * scale;
-                }
-                let mx = sc.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                sc.iter_mut().for_each(|s| {
-                    *s = (*s - mx).exp();
-                    sum += *s;
-                });
                 let oh = &mut o[h * hd..(h + 1) * hd];
-                oh.iter_mut().for_each(|v| *v = 0.0);
-                for (j, &s) in sc.iter().enumerate() {
-                    let pj = s / sum;
-                    let vr = &vb[j * row_kv + kvh * hd..j * row_kv + (kvh + 1) * hd];
-                    oh.iter_mut().zip(vr).for_each(|(a, b)| *a += pj * b);
-                }
+                cached_head(oh, &mut sc, q, kb, vb, row_kv, kvh * hd, scale);
             }
         });
+}
+
+simd_fn! {
+    /// One query head of cached decode: `oh = softmax(scale · q·Kⱼ) · V` over the `sc.len()`
+    /// cached positions (K/V rows of `row_kv` floats, this head's slice at `off`).
+    fn cached_head(
+        oh: &mut [f32],
+        sc: &mut [f32],
+        q: &[f32],
+        kb: &[f32],
+        vb: &[f32],
+        row_kv: usize,
+        off: usize,
+        scale: f32,
+    ) {
+        let hd = q.len();
+        for (j, s) in sc.iter_mut().enumerate() {
+            *s = dot(q, &kb[j * row_kv + off..j * row_kv + off + hd]) * scale;
+        }
+        let mx = vmath::max(sc);
+        let inv = 1.0 / vmath::exp_shift_sum(sc, mx);
+        oh.iter_mut().for_each(|v| *v = 0.0);
+        for (j, &s) in sc.iter().enumerate() {
+            let pj = s * inv;
+            let vr = &vb[j * row_kv + off..j * row_kv + off + hd];
+            oh.iter_mut().zip(vr).for_each(|(a, b)| *a += pj * b);
+        }
+    }
 }
 
 simd_fn! {
@@ -1162,6 +1176,41 @@ mod tests {
         let (ro, rd) = attention_ref(&qkv, &dout, d);
         close(&out, &ro, 1e-5, "attention out");
         close(&dqkv, &rd, 1e-5, "attention dqkv");
+    }
+
+    #[test]
+    fn cached_attention_matches_full() {
+        // prefill 70 tokens in two calls (50 + 20) through the KV cache vs one causal forward
+        let d = AttnDims {
+            b: 2,
+            t: 70,
+            n_head: 4,
+            n_kv: 2,
+            head_dim: 32,
+        };
+        let qkv = randn(d.b * d.t * d.qkv_width(), 20, 1.0);
+        let dout = vec![0f32; d.b * d.t * d.out_width()];
+        let (full, _) = attention_run(&qkv, &dout, d);
+        let (max_t, wq, wo) = (80, d.qkv_width(), d.out_width());
+        let mut kc = vec![0f32; d.b * max_t * d.n_kv * d.head_dim];
+        let mut vc = kc.clone();
+        let mut cached = vec![0f32; full.len()];
+        for (p0, n) in [(0, 50), (50, 20)] {
+            let dd = AttnDims { t: n, ..d };
+            let mut q = vec![0f32; d.b * n * wq];
+            for b in 0..d.b {
+                q[b * n * wq..(b + 1) * n * wq]
+                    .copy_from_slice(&qkv[(b * d.t + p0) * wq..(b * d.t + p0 + n) * wq]);
+            }
+            let mut o = vec![0f32; d.b * n * wo];
+            attention_cached(&mut o, &q, &mut kc, &mut vc, dd, p0, max_t);
+            for b in 0..d.b {
+                cached[(b * d.t + p0) * wo..(b * d.t + p0 + n) * wo]
+                    .copy_from_slice(&o[b * n * wo..(b + 1) * n * wo]);
+            }
+        }
+        let want: Vec<f64> = full.iter().map(|&v| v as f64).collect();
+        close(&cached, &want, 1e-5, "cached attention");
     }
 
     #[test]
