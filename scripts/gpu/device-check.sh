@@ -73,7 +73,7 @@ stage() { # name limit_s outfile cmd...   (limit cut to the budget left; skipped
 
 # ---- (1) parity, (2) training throughput next to PyTorch, (3) decode --------------------------
 if [ "$DEV" = cuda ]; then
-  stage parity 60 parity.jsonl "$CC" parity
+  stage parity 75 parity.jsonl "$CC" parity
   stage bench_kiln 90 bench.jsonl "$K" bench train --preset gpu-gpt2-124m --device cuda --precision bf16
   stage bench_kiln_profile 40 bench.jsonl "$CC" bench 16 1024 10 bf16
   stage bench_gemm_modes 45 bench.jsonl "$CC" bench-gemm 16 1024 8
