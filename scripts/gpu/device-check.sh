@@ -46,7 +46,8 @@ for b in kiln cuda_check; do
     "$D/$b.xz" "/tmp/$b" && chmod +x "/tmp/$b" || fail "cannot unpack $D/$b.xz"
 done
 K=/tmp/kiln
-CC=/tmp/cuda_check
+# (not CC: the machine exports CC=gcc, and torch.compile's triton build calls $CC)
+CHECK=/tmp/cuda_check
 if [ -z "${KILN_CHECK_NO_PREFLIGHT:-}" ]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >"$OUT/gpu.txt" 2>&1 ||
     fail "no NVIDIA GPU here (nvidia-smi: $(head -c 200 "$OUT/gpu.txt" | tr -d '\"\n'))"
@@ -73,12 +74,12 @@ stage() { # name limit_s outfile cmd...   (limit cut to the budget left; skipped
 
 # ---- (1) parity, (2) training throughput next to PyTorch, (3) decode --------------------------
 if [ "$DEV" = cuda ]; then
-  stage parity 75 parity.jsonl "$CC" parity
+  stage parity 75 parity.jsonl "$CHECK" parity
   stage bench_kiln 90 bench.jsonl "$K" bench train --preset gpu-gpt2-124m --device cuda --precision bf16
-  stage bench_kiln_profile 40 bench.jsonl "$CC" bench 16 1024 10 bf16
-  stage bench_gemm_modes 45 bench.jsonl "$CC" bench-gemm 16 1024 8
+  stage bench_kiln_profile 40 bench.jsonl "$CHECK" bench 16 1024 10 bf16
+  stage bench_gemm_modes 45 bench.jsonl "$CHECK" bench-gemm 16 1024 8
   stage bench_torch 75 bench.jsonl python3 scripts/gpu/torch_peak.py "$D/torch_ref.py" gpu
-  stage decode 30 decode.jsonl "$CC" decode 1,32 128
+  stage decode 30 decode.jsonl "$CHECK" decode 1,32 128
 fi
 
 # ---- (5) pretrain with checkpoints, SIGKILL + resume, cross-device resume, sampling -----------
