@@ -135,6 +135,7 @@ pub fn add_bias(out: &mut [f32], bias: &[f32], rows: usize, cols: usize) {
     let bias = &bias[..cols];
     out[..rows * cols]
         .par_chunks_mut(row_block(rows) * cols)
+        .with_max_len(1)
         .for_each(|blk| add_bias_rows(blk, bias));
 }
 
@@ -143,6 +144,7 @@ pub fn bias_backward(dbias: &mut [f32], dout: &[f32], rows: usize, cols: usize) 
     dbias[..cols]
         .par_chunks_mut(cc)
         .enumerate()
+        .with_max_len(1)
         .for_each(|(ci, db)| col_sum_chunk(db, dout, rows, cols, ci * cc));
 }
 
@@ -183,7 +185,7 @@ pub fn embedding_backward(
     let nchunks = c.div_ceil(cc);
     let wte_p = SendPtr(dwte.as_mut_ptr());
     let wpe_p = dwpe.map(|p| SendPtr(p.as_mut_ptr()));
-    (0..nchunks).into_par_iter().for_each(|ci| {
+    (0..nchunks).into_par_iter().with_max_len(1).for_each(|ci| {
         let c0 = ci * cc;
         let wdt = cc.min(c - c0);
         for (r, &id) in ids.iter().enumerate() {
@@ -282,6 +284,7 @@ pub fn norm_forward(
         .par_chunks_mut(rb * cols)
         .zip(stats[..2 * rows].par_chunks_mut(2 * rb))
         .zip(inp[..rows * cols].par_chunks(rb * cols))
+        .with_max_len(1)
         .for_each(|((o, st), x)| norm_fwd_rows(ln, o, st, x, weight, bias, cols, eps));
 }
 
@@ -396,6 +399,7 @@ pub fn norm_backward(
         .zip(dout[..rows * cols].par_chunks(rb * cols))
         .zip(inp[..rows * cols].par_chunks(rb * cols))
         .zip(stats[..2 * rows].par_chunks(2 * rb))
+        .with_max_len(1)
         .for_each(|(((di, d), x), st)| norm_bwd_rows(ln, di, d, x, st, weight, cols));
     if dweight.is_none() && dbias.is_none() {
         return;
@@ -404,7 +408,7 @@ pub fn norm_backward(
     let nchunks = cols.div_ceil(cc);
     let dw_p = dweight.map(|p| SendPtr(p.as_mut_ptr()));
     let db_p = dbias.map(|p| SendPtr(p.as_mut_ptr()));
-    (0..nchunks).into_par_iter().for_each(|ci| {
+    (0..nchunks).into_par_iter().with_max_len(1).for_each(|ci| {
         let c0 = ci * cc;
         let wdt = cc.min(cols - c0);
         // SAFETY: this task owns columns [c0, c0+wdt).
@@ -471,6 +475,7 @@ pub fn act_forward(act: Act, out: &mut [f32], inp: &[f32]) {
     };
     out.par_chunks_mut(CHUNK)
         .zip(inp.par_chunks(CHUNK))
+        .with_max_len(8)
         .for_each(|(o, x)| f(o, x));
 }
 
@@ -484,6 +489,7 @@ pub fn act_backward(act: Act, dinp: &mut [f32], dout: &[f32], inp: &[f32]) {
     dinp.par_chunks_mut(CHUNK)
         .zip(dout.par_chunks(CHUNK))
         .zip(inp.par_chunks(CHUNK))
+        .with_max_len(8)
         .for_each(|((di, d), x)| f(di, d, x));
 }
 
@@ -631,6 +637,7 @@ pub fn attention_forward(out: &mut [f32], probs: &mut [f32], qkv: &[f32], d: Att
     probs[..d.b * nh * t * t]
         .par_chunks_mut(t * t)
         .enumerate()
+        .with_max_len(1)
         .for_each(|(bh, p)| {
             let (b, h) = (bh / nh, bh % nh);
             let kvh = h / grp;
@@ -712,6 +719,7 @@ pub fn attention_backward(
     work[..d.b * nh * t * t]
         .par_chunks_mut(grp * t * t)
         .enumerate()
+        .with_max_len(1)
         .for_each(|(bk, ws)| {
             let (b, kvh) = (bk / nkv, bk % nkv);
             let base = b * t * wq;
@@ -972,6 +980,7 @@ pub fn cross_entropy(
         .par_chunks_mut(vocab)
         .zip(losses[..rows].par_iter_mut())
         .enumerate()
+        .with_max_len(32)
         .for_each(|(r, (z, loss))| {
             let tgt = targets[r] as usize;
             assert!(tgt < vocab, "target {tgt} out of vocab {vocab}");
@@ -1023,6 +1032,7 @@ pub fn adamw(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: AdamHype
         .zip(g.par_chunks(CHUNK))
         .zip(m.par_chunks_mut(CHUNK))
         .zip(v.par_chunks_mut(CHUNK))
+        .with_max_len(8)
         .for_each(|(((p, g), m), v)| adamw_chunk(p, g, m, v, k));
 }
 
