@@ -1066,6 +1066,153 @@ fn model_parity(tw: &mut Twin, arch: &str, opt: OptimKind) -> Res<()> {
     Ok(())
 }
 
+/// bf16 precision: the cuBLASLt GELU epilogues (`matmul_bias_act`: GELU_AUX_BIAS with bf16 results
+/// whose f32 copies are written back on demand; `matmul_act_backward`: DGELU_BGRAD) against the
+/// cpu and against the unfused gpu path (`KILN_CUDA_LT_GELU=0` / `KILN_CUDA_LT_DGELU=0`), with
+/// bf16 consumers of the results, a partial write into a bf16-only result, and whether the fused
+/// path ran (`lt_fallbacks` unchanged; the bias at offset 3 is unaligned and must fall back).
+fn gelu_epilogue_parity(tw: &mut Twin) {
+    let gpu = tw.gpu.clone();
+    let prev = (
+        gpu.bf16_gemm(),
+        gpu.lt_gelu_enabled(),
+        gpu.lt_dgelu_enabled(),
+    );
+    gpu.set_bf16_gemm(Bf16Gemm::Bf16Cached);
+    let mut r = Rng::new(31);
+    for (bias_off, tb) in [
+        (Some(8), true),
+        (None, true),
+        (Some(3), true),
+        (Some(16), false),
+    ] {
+        let (m, k, nn, k2) = (96, 48, 64, 40);
+        let a = both(tw, &rand_vec(&mut r, m * k, 1.0));
+        let w = both(tw, &rand_vec(&mut r, nn * k, 0.3));
+        let bias = both(tw, &rand_vec(&mut r, 16 + nn, 0.5));
+        let dy = both(tw, &rand_vec(&mut r, m * k2, 1.0));
+        let w2 = both(tw, &rand_vec(&mut r, k2 * nn, 0.3));
+        let db0 = rand_vec(&mut r, nn, 0.1);
+        let d = MatDims {
+            m,
+            n: nn,
+            k,
+            trans_a: false,
+            trans_b: tb,
+        };
+        let d2 = MatDims {
+            m,
+            n: nn,
+            k: k2,
+            trans_a: false,
+            trans_b: false,
+        };
+        // consumers: [m, nn] @ w viewed as [nn, k]
+        let d3 = MatDims {
+            m,
+            n: k,
+            k: nn,
+            trans_a: false,
+            trans_b: false,
+        };
+        macro_rules! run {
+            ($be:expr, $a:expr, $w:expr, $bias:expr, $dy:expr, $w2:expr) => {{
+                let be = $be;
+                let mn = m * nn;
+                let bufs: Vec<_> = (0..6)
+                    .map(|i| be.alloc(if i == 2 || i == 5 { m * k } else { mn }).unwrap())
+                    .collect();
+                let dbias = be.alloc(nn).unwrap();
+                be.write(View::new(&dbias, 0, nn), &db0);
+                let v = |i: usize| View::new(&bufs[i], 0, be.buf_len(&bufs[i]));
+                let (out, pre, z, dpre, dact, dz) = (v(0), v(1), v(2), v(3), v(4), v(5));
+                be.matmul_bias_act(
+                    Act::GeluTanh,
+                    out,
+                    pre,
+                    View::new($a, 0, m * k),
+                    View::new($w, 0, nn * k),
+                    bias_off.map(|o| View::new($bias, o, nn)),
+                    d,
+                );
+                be.matmul(z, out, View::new($w, 0, nn * k), d3, 1.0, 0.0);
+                be.matmul_act_backward(
+                    Act::GeluTanh,
+                    dpre,
+                    dact,
+                    Some(View::new(&dbias, 0, nn)),
+                    View::new($dy, 0, m * k2),
+                    View::new($w2, 0, k2 * nn),
+                    pre,
+                    d2,
+                );
+                be.matmul(dz, dpre, View::new($w, 0, nn * k), d3, 1.0, 0.0);
+                // a partial write into the (possibly bf16-only) result, then a bf16 consumer
+                be.scale(out.sub(5, 100), 2.0);
+                let z2 = be.alloc(m * k).unwrap();
+                be.matmul(
+                    View::new(&z2, 0, m * k),
+                    out,
+                    View::new($w, 0, nn * k),
+                    d3,
+                    1.0,
+                    0.0,
+                );
+                let rd = |b: &_, n: usize| {
+                    let mut h = vec![0f32; n];
+                    be.read(View::new(b, 0, n), &mut h);
+                    h
+                };
+                vec![
+                    rd(&bufs[0], mn),
+                    rd(&bufs[1], mn),
+                    rd(&bufs[2], m * k),
+                    rd(&bufs[3], mn),
+                    rd(&dbias, nn),
+                    rd(&bufs[5], m * k),
+                    rd(&z2, m * k),
+                ]
+            }};
+        }
+        let want = run!(&*tw.cpu, &a.0, &w.0, &bias.0, &dy.0, &w2.0);
+        let mut got = vec![];
+        let mut fallbacks = vec![];
+        for fused in [true, false] {
+            gpu.set_lt_gelu(fused);
+            gpu.set_lt_dgelu(fused);
+            let f0 = gpu.lt_fallbacks();
+            got.push(run!(&*gpu, &a.1, &w.1, &bias.1, &dy.1, &w2.1));
+            fallbacks.push(gpu.lt_fallbacks() - f0);
+        }
+        let names = [
+            "gelu out",
+            "pre (aux)",
+            "bf16 consumer of out",
+            "dpre (dgelu)",
+            "dbias (bgrad, accumulated)",
+            "bf16 consumer of dpre",
+            "consumer after partial write",
+        ];
+        for (i, nm) in names.iter().enumerate() {
+            let what = format!("lt_gelu {nm} bias_off={bias_off:?} tb={tb}");
+            tw.report(&format!("{what} vs cpu"), &got[0][i], &want[i], 1e-2);
+            tw.report(&format!("{what} vs unfused"), &got[0][i], &got[1][i], 1e-2);
+        }
+        // the fused forward must have run unless the bias is unaligned (offset 3: one fallback
+        // in matmul_bias_act, one in the unfused matmul_bias it falls back to)
+        let expect = if bias_off == Some(3) { 2.0 } else { 0.0 };
+        tw.report(
+            &format!("lt_gelu fallbacks (fused run) bias_off={bias_off:?} tb={tb}"),
+            &[fallbacks[0] as f32],
+            &[expect],
+            0.0,
+        );
+    }
+    gpu.set_bf16_gemm(prev.0);
+    gpu.set_lt_gelu(prev.1);
+    gpu.set_lt_dgelu(prev.2);
+}
+
 fn parity() -> Res<()> {
     let mut total_fail = 0;
     for prec in [Precision::F32, Precision::Bf16] {
@@ -1081,6 +1228,7 @@ fn parity() -> Res<()> {
         } else {
             bf16_gemm_parity(&mut tw);
             fused_shadow_parity(&mut tw);
+            gelu_epilogue_parity(&mut tw);
             bf16_cache_train_check(&mut tw)?;
         }
         println!(
@@ -1119,18 +1267,22 @@ fn bench_gemm(args: &[String]) -> Res<()> {
     let mut r = Rng::new(3);
     let x: Vec<u32> = (0..b * t).map(|_| r.below(50257) as u32).collect();
     let y: Vec<u32> = (0..b * t).map(|_| r.below(50257) as u32).collect();
-    // (operand path, cuBLASLt bias epilogue, fused bf16 shadow writes)
+    // (operand path, cuBLASLt bias epilogue, fused bf16 shadow writes, GELU fwd / bwd epilogues)
     let runs = [
-        (Bf16Gemm::F32Operands, false, false),
-        (Bf16Gemm::Bf16, false, false),
-        (Bf16Gemm::Bf16Cached, false, false),
-        (Bf16Gemm::Bf16Cached, true, false),
-        (Bf16Gemm::Bf16Cached, true, true),
+        (Bf16Gemm::F32Operands, false, false, false, false),
+        (Bf16Gemm::Bf16, false, false, false, false),
+        (Bf16Gemm::Bf16Cached, false, false, false, false),
+        (Bf16Gemm::Bf16Cached, true, false, false, false),
+        (Bf16Gemm::Bf16Cached, true, true, false, false),
+        (Bf16Gemm::Bf16Cached, true, true, true, false),
+        (Bf16Gemm::Bf16Cached, true, true, true, true),
     ];
-    for (mode, lt_on, fused) in runs {
+    for (mode, lt_on, fused, gelu, dgelu) in runs {
         gpu.set_bf16_gemm(mode);
         gpu.set_lt(lt_on);
         gpu.set_fused_bf16(fused);
+        gpu.set_lt_gelu(gelu);
+        gpu.set_lt_dgelu(dgelu);
         let mut times = vec![];
         let mut loss = 0.0;
         for s in 0..2 + steps {
@@ -1150,7 +1302,7 @@ fn bench_gemm(args: &[String]) -> Res<()> {
         let (_, peak) = gpu.memory_bytes();
         println!(
             "{}",
-            serde_json::json!({"bench": "train_gemm_mode", "matmul": gpu.matmul_path().name(), "matmul_bias": gpu.matmul_bias_path(), "fused_bf16": gpu.fused_bf16(), "lt_fallbacks": gpu.lt_fallbacks(), "batch": b, "ctx": t,
+            serde_json::json!({"bench": "train_gemm_mode", "matmul": gpu.matmul_path().name(), "matmul_bias": gpu.matmul_bias_path(), "fused_bf16": gpu.fused_bf16(), "lt_gelu": gelu, "lt_dgelu": dgelu, "lt_fallbacks": gpu.lt_fallbacks(), "batch": b, "ctx": t,
                 "step_ms_median": times[times.len() / 2], "step_ms_min": times[0], "tokens_per_s": (b * t) as f64 / times[times.len() / 2] * 1e3,
                 "profiled_matmul_ms": mm.map(|p| p.1), "matmul_calls": mm.map(|p| p.2), "loss": loss,
                 "backend_peak_mb": peak as f64 / 1048576.0,

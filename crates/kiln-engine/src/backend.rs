@@ -202,6 +202,49 @@ pub trait Backend: Send + Sync {
         self.copy(out.sub(0, mn), res.sub(0, mn));
         self.matmul_bias(out, a, b, bias, d, 1.0, 1.0);
     }
+    /// Overwrite `pre = op(a) @ op(b) (+ bias)` and `out = act(pre)` (`d.m * d.n` floats each,
+    /// distinct buffers regions): an MLP's first projection and its activation. A backend may
+    /// fuse them (the cuda backend's cuBLASLt GELU epilogue); the default runs
+    /// [`Backend::matmul_bias`] and [`Backend::act_forward`].
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_bias_act(
+        &self,
+        act: Act,
+        out: View<Self::Buf>,
+        pre: View<Self::Buf>,
+        a: View<Self::Buf>,
+        b: View<Self::Buf>,
+        bias: Option<View<Self::Buf>>,
+        d: MatDims,
+    ) {
+        let mn = d.m * d.n;
+        self.matmul_bias(pre, a, b, bias, d, 1.0, 0.0);
+        self.act_forward(act, out.sub(0, mn), pre.sub(0, mn));
+    }
+    /// The backward of [`Backend::matmul_bias_act`]'s activation fused with the matmul producing
+    /// its output gradient: overwrite `dpre = act'(pre) * (op(a) @ op(b))` (`d.m * d.n`), and if
+    /// `dbias` is given accumulate `dbias += Σ_r dpre[r, :]`. `dact` (`d.m * d.n`) is scratch:
+    /// its contents afterwards are unspecified. The default runs [`Backend::matmul`] into `dact`,
+    /// [`Backend::act_backward`] and [`Backend::bias_backward`].
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_act_backward(
+        &self,
+        act: Act,
+        dpre: View<Self::Buf>,
+        dact: View<Self::Buf>,
+        dbias: Option<View<Self::Buf>>,
+        a: View<Self::Buf>,
+        b: View<Self::Buf>,
+        pre: View<Self::Buf>,
+        d: MatDims,
+    ) {
+        let mn = d.m * d.n;
+        self.matmul(dact, a, b, d, 1.0, 0.0);
+        self.act_backward(act, dpre.sub(0, mn), dact.sub(0, mn), pre.sub(0, mn));
+        if let Some(dbias) = dbias {
+            self.bias_backward(dbias, dpre, d.m, d.n);
+        }
+    }
     /// `out[r, :] += bias` for `rows` rows of `cols`.
     fn add_bias(&self, out: View<Self::Buf>, bias: View<Self::Buf>, rows: usize, cols: usize);
     /// Accumulate: `dbias += Σ_r dout[r, :]`.

@@ -423,16 +423,15 @@ impl<B: Backend> Trainer<B> {
                 c,
                 cfg.norm_eps,
             );
-            be.matmul_bias(
+            be.matmul_bias_act(
+                m.act(),
+                v(&la.fcg, bt * 4 * c),
                 v(&la.fch, bt * 4 * c),
                 v(&la.ln2, bt * c),
                 p(ls.fc_w),
                 po(ls.fc_b),
                 lin(bt, 4 * c, c),
-                1.0,
-                0.0,
             );
-            be.act_forward(m.act(), v(&la.fcg, bt * 4 * c), v(&la.fch, bt * 4 * c));
             be.matmul_bias_residual(
                 v(next_res, bt * c),
                 v(&la.res2, bt * c),
@@ -540,19 +539,6 @@ impl<B: Backend> Trainer<B> {
             let la = &a.layers[l];
             // MLP: res_out = res2 + fcg @ Wfcp^T + b
             be.matmul(
-                v(&a.dfcg, bt * 4 * c),
-                v(&a.dres, bt * c),
-                p(ls.fcp_w),
-                MatDims {
-                    m: bt,
-                    n: 4 * c,
-                    k: c,
-                    ..tn
-                },
-                1.0,
-                0.0,
-            );
-            be.matmul(
                 g(ls.fcp_w),
                 v(&a.dres, bt * c),
                 v(&la.fcg, bt * 4 * c),
@@ -563,11 +549,21 @@ impl<B: Backend> Trainer<B> {
             if let Some(bs) = ls.fcp_b {
                 be.bias_backward(g(bs), v(&a.dres, bt * c), bt, c);
             }
-            be.act_backward(
+            // dfch = act'(fch) * (dres @ Wfcp), and the fc bias gradient
+            be.matmul_act_backward(
                 m.act(),
                 v(&a.dfch, bt * 4 * c),
                 v(&a.dfcg, bt * 4 * c),
+                ls.fc_b.map(g),
+                v(&a.dres, bt * c),
+                p(ls.fcp_w),
                 v(&la.fch, bt * 4 * c),
+                MatDims {
+                    m: bt,
+                    n: 4 * c,
+                    k: c,
+                    ..tn
+                },
             );
             be.matmul(
                 v(&a.dln, bt * c),
@@ -590,9 +586,6 @@ impl<B: Backend> Trainer<B> {
                 1.0,
                 1.0,
             );
-            if let Some(bs) = ls.fc_b {
-                be.bias_backward(g(bs), v(&a.dfch, bt * 4 * c), bt, 4 * c);
-            }
             be.norm_backward(
                 nk,
                 v(&a.dres, bt * c),

@@ -412,3 +412,16 @@ extern "C" __global__ void k_to_bf16(unsigned short* dst, const float* src, i64 
     }
     for (i64 i = n4 * 4 + i0; i < n; i += stride) dst[i] = (unsigned short)f2bf(src[i]);
 }
+
+// ---- bf16 results of cuBLASLt GELU epilogues (cuda/mod.rs: f32 written back on demand) -------
+// dst[i] = f32(src[i]) (bf16 → f32 is exact): materializes a buffer region whose bf16 shadow is
+// the only current copy.
+extern "C" __global__ void k_from_bf16(float* dst, const unsigned short* src, i64 n) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
+        dst[i] = __uint_as_float(((unsigned int)src[i]) << 16);
+}
+// y[i] += f32(x[i]) with x bf16 (a bias gradient from the DGELU_BGRAD epilogue).
+extern "C" __global__ void k_axpy_bf16(float* y, const unsigned short* x, i64 n) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
+        y[i] += __uint_as_float(((unsigned int)x[i]) << 16);
+}

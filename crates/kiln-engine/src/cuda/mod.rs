@@ -102,7 +102,7 @@ impl std::str::FromStr for AttnKernel {
 }
 
 /// Entry points of [`BASE_SOURCE`].
-pub const BASE_KERNELS: [&str; 19] = [
+pub const BASE_KERNELS: [&str; 21] = [
     "k_fill",
     "k_axpy",
     "k_scale",
@@ -122,6 +122,8 @@ pub const BASE_KERNELS: [&str; 19] = [
     "k_cross_entropy",
     "k_adamw",
     "k_to_bf16",
+    "k_from_bf16",
+    "k_axpy_bf16",
 ];
 
 /// The attention module's source for head dim `hd`.
@@ -338,16 +340,31 @@ pub struct CudaBuf {
     pool: Arc<Pool>,
     /// bf16 copy of matmul-operand regions ([`Bf16Gemm::Bf16Cached`]).
     shadow: Mutex<Shadow>,
+    /// `shadow.stale` is non-empty (checked by [`ptr`] without taking the lock).
+    has_stale: std::sync::atomic::AtomicBool,
+    /// Writes stale f32 regions back from the shadow (see [`Shadow::stale`]).
+    mat: Arc<Materializer>,
+}
+
+/// The stream and `k_from_bf16`, for [`ptr`] to bring a region's f32 copy up to date.
+struct Materializer {
+    stream: Arc<CudaStream>,
+    from_bf16: CudaFunction,
 }
 
 /// A buffer's bf16 shadow: `ptr` holds `len` bf16s (region `off` at byte `2*off`, allocated on
 /// first use from the pool as `len.div_ceil(2)` f32s); `valid` lists the `(off, len)` regions
 /// converted since the buffer was last written. Every op clears `valid` of each buffer it writes
 /// ([`dirty`]), so a stale copy is never read.
+///
+/// `stale` lists regions whose f32 copy is behind the shadow: a cuBLASLt GELU epilogue wrote
+/// its result only in bf16 (the next consumers are bf16 matmuls). [`ptr`], which every kernel
+/// argument goes through, writes such a region back (`k_from_bf16`, exact) before any f32 use.
 #[derive(Default)]
 struct Shadow {
     ptr: u64,
     valid: Vec<(usize, usize)>,
+    stale: Vec<(usize, usize)>,
 }
 
 /// Regions remembered per shadow before the list is reset (the parameter buffer has one per
@@ -399,8 +416,49 @@ struct LtState {
 unsafe impl Send for LtState {}
 unsafe impl Sync for LtState {}
 
-/// (m, n, k, trans_a, trans_b, beta != 0, bias epilogue, alignment of a, b, c, d in bytes).
-type LtKey = (usize, usize, usize, bool, bool, bool, bool, [u32; 4]);
+/// (m, n, k, trans_a, trans_b, beta != 0, [`LtEpi::code`], alignment of a, b, c, d in bytes).
+type LtKey = (usize, usize, usize, bool, bool, bool, u8, [u32; 4]);
+
+/// What one cuBLASLt call fuses after the product (device pointers; 0: absent).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LtEpi {
+    /// f32 C/D, `+ bias` (f32, per column of our row-major output) when non-zero.
+    Bias(u64),
+    /// bf16 C/D `= gelu_tanh(acc + bias)` and bf16 `aux = acc + bias` (`[m, n]` row-major, ld
+    /// `n`), `bias` bf16 (`GELU_AUX_BIAS`; `GELU_AUX` without one).
+    GeluAux { bias: u64, aux: u64 },
+    /// bf16 C/D `= acc * gelu_tanh'(aux)` (`DGELU`), aux as written by [`LtEpi::GeluAux`];
+    /// with `bgrad`, also `bgrad[j] = Σ_rows D[., j]` (`DGELU_BGRAD`), f32 if `bgrad_f32` else
+    /// bf16 (cuBLASLt's default: D's type).
+    DGelu {
+        aux: u64,
+        bgrad: u64,
+        bgrad_f32: bool,
+    },
+}
+
+impl LtEpi {
+    fn code(self) -> u8 {
+        match self {
+            LtEpi::Bias(b) => (b != 0) as u8,
+            LtEpi::GeluAux { bias, .. } => 2 + (bias != 0) as u8,
+            LtEpi::DGelu { bgrad: 0, .. } => 4,
+            LtEpi::DGelu { bgrad_f32, .. } => 5 + bgrad_f32 as u8,
+        }
+    }
+    /// D (and C) are bf16.
+    fn bf16_out(self) -> bool {
+        !matches!(self, LtEpi::Bias(_))
+    }
+    /// Pointers cuBLASLt reads or writes besides A, B, C, D (16-byte alignment required here).
+    fn extra_ptrs(self) -> [u64; 2] {
+        match self {
+            LtEpi::Bias(b) => [b, 0],
+            LtEpi::GeluAux { bias, aux } => [bias, aux],
+            LtEpi::DGelu { aux, bgrad, .. } => [aux, bgrad],
+        }
+    }
+}
 
 /// The cuBLASLt objects of one call, destroyed on drop.
 struct LtObjs {
@@ -438,6 +496,12 @@ fn lt_layouts(d: MatDims) -> [(u64, u64, u64); 3] {
     [la, lb, (m, n, m)]
 }
 
+/// Leading dimension of a GELU epilogue's aux matrix: it has D's column-major shape (our `n`
+/// rows per column, one column per row of our row-major output), packed like D.
+fn lt_aux_ld(d: MatDims) -> u64 {
+    lt_layouts(d)[2].2
+}
+
 /// Largest power of two (≤ 256) dividing a device address: what cuBLASLt may assume.
 fn align_of_ptr(p: u64) -> u32 {
     1u32 << p.trailing_zeros().min(8)
@@ -470,6 +534,13 @@ pub struct CudaBackend {
     lt: Mutex<Option<Option<LtState>>>,
     /// Calls that asked for cuBLASLt and fell back to cuBLAS + separate kernels.
     lt_fallbacks: std::sync::atomic::AtomicU64,
+    /// GELU-tanh fused into the fc matmul (cuBLASLt `GELU_AUX_BIAS`, bf16 results;
+    /// `KILN_CUDA_LT_GELU=0` off) and its backward into the proj dX matmul (`DGELU_BGRAD`;
+    /// `KILN_CUDA_LT_DGELU=0` off). Both need the cuBLASLt path ([`Self::matmul_bias_path`]).
+    lt_gelu: std::sync::atomic::AtomicBool,
+    lt_dgelu: std::sync::atomic::AtomicBool,
+    /// Shared with every buffer: writes stale f32 regions back from their bf16 shadow.
+    mat: Arc<Materializer>,
     sms: u32,
     device_name: String,
     /// Per-op timing (each op synchronizes when on): name → (seconds, calls).
@@ -508,7 +579,45 @@ fn ptr(v: &View<CudaBuf>) -> u64 {
         v.len,
         v.buf.len
     );
+    if v.buf.has_stale.load(std::sync::atomic::Ordering::Acquire) {
+        materialize(v.buf, v.off, v.len, false);
+    }
     v.buf.ptr + (v.off * 4) as u64
+}
+
+/// Write back (bf16 → f32) every stale region of `buf` overlapping `[off, off + len)`
+/// (`partial_only`: only those not contained in it) and forget them.
+fn materialize(buf: &CudaBuf, off: usize, len: usize, partial_only: bool) {
+    let mut sh = buf.shadow.lock().unwrap_or_else(|e| e.into_inner());
+    let end = off + len;
+    let mut keep = Vec::new();
+    for (o, l) in std::mem::take(&mut sh.stale) {
+        let overlaps = o < end && off < o + l;
+        let contained = off <= o && o + l <= end;
+        if !overlaps || (partial_only && contained) {
+            keep.push((o, l));
+            continue;
+        }
+        let (dst, src) = (buf.ptr + 4 * o as u64, sh.ptr + 2 * o as u64);
+        let f = &buf.mat.from_bf16;
+        let mut b = buf.mat.stream.launch_builder(f);
+        let n = l as i64;
+        b.arg(&dst);
+        b.arg(&src);
+        b.arg(&n);
+        let blocks = l.div_ceil(256).clamp(1, 65535) as u32;
+        let cfg = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: k_from_bf16(float*, const unsigned short*, i64); both regions lie inside
+        // their allocations (the shadow holds buf.len bf16s).
+        unsafe { b.launch(cfg) }.unwrap_or_else(|e| panic!("cuda: launch k_from_bf16: {e:?}"));
+    }
+    buf.has_stale
+        .store(!keep.is_empty(), std::sync::atomic::Ordering::Release);
+    sh.stale = keep;
 }
 
 fn optr(v: &Option<View<CudaBuf>>) -> u64 {
@@ -601,6 +710,13 @@ impl CudaBackend {
         ctx.bind_to_thread().map_err(|e| derr("bind", e))?;
         // SAFETY: plain allocation, freed in Drop.
         let red = unsafe { drv::malloc_sync(8) }.map_err(|e| derr("cuMemAlloc", e))?;
+        let mat = Arc::new(Materializer {
+            stream: stream.clone(),
+            from_bf16: funcs
+                .get("k_from_bf16")
+                .cloned()
+                .ok_or_else(|| EngineError::Backend("cuda: k_from_bf16 missing".into()))?,
+        });
         Ok(CudaBackend {
             ctx,
             stream,
@@ -626,6 +742,13 @@ impl CudaBackend {
             ),
             lt: Mutex::new(None),
             lt_fallbacks: std::sync::atomic::AtomicU64::new(0),
+            lt_gelu: std::sync::atomic::AtomicBool::new(
+                std::env::var("KILN_CUDA_LT_GELU").map_or(true, |v| v != "0"),
+            ),
+            lt_dgelu: std::sync::atomic::AtomicBool::new(
+                std::env::var("KILN_CUDA_LT_DGELU").map_or(true, |v| v != "0"),
+            ),
+            mat,
             sms,
             device_name,
             profiling: std::sync::atomic::AtomicBool::new(false),
@@ -1043,32 +1166,13 @@ impl CudaBackend {
     /// slot `slot` (0: A, 1: B) on every call.
     fn bf16_operand(&self, v: &View<CudaBuf>, n: usize, slot: usize, cached: bool) -> u64 {
         assert!(n <= v.len, "bf16 operand {n} > view {}", v.len);
-        let src = ptr(v);
         if cached {
-            let mut sh = v.buf.shadow.lock().unwrap_or_else(|e| e.into_inner());
-            if sh.ptr == 0 {
-                match self.pool.get(v.buf.len.div_ceil(2)) {
-                    Ok(p) => sh.ptr = p,
-                    Err(e) => {
-                        tracing::warn!(
-                            "cuda: no memory for a bf16 operand copy ({e}); converting per call"
-                        );
-                        drop(sh);
-                        return self.bf16_operand(v, n, slot, false);
-                    }
-                }
+            if let Some(p) = self.cached_bf16(v, n) {
+                return p;
             }
-            let dst = sh.ptr + 2 * v.off as u64;
-            let end = v.off + n;
-            if !sh.valid.iter().any(|&(o, l)| o <= v.off && end <= o + l) {
-                self.to_bf16(dst, src, n);
-                if sh.valid.len() >= SHADOW_REGIONS {
-                    sh.valid.clear();
-                }
-                sh.valid.push((v.off, n));
-            }
-            return dst;
+            return self.bf16_operand(v, n, slot, false);
         }
+        let src = ptr(v);
         let bytes = 2 * n;
         let mut sc = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let s = &mut sc.bf[slot];
@@ -1086,6 +1190,101 @@ impl CudaBackend {
         }
         self.to_bf16(s.0, src, n);
         s.0
+    }
+
+    /// The first `n` floats of `v` in bf16 from `v`'s buffer shadow, converted only when that
+    /// region is not current; None (with a warning) when the shadow cannot be allocated.
+    fn cached_bf16(&self, v: &View<CudaBuf>, n: usize) -> Option<u64> {
+        assert!(n <= v.len, "bf16 operand {n} > view {}", v.len);
+        let end = v.off + n;
+        {
+            let sh = v.buf.shadow.lock().unwrap_or_else(|e| e.into_inner());
+            if sh.ptr != 0 && sh.valid.iter().any(|&(o, l)| o <= v.off && end <= o + l) {
+                return Some(sh.ptr + 2 * v.off as u64);
+            }
+        }
+        // not current: the f32 copy is (after `ptr` writes back any stale part of it)
+        let src = ptr(v);
+        let mut sh = v.buf.shadow.lock().unwrap_or_else(|e| e.into_inner());
+        if sh.ptr == 0 {
+            match self.pool.get(v.buf.len.div_ceil(2)) {
+                Ok(p) => sh.ptr = p,
+                Err(e) => {
+                    tracing::warn!(
+                        "cuda: no memory for a bf16 operand copy ({e}); converting per call"
+                    );
+                    return None;
+                }
+            }
+        }
+        let dst = sh.ptr + 2 * v.off as u64;
+        self.to_bf16(dst, src, n);
+        if sh.valid.len() >= SHADOW_REGIONS {
+            sh.valid.clear();
+        }
+        sh.valid.push((v.off, n));
+        Some(dst)
+    }
+
+    /// Shadow address for a bf16 result that will replace the first `n` floats of `v` (a
+    /// cuBLASLt GELU epilogue's D or aux), or None (no shadow memory, or not in cached bf16
+    /// mode). Stale regions only partly inside the target are written back first; nothing else
+    /// changes until [`Self::commit_bf16_result`].
+    fn bf16_result_slot(&self, v: &View<CudaBuf>, n: usize) -> Option<u64> {
+        assert!(n <= v.len && v.off + v.len <= v.buf.len);
+        if self.bf16_gemm() != Bf16Gemm::Bf16Cached || n == 0 {
+            return None;
+        }
+        if v.buf.has_stale.load(std::sync::atomic::Ordering::Acquire) {
+            materialize(v.buf, v.off, n, true);
+        }
+        let mut sh = v.buf.shadow.lock().unwrap_or_else(|e| e.into_inner());
+        if sh.ptr == 0 {
+            sh.ptr = self.pool.get(v.buf.len.div_ceil(2)).ok()?;
+        }
+        Some(sh.ptr + 2 * v.off as u64)
+    }
+
+    /// After a bf16 result was enqueued into [`Self::bf16_result_slot`]'s address: the region's
+    /// shadow is its current value (the only current copy: its f32 is stale until [`ptr`]).
+    fn commit_bf16_result(&self, v: &View<CudaBuf>, n: usize) {
+        let mut sh = v.buf.shadow.lock().unwrap_or_else(|e| e.into_inner());
+        let (off, end) = (v.off, v.off + n);
+        sh.valid.clear();
+        sh.valid.push((off, n));
+        sh.stale.retain(|&(o, l)| !(off <= o && o + l <= end));
+        sh.stale.push((off, n));
+        v.buf
+            .has_stale
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Is the GELU-tanh forward epilogue requested (`KILN_CUDA_LT_GELU`, default on)?
+    pub fn lt_gelu_enabled(&self) -> bool {
+        self.lt_gelu.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Request (or stop) the cuBLASLt `GELU_AUX_BIAS` epilogue in [`Backend::matmul_bias_act`].
+    pub fn set_lt_gelu(&self, on: bool) {
+        self.lt_gelu.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Is the GELU-tanh backward epilogue requested (`KILN_CUDA_LT_DGELU`, default on)?
+    pub fn lt_dgelu_enabled(&self) -> bool {
+        self.lt_dgelu.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Request (or stop) the cuBLASLt `DGELU_BGRAD` epilogue in [`Backend::matmul_act_backward`].
+    pub fn set_lt_dgelu(&self, on: bool) {
+        self.lt_dgelu
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Can the GELU epilogues run now (cached bf16 operands, cuBLASLt on and available)?
+    fn lt_gelu_possible(&self, act: Act) -> bool {
+        act == Act::GeluTanh
+            && self.bf16_gemm() == Bf16Gemm::Bf16Cached
+            && self.matmul_bias_path() == "lt-bias"
     }
 
     /// For a kernel about to overwrite the first `n` floats of `v` (after [`dirty`]): in
@@ -1235,7 +1434,7 @@ impl CudaBackend {
         out: u64,
         bias: u64,
     ) -> bool {
-        let ok = self.lt_try(d, alpha, beta, a, b, c, out, bias);
+        let ok = self.lt_try(d, alpha, beta, a, b, c, out, LtEpi::Bias(bias));
         if !ok {
             self.lt_fallbacks
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -1253,9 +1452,13 @@ impl CudaBackend {
         b: u64,
         c: u64,
         out: u64,
-        bias: u64,
+        epi: LtEpi,
     ) -> bool {
-        if !bias.is_multiple_of(16) {
+        if epi.extra_ptrs().iter().any(|p| !p.is_multiple_of(16)) {
+            return false;
+        }
+        // aux ld (= our n) must be a multiple of 8 for the GELU epilogues
+        if epi.bf16_out() && !d.n.is_multiple_of(8) {
             return false;
         }
         let mut g = self.lt.lock().unwrap_or_else(|e| e.into_inner());
@@ -1272,7 +1475,7 @@ impl CudaBackend {
             d.trans_a,
             d.trans_b,
             beta != 0.0,
-            bias != 0,
+            epi.code(),
             [a, b, c, out].map(align_of_ptr),
         );
         if matches!(st.algos.get(&key), Some(None)) {
@@ -1280,7 +1483,7 @@ impl CudaBackend {
         }
         // SAFETY: descriptors are created and destroyed here; pointers are device pointers of
         // bounds-checked views (bf16 operands of the sizes the layouts name) and the workspace.
-        let r = unsafe { self.lt_call(st, key, d, alpha, beta, [a, b, c, out, bias]) };
+        let r = unsafe { self.lt_call(st, key, d, alpha, beta, [a, b, c, out], epi) };
         match r {
             Ok(()) => true,
             Err(e) => {
@@ -1295,6 +1498,7 @@ impl CudaBackend {
 
     /// The cuBLASLt call of [`Self::lt_gemm_bias`]; row-major `C = op(A) op(B)` is column-major
     /// `Cᵀ = op(B)ᵀ op(A)ᵀ`, so cuBLASLt's A is our `b` and its D has our `n` rows (the bias).
+    #[allow(clippy::too_many_arguments)]
     unsafe fn lt_call(
         &self,
         st: &mut LtState,
@@ -1302,7 +1506,8 @@ impl CudaBackend {
         d: MatDims,
         alpha: f32,
         beta: f32,
-        [a, b, c, out, bias]: [u64; 5],
+        [a, b, c, out]: [u64; 4],
+        epi: LtEpi,
     ) -> Result<(), lt::CublasError> {
         use lt_sys::cublasLtMatmulDescAttributes_t as DA;
         use lt_sys::cublasLtMatmulPreferenceAttributes_t as PA;
@@ -1320,23 +1525,58 @@ impl CudaBackend {
         let (ta, tb) = (d.trans_b as i32, d.trans_a as i32);
         set(DA::CUBLASLT_MATMUL_DESC_TRANSA, &ta as *const i32 as _, 4)?;
         set(DA::CUBLASLT_MATMUL_DESC_TRANSB, &tb as *const i32 as _, 4)?;
-        if bias != 0 {
-            let epi = lt_sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS;
+        use lt_sys::cublasLtEpilogue_t as E;
+        let (kind, bias, aux) = match epi {
+            LtEpi::Bias(0) => (None, 0, 0),
+            LtEpi::Bias(b) => (Some(E::CUBLASLT_EPILOGUE_BIAS), b, 0),
+            LtEpi::GeluAux { bias: 0, aux } => (Some(E::CUBLASLT_EPILOGUE_GELU_AUX), 0, aux),
+            LtEpi::GeluAux { bias, aux } => (Some(E::CUBLASLT_EPILOGUE_GELU_AUX_BIAS), bias, aux),
+            LtEpi::DGelu { aux, bgrad: 0, .. } => (Some(E::CUBLASLT_EPILOGUE_DGELU), 0, aux),
+            LtEpi::DGelu { aux, bgrad, .. } => (Some(E::CUBLASLT_EPILOGUE_DGELU_BGRAD), bgrad, aux),
+        };
+        if let Some(kind) = kind {
             set(
                 DA::CUBLASLT_MATMUL_DESC_EPILOGUE,
-                &epi as *const _ as _,
-                std::mem::size_of_val(&epi),
+                &kind as *const _ as _,
+                std::mem::size_of_val(&kind),
             )?;
+        }
+        if bias != 0 {
             set(
                 DA::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
                 &bias as *const u64 as _,
                 8,
             )?;
         }
+        if let LtEpi::DGelu {
+            bgrad_f32: true, ..
+        } = epi
+        {
+            let t = f;
+            set(
+                DA::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
+                &t as *const _ as _,
+                std::mem::size_of_val(&t),
+            )?;
+        }
+        if aux != 0 {
+            let ld = lt_aux_ld(d) as i64;
+            set(
+                DA::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER,
+                &aux as *const u64 as _,
+                8,
+            )?;
+            set(
+                DA::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD,
+                &ld as *const i64 as _,
+                8,
+            )?;
+        }
+        let out_t = if epi.bf16_out() { bf } else { f };
         let [la, lb, lc] = lt_layouts(d);
         o.layouts[0] = lt::create_matrix_layout(bf, la.0, la.1, la.2 as i64)?;
         o.layouts[1] = lt::create_matrix_layout(bf, lb.0, lb.1, lb.2 as i64)?;
-        o.layouts[2] = lt::create_matrix_layout(f, lc.0, lc.1, lc.2 as i64)?;
+        o.layouts[2] = lt::create_matrix_layout(out_t, lc.0, lc.1, lc.2 as i64)?;
         let algo = match st.algos.get(&key) {
             Some(Some(al)) => *al,
             _ => {
@@ -1413,8 +1653,8 @@ impl CudaBackend {
         beta: f32,
         pa: u64,
         pb: u64,
-        a: u64,
-        b: u64,
+        a: &View<CudaBuf>,
+        b: &View<CudaBuf>,
         c: u64,
     ) {
         if let Err(e) = self.gemm_raw(d, alpha, beta, pa, pb, c, true) {
@@ -1422,7 +1662,7 @@ impl CudaBackend {
                 "cuda: bf16-operand GEMM refused for {d:?} ({e}); using f32 operands from now on"
             );
             self.set_bf16_gemm(Bf16Gemm::F32Operands);
-            self.gemm(d, alpha, beta, a, b, c, false);
+            self.gemm(d, alpha, beta, ptr(a), ptr(b), c, false);
         }
     }
 
@@ -1621,6 +1861,8 @@ impl Backend for CudaBackend {
             len,
             pool: self.pool.clone(),
             shadow: Mutex::new(Shadow::default()),
+            has_stale: std::sync::atomic::AtomicBool::new(false),
+            mat: self.mat.clone(),
         };
         if len > 0 {
             // SAFETY: p is valid for len f32s; enqueued on our stream before any use of buf.
@@ -1732,7 +1974,7 @@ impl Backend for CudaBackend {
                 let pa = self.bf16_operand(&a, d.m * d.k, 0, cached);
                 let pb = self.bf16_operand(&b, d.k * d.n, 1, cached);
                 dirty(&c);
-                self.gemm_bf16(d, alpha, beta, pa, pb, ptr(&a), ptr(&b), ptr(&c));
+                self.gemm_bf16(d, alpha, beta, pa, pb, &a, &b, ptr(&c));
             }
             _ => {
                 dirty(&c);
@@ -1772,7 +2014,7 @@ impl Backend for CudaBackend {
         if self.lt_gemm_bias(d, alpha, beta, pa, pb, pc, pc, ptr(&bias)) {
             return;
         }
-        self.gemm_bf16(d, alpha, beta, pa, pb, ptr(&a), ptr(&b), pc);
+        self.gemm_bf16(d, alpha, beta, pa, pb, &a, &b, pc);
         drop(p);
         self.add_bias(c, bias, d.m, d.n);
     }
@@ -1808,6 +2050,153 @@ impl Backend for CudaBackend {
         drop(p);
         self.copy(out.sub(0, mn), res.sub(0, mn));
         self.matmul_bias(out, a, b, bias, d, 1.0, 1.0);
+    }
+
+    fn matmul_bias_act(
+        &self,
+        act: Act,
+        out: View<CudaBuf>,
+        pre: View<CudaBuf>,
+        a: View<CudaBuf>,
+        b: View<CudaBuf>,
+        bias: Option<View<CudaBuf>>,
+        d: MatDims,
+    ) {
+        let mn = d.m * d.n;
+        let unfused = |be: &Self| {
+            be.matmul_bias(pre, a, b, bias, d, 1.0, 0.0);
+            be.act_forward(act, out.sub(0, mn), pre.sub(0, mn));
+        };
+        if !self.lt_gelu_enabled() || !self.lt_gelu_possible(act) || mn == 0 || d.k == 0 {
+            return unfused(self);
+        }
+        assert!(
+            a.len >= d.m * d.k && b.len >= d.k * d.n && out.len >= mn && pre.len >= mn,
+            "matmul_bias_act shape {d:?}"
+        );
+        assert!(bias.is_none_or(|x| x.len >= d.n));
+        let p = self.op("matmul_bias_gelu");
+        let pa = self.bf16_operand(&a, d.m * d.k, 0, true);
+        let pb = self.bf16_operand(&b, d.k * d.n, 1, true);
+        let pbias = match bias {
+            Some(bv) => self.cached_bf16(&bv, d.n),
+            None => Some(0),
+        };
+        let slots = (
+            pbias,
+            self.bf16_result_slot(&out, mn),
+            self.bf16_result_slot(&pre, mn),
+        );
+        if let (Some(pbias), Some(po), Some(paux)) = slots {
+            let epi = LtEpi::GeluAux {
+                bias: pbias,
+                aux: paux,
+            };
+            if self.lt_try(d, 1.0, 0.0, pa, pb, po, po, epi) {
+                self.commit_bf16_result(&out, mn);
+                self.commit_bf16_result(&pre, mn);
+                return;
+            }
+        }
+        self.lt_fallbacks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        drop(p);
+        unfused(self);
+    }
+
+    fn matmul_act_backward(
+        &self,
+        act: Act,
+        dpre: View<CudaBuf>,
+        dact: View<CudaBuf>,
+        dbias: Option<View<CudaBuf>>,
+        a: View<CudaBuf>,
+        b: View<CudaBuf>,
+        pre: View<CudaBuf>,
+        d: MatDims,
+    ) {
+        let mn = d.m * d.n;
+        let unfused = |be: &Self| {
+            be.matmul(dact, a, b, d, 1.0, 0.0);
+            be.act_backward(act, dpre.sub(0, mn), dact.sub(0, mn), pre.sub(0, mn));
+            if let Some(dbias) = dbias {
+                be.bias_backward(dbias, dpre, d.m, d.n);
+            }
+        };
+        if !self.lt_dgelu_enabled() || !self.lt_gelu_possible(act) || mn == 0 || d.k == 0 {
+            return unfused(self);
+        }
+        assert!(
+            a.len >= d.m * d.k && b.len >= d.k * d.n && dpre.len >= mn && pre.len >= mn,
+            "matmul_act_backward shape {d:?}"
+        );
+        assert!(dbias.is_none_or(|x| x.len >= d.n));
+        let p = self.op("matmul_dgelu");
+        let pa = self.bf16_operand(&a, d.m * d.k, 0, true);
+        let pb = self.bf16_operand(&b, d.k * d.n, 1, true);
+        // the aux: pre in bf16 (current after the fused forward; converted otherwise)
+        let (Some(paux), Some(pd)) = (self.cached_bf16(&pre, mn), self.bf16_result_slot(&dpre, mn))
+        else {
+            self.lt_fallbacks
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            drop(p);
+            return unfused(self);
+        };
+        if let Some(db) = dbias {
+            // the bias gradient: f32 straight from the epilogue if cuBLASLt takes an f32 bias
+            // vector with bf16 D, else bf16 (its default); both into scratch, then accumulated
+            let tmp = match self.pool.get(d.n) {
+                Ok(t) => t,
+                Err(_) => {
+                    self.lt_fallbacks
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    drop(p);
+                    return unfused(self);
+                }
+            };
+            let mut done = None;
+            for bgrad_f32 in [true, false] {
+                let epi = LtEpi::DGelu {
+                    aux: paux,
+                    bgrad: tmp,
+                    bgrad_f32,
+                };
+                if self.lt_try(d, 1.0, 0.0, pa, pb, pd, pd, epi) {
+                    done = Some(bgrad_f32);
+                    break;
+                }
+            }
+            if let Some(f32_grad) = done {
+                self.commit_bf16_result(&dpre, mn);
+                dirty(&db);
+                let k = if f32_grad { "k_axpy" } else { "k_axpy_bf16" };
+                let n = d.n as i64;
+                if f32_grad {
+                    launch!(self, k, self.grid1(d.n), (256, 1, 1), 0; ptr(&db), tmp, n, 1.0f32);
+                } else {
+                    launch!(self, k, self.grid1(d.n), (256, 1, 1), 0; ptr(&db), tmp, n);
+                }
+            }
+            // stream-ordered: the next user of the pooled scratch runs after these kernels
+            self.pool.put(d.n, tmp);
+            if done.is_some() {
+                return;
+            }
+        } else {
+            let epi = LtEpi::DGelu {
+                aux: paux,
+                bgrad: 0,
+                bgrad_f32: false,
+            };
+            if self.lt_try(d, 1.0, 0.0, pa, pb, pd, pd, epi) {
+                self.commit_bf16_result(&dpre, mn);
+                return;
+            }
+        }
+        self.lt_fallbacks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        drop(p);
+        unfused(self);
     }
 
     fn add_bias(&self, out: View<CudaBuf>, bias: View<CudaBuf>, rows: usize, cols: usize) {
@@ -2178,6 +2567,75 @@ mod tests {
     }
 
     #[test]
+    fn gelu_aux_matrix_has_the_row_major_layout_of_the_output() {
+        for (m, n, ta, tb) in [
+            (5, 8, false, true),
+            (96, 3072, false, false),
+            (7, 64, true, true),
+        ] {
+            let d = MatDims {
+                m,
+                n,
+                k: 4,
+                trans_a: ta,
+                trans_b: tb,
+            };
+            let [_, _, lc] = lt_layouts(d);
+            // aux has D's column-major shape (our n rows, our m columns) and is packed like D:
+            // element (j, r) at r * ld + j, the row-major index of our output (r, j)
+            assert_eq!((lc.0, lc.1), (n as u64, m as u64));
+            assert_eq!(lt_aux_ld(d), n as u64);
+            assert!(
+                lt_aux_ld(d).is_multiple_of(8),
+                "cuBLASLt needs aux ld % 8 == 0"
+            );
+        }
+    }
+
+    #[test]
+    fn epilogue_codes_are_distinct_and_only_gelu_writes_bf16() {
+        let epis = [
+            LtEpi::Bias(0),
+            LtEpi::Bias(256),
+            LtEpi::GeluAux { bias: 0, aux: 256 },
+            LtEpi::GeluAux {
+                bias: 512,
+                aux: 256,
+            },
+            LtEpi::DGelu {
+                aux: 256,
+                bgrad: 0,
+                bgrad_f32: false,
+            },
+            LtEpi::DGelu {
+                aux: 256,
+                bgrad: 512,
+                bgrad_f32: false,
+            },
+            LtEpi::DGelu {
+                aux: 256,
+                bgrad: 512,
+                bgrad_f32: true,
+            },
+        ];
+        let codes: Vec<u8> = epis.iter().map(|e| e.code()).collect();
+        assert_eq!(codes, [0, 1, 2, 3, 4, 5, 6]);
+        assert_eq!(
+            epis.iter().map(|e| e.bf16_out()).collect::<Vec<_>>(),
+            [false, false, true, true, true, true, true]
+        );
+        assert_eq!(
+            LtEpi::DGelu {
+                aux: 16,
+                bgrad: 48,
+                bgrad_f32: true
+            }
+            .extra_ptrs(),
+            [16, 48]
+        );
+    }
+
+    #[test]
     fn bf16_gemm_modes_round_trip_and_name_their_paths() {
         for m in [Bf16Gemm::F32Operands, Bf16Gemm::Bf16, Bf16Gemm::Bf16Cached] {
             assert_eq!(Bf16Gemm::from_code(m.code()), m);
@@ -2193,6 +2651,10 @@ mod tests {
     #[test]
     fn the_bf16_conversion_kernel_is_in_the_base_module() {
         assert!(BASE_KERNELS.contains(&"k_to_bf16"));
+        for k in ["k_from_bf16", "k_axpy_bf16"] {
+            assert!(BASE_KERNELS.contains(&k));
+            assert!(BASE_SOURCE.contains(&format!("void {k}(")));
+        }
         assert!(BASE_SOURCE.contains("k_to_bf16("));
         // every kernel that can write a bf16 shadow takes the `bf` pointer last
         for k in [
