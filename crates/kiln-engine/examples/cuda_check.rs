@@ -397,10 +397,17 @@ fn rel_max(a: &[f32], b: &[f32]) -> f64 {
 /// The tensor-core attention kernels against the cpu backend (bf16 tolerance, relative max-norm):
 /// forward output and dq, dk, dv separately, at GPT-2-like shapes (head dim 64, t up to 1024, a
 /// partial last tile, GQA) and the small head dims. `kernel` names what actually ran: a tc
-/// self-test failure (fallback to v2) fails these checks instead of passing them on v2.
+/// self-test failure (fallback to v2) fails these checks instead of passing them on v2. Run for
+/// tc and tc2 (`"requested"`; tc2 also checks a backward whose forward was not tc2: `"cold"`).
 fn tc_parity(tw: &mut Twin) {
+    for k in [AttnKernel::Tc, AttnKernel::Tc2] {
+        tc_parity_with(tw, k);
+    }
+}
+
+fn tc_parity_with(tw: &mut Twin, req: AttnKernel) {
     let prev = tw.gpu.attention();
-    tw.gpu.set_attention(AttnKernel::Tc);
+    tw.gpu.set_attention(req);
     let mut r = Rng::new(17);
     for (b, t, nh, nkv, hd) in [
         (2, 256, 4, 4, 64),
@@ -418,6 +425,8 @@ fn tc_parity(tw: &mut Twin) {
             head_dim: hd,
         };
         let kernel = tw.gpu.attention_for(hd);
+        // tc2 at the odd shape: forward on tc, backward on tc2 (converts q/k/v itself)
+        let cold = req == AttnKernel::Tc2 && t == 200;
         let (wq, ow) = (d.qkv_width(), d.out_width());
         let qkv = both(tw, &rand_vec(&mut r, b * t * wq, 1.0));
         let out = both(tw, &vec![0f32; b * t * ow]);
@@ -428,10 +437,14 @@ fn tc_parity(tw: &mut Twin) {
         let dout = both(tw, &rand_vec(&mut r, b * t * ow, 1.0));
         let dqkv = both(tw, &vec![0f32; b * t * wq]);
         let t0 = Instant::now();
-        on_both!(tw, [qkv, out, sc, dout, dqkv], |be| {
-            be.attention_forward(out, sc, qkv, d);
-            be.attention_backward(dqkv, dout, qkv, sc, d)
-        });
+        if cold {
+            tw.gpu.set_attention(AttnKernel::Tc);
+        }
+        on_both!(tw, [qkv, out, sc], |be| be
+            .attention_forward(out, sc, qkv, d));
+        tw.gpu.set_attention(req);
+        on_both!(tw, [dqkv, dout, qkv, sc], |be| be
+            .attention_backward(dqkv, dout, qkv, sc, d));
         let secs = t0.elapsed().as_secs_f64();
         let (gc, gg) = (host_c(tw, &dqkv.0), host_g(tw, &dqkv.1));
         let cols = |x: &[f32], from: usize, w: usize| -> Vec<f32> {
@@ -458,14 +471,14 @@ fn tc_parity(tw: &mut Twin) {
         for (what, got, want, tol) in parts {
             let rm = rel_max(&got, &want);
             let (mx, rel) = diff(&got, &want);
-            let ok = kernel == AttnKernel::Tc && rm <= tol;
+            let ok = kernel == req && rm <= tol;
             tw.checks += 1;
             if !ok {
                 tw.fails += 1;
             }
             println!(
                 "{}",
-                serde_json::json!({"check": "attention_tc", "part": what, "b": b, "t": t, "n_head": nh, "n_kv": nkv,
+                serde_json::json!({"check": "attention_tc", "requested": req.name(), "cold": cold, "part": what, "b": b, "t": t, "n_head": nh, "n_kv": nkv,
                     "head_dim": hd, "kernel": kernel.name(), "rel_max": rm, "rel": rel, "max_abs": mx, "tol_rel_max": tol,
                     "both_backends_s": secs, "ok": ok})
             );
@@ -1401,7 +1414,11 @@ fn bench_attention(gpu: &CudaBackend, b: usize, t: usize) -> Res<()> {
         head_dim: 64,
     };
     let (nq, no) = (b * t * d.qkv_width(), b * t * d.out_width());
+    // the scratch length with tc2 requested (room for its bf16 copies in any precision)
+    let prev = gpu.attention();
+    gpu.set_attention(AttnKernel::Tc2);
     let sl = gpu.attention_scratch_len(d);
+    gpu.set_attention(prev);
     let qkv = gpu.alloc(nq)?;
     let dout = gpu.alloc(no)?;
     let out = gpu.alloc(no)?;
@@ -1421,9 +1438,8 @@ fn bench_attention(gpu: &CudaBackend, b: usize, t: usize) -> Res<()> {
         View::new(&dout, 0, no),
         View::new(&dqkv, 0, nq),
     );
-    let prev = gpu.attention();
     let fwd_flop = 4.0 * (b * d.n_head) as f64 * (t * t) as f64 / 2.0 * d.head_dim as f64;
-    for k in [AttnKernel::V2, AttnKernel::Tc] {
+    for k in [AttnKernel::V2, AttnKernel::Tc, AttnKernel::Tc2] {
         gpu.set_attention(k);
         let ran = gpu.attention_for(d.head_dim);
         gpu.attention_forward(ov, sv, qv, d);
@@ -1452,12 +1468,14 @@ fn bench_attention(gpu: &CudaBackend, b: usize, t: usize) -> Res<()> {
     }
     gpu.set_attention(prev);
     // tc against v2 at the full bench shape (random inputs): forward and dqkv, rel max-norm
-    let (fwd_rel, bwd_rel) = gpu.tc_compare(d)?;
-    println!(
-        "{}",
-        serde_json::json!({"check": "tc_vs_v2", "b": b, "t": t, "n_head": d.n_head, "head_dim": d.head_dim,
-            "fwd_rel_max": fwd_rel, "dqkv_rel_max": bwd_rel, "ok": fwd_rel <= 2e-2 && bwd_rel <= 3e-2})
-    );
+    for k in [AttnKernel::Tc, AttnKernel::Tc2] {
+        let (fwd_rel, bwd_rel) = gpu.tc_compare_with(d, k)?;
+        println!(
+            "{}",
+            serde_json::json!({"check": "tc_vs_v2", "kernel": k.name(), "b": b, "t": t, "n_head": d.n_head, "head_dim": d.head_dim,
+                "fwd_rel_max": fwd_rel, "dqkv_rel_max": bwd_rel, "ok": fwd_rel <= 2e-2 && bwd_rel <= 3e-2})
+        );
+    }
     Ok(())
 }
 

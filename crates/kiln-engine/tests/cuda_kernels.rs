@@ -8,11 +8,12 @@
 //! emulated from the PTX ISA's fragment tables and compares against a reference attention (needs a
 //! C++20 compiler, `c++` or `$CXX`; SKIPPED without one). With `KILN_PTXAS` pointing at ptxas 13.0
 //! (the `nvidia-cuda-nvcc` wheel), their PTX is also assembled for sm_90 and checked for spills.
+//! The tc2 variant (bf16 copies, cp.async double buffering) is covered by the same three tests.
 #![cfg(feature = "cuda")]
 
 use kiln_engine::cuda::{
     attention_kernels, attention_source, compile, ATTN_HEAD_DIMS, BASE_KERNELS, BASE_SOURCE,
-    TC_HEAD_DIMS,
+    TC2_CVT, TC_HEAD_DIMS,
 };
 
 fn nvrtc_present() -> bool {
@@ -90,7 +91,7 @@ fn every_attention_module_names_its_head_dim() {
         assert!(src.ends_with(&format!("ATTN_INST({hd})\n")));
         for k in attention_kernels(hd)
             .iter()
-            .filter(|k| *k != "k_attn_bwd_d")
+            .filter(|k| *k != "k_attn_bwd_d" && *k != TC2_CVT)
         {
             assert!(k.ends_with(&format!("_{hd}")), "{k}");
         }
@@ -116,13 +117,22 @@ fn tc_kernels_exist_exactly_for_their_head_dims() {
     for hd in ATTN_HEAD_DIMS {
         let names = attention_kernels(hd);
         let tc = names.iter().filter(|k| k.starts_with("k_attn_tc_")).count();
+        let tc2 = names
+            .iter()
+            .filter(|k| k.starts_with("k_attn_tc2_"))
+            .count();
         let src = attention_source(hd);
+        assert!(names.iter().any(|k| k == TC2_CVT), "{names:?}");
         if TC_HEAD_DIMS.contains(&hd) {
             assert_eq!(tc, 3, "{names:?}");
+            assert_eq!(tc2, 4, "{names:?}");
             assert!(src.contains(&format!("TC_INST({hd})")));
+            assert!(src.contains(&format!("TC2_INST({hd})")));
         } else {
             assert_eq!(tc, 0, "{names:?}");
+            assert_eq!(tc2, 1, "{names:?}");
             assert!(!src.contains("\nTC_INST("));
+            assert!(!src.contains("\nTC2_INST("));
         }
     }
 }
@@ -130,16 +140,22 @@ fn tc_kernels_exist_exactly_for_their_head_dims() {
 #[test]
 fn attention_kernel_names_parse_and_bad_ones_are_named() {
     use kiln_engine::cuda::AttnKernel;
-    for k in [AttnKernel::V1, AttnKernel::V2, AttnKernel::Tc] {
+    for k in [
+        AttnKernel::V1,
+        AttnKernel::V2,
+        AttnKernel::Tc,
+        AttnKernel::Tc2,
+    ] {
         assert_eq!(k.name().parse::<AttnKernel>().unwrap(), k);
     }
     let e = "v3".parse::<AttnKernel>().unwrap_err().to_string();
     assert!(e.contains("v3"), "{e}");
 }
 
-/// Runs attention_tc.cu's forward, dQ and dK/dV kernels on the CPU (tests/tc_emu.cpp) and checks
-/// them against a double-precision reference: the fragment layouts, ldmatrix addressing, masking,
-/// partial tiles and GQA, before any GPU sees them.
+/// Runs attention_tc.cu's forward, dQ and dK/dV kernels (tc and tc2, with tc2's bf16 conversion)
+/// on the CPU (tests/tc_emu.cpp) and checks them against a double-precision reference: the fragment
+/// layouts, ldmatrix addressing, masking, partial tiles, GQA, and for tc2 the cp.async pipeline
+/// (copies land only at the wait) and the dynamic shared-memory bounds, before any GPU sees them.
 #[test]
 fn tc_attention_kernels_match_reference_on_cpu() {
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
@@ -173,12 +189,13 @@ fn tc_attention_kernels_match_reference_on_cpu() {
     );
     assert_eq!(
         out.lines().filter(|l| l.ends_with(" ok")).count(),
-        20,
+        45,
         "{out}"
     );
 }
 
-/// With KILN_PTXAS=/path/to/ptxas (13.0): the tc kernels assemble for sm_90 without spills.
+/// With KILN_PTXAS=/path/to/ptxas (13.0): the tc and tc2 kernels (and tc2's conversion) assemble
+/// for sm_90 without spills.
 #[test]
 fn tc_kernels_assemble_for_sm90_without_spills() {
     let Ok(ptxas) = std::env::var("KILN_PTXAS") else {
@@ -191,7 +208,7 @@ fn tc_kernels_assemble_for_sm90_without_spills() {
     let tmp = tempfile::tempdir().unwrap();
     for hd in TC_HEAD_DIMS {
         let src = format!(
-            "{}{}\nTC_INST({hd})\n",
+            "{}{}\nTC_INST({hd})\nTC2_INST({hd})\n",
             include_str!("../src/cuda/prelude.cu"),
             include_str!("../src/cuda/attention_tc.cu")
         );
@@ -211,7 +228,7 @@ fn tc_kernels_assemble_for_sm90_without_spills() {
         assert_eq!(
             log.matches("0 bytes spill stores, 0 bytes spill loads")
                 .count(),
-            3,
+            7,
             "head dim {hd} spills: {log}"
         );
     }

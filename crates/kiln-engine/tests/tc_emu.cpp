@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstring>
 #include <thread>
+#include <string>
 #include <vector>
 
 #define KILN_HOST_EMU 1
@@ -34,6 +35,10 @@ struct float2 {
 struct uint2 {
     unsigned x, y;
 };
+struct uint4 {
+    unsigned x, y, z, w;
+};
+static uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return {a, b, c, d}; }
 static float4 make_float4(float a, float b, float c, float d) { return {a, b, c, d}; }
 static float2 make_float2(float a, float b) { return {a, b}; }
 static float __int_as_float(int i) {
@@ -149,11 +154,80 @@ static void ldsm(unsigned* r, const unsigned short* p, bool trans) {
 static void tc_ldsm4(unsigned* r, const unsigned short* p) { ldsm(r, p, false); }
 static void tc_ldsm4t(unsigned* r, const unsigned short* p) { ldsm(r, p, true); }
 
+// cp.async (tc2): copies are queued per thread and land only at `cp.async.wait_group 0`, so a
+// tile read before its wait (or a buffer refilled while another warp still reads it, without the
+// barrier) sees stale data and fails the comparison. commit_group is a no-op (wait 0 drains all).
+struct PendingCopy {
+    void* dst;
+    const void* src;
+    int n;
+};
+thread_local std::vector<PendingCopy> g_pending;
+static void tc_cp16(void* s, const void* g) {
+    if (((uintptr_t)s | (uintptr_t)g) & 15) {
+        std::fprintf(stderr, "cp.async 16: misaligned address\n");
+        std::abort();
+    }
+    g_pending.push_back({s, g, 16});
+}
+static void tc_cp4(void* s, const void* g) {
+    if (((uintptr_t)s | (uintptr_t)g) & 3) {
+        std::fprintf(stderr, "cp.async 4: misaligned address\n");
+        std::abort();
+    }
+    g_pending.push_back({s, g, 4});
+}
+static void tc_cp_commit() {}
+static void tc_cp_wait0() {
+    for (auto& c : g_pending) std::memcpy(c.dst, c.src, c.n);
+    g_pending.clear();
+}
+// Dynamic shared memory: one arena for all blocks (they run one at a time), poisoned with a bf16
+// NaN before each block, so a read of an unfilled element — or of bytes past the size mod.rs
+// launches with (tc2_smem_bytes, mirrored in `smem_bytes`) — turns the result into NaN, and a write
+// past that size is caught by `arena_tail_clean` after the launch.
+static unsigned short g_arena[32768];
+#define TC2_SMEM(name)           \
+    unsigned short* name = g_arena; \
+    tc2_arena()
+static int g_smem_limit = 65536;  // bytes the running kernel may use
+static bool g_tail_dirty = false;
+static bool arena_tail_clean(int bytes) {
+    for (int i = bytes / 2; i < 32768; i++)
+        if (g_arena[i] != 0x7fc0) return false;
+    return true;
+}
+static void tc2_arena() {  // at each block's start: check the previous block's tail, re-poison
+    if (threadIdx.x == 0) {
+        if (!arena_tail_clean(g_smem_limit)) g_tail_dirty = true;
+        std::fill(g_arena, g_arena + 32768, (unsigned short)0x7fc0);
+    }
+    __syncthreads();
+}
+static int smem_bytes(int kind, int hd) {  // kind 0 fwd, 1 dq, 2 dkv (mod.rs tc2_smem_bytes)
+    const int tile = 64 * (hd + 8) * 2;
+    return kind == 0 ? 5 * tile : kind == 1 ? 6 * tile : 6 * tile + 2 * 128 * 4;
+}
+// Run a tc2 kernel's launch with its shared-memory size; false if any block wrote past it.
+template <class F>
+static bool with_smem(int bytes, F run) {
+    std::fill(g_arena, g_arena + 32768, (unsigned short)0x7fc0);
+    g_smem_limit = bytes;
+    g_tail_dirty = false;
+    run();
+    const bool ok = !g_tail_dirty && arena_tail_clean(bytes);
+    g_smem_limit = 65536;
+    return ok;
+}
+
 #include "../src/cuda/prelude.cu"
 #include "../src/cuda/attention_tc.cu"
 TC_INST(16)
 TC_INST(32)
 TC_INST(64)
+TC2_INST(16)
+TC2_INST(32)
+TC2_INST(64)
 
 template <class F>
 static void launch(dim3 grid, F kernel) {
@@ -205,7 +279,7 @@ static void report(const char* what, int b, int T, int nh, int nkv, int hd, doub
                 ok ? "ok" : "FAIL");
 }
 
-static void run_case(int B, int T, int NH, int NKV, int HD, float qscale) {
+static void run_case(int B, int T, int NH, int NKV, int HD, float qscale, bool v2) {
     const int W = (NH + 2 * NKV) * HD, OW = NH * HD, grp = NH / NKV;
     std::vector<float> qkv((size_t)B * T * W), dout((size_t)B * T * OW);
     for (auto& x : qkv) x = urand() * qscale;
@@ -255,18 +329,33 @@ static void run_case(int B, int T, int NH, int NKV, int HD, float qscale) {
                 }
             }
         }
-    // kernels; D = rowsum(dO ∘ O) from the emulated forward's output (as k_attn_bwd_d does)
+    // kernels; D = rowsum(dO ∘ O) from the emulated forward's output (as k_attn_bwd_d does).
+    // tc2 first converts qkv and dout to bf16 with its own kernel (k_attn_tc2_cvt).
     const float fscale = (float)scale;
     std::vector<float> out((size_t)B * T * OW, NAN), lse((size_t)B * NH * T, NAN), Dv((size_t)B * NH * T);
     std::vector<float> dqkv((size_t)B * T * W, NAN);
     const int nt = (T + 63) / 64;
-    void (*fwd)(float*, float*, const float*, int, int, int, float) =
-        HD == 16 ? k_attn_tc_fwd_16 : HD == 32 ? k_attn_tc_fwd_32 : k_attn_tc_fwd_64;
-    void (*bdq)(float*, const float*, const float*, const float*, const float*, int, int, int, float) =
-        HD == 16 ? k_attn_tc_bwd_dq_16 : HD == 32 ? k_attn_tc_bwd_dq_32 : k_attn_tc_bwd_dq_64;
-    void (*bdkv)(float*, const float*, const float*, const float*, const float*, int, int, int, float) =
-        HD == 16 ? k_attn_tc_bwd_dkv_16 : HD == 32 ? k_attn_tc_bwd_dkv_32 : k_attn_tc_bwd_dkv_64;
-    launch({NH, B, nt}, [&] { fwd(out.data(), lse.data(), qkv.data(), T, NH, NKV, fscale); });
+    using Fwd = void (*)(float*, float*, const float*, int, int, int, float);
+    using Bwd = void (*)(float*, const float*, const float*, const float*, const float*, int, int, int, float);
+    using Fwd2 = void (*)(float*, float*, const unsigned short*, int, int, int, float);
+    using Bwd2 = void (*)(float*, const unsigned short*, const unsigned short*, const float*, const float*, int, int,
+                          int, float);
+    std::vector<unsigned short> qkv16(qkv.size() + 8), dout16(dout.size() + 8);
+    bool tail_ok = true;
+    auto cvt = [&](std::vector<unsigned short>& dst, const std::vector<float>& src) {
+        const long long n8 = (long long)src.size() / 8;
+        launch({3, 1, 1}, [&] { k_attn_tc2_cvt(dst.data(), src.data(), n8); });
+    };
+    if (v2) {
+        cvt(qkv16, qkv);
+        Fwd2 fwd = HD == 16 ? k_attn_tc2_fwd_16 : HD == 32 ? k_attn_tc2_fwd_32 : k_attn_tc2_fwd_64;
+        tail_ok &= with_smem(smem_bytes(0, HD), [&] {
+            launch({NH, B, nt}, [&] { fwd(out.data(), lse.data(), qkv16.data(), T, NH, NKV, fscale); });
+        });
+    } else {
+        Fwd fwd = HD == 16 ? k_attn_tc_fwd_16 : HD == 32 ? k_attn_tc_fwd_32 : k_attn_tc_fwd_64;
+        launch({NH, B, nt}, [&] { fwd(out.data(), lse.data(), qkv.data(), T, NH, NKV, fscale); });
+    }
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++)
             for (int i = 0; i < T; i++) {
@@ -275,17 +364,53 @@ static void run_case(int B, int T, int NH, int NKV, int HD, float qscale) {
                     s += (double)out[((size_t)b * T + i) * OW + h * HD + d] * dout[((size_t)b * T + i) * OW + h * HD + d];
                 Dv[((size_t)b * NH + h) * T + i] = (float)s;
             }
-    launch({NH, B, nt}, [&] {
-        bdq(dqkv.data(), dout.data(), qkv.data(), lse.data(), Dv.data(), T, NH, NKV, fscale);
-    });
-    launch({NKV, B, nt}, [&] {
-        bdkv(dqkv.data(), dout.data(), qkv.data(), lse.data(), Dv.data(), T, NH, NKV, fscale);
-    });
-    report("out", B, T, NH, NKV, HD, relmax(out, out_r), 2e-2);
+    if (v2) {
+        cvt(dout16, dout);
+        for (size_t i = 0; i < qkv.size(); i++)  // the conversion itself: round to nearest even
+            if (qkv16[i] != bf16_rne(qkv[i])) {
+                std::printf("k_attn_tc2_cvt: element %zu wrong\n", i);
+                fails++;
+                break;
+            }
+        if (qkv16[qkv.size()] != 0) {
+            std::printf("k_attn_tc2_cvt: wrote past the end\n");
+            fails++;
+        }
+        Bwd2 bdq = HD == 16 ? k_attn_tc2_bwd_dq_16 : HD == 32 ? k_attn_tc2_bwd_dq_32 : k_attn_tc2_bwd_dq_64;
+        Bwd2 bdkv = HD == 16 ? k_attn_tc2_bwd_dkv_16 : HD == 32 ? k_attn_tc2_bwd_dkv_32 : k_attn_tc2_bwd_dkv_64;
+        tail_ok &= with_smem(smem_bytes(1, HD), [&] {
+            launch({NH, B, nt}, [&] {
+                bdq(dqkv.data(), dout16.data(), qkv16.data(), lse.data(), Dv.data(), T, NH, NKV, fscale);
+            });
+        });
+        tail_ok &= with_smem(smem_bytes(2, HD), [&] {
+            launch({NKV, B, nt}, [&] {
+                bdkv(dqkv.data(), dout16.data(), qkv16.data(), lse.data(), Dv.data(), T, NH, NKV, fscale);
+            });
+        });
+        if (!tail_ok) {
+            std::printf("tc2 hd%d: a kernel wrote past its dynamic shared memory\n", HD);
+            fails++;
+        }
+    } else {
+        Bwd bdq = HD == 16 ? k_attn_tc_bwd_dq_16 : HD == 32 ? k_attn_tc_bwd_dq_32 : k_attn_tc_bwd_dq_64;
+        Bwd bdkv = HD == 16 ? k_attn_tc_bwd_dkv_16 : HD == 32 ? k_attn_tc_bwd_dkv_32 : k_attn_tc_bwd_dkv_64;
+        launch({NH, B, nt}, [&] {
+            bdq(dqkv.data(), dout.data(), qkv.data(), lse.data(), Dv.data(), T, NH, NKV, fscale);
+        });
+        launch({NKV, B, nt}, [&] {
+            bdkv(dqkv.data(), dout.data(), qkv.data(), lse.data(), Dv.data(), T, NH, NKV, fscale);
+        });
+    }
+    const char* what = v2 ? "tc2 " : "tc ";
+    auto rep = [&](const char* name, double rel, double tol) {
+        report((std::string(what) + name).c_str(), B, T, NH, NKV, HD, rel, tol);
+    };
+    rep("out", relmax(out, out_r), 2e-2);
     std::vector<double> lse_want(lse_r);
     double lse_err = 0;
     for (size_t i = 0; i < lse.size(); i++) lse_err = std::max(lse_err, std::fabs(lse[i] - lse_want[i]));
-    report("lse (abs)", B, T, NH, NKV, HD, std::isfinite(lse_err) ? lse_err : INFINITY, 2e-2);
+    rep("lse (abs)", std::isfinite(lse_err) ? lse_err : INFINITY, 2e-2);
     auto part = [&](int from, int width, const std::vector<float>& g, std::vector<float>& go, std::vector<double>& wo) {
         for (size_t r = 0; r < (size_t)B * T; r++)
             for (int c = 0; c < width; c++) {
@@ -299,16 +424,21 @@ static void run_case(int B, int T, int NH, int NKV, int HD, float qscale) {
         std::vector<float> go;
         std::vector<double> wo;
         part(froms[p], widths[p], dqkv, go, wo);
-        report(names[p], B, T, NH, NKV, HD, relmax(go, wo), 3e-2);
+        rep(names[p], relmax(go, wo), 3e-2);
     }
 }
 
 int main() {
     // (b, t, n_head, n_kv, head_dim, q/k/v scale): partial tiles, GQA groups 1/2/4, every head dim.
-    run_case(1, 70, 2, 1, 16, 1.0f);
-    run_case(2, 45, 2, 2, 32, 1.0f);
-    run_case(1, 130, 4, 1, 64, 1.0f);
-    run_case(1, 128, 2, 1, 64, 3.0f);  // peaked softmax, exact tile multiple
+    // Each shape runs the tc kernels (f32 inputs) and the tc2 kernels (bf16 copies, cp.async).
+    for (bool v2 : {false, true}) {
+        rng = 0x9e3779b97f4a7c15ull;
+        run_case(1, 70, 2, 1, 16, 1.0f, v2);
+        run_case(2, 45, 2, 2, 32, 1.0f, v2);
+        run_case(1, 130, 4, 1, 64, 1.0f, v2);
+        run_case(1, 128, 2, 1, 64, 3.0f, v2);  // peaked softmax, exact tile multiple
+        if (v2) run_case(1, 200, 4, 2, 64, 1.0f, v2);  // 4 tiles: both cp.async buffers reused, GQA
+    }
     std::printf("%s\n", fails ? "TC EMULATION FAILED" : "TC EMULATION OK");
     return fails ? 1 : 0;
 }

@@ -21,8 +21,10 @@
 //!   backward recomputing probabilities in two kernels (dQ per query; dK/dV per key, summing a GQA
 //!   group's query heads without atomics). [`AttnKernel`]: `v2`/`v1` in f32 on CUDA cores (the f32
 //!   and tf32 default, exact to ~1e-6), `tc` on tensor cores (`attention_tc.cu`: bf16 operands,
-//!   fp32 accumulation; the bf16 default for head dims in [`TC_HEAD_DIMS`] on sm_80+, self-tested
-//!   against v2 on first use and replaced by v2 with a warning if they disagree).
+//!   fp32 accumulation; self-tested against v2 on first use and replaced by v2 with a warning if
+//!   they disagree) and `tc2` (the same math on bf16 copies of q/k/v and dout kept in the attention
+//!   scratch, cp.async double-buffered tiles; the bf16 default for head dims in [`TC_HEAD_DIMS`] on
+//!   sm_80+, falling back to tc, then v2).
 //! - One stream; every op is enqueued on it and `read`/`sum_squares` synchronize, which gives the
 //!   trait's "synchronous from the caller's view" semantics. Buffers come from a small pool keyed
 //!   by length, so per-step allocations (decode logits) do not hit `cuMemAlloc`/`cuMemFree`.
@@ -56,7 +58,7 @@ pub const ATTN_HEAD_DIMS: [usize; 5] = [8, 16, 32, 64, 128];
 /// of static shared memory and spills in dK/dV; it uses v2).
 pub const TC_HEAD_DIMS: [usize; 3] = [16, 32, 64];
 
-/// Which training-attention kernels run (`KILN_CUDA_ATTN=v1|v2|tc` forces one at start).
+/// Which training-attention kernels run (`KILN_CUDA_ATTN=v1|v2|tc|tc2` forces one at start).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttnKernel {
     /// One thread per row, f32 (the first version).
@@ -65,6 +67,8 @@ pub enum AttnKernel {
     V2,
     /// Tensor cores (bf16 mma.sync, fp32 accumulation), FlashAttention-2 style.
     Tc,
+    /// tc's math on bf16 copies of q/k/v and dout (in the scratch), cp.async double-buffered.
+    Tc2,
 }
 
 impl AttnKernel {
@@ -73,6 +77,7 @@ impl AttnKernel {
             AttnKernel::V1 => "v1",
             AttnKernel::V2 => "v2",
             AttnKernel::Tc => "tc",
+            AttnKernel::Tc2 => "tc2",
         }
     }
     fn code(self) -> u8 {
@@ -82,7 +87,8 @@ impl AttnKernel {
         match c {
             0 => AttnKernel::V1,
             1 => AttnKernel::V2,
-            _ => AttnKernel::Tc,
+            2 => AttnKernel::Tc,
+            _ => AttnKernel::Tc2,
         }
     }
 }
@@ -94,8 +100,9 @@ impl std::str::FromStr for AttnKernel {
             "v1" => Ok(AttnKernel::V1),
             "v2" => Ok(AttnKernel::V2),
             "tc" => Ok(AttnKernel::Tc),
+            "tc2" => Ok(AttnKernel::Tc2),
             _ => Err(EngineError::Config(format!(
-                "unknown cuda attention kernel `{s}` (v1, v2 or tc)"
+                "unknown cuda attention kernel `{s}` (v1, v2, tc or tc2)"
             ))),
         }
     }
@@ -129,7 +136,7 @@ pub const BASE_KERNELS: [&str; 21] = [
 /// The attention module's source for head dim `hd`.
 pub fn attention_source(hd: usize) -> String {
     let tc = if TC_HEAD_DIMS.contains(&hd) {
-        format!("TC_INST({hd})\n")
+        format!("TC_INST({hd})\nTC2_INST({hd})\n")
     } else {
         String::new()
     };
@@ -146,13 +153,39 @@ pub fn attention_kernels(hd: usize) -> Vec<String> {
         format!("k_attn2_fwd_{hd}"),
         format!("k_attn2_bwd_dq_{hd}"),
         format!("k_attn2_bwd_dkv_{hd}"),
+        TC2_CVT.to_string(),
     ];
     if TC_HEAD_DIMS.contains(&hd) {
         for k in ["fwd", "bwd_dq", "bwd_dkv"] {
             v.push(format!("k_attn_tc_{k}_{hd}"));
         }
+        for k in ["fwd", "bwd_dq", "bwd_dkv"] {
+            v.push(format!("k_attn_tc2_{k}_{hd}"));
+        }
     }
     v
+}
+
+/// The tc2 f32 → bf16 conversion kernel (in every attention module; not per head dim).
+pub const TC2_CVT: &str = "k_attn_tc2_cvt";
+
+/// Dynamic shared memory of the tc2 kernels (attention_tc.cu `TC2_INST`): a tile is 64 rows of
+/// HD+8 bf16; fwd holds Q + 2×(K, V), dq Q, dO + 2×(K, V), dkv K, V + 2×(Q, dO) + 2×(lse, D)·64 f32.
+pub fn tc2_smem_bytes(kernel: &str, hd: usize) -> usize {
+    let tile = 64 * (hd + 8) * 2;
+    match kernel {
+        "fwd" => 5 * tile,
+        "bwd_dq" => 6 * tile,
+        _ => 6 * tile + 2 * 128 * 4,
+    }
+}
+
+/// Where tc2's bf16 copies live in the attention scratch (in f32 slots, 16-byte aligned): q/k/v
+/// (`b·t·qkv_width` bf16, written by the forward) then dout (`b·t·out_width` bf16, by the backward).
+fn tc2_layout(d: AttnDims) -> (usize, usize, usize) {
+    let base = (2 * d.b * d.n_head * d.t + d.b * d.t * d.out_width()).next_multiple_of(4);
+    let (nq, no) = (d.b * d.t * d.qkv_width(), d.b * d.t * d.out_width());
+    (base, base + nq / 2, base + nq / 2 + no / 2)
 }
 
 /// Compile CUDA C to PTX for `compute_{major}{minor}` (needs only libnvrtc).
@@ -549,6 +582,11 @@ pub struct CudaBackend {
     attn_mode: std::sync::atomic::AtomicU8,
     /// Per head dim: did the tc kernels pass their first-use self-test against v2?
     tc_ok: Mutex<HashMap<usize, bool>>,
+    /// Per head dim: did the tc2 kernels pass theirs (false also when the shared-memory opt-in failed)?
+    tc2_ok: Mutex<HashMap<usize, bool>>,
+    /// Scratch address → q/k/v address of the tc2 forward that last wrote that scratch's bf16
+    /// q/k/v copy (any other forward into the scratch removes it; the backward then converts).
+    tc2_fresh: Mutex<HashMap<u64, u64>>,
     profile: Mutex<HashMap<&'static str, (f64, u64)>>,
 }
 
@@ -755,12 +793,14 @@ impl CudaBackend {
             attn_mode: std::sync::atomic::AtomicU8::new(
                 match std::env::var("KILN_CUDA_ATTN") {
                     Ok(v) => v.parse::<AttnKernel>()?,
-                    Err(_) if precision == Precision::Bf16 => AttnKernel::Tc,
+                    Err(_) if precision == Precision::Bf16 => AttnKernel::Tc2,
                     Err(_) => AttnKernel::V2,
                 }
                 .code(),
             ),
             tc_ok: Mutex::new(HashMap::new()),
+            tc2_ok: Mutex::new(HashMap::new()),
+            tc2_fresh: Mutex::new(HashMap::new()),
             profile: Mutex::new(HashMap::new()),
         })
     }
@@ -842,6 +882,25 @@ impl CudaBackend {
             "cuda: attention kernels for head dim {hd} compiled in {:.1?}",
             t0.elapsed()
         );
+        if TC_HEAD_DIMS.contains(&hd) {
+            // tc2 uses up to 56 KiB of dynamic shared memory: above 48 KiB needs the opt-in.
+            let mut opt_in = Ok(());
+            for k in ["fwd", "bwd_dq", "bwd_dkv"] {
+                if let Some(f) = m.get(&format!("k_attn_tc2_{k}_{hd}")) {
+                    opt_in = opt_in.and(f.set_attribute(
+                        cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        tc2_smem_bytes(k, hd) as i32,
+                    ));
+                }
+            }
+            if let Err(e) = opt_in {
+                tracing::warn!("cuda: tc2 attention (head dim {hd}): shared-memory opt-in refused ({e:?}); using tc");
+                self.tc2_ok
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(hd, false);
+            }
+        }
         attn.insert(hd, m);
     }
 
@@ -866,14 +925,16 @@ impl CudaBackend {
     /// instantiation, before sm_80, and after a failed self-test; this compiles and self-tests).
     pub fn attention_for(&self, hd: usize) -> AttnKernel {
         let k = self.attention();
-        if k != AttnKernel::Tc {
+        if k != AttnKernel::Tc && k != AttnKernel::Tc2 {
             return k;
         }
         if self.cc.0 < 8 || !TC_HEAD_DIMS.contains(&hd) {
             return AttnKernel::V2;
         }
         self.ensure_attention(hd);
-        if self.tc_self_test(hd) {
+        if k == AttnKernel::Tc2 && self.tc_self_test(hd, AttnKernel::Tc2) {
+            AttnKernel::Tc2
+        } else if self.tc_self_test(hd, AttnKernel::Tc) {
             AttnKernel::Tc
         } else {
             AttnKernel::V2
@@ -882,9 +943,17 @@ impl CudaBackend {
 
     /// The kernels for this call: [`Self::attention_for`], and v2 instead of tc when a pointer is
     /// not 16-byte aligned (the tc kernels use float4 loads and float2 stores).
-    fn attn_pick(&self, hd: usize, ptrs: &[u64]) -> AttnKernel {
-        match self.attention_for(hd) {
-            AttnKernel::Tc if ptrs.iter().any(|p| p % 16 != 0) => AttnKernel::V2,
+    /// tc2 also needs the scratch to hold its bf16 copies ([`Backend::attention_scratch_len`] in
+    /// bf16 precision or when tc2 was requested) at a 16-byte-aligned address; else tc.
+    fn attn_pick(&self, d: AttnDims, ptrs: &[u64], scratch: &View<CudaBuf>) -> AttnKernel {
+        let unaligned = ptrs.iter().any(|p| p % 16 != 0);
+        match self.attention_for(d.head_dim) {
+            AttnKernel::Tc | AttnKernel::Tc2 if unaligned => AttnKernel::V2,
+            AttnKernel::Tc2
+                if scratch.len < tc2_layout(d).2 || !ptr(scratch).is_multiple_of(16) =>
+            {
+                AttnKernel::Tc
+            }
             k => k,
         }
     }
@@ -892,13 +961,13 @@ impl CudaBackend {
     /// One-time check of the tc kernels for head dim `hd` against v2 on a small GQA shape with a
     /// partial tile (forward output and every gradient, relative max-norm ≤ 5e-2). On failure tc
     /// is disabled for `hd` with a warning: a fragment-layout bug then costs speed, not a run.
-    fn tc_self_test(&self, hd: usize) -> bool {
-        if let Some(&ok) = self
-            .tc_ok
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&hd)
-        {
+    fn tc_self_test(&self, hd: usize, k: AttnKernel) -> bool {
+        let table = if k == AttnKernel::Tc2 {
+            &self.tc2_ok
+        } else {
+            &self.tc_ok
+        };
+        if let Some(&ok) = table.lock().unwrap_or_else(|e| e.into_inner()).get(&hd) {
             return ok;
         }
         let d = AttnDims {
@@ -908,18 +977,21 @@ impl CudaBackend {
             n_kv: 1,
             head_dim: hd,
         };
-        let (fwd_err, bwd_err) = self.tc_compare(d).unwrap_or((f64::INFINITY, f64::INFINITY));
+        let (fwd_err, bwd_err) = self
+            .tc_compare_with(d, k)
+            .unwrap_or((f64::INFINITY, f64::INFINITY));
         let ok = fwd_err <= 5e-2 && bwd_err <= 5e-2;
+        let name = k.name();
         if ok {
             tracing::debug!(
-                "cuda: tc attention hd {hd} self-test: fwd {fwd_err:.2e}, bwd {bwd_err:.2e}"
+                "cuda: {name} attention hd {hd} self-test: fwd {fwd_err:.2e}, bwd {bwd_err:.2e}"
             );
         } else {
             tracing::warn!(
-                "cuda: tensor-core attention (head dim {hd}) disagrees with v2 (fwd rel {fwd_err:.2e}, bwd rel {bwd_err:.2e}); using v2"
+                "cuda: tensor-core attention {name} (head dim {hd}) disagrees with v2 (fwd rel {fwd_err:.2e}, bwd rel {bwd_err:.2e}); not using it"
             );
         }
-        self.tc_ok
+        table
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(hd, ok);
@@ -929,6 +1001,11 @@ impl CudaBackend {
     /// Run v2 and tc forward + backward on the same random inputs; (fwd, bwd) relative max-norm
     /// (bwd over the whole packed dqkv).
     pub fn tc_compare(&self, d: AttnDims) -> Result<(f64, f64), EngineError> {
+        self.tc_compare_with(d, AttnKernel::Tc)
+    }
+
+    /// [`Self::tc_compare`] for kernels `k` (tc or tc2) against v2.
+    pub fn tc_compare_with(&self, d: AttnDims, k: AttnKernel) -> Result<(f64, f64), EngineError> {
         if self.cc.0 < 8 || !TC_HEAD_DIMS.contains(&d.head_dim) {
             return Err(EngineError::Backend(format!(
                 "cuda: no tensor-core attention for head dim {} on sm_{}{}",
@@ -953,9 +1030,9 @@ impl CudaBackend {
         let dout = self.alloc(n_out)?;
         self.write(View::new(&qkv, 0, n_qkv), &rnd(n_qkv));
         self.write(View::new(&dout, 0, n_out), &rnd(n_out));
-        let sc_len = self.attention_scratch_len(d);
+        let sc_len = self.attention_scratch_len(d).max(tc2_layout(d).2);
         let mut res = vec![];
-        for k in [AttnKernel::V2, AttnKernel::Tc] {
+        for k in [AttnKernel::V2, k] {
             let out = self.alloc(n_out)?;
             let sc = self.alloc(sc_len)?;
             let dqkv = self.alloc(n_qkv)?;
@@ -1024,6 +1101,24 @@ impl CudaBackend {
                 let g = (d.n_head as u32, d.b as u32, d.t.div_ceil(64) as u32);
                 args(self, &format!("k_attn_tc_fwd_{hd}"), g, 128)
             }
+            AttnKernel::Tc2 => {
+                let (q16, _, _) = tc2_layout(d);
+                let nq = d.b * d.t * d.qkv_width();
+                self.tc2_cvt(scratch.sub(q16, nq / 2), qkv.sub(0, nq));
+                let q16 = ptr(&scratch.sub(q16, nq / 2));
+                let g = (d.n_head as u32, d.b as u32, d.t.div_ceil(64) as u32);
+                let smem = tc2_smem_bytes("fwd", hd) as u32;
+                launch!(self, &format!("k_attn_tc2_fwd_{hd}"), g, (128, 1, 1), smem;
+                    ptr(&out), ptr(&lse), q16, d.t as i32, d.n_head as i32, d.n_kv as i32, scale);
+            }
+        }
+        {
+            let mut fresh = self.tc2_fresh.lock().unwrap_or_else(|e| e.into_inner());
+            if k == AttnKernel::Tc2 {
+                fresh.insert(ptr(&scratch), ptr(&qkv));
+            } else {
+                fresh.remove(&ptr(&scratch));
+            }
         }
         self.copy(ocopy, out.sub(0, d.b * d.t * d.out_width()));
     }
@@ -1076,7 +1171,45 @@ impl CudaBackend {
                 let g = (d.n_kv as u32, d.b as u32, tiles(64));
                 args(self, &format!("k_attn_tc_bwd_dkv_{hd}"), g, 128);
             }
+            AttnKernel::Tc2 => {
+                let (q16, o16, _) = tc2_layout(d);
+                let (nq, no) = (d.b * d.t * d.qkv_width(), d.b * d.t * d.out_width());
+                let fresh = self
+                    .tc2_fresh
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&ptr(&scratch))
+                    == Some(&ptr(&qkv));
+                if !fresh {
+                    // the forward that wrote this scratch was not tc2 (or used other q/k/v)
+                    self.tc2_cvt(scratch.sub(q16, nq / 2), qkv.sub(0, nq));
+                }
+                self.tc2_cvt(scratch.sub(o16, no / 2), dout.sub(0, no));
+                let (q16, o16) = (
+                    ptr(&scratch.sub(q16, nq / 2)),
+                    ptr(&scratch.sub(o16, no / 2)),
+                );
+                let args2 = |name: &str, grid, smem: usize| {
+                    launch!(self, name, grid, (128, 1, 1), smem as u32;
+                        ptr(&dqkv), o16, q16, ptr(&lse), ptr(&dd), d.t as i32, d.n_head as i32,
+                        d.n_kv as i32, scale);
+                };
+                let (sq, skv) = (tc2_smem_bytes("bwd_dq", hd), tc2_smem_bytes("bwd_dkv", hd));
+                let g = (d.n_head as u32, d.b as u32, tiles(64));
+                args2(&format!("k_attn_tc2_bwd_dq_{hd}"), g, sq);
+                let g = (d.n_kv as u32, d.b as u32, tiles(64));
+                args2(&format!("k_attn_tc2_bwd_dkv_{hd}"), g, skv);
+            }
         }
+    }
+
+    /// bf16 copy of `src` (f32, length a multiple of 8) into `dst` (f32 slots holding 2 bf16 each);
+    /// both 16-byte aligned (checked by [`Self::attn_pick`] and the layout).
+    fn tc2_cvt(&self, dst: View<CudaBuf>, src: View<CudaBuf>) {
+        assert!(src.len.is_multiple_of(8) && dst.len * 2 >= src.len);
+        let n8 = (src.len / 8) as i64;
+        let blocks = (src.len / 8).div_ceil(256).clamp(1, self.sms as usize * 8) as u32;
+        launch!(self, TC2_CVT, (blocks, 1, 1), (256, 1, 1), 0; ptr(&dst), ptr(&src), n8);
     }
 
     /// Turn per-op timing on or off (on: every op synchronizes, so only for diagnosis).
@@ -2363,9 +2496,17 @@ impl Backend for CudaBackend {
             p.rope_theta.is_some() as i32, p.rope_theta.unwrap_or(0.0));
     }
 
-    /// lse `[b, nh, t]`, D `[b, nh, t]` (filled in backward), and a copy of the output.
+    /// lse `[b, nh, t]`, D `[b, nh, t]` (filled in backward), and a copy of the output; in bf16
+    /// precision (or with tc2 requested) on sm_80+ with a tc head dim also tc2's bf16 copies of
+    /// q/k/v and dout (`tc2_layout`: +(qkv_width + out_width)/2 per token, 16-byte aligned).
     fn attention_scratch_len(&self, d: AttnDims) -> usize {
-        2 * d.b * d.n_head * d.t + d.b * d.t * d.out_width()
+        let base = 2 * d.b * d.n_head * d.t + d.b * d.t * d.out_width();
+        let tc2 = self.precision == Precision::Bf16 || self.attention() == AttnKernel::Tc2;
+        if tc2 && self.cc.0 >= 8 && TC_HEAD_DIMS.contains(&d.head_dim) {
+            tc2_layout(d).2
+        } else {
+            base
+        }
     }
 
     fn attention_forward(
@@ -2376,7 +2517,7 @@ impl Backend for CudaBackend {
         d: AttnDims,
     ) {
         self.ensure_attention(d.head_dim);
-        let k = self.attn_pick(d.head_dim, &[ptr(&out), ptr(&qkv)]);
+        let k = self.attn_pick(d, &[ptr(&out), ptr(&qkv)], &scratch);
         let _p = self.op("attention_forward");
         dirty(&out);
         dirty(&scratch);
@@ -2392,7 +2533,7 @@ impl Backend for CudaBackend {
         d: AttnDims,
     ) {
         self.ensure_attention(d.head_dim);
-        let k = self.attn_pick(d.head_dim, &[ptr(&dqkv), ptr(&dout), ptr(&qkv)]);
+        let k = self.attn_pick(d, &[ptr(&dqkv), ptr(&dout), ptr(&qkv)], &scratch);
         let _p = self.op("attention_backward");
         dirty(&dqkv);
         dirty(&scratch);
