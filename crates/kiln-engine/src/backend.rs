@@ -409,4 +409,19 @@ pub trait Backend: Send + Sync {
         v: View<Self::Buf>,
         h: AdamHyper,
     );
+    /// [`Backend::adamw`] on several groups of the same buffers, `(off, len, weight_decay)` each
+    /// (`h.weight_decay` is ignored). A backend may run them as one launch; the default calls
+    /// [`Backend::adamw`] per group, in order.
+    fn adamw_groups(&self, bufs: [&Self::Buf; 4], groups: &[(usize, usize, f32)], h: AdamHyper) {
+        let [p, g, m, v] = bufs;
+        for &(off, len, weight_decay) in groups {
+            self.adamw(
+                View::new(p, off, len),
+                View::new(g, off, len),
+                View::new(m, off, len),
+                View::new(v, off, len),
+                AdamHyper { weight_decay, ..h },
+            );
+        }
+    }
 }

@@ -151,22 +151,31 @@ impl<B: Backend> Optimizer<B> {
     pub fn step(&mut self, model: &Model<B>, grads: &B::Buf, lr_scale: f32) {
         self.step += 1;
         let be = &*model.backend;
+        let h = AdamHyper {
+            lr: self.cfg.lr * lr_scale,
+            beta1: self.cfg.beta1,
+            beta2: self.cfg.beta2,
+            eps: self.cfg.eps,
+            weight_decay: 0.0,
+            step: self.step,
+        };
+        let bufs = [&model.params, grads, &self.m, &self.v];
+        // runs of consecutive Adam groups go to the backend together (one launch on cuda)
+        let mut run: Vec<(usize, usize, f32)> = Vec::new();
         for gr in &self.groups {
+            if let Rule::Adam { weight_decay } = gr.rule {
+                run.push((gr.off, gr.len, weight_decay));
+                continue;
+            }
+            if !run.is_empty() {
+                be.adamw_groups(bufs, &run, h);
+                run.clear();
+            }
             let p = View::new(&model.params, gr.off, gr.len);
             let g = View::new(grads, gr.off, gr.len);
             let m = View::new(&self.m, gr.off, gr.len);
             match gr.rule {
-                Rule::Adam { weight_decay } => {
-                    let h = AdamHyper {
-                        lr: self.cfg.lr * lr_scale,
-                        beta1: self.cfg.beta1,
-                        beta2: self.cfg.beta2,
-                        eps: self.cfg.eps,
-                        weight_decay,
-                        step: self.step,
-                    };
-                    be.adamw(p, g, m, View::new(&self.v, gr.off, gr.len), h);
-                }
+                Rule::Adam { .. } => unreachable!("batched above"),
                 Rule::Muon { rows, cols } => {
                     let ns = self.ns.as_ref().expect("muon scratch");
                     let n = rows * cols;
@@ -182,6 +191,9 @@ impl<B: Backend> Optimizer<B> {
                     be.axpy(p, -self.cfg.muon_lr * lr_scale * scale, o);
                 }
             }
+        }
+        if !run.is_empty() {
+            be.adamw_groups(bufs, &run, h);
         }
     }
 

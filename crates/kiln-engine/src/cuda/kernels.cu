@@ -425,3 +425,27 @@ extern "C" __global__ void k_axpy_bf16(float* y, const unsigned short* x, i64 n)
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
         y[i] += __uint_as_float(((unsigned int)x[i]) << 16);
 }
+
+// ---- AdamW over consecutive parameter groups in one launch (cuda/mod.rs: adamw_groups) --------
+// Elements [off0, off0 + n) of the parameter layout; group j covers up to tab[2j] (exclusive,
+// absolute element index) with decay factor __uint_as_float(tab[2j+1]). Same arithmetic as k_adamw.
+extern "C" __global__ void k_adamw_groups(float* p, const float* g, float* m, float* v, const unsigned int* tab,
+                                          int ng, i64 off0, i64 n, float b1, float b2, float eps,
+                                          float step_size, float bc2_sqrt) {
+    for (i64 k = blockIdx.x * (i64)blockDim.x + threadIdx.x; k < n; k += (i64)gridDim.x * blockDim.x) {
+        i64 i = off0 + k;
+        int lo = 0, hi = ng - 1;  // first group whose end is > i
+        while (lo < hi) {
+            int mid = (lo + hi) >> 1;
+            if ((i64)tab[2 * mid] > i) hi = mid; else lo = mid + 1;
+        }
+        float decay = __uint_as_float(tab[2 * lo + 1]);
+        float gi = g[i];
+        float mi = b1 * m[i] + (1.f - b1) * gi;
+        float vi = b2 * v[i] + (1.f - b2) * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        float denom = sqrtf(vi) / bc2_sqrt + eps;
+        p[i] = p[i] * decay - step_size * mi / denom;
+    }
+}

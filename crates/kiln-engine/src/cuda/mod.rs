@@ -109,7 +109,7 @@ impl std::str::FromStr for AttnKernel {
 }
 
 /// Entry points of [`BASE_SOURCE`].
-pub const BASE_KERNELS: [&str; 21] = [
+pub const BASE_KERNELS: [&str; 22] = [
     "k_fill",
     "k_axpy",
     "k_scale",
@@ -131,6 +131,7 @@ pub const BASE_KERNELS: [&str; 21] = [
     "k_to_bf16",
     "k_from_bf16",
     "k_axpy_bf16",
+    "k_adamw_groups",
 ];
 
 /// The attention module's source for head dim `hd`.
@@ -572,6 +573,9 @@ pub struct CudaBackend {
     /// `KILN_CUDA_LT_DGELU=0` off). Both need the cuBLASLt path ([`Self::matmul_bias_path`]).
     lt_gelu: std::sync::atomic::AtomicBool,
     lt_dgelu: std::sync::atomic::AtomicBool,
+    /// One `k_adamw_groups` launch per run of AdamW groups (`KILN_CUDA_ADAMW_MULTI=0`: one
+    /// `k_adamw` per group).
+    adamw_multi: std::sync::atomic::AtomicBool,
     /// Shared with every buffer: writes stale f32 regions back from their bf16 shadow.
     mat: Arc<Materializer>,
     sms: u32,
@@ -785,6 +789,9 @@ impl CudaBackend {
             ),
             lt_dgelu: std::sync::atomic::AtomicBool::new(
                 std::env::var("KILN_CUDA_LT_DGELU").map_or(true, |v| v != "0"),
+            ),
+            adamw_multi: std::sync::atomic::AtomicBool::new(
+                std::env::var("KILN_CUDA_ADAMW_MULTI").map_or(true, |v| v != "0"),
             ),
             mat,
             sms,
@@ -1410,6 +1417,17 @@ impl CudaBackend {
     /// Request (or stop) the cuBLASLt `DGELU_BGRAD` epilogue in [`Backend::matmul_act_backward`].
     pub fn set_lt_dgelu(&self, on: bool) {
         self.lt_dgelu
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Is the one-launch AdamW over parameter groups on (`KILN_CUDA_ADAMW_MULTI`, default on)?
+    pub fn adamw_multi(&self) -> bool {
+        self.adamw_multi.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Switch [`Backend::adamw_groups`] between one launch and one launch per group.
+    pub fn set_adamw_multi(&self, on: bool) {
+        self.adamw_multi
             .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
@@ -2632,6 +2650,48 @@ impl Backend for CudaBackend {
         let decay = 1.0 - h.lr * h.weight_decay;
         launch!(self, "k_adamw", self.grid1(p.len), (256, 1, 1), 0;
             ptr(&p), ptr(&g), ptr(&m), ptr(&v), p.len as i64, h.beta1, h.beta2, h.eps, decay, step_size, bc2_sqrt);
+    }
+
+    fn adamw_groups(&self, bufs: [&CudaBuf; 4], groups: &[(usize, usize, f32)], h: AdamHyper) {
+        let [p, g, m, v] = bufs;
+        let contiguous = groups.windows(2).all(|w| w[0].0 + w[0].1 == w[1].0);
+        let (Some(first), Some(last)) = (groups.first(), groups.last()) else {
+            return;
+        };
+        let (off0, end) = (first.0, last.0 + last.1);
+        if !self.adamw_multi() || !contiguous || groups.len() < 2 || end > u32::MAX as usize {
+            for &(off, len, weight_decay) in groups {
+                self.adamw(
+                    View::new(p, off, len),
+                    View::new(g, off, len),
+                    View::new(m, off, len),
+                    View::new(v, off, len),
+                    AdamHyper { weight_decay, ..h },
+                );
+            }
+            return;
+        }
+        let n = end - off0;
+        let views = bufs.map(|b| View::new(b, off0, n));
+        let _p = self.op("adamw");
+        for i in [0, 2, 3] {
+            dirty(&views[i]);
+        }
+        // per group: (end, decay bits) with decay = 1 - lr*wd in f32, as in `adamw`
+        let tab: Vec<u32> = groups
+            .iter()
+            .flat_map(|&(off, len, wd)| [(off + len) as u32, (1.0 - h.lr * wd).to_bits()])
+            .collect();
+        let tp = self.upload_u32(|s| &mut s.ids2, &tab);
+        let bc1 = 1.0 - (h.beta1 as f64).powi(h.step as i32);
+        let bc2 = 1.0 - (h.beta2 as f64).powi(h.step as i32);
+        let step_size = (h.lr as f64 / bc1) as f32;
+        let bc2_sqrt = bc2.sqrt() as f32;
+        // the kernel indexes the whole buffers from element 0 (the table holds absolute ends)
+        let base = bufs.map(|b| ptr(&View::new(b, 0, off0 + n)));
+        launch!(self, "k_adamw_groups", self.grid1(n), (256, 1, 1), 0;
+            base[0], base[1], base[2], base[3], tp, groups.len() as i32, off0 as i64, n as i64,
+            h.beta1, h.beta2, h.eps, step_size, bc2_sqrt);
     }
 }
 
