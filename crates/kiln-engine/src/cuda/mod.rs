@@ -631,15 +631,7 @@ fn ptr(v: &View<CudaBuf>) -> u64 {
 /// (`partial_only`: only those not contained in it) and forget them.
 fn materialize(buf: &CudaBuf, off: usize, len: usize, partial_only: bool) {
     let mut sh = buf.shadow.lock().unwrap_or_else(|e| e.into_inner());
-    let end = off + len;
-    let mut keep = Vec::new();
-    for (o, l) in std::mem::take(&mut sh.stale) {
-        let overlaps = o < end && off < o + l;
-        let contained = off <= o && o + l <= end;
-        if !overlaps || (partial_only && contained) {
-            keep.push((o, l));
-            continue;
-        }
+    for (o, l) in take_stale(&mut sh.stale, off, len, partial_only) {
         let (dst, src) = (buf.ptr + 4 * o as u64, sh.ptr + 2 * o as u64);
         let f = &buf.mat.from_bf16;
         let mut b = buf.mat.stream.launch_builder(f);
@@ -658,8 +650,36 @@ fn materialize(buf: &CudaBuf, off: usize, len: usize, partial_only: bool) {
         unsafe { b.launch(cfg) }.unwrap_or_else(|e| panic!("cuda: launch k_from_bf16: {e:?}"));
     }
     buf.has_stale
-        .store(!keep.is_empty(), std::sync::atomic::Ordering::Release);
-    sh.stale = keep;
+        .store(!sh.stale.is_empty(), std::sync::atomic::Ordering::Release);
+}
+
+/// Remove from `stale` and return the regions overlapping `[off, off + len)` (`partial_only`:
+/// only those not contained in it).
+fn take_stale(
+    stale: &mut Vec<(usize, usize)>,
+    off: usize,
+    len: usize,
+    partial_only: bool,
+) -> Vec<(usize, usize)> {
+    let end = off + len;
+    let (mut take, mut keep) = (Vec::new(), Vec::new());
+    for (o, l) in stale.drain(..) {
+        let overlaps = o < end && off < o + l;
+        let contained = off <= o && o + l <= end;
+        if overlaps && !(partial_only && contained) {
+            take.push((o, l));
+        } else {
+            keep.push((o, l));
+        }
+    }
+    *stale = keep;
+    take
+}
+
+/// `[off, off + n)` now holds a bf16-only result: regions it contains are superseded.
+fn push_stale(stale: &mut Vec<(usize, usize)>, off: usize, n: usize) {
+    stale.retain(|&(o, l)| !(off <= o && o + l <= off + n));
+    stale.push((off, n));
 }
 
 fn optr(v: &Option<View<CudaBuf>>) -> u64 {
@@ -1389,11 +1409,10 @@ impl CudaBackend {
     /// shadow is its current value (the only current copy: its f32 is stale until [`ptr`]).
     fn commit_bf16_result(&self, v: &View<CudaBuf>, n: usize) {
         let mut sh = v.buf.shadow.lock().unwrap_or_else(|e| e.into_inner());
-        let (off, end) = (v.off, v.off + n);
+        let off = v.off;
         sh.valid.clear();
         sh.valid.push((off, n));
-        sh.stale.retain(|&(o, l)| !(off <= o && o + l <= end));
-        sh.stale.push((off, n));
+        push_stale(&mut sh.stale, off, n);
         v.buf
             .has_stale
             .store(true, std::sync::atomic::Ordering::Release);
@@ -2765,6 +2784,31 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn stale_regions_are_taken_when_touched_and_superseded_when_covered() {
+        let mut st = vec![];
+        push_stale(&mut st, 100, 50);
+        push_stale(&mut st, 300, 10);
+        // a view that does not touch them takes nothing
+        assert!(take_stale(&mut st, 0, 100, false).is_empty());
+        assert!(take_stale(&mut st, 150, 150, false).is_empty());
+        // a result slot covering [100, 150) exactly: nothing partial to write back
+        assert!(take_stale(&mut st, 100, 50, true).is_empty());
+        // a slot covering only part of it: the region must be written back first
+        assert_eq!(take_stale(&mut st, 120, 100, true), vec![(100, 50)]);
+        assert_eq!(st, vec![(300, 10)]);
+        // any f32 use overlapping by one element takes the region
+        assert_eq!(take_stale(&mut st, 309, 1, false), vec![(300, 10)]);
+        assert!(st.is_empty());
+        // a new result (slot, then commit) supersedes what it covers and writes back what it
+        // only overlaps, so stale regions never overlap each other
+        push_stale(&mut st, 10, 5);
+        push_stale(&mut st, 30, 10);
+        assert_eq!(take_stale(&mut st, 0, 35, true), vec![(30, 10)]);
+        push_stale(&mut st, 0, 35);
+        assert_eq!(st, vec![(0, 35)]);
     }
 
     #[test]
