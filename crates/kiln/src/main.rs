@@ -57,18 +57,24 @@ fn main() -> std::process::ExitCode {
         Command::Tok(c) => cmd::tok::run(c),
         Command::Pretrain(a) => {
             let threads = cmd::engine_threads(a.threads);
-            cmd::pretrain::run(*a, threads)
+            cmd::on_engine_pool(|| cmd::pretrain::run(*a, threads))
         }
-        Command::Sample(a) => cmd::sample::run(a, cmd::engine_threads(None)),
+        Command::Sample(a) => {
+            let threads = cmd::engine_threads(None);
+            cmd::on_engine_pool(|| cmd::sample::run(a, threads))
+        }
         Command::Bench(c) => cmd::bench::run(c),
         Command::Sft(a) => {
             let threads = cmd::engine_threads(a.args.threads);
-            cmd::sft::run(*a, threads)
+            cmd::on_engine_pool(|| cmd::sft::run(*a, threads))
         }
-        Command::Chat(a) => cmd::chat::run(a, cmd::engine_threads(None)),
+        Command::Chat(a) => {
+            let threads = cmd::engine_threads(None);
+            cmd::on_engine_pool(|| cmd::chat::run(a, threads))
+        }
         Command::Speedrun(a) => {
             let threads = cmd::engine_threads(a.threads);
-            cmd::speedrun::run(a, threads)
+            cmd::on_engine_pool(|| cmd::speedrun::run(a, threads))
         }
     };
     match result {

@@ -36,7 +36,7 @@ pub fn run(c: BenchCommand) -> anyhow::Result<()> {
                     .build_global();
             }
             let spec: DeviceSpec = device.spec(p.device)?;
-            let r = kiln_train::bench::bench_train(&spec, &p)?;
+            let r = super::on_engine_pool(|| kiln_train::bench::bench_train(&spec, &p))?;
             println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }
