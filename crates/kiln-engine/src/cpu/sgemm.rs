@@ -31,6 +31,19 @@ pub struct StridedRef {
     pub rs: isize,
     pub cs: isize,
 }
+impl StridedRef {
+    /// The same matrix starting at column `j0`.
+    ///
+    /// # Safety
+    /// `j0` must be within the matrix.
+    unsafe fn from_col(self, j0: usize) -> StridedRef {
+        StridedRef {
+            ptr: self.ptr.offset(j0 as isize * self.cs),
+            ..self
+        }
+    }
+}
+
 // SAFETY: read-only access from scoped tasks while the caller keeps the matrix alive.
 unsafe impl Send for StridedRef {}
 unsafe impl Sync for StridedRef {}
@@ -90,6 +103,13 @@ fn with_scratch<R>(
 /// Shares a raw pointer with rayon tasks.
 #[derive(Clone, Copy)]
 struct SendPtr<T>(*mut T);
+impl<T> SendPtr<T> {
+    /// # Safety
+    /// The result must stay inside the allocation.
+    unsafe fn offset(self, n: usize) -> SendPtr<T> {
+        SendPtr(self.0.add(n))
+    }
+}
 // SAFETY: used only to hand disjoint regions (or read-only data) to scoped tasks.
 unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}
@@ -125,14 +145,22 @@ pub unsafe fn sgemm(
         }
         return;
     }
-    // Each thread takes one contiguous range of rows of C for the whole product and packs its
-    // own copy of B: one fork and one join per call, no barrier per K slab. Packing B twice costs
-    // K·N copies against M·N·K/threads FMAs per thread — under 0.1% at the model's sizes, while
-    // the barriers it replaces cost ~5% (two per 256-deep slab).
-    let threads = threads.max(1).min(m.div_ceil(MR));
-    let rows_per = m.div_ceil(threads).next_multiple_of(MR);
+    // Each thread takes one contiguous range of rows (or columns) of C for the whole product and
+    // packs what it needs itself: one fork and one join per call, no barrier per K slab. Splitting
+    // rows means every thread packs all of B (K·N) and its share of A; splitting columns, all of A
+    // (M·K) and its share of B. Pick the split that packs less per thread — e.g. the gradient of
+    // a 1024→256 projection (M 256, N 1024, K 2048) splits columns.
+    let threads = threads.max(1);
     let cp = SendPtr(c);
-    if threads > 1 {
+    if threads == 1 {
+        run_rows(0, m, n, k, alpha, a, b, beta, cp, ldc);
+        return;
+    }
+    let pack_split_rows = k * n + m.div_ceil(threads) * k;
+    let pack_split_cols = m * k + n.div_ceil(threads) * k;
+    if pack_split_rows <= pack_split_cols || n < 2 * NR {
+        let threads = threads.min(m.div_ceil(MR));
+        let rows_per = m.div_ceil(threads).next_multiple_of(MR);
         rayon::scope(|s| {
             for t in 0..threads {
                 let r0 = t * rows_per;
@@ -144,7 +172,20 @@ pub unsafe fn sgemm(
             }
         });
     } else {
-        run_rows(0, m, n, k, alpha, a, b, beta, cp, ldc);
+        let threads = threads.min(n.div_ceil(NR));
+        let cols_per = n.div_ceil(threads).next_multiple_of(NR);
+        rayon::scope(|s| {
+            for t in 0..threads {
+                let c0 = t * cols_per;
+                if c0 >= n {
+                    break;
+                }
+                let nc = (c0 + cols_per).min(n) - c0;
+                let b_cols = b.from_col(c0);
+                let c_cols = cp.offset(c0);
+                s.spawn(move |_| run_rows(0, m, nc, k, alpha, a, b_cols, beta, c_cols, ldc));
+            }
+        });
     }
 }
 
@@ -500,6 +541,8 @@ mod tests {
             (100, 70, 513),
             (29, 95, 64),
             (300, 40, 600),
+            (20, 300, 100),
+            (33, 97, 300),
             (2, 130, 3),
         ];
         for &(m, n, k) in &shapes {
