@@ -36,7 +36,7 @@ impl StridedRef {
     ///
     /// # Safety
     /// `j0` must be within the matrix.
-    unsafe fn from_col(self, j0: usize) -> StridedRef {
+    unsafe fn starting_at_col(self, j0: usize) -> StridedRef {
         StridedRef {
             ptr: self.ptr.offset(j0 as isize * self.cs),
             ..self
@@ -181,7 +181,7 @@ pub unsafe fn sgemm(
                     break;
                 }
                 let nc = (c0 + cols_per).min(n) - c0;
-                let b_cols = b.from_col(c0);
+                let b_cols = b.starting_at_col(c0);
                 let c_cols = cp.offset(c0);
                 s.spawn(move |_| run_rows(0, m, nc, k, alpha, a, b_cols, beta, c_cols, ldc));
             }
