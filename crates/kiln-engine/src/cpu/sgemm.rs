@@ -222,8 +222,14 @@ unsafe fn run_rows(
                 ptr: a.ptr.offset(p0 as isize * a.cs),
                 ..a
             };
+            // B's panels are rows of Bᵀ.
+            let b_t = StridedRef {
+                ptr: b_slab.ptr,
+                rs: b_slab.cs,
+                cs: b_slab.rs,
+            };
             for jp in 0..n_panels {
-                pack_b_panel(b_slab, kc, n, jp, packed_b);
+                pack_panel::<NR>(b_t, kc, n, jp * NR, packed_b.0.add(jp * kc * NR));
             }
             let mut i0 = r0;
             while i0 < r1 {
@@ -275,44 +281,53 @@ unsafe fn transpose16(src: &[*const f32; 16], dst: *mut f32, dst_stride: usize) 
     }
 }
 
-/// Packs columns `[jp·NR, jp·NR + NR)` of a kc-deep slab of B into panel `jp` of `dst`: for each
-/// k, NR consecutive values (zero past column n).
+/// Packs one W-wide panel for the microkernel: for each k in `0..kc`, the W values
+/// `x[i0 .. i0 + W, k]` of the strided matrix `x` (element (i, k) at `ptr + i·rs + k·cs`), zero
+/// past row `rows`. A's panels are rows of A (W = MR); B's are columns of B, i.e. rows of Bᵀ
+/// (W = NR). Writes up to 16 floats past the panel when W < 16 (the scratch has the room).
 #[target_feature(enable = "avx512f")]
-unsafe fn pack_b_panel(b: StridedRef, kc: usize, n: usize, jp: usize, dst: SendPtr<f32>) {
-    let out = dst.0.add(jp * kc * NR);
-    let j0 = jp * NR;
-    let cols = (n - j0).min(NR);
-    if b.cs == 1 {
-        // Rows of B are contiguous: two (masked) vector copies per k.
-        let (m0, m1) = col_masks(cols);
+unsafe fn pack_panel<const W: usize>(
+    x: StridedRef,
+    kc: usize,
+    rows: usize,
+    i0: usize,
+    out: *mut f32,
+) {
+    let valid = (rows - i0).min(W);
+    if x.rs == 1 {
+        // The W values of one k are contiguous: masked 16-wide copies (a short panel's store
+        // tail is overwritten by the next k's).
         for p in 0..kc {
-            let src = b.ptr.offset(p as isize * b.rs + j0 as isize);
-            let o = out.add(p * NR);
-            _mm512_store_ps(o, _mm512_maskz_loadu_ps(m0, src));
-            _mm512_store_ps(o.add(16), _mm512_maskz_loadu_ps(m1, src.add(16)));
+            let src = x.ptr.offset(i0 as isize + p as isize * x.cs);
+            let o = out.add(p * W);
+            for h in 0..W.div_ceil(16) {
+                let lanes = valid.saturating_sub(16 * h).min(16);
+                let mask: __mmask16 = ((1u32 << lanes) - 1) as u16;
+                _mm512_storeu_ps(o.add(16 * h), _mm512_maskz_loadu_ps(mask, src.add(16 * h)));
+            }
         }
         return;
     }
     let mut p0 = 0;
-    if b.rs == 1 && cols == NR {
-        // Columns of B are contiguous (a transposed weight): transpose 16×16 blocks.
+    if x.cs == 1 && valid == W {
+        // Each row is contiguous along k: 16×16 transposes (W = 14 repeats the last row twice).
         while p0 + 16 <= kc {
-            for half in 0..2 {
+            for h in 0..W.div_ceil(16) {
                 let src: [*const f32; 16] = std::array::from_fn(|r| {
-                    b.ptr
-                        .offset((j0 + 16 * half + r) as isize * b.cs + p0 as isize)
+                    let row = i0 + (16 * h + r).min(W - 1);
+                    x.ptr.offset(row as isize * x.rs + p0 as isize)
                 });
-                transpose16(&src, out.add(p0 * NR + 16 * half), NR);
+                transpose16(&src, out.add(p0 * W + 16 * h), W);
             }
             p0 += 16;
         }
     }
-    // The rest (tails, edge panels, general strides), one element at a time.
-    for jj in 0..NR {
-        let src = b.ptr.offset((j0 + jj.min(cols - 1)) as isize * b.cs);
+    // The rest (k tails, short panels, general strides), one element at a time.
+    for ii in 0..W {
+        let src = x.ptr.offset((i0 + ii.min(valid - 1)) as isize * x.rs);
         for p in p0..kc {
-            *out.add(p * NR + jj) = if jj < cols {
-                *src.offset(p as isize * b.rs)
+            *out.add(p * W + ii) = if ii < valid {
+                *src.offset(p as isize * x.cs)
             } else {
                 0.0
             };
@@ -322,63 +337,8 @@ unsafe fn pack_b_panel(b: StridedRef, kc: usize, n: usize, jp: usize, dst: SendP
 
 /// Lane masks for the two 16-wide halves of an NR tile with `cols` valid columns.
 fn col_masks(cols: usize) -> (__mmask16, __mmask16) {
-    let m0 = if cols >= 16 {
-        0xffff
-    } else {
-        (1u16 << cols) - 1
-    };
-    let m1 = if cols >= 32 {
-        0xffff
-    } else if cols > 16 {
-        (1u16 << (cols - 16)) - 1
-    } else {
-        0
-    };
-    (m0, m1)
-}
-
-/// Packs rows `[i0, i0 + rows)` of a kc-deep slab of A as MR-tall panels: for each k, MR
-/// consecutive values (zero past the last row). Writes up to 16 floats past the block (the
-/// scratch buffer has the room).
-#[target_feature(enable = "avx512f")]
-unsafe fn pack_a_block(a: StridedRef, kc: usize, i0: usize, rows: usize, dst: *mut f32) {
-    for ip in 0..rows.div_ceil(MR) {
-        let out = dst.add(ip * kc * MR);
-        let r0 = i0 + ip * MR;
-        let nr = (rows - ip * MR).min(MR);
-        if a.rs == 1 {
-            // Columns of A are contiguous (A stored transposed): one masked load per k; the
-            // 16-wide store's two extra zeros are overwritten by the next k's.
-            let mask: __mmask16 = (1u16 << nr) - 1;
-            for p in 0..kc {
-                let src = a.ptr.offset(r0 as isize + p as isize * a.cs);
-                _mm512_storeu_ps(out.add(p * MR), _mm512_maskz_loadu_ps(mask, src));
-            }
-            continue;
-        }
-        let mut p0 = 0;
-        if a.cs == 1 && nr == MR {
-            // Rows of A are contiguous: transpose 16×16 blocks of (MR rows + 2 repeats).
-            while p0 + 16 <= kc {
-                let src: [*const f32; 16] = std::array::from_fn(|r| {
-                    a.ptr
-                        .offset((r0 + r.min(MR - 1)) as isize * a.rs + p0 as isize)
-                });
-                transpose16(&src, out.add(p0 * MR), MR);
-                p0 += 16;
-            }
-        }
-        for ii in 0..MR {
-            let src = a.ptr.offset((r0 + ii.min(nr - 1)) as isize * a.rs);
-            for p in p0..kc {
-                *out.add(p * MR + ii) = if ii < nr {
-                    *src.offset(p as isize * a.cs)
-                } else {
-                    0.0
-                };
-            }
-        }
-    }
+    let half = |lanes: usize| ((1u32 << lanes.min(16)) - 1) as u16;
+    (half(cols), half(cols.saturating_sub(16)))
 }
 
 /// Rows `[i0, i0 + rows)` of C against the whole packed slab of B.
@@ -397,7 +357,9 @@ unsafe fn run_block(
 ) {
     with_scratch(&PACK_A, |sa| {
         let packed_a = sa.get(rows.div_ceil(MR) * MR * kc);
-        pack_a_block(a, kc, i0, rows, packed_a);
+        for ip in 0..rows.div_ceil(MR) {
+            pack_panel::<MR>(a, kc, i0 + rows, i0 + ip * MR, packed_a.add(ip * kc * MR));
+        }
         for jp in 0..n.div_ceil(NR) {
             let cols = (n - jp * NR).min(NR);
             let bp = packed_b.0.add(jp * kc * NR);
