@@ -981,7 +981,13 @@ fn bf16_cache_train_check(tw: &mut Twin) -> Res<()> {
     })?;
     // the GELU epilogues (cached mode only) change the rounding: off for the cache comparison,
     // then on against off at bf16 tolerance
-    let prev = (gpu.lt_gelu_enabled(), gpu.lt_dgelu_enabled());
+    // bf16-only logits run in cached mode only: off here (`bf16_logits_parity` checks them)
+    let prev = (
+        gpu.lt_gelu_enabled(),
+        gpu.lt_dgelu_enabled(),
+        gpu.bf16_logits_enabled(),
+    );
+    gpu.set_bf16_logits(false);
     for (mode, gelu) in [
         (Bf16Gemm::Bf16Cached, false),
         (Bf16Gemm::Bf16, false),
@@ -995,30 +1001,174 @@ fn bf16_cache_train_check(tw: &mut Twin) -> Res<()> {
     }
     gpu.set_lt_gelu(prev.0);
     gpu.set_lt_dgelu(prev.1);
-    let (_, grel) = diff(&res[0].1, &res[1].1);
-    let lrel = ((res[0].0 - res[1].0) / res[1].0).abs() as f64;
-    let ok = grel <= 1e-4 && lrel <= 1e-5;
+    gpu.set_bf16_logits(prev.2);
+    let cache = ["cached", "fresh"];
+    report_step(tw, "bf16_cache_train", cache, &res[0], &res[1], 1e-4, 1e-5);
+    let fused = ["fused", "unfused"];
+    report_step(tw, "lt_gelu_train", fused, &res[2], &res[0], 2e-2, 1e-3);
+    Ok(())
+}
+
+/// One `{"check": name, "loss_<a>", "loss_<b>", "loss_rel", "grads_rel", "tol_grads", "ok"}` line
+/// comparing two (loss, gradients) results of a forward/backward: `got` against `want`.
+fn report_step(
+    tw: &mut Twin,
+    name: &str,
+    labels: [&str; 2],
+    got: &(f32, Vec<f32>),
+    want: &(f32, Vec<f32>),
+    tol_grads: f64,
+    tol_loss: f64,
+) {
+    let (_, grel) = diff(&got.1, &want.1);
+    let lrel = ((got.0 - want.0) / want.0).abs() as f64;
+    let ok = grel <= tol_grads && lrel <= tol_loss;
     tw.checks += 1;
     if !ok {
         tw.fails += 1;
     }
-    println!(
-        "{}",
-        serde_json::json!({"check": "bf16_cache_train", "loss_cached": res[0].0, "loss_fresh": res[1].0,
-            "loss_rel": lrel, "grads_rel": grel, "tol_grads": 1e-4, "ok": ok})
-    );
-    let (_, grel) = diff(&res[2].1, &res[0].1);
-    let lrel = ((res[2].0 - res[0].0) / res[0].0).abs() as f64;
-    let ok = grel <= 2e-2 && lrel <= 1e-3;
-    tw.checks += 1;
-    if !ok {
-        tw.fails += 1;
+    let mut line = serde_json::json!({"check": name, "loss_rel": lrel, "grads_rel": grel,
+        "tol_grads": tol_grads, "tol_loss": tol_loss, "ok": ok});
+    line[format!("loss_{}", labels[0])] = serde_json::json!(got.0);
+    line[format!("loss_{}", labels[1])] = serde_json::json!(want.0);
+    println!("{line}");
+}
+
+/// Host softmax cross-entropy (f64) of `logits` rows: per-token losses and
+/// `d(scale · Σ w_r · loss_r)/d logits`, with the optional soft-cap (the kernels' math).
+fn host_xent(
+    logits: &[f32],
+    y: &[u32],
+    w: &[f32],
+    vocab: usize,
+    cap: Option<f32>,
+    scale: f32,
+) -> (Vec<f32>, Vec<f32>) {
+    let (mut losses, mut grad) = (vec![], vec![0f32; logits.len()]);
+    for (r, row) in logits.chunks(vocab).enumerate() {
+        let z: Vec<f64> = row
+            .iter()
+            .map(|&x| cap.map_or(x as f64, |c| c as f64 * (x as f64 / c as f64).tanh()))
+            .collect();
+        let mx = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let sum: f64 = z.iter().map(|v| (v - mx).exp()).sum();
+        let tgt = y[r] as usize;
+        losses.push((mx + sum.ln() - z[tgt]) as f32);
+        let ws = scale as f64 * w[r] as f64;
+        for (j, v) in z.iter().enumerate() {
+            let mut g = ws * ((v - mx).exp() / sum - if j == tgt { 1.0 } else { 0.0 });
+            if let Some(c) = cap {
+                let th = v / c as f64;
+                g *= 1.0 - th * th;
+            }
+            grad[r * vocab + j] = g as f32;
+        }
     }
-    println!(
-        "{}",
-        serde_json::json!({"check": "lt_gelu_train", "loss_fused": res[2].0, "loss_unfused": res[0].0,
-            "loss_rel": lrel, "grads_rel": grel, "tol_grads": 2e-2, "ok": ok})
-    );
+    (losses, grad)
+}
+
+/// bf16 precision: the bf16-only logits (`KILN_CUDA_BF16_LOGITS`: the head matmul writes bf16
+/// logits, `k_cross_entropy_bf16` reads them and writes bf16 dlogits) on gpt2 (vocab 216: the
+/// 8-wide path) and modern (vocab 211 with the logit soft-cap: the scalar path). Per arch:
+/// per-token losses against host f64 math over the same bf16 logits (read back through the
+/// stale-region write-back; the kernel is f32 math, tolerance 1e-5 relative), dlogits against
+/// that math (bf16 rounding of the result: 1e-2), logits / losses / dlogits against the cpu and
+/// against the f32-logits cuda path (bf16 rounding of the logits: 2e-2), a full forward/backward's
+/// loss and gradients on vs off, and `Model::forward_logits` (the decode path) against the cpu.
+fn bf16_logits_parity(tw: &mut Twin) -> Res<()> {
+    let gpu = tw.gpu.clone();
+    let prev = (gpu.bf16_gemm(), gpu.bf16_logits_enabled());
+    gpu.set_bf16_gemm(Bf16Gemm::Bf16Cached);
+    for arch in ["gpt2", "modern"] {
+        let cfg = match arch {
+            "gpt2" => ModelConfig::gpt2(216, 2, 4, 64, 64),
+            _ => ModelConfig::modern(211, 2, 4, 2, 64, 64),
+        };
+        let (b, t, vs, cap) = (3, 48, cfg.vocab_size, cfg.logit_softcap);
+        let mc = Model::new(tw.cpu.clone(), cfg.clone(), 13)?;
+        let mg = Model::from_host(gpu.clone(), cfg.clone(), &mc.params_host())?;
+        let ids: Vec<u32> = (0..2 * 5).map(|i| (i * 37 % vs) as u32).collect();
+        let (fc, fg) = (
+            mc.forward_logits(&ids, 2, 5)?,
+            mg.forward_logits(&ids, 2, 5)?,
+        );
+        tw.report(
+            &format!("bf16_logits {arch} forward_logits vs cpu"),
+            &fg,
+            &fc,
+            2e-2,
+        );
+        let mut tc = Trainer::new(mc, b, t, OptimizerConfig::default())?;
+        let mut tg = Trainer::new(mg, b, t, OptimizerConfig::default())?;
+        let mut r = Rng::new(17);
+        let x: Vec<u32> = (0..b * t).map(|_| r.below(vs as u64) as u32).collect();
+        let y: Vec<u32> = (0..b * t).map(|_| r.below(vs as u64) as u32).collect();
+        let w: Vec<f32> = (0..b * t)
+            .map(|i| if i % 5 == 0 { 0.0 } else { 1.5 })
+            .collect();
+        let norm = w.iter().sum::<f32>();
+        let lc = tc.eval_losses(&x, &y)?.to_vec();
+        let zc = tc.logits_host();
+        tc.zero_grad();
+        let step_c = tc.forward_backward(&x, &y, Some(&w), norm)?;
+        let (dzc, gc) = (tc.logits_host(), tc.grads_host());
+        // (losses, logits, loss, dlogits, grads) with bf16 logits on, then off
+        let mut res = vec![];
+        for on in [true, false] {
+            gpu.set_bf16_logits(on);
+            let l = tg.eval_losses(&x, &y)?.to_vec();
+            let z = tg.logits_host();
+            tg.zero_grad();
+            let loss = tg.forward_backward(&x, &y, Some(&w), norm)?;
+            res.push((l, z, loss, tg.logits_host(), tg.grads_host()));
+        }
+        let (on, off) = (&res[0], &res[1]);
+        let z_bf16 = on.1.iter().all(|v| v.to_bits() & 0xffff == 0);
+        tw.checks += 1;
+        if !z_bf16 {
+            tw.fails += 1;
+        }
+        println!(
+            "{}",
+            serde_json::json!({"check": "bf16_logits_ran", "arch": arch, "ok": z_bf16,
+                "what": "logits read back are bf16 values (the bf16-only path ran)"})
+        );
+        let (hl, hdz) = host_xent(&on.1, &y, &w, vs, cap, 1.0 / norm);
+        let what = |s: &str| format!("bf16_logits {arch} {s}");
+        tw.report(
+            &what("losses vs host math on bf16 logits"),
+            &on.0,
+            &hl,
+            1e-5,
+        );
+        tw.report(
+            &what("dlogits vs host math on bf16 logits"),
+            &on.3,
+            &hdz,
+            1e-2,
+        );
+        tw.report(&what("logits vs cpu"), &on.1, &zc, 2e-2);
+        tw.report(&what("losses vs cpu"), &on.0, &lc, 2e-2);
+        tw.report(&what("dlogits vs cpu"), &on.3, &dzc, 2e-2);
+        tw.report(&what("logits vs f32 logits"), &on.1, &off.1, 2e-2);
+        tw.report(&what("losses vs f32 logits"), &on.0, &off.0, 2e-2);
+        tw.report(&what("dlogits vs f32 logits"), &on.3, &off.3, 2e-2);
+        let labels = ["bf16_logits", "f32_logits"];
+        let (a, b2) = ((on.2, on.4.clone()), (off.2, off.4.clone()));
+        report_step(tw, &what("train"), labels, &a, &b2, 2e-2, 1e-3);
+        let labels = ["bf16_logits", "cpu"];
+        report_step(
+            tw,
+            &what("train vs cpu"),
+            labels,
+            &a,
+            &(step_c, gc),
+            5e-2,
+            2e-2,
+        );
+    }
+    gpu.set_bf16_gemm(prev.0);
+    gpu.set_bf16_logits(prev.1);
     Ok(())
 }
 
@@ -1350,6 +1500,7 @@ fn parity() -> Res<()> {
             fused_shadow_parity(&mut tw);
             gelu_epilogue_parity(&mut tw);
             bf16_cache_train_check(&mut tw)?;
+            bf16_logits_parity(&mut tw)?;
         }
         println!(
             "{}",
@@ -1388,19 +1539,45 @@ fn bench_gemm(args: &[String]) -> Res<()> {
     let x: Vec<u32> = (0..b * t).map(|_| r.below(50257) as u32).collect();
     let y: Vec<u32> = (0..b * t).map(|_| r.below(50257) as u32).collect();
     // (operand path, cuBLASLt bias epilogue, fused bf16 shadow writes, GELU fwd / bwd epilogues,
-    // one-launch AdamW)
+    // one-launch AdamW, bf16-only logits)
     let runs = [
-        (Bf16Gemm::F32Operands, false, false, false, false, false),
-        (Bf16Gemm::Bf16, false, false, false, false, false),
-        (Bf16Gemm::Bf16Cached, false, false, false, false, false),
-        (Bf16Gemm::Bf16Cached, true, false, false, false, false),
-        (Bf16Gemm::Bf16Cached, true, true, false, false, false),
-        (Bf16Gemm::Bf16Cached, true, true, true, false, false),
-        (Bf16Gemm::Bf16Cached, true, true, true, true, false),
-        (Bf16Gemm::Bf16Cached, true, true, true, true, true),
+        (
+            Bf16Gemm::F32Operands,
+            false,
+            false,
+            false,
+            false,
+            false,
+            false,
+        ),
+        (Bf16Gemm::Bf16, false, false, false, false, false, false),
+        (
+            Bf16Gemm::Bf16Cached,
+            false,
+            false,
+            false,
+            false,
+            false,
+            false,
+        ),
+        (
+            Bf16Gemm::Bf16Cached,
+            true,
+            false,
+            false,
+            false,
+            false,
+            false,
+        ),
+        (Bf16Gemm::Bf16Cached, true, true, false, false, false, false),
+        (Bf16Gemm::Bf16Cached, true, true, true, false, false, false),
+        (Bf16Gemm::Bf16Cached, true, true, true, true, false, false),
+        (Bf16Gemm::Bf16Cached, true, true, true, true, true, false),
+        (Bf16Gemm::Bf16Cached, true, true, true, true, true, true),
     ];
-    for (mode, lt_on, fused, gelu, dgelu, adamw_multi) in runs {
+    for (mode, lt_on, fused, gelu, dgelu, adamw_multi, bf16_logits) in runs {
         gpu.set_adamw_multi(adamw_multi);
+        gpu.set_bf16_logits(bf16_logits);
         gpu.set_bf16_gemm(mode);
         gpu.set_lt(lt_on);
         gpu.set_fused_bf16(fused);
@@ -1425,7 +1602,7 @@ fn bench_gemm(args: &[String]) -> Res<()> {
         let (_, peak) = gpu.memory_bytes();
         println!(
             "{}",
-            serde_json::json!({"bench": "train_gemm_mode", "matmul": gpu.matmul_path().name(), "matmul_bias": gpu.matmul_bias_path(), "fused_bf16": gpu.fused_bf16(), "lt_gelu": gelu, "lt_dgelu": dgelu, "adamw_multi": adamw_multi, "lt_fallbacks": gpu.lt_fallbacks(), "batch": b, "ctx": t,
+            serde_json::json!({"bench": "train_gemm_mode", "matmul": gpu.matmul_path().name(), "matmul_bias": gpu.matmul_bias_path(), "fused_bf16": gpu.fused_bf16(), "lt_gelu": gelu, "lt_dgelu": dgelu, "adamw_multi": adamw_multi, "bf16_logits": gpu.bf16_logits(), "lt_fallbacks": gpu.lt_fallbacks(), "batch": b, "ctx": t,
                 "step_ms_median": times[times.len() / 2], "step_ms_min": times[0], "tokens_per_s": (b * t) as f64 / times[times.len() / 2] * 1e3,
                 "profiled_matmul_ms": mm.map(|p| p.1), "matmul_calls": mm.map(|p| p.2), "loss": loss,
                 "backend_peak_mb": peak as f64 / 1048576.0,

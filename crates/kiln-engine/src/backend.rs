@@ -165,6 +165,19 @@ pub trait Backend: Send + Sync {
         alpha: f32,
         beta: f32,
     );
+    /// `logits = a @ b` (`beta == 0`) for the LM head, whose result is consumed by
+    /// [`Backend::cross_entropy`] (or read back). A backend may hold the logits in reduced
+    /// precision (the cuda backend in bf16 keeps them as bf16 only, as PyTorch autocast does;
+    /// any f32 access sees the bf16-rounded values); the default is [`Backend::matmul`].
+    fn matmul_logits(
+        &self,
+        c: View<Self::Buf>,
+        a: View<Self::Buf>,
+        b: View<Self::Buf>,
+        d: MatDims,
+    ) {
+        self.matmul(c, a, b, d, 1.0, 0.0);
+    }
     /// [`Backend::matmul`], then (if `bias` is given) `c[r, :] += bias` for the `d.m` rows of
     /// `d.n`: the projection of a `Linear` layer. A backend may fuse the two (the cuda backend's
     /// cuBLASLt bias epilogue); the default runs `matmul` and `add_bias`.

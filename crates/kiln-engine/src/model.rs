@@ -452,13 +452,11 @@ impl<B: Backend> Trainer<B> {
             c,
             cfg.norm_eps,
         );
-        be.matmul(
+        be.matmul_logits(
             v(&a.logits, bt * cfg.vocab_size),
             v(&a.lnf, bt * c),
             p(m.head_slot()),
             lin(bt, cfg.vocab_size, c),
-            1.0,
-            0.0,
         );
     }
 

@@ -383,6 +383,101 @@ extern "C" __global__ void k_cross_entropy(float* logits, float* losses, const u
     }
 }
 
+// The same on bf16 logits `z16` (a bf16-only head matmul result, see mod.rs `matmul_logits`):
+// max, sum-exp, loss and gradient in f32 over the bf16 values, exactly the f32 kernel's math;
+// the gradient (when has_grad) overwrites `z16` in place as bf16 (the head's dX/dW matmuls read
+// it as their bf16 operand). `vec`: V % 8 == 0 and z16 16-byte aligned (8 bf16 per load).
+__device__ __forceinline__ float ce_bf(unsigned short h) { return __uint_as_float(((unsigned)h) << 16); }
+extern "C" __global__ void k_cross_entropy_bf16(unsigned short* z16, float* losses, const unsigned* targets,
+                                                const float* weights, int rows, int V, float cap, int has_cap,
+                                                float grad_scale, int has_grad, int vec) {
+    __shared__ float sm[16], ss[16];
+    int r = blockIdx.x;
+    unsigned short* z = z16 + (i64)r * V;
+    float m = NEG_INF, s = 0.f;
+    if (vec) {
+        const uint4* z4 = (const uint4*)z;
+        for (int j = threadIdx.x; j < V / 8; j += blockDim.x) {
+            uint4 u = z4[j];
+            unsigned w[4] = {u.x, u.y, u.z, u.w};
+            float x[8];
+            float lm = NEG_INF;
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                x[2 * k] = __uint_as_float(w[k] << 16);
+                x[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
+            }
+#pragma unroll
+            for (int k = 0; k < 8; k++) {
+                if (has_cap) x[k] = cap * tanhf(x[k] / cap);
+                lm = fmaxf(lm, x[k]);
+            }
+            if (lm > m) { s = s * expf(m - lm); m = lm; }
+#pragma unroll
+            for (int k = 0; k < 8; k++) s += expf(x[k] - m);
+        }
+    } else {
+        for (int j = threadIdx.x; j < V; j += blockDim.x) {
+            float v = ce_bf(z[j]);
+            if (has_cap) v = cap * tanhf(v / cap);
+            if (v > m) { s = s * expf(m - v) + 1.f; m = v; } else { s += expf(v - m); }
+        }
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        float m2 = __shfl_xor_sync(0xffffffff, m, o), s2 = __shfl_xor_sync(0xffffffff, s, o);
+        float mn = fmaxf(m, m2);
+        s = (m == NEG_INF ? 0.f : s * expf(m - mn)) + (m2 == NEG_INF ? 0.f : s2 * expf(m2 - mn));
+        m = mn;
+    }
+    int lane = threadIdx.x % 32, wid = threadIdx.x / 32, nw = blockDim.x / 32;
+    if (lane == 0) { sm[wid] = m; ss[wid] = s; }
+    __syncthreads();
+    float mx = NEG_INF;
+    for (int w = 0; w < nw; w++) mx = fmaxf(mx, sm[w]);
+    float sum = 0.f;
+    for (int w = 0; w < nw; w++) sum += sm[w] == NEG_INF ? 0.f : ss[w] * expf(sm[w] - mx);
+    unsigned tgt = targets[r];
+    if (threadIdx.x == 0) {
+        float zt = ce_bf(z[tgt]);
+        if (has_cap) zt = cap * tanhf(zt / cap);
+        losses[r] = mx + logf(sum) - zt;
+    }
+    if (!has_grad) return;
+    __syncthreads();  // the target logit is read above before being overwritten below
+    float ws = grad_scale * weights[r];
+    float inv = 1.f / sum;
+    if (vec) {
+        uint4* z4 = (uint4*)z;
+        for (int j = threadIdx.x; j < V / 8; j += blockDim.x) {
+            uint4 u = z4[j];
+            unsigned w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                unsigned h2 = 0;
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    float x = e ? __uint_as_float(w[k] & 0xffff0000u) : __uint_as_float(w[k] << 16);
+                    float v = has_cap ? cap * tanhf(x / cap) : x;
+                    int idx = 8 * j + 2 * k + e;
+                    float g = ws * (expf(v - mx) * inv - (idx == (int)tgt ? 1.f : 0.f));
+                    if (has_cap) { float th = v / cap; g *= 1.f - th * th; }
+                    h2 |= f2bf(g) << (16 * e);
+                }
+                w[k] = h2;
+            }
+            z4[j] = make_uint4(w[0], w[1], w[2], w[3]);
+        }
+    } else {
+        for (int j = threadIdx.x; j < V; j += blockDim.x) {
+            float x = ce_bf(z[j]);
+            float v = has_cap ? cap * tanhf(x / cap) : x;
+            float g = ws * (expf(v - mx) * inv - (j == (int)tgt ? 1.f : 0.f));
+            if (has_cap) { float th = v / cap; g *= 1.f - th * th; }
+            z[j] = (unsigned short)f2bf(g);
+        }
+    }
+}
+
 // ---- AdamW (decoupled decay), bias corrections precomputed on the host ---------------------
 extern "C" __global__ void k_adamw(float* p, const float* g, float* m, float* v, i64 n, float b1, float b2,
                                    float eps, float decay, float step_size, float bc2_sqrt) {

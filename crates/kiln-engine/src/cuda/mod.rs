@@ -109,7 +109,7 @@ impl std::str::FromStr for AttnKernel {
 }
 
 /// Entry points of [`BASE_SOURCE`].
-pub const BASE_KERNELS: [&str; 22] = [
+pub const BASE_KERNELS: [&str; 23] = [
     "k_fill",
     "k_axpy",
     "k_scale",
@@ -127,6 +127,7 @@ pub const BASE_KERNELS: [&str; 22] = [
     "k_kv_append",
     "k_attn_cached",
     "k_cross_entropy",
+    "k_cross_entropy_bf16",
     "k_adamw",
     "k_to_bf16",
     "k_from_bf16",
@@ -576,6 +577,10 @@ pub struct CudaBackend {
     /// One `k_adamw_groups` launch per run of AdamW groups (`KILN_CUDA_ADAMW_MULTI=0`: one
     /// `k_adamw` per group).
     adamw_multi: std::sync::atomic::AtomicBool,
+    /// The LM head writes bf16-only logits and cross-entropy reads them and writes bf16-only
+    /// dlogits ([`Backend::matmul_logits`]; cached bf16 operands only; `KILN_CUDA_BF16_LOGITS=0`
+    /// off: f32 logits and dlogits).
+    bf16_logits: std::sync::atomic::AtomicBool,
     /// Shared with every buffer: writes stale f32 regions back from their bf16 shadow.
     mat: Arc<Materializer>,
     sms: u32,
@@ -674,6 +679,11 @@ fn take_stale(
     }
     *stale = keep;
     take
+}
+
+/// Is `[off, off + n)` inside one stale region (a bf16-only result whose shadow is current)?
+fn stale_holds(stale: &[(usize, usize)], off: usize, n: usize) -> bool {
+    stale.iter().any(|&(o, l)| o <= off && off + n <= o + l)
 }
 
 /// `[off, off + n)` now holds a bf16-only result: regions it contains are superseded.
@@ -812,6 +822,9 @@ impl CudaBackend {
             ),
             adamw_multi: std::sync::atomic::AtomicBool::new(
                 std::env::var("KILN_CUDA_ADAMW_MULTI").map_or(true, |v| v != "0"),
+            ),
+            bf16_logits: std::sync::atomic::AtomicBool::new(
+                std::env::var("KILN_CUDA_BF16_LOGITS").map_or(true, |v| v != "0"),
             ),
             mat,
             sms,
@@ -1450,6 +1463,33 @@ impl CudaBackend {
             .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Are bf16-only logits requested (`KILN_CUDA_BF16_LOGITS`, default on)?
+    pub fn bf16_logits_enabled(&self) -> bool {
+        self.bf16_logits.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Request (or stop) bf16-only logits in [`Backend::matmul_logits`] (takes effect on the
+    /// next head matmul; cross-entropy follows what the logits buffer holds).
+    pub fn set_bf16_logits(&self, on: bool) {
+        self.bf16_logits
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Do head matmuls write bf16-only logits now (requested and cached bf16 operands)?
+    pub fn bf16_logits(&self) -> bool {
+        self.bf16_logits_enabled() && self.matmul_path() == MatmulPath::Bf16(Bf16Gemm::Bf16Cached)
+    }
+
+    /// The shadow address of `[v.off, v.off + n)` when that region is a bf16-only result (one
+    /// stale region holds it: the shadow is its only current copy), else None.
+    fn bf16_only(&self, v: &View<CudaBuf>, n: usize) -> Option<u64> {
+        if n == 0 || !v.buf.has_stale.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
+        let sh = v.buf.shadow.lock().unwrap_or_else(|e| e.into_inner());
+        stale_holds(&sh.stale, v.off, n).then_some(sh.ptr + 2 * v.off as u64)
+    }
+
     /// Can the GELU epilogues run now (cached bf16 operands, cuBLASLt on and available)?
     fn lt_gelu_possible(&self, act: Act) -> bool {
         act == Act::GeluTanh
@@ -1808,7 +1848,7 @@ impl CudaBackend {
     /// `bf16_ops`: `a` and `b` point at bf16 copies (bf16 × bf16 → f32, fp32 compute).
     #[allow(clippy::too_many_arguments)]
     fn gemm(&self, d: MatDims, alpha: f32, beta: f32, a: u64, b: u64, c: u64, bf16_ops: bool) {
-        self.gemm_raw(d, alpha, beta, a, b, c, bf16_ops)
+        self.gemm_raw(d, alpha, beta, a, b, c, bf16_ops, false)
             .unwrap_or_else(|e| panic!("cuda: gemm {d:?}: {e}"));
     }
 
@@ -1827,7 +1867,7 @@ impl CudaBackend {
         b: &View<CudaBuf>,
         c: u64,
     ) {
-        if let Err(e) = self.gemm_raw(d, alpha, beta, pa, pb, c, true) {
+        if let Err(e) = self.gemm_raw(d, alpha, beta, pa, pb, c, true, false) {
             tracing::warn!(
                 "cuda: bf16-operand GEMM refused for {d:?} ({e}); using f32 operands from now on"
             );
@@ -1836,6 +1876,7 @@ impl CudaBackend {
         }
     }
 
+    /// `out_bf16` (with `bf16_ops` only): `c` points at bf16 (bf16 × bf16 → bf16, fp32 compute).
     #[allow(clippy::too_many_arguments)]
     fn gemm_raw(
         &self,
@@ -1846,6 +1887,7 @@ impl CudaBackend {
         b: u64,
         c: u64,
         bf16_ops: bool,
+        out_bf16: bool,
     ) -> Result<(), String> {
         use blas_sys::cublasOperation_t::{CUBLAS_OP_N as N, CUBLAS_OP_T as T};
         // Row-major C = op(A) op(B) is column-major Cᵀ = op(B)ᵀ op(A)ᵀ: swap the operands.
@@ -1874,7 +1916,11 @@ impl CudaBackend {
                         ldb as i32,
                         &beta as *const f32 as *const _,
                         c as *mut _,
-                        blas_sys::cudaDataType_t::CUDA_R_32F,
+                        if out_bf16 {
+                            bf
+                        } else {
+                            blas_sys::cudaDataType_t::CUDA_R_32F
+                        },
                         d.n as i32,
                         blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
                         blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
@@ -2151,6 +2197,32 @@ impl Backend for CudaBackend {
                 self.gemm(d, alpha, beta, ptr(&a), ptr(&b), ptr(&c), false);
             }
         }
+    }
+
+    fn matmul_logits(&self, c: View<CudaBuf>, a: View<CudaBuf>, b: View<CudaBuf>, d: MatDims) {
+        let mn = d.m * d.n;
+        if !self.bf16_logits() || mn == 0 || d.k == 0 {
+            return self.matmul(c, a, b, d, 1.0, 0.0);
+        }
+        assert!(
+            a.len >= d.m * d.k && b.len >= d.k * d.n && c.len >= mn,
+            "matmul_logits shape {d:?}"
+        );
+        let p = self.op("matmul_logits");
+        let pa = self.bf16_operand(&a, d.m * d.k, 0, true);
+        let pb = self.bf16_operand(&b, d.k * d.n, 1, true);
+        let Some(pc) = self.bf16_result_slot(&c, mn) else {
+            drop(p);
+            return self.matmul(c, a, b, d, 1.0, 0.0);
+        };
+        if let Err(e) = self.gemm_raw(d, 1.0, 0.0, pa, pb, pc, true, true) {
+            tracing::warn!("cuda: bf16-output GEMM refused for {d:?} ({e}); f32 logits");
+            self.lt_fallbacks
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            drop(p);
+            return self.matmul(c, a, b, d, 1.0, 0.0);
+        }
+        self.commit_bf16_result(&c, mn);
     }
 
     fn matmul_bias(
@@ -2630,7 +2702,6 @@ impl Backend for CudaBackend {
             panic!("target {t} out of vocab {vocab}");
         }
         let _p = self.op("cross_entropy");
-        dirty(&logits);
         dirty(&losses);
         let tp = self.upload_u32(|s| &mut s.ids2, &targets[..rows]);
         let wp = if grad_scale.is_some() {
@@ -2639,6 +2710,19 @@ impl Backend for CudaBackend {
         } else {
             0
         };
+        // bf16-only logits (from `matmul_logits`): read them there, the gradient replaces them
+        // in place (still bf16-only; without a gradient the logits are left as they are)
+        if let Some(z16) = self.bf16_only(&logits, rows * vocab) {
+            let vec = (vocab.is_multiple_of(8) && z16.is_multiple_of(16)) as i32;
+            launch!(self, "k_cross_entropy_bf16", (rows as u32, 1, 1), (512, 1, 1), 0;
+                z16, ptr(&losses), tp, wp, rows as i32, vocab as i32, softcap.unwrap_or(1.0),
+                softcap.is_some() as i32, grad_scale.unwrap_or(0.0), grad_scale.is_some() as i32, vec);
+            if grad_scale.is_some() {
+                self.commit_bf16_result(&logits, rows * vocab);
+            }
+            return;
+        }
+        dirty(&logits);
         let bf = if grad_scale.is_some() {
             self.shadow_out(&logits, rows * vocab)
         } else {
@@ -2784,6 +2868,27 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_bf16_only_region_is_one_stale_region_holding_it_until_written_back() {
+        // the head matmul's logits [0, 600): cross-entropy reads them as bf16 while stale
+        let mut st = vec![];
+        push_stale(&mut st, 0, 600);
+        assert!(stale_holds(&st, 0, 600));
+        assert!(stale_holds(&st, 100, 200));
+        assert!(!stale_holds(&st, 500, 200), "runs past the region");
+        // the gradient replaces them in place: still one region, still bf16-only
+        push_stale(&mut st, 0, 600);
+        assert_eq!(st, vec![(0, 600)]);
+        // an f32 access (a read) writes it back: the f32 path runs from then on
+        assert_eq!(take_stale(&mut st, 0, 1, false), vec![(0, 600)]);
+        assert!(!stale_holds(&st, 0, 600));
+        // two adjacent regions do not make one bf16-only region
+        push_stale(&mut st, 0, 300);
+        push_stale(&mut st, 300, 300);
+        assert!(!stale_holds(&st, 0, 600));
+        assert!(stale_holds(&st, 300, 300));
     }
 
     #[test]
