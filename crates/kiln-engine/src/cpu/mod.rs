@@ -5,8 +5,8 @@
 //! except the attention-backward workspace, which grows once and is reused.
 
 mod kernels;
-mod vmath;
 pub mod sgemm;
+mod vmath;
 
 use std::sync::Mutex;
 
