@@ -23,8 +23,8 @@ pub fn engine_threads(n: Option<usize>) -> usize {
 /// engine issues hundreds of parallel ops per training step (and per decoded token); forked from
 /// inside the pool they are split and stolen locally, while from the main thread each one is
 /// injected into the pool, wakes sleeping workers and parks the main thread — and the main thread
-/// is a third runnable thread on a machine whose pool already has one per core. Measured on the
-/// 2-core machine: `kiln bench train --preset cpu-small` 5,678 → 6,436 tokens/s.
+/// is a third runnable thread on a machine whose pool already has one per core. (On the shared
+/// 2-core machine the gain was within run-to-run noise; the change removes work, not adds it.)
 pub fn on_engine_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| f())
 }
