@@ -69,6 +69,43 @@ pub enum Act {
     ReluSq,
 }
 
+/// Matmul arithmetic of a backend (storage is f32 on every backend; the cpu backend computes in
+/// f32 only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    /// Plain f32 (on cuda: SGEMM, matches the cpu backend to ~1e-5).
+    F32,
+    /// TF32 tensor cores, fp32 accumulation.
+    Tf32,
+    /// bf16 tensor cores, fp32 accumulation.
+    Bf16,
+}
+
+impl Precision {
+    /// The name `FromStr` accepts.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Tf32 => "tf32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = EngineError;
+    fn from_str(s: &str) -> Result<Self, EngineError> {
+        match s {
+            "f32" | "fp32" => Ok(Precision::F32),
+            "tf32" => Ok(Precision::Tf32),
+            "bf16" => Ok(Precision::Bf16),
+            _ => Err(EngineError::Config(format!(
+                "unknown precision `{s}` (f32, tf32 or bf16)"
+            ))),
+        }
+    }
+}
+
 /// Shape of a matmul: `C[m,n] = alpha * op(A)[m,k] @ op(B)[k,n] + beta * C`.
 /// `trans_a`: A is stored `[k,m]`; `trans_b`: B is stored `[n,k]` (a torch `Linear` weight).
 #[derive(Clone, Copy, Debug)]

@@ -63,12 +63,7 @@ impl TrainBackend for kiln_engine::cuda::CudaBackend {
         )
     }
     fn precision(&self) -> &'static str {
-        use kiln_engine::cuda::Precision;
-        match kiln_engine::cuda::CudaBackend::precision(self) {
-            Precision::F32 => "f32",
-            Precision::Tf32 => "tf32",
-            Precision::Bf16 => "bf16",
-        }
+        kiln_engine::cuda::CudaBackend::precision(self).as_str()
     }
     fn synchronize(&self) {
         kiln_engine::cuda::CudaBackend::synchronize(self)
@@ -112,27 +107,7 @@ impl std::str::FromStr for Device {
     }
 }
 
-/// Matmul arithmetic (storage stays f32 on every backend).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Precision {
-    F32,
-    Tf32,
-    Bf16,
-}
-
-impl std::str::FromStr for Precision {
-    type Err = TrainError;
-    fn from_str(s: &str) -> Result<Self, TrainError> {
-        match s {
-            "f32" | "fp32" => Ok(Precision::F32),
-            "tf32" => Ok(Precision::Tf32),
-            "bf16" => Ok(Precision::Bf16),
-            _ => Err(TrainError::Config(format!(
-                "unknown precision `{s}` (f32, tf32 or bf16)"
-            ))),
-        }
-    }
-}
+pub use kiln_engine::backend::Precision;
 
 /// A device and, optionally, its matmul precision (default: f32 on the cpu; on cuda
 /// `KILN_CUDA_PRECISION`, else bf16).
@@ -202,17 +177,10 @@ fn cpu_precision(p: Option<Precision>) -> Result<(), TrainError> {
 
 #[cfg(feature = "cuda")]
 fn on_cuda<F: OnBackend>(precision: Option<Precision>, f: F) -> Result<F::Output, TrainError> {
-    use kiln_engine::cuda::{CudaBackend, Precision as P};
+    use kiln_engine::cuda::CudaBackend;
     let be = match precision {
         None => CudaBackend::from_env()?,
-        Some(p) => CudaBackend::new(
-            0,
-            match p {
-                Precision::F32 => P::F32,
-                Precision::Tf32 => P::Tf32,
-                Precision::Bf16 => P::Bf16,
-            },
-        )?,
+        Some(p) => CudaBackend::new(0, p)?,
     };
     f.run(Arc::new(be))
 }

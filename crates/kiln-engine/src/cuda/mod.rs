@@ -205,30 +205,7 @@ pub fn compile(src: &str, major: i32, minor: i32) -> Result<String, EngineError>
     Ok(ptx.to_src())
 }
 
-/// Matmul arithmetic (storage is always f32).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Precision {
-    /// Plain SGEMM: matches the cpu backend to ~1e-5.
-    F32,
-    /// TF32 tensor cores, fp32 accumulation.
-    Tf32,
-    /// bf16 tensor cores (operands rounded inside cuBLAS), fp32 accumulation.
-    Bf16,
-}
-
-impl std::str::FromStr for Precision {
-    type Err = EngineError;
-    fn from_str(s: &str) -> Result<Self, EngineError> {
-        match s {
-            "f32" | "fp32" => Ok(Precision::F32),
-            "tf32" => Ok(Precision::Tf32),
-            "bf16" => Ok(Precision::Bf16),
-            _ => Err(EngineError::Config(format!(
-                "unknown cuda precision `{s}` (f32, tf32 or bf16)"
-            ))),
-        }
-    }
-}
+pub use crate::backend::Precision;
 
 /// How bf16-precision matmuls feed cuBLAS (`KILN_CUDA_BF16OPS=0` → `F32Operands`,
 /// `KILN_CUDA_WCACHE=0` → `Bf16`, default `Bf16Cached`). Only used in [`Precision::Bf16`].
