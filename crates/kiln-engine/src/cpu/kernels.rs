@@ -6,6 +6,7 @@
 
 use rayon::prelude::*;
 
+use super::sgemm::{self, StridedRef, Tri};
 use super::vmath::{self, exp, hsum, simd_fn, LANES};
 use super::{gemm_raw, Mat};
 use crate::backend::{Act, AdamHyper, AttnDims, NormKind, QkPrep};
@@ -624,8 +625,112 @@ simd_fn! {
     }
 }
 
-/// Query rows per causal block: attention computes only the blocks on or below the diagonal.
+/// Query rows per causal block of the fallback path (no AVX-512): it computes only the blocks on
+/// or below the diagonal.
 const ATT_BLOCK: usize = 64;
+
+/// One causal-attention product of one (batch, head) over all `t` query rows:
+/// `C = alpha · A @ B + beta · C` where, by `tri`, only C's lower triangle is needed (`OutLower`,
+/// `n = t`) or A's upper/lower triangle is zero (`ALower`/`AUpper`, depth `k = t`). kiln's
+/// sgemm skips the triangle per 14×32 tile and per depth step; the fallback per ATT_BLOCK rows.
+///
+/// # Safety
+/// As for [`gemm_raw`]: `a` (t × k), `b` (k × n) and `c` (t × n, row stride `c_rs`) valid.
+#[allow(clippy::too_many_arguments)]
+unsafe fn causal_gemm(
+    tri: Tri,
+    t: usize,
+    n: usize,
+    k: usize,
+    c: *mut f32,
+    c_rs: isize,
+    a: Mat,
+    b: Mat,
+    alpha: f32,
+    beta: f32,
+) {
+    if *super::HAVE_AVX512 && t >= MIN_TRI_ROWS {
+        sgemm::sgemm_tri(
+            t,
+            n,
+            k,
+            alpha,
+            StridedRef {
+                ptr: a.ptr,
+                rs: a.rs,
+                cs: a.cs,
+            },
+            StridedRef {
+                ptr: b.ptr,
+                rs: b.rs,
+                cs: b.cs,
+            },
+            beta,
+            c,
+            c_rs as usize,
+            tri,
+        );
+        return;
+    }
+    causal_gemm_blocked(tri, t, n, k, c, c_rs, a, b, alpha, beta);
+}
+
+/// [`causal_gemm`] on ATT_BLOCK-row blocks through [`gemm_raw`] (the path without AVX-512).
+///
+/// # Safety
+/// As for [`causal_gemm`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn causal_gemm_blocked(
+    tri: Tri,
+    t: usize,
+    n: usize,
+    k: usize,
+    c: *mut f32,
+    c_rs: isize,
+    a: Mat,
+    b: Mat,
+    alpha: f32,
+    beta: f32,
+) {
+    let none = gemm::Parallelism::None;
+    for r0 in (0..t).step_by(ATT_BLOCK) {
+        let r1 = (r0 + ATT_BLOCK).min(t);
+        let a_rows = Mat {
+            ptr: a.ptr.offset(r0 as isize * a.rs),
+            ..a
+        };
+        let c_rows = c.offset(r0 as isize * c_rs);
+        match tri {
+            // rows [r0, r1) need columns [0, r1)
+            Tri::OutLower => gemm_raw(r1 - r0, r1, k, c_rows, c_rs, a_rows, b, alpha, beta, none),
+            // rows [r0, r1) sum over depth [0, r1)
+            Tri::ALower => gemm_raw(r1 - r0, n, r1, c_rows, c_rs, a_rows, b, alpha, beta, none),
+            // rows [r0, r1) sum over depth [r0, t)
+            Tri::AUpper => gemm_raw(
+                r1 - r0,
+                n,
+                t - r0,
+                c_rows,
+                c_rs,
+                Mat {
+                    ptr: a_rows.ptr.offset(r0 as isize * a.cs),
+                    ..a
+                },
+                Mat {
+                    ptr: b.ptr.offset(r0 as isize * b.rs),
+                    ..b
+                },
+                alpha,
+                beta,
+                none,
+            ),
+        }
+    }
+}
+
+/// Below this many rows the triangular sgemm's tiles are too coarse to skip much (and gemm_raw
+/// sends tiny products to the `gemm` crate anyway).
+const MIN_TRI_ROWS: usize = 8;
 
 pub fn attention_forward(out: &mut [f32], probs: &mut [f32], qkv: &[f32], d: AttnDims) {
     let (t, hd, nh) = (d.t, d.head_dim, d.n_head);
@@ -642,6 +747,11 @@ pub fn attention_forward(out: &mut [f32], probs: &mut [f32], qkv: &[f32], d: Att
             let (b, h) = (bh / nh, bh % nh);
             let kvh = h / grp;
             let base = b * t * wq;
+            let q = Mat {
+                ptr: qkv[base + h * hd..].as_ptr(),
+                rs: wq as isize,
+                cs: 1,
+            };
             let kt = Mat {
                 ptr: qkv[base + (nh + kvh) * hd..].as_ptr(),
                 rs: 1,
@@ -652,51 +762,43 @@ pub fn attention_forward(out: &mut [f32], probs: &mut [f32], qkv: &[f32], d: Att
                 rs: wq as isize,
                 cs: 1,
             };
-            for r0 in (0..t).step_by(ATT_BLOCK) {
-                let r1 = (r0 + ATT_BLOCK).min(t);
-                let q = Mat {
-                    ptr: qkv[base + r0 * wq + h * hd..].as_ptr(),
-                    rs: wq as isize,
-                    cs: 1,
-                };
-                // S[r0..r1, 0..r1] = scale · Q[r0..r1] K[0..r1]ᵀ (later columns are masked)
-                // SAFETY: strided views stay inside qkv for rows of this batch; p is this task's.
-                unsafe {
-                    gemm_raw(
-                        r1 - r0,
-                        r1,
-                        hd,
-                        p[r0 * t..].as_mut_ptr(),
-                        t as isize,
-                        q,
-                        kt,
-                        scale,
-                        0.0,
-                        gemm::Parallelism::None,
-                    )
-                };
-                causal_softmax_rows(&mut p[r0 * t..r1 * t], t, r0);
-                let pm = Mat {
-                    ptr: p[r0 * t..].as_ptr(),
-                    rs: t as isize,
-                    cs: 1,
-                };
-                // SAFETY: output columns [h*hd, (h+1)*hd) of batch b's rows belong to this task.
-                unsafe {
-                    gemm_raw(
-                        r1 - r0,
-                        hd,
-                        r1,
-                        out_p.get().add((b * t + r0) * wo + h * hd),
-                        wo as isize,
-                        pm,
-                        v,
-                        1.0,
-                        0.0,
-                        gemm::Parallelism::None,
-                    )
-                };
-            }
+            // S = scale · Q Kᵀ on and below the diagonal; the softmax zeroes the rest.
+            // SAFETY: strided views stay inside qkv for rows of this batch; p is this task's.
+            unsafe {
+                causal_gemm(
+                    Tri::OutLower,
+                    t,
+                    t,
+                    hd,
+                    p.as_mut_ptr(),
+                    t as isize,
+                    q,
+                    kt,
+                    scale,
+                    0.0,
+                )
+            };
+            causal_softmax_rows(p, t, 0);
+            let pm = Mat {
+                ptr: p.as_ptr(),
+                rs: t as isize,
+                cs: 1,
+            };
+            // SAFETY: output columns [h*hd, (h+1)*hd) of batch b's rows belong to this task.
+            unsafe {
+                causal_gemm(
+                    Tri::ALower,
+                    t,
+                    hd,
+                    t,
+                    out_p.get().add(b * t * wo + h * hd),
+                    wo as isize,
+                    pm,
+                    v,
+                    1.0,
+                    0.0,
+                )
+            };
         });
 }
 
@@ -723,7 +825,6 @@ pub fn attention_backward(
         .for_each(|(bk, ws)| {
             let (b, kvh) = (bk / nkv, bk % nkv);
             let base = b * t * wq;
-            let none = gemm::Parallelism::None;
             let k_off = base + (nh + kvh) * hd;
             let v_off = base + (nh + nkv + kvh) * hd;
             for g in 0..grp {
@@ -732,118 +833,102 @@ pub fn attention_backward(
                 let p = &probs[(b * nh + h) * t * t..(b * nh + h + 1) * t * t];
                 let do_off = b * t * wo + h * hd;
                 let q_off = base + h * hd;
-                // Row blocks: dP, dS and dQ for query rows [r0, r1) need key columns [0, r1).
-                for r0 in (0..t).step_by(ATT_BLOCK) {
-                    let r1 = (r0 + ATT_BLOCK).min(t);
-                    let dom = Mat {
-                        ptr: dout[do_off + r0 * wo..].as_ptr(),
-                        rs: wo_s,
-                        cs: 1,
-                    };
-                    let vt = Mat {
-                        ptr: qkv[v_off..].as_ptr(),
-                        rs: 1,
-                        cs: wq_s,
-                    };
-                    // SAFETY: strided reads stay in batch b's rows; ds is this task's scratch.
-                    unsafe {
-                        gemm_raw(
-                            r1 - r0,
-                            r1,
-                            hd,
-                            ds[r0 * t..].as_mut_ptr(),
-                            t_s,
-                            dom,
-                            vt,
-                            1.0,
-                            0.0,
-                            none,
-                        )
-                    };
-                    causal_softmax_bwd_rows(
-                        &mut ds[r0 * t..r1 * t],
-                        &p[r0 * t..r1 * t],
+                let dom = Mat {
+                    ptr: dout[do_off..].as_ptr(),
+                    rs: wo_s,
+                    cs: 1,
+                };
+                let vt = Mat {
+                    ptr: qkv[v_off..].as_ptr(),
+                    rs: 1,
+                    cs: wq_s,
+                };
+                let k = Mat {
+                    ptr: qkv[k_off..].as_ptr(),
+                    rs: wq_s,
+                    cs: 1,
+                };
+                let q = Mat {
+                    ptr: qkv[q_off..].as_ptr(),
+                    rs: wq_s,
+                    cs: 1,
+                };
+                // SAFETY (all four products): strided reads stay in batch b's rows; ds is this
+                // task's scratch; dQ of head h and dK, dV of kv head kvh (batch b) are this
+                // task's.
+                // dP = dO Vᵀ on and below the diagonal, then dS in place (0 above it).
+                unsafe {
+                    causal_gemm(
+                        Tri::OutLower,
                         t,
-                        r0,
-                        scale,
-                    );
-                    let dsm = Mat {
-                        ptr: ds[r0 * t..].as_ptr(),
-                        rs: t_s,
-                        cs: 1,
-                    };
-                    let k = Mat {
-                        ptr: qkv[k_off..].as_ptr(),
-                        rs: wq_s,
-                        cs: 1,
-                    };
-                    // SAFETY: dQ rows [r0, r1) of head h (batch b) belong to this task.
-                    unsafe {
-                        gemm_raw(
-                            r1 - r0,
-                            hd,
-                            r1,
-                            dq_p.get().add(q_off + r0 * wq),
-                            wq_s,
-                            dsm,
-                            k,
-                            1.0,
-                            0.0,
-                            none,
-                        )
-                    };
-                }
-                // Column blocks: dK, dV for key rows [c0, c1) need query rows [c0, t).
+                        t,
+                        hd,
+                        ds.as_mut_ptr(),
+                        t_s,
+                        dom,
+                        vt,
+                        1.0,
+                        0.0,
+                    )
+                };
+                causal_softmax_bwd_rows(ds, p, t, 0, scale);
+                let dsm = Mat {
+                    ptr: ds.as_ptr(),
+                    rs: t_s,
+                    cs: 1,
+                };
+                // dQ = dS K
+                unsafe {
+                    causal_gemm(
+                        Tri::ALower,
+                        t,
+                        hd,
+                        t,
+                        dq_p.get().add(q_off),
+                        wq_s,
+                        dsm,
+                        k,
+                        1.0,
+                        0.0,
+                    )
+                };
+                // dK (+)= dSᵀ Q, dV (+)= Pᵀ dO (the query heads of a group accumulate)
                 let beta = if g == 0 { 0.0 } else { 1.0 };
-                for c0 in (0..t).step_by(ATT_BLOCK) {
-                    let c1 = (c0 + ATT_BLOCK).min(t);
-                    let dstm = Mat {
-                        ptr: ds[c0 * t + c0..].as_ptr(),
-                        rs: 1,
-                        cs: t_s,
-                    };
-                    let ptm = Mat {
-                        ptr: p[c0 * t + c0..].as_ptr(),
-                        rs: 1,
-                        cs: t_s,
-                    };
-                    let q = Mat {
-                        ptr: qkv[q_off + c0 * wq..].as_ptr(),
-                        rs: wq_s,
-                        cs: 1,
-                    };
-                    let dom = Mat {
-                        ptr: dout[do_off + c0 * wo..].as_ptr(),
-                        rs: wo_s,
-                        cs: 1,
-                    };
-                    // SAFETY: dK/dV rows [c0, c1) of kv head kvh (batch b) belong to this task.
-                    unsafe {
-                        gemm_raw(
-                            c1 - c0,
-                            hd,
-                            t - c0,
-                            dq_p.get().add(k_off + c0 * wq),
-                            wq_s,
-                            dstm,
-                            q,
-                            1.0,
-                            beta,
-                            none,
-                        );
-                        gemm_raw(
-                            c1 - c0,
-                            hd,
-                            t - c0,
-                            dq_p.get().add(v_off + c0 * wq),
-                            wq_s,
-                            ptm,
-                            dom,
-                            1.0,
-                            beta,
-                            none,
-                        );
-                    }
+                let dst = Mat {
+                    ptr: ds.as_ptr(),
+                    rs: 1,
+                    cs: t_s,
+                };
+                let pt = Mat {
+                    ptr: p.as_ptr(),
+                    rs: 1,
+                    cs: t_s,
+                };
+                unsafe {
+                    causal_gemm(
+                        Tri::AUpper,
+                        t,
+                        hd,
+                        t,
+                        dq_p.get().add(k_off),
+                        wq_s,
+                        dst,
+                        q,
+                        1.0,
+                        beta,
+                    );
+                    causal_gemm(
+                        Tri::AUpper,
+                        t,
+                        hd,
+                        t,
+                        dq_p.get().add(v_off),
+                        wq_s,
+                        pt,
+                        dom,
+                        1.0,
+                        beta,
+                    );
                 }
             }
         });
@@ -1072,6 +1157,90 @@ mod tests {
                 (g as f64 - w).abs() <= tol * scale,
                 "{what}[{i}]: {g} vs {w}"
             );
+        }
+    }
+
+    /// Both paths of [`causal_gemm`] (triangular sgemm, blocked fallback) against an f64 product
+    /// with the triangle zeroed, for every mode, on sizes with tile and block tails, with beta.
+    #[test]
+    fn causal_gemm_matches_masked_product() {
+        for &(t, n, k) in &[
+            (9usize, 16usize, 8usize),
+            (45, 37, 64),
+            (100, 64, 20),
+            (150, 64, 64),
+        ] {
+            for tri in [Tri::OutLower, Tri::ALower, Tri::AUpper] {
+                // OutLower: A is t×k, B k×t; the A modes: A is t×t, B t×n.
+                let (nn, kk) = if tri == Tri::OutLower { (t, k) } else { (n, t) };
+                let mut a = randn(t * kk, 3, 1.0);
+                for i in 0..t {
+                    for p in 0..kk {
+                        let zero = match tri {
+                            Tri::ALower => p > i,
+                            Tri::AUpper => p < i,
+                            Tri::OutLower => false,
+                        };
+                        if zero {
+                            a[i * kk + p] = 0.0;
+                        }
+                    }
+                }
+                let bm = randn(kk * nn, 4, 1.0);
+                let c0 = randn(t * nn, 5, 1.0);
+                let (alpha, beta) = (0.75f32, 0.5f32);
+                let want: Vec<f64> = (0..t * nn)
+                    .map(|idx| {
+                        let (i, j) = (idx / nn, idx % nn);
+                        let dot: f64 = (0..kk)
+                            .map(|p| a[i * kk + p] as f64 * bm[p * nn + j] as f64)
+                            .sum();
+                        alpha as f64 * dot + beta as f64 * c0[idx] as f64
+                    })
+                    .collect();
+                let am = Mat {
+                    ptr: a.as_ptr(),
+                    rs: kk as isize,
+                    cs: 1,
+                };
+                let bmat = Mat {
+                    ptr: bm.as_ptr(),
+                    rs: nn as isize,
+                    cs: 1,
+                };
+                for blocked in [false, true] {
+                    let mut c = c0.clone();
+                    // SAFETY: all three matrices are dense with the strides given.
+                    unsafe {
+                        let f = if blocked {
+                            causal_gemm_blocked
+                        } else {
+                            causal_gemm
+                        };
+                        f(
+                            tri,
+                            t,
+                            nn,
+                            kk,
+                            c.as_mut_ptr(),
+                            nn as isize,
+                            am,
+                            bmat,
+                            alpha,
+                            beta,
+                        );
+                    }
+                    let keep = |idx: usize| tri != Tri::OutLower || idx % nn <= idx / nn;
+                    let got: Vec<f32> = (0..t * nn).filter(|&i| keep(i)).map(|i| c[i]).collect();
+                    let w: Vec<f64> = (0..t * nn).filter(|&i| keep(i)).map(|i| want[i]).collect();
+                    close(
+                        &got,
+                        &w,
+                        1e-5,
+                        &format!("{tri:?} t{t} n{nn} k{kk} blocked {blocked}"),
+                    );
+                }
+            }
         }
     }
 

@@ -18,10 +18,10 @@ use std::cell::RefCell;
 pub const MR: usize = 14;
 /// Columns of C per microkernel tile (two 16-lane vectors of packed B).
 pub const NR: usize = 32;
-/// Depth of one packed slab: one NR panel of B (KC·NR·4 = 32 KiB) stays in L1 while the
+/// Depth of one packed slab: one NR panel of B (KC·NR·4 = 48 KiB) stays near L1 while the
 /// microkernel walks down the A block.
 const KC: usize = 384;
-/// Largest A block per thread (MC·KC·4 ≈ 0.5 MiB, well inside a 2 MiB L2).
+/// Largest A block per thread (MC·KC·4 ≈ 0.75 MiB, well inside a 2 MiB L2).
 const MC_MAX: usize = MR * 36;
 
 /// A read-only strided matrix: element (i, j) is at `ptr + i·rs + j·cs`.
@@ -114,6 +114,46 @@ impl<T> SendPtr<T> {
 unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}
 
+/// A square product inside causal attention whose triangle structure lets tiles or parts of the
+/// depth be skipped (row i is query i, and key/column or depth index j is key j).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tri {
+    /// Only `C[i, j]` with `j ≤ i` is needed: tiles wholly above the diagonal are not computed
+    /// and left as they were (scores, dP).
+    OutLower,
+    /// `A[i, p] = 0` for `p > i` (causal probabilities): row i sums over `p ≤ i` only (P·V, dS·K).
+    ALower,
+    /// `A[i, p] = 0` for `p < i` (transposed probabilities): row i sums over `p ≥ i` only
+    /// (Pᵀ·dO, dSᵀ·Q).
+    AUpper,
+}
+
+/// [`sgemm`] on one thread for a square causal-attention product: the same result (exactly,
+/// for `ALower`/`AUpper`; on and below the diagonal for `OutLower`) with the zero or unneeded
+/// triangle skipped at tile (14×32) and depth granularity.
+///
+/// # Safety
+/// As for [`sgemm`].
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn sgemm_tri(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: StridedRef,
+    b: StridedRef,
+    beta: f32,
+    c: *mut f32,
+    ldc: usize,
+    tri: Tri,
+) {
+    if m == 0 || n == 0 || k == 0 {
+        sgemm(m, n, k, alpha, a, b, beta, c, ldc, 1);
+        return;
+    }
+    run_rows(0, m, n, k, alpha, a, b, beta, SendPtr(c), ldc, Some(tri));
+}
+
 /// `C[m,n] = alpha · A[m,k] @ B[k,n] + beta · C` with C row-major (row stride `ldc`). When `beta`
 /// is 0, C is not read (it may hold NaN). `threads > 1` splits the rows of C over rayon tasks.
 ///
@@ -153,7 +193,7 @@ pub unsafe fn sgemm(
     let threads = threads.max(1);
     let cp = SendPtr(c);
     if threads == 1 {
-        run_rows(0, m, n, k, alpha, a, b, beta, cp, ldc);
+        run_rows(0, m, n, k, alpha, a, b, beta, cp, ldc, None);
         return;
     }
     let pack_split_rows = k * n + m.div_ceil(threads) * k;
@@ -168,7 +208,7 @@ pub unsafe fn sgemm(
                     break;
                 }
                 let r1 = (r0 + rows_per).min(m);
-                s.spawn(move |_| run_rows(r0, r1, n, k, alpha, a, b, beta, cp, ldc));
+                s.spawn(move |_| run_rows(r0, r1, n, k, alpha, a, b, beta, cp, ldc, None));
             }
         });
     } else {
@@ -183,7 +223,7 @@ pub unsafe fn sgemm(
                 let nc = (c0 + cols_per).min(n) - c0;
                 let b_cols = b.starting_at_col(c0);
                 let c_cols = cp.offset(c0);
-                s.spawn(move |_| run_rows(0, m, nc, k, alpha, a, b_cols, beta, c_cols, ldc));
+                s.spawn(move |_| run_rows(0, m, nc, k, alpha, a, b_cols, beta, c_cols, ldc, None));
             }
         });
     }
@@ -203,6 +243,7 @@ unsafe fn run_rows(
     beta: f32,
     c: SendPtr<f32>,
     ldc: usize,
+    tri: Option<Tri>,
 ) {
     let n_panels = n.div_ceil(NR);
     let rows = r1 - r0;
@@ -228,13 +269,13 @@ unsafe fn run_rows(
                 rs: b_slab.cs,
                 cs: b_slab.rs,
             };
-            for jp in 0..n_panels {
-                pack_panel::<NR>(b_t, kc, n, jp * NR, packed_b.0.add(jp * kc * NR));
-            }
+            pack_panels::<NR>(b_t, kc, n, 0, n_panels, packed_b.0);
             let mut i0 = r0;
             while i0 < r1 {
                 let rows = (r1 - i0).min(mc);
-                run_block(i0, rows, n, kc, alpha, a_slab, packed_b, beta_eff, c, ldc);
+                run_block(
+                    i0, rows, n, p0, kc, alpha, a_slab, packed_b, beta_eff, c, ldc, tri,
+                );
                 i0 += rows;
             }
             p0 += kc;
@@ -278,6 +319,48 @@ unsafe fn transpose16(src: &[*const f32; 16], dst: *mut f32, dst_stride: usize) 
     }
     for (q, v) in out.iter().enumerate() {
         _mm512_storeu_ps(dst.add(q * dst_stride), *v);
+    }
+}
+
+/// Packs `count` consecutive W-wide panels (rows `i0 + q·W ..` for panel q, stored at
+/// `out + q·kc·W`). When the W values of one k are contiguous in memory, walks k in the outer loop
+/// so the source is read row after row (a strided walk down one panel at a time touches a new
+/// cache line, often a new page, per k and waits on memory); otherwise packs panel by panel.
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_panels<const W: usize>(
+    x: StridedRef,
+    kc: usize,
+    rows: usize,
+    i0: usize,
+    count: usize,
+    out: *mut f32,
+) {
+    if x.rs != 1 {
+        for q in 0..count {
+            pack_panel::<W>(x, kc, rows, i0 + q * W, out.add(q * kc * W));
+        }
+        return;
+    }
+    let halves = W.div_ceil(16);
+    for p in 0..kc {
+        let row = x.ptr.offset(p as isize * x.cs);
+        for q in 0..count {
+            let start = i0 + q * W;
+            let valid = (rows - start).min(W);
+            let src = row.add(start);
+            let o = out.add(q * kc * W + p * W);
+            for h in 0..halves {
+                let lanes = valid.saturating_sub(16 * h).min(16);
+                let load_mask: __mmask16 = ((1u32 << lanes) - 1) as u16;
+                let width = (W - 16 * h).min(16);
+                let store_mask: __mmask16 = ((1u32 << width) - 1) as u16;
+                _mm512_mask_storeu_ps(
+                    o.add(16 * h),
+                    store_mask,
+                    _mm512_maskz_loadu_ps(load_mask, src.add(16 * h)),
+                );
+            }
+        }
     }
 }
 
@@ -341,12 +424,13 @@ fn col_masks(cols: usize) -> (__mmask16, __mmask16) {
     (half(cols), half(cols.saturating_sub(16)))
 }
 
-/// Rows `[i0, i0 + rows)` of C against the whole packed slab of B.
+/// Rows `[i0, i0 + rows)` of C against the whole packed slab of B (depth `[p0, p0 + kc)`).
 #[allow(clippy::too_many_arguments)]
 unsafe fn run_block(
     i0: usize,
     rows: usize,
     n: usize,
+    p0: usize,
     kc: usize,
     alpha: f32,
     a: StridedRef,
@@ -354,22 +438,34 @@ unsafe fn run_block(
     beta: f32,
     c: SendPtr<f32>,
     ldc: usize,
+    tri: Option<Tri>,
 ) {
+    let tiles = rows.div_ceil(MR);
     with_scratch(&PACK_A, |sa| {
-        let packed_a = sa.get(rows.div_ceil(MR) * MR * kc);
-        for ip in 0..rows.div_ceil(MR) {
-            pack_panel::<MR>(a, kc, i0 + rows, i0 + ip * MR, packed_a.add(ip * kc * MR));
-        }
+        let packed_a = sa.get(tiles * MR * kc);
+        pack_panels::<MR>(a, kc, i0 + rows, i0, tiles, packed_a);
         for jp in 0..n.div_ceil(NR) {
             let cols = (n - jp * NR).min(NR);
             let bp = packed_b.0.add(jp * kc * NR);
-            for ip in 0..rows.div_ceil(MR) {
+            for ip in 0..tiles {
                 let nr = (rows - ip * MR).min(MR);
-                let cptr = c.0.add((i0 + ip * MR) * ldc + jp * NR);
+                let (first_row, end_row) = (i0 + ip * MR, i0 + ip * MR + nr);
+                // The depth range [skip, kc) of this slab the tile needs (all of it unless a
+                // triangle of A is zero); an empty range still applies beta.
+                let skip = match tri {
+                    Some(Tri::OutLower) if jp * NR >= end_row => continue,
+                    Some(Tri::AUpper) => first_row.saturating_sub(p0).min(kc),
+                    _ => 0,
+                };
+                let end = match tri {
+                    Some(Tri::ALower) => end_row.saturating_sub(p0).min(kc),
+                    _ => kc,
+                };
+                let cptr = c.0.add(first_row * ldc + jp * NR);
                 micro_14x32(
-                    kc,
-                    packed_a.add(ip * kc * MR),
-                    bp,
+                    end.saturating_sub(skip),
+                    packed_a.add(ip * kc * MR + skip * MR),
+                    bp.add(skip * NR),
                     cptr,
                     ldc,
                     nr,
@@ -411,6 +507,21 @@ unsafe fn micro_14x32(
         ap = ap.add(MR);
         bp = bp.add(NR);
     }
+    store_tile(&acc, c, ldc, rows, cols, alpha, beta);
+}
+
+/// `C[rows, cols] = alpha · acc + beta · C` (C not read when beta is 0).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn store_tile(
+    acc: &[[__m512; 2]; MR],
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    alpha: f32,
+    beta: f32,
+) {
     let (m0, m1) = col_masks(cols);
     let va = _mm512_set1_ps(alpha);
     let vb = _mm512_set1_ps(beta);
