@@ -496,6 +496,12 @@ unsafe fn micro_14x32(
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
     let mut ap = a;
     let mut bp = b;
+    // Start bringing C's tile (two lines per row) into L1 now: the k loop hides the misses the
+    // stores at the end would otherwise wait for (outputs are usually not in cache yet).
+    for i in 0..rows {
+        _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(i * ldc) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(i * ldc + 31) as *const i8);
+    }
     for _ in 0..kc {
         let b0 = _mm512_load_ps(bp);
         let b1 = _mm512_load_ps(bp.add(16));
