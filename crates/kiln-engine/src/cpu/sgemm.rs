@@ -60,23 +60,23 @@ pub fn available() -> bool {
     }
 }
 
-/// A 64-byte-aligned scratch vector that grows and is then reused (no allocation per call once
-/// warm).
+/// A 64-byte-aligned scratch buffer that grows and is then reused (no allocation per call once
+/// warm); large ones on huge pages like the backend's buffers.
 struct Scratch {
-    buf: Vec<f32>,
+    buf: Option<super::CpuBuf>,
 }
 
 impl Scratch {
     const fn new() -> Self {
-        Scratch { buf: Vec::new() }
+        Scratch { buf: None }
     }
     /// An aligned pointer to at least `len` floats.
     fn get(&mut self, len: usize) -> *mut f32 {
         // 16 floats for the alignment shift, 16 more for packing stores that run past the end.
-        if self.buf.len() < len + 32 {
-            self.buf = vec![0f32; len + 32];
+        if self.buf.as_ref().is_none_or(|b| b.len < len + 32) {
+            self.buf = Some(super::CpuBuf::new(len + 32));
         }
-        let p = self.buf.as_mut_ptr();
+        let p = self.buf.as_ref().expect("allocated above").ptr;
         let misalign = (p as usize / 4) % 16;
         // SAFETY: the buffer has 32 spare floats, at most 15 used by the shift.
         unsafe { p.add((16 - misalign) % 16) }
