@@ -468,12 +468,32 @@ simd_fn! {
     }
 }
 
-pub fn act_forward(act: Act, out: &mut [f32], inp: &[f32]) {
-    assert_eq!(out.len(), inp.len());
-    let f = match act {
+/// The one-thread row function of an activation's forward (`out = act(inp)`), for GEMM
+/// epilogues.
+pub(crate) fn act_row_forward(act: Act) -> fn(&mut [f32], &[f32]) {
+    match act {
         Act::GeluTanh => gelu_fwd,
         Act::ReluSq => relu_sq_fwd,
-    };
+    }
+}
+
+/// The one-thread row function of an activation's backward (`dinp = act'(inp) · dout`), for
+/// GEMM epilogues.
+pub(crate) fn act_row_backward(act: Act) -> fn(&mut [f32], &[f32], &[f32]) {
+    match act {
+        Act::GeluTanh => gelu_bwd,
+        Act::ReluSq => relu_sq_bwd,
+    }
+}
+
+/// `row += bias` on one row (the row function of [`add_bias`]), for GEMM epilogues.
+pub(crate) fn add_bias_row(row: &mut [f32], bias: &[f32]) {
+    add_bias_rows(row, bias)
+}
+
+pub fn act_forward(act: Act, out: &mut [f32], inp: &[f32]) {
+    assert_eq!(out.len(), inp.len());
+    let f = act_row_forward(act);
     out.par_chunks_mut(CHUNK)
         .zip(inp.par_chunks(CHUNK))
         .with_max_len(8)
@@ -483,10 +503,7 @@ pub fn act_forward(act: Act, out: &mut [f32], inp: &[f32]) {
 pub fn act_backward(act: Act, dinp: &mut [f32], dout: &[f32], inp: &[f32]) {
     assert_eq!(dinp.len(), inp.len());
     assert_eq!(dout.len(), inp.len());
-    let f = match act {
-        Act::GeluTanh => gelu_bwd,
-        Act::ReluSq => relu_sq_bwd,
-    };
+    let f = act_row_backward(act);
     dinp.par_chunks_mut(CHUNK)
         .zip(dout.par_chunks(CHUNK))
         .zip(inp.par_chunks(CHUNK))

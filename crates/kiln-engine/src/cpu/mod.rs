@@ -238,6 +238,11 @@ pub(crate) struct Mat {
     pub cs: isize,
 }
 
+/// Whether [`gemm_raw`] sends an m×n×k product to kiln's sgemm.
+fn sgemm_takes(m: usize, n: usize, k: usize) -> bool {
+    m >= 8 && n >= 16 && k >= 8 && *HAVE_AVX512
+}
+
 /// `c = alpha * a @ b + beta * c`, raw strided (c row stride `c_rs`, col stride 1).
 ///
 /// # Safety
@@ -258,7 +263,7 @@ pub(crate) unsafe fn gemm_raw(
     // kiln's AVX-512 kernel for everything matrix-shaped; the `gemm` crate for vector-shaped
     // products (decode's one-row matmuls), where packing would cost more than it saves, and on
     // CPUs without AVX-512.
-    if m >= 8 && n >= 16 && k >= 8 && *HAVE_AVX512 {
+    if sgemm_takes(m, n, k) {
         let threads = match par {
             gemm::Parallelism::Rayon(t) => t,
             _ => 1,
@@ -306,6 +311,113 @@ pub(crate) unsafe fn gemm_raw(
         false,
         par,
     );
+}
+
+/// `op(a)` and `op(b)` of a [`MatDims`] product as strided matrices.
+fn operands(a: View<CpuBuf>, b: View<CpuBuf>, d: MatDims) -> (Mat, Mat) {
+    let am = if d.trans_a {
+        Mat {
+            ptr: r(a).as_ptr(),
+            rs: 1,
+            cs: d.m as isize,
+        }
+    } else {
+        Mat {
+            ptr: r(a).as_ptr(),
+            rs: d.k as isize,
+            cs: 1,
+        }
+    };
+    let bm = if d.trans_b {
+        Mat {
+            ptr: r(b).as_ptr(),
+            rs: 1,
+            cs: d.k as isize,
+        }
+    } else {
+        Mat {
+            ptr: r(b).as_ptr(),
+            rs: d.n as isize,
+            cs: 1,
+        }
+    };
+    (am, bm)
+}
+
+/// Rows of an `n`-column row-major matrix shared with a GEMM's row epilogue, which touches each
+/// row from one task only.
+#[derive(Clone, Copy)]
+struct Rows {
+    ptr: *mut f32,
+    n: usize,
+}
+// SAFETY: each epilogue call touches its own row (sgemm calls it once per row).
+unsafe impl Send for Rows {}
+unsafe impl Sync for Rows {}
+
+impl Rows {
+    fn of(v: View<CpuBuf>, n: usize) -> Rows {
+        Rows {
+            ptr: w(v).as_mut_ptr(),
+            n,
+        }
+    }
+    /// Columns `[j0, j0 + cols)` of row i.
+    ///
+    /// # Safety
+    /// In bounds, and no other live reference to that part of the row.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn row(&self, i: usize, j0: usize, cols: usize) -> &mut [f32] {
+        std::slice::from_raw_parts_mut(self.ptr.add(i * self.n + j0), cols)
+    }
+}
+
+impl CpuBackend {
+    /// `c = alpha · op(a) @ op(b) + beta · c` on kiln's sgemm with `epilogue` run on each row of
+    /// c as soon as it is final (while its block is in L2), when sgemm takes this product; else
+    /// false and nothing done (the caller runs the separate passes).
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_then_rows(
+        &self,
+        c: View<CpuBuf>,
+        a: View<CpuBuf>,
+        b: View<CpuBuf>,
+        d: MatDims,
+        alpha: f32,
+        beta: f32,
+        epilogue: sgemm::RowEpilogue,
+    ) -> bool {
+        if !sgemm_takes(d.m, d.n, d.k) {
+            return false;
+        }
+        assert!(
+            a.len >= d.m * d.k && b.len >= d.k * d.n && c.len >= d.m * d.n,
+            "matmul shape {d:?}"
+        );
+        let (am, bm) = operands(a, b, d);
+        let strided = |m: Mat| sgemm::StridedRef {
+            ptr: m.ptr,
+            rs: m.rs,
+            cs: m.cs,
+        };
+        // SAFETY: shapes asserted above; callers check c overlaps no input.
+        unsafe {
+            sgemm::sgemm_then_rows(
+                d.m,
+                d.n,
+                d.k,
+                alpha,
+                strided(am),
+                strided(bm),
+                beta,
+                w(c).as_mut_ptr(),
+                d.n,
+                self.threads,
+                Some(epilogue),
+            )
+        };
+        true
+    }
 }
 
 impl Backend for CpuBackend {
@@ -367,32 +479,7 @@ impl Backend for CpuBackend {
             a.len >= d.m * d.k && b.len >= d.k * d.n && c.len >= d.m * d.n,
             "matmul shape {d:?}"
         );
-        let am = if d.trans_a {
-            Mat {
-                ptr: r(a).as_ptr(),
-                rs: 1,
-                cs: d.m as isize,
-            }
-        } else {
-            Mat {
-                ptr: r(a).as_ptr(),
-                rs: d.k as isize,
-                cs: 1,
-            }
-        };
-        let bm = if d.trans_b {
-            Mat {
-                ptr: r(b).as_ptr(),
-                rs: 1,
-                cs: d.k as isize,
-            }
-        } else {
-            Mat {
-                ptr: r(b).as_ptr(),
-                rs: d.n as isize,
-                cs: 1,
-            }
-        };
+        let (am, bm) = operands(a, b, d);
         // SAFETY: shapes asserted above; c does not overlap a or b (checked).
         unsafe {
             gemm_raw(
@@ -407,6 +494,105 @@ impl Backend for CpuBackend {
                 beta,
                 self.par(),
             )
+        }
+    }
+
+    // The fused forms below give bit for bit what the trait's default passes give (the same
+    // row functions on the same values), with the bias and activation applied to each row of the
+    // product while it is still in cache.
+    fn matmul_bias(
+        &self,
+        c: View<CpuBuf>,
+        a: View<CpuBuf>,
+        b: View<CpuBuf>,
+        bias: Option<View<CpuBuf>>,
+        d: MatDims,
+        alpha: f32,
+        beta: f32,
+    ) {
+        check_opt(&[Some(c)], &[Some(a), Some(b), bias]);
+        if let Some(bias) = bias {
+            let bias = &r(bias)[..d.n];
+            let cr = Rows::of(c, d.n);
+            // SAFETY: row i of c is final and touched by this call only.
+            let epi = |i: usize, j0: usize, cols: usize| unsafe {
+                kernels::add_bias_row(cr.row(i, j0, cols), &bias[j0..j0 + cols])
+            };
+            if self.matmul_then_rows(c, a, b, d, alpha, beta, &epi) {
+                return;
+            }
+        }
+        self.matmul(c, a, b, d, alpha, beta);
+        if let Some(bias) = bias {
+            self.add_bias(c, bias, d.m, d.n);
+        }
+    }
+
+    fn matmul_bias_act(
+        &self,
+        act: Act,
+        out: View<CpuBuf>,
+        pre: View<CpuBuf>,
+        a: View<CpuBuf>,
+        b: View<CpuBuf>,
+        bias: Option<View<CpuBuf>>,
+        d: MatDims,
+    ) {
+        let mn = d.m * d.n;
+        check_opt(&[Some(out), Some(pre)], &[Some(a), Some(b), bias]);
+        assert!(out.len >= mn && pre.len >= mn);
+        let bias_host = bias.map(|b| &r(b)[..d.n]);
+        let (pr, or) = (Rows::of(pre, d.n), Rows::of(out, d.n));
+        let f = kernels::act_row_forward(act);
+        // SAFETY: row i of pre is final and touched by this call only; out's row i likewise.
+        let epi = |i: usize, j0: usize, cols: usize| unsafe {
+            let p = pr.row(i, j0, cols);
+            if let Some(bias) = bias_host {
+                kernels::add_bias_row(p, &bias[j0..j0 + cols]);
+            }
+            f(or.row(i, j0, cols), p);
+        };
+        if self.matmul_then_rows(pre, a, b, d, 1.0, 0.0, &epi) {
+            return;
+        }
+        self.matmul_bias(pre, a, b, bias, d, 1.0, 0.0);
+        self.act_forward(act, out.sub(0, mn), pre.sub(0, mn));
+    }
+
+    fn matmul_act_backward(
+        &self,
+        act: Act,
+        dpre: View<CpuBuf>,
+        dact: View<CpuBuf>,
+        dbias: Option<View<CpuBuf>>,
+        a: View<CpuBuf>,
+        b: View<CpuBuf>,
+        pre: View<CpuBuf>,
+        d: MatDims,
+    ) {
+        let mn = d.m * d.n;
+        check_opt(
+            &[Some(dpre), Some(dact), dbias],
+            &[Some(a), Some(b), Some(pre)],
+        );
+        assert!(dpre.len >= mn && pre.len >= mn);
+        let (dr, gr, pr) = (Rows::of(dpre, d.n), Rows::of(dact, d.n), Rows::of(pre, d.n));
+        let f = kernels::act_row_backward(act);
+        // SAFETY: row i of dact (the product) is final; dpre's row i is this call's; pre is
+        // only read.
+        let epi = |i: usize, j0: usize, cols: usize| unsafe {
+            f(
+                dr.row(i, j0, cols),
+                gr.row(i, j0, cols),
+                pr.row(i, j0, cols),
+            )
+        };
+        if !self.matmul_then_rows(dact, a, b, d, 1.0, 0.0, &epi) {
+            self.matmul(dact, a, b, d, 1.0, 0.0);
+            self.act_backward(act, dpre.sub(0, mn), dact.sub(0, mn), pre.sub(0, mn));
+        }
+        if let Some(dbias) = dbias {
+            self.bias_backward(dbias, dpre, d.m, d.n);
         }
     }
 
@@ -666,6 +852,98 @@ impl CpuBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn buf(be: &CpuBackend, host: &[f32]) -> CpuBuf {
+        let b = be.alloc(host.len()).unwrap();
+        be.write(View::new(&b, 0, host.len()), host);
+        b
+    }
+
+    fn v(x: &CpuBuf, len: usize) -> View<'_, CpuBuf> {
+        View::new(x, 0, len)
+    }
+
+    fn bits(be: &CpuBackend, b: &CpuBuf, n: usize) -> Vec<u32> {
+        let mut out = vec![0f32; n];
+        be.read(View::new(b, 0, n), &mut out);
+        out.iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// The fused forms (bias; bias + activation; activation backward) give bit for bit what the
+    /// separate passes give, on shapes with tile tails and more than one depth slab, with the
+    /// row and the column split.
+    #[test]
+    fn fused_epilogues_equal_separate_passes() {
+        let mut rng = crate::Rng::new(11);
+        let mut randn = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.normal() as f32).collect() };
+        for threads in [1, 2] {
+            let be = CpuBackend::new(threads);
+            // (m, n, k): tails in m and n, k over one slab, a column-split shape
+            for (m, n, k) in [(37, 45, 20), (100, 300, 400), (16, 64, 16), (64, 1024, 24)] {
+                for act in [Act::GeluTanh, Act::ReluSq] {
+                    let d = MatDims {
+                        m,
+                        n,
+                        k,
+                        trans_a: false,
+                        trans_b: true,
+                    };
+                    let (mk, nk, mn) = (m * k, n * k, m * n);
+                    let a = buf(&be, &randn(mk));
+                    let b = buf(&be, &randn(nk));
+                    let bias = buf(&be, &randn(n));
+                    let (pre1, out1) = (be.alloc(mn).unwrap(), be.alloc(mn).unwrap());
+                    let (pre2, out2) = (be.alloc(mn).unwrap(), be.alloc(mn).unwrap());
+                    let what = format!("{m}x{n}x{k} {act:?} threads {threads}");
+                    let bv = Some(v(&bias, n));
+                    be.matmul_bias_act(
+                        act,
+                        v(&out1, mn),
+                        v(&pre1, mn),
+                        v(&a, mk),
+                        v(&b, nk),
+                        bv,
+                        d,
+                    );
+                    be.matmul(v(&pre2, mn), v(&a, mk), v(&b, nk), d, 1.0, 0.0);
+                    be.add_bias(v(&pre2, mn), v(&bias, n), m, n);
+                    be.act_forward(act, v(&out2, mn), v(&pre2, mn));
+                    assert_eq!(bits(&be, &pre1, mn), bits(&be, &pre2, mn), "pre {what}");
+                    assert_eq!(bits(&be, &out1, mn), bits(&be, &out2, mn), "act {what}");
+
+                    let (dpre1, dpre2, dact) = (
+                        be.alloc(mn).unwrap(),
+                        be.alloc(mn).unwrap(),
+                        be.alloc(mn).unwrap(),
+                    );
+                    let (db1, db2) = (buf(&be, &vec![0.5; n]), buf(&be, &vec![0.5; n]));
+                    be.matmul_act_backward(
+                        act,
+                        v(&dpre1, mn),
+                        v(&dact, mn),
+                        Some(v(&db1, n)),
+                        v(&a, mk),
+                        v(&b, nk),
+                        v(&pre1, mn),
+                        d,
+                    );
+                    be.matmul(v(&dact, mn), v(&a, mk), v(&b, nk), d, 1.0, 0.0);
+                    be.act_backward(act, v(&dpre2, mn), v(&dact, mn), v(&pre1, mn));
+                    be.bias_backward(v(&db2, n), v(&dpre2, mn), m, n);
+                    assert_eq!(bits(&be, &dpre1, mn), bits(&be, &dpre2, mn), "dpre {what}");
+                    assert_eq!(bits(&be, &db1, n), bits(&be, &db2, n), "dbias {what}");
+
+                    // matmul_bias with alpha and beta (a residual projection's accumulate)
+                    let c0 = randn(mn);
+                    let (c1, c2) = (buf(&be, &c0), buf(&be, &c0));
+                    be.matmul_bias(v(&c1, mn), v(&a, mk), v(&b, nk), bv, d, 0.5, 1.0);
+                    be.matmul(v(&c2, mn), v(&a, mk), v(&b, nk), d, 0.5, 1.0);
+                    be.add_bias(v(&c2, mn), v(&bias, n), m, n);
+                    assert_eq!(bits(&be, &c1, mn), bits(&be, &c2, mn), "bias {what}");
+                }
+            }
+        }
+    }
 
     /// Large buffers (mapped, huge pages requested) and small ones (heap) start zeroed, hold
     /// what is written, and are freed without error; the mapped start is 2 MiB aligned.

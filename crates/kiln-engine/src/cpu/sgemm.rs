@@ -151,7 +151,21 @@ pub unsafe fn sgemm_tri(
         sgemm(m, n, k, alpha, a, b, beta, c, ldc, 1);
         return;
     }
-    run_rows(0, m, n, k, alpha, a, b, beta, SendPtr(c), ldc, Some(tri));
+    run_rows(
+        0,
+        m,
+        n,
+        k,
+        alpha,
+        a,
+        b,
+        beta,
+        SendPtr(c),
+        ldc,
+        Some(tri),
+        0,
+        None,
+    );
 }
 
 /// `C[m,n] = alpha · A[m,k] @ B[k,n] + beta · C` with C row-major (row stride `ldc`). When `beta`
@@ -173,6 +187,37 @@ pub unsafe fn sgemm(
     ldc: usize,
     threads: usize,
 ) {
+    sgemm_then_rows(m, n, k, alpha, a, b, beta, c, ldc, threads, None)
+}
+
+/// Called as `f(i, j0, cols)` once row i of C, columns `[j0, j0 + cols)`, is final: a fused
+/// epilogue (bias, activation) that runs while the row's block of C is still in L2, instead of a
+/// separate pass over C in memory. Calls for different rows may run concurrently.
+pub type RowEpilogue<'a> = &'a (dyn Fn(usize, usize, usize) + Sync);
+
+/// [`sgemm`], then `epilogue` on every row of C as soon as its block is final. Needs `k > 0`
+/// when an epilogue is given.
+///
+/// # Safety
+/// As for [`sgemm`].
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn sgemm_then_rows(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: StridedRef,
+    b: StridedRef,
+    beta: f32,
+    c: *mut f32,
+    ldc: usize,
+    threads: usize,
+    epilogue: Option<RowEpilogue>,
+) {
+    assert!(
+        k > 0 || epilogue.is_none(),
+        "sgemm: an epilogue needs k > 0"
+    );
     if m == 0 || n == 0 {
         return;
     }
@@ -193,7 +238,7 @@ pub unsafe fn sgemm(
     let threads = threads.max(1);
     let cp = SendPtr(c);
     if threads == 1 {
-        run_rows(0, m, n, k, alpha, a, b, beta, cp, ldc, None);
+        run_rows(0, m, n, k, alpha, a, b, beta, cp, ldc, None, 0, epilogue);
         return;
     }
     let pack_split_rows = k * n + m.div_ceil(threads) * k;
@@ -208,7 +253,9 @@ pub unsafe fn sgemm(
                     break;
                 }
                 let r1 = (r0 + rows_per).min(m);
-                s.spawn(move |_| run_rows(r0, r1, n, k, alpha, a, b, beta, cp, ldc, None));
+                s.spawn(move |_| {
+                    run_rows(r0, r1, n, k, alpha, a, b, beta, cp, ldc, None, 0, epilogue)
+                });
             }
         });
     } else {
@@ -223,14 +270,19 @@ pub unsafe fn sgemm(
                 let nc = (c0 + cols_per).min(n) - c0;
                 let b_cols = b.starting_at_col(c0);
                 let c_cols = cp.offset(c0);
-                s.spawn(move |_| run_rows(0, m, nc, k, alpha, a, b_cols, beta, c_cols, ldc, None));
+                s.spawn(move |_| {
+                    run_rows(
+                        0, m, nc, k, alpha, a, b_cols, beta, c_cols, ldc, None, c0, epilogue,
+                    )
+                });
             }
         });
     }
 }
 
 /// Rows `[r0, r1)` of C over the whole depth: for each KC slab, pack B's slab, then each MC
-/// block of these rows against it.
+/// block of these rows against it. `col0` is where these columns start in the caller's C (for
+/// the epilogue).
 #[allow(clippy::too_many_arguments)]
 unsafe fn run_rows(
     r0: usize,
@@ -244,6 +296,8 @@ unsafe fn run_rows(
     c: SendPtr<f32>,
     ldc: usize,
     tri: Option<Tri>,
+    col0: usize,
+    epilogue: Option<RowEpilogue>,
 ) {
     let n_panels = n.div_ceil(NR);
     let rows = r1 - r0;
@@ -276,6 +330,9 @@ unsafe fn run_rows(
                 run_block(
                     i0, rows, n, p0, kc, alpha, a_slab, packed_b, beta_eff, c, ldc, tri,
                 );
+                if let (Some(f), true) = (epilogue, p0 + kc == k) {
+                    (i0..i0 + rows).for_each(|i| f(i, col0, n));
+                }
                 i0 += rows;
             }
             p0 += kc;
