@@ -6,7 +6,7 @@
 
 use rayon::prelude::*;
 
-use super::sgemm::{self, StridedRef, Tri};
+use super::sgemm::{self, Tri};
 use super::vmath::{self, exp, hsum, simd_fn, LANES};
 use super::{gemm_raw, Mat};
 use crate::backend::{Act, AdamHyper, AttnDims, NormKind, QkPrep};
@@ -667,26 +667,7 @@ unsafe fn causal_gemm(
     beta: f32,
 ) {
     if *super::HAVE_AVX512 && t >= MIN_TRI_ROWS {
-        sgemm::sgemm_tri(
-            t,
-            n,
-            k,
-            alpha,
-            StridedRef {
-                ptr: a.ptr,
-                rs: a.rs,
-                cs: a.cs,
-            },
-            StridedRef {
-                ptr: b.ptr,
-                rs: b.rs,
-                cs: b.cs,
-            },
-            beta,
-            c,
-            c_rs as usize,
-            tri,
-        );
+        sgemm::sgemm_tri(t, n, k, alpha, a, b, beta, c, c_rs as usize, tri);
         return;
     }
     causal_gemm_blocked(tri, t, n, k, c, c_rs, a, b, alpha, beta);

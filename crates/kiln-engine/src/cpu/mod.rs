@@ -230,13 +230,8 @@ static HAVE_AVX512: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
         && std::env::var_os("KILN_NO_AVX512").is_none_or(|v| v.is_empty() || v == "0")
 });
 
-/// Row-major strided matrix description for gemm.
-#[derive(Clone, Copy)]
-pub(crate) struct Mat {
-    pub ptr: *const f32,
-    pub rs: isize,
-    pub cs: isize,
-}
+/// A strided matrix (element (i, j) at `ptr + i·rs + j·cs`), for sgemm and the `gemm` crate.
+pub(crate) use sgemm::StridedRef as Mat;
 
 /// Whether [`gemm_raw`] sends an m×n×k product to kiln's sgemm.
 fn sgemm_takes(m: usize, n: usize, k: usize) -> bool {
@@ -268,26 +263,7 @@ pub(crate) unsafe fn gemm_raw(
             gemm::Parallelism::Rayon(t) => t,
             _ => 1,
         };
-        sgemm::sgemm(
-            m,
-            n,
-            k,
-            alpha,
-            sgemm::StridedRef {
-                ptr: a.ptr,
-                rs: a.rs,
-                cs: a.cs,
-            },
-            sgemm::StridedRef {
-                ptr: b.ptr,
-                rs: b.rs,
-                cs: b.cs,
-            },
-            beta,
-            c,
-            c_rs as usize,
-            threads,
-        );
+        sgemm::sgemm(m, n, k, alpha, a, b, beta, c, c_rs as usize, threads);
         return;
     }
     gemm::gemm(
@@ -315,33 +291,13 @@ pub(crate) unsafe fn gemm_raw(
 
 /// `op(a)` and `op(b)` of a [`MatDims`] product as strided matrices.
 fn operands(a: View<CpuBuf>, b: View<CpuBuf>, d: MatDims) -> (Mat, Mat) {
-    let am = if d.trans_a {
-        Mat {
-            ptr: r(a).as_ptr(),
-            rs: 1,
-            cs: d.m as isize,
-        }
-    } else {
-        Mat {
-            ptr: r(a).as_ptr(),
-            rs: d.k as isize,
-            cs: 1,
-        }
+    // a logical rows×cols matrix, stored row-major or (transposed) column-major
+    let mat = |v: View<CpuBuf>, transposed: bool, rows: usize, cols: usize| Mat {
+        ptr: r(v).as_ptr(),
+        rs: if transposed { 1 } else { cols as isize },
+        cs: if transposed { rows as isize } else { 1 },
     };
-    let bm = if d.trans_b {
-        Mat {
-            ptr: r(b).as_ptr(),
-            rs: 1,
-            cs: d.k as isize,
-        }
-    } else {
-        Mat {
-            ptr: r(b).as_ptr(),
-            rs: d.n as isize,
-            cs: 1,
-        }
-    };
-    (am, bm)
+    (mat(a, d.trans_a, d.m, d.k), mat(b, d.trans_b, d.k, d.n))
 }
 
 /// Rows of an `n`-column row-major matrix shared with a GEMM's row epilogue, which touches each
@@ -395,11 +351,6 @@ impl CpuBackend {
             "matmul shape {d:?}"
         );
         let (am, bm) = operands(a, b, d);
-        let strided = |m: Mat| sgemm::StridedRef {
-            ptr: m.ptr,
-            rs: m.rs,
-            cs: m.cs,
-        };
         // SAFETY: shapes asserted above; callers check c overlaps no input.
         unsafe {
             sgemm::sgemm_then_rows(
@@ -407,8 +358,8 @@ impl CpuBackend {
                 d.n,
                 d.k,
                 alpha,
-                strided(am),
-                strided(bm),
+                am,
+                bm,
                 beta,
                 w(c).as_mut_ptr(),
                 d.n,
