@@ -60,64 +60,31 @@ fn main() {
         }
         std::env::remove_var(var.as_str());
     }
+    let timed = |tr: &mut kiln_engine::Trainer<CpuBackend>| {
+        let t0 = Instant::now();
+        tr.train_step(&x, &y, None, 1.0).expect("step");
+        t0.elapsed().as_secs_f64()
+    };
     if let Some((var, mut trb)) = tr_b {
-        let mut ratios = Vec::new();
-        let (mut sa, mut sb) = (0.0, 0.0);
-        for _ in 0..steps {
-            let t0 = Instant::now();
-            tr.train_step(&x, &y, None, 1.0).expect("step");
-            let ta = t0.elapsed().as_secs_f64();
-            let t0 = Instant::now();
-            trb.train_step(&x, &y, None, 1.0).expect("step");
-            let tb = t0.elapsed().as_secs_f64();
-            ratios.push(tb / ta);
-            sa += ta;
-            sb += tb;
-        }
-        ratios.sort_by(f64::total_cmp);
-        println!(
-            "mean step: {var} unset {:.1} ms, {var}=1 {:.1} ms; B/A median of adjacent pairs {:.3} (quartiles {:.3}..{:.3})",
-            sa / steps as f64 * 1e3,
-            sb / steps as f64 * 1e3,
-            ratios[steps / 2],
-            ratios[steps / 4],
-            ratios[3 * steps / 4]
-        );
+        let (ta, tb) = (0..steps)
+            .map(|_| (timed(&mut tr), timed(&mut trb)))
+            .unzip();
+        report(&var, ta, tb);
         return;
     }
     // AB_VAR=NAME: alternate steps with the env var NAME unset (A) and set to 1 (B), for
     // an interleaved comparison of a switchable code path.
     if let Ok(var) = std::env::var("AB_VAR") {
-        let (mut ta, mut tb) = (Vec::new(), Vec::new());
-        for s in 0..2 * steps {
-            if s % 2 == 1 {
+        let (ta, tb) = (0..steps)
+            .map(|_| {
+                let a = timed(&mut tr);
                 std::env::set_var(&var, "1");
-            }
-            let t0 = Instant::now();
-            tr.train_step(&x, &y, None, 1.0).expect("step");
-            let dt = t0.elapsed().as_secs_f64();
-            std::env::remove_var(&var);
-            if s % 2 == 0 {
-                ta.push(dt)
-            } else {
-                tb.push(dt)
-            }
-        }
-        // Each B step against the A step just before it: the host's slow and fast phases last
-        // seconds, so adjacent pairs see the same machine; the median pair ratio is robust.
-        let mut ratios: Vec<f64> = ta.iter().zip(&tb).map(|(a, b)| b / a).collect();
-        ratios.sort_by(f64::total_cmp);
-        let med = |v: &mut Vec<f64>| {
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2] * 1e3
-        };
-        let (a, b) = (med(&mut ta), med(&mut tb));
-        println!(
-            "median step: {var} unset {a:.1} ms, {var}=1 {b:.1} ms; B/A median of adjacent pairs {:.3} (quartiles {:.3}..{:.3})",
-            ratios[ratios.len() / 2],
-            ratios[ratios.len() / 4],
-            ratios[3 * ratios.len() / 4]
-        );
+                let b = timed(&mut tr);
+                std::env::remove_var(&var);
+                (a, b)
+            })
+            .unzip();
+        report(&var, ta, tb);
         return;
     }
     let t0 = Instant::now();
@@ -130,5 +97,24 @@ fn main() {
         "{steps} steps, {threads} threads: {:.1} ms/step, {:.0} tokens/s, last loss {loss:.4}",
         dt * 1e3,
         (batch * ctx) as f64 / dt
+    );
+}
+
+/// Median step times of A (switch unset) and B (set), and the median and quartiles of each B
+/// step over the A step just before it: the host's slow and fast phases last seconds, so
+/// adjacent pairs see the same machine and the pair ratio is robust.
+fn report(var: &str, mut ta: Vec<f64>, mut tb: Vec<f64>) {
+    let mut ratios: Vec<f64> = ta.iter().zip(&tb).map(|(a, b)| b / a).collect();
+    for v in [&mut ta, &mut tb, &mut ratios] {
+        v.sort_by(f64::total_cmp);
+    }
+    let (n, mid) = (ratios.len(), ratios.len() / 2);
+    println!(
+        "median step: {var} unset {:.1} ms, {var}=1 {:.1} ms; B/A median of adjacent pairs {:.3} (quartiles {:.3}..{:.3})",
+        ta[mid] * 1e3,
+        tb[mid] * 1e3,
+        ratios[mid],
+        ratios[n / 4],
+        ratios[3 * n / 4]
     );
 }

@@ -125,7 +125,8 @@ fn col_chunk(cols: usize) -> usize {
 }
 
 simd_fn! {
-    fn add_bias_rows(out: &mut [f32], bias: &[f32]) {
+    /// `row += bias` on each row of `out` (also a GEMM row epilogue).
+    pub(crate) fn add_bias_rows(out: &mut [f32], bias: &[f32]) {
         for row in out.chunks_exact_mut(bias.len()) {
             add_to(row, bias);
         }
@@ -484,11 +485,6 @@ pub(crate) fn act_row_backward(act: Act) -> fn(&mut [f32], &[f32], &[f32]) {
         Act::GeluTanh => gelu_bwd,
         Act::ReluSq => relu_sq_bwd,
     }
-}
-
-/// `row += bias` on one row (the row function of [`add_bias`]), for GEMM epilogues.
-pub(crate) fn add_bias_row(row: &mut [f32], bias: &[f32]) {
-    add_bias_rows(row, bias)
 }
 
 pub fn act_forward(act: Act, out: &mut [f32], inp: &[f32]) {

@@ -289,8 +289,13 @@ pub(crate) unsafe fn gemm_raw(
     );
 }
 
-/// `op(a)` and `op(b)` of a [`MatDims`] product as strided matrices.
-fn operands(a: View<CpuBuf>, b: View<CpuBuf>, d: MatDims) -> (Mat, Mat) {
+/// `op(a)` and `op(b)` of a [`MatDims`] product as strided matrices, after checking that the
+/// views hold the shapes (`c` is the m×n output).
+fn operands(c: View<CpuBuf>, a: View<CpuBuf>, b: View<CpuBuf>, d: MatDims) -> (Mat, Mat) {
+    assert!(
+        a.len >= d.m * d.k && b.len >= d.k * d.n && c.len >= d.m * d.n,
+        "matmul shape {d:?}"
+    );
     // a logical rows×cols matrix, stored row-major or (transposed) column-major
     let mat = |v: View<CpuBuf>, transposed: bool, rows: usize, cols: usize| Mat {
         ptr: r(v).as_ptr(),
@@ -317,6 +322,20 @@ impl Rows {
             ptr: w(v).as_mut_ptr(),
             n,
         }
+    }
+    /// For a matrix the epilogue only reads.
+    fn of_input(v: View<CpuBuf>, n: usize) -> Rows {
+        Rows {
+            ptr: r(v).as_ptr().cast_mut(),
+            n,
+        }
+    }
+    /// Columns `[j0, j0 + cols)` of row i, read only.
+    ///
+    /// # Safety
+    /// In bounds, and nothing writing that part of the row meanwhile.
+    unsafe fn row_ref(&self, i: usize, j0: usize, cols: usize) -> &[f32] {
+        std::slice::from_raw_parts(self.ptr.add(i * self.n + j0), cols)
     }
     /// Columns `[j0, j0 + cols)` of row i.
     ///
@@ -346,12 +365,8 @@ impl CpuBackend {
         if !sgemm_takes(d.m, d.n, d.k) {
             return false;
         }
-        assert!(
-            a.len >= d.m * d.k && b.len >= d.k * d.n && c.len >= d.m * d.n,
-            "matmul shape {d:?}"
-        );
-        let (am, bm) = operands(a, b, d);
-        // SAFETY: shapes asserted above; callers check c overlaps no input.
+        let (am, bm) = operands(c, a, b, d);
+        // SAFETY: shapes checked in `operands`; callers check c overlaps no input.
         unsafe {
             sgemm::sgemm_then_rows(
                 d.m,
@@ -426,12 +441,8 @@ impl Backend for CpuBackend {
         beta: f32,
     ) {
         check(&[c], &[a, b]);
-        assert!(
-            a.len >= d.m * d.k && b.len >= d.k * d.n && c.len >= d.m * d.n,
-            "matmul shape {d:?}"
-        );
-        let (am, bm) = operands(a, b, d);
-        // SAFETY: shapes asserted above; c does not overlap a or b (checked).
+        let (am, bm) = operands(c, a, b, d);
+        // SAFETY: shapes checked in `operands`; c does not overlap a or b (checked).
         unsafe {
             gemm_raw(
                 d.m,
@@ -467,7 +478,7 @@ impl Backend for CpuBackend {
             let cr = Rows::of(c, d.n);
             // SAFETY: row i of c is final and touched by this call only.
             let epi = |i: usize, j0: usize, cols: usize| unsafe {
-                kernels::add_bias_row(cr.row(i, j0, cols), &bias[j0..j0 + cols])
+                kernels::add_bias_rows(cr.row(i, j0, cols), &bias[j0..j0 + cols])
             };
             if self.matmul_then_rows(c, a, b, d, alpha, beta, &epi) {
                 return;
@@ -491,7 +502,7 @@ impl Backend for CpuBackend {
     ) {
         let mn = d.m * d.n;
         check_opt(&[Some(out), Some(pre)], &[Some(a), Some(b), bias]);
-        assert!(out.len >= mn && pre.len >= mn);
+        assert!(out.len >= mn, "matmul_bias_act: out shorter than {mn}");
         let bias_host = bias.map(|b| &r(b)[..d.n]);
         let (pr, or) = (Rows::of(pre, d.n), Rows::of(out, d.n));
         let f = kernels::act_row_forward(act);
@@ -499,7 +510,7 @@ impl Backend for CpuBackend {
         let epi = |i: usize, j0: usize, cols: usize| unsafe {
             let p = pr.row(i, j0, cols);
             if let Some(bias) = bias_host {
-                kernels::add_bias_row(p, &bias[j0..j0 + cols]);
+                kernels::add_bias_rows(p, &bias[j0..j0 + cols]);
             }
             f(or.row(i, j0, cols), p);
         };
@@ -527,15 +538,19 @@ impl Backend for CpuBackend {
             &[Some(a), Some(b), Some(pre)],
         );
         assert!(dpre.len >= mn && pre.len >= mn);
-        let (dr, gr, pr) = (Rows::of(dpre, d.n), Rows::of(dact, d.n), Rows::of(pre, d.n));
+        let (dr, gr, pr) = (
+            Rows::of(dpre, d.n),
+            Rows::of(dact, d.n),
+            Rows::of_input(pre, d.n),
+        );
         let f = kernels::act_row_backward(act);
-        // SAFETY: row i of dact (the product) is final; dpre's row i is this call's; pre is
-        // only read.
+        // SAFETY: row i of dact (the product) is final and only read here; dpre's row i is this
+        // call's; pre is only read.
         let epi = |i: usize, j0: usize, cols: usize| unsafe {
             f(
                 dr.row(i, j0, cols),
-                gr.row(i, j0, cols),
-                pr.row(i, j0, cols),
+                gr.row_ref(i, j0, cols),
+                pr.row_ref(i, j0, cols),
             )
         };
         if !self.matmul_then_rows(dact, a, b, d, 1.0, 0.0, &epi) {

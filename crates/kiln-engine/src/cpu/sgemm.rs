@@ -424,7 +424,8 @@ unsafe fn pack_panels<const W: usize>(
 /// Packs one W-wide panel for the microkernel: for each k in `0..kc`, the W values
 /// `x[i0 .. i0 + W, k]` of the strided matrix `x` (element (i, k) at `ptr + i·rs + k·cs`), zero
 /// past row `rows`. A's panels are rows of A (W = MR); B's are columns of B, i.e. rows of Bᵀ
-/// (W = NR). Writes up to 16 floats past the panel when W < 16 (the scratch has the room).
+/// (W = NR). Writes up to 16 floats past the panel when W < 16 (the scratch has the room). The
+/// contiguous case (`x.rs == 1`) is [`pack_panels`]' own, row by row over all panels.
 #[target_feature(enable = "avx512f")]
 unsafe fn pack_panel<const W: usize>(
     x: StridedRef,
@@ -434,20 +435,6 @@ unsafe fn pack_panel<const W: usize>(
     out: *mut f32,
 ) {
     let valid = (rows - i0).min(W);
-    if x.rs == 1 {
-        // The W values of one k are contiguous: masked 16-wide copies (a short panel's store
-        // tail is overwritten by the next k's).
-        for p in 0..kc {
-            let src = x.ptr.offset(i0 as isize + p as isize * x.cs);
-            let o = out.add(p * W);
-            for h in 0..W.div_ceil(16) {
-                let lanes = valid.saturating_sub(16 * h).min(16);
-                let mask: __mmask16 = ((1u32 << lanes) - 1) as u16;
-                _mm512_storeu_ps(o.add(16 * h), _mm512_maskz_loadu_ps(mask, src.add(16 * h)));
-            }
-        }
-        return;
-    }
     let mut p0 = 0;
     if x.cs == 1 && valid == W {
         // Each row is contiguous along k: 16×16 transposes (W = 14 repeats the last row twice).
@@ -570,21 +557,6 @@ unsafe fn micro_14x32(
         ap = ap.add(MR);
         bp = bp.add(NR);
     }
-    store_tile(&acc, c, ldc, rows, cols, alpha, beta);
-}
-
-/// `C[rows, cols] = alpha · acc + beta · C` (C not read when beta is 0).
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn store_tile(
-    acc: &[[__m512; 2]; MR],
-    c: *mut f32,
-    ldc: usize,
-    rows: usize,
-    cols: usize,
-    alpha: f32,
-    beta: f32,
-) {
     let (m0, m1) = col_masks(cols);
     let va = _mm512_set1_ps(alpha);
     let vb = _mm512_set1_ps(beta);
