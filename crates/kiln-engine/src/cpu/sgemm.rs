@@ -31,19 +31,6 @@ pub struct StridedRef {
     pub rs: isize,
     pub cs: isize,
 }
-impl StridedRef {
-    /// The same matrix starting at column `j0`.
-    ///
-    /// # Safety
-    /// `j0` must be within the matrix.
-    unsafe fn starting_at_col(self, j0: usize) -> StridedRef {
-        StridedRef {
-            ptr: self.ptr.offset(j0 as isize * self.cs),
-            ..self
-        }
-    }
-}
-
 // SAFETY: read-only access from scoped tasks while the caller keeps the matrix alive.
 unsafe impl Send for StridedRef {}
 unsafe impl Sync for StridedRef {}
@@ -103,13 +90,6 @@ fn with_scratch<R>(
 /// Shares a raw pointer with rayon tasks.
 #[derive(Clone, Copy)]
 struct SendPtr<T>(*mut T);
-impl<T> SendPtr<T> {
-    /// # Safety
-    /// The result must stay inside the allocation.
-    unsafe fn offset(self, n: usize) -> SendPtr<T> {
-        SendPtr(self.0.add(n))
-    }
-}
 // SAFETY: used only to hand disjoint regions (or read-only data) to scoped tasks.
 unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}
@@ -151,21 +131,7 @@ pub unsafe fn sgemm_tri(
         sgemm(m, n, k, alpha, a, b, beta, c, ldc, 1);
         return;
     }
-    run_rows(
-        0,
-        m,
-        n,
-        k,
-        alpha,
-        a,
-        b,
-        beta,
-        SendPtr(c),
-        ldc,
-        Some(tri),
-        0,
-        None,
-    );
+    run_one_thread(m, n, k, alpha, a, b, beta, SendPtr(c), ldc, Some(tri), None);
 }
 
 /// `C[m,n] = alpha · A[m,k] @ B[k,n] + beta · C` with C row-major (row stride `ldc`). When `beta`
@@ -230,63 +196,212 @@ pub unsafe fn sgemm_then_rows(
         }
         return;
     }
-    // Each thread takes one contiguous range of rows (or columns) of C for the whole product and
-    // packs what it needs itself: one fork and one join per call, no barrier per K slab. Splitting
-    // rows means every thread packs all of B (K·N) and its share of A; splitting columns, all of A
-    // (M·K) and its share of B. Pick the split that packs less per thread — e.g. the gradient of
+    // Threads claim units of work (blocks of rows of C, or chunks of columns) one KC slab at a
+    // time from a shared counter instead of each owning a fixed half: on this kind of host one
+    // core often runs 10–30% slower than the other for a while (a busy neighbour, a late
+    // wake-up), and a fixed split makes every product wait for the slower half. Splitting rows
+    // means every thread packs all of B (K·N) and the A blocks it claims; splitting columns, all
+    // of A (M·K) and the B panels it claims. Pick the split that packs less — e.g. the gradient of
     // a 1024→256 projection (M 256, N 1024, K 2048) splits columns.
     let threads = threads.max(1);
     let cp = SendPtr(c);
     if threads == 1 {
-        run_rows(0, m, n, k, alpha, a, b, beta, cp, ldc, None, 0, epilogue);
+        run_one_thread(m, n, k, alpha, a, b, beta, cp, ldc, None, epilogue);
         return;
     }
     let pack_split_rows = k * n + m.div_ceil(threads) * k;
     let pack_split_cols = m * k + n.div_ceil(threads) * k;
-    if pack_split_rows <= pack_split_cols || n < 2 * NR {
-        let threads = threads.min(m.div_ceil(MR));
-        let rows_per = m.div_ceil(threads).next_multiple_of(MR);
-        rayon::scope(|s| {
-            for t in 0..threads {
-                let r0 = t * rows_per;
-                if r0 >= m {
-                    break;
+    let split_rows = pack_split_rows <= pack_split_cols || n < 2 * NR;
+    let (grain, len) = if split_rows { (MR, m) } else { (NR, n) };
+    let plan = Claims::new(len.div_ceil(grain), k.div_ceil(KC), threads);
+    let workers = threads.min(plan.units);
+    let plan = &plan;
+    rayon::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(move |_| {
+                if split_rows {
+                    claim_row_blocks(plan, m, n, k, alpha, a, b, beta, cp, ldc, epilogue)
+                } else {
+                    claim_col_chunks(plan, m, n, k, alpha, a, b, beta, cp, ldc, epilogue)
                 }
-                let r1 = (r0 + rows_per).min(m);
-                s.spawn(move |_| {
-                    run_rows(r0, r1, n, k, alpha, a, b, beta, cp, ldc, None, 0, epilogue)
-                });
-            }
-        });
-    } else {
-        let threads = threads.min(n.div_ceil(NR));
-        let cols_per = n.div_ceil(threads).next_multiple_of(NR);
-        rayon::scope(|s| {
-            for t in 0..threads {
-                let c0 = t * cols_per;
-                if c0 >= n {
-                    break;
-                }
-                let nc = (c0 + cols_per).min(n) - c0;
-                let b_cols = b.starting_at_col(c0);
-                let c_cols = cp.offset(c0);
-                s.spawn(move |_| {
-                    run_rows(
-                        0, m, nc, k, alpha, a, b_cols, beta, c_cols, ldc, None, c0, epilogue,
-                    )
-                });
-            }
-        });
+            });
+        }
+    });
+}
+
+/// Most work units one product is cut into (the completion marks live on the stack).
+const MAX_UNITS: usize = 128;
+
+/// The shared schedule of one multi-threaded product: `units` units of `per_unit` tiles (MR rows
+/// or NR columns each) times the KC slabs, claimed slab-major from one counter. Claim order
+/// alone does not order the slabs of one unit (its previous slab may still be running on
+/// another thread), so each unit also records how many slabs are done.
+struct Claims {
+    next: std::sync::atomic::AtomicUsize,
+    done: [std::sync::atomic::AtomicUsize; MAX_UNITS],
+    units: usize,
+    per_unit: usize,
+    slabs: usize,
+}
+
+impl Claims {
+    /// About eight units per thread: small enough that the slower thread's last unit costs
+    /// little, large enough that each unit reuses its packed panels many times.
+    fn new(tiles: usize, slabs: usize, threads: usize) -> Claims {
+        let per_unit = tiles
+            .div_ceil(threads * 8)
+            .max(tiles.div_ceil(MAX_UNITS))
+            .max(1);
+        Claims {
+            next: std::sync::atomic::AtomicUsize::new(0),
+            done: std::array::from_fn(|_| std::sync::atomic::AtomicUsize::new(0)),
+            units: tiles.div_ceil(per_unit),
+            per_unit,
+            slabs,
+        }
+    }
+
+    /// The next (slab, unit) to run, once the unit's previous slab is finished; `None` when all
+    /// are claimed.
+    fn claim(&self) -> Option<(usize, usize)> {
+        use std::sync::atomic::Ordering;
+        let g = self.next.fetch_add(1, Ordering::Relaxed);
+        if g >= self.units * self.slabs {
+            return None;
+        }
+        let (slab, unit) = (g / self.units, g % self.units);
+        // Whoever holds (slab − 1, unit) claimed it earlier and is running it: a short wait.
+        while self.done[unit].load(Ordering::Acquire) < slab {
+            std::hint::spin_loop();
+        }
+        Some((slab, unit))
+    }
+
+    fn finish(&self, slab: usize, unit: usize) {
+        self.done[unit].store(slab + 1, std::sync::atomic::Ordering::Release);
     }
 }
 
-/// Rows `[r0, r1)` of C over the whole depth: for each KC slab, pack B's slab, then each MC
-/// block of these rows against it. `col0` is where these columns start in the caller's C (for
-/// the epilogue).
+/// One thread's share of a row-split product: claims blocks of rows slab by slab, packing each
+/// slab of B (all columns) the first time it claims a block in it.
 #[allow(clippy::too_many_arguments)]
-unsafe fn run_rows(
-    r0: usize,
-    r1: usize,
+unsafe fn claim_row_blocks(
+    plan: &Claims,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: StridedRef,
+    b: StridedRef,
+    beta: f32,
+    c: SendPtr<f32>,
+    ldc: usize,
+    epilogue: Option<RowEpilogue>,
+) {
+    let n_panels = n.div_ceil(NR);
+    with_scratch(&PACK_B, |sb| {
+        let packed_b = SendPtr(sb.get(k.min(KC) * n_panels * NR));
+        let mut packed_slab = None;
+        while let Some((slab, unit)) = plan.claim() {
+            let (p0, kc) = (slab * KC, (k - slab * KC).min(KC));
+            if packed_slab != Some(slab) {
+                pack_panels::<NR>(slab_of_bt(b, p0), kc, n, 0, n_panels, packed_b.0);
+                packed_slab = Some(slab);
+            }
+            let i0 = unit * plan.per_unit * MR;
+            let rows = (m - i0).min(plan.per_unit * MR);
+            let beta_eff = if slab == 0 { beta } else { 1.0 };
+            let a_slab = StridedRef {
+                ptr: a.ptr.offset(p0 as isize * a.cs),
+                ..a
+            };
+            run_block(
+                i0, rows, n, p0, kc, alpha, a_slab, packed_b, beta_eff, c, ldc, None,
+            );
+            if let (Some(f), true) = (epilogue, slab + 1 == plan.slabs) {
+                (i0..i0 + rows).for_each(|i| f(i, 0, n));
+            }
+            plan.finish(slab, unit);
+        }
+    });
+}
+
+/// One thread's share of a column-split product: claims chunks of columns slab by slab, packing
+/// each slab of A (all rows) the first time it claims a chunk in it, and the chunk's B panels.
+#[allow(clippy::too_many_arguments)]
+unsafe fn claim_col_chunks(
+    plan: &Claims,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: StridedRef,
+    b: StridedRef,
+    beta: f32,
+    c: SendPtr<f32>,
+    ldc: usize,
+    epilogue: Option<RowEpilogue>,
+) {
+    let tiles = m.div_ceil(MR);
+    with_scratch(&PACK_A, |sa| {
+        with_scratch(&PACK_B, |sb| {
+            let packed_a = sa.get(tiles * MR * k.min(KC));
+            let packed_b = sb.get(k.min(KC) * plan.per_unit * NR);
+            let mut packed_slab = None;
+            while let Some((slab, unit)) = plan.claim() {
+                let (p0, kc) = (slab * KC, (k - slab * KC).min(KC));
+                if packed_slab != Some(slab) {
+                    let a_slab = StridedRef {
+                        ptr: a.ptr.offset(p0 as isize * a.cs),
+                        ..a
+                    };
+                    pack_panels::<MR>(a_slab, kc, m, 0, tiles, packed_a);
+                    packed_slab = Some(slab);
+                }
+                let c0 = unit * plan.per_unit * NR;
+                let cols = (n - c0).min(plan.per_unit * NR);
+                pack_panels::<NR>(slab_of_bt(b, p0), kc, n, c0, cols.div_ceil(NR), packed_b);
+                let beta_eff = if slab == 0 { beta } else { 1.0 };
+                run_tiles(
+                    0,
+                    m,
+                    packed_a,
+                    cols,
+                    p0,
+                    kc,
+                    alpha,
+                    packed_b,
+                    beta_eff,
+                    c.0.add(c0),
+                    ldc,
+                    None,
+                );
+                if let (Some(f), true) = (epilogue, slab + 1 == plan.slabs) {
+                    (0..m).for_each(|i| f(i, c0, cols));
+                }
+                plan.finish(slab, unit);
+            }
+        })
+    });
+}
+
+/// Bᵀ from depth `p0` on: B's column panels are rows of Bᵀ.
+///
+/// # Safety
+/// `p0` must be within B's depth.
+unsafe fn slab_of_bt(b: StridedRef, p0: usize) -> StridedRef {
+    StridedRef {
+        ptr: b.ptr.offset(p0 as isize * b.rs),
+        rs: b.cs,
+        cs: b.rs,
+    }
+}
+
+/// The whole product on this thread: for each KC slab, pack B's slab, then each MC block of
+/// rows against it.
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_one_thread(
+    m: usize,
     n: usize,
     k: usize,
     alpha: f32,
@@ -296,42 +411,30 @@ unsafe fn run_rows(
     c: SendPtr<f32>,
     ldc: usize,
     tri: Option<Tri>,
-    col0: usize,
     epilogue: Option<RowEpilogue>,
 ) {
     let n_panels = n.div_ceil(NR);
-    let rows = r1 - r0;
     // Blocks of at most MC_MAX rows, as equal as the MR granularity allows.
-    let mc = rows.div_ceil(rows.div_ceil(MC_MAX)).next_multiple_of(MR);
+    let mc = m.div_ceil(m.div_ceil(MC_MAX)).next_multiple_of(MR);
     with_scratch(&PACK_B, |sb| {
         let packed_b = SendPtr(sb.get(k.min(KC) * n_panels * NR));
         let mut p0 = 0;
         while p0 < k {
             let kc = (k - p0).min(KC);
             let beta_eff = if p0 == 0 { beta } else { 1.0 };
-            let b_slab = StridedRef {
-                ptr: b.ptr.offset(p0 as isize * b.rs),
-                ..b
-            };
             let a_slab = StridedRef {
                 ptr: a.ptr.offset(p0 as isize * a.cs),
                 ..a
             };
-            // B's panels are rows of Bᵀ.
-            let b_t = StridedRef {
-                ptr: b_slab.ptr,
-                rs: b_slab.cs,
-                cs: b_slab.rs,
-            };
-            pack_panels::<NR>(b_t, kc, n, 0, n_panels, packed_b.0);
-            let mut i0 = r0;
-            while i0 < r1 {
-                let rows = (r1 - i0).min(mc);
+            pack_panels::<NR>(slab_of_bt(b, p0), kc, n, 0, n_panels, packed_b.0);
+            let mut i0 = 0;
+            while i0 < m {
+                let rows = (m - i0).min(mc);
                 run_block(
                     i0, rows, n, p0, kc, alpha, a_slab, packed_b, beta_eff, c, ldc, tri,
                 );
                 if let (Some(f), true) = (epilogue, p0 + kc == k) {
-                    (i0..i0 + rows).for_each(|i| f(i, col0, n));
+                    (i0..i0 + rows).for_each(|i| f(i, 0, n));
                 }
                 i0 += rows;
             }
@@ -488,38 +591,62 @@ unsafe fn run_block(
     with_scratch(&PACK_A, |sa| {
         let packed_a = sa.get(tiles * MR * kc);
         pack_panels::<MR>(a, kc, i0 + rows, i0, tiles, packed_a);
-        for jp in 0..n.div_ceil(NR) {
-            let cols = (n - jp * NR).min(NR);
-            let bp = packed_b.0.add(jp * kc * NR);
-            for ip in 0..tiles {
-                let nr = (rows - ip * MR).min(MR);
-                let (first_row, end_row) = (i0 + ip * MR, i0 + ip * MR + nr);
-                // The depth range [skip, kc) of this slab the tile needs (all of it unless a
-                // triangle of A is zero); an empty range still applies beta.
-                let skip = match tri {
-                    Some(Tri::OutLower) if jp * NR >= end_row => continue,
-                    Some(Tri::AUpper) => first_row.saturating_sub(p0).min(kc),
-                    _ => 0,
-                };
-                let end = match tri {
-                    Some(Tri::ALower) => end_row.saturating_sub(p0).min(kc),
-                    _ => kc,
-                };
-                let cptr = c.0.add(first_row * ldc + jp * NR);
-                micro_14x32(
-                    end.saturating_sub(skip),
-                    packed_a.add(ip * kc * MR + skip * MR),
-                    bp.add(skip * NR),
-                    cptr,
-                    ldc,
-                    nr,
-                    cols,
-                    alpha,
-                    beta,
-                );
-            }
-        }
+        run_tiles(
+            i0, rows, packed_a, n, p0, kc, alpha, packed_b.0, beta, c.0, ldc, tri,
+        );
     });
+}
+
+/// The microkernel over every tile of rows `[i0, i0 + rows)` (packed from row i0 at `packed_a`)
+/// and columns `[0, n)` (panels at `packed_b`, C's column 0 at `c`), depth `[p0, p0 + kc)`.
+/// Triangle skipping assumes these are the product's own columns (`tri` only comes from the
+/// one-thread [`sgemm_tri`]).
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_tiles(
+    i0: usize,
+    rows: usize,
+    packed_a: *const f32,
+    n: usize,
+    p0: usize,
+    kc: usize,
+    alpha: f32,
+    packed_b: *const f32,
+    beta: f32,
+    c: *mut f32,
+    ldc: usize,
+    tri: Option<Tri>,
+) {
+    let tiles = rows.div_ceil(MR);
+    for jp in 0..n.div_ceil(NR) {
+        let cols = (n - jp * NR).min(NR);
+        let bp = packed_b.add(jp * kc * NR);
+        for ip in 0..tiles {
+            let nr = (rows - ip * MR).min(MR);
+            let (first_row, end_row) = (i0 + ip * MR, i0 + ip * MR + nr);
+            // The depth range [skip, kc) of this slab the tile needs (all of it unless a
+            // triangle of A is zero); an empty range still applies beta.
+            let skip = match tri {
+                Some(Tri::OutLower) if jp * NR >= end_row => continue,
+                Some(Tri::AUpper) => first_row.saturating_sub(p0).min(kc),
+                _ => 0,
+            };
+            let end = match tri {
+                Some(Tri::ALower) => end_row.saturating_sub(p0).min(kc),
+                _ => kc,
+            };
+            micro_14x32(
+                end.saturating_sub(skip),
+                packed_a.add(ip * kc * MR + skip * MR),
+                bp.add(skip * NR),
+                c.add(first_row * ldc + jp * NR),
+                ldc,
+                nr,
+                cols,
+                alpha,
+                beta,
+            );
+        }
+    }
 }
 
 /// The register tile: `C[rows, cols] = alpha · Apanel @ Bpanel + beta · C` for a tile of at most
@@ -652,11 +779,14 @@ mod tests {
             (20, 300, 100),
             (33, 97, 300),
             (2, 130, 3),
+            // Many claimed units over several slabs: rows split (tall) and columns split (wide).
+            (700, 40, 1000),
+            (40, 1500, 800),
         ];
         for &(m, n, k) in &shapes {
             for &(ta, tb) in &[(false, false), (true, false), (false, true), (true, true)] {
                 for &(alpha, beta) in &[(1.0f32, 0.0f32), (0.5, 1.0), (-1.25, 0.75)] {
-                    for threads in [1, 2] {
+                    for threads in [1, 2, 3] {
                         let a: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
                         let b: Vec<f32> = (0..k * n).map(|_| lcg(&mut seed)).collect();
                         let c0: Vec<f32> = (0..m * n).map(|_| lcg(&mut seed)).collect();
