@@ -270,9 +270,16 @@ impl Claims {
             return None;
         }
         let (slab, unit) = (g / self.units, g % self.units);
-        // Whoever holds (slab − 1, unit) claimed it earlier and is running it: a short wait.
+        // Whoever holds (slab − 1, unit) claimed it earlier and is running it: a short wait
+        // (yielding now and then, in case that thread shares this core).
+        let mut spins = 0u32;
         while self.done[unit].load(Ordering::Acquire) < slab {
-            std::hint::spin_loop();
+            spins += 1;
+            if spins % 1024 == 0 {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
         }
         Some((slab, unit))
     }
