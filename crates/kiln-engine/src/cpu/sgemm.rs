@@ -1,6 +1,7 @@
-//! kiln's own f32 GEMM for x86-64 CPUs with AVX-512, in the BLIS layout: each thread owns a range
-//! of rows of C; per KC-deep slab it packs B into NR-wide column panels and each MC×KC block of its
-//! rows of A into MR-tall row panels, and runs an MR×NR register-tile microkernel over them.
+//! kiln's own f32 GEMM for x86-64 CPUs with AVX-512, in the BLIS layout: per KC-deep slab, B is
+//! packed into NR-wide column panels and blocks of rows of A into MR-tall row panels, and an MR×NR
+//! register-tile microkernel runs over them. Threads claim blocks of rows (or chunks of columns)
+//! of C from a shared counter, slab by slab, so a core that runs slower for a while takes fewer.
 //!
 //! Why our own: the `gemm` crate (the fallback on CPUs without AVX-512, and for tiny or
 //! vector-shaped products) enables AVX-512 only on nightly Rust; on AVX-512 machines its AVX2
