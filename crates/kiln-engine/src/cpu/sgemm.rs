@@ -231,35 +231,64 @@ pub unsafe fn sgemm_then_rows(
 }
 
 /// Most work units one product is cut into (the completion marks live on the stack).
-const MAX_UNITS: usize = 128;
+const MAX_UNITS: usize = 256;
 
-/// The shared schedule of one multi-threaded product: `units` units of `per_unit` tiles (MR rows
-/// or NR columns each) times the KC slabs, claimed slab-major from one counter. Claim order
-/// alone does not order the slabs of one unit (its previous slab may still be running on
-/// another thread), so each unit also records how many slabs are done.
+/// The shared schedule of one multi-threaded product: `units` units of tiles (MR rows or NR
+/// columns each) times the KC slabs, claimed slab-major from one counter. Claim order alone does
+/// not order the slabs of one unit (its previous slab may still be running on another thread),
+/// so each unit also records how many slabs are done.
 struct Claims {
     next: std::sync::atomic::AtomicUsize,
     done: [std::sync::atomic::AtomicUsize; MAX_UNITS],
+    /// Unit u is tiles `first_tile[u]..first_tile[u + 1]`.
+    first_tile: [usize; MAX_UNITS + 1],
     units: usize,
-    per_unit: usize,
     slabs: usize,
 }
 
 impl Claims {
-    /// About eight units per thread: small enough that the slower thread's last unit costs
-    /// little, large enough that each unit reuses its packed panels many times.
+    /// About eight units per thread, small enough that a slow thread's unit holds up little,
+    /// large enough that each unit reuses its packed panels over many tiles; and the last units
+    /// shrink ("guided" scheduling: a 1/(2·threads) share of the tiles not yet given out) down to
+    /// a tile or two, so the thread that finishes first waits at most that long for the other.
     fn new(tiles: usize, slabs: usize, threads: usize) -> Claims {
-        let per_unit = tiles
-            .div_ceil(threads * 8)
-            .max(tiles.div_ceil(MAX_UNITS))
-            .max(1);
+        // At most MAX_UNITS / 2 units of the smallest size.
+        let min_unit = tiles.div_ceil(MAX_UNITS / 2).max(1);
+        let max_unit = tiles.div_ceil(threads * 8).max(min_unit);
+        let mut first_tile = [0usize; MAX_UNITS + 1];
+        let mut units = 0;
+        let mut given = 0;
+        while given < tiles {
+            let left = tiles - given;
+            let size = if units + 1 == MAX_UNITS {
+                left
+            } else {
+                left.div_ceil(2 * threads).clamp(min_unit, max_unit)
+            };
+            given += size.min(left);
+            units += 1;
+            first_tile[units] = given;
+        }
         Claims {
             next: std::sync::atomic::AtomicUsize::new(0),
             done: std::array::from_fn(|_| std::sync::atomic::AtomicUsize::new(0)),
-            units: tiles.div_ceil(per_unit),
-            per_unit,
+            first_tile,
+            units,
             slabs,
         }
+    }
+
+    /// Tiles `[first, end)` of unit `u`.
+    fn tiles(&self, u: usize) -> (usize, usize) {
+        (self.first_tile[u], self.first_tile[u + 1])
+    }
+
+    /// Most tiles in one unit.
+    fn max_unit_tiles(&self) -> usize {
+        (0..self.units)
+            .map(|u| self.first_tile[u + 1] - self.first_tile[u])
+            .max()
+            .unwrap_or(0)
     }
 
     /// The next (slab, unit) to run, once the unit's previous slab is finished; `None` when all
@@ -276,7 +305,7 @@ impl Claims {
         let mut spins = 0u32;
         while self.done[unit].load(Ordering::Acquire) < slab {
             spins += 1;
-            if spins % 1024 == 0 {
+            if spins.is_multiple_of(1024) {
                 std::thread::yield_now();
             } else {
                 std::hint::spin_loop();
@@ -316,8 +345,9 @@ unsafe fn claim_row_blocks(
                 pack_panels::<NR>(slab_of_bt(b, p0), kc, n, 0, n_panels, packed_b.0);
                 packed_slab = Some(slab);
             }
-            let i0 = unit * plan.per_unit * MR;
-            let rows = (m - i0).min(plan.per_unit * MR);
+            let (t0, t1) = plan.tiles(unit);
+            let i0 = t0 * MR;
+            let rows = (t1 * MR).min(m) - i0;
             let beta_eff = if slab == 0 { beta } else { 1.0 };
             let a_slab = StridedRef {
                 ptr: a.ptr.offset(p0 as isize * a.cs),
@@ -354,7 +384,7 @@ unsafe fn claim_col_chunks(
     with_scratch(&PACK_A, |sa| {
         with_scratch(&PACK_B, |sb| {
             let packed_a = sa.get(tiles * MR * k.min(KC));
-            let packed_b = sb.get(k.min(KC) * plan.per_unit * NR);
+            let packed_b = sb.get(k.min(KC) * plan.max_unit_tiles() * NR);
             let mut packed_slab = None;
             while let Some((slab, unit)) = plan.claim() {
                 let (p0, kc) = (slab * KC, (k - slab * KC).min(KC));
@@ -366,8 +396,9 @@ unsafe fn claim_col_chunks(
                     pack_panels::<MR>(a_slab, kc, m, 0, tiles, packed_a);
                     packed_slab = Some(slab);
                 }
-                let c0 = unit * plan.per_unit * NR;
-                let cols = (n - c0).min(plan.per_unit * NR);
+                let (t0, t1) = plan.tiles(unit);
+                let c0 = t0 * NR;
+                let cols = (t1 * NR).min(n) - c0;
                 pack_panels::<NR>(slab_of_bt(b, p0), kc, n, c0, cols.div_ceil(NR), packed_b);
                 let beta_eff = if slab == 0 { beta } else { 1.0 };
                 run_tiles(
@@ -749,6 +780,38 @@ mod tests {
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+    }
+
+    #[test]
+    fn claims_cover_every_tile_once_and_shrink_at_the_end() {
+        for (tiles, threads) in [
+            (147, 2),
+            (32, 2),
+            (1, 2),
+            (5000, 2),
+            (300, 7),
+            (100_000, 64),
+        ] {
+            let c = Claims::new(tiles, 3, threads);
+            assert!(c.units <= MAX_UNITS, "{tiles} tiles: {} units", c.units);
+            assert_eq!((c.first_tile[0], c.first_tile[c.units]), (0, tiles));
+            let sizes: Vec<usize> = (0..c.units).map(|u| c.tiles(u).1 - c.tiles(u).0).collect();
+            assert!(sizes.iter().all(|&s| s > 0), "{sizes:?}");
+            assert!(
+                sizes.windows(2).all(|w| w[1] <= w[0]),
+                "not shrinking: {sizes:?}"
+            );
+        }
+        let c = Claims::new(147, 1, 2);
+        let last = c.tiles(c.units - 1);
+        assert!(
+            last.1 - last.0 <= 2,
+            "the last unit of 147 tiles is {last:?}"
+        );
+        // Every (slab, unit) is claimed once, slab-major, then none.
+        let got: Vec<_> =
+            std::iter::from_fn(|| c.claim().inspect(|&(s, u)| c.finish(s, u))).collect();
+        assert_eq!(got, (0..c.units).map(|u| (0, u)).collect::<Vec<_>>());
     }
 
     #[test]
