@@ -350,34 +350,40 @@ simd_fn! {
 }
 
 simd_fn! {
-    /// Columns `[c0, c0 + width)` of `dweight += Σ_r dout·norm`, `dbias += Σ_r dout`.
-    fn norm_dparams_chunk(
-        dw: Option<&mut [f32]>,
-        db: Option<&mut [f32]>,
+    /// One block of rows' share of the norm parameter gradients: overwrite `pw = Σ_r dout·norm`
+    /// and `pb = Σ_r dout` (`cols` each) over the block's rows, in row order.
+    fn norm_dparams_rows(
+        pw: &mut [f32],
+        pb: &mut [f32],
         dout: &[f32],
         inp: &[f32],
         stats: &[f32],
-        rows: usize,
         cols: usize,
-        c0: usize,
-        wdt: usize,
     ) {
-        let mut dw = dw;
-        let mut db = db;
-        for r in 0..rows {
-            let x = &inp[r * cols + c0..r * cols + c0 + wdt];
-            let d = &dout[r * cols + c0..r * cols + c0 + wdt];
-            let (mean, rstd) = (stats[2 * r], stats[2 * r + 1]);
-            if let Some(dw) = dw.as_deref_mut() {
-                for ((a, &d), &x) in dw.iter_mut().zip(d).zip(x) {
-                    *a += d * (x - mean) * rstd;
-                }
-            }
-            if let Some(db) = db.as_deref_mut() {
-                add_to(db, d);
+        pw.fill(0.0);
+        pb.fill(0.0);
+        for ((d, x), st) in dout
+            .chunks_exact(cols)
+            .zip(inp.chunks_exact(cols))
+            .zip(stats.chunks_exact(2))
+        {
+            let (mean, rstd) = (st[0], st[1]);
+            for (((a, b), &d), &x) in pw.iter_mut().zip(pb.iter_mut()).zip(d).zip(x) {
+                *a += d * (x - mean) * rstd;
+                *b += d;
             }
         }
     }
+}
+
+/// Rows per block of the norm backward when it also sums the parameter gradients: a constant,
+/// not a share per thread, so the summation order (rows within a block, then blocks in order) and
+/// so the result do not depend on the thread count.
+const NORM_DPARAM_ROWS: usize = 64;
+
+thread_local! {
+    /// Per-block partial sums of the norm parameter gradients (grown once, then reused).
+    static NORM_PARTIALS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -395,28 +401,51 @@ pub fn norm_backward(
 ) {
     let ln = kind == NormKind::LayerNorm;
     let weight = weight.map(|w| &w[..cols]);
-    let rb = row_block(rows);
-    dinp[..rows * cols]
-        .par_chunks_mut(rb * cols)
-        .zip(dout[..rows * cols].par_chunks(rb * cols))
-        .zip(inp[..rows * cols].par_chunks(rb * cols))
-        .zip(stats[..2 * rows].par_chunks(2 * rb))
-        .with_max_len(1)
-        .for_each(|(((di, d), x), st)| norm_bwd_rows(ln, di, d, x, st, weight, cols));
     if dweight.is_none() && dbias.is_none() {
+        let rb = row_block(rows);
+        dinp[..rows * cols]
+            .par_chunks_mut(rb * cols)
+            .zip(dout[..rows * cols].par_chunks(rb * cols))
+            .zip(inp[..rows * cols].par_chunks(rb * cols))
+            .zip(stats[..2 * rows].par_chunks(2 * rb))
+            .with_max_len(1)
+            .for_each(|(((di, d), x), st)| norm_bwd_rows(ln, di, d, x, st, weight, cols));
         return;
     }
-    let cc = col_chunk(cols);
-    let nchunks = cols.div_ceil(cc);
-    let dw_p = dweight.map(|p| SendPtr(p.as_mut_ptr()));
-    let db_p = dbias.map(|p| SendPtr(p.as_mut_ptr()));
-    (0..nchunks).into_par_iter().with_max_len(1).for_each(|ci| {
-        let c0 = ci * cc;
-        let wdt = cc.min(cols - c0);
-        // SAFETY: this task owns columns [c0, c0+wdt).
-        let dw = dw_p.map(|p| unsafe { std::slice::from_raw_parts_mut(p.get().add(c0), wdt) });
-        let db = db_p.map(|p| unsafe { std::slice::from_raw_parts_mut(p.get().add(c0), wdt) });
-        norm_dparams_chunk(dw, db, dout, inp, stats, rows, cols, c0, wdt);
+    // The parameter gradients are summed per block of rows in the same task as the block's input
+    // gradient, while its rows of dout and inp are in cache (a separate pass over columns read
+    // them again from memory), then the blocks are added in order.
+    let rb = NORM_DPARAM_ROWS;
+    let blocks = rows.div_ceil(rb);
+    let mut fresh = Vec::new();
+    NORM_PARTIALS.with(|cell| {
+        let mut held = cell.try_borrow_mut();
+        let part: &mut Vec<f32> = match held.as_deref_mut() {
+            Ok(v) => v,
+            Err(_) => &mut fresh,
+        };
+        if part.len() < blocks * 2 * cols {
+            part.resize(blocks * 2 * cols, 0.0);
+        }
+        dinp[..rows * cols]
+            .par_chunks_mut(rb * cols)
+            .zip(dout[..rows * cols].par_chunks(rb * cols))
+            .zip(inp[..rows * cols].par_chunks(rb * cols))
+            .zip(stats[..2 * rows].par_chunks(2 * rb))
+            .zip(part[..blocks * 2 * cols].par_chunks_mut(2 * cols))
+            .with_max_len(1)
+            .for_each(|((((di, d), x), st), p)| {
+                norm_bwd_rows(ln, di, d, x, st, weight, cols);
+                let (pw, pb) = p.split_at_mut(cols);
+                norm_dparams_rows(pw, pb, d, x, st, cols);
+            });
+        for (dst, offset) in [(dweight, 0), (dbias, cols)] {
+            if let Some(dst) = dst {
+                for blk in part[..blocks * 2 * cols].chunks_exact(2 * cols) {
+                    add_to(&mut dst[..cols], &blk[offset..offset + cols]);
+                }
+            }
+        }
     });
 }
 
@@ -1432,7 +1461,8 @@ mod tests {
 
     #[test]
     fn norms_match_reference() {
-        let (rows, cols) = (9, 100);
+        // 150 rows: two full blocks of the parameter-gradient sums and a partial one.
+        let (rows, cols) = (150, 100);
         let x = randn(rows * cols, 6, 2.0);
         let w = randn(cols, 7, 1.0);
         let bias = randn(cols, 8, 1.0);
@@ -1497,6 +1527,35 @@ mod tests {
                         && (stats[2 * r + 1] as f64 - rstd).abs() < 1e-5 * rstd
                 );
             }
+            // The same bits on any number of threads (fixed blocks, summed in order).
+            let with_threads = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let (mut dx, mut dw, mut db) =
+                    (vec![1f32; rows * cols], vec![1f32; cols], vec![1f32; cols]);
+                pool.install(|| {
+                    norm_backward(
+                        kind,
+                        &mut dx,
+                        weight.then_some(&mut dw[..]),
+                        with_bias.then_some(&mut db[..]),
+                        &dy,
+                        &x,
+                        &stats,
+                        wv,
+                        rows,
+                        cols,
+                    )
+                });
+                [dx, dw, db].concat()
+            };
+            assert_eq!(
+                with_threads(1),
+                with_threads(3),
+                "{kind:?}: thread count changed the bits"
+            );
             close(&out, &ro, 2e-6, "norm out");
             close(&dx, &rdx, 2e-6, "norm dx");
             if weight {
