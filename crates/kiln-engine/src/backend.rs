@@ -295,6 +295,28 @@ pub trait Backend: Send + Sync {
             self.bias_backward(dbias, dpre, d.m, d.n);
         }
     }
+    /// A `Linear` layer's parameter gradients from its output gradient `a` (`d.k` rows of `d.m`,
+    /// read transposed: `d.trans_a`) and its input `b`: accumulate the weight gradient
+    /// `dw += op(a) @ op(b)` and, if `dbias` is given, `dbias += Σ_r a[r, :]`. A backend may fuse
+    /// them (the cpu backend sums the output gradient while packing it for the product); the
+    /// default runs [`Backend::matmul`] and [`Backend::bias_backward`].
+    fn matmul_wgrad_bias(
+        &self,
+        dw: View<Self::Buf>,
+        dbias: Option<View<Self::Buf>>,
+        a: View<Self::Buf>,
+        b: View<Self::Buf>,
+        d: MatDims,
+    ) {
+        assert!(
+            d.trans_a,
+            "matmul_wgrad_bias reads the output gradient transposed"
+        );
+        self.matmul(dw, a, b, d, 1.0, 1.0);
+        if let Some(dbias) = dbias {
+            self.bias_backward(dbias, a, d.k, d.m);
+        }
+    }
     /// `out[r, :] += bias` for `rows` rows of `cols`.
     fn add_bias(&self, out: View<Self::Buf>, bias: View<Self::Buf>, rows: usize, cols: usize);
     /// Accumulate: `dbias += Σ_r dout[r, :]`.

@@ -536,17 +536,13 @@ impl<B: Backend> Trainer<B> {
         for (l, ls) in m.layout.layers.iter().enumerate().rev() {
             let la = &a.layers[l];
             // MLP: res_out = res2 + fcg @ Wfcp^T + b
-            be.matmul(
+            be.matmul_wgrad_bias(
                 g(ls.fcp_w),
+                ls.fcp_b.map(g),
                 v(&a.dres, bt * c),
                 v(&la.fcg, bt * 4 * c),
                 wgrad(c, 4 * c),
-                1.0,
-                1.0,
             );
-            if let Some(bs) = ls.fcp_b {
-                be.bias_backward(g(bs), v(&a.dres, bt * c), bt, c);
-            }
             // dfch = act'(fch) * (dres @ Wfcp), and the fc bias gradient
             be.matmul_act_backward(
                 m.act(),
@@ -610,17 +606,13 @@ impl<B: Backend> Trainer<B> {
                 1.0,
                 0.0,
             );
-            be.matmul(
+            be.matmul_wgrad_bias(
                 g(ls.proj_w),
+                ls.proj_b.map(g),
                 v(&a.dres, bt * c),
                 v(&la.att, bt * wo),
                 wgrad(c, wo),
-                1.0,
-                1.0,
             );
-            if let Some(bs) = ls.proj_b {
-                be.bias_backward(g(bs), v(&a.dres, bt * c), bt, c);
-            }
             let modern = m.qk_prep(0);
             let (att_in, datt_in) = if modern.is_some() {
                 (&la.qkr, &a.dqkr)
@@ -657,17 +649,13 @@ impl<B: Backend> Trainer<B> {
                 1.0,
                 0.0,
             );
-            be.matmul(
+            be.matmul_wgrad_bias(
                 g(ls.qkv_w),
+                ls.qkv_b.map(g),
                 v(&a.dqkv, bt * wq),
                 v(&la.ln1, bt * c),
                 wgrad(wq, c),
-                1.0,
-                1.0,
             );
-            if let Some(bs) = ls.qkv_b {
-                be.bias_backward(g(bs), v(&a.dqkv, bt * wq), bt, wq);
-            }
             be.norm_backward(
                 nk,
                 v(&a.dres, bt * c),

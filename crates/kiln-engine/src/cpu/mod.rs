@@ -562,6 +562,47 @@ impl Backend for CpuBackend {
         }
     }
 
+    fn matmul_wgrad_bias(
+        &self,
+        dw: View<CpuBuf>,
+        dbias: Option<View<CpuBuf>>,
+        a: View<CpuBuf>,
+        b: View<CpuBuf>,
+        d: MatDims,
+    ) {
+        assert!(
+            d.trans_a,
+            "matmul_wgrad_bias reads the output gradient transposed"
+        );
+        let Some(dbias) = dbias.filter(|_| sgemm_takes(d.m, d.n, d.k)) else {
+            self.matmul(dw, a, b, d, 1.0, 1.0);
+            if let Some(dbias) = dbias {
+                self.bias_backward(dbias, a, d.k, d.m);
+            }
+            return;
+        };
+        check(&[dw, dbias], &[a, b]);
+        assert!(dbias.len >= d.m, "bias gradient shorter than {} rows", d.m);
+        let (am, bm) = operands(dw, a, b, d);
+        // SAFETY: shapes checked in `operands` and above; the outputs overlap no input and each
+        // other (checked).
+        unsafe {
+            sgemm::sgemm_with_a_row_sums(
+                d.m,
+                d.n,
+                d.k,
+                1.0,
+                am,
+                bm,
+                1.0,
+                w(dw).as_mut_ptr(),
+                d.n,
+                self.threads,
+                w(dbias).as_mut_ptr(),
+            )
+        }
+    }
+
     fn add_bias(&self, out: View<CpuBuf>, bias: View<CpuBuf>, rows: usize, cols: usize) {
         check(&[out], &[bias]);
         kernels::add_bias(w(out), r(bias), rows, cols);

@@ -132,7 +132,23 @@ pub unsafe fn sgemm_tri(
         sgemm(m, n, k, alpha, a, b, beta, c, ldc, 1);
         return;
     }
-    run_one_thread(m, n, k, alpha, a, b, beta, SendPtr(c), ldc, Some(tri), None);
+    let fused = Fused {
+        rows: None,
+        a_row_sums: None,
+    };
+    run_one_thread(
+        m,
+        n,
+        k,
+        alpha,
+        a,
+        b,
+        beta,
+        SendPtr(c),
+        ldc,
+        Some(tri),
+        fused,
+    );
 }
 
 /// `C[m,n] = alpha · A[m,k] @ B[k,n] + beta · C` with C row-major (row stride `ldc`). When `beta`
@@ -181,8 +197,66 @@ pub unsafe fn sgemm_then_rows(
     threads: usize,
     epilogue: Option<RowEpilogue>,
 ) {
+    let fused = Fused {
+        rows: epilogue,
+        a_row_sums: None,
+    };
+    sgemm_fused(m, n, k, alpha, a, b, beta, c, ldc, threads, fused)
+}
+
+/// [`sgemm`], and `sums[i] += Σ_p A[i, p]` for the m rows of A, summed from A's packed panels
+/// (each element is packed once): a weight gradient `dW = dYᵀ·X` gives its bias gradient
+/// `Σ_r dY[r, :]` this way without another pass over dY. The sums are in a fixed order (along
+/// each KC slab, then slab by slab), whatever the thread count.
+///
+/// # Safety
+/// As for [`sgemm`]; `sums` must be valid for m floats and overlap nothing else.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn sgemm_with_a_row_sums(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: StridedRef,
+    b: StridedRef,
+    beta: f32,
+    c: *mut f32,
+    ldc: usize,
+    threads: usize,
+    sums: *mut f32,
+) {
+    let fused = Fused {
+        rows: None,
+        a_row_sums: Some(SendPtr(sums)),
+    };
+    sgemm_fused(m, n, k, alpha, a, b, beta, c, ldc, threads, fused)
+}
+
+/// What runs fused with a product besides C itself.
+#[derive(Clone, Copy)]
+struct Fused<'a> {
+    /// See [`RowEpilogue`].
+    rows: Option<RowEpilogue<'a>>,
+    /// See [`sgemm_with_a_row_sums`].
+    a_row_sums: Option<SendPtr<f32>>,
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn sgemm_fused(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: StridedRef,
+    b: StridedRef,
+    beta: f32,
+    c: *mut f32,
+    ldc: usize,
+    threads: usize,
+    fused: Fused,
+) {
     assert!(
-        k > 0 || epilogue.is_none(),
+        k > 0 || fused.rows.is_none(),
         "sgemm: an epilogue needs k > 0"
     );
     if m == 0 || n == 0 {
@@ -207,7 +281,7 @@ pub unsafe fn sgemm_then_rows(
     let threads = threads.max(1);
     let cp = SendPtr(c);
     if threads == 1 {
-        run_one_thread(m, n, k, alpha, a, b, beta, cp, ldc, None, epilogue);
+        run_one_thread(m, n, k, alpha, a, b, beta, cp, ldc, None, fused);
         return;
     }
     let pack_split_rows = k * n + m.div_ceil(threads) * k;
@@ -221,9 +295,9 @@ pub unsafe fn sgemm_then_rows(
         for _ in 0..workers {
             s.spawn(move |_| {
                 if split_rows {
-                    claim_row_blocks(plan, m, n, k, alpha, a, b, beta, cp, ldc, epilogue)
+                    claim_row_blocks(plan, m, n, k, alpha, a, b, beta, cp, ldc, fused)
                 } else {
-                    claim_col_chunks(plan, m, n, k, alpha, a, b, beta, cp, ldc, epilogue)
+                    claim_col_chunks(plan, m, n, k, alpha, a, b, beta, cp, ldc, fused)
                 }
             });
         }
@@ -333,7 +407,7 @@ unsafe fn claim_row_blocks(
     beta: f32,
     c: SendPtr<f32>,
     ldc: usize,
-    epilogue: Option<RowEpilogue>,
+    fused: Fused,
 ) {
     let n_panels = n.div_ceil(NR);
     with_scratch(&PACK_B, |sb| {
@@ -354,9 +428,21 @@ unsafe fn claim_row_blocks(
                 ..a
             };
             run_block(
-                i0, rows, n, p0, kc, alpha, a_slab, packed_b, beta_eff, c, ldc, None,
+                i0,
+                rows,
+                n,
+                p0,
+                kc,
+                alpha,
+                a_slab,
+                packed_b,
+                beta_eff,
+                c,
+                ldc,
+                None,
+                fused.a_row_sums,
             );
-            if let (Some(f), true) = (epilogue, slab + 1 == plan.slabs) {
+            if let (Some(f), true) = (fused.rows, slab + 1 == plan.slabs) {
                 (i0..i0 + rows).for_each(|i| f(i, 0, n));
             }
             plan.finish(slab, unit);
@@ -378,7 +464,7 @@ unsafe fn claim_col_chunks(
     beta: f32,
     c: SendPtr<f32>,
     ldc: usize,
-    epilogue: Option<RowEpilogue>,
+    fused: Fused,
 ) {
     let tiles = m.div_ceil(MR);
     with_scratch(&PACK_A, |sa| {
@@ -395,6 +481,11 @@ unsafe fn claim_col_chunks(
                     };
                     pack_panels::<MR>(a_slab, kc, m, 0, tiles, packed_a);
                     packed_slab = Some(slab);
+                    // Every thread packs all of A; the one holding the slab's first unit (the
+                    // slab's first claim, so it packs here) adds the row sums.
+                    if let (Some(sums), 0) = (fused.a_row_sums, unit) {
+                        add_row_sums(packed_a, m, kc, sums.0);
+                    }
                 }
                 let (t0, t1) = plan.tiles(unit);
                 let c0 = t0 * NR;
@@ -415,7 +506,7 @@ unsafe fn claim_col_chunks(
                     ldc,
                     None,
                 );
-                if let (Some(f), true) = (epilogue, slab + 1 == plan.slabs) {
+                if let (Some(f), true) = (fused.rows, slab + 1 == plan.slabs) {
                     (0..m).for_each(|i| f(i, c0, cols));
                 }
                 plan.finish(slab, unit);
@@ -450,7 +541,7 @@ unsafe fn run_one_thread(
     c: SendPtr<f32>,
     ldc: usize,
     tri: Option<Tri>,
-    epilogue: Option<RowEpilogue>,
+    fused: Fused,
 ) {
     let n_panels = n.div_ceil(NR);
     // Blocks of at most MC_MAX rows, as equal as the MR granularity allows.
@@ -470,9 +561,21 @@ unsafe fn run_one_thread(
             while i0 < m {
                 let rows = (m - i0).min(mc);
                 run_block(
-                    i0, rows, n, p0, kc, alpha, a_slab, packed_b, beta_eff, c, ldc, tri,
+                    i0,
+                    rows,
+                    n,
+                    p0,
+                    kc,
+                    alpha,
+                    a_slab,
+                    packed_b,
+                    beta_eff,
+                    c,
+                    ldc,
+                    tri,
+                    fused.a_row_sums,
                 );
-                if let (Some(f), true) = (epilogue, p0 + kc == k) {
+                if let (Some(f), true) = (fused.rows, p0 + kc == k) {
                     (i0..i0 + rows).for_each(|i| f(i, 0, n));
                 }
                 i0 += rows;
@@ -625,11 +728,15 @@ unsafe fn run_block(
     c: SendPtr<f32>,
     ldc: usize,
     tri: Option<Tri>,
+    a_row_sums: Option<SendPtr<f32>>,
 ) {
     let tiles = rows.div_ceil(MR);
     with_scratch(&PACK_A, |sa| {
         let packed_a = sa.get(tiles * MR * kc);
         pack_panels::<MR>(a, kc, i0 + rows, i0, tiles, packed_a);
+        if let Some(sums) = a_row_sums {
+            add_row_sums(packed_a, rows, kc, sums.0.add(i0));
+        }
         run_tiles(
             i0, rows, packed_a, n, p0, kc, alpha, packed_b.0, beta, c.0, ldc, tri,
         );
@@ -685,6 +792,29 @@ unsafe fn run_tiles(
                 beta,
             );
         }
+    }
+}
+
+/// `sums[i] += Σ_p A[i, p]` for the `rows` rows packed at `packed` (MR-row panels of depth
+/// `kc`), from the packed copy while it is in cache. Four interleaved partial sums per row keep
+/// the adds from waiting on each other; the order is fixed.
+#[target_feature(enable = "avx512f")]
+unsafe fn add_row_sums(packed: *const f32, rows: usize, kc: usize, sums: *mut f32) {
+    for t in 0..rows.div_ceil(MR) {
+        let valid = (rows - t * MR).min(MR);
+        let mask: __mmask16 = ((1u32 << valid) - 1) as u16;
+        let panel = packed.add(t * kc * MR);
+        let mut acc = [_mm512_setzero_ps(); 4];
+        for p in 0..kc {
+            acc[p % 4] = _mm512_add_ps(acc[p % 4], _mm512_maskz_loadu_ps(mask, panel.add(p * MR)));
+        }
+        let total = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+        let dst = sums.add(t * MR);
+        _mm512_mask_storeu_ps(
+            dst,
+            mask,
+            _mm512_add_ps(_mm512_maskz_loadu_ps(mask, dst), total),
+        );
     }
 }
 
@@ -780,6 +910,74 @@ mod tests {
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+    }
+
+    /// Row sums of A from its packed panels: every split (one thread, rows claimed, columns
+    /// claimed), several slabs, transposed and plain A; the product is unchanged and the sums
+    /// accumulate onto what was there.
+    #[test]
+    fn a_row_sums_match_naive() {
+        if !available() {
+            return;
+        }
+        let mut seed = 11u64;
+        // (m, n, k): tall (rows claimed), wide (columns claimed), a short tile tail, one slab.
+        for &(m, n, k) in &[
+            (700, 40, 1000),
+            (40, 1500, 800),
+            (257, 256, 2048),
+            (20, 64, 30),
+        ] {
+            for ta in [false, true] {
+                for threads in [1, 2, 3] {
+                    let a: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
+                    let b: Vec<f32> = (0..k * n).map(|_| lcg(&mut seed)).collect();
+                    let (ars, acs) = if ta { (1, m) } else { (k, 1) };
+                    let mut want = vec![0f32; m * n];
+                    naive(m, n, k, 1.0, &a, (ars, acs), &b, (n, 1), 0.0, &mut want);
+                    let start: Vec<f32> = (0..m).map(|_| lcg(&mut seed)).collect();
+                    let mut sums = start.clone();
+                    let mut got = vec![f32::NAN; m * n];
+                    unsafe {
+                        sgemm_with_a_row_sums(
+                            m,
+                            n,
+                            k,
+                            1.0,
+                            StridedRef {
+                                ptr: a.as_ptr(),
+                                rs: ars as isize,
+                                cs: acs as isize,
+                            },
+                            StridedRef {
+                                ptr: b.as_ptr(),
+                                rs: n as isize,
+                                cs: 1,
+                            },
+                            0.0,
+                            got.as_mut_ptr(),
+                            n,
+                            threads,
+                            sums.as_mut_ptr(),
+                        )
+                    };
+                    let what = format!("m{m} n{n} k{k} ta{ta} t{threads}");
+                    let tol = 1e-5 * (k as f32).sqrt();
+                    for (g, w) in got.iter().zip(&want) {
+                        assert!((g - w).abs() <= tol, "{what}: product {g} vs {w}");
+                    }
+                    for i in 0..m {
+                        let row: f64 = (0..k).map(|p| a[i * ars + p * acs] as f64).sum();
+                        let w = start[i] as f64 + row;
+                        assert!(
+                            (sums[i] as f64 - w).abs() <= 1e-4,
+                            "{what} row {i}: {} vs {w}",
+                            sums[i]
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
