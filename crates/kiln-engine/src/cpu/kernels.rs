@@ -692,7 +692,18 @@ unsafe fn causal_gemm(
     beta: f32,
 ) {
     if *super::HAVE_AVX512 && t >= MIN_TRI_ROWS {
-        sgemm::sgemm_tri(t, n, k, alpha, a, b, beta, c, c_rs as usize, tri);
+        let p = sgemm::Product {
+            m: t,
+            n,
+            k,
+            alpha,
+            a,
+            b,
+            beta,
+            c,
+            ldc: c_rs as usize,
+        };
+        sgemm::sgemm_tri(p, tri);
         return;
     }
     causal_gemm_blocked(tri, t, n, k, c, c_rs, a, b, alpha, beta);
@@ -1477,20 +1488,35 @@ mod tests {
             let mut out = vec![0f32; rows * cols];
             let mut stats = vec![0f32; 2 * rows];
             norm_forward(kind, &mut out, &mut stats, &x, wv, bv, rows, cols, 1e-5);
-            let mut dx = vec![1f32; rows * cols]; // accumulates onto 1
-            let mut dw = vec![1f32; cols];
-            let mut db = vec![1f32; cols];
-            norm_backward(
-                kind,
-                &mut dx,
-                weight.then_some(&mut dw[..]),
-                with_bias.then_some(&mut db[..]),
-                &dy,
-                &x,
-                &stats,
-                wv,
-                rows,
-                cols,
+            // Gradients accumulate onto 1s; the same bits on any number of threads (fixed
+            // blocks, summed in order).
+            let backward = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let mut dx = vec![1f32; rows * cols];
+                let (mut dw, mut db) = (vec![1f32; cols], vec![1f32; cols]);
+                pool.install(|| {
+                    norm_backward(
+                        kind,
+                        &mut dx,
+                        weight.then_some(&mut dw[..]),
+                        with_bias.then_some(&mut db[..]),
+                        &dy,
+                        &x,
+                        &stats,
+                        wv,
+                        rows,
+                        cols,
+                    )
+                });
+                (dx, dw, db)
+            };
+            let (dx, dw, db) = backward(1);
+            assert!(
+                backward(3) == (dx.clone(), dw.clone(), db.clone()),
+                "{kind:?}: the thread count changed the bits"
             );
             let (mut ro, mut rdx) = (vec![0f64; rows * cols], vec![1f64; rows * cols]);
             let (mut rdw, mut rdb) = (vec![1f64; cols], vec![1f64; cols]);
@@ -1527,35 +1553,6 @@ mod tests {
                         && (stats[2 * r + 1] as f64 - rstd).abs() < 1e-5 * rstd
                 );
             }
-            // The same bits on any number of threads (fixed blocks, summed in order).
-            let with_threads = |threads: usize| {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
-                let (mut dx, mut dw, mut db) =
-                    (vec![1f32; rows * cols], vec![1f32; cols], vec![1f32; cols]);
-                pool.install(|| {
-                    norm_backward(
-                        kind,
-                        &mut dx,
-                        weight.then_some(&mut dw[..]),
-                        with_bias.then_some(&mut db[..]),
-                        &dy,
-                        &x,
-                        &stats,
-                        wv,
-                        rows,
-                        cols,
-                    )
-                });
-                [dx, dw, db].concat()
-            };
-            assert_eq!(
-                with_threads(1),
-                with_threads(3),
-                "{kind:?}: thread count changed the bits"
-            );
             close(&out, &ro, 2e-6, "norm out");
             close(&dx, &rdx, 2e-6, "norm dx");
             if weight {

@@ -305,6 +305,30 @@ fn operands(c: View<CpuBuf>, a: View<CpuBuf>, b: View<CpuBuf>, d: MatDims) -> (M
     (mat(a, d.trans_a, d.m, d.k), mat(b, d.trans_b, d.k, d.n))
 }
 
+/// `c = alpha · op(a) @ op(b) + beta · c` for the sgemm, `c` row-major with `d.n` columns (shapes
+/// checked as in [`operands`]).
+fn product(
+    c: View<CpuBuf>,
+    a: View<CpuBuf>,
+    b: View<CpuBuf>,
+    d: MatDims,
+    alpha: f32,
+    beta: f32,
+) -> sgemm::Product {
+    let (am, bm) = operands(c, a, b, d);
+    sgemm::Product {
+        m: d.m,
+        n: d.n,
+        k: d.k,
+        alpha,
+        a: am,
+        b: bm,
+        beta,
+        c: w(c).as_mut_ptr(),
+        ldc: d.n,
+    }
+}
+
 /// Rows of an `n`-column row-major matrix shared with a GEMM's row epilogue, which touches each
 /// row from one task only.
 #[derive(Clone, Copy)]
@@ -365,23 +389,9 @@ impl CpuBackend {
         if !sgemm_takes(d.m, d.n, d.k) {
             return false;
         }
-        let (am, bm) = operands(c, a, b, d);
-        // SAFETY: shapes checked in `operands`; callers check c overlaps no input.
-        unsafe {
-            sgemm::sgemm_then_rows(
-                d.m,
-                d.n,
-                d.k,
-                alpha,
-                am,
-                bm,
-                beta,
-                w(c).as_mut_ptr(),
-                d.n,
-                self.threads,
-                Some(epilogue),
-            )
-        };
+        let p = product(c, a, b, d, alpha, beta);
+        // SAFETY: shapes checked in `product`; callers check c overlaps no input.
+        unsafe { sgemm::sgemm_then_rows(p, self.threads, epilogue) };
         true
     }
 }
@@ -583,24 +593,10 @@ impl Backend for CpuBackend {
         };
         check(&[dw, dbias], &[a, b]);
         assert!(dbias.len >= d.m, "bias gradient shorter than {} rows", d.m);
-        let (am, bm) = operands(dw, a, b, d);
-        // SAFETY: shapes checked in `operands` and above; the outputs overlap no input and each
+        let p = product(dw, a, b, d, 1.0, 1.0);
+        // SAFETY: shapes checked in `product` and above; the outputs overlap no input and each
         // other (checked).
-        unsafe {
-            sgemm::sgemm_with_a_row_sums(
-                d.m,
-                d.n,
-                d.k,
-                1.0,
-                am,
-                bm,
-                1.0,
-                w(dw).as_mut_ptr(),
-                d.n,
-                self.threads,
-                w(dbias).as_mut_ptr(),
-            )
-        }
+        unsafe { sgemm::sgemm_with_a_row_sums(p, self.threads, w(dbias).as_mut_ptr()) }
     }
 
     fn add_bias(&self, out: View<CpuBuf>, bias: View<CpuBuf>, rows: usize, cols: usize) {

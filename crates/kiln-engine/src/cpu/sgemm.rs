@@ -109,50 +109,75 @@ pub enum Tri {
     AUpper,
 }
 
+/// One product `C[m,n] = alpha · A[m,k] @ B[k,n] + beta · C`, C row-major with row stride `ldc`.
+/// When `beta` is 0, C is not read (it may hold NaN).
+#[derive(Clone, Copy)]
+pub struct Product {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub alpha: f32,
+    pub a: StridedRef,
+    pub b: StridedRef,
+    pub beta: f32,
+    pub c: *mut f32,
+    pub ldc: usize,
+}
+
+// SAFETY: shared with scoped tasks that write disjoint tiles of C and only read A and B.
+unsafe impl Send for Product {}
+unsafe impl Sync for Product {}
+
+impl Product {
+    /// A's columns from depth `p0` on.
+    ///
+    /// # Safety
+    /// `p0` must be within the depth.
+    unsafe fn a_from(&self, p0: usize) -> StridedRef {
+        StridedRef {
+            ptr: self.a.ptr.offset(p0 as isize * self.a.cs),
+            ..self.a
+        }
+    }
+
+    /// Bᵀ from depth `p0` on: B's column panels are rows of Bᵀ.
+    ///
+    /// # Safety
+    /// `p0` must be within the depth.
+    unsafe fn bt_from(&self, p0: usize) -> StridedRef {
+        StridedRef {
+            ptr: self.b.ptr.offset(p0 as isize * self.b.rs),
+            rs: self.b.cs,
+            cs: self.b.rs,
+        }
+    }
+
+    /// The beta for the slab starting at depth `p0`: later slabs add onto the earlier ones.
+    fn beta_at(&self, p0: usize) -> f32 {
+        if p0 == 0 {
+            self.beta
+        } else {
+            1.0
+        }
+    }
+}
+
 /// [`sgemm`] on one thread for a square causal-attention product: the same result (exactly,
 /// for `ALower`/`AUpper`; on and below the diagonal for `OutLower`) with the zero or unneeded
 /// triangle skipped at tile (14×32) and depth granularity.
 ///
 /// # Safety
 /// As for [`sgemm`].
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn sgemm_tri(
-    m: usize,
-    n: usize,
-    k: usize,
-    alpha: f32,
-    a: StridedRef,
-    b: StridedRef,
-    beta: f32,
-    c: *mut f32,
-    ldc: usize,
-    tri: Tri,
-) {
-    if m == 0 || n == 0 || k == 0 {
-        sgemm(m, n, k, alpha, a, b, beta, c, ldc, 1);
+pub unsafe fn sgemm_tri(p: Product, tri: Tri) {
+    if p.m == 0 || p.n == 0 || p.k == 0 {
+        sgemm_fused(p, 1, Fused::NONE);
         return;
     }
-    let fused = Fused {
-        rows: None,
-        a_row_sums: None,
-    };
-    run_one_thread(
-        m,
-        n,
-        k,
-        alpha,
-        a,
-        b,
-        beta,
-        SendPtr(c),
-        ldc,
-        Some(tri),
-        fused,
-    );
+    run_one_thread(p, Some(tri), Fused::NONE);
 }
 
 /// `C[m,n] = alpha · A[m,k] @ B[k,n] + beta · C` with C row-major (row stride `ldc`). When `beta`
-/// is 0, C is not read (it may hold NaN). `threads > 1` splits the rows of C over rayon tasks.
+/// is 0, C is not read (it may hold NaN). `threads > 1` shares the work out over rayon tasks.
 ///
 /// # Safety
 /// The CPU must support AVX-512 F ([`available`]); `a`, `b` and `c` must be valid for the shapes
@@ -170,7 +195,18 @@ pub unsafe fn sgemm(
     ldc: usize,
     threads: usize,
 ) {
-    sgemm_then_rows(m, n, k, alpha, a, b, beta, c, ldc, threads, None)
+    let p = Product {
+        m,
+        n,
+        k,
+        alpha,
+        a,
+        b,
+        beta,
+        c,
+        ldc,
+    };
+    sgemm_fused(p, threads, Fused::NONE)
 }
 
 /// Called as `f(i, j0, cols)` once row i of C, columns `[j0, j0 + cols)`, is final: a fused
@@ -178,30 +214,16 @@ pub unsafe fn sgemm(
 /// separate pass over C in memory. Calls for different rows may run concurrently.
 pub type RowEpilogue<'a> = &'a (dyn Fn(usize, usize, usize) + Sync);
 
-/// [`sgemm`], then `epilogue` on every row of C as soon as its block is final. Needs `k > 0`
-/// when an epilogue is given.
+/// [`sgemm`], then `epilogue` on every row of C as soon as its block is final. Needs `k > 0`.
 ///
 /// # Safety
 /// As for [`sgemm`].
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn sgemm_then_rows(
-    m: usize,
-    n: usize,
-    k: usize,
-    alpha: f32,
-    a: StridedRef,
-    b: StridedRef,
-    beta: f32,
-    c: *mut f32,
-    ldc: usize,
-    threads: usize,
-    epilogue: Option<RowEpilogue>,
-) {
+pub unsafe fn sgemm_then_rows(p: Product, threads: usize, epilogue: RowEpilogue) {
     let fused = Fused {
-        rows: epilogue,
+        rows: Some(epilogue),
         a_row_sums: None,
     };
-    sgemm_fused(m, n, k, alpha, a, b, beta, c, ldc, threads, fused)
+    sgemm_fused(p, threads, fused)
 }
 
 /// [`sgemm`], and `sums[i] += Σ_p A[i, p]` for the m rows of A, summed from A's packed panels
@@ -211,25 +233,12 @@ pub unsafe fn sgemm_then_rows(
 ///
 /// # Safety
 /// As for [`sgemm`]; `sums` must be valid for m floats and overlap nothing else.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn sgemm_with_a_row_sums(
-    m: usize,
-    n: usize,
-    k: usize,
-    alpha: f32,
-    a: StridedRef,
-    b: StridedRef,
-    beta: f32,
-    c: *mut f32,
-    ldc: usize,
-    threads: usize,
-    sums: *mut f32,
-) {
+pub unsafe fn sgemm_with_a_row_sums(p: Product, threads: usize, sums: *mut f32) {
     let fused = Fused {
         rows: None,
         a_row_sums: Some(SendPtr(sums)),
     };
-    sgemm_fused(m, n, k, alpha, a, b, beta, c, ldc, threads, fused)
+    sgemm_fused(p, threads, fused)
 }
 
 /// What runs fused with a product besides C itself.
@@ -241,20 +250,17 @@ struct Fused<'a> {
     a_row_sums: Option<SendPtr<f32>>,
 }
 
-#[allow(clippy::too_many_arguments)]
-unsafe fn sgemm_fused(
-    m: usize,
-    n: usize,
-    k: usize,
-    alpha: f32,
-    a: StridedRef,
-    b: StridedRef,
-    beta: f32,
-    c: *mut f32,
-    ldc: usize,
-    threads: usize,
-    fused: Fused,
-) {
+impl Fused<'_> {
+    const NONE: Fused<'static> = Fused {
+        rows: None,
+        a_row_sums: None,
+    };
+}
+
+unsafe fn sgemm_fused(p: Product, threads: usize, fused: Fused) {
+    let Product {
+        m, n, k, c, ldc, ..
+    } = p;
     assert!(
         k > 0 || fused.rows.is_none(),
         "sgemm: an epilogue needs k > 0"
@@ -265,8 +271,8 @@ unsafe fn sgemm_fused(
     if k == 0 {
         for i in 0..m {
             for j in 0..n {
-                let p = c.add(i * ldc + j);
-                *p = if beta == 0.0 { 0.0 } else { beta * *p };
+                let x = c.add(i * ldc + j);
+                *x = if p.beta == 0.0 { 0.0 } else { p.beta * *x };
             }
         }
         return;
@@ -279,9 +285,8 @@ unsafe fn sgemm_fused(
     // of A (M·K) and the B panels it claims. Pick the split that packs less — e.g. the gradient of
     // a 1024→256 projection (M 256, N 1024, K 2048) splits columns.
     let threads = threads.max(1);
-    let cp = SendPtr(c);
     if threads == 1 {
-        run_one_thread(m, n, k, alpha, a, b, beta, cp, ldc, None, fused);
+        run_one_thread(p, None, fused);
         return;
     }
     let pack_split_rows = k * n + m.div_ceil(threads) * k;
@@ -295,9 +300,9 @@ unsafe fn sgemm_fused(
         for _ in 0..workers {
             s.spawn(move |_| {
                 if split_rows {
-                    claim_row_blocks(plan, m, n, k, alpha, a, b, beta, cp, ldc, fused)
+                    claim_row_blocks(plan, p, fused)
                 } else {
-                    claim_col_chunks(plan, m, n, k, alpha, a, b, beta, cp, ldc, fused)
+                    claim_col_chunks(plan, p, fused)
                 }
             });
         }
@@ -395,53 +400,22 @@ impl Claims {
 
 /// One thread's share of a row-split product: claims blocks of rows slab by slab, packing each
 /// slab of B (all columns) the first time it claims a block in it.
-#[allow(clippy::too_many_arguments)]
-unsafe fn claim_row_blocks(
-    plan: &Claims,
-    m: usize,
-    n: usize,
-    k: usize,
-    alpha: f32,
-    a: StridedRef,
-    b: StridedRef,
-    beta: f32,
-    c: SendPtr<f32>,
-    ldc: usize,
-    fused: Fused,
-) {
+unsafe fn claim_row_blocks(plan: &Claims, p: Product, fused: Fused) {
+    let Product { m, n, k, .. } = p;
     let n_panels = n.div_ceil(NR);
     with_scratch(&PACK_B, |sb| {
-        let packed_b = SendPtr(sb.get(k.min(KC) * n_panels * NR));
+        let packed_b = sb.get(k.min(KC) * n_panels * NR);
         let mut packed_slab = None;
         while let Some((slab, unit)) = plan.claim() {
             let (p0, kc) = (slab * KC, (k - slab * KC).min(KC));
             if packed_slab != Some(slab) {
-                pack_panels::<NR>(slab_of_bt(b, p0), kc, n, 0, n_panels, packed_b.0);
+                pack_panels::<NR>(p.bt_from(p0), kc, n, 0, n_panels, packed_b);
                 packed_slab = Some(slab);
             }
             let (t0, t1) = plan.tiles(unit);
             let i0 = t0 * MR;
             let rows = (t1 * MR).min(m) - i0;
-            let beta_eff = if slab == 0 { beta } else { 1.0 };
-            let a_slab = StridedRef {
-                ptr: a.ptr.offset(p0 as isize * a.cs),
-                ..a
-            };
-            run_block(
-                i0,
-                rows,
-                n,
-                p0,
-                kc,
-                alpha,
-                a_slab,
-                packed_b,
-                beta_eff,
-                c,
-                ldc,
-                None,
-                fused.a_row_sums,
-            );
+            run_block(&p, i0, rows, p0, kc, packed_b, None, fused.a_row_sums);
             if let (Some(f), true) = (fused.rows, slab + 1 == plan.slabs) {
                 (i0..i0 + rows).for_each(|i| f(i, 0, n));
             }
@@ -452,20 +426,8 @@ unsafe fn claim_row_blocks(
 
 /// One thread's share of a column-split product: claims chunks of columns slab by slab, packing
 /// each slab of A (all rows) the first time it claims a chunk in it, and the chunk's B panels.
-#[allow(clippy::too_many_arguments)]
-unsafe fn claim_col_chunks(
-    plan: &Claims,
-    m: usize,
-    n: usize,
-    k: usize,
-    alpha: f32,
-    a: StridedRef,
-    b: StridedRef,
-    beta: f32,
-    c: SendPtr<f32>,
-    ldc: usize,
-    fused: Fused,
-) {
+unsafe fn claim_col_chunks(plan: &Claims, p: Product, fused: Fused) {
+    let Product { m, n, k, .. } = p;
     let tiles = m.div_ceil(MR);
     with_scratch(&PACK_A, |sa| {
         with_scratch(&PACK_B, |sb| {
@@ -475,11 +437,7 @@ unsafe fn claim_col_chunks(
             while let Some((slab, unit)) = plan.claim() {
                 let (p0, kc) = (slab * KC, (k - slab * KC).min(KC));
                 if packed_slab != Some(slab) {
-                    let a_slab = StridedRef {
-                        ptr: a.ptr.offset(p0 as isize * a.cs),
-                        ..a
-                    };
-                    pack_panels::<MR>(a_slab, kc, m, 0, tiles, packed_a);
+                    pack_panels::<MR>(p.a_from(p0), kc, m, 0, tiles, packed_a);
                     packed_slab = Some(slab);
                     // Every thread packs all of A; the one holding the slab's first unit (the
                     // slab's first claim, so it packs here) adds the row sums.
@@ -490,22 +448,13 @@ unsafe fn claim_col_chunks(
                 let (t0, t1) = plan.tiles(unit);
                 let c0 = t0 * NR;
                 let cols = (t1 * NR).min(n) - c0;
-                pack_panels::<NR>(slab_of_bt(b, p0), kc, n, c0, cols.div_ceil(NR), packed_b);
-                let beta_eff = if slab == 0 { beta } else { 1.0 };
-                run_tiles(
-                    0,
-                    m,
-                    packed_a,
-                    cols,
-                    p0,
-                    kc,
-                    alpha,
-                    packed_b,
-                    beta_eff,
-                    c.0.add(c0),
-                    ldc,
-                    None,
-                );
+                pack_panels::<NR>(p.bt_from(p0), kc, n, c0, cols.div_ceil(NR), packed_b);
+                let chunk = Product {
+                    n: cols,
+                    c: p.c.add(c0),
+                    ..p
+                };
+                run_tiles(&chunk, 0, m, packed_a, p0, kc, packed_b, None);
                 if let (Some(f), true) = (fused.rows, slab + 1 == plan.slabs) {
                     (0..m).for_each(|i| f(i, c0, cols));
                 }
@@ -515,66 +464,23 @@ unsafe fn claim_col_chunks(
     });
 }
 
-/// Bᵀ from depth `p0` on: B's column panels are rows of Bᵀ.
-///
-/// # Safety
-/// `p0` must be within B's depth.
-unsafe fn slab_of_bt(b: StridedRef, p0: usize) -> StridedRef {
-    StridedRef {
-        ptr: b.ptr.offset(p0 as isize * b.rs),
-        rs: b.cs,
-        cs: b.rs,
-    }
-}
-
 /// The whole product on this thread: for each KC slab, pack B's slab, then each MC block of
 /// rows against it.
-#[allow(clippy::too_many_arguments)]
-unsafe fn run_one_thread(
-    m: usize,
-    n: usize,
-    k: usize,
-    alpha: f32,
-    a: StridedRef,
-    b: StridedRef,
-    beta: f32,
-    c: SendPtr<f32>,
-    ldc: usize,
-    tri: Option<Tri>,
-    fused: Fused,
-) {
+unsafe fn run_one_thread(p: Product, tri: Option<Tri>, fused: Fused) {
+    let Product { m, n, k, .. } = p;
     let n_panels = n.div_ceil(NR);
     // Blocks of at most MC_MAX rows, as equal as the MR granularity allows.
     let mc = m.div_ceil(m.div_ceil(MC_MAX)).next_multiple_of(MR);
     with_scratch(&PACK_B, |sb| {
-        let packed_b = SendPtr(sb.get(k.min(KC) * n_panels * NR));
+        let packed_b = sb.get(k.min(KC) * n_panels * NR);
         let mut p0 = 0;
         while p0 < k {
             let kc = (k - p0).min(KC);
-            let beta_eff = if p0 == 0 { beta } else { 1.0 };
-            let a_slab = StridedRef {
-                ptr: a.ptr.offset(p0 as isize * a.cs),
-                ..a
-            };
-            pack_panels::<NR>(slab_of_bt(b, p0), kc, n, 0, n_panels, packed_b.0);
+            pack_panels::<NR>(p.bt_from(p0), kc, n, 0, n_panels, packed_b);
             let mut i0 = 0;
             while i0 < m {
                 let rows = (m - i0).min(mc);
-                run_block(
-                    i0,
-                    rows,
-                    n,
-                    p0,
-                    kc,
-                    alpha,
-                    a_slab,
-                    packed_b,
-                    beta_eff,
-                    c,
-                    ldc,
-                    tri,
-                    fused.a_row_sums,
-                );
+                run_block(&p, i0, rows, p0, kc, packed_b, tri, fused.a_row_sums);
                 if let (Some(f), true) = (fused.rows, p0 + kc == k) {
                     (i0..i0 + rows).for_each(|i| f(i, 0, n));
                 }
@@ -713,55 +619,46 @@ fn col_masks(cols: usize) -> (__mmask16, __mmask16) {
     (half(cols), half(cols.saturating_sub(16)))
 }
 
-/// Rows `[i0, i0 + rows)` of C against the whole packed slab of B (depth `[p0, p0 + kc)`).
+/// Rows `[i0, i0 + rows)` of C against the whole packed slab of B (depth `[p0, p0 + kc)`):
+/// packs the rows' A panels, adds their row sums if asked, runs the tiles.
 #[allow(clippy::too_many_arguments)]
 unsafe fn run_block(
+    p: &Product,
     i0: usize,
     rows: usize,
-    n: usize,
     p0: usize,
     kc: usize,
-    alpha: f32,
-    a: StridedRef,
-    packed_b: SendPtr<f32>,
-    beta: f32,
-    c: SendPtr<f32>,
-    ldc: usize,
+    packed_b: *const f32,
     tri: Option<Tri>,
     a_row_sums: Option<SendPtr<f32>>,
 ) {
     let tiles = rows.div_ceil(MR);
     with_scratch(&PACK_A, |sa| {
         let packed_a = sa.get(tiles * MR * kc);
-        pack_panels::<MR>(a, kc, i0 + rows, i0, tiles, packed_a);
+        pack_panels::<MR>(p.a_from(p0), kc, i0 + rows, i0, tiles, packed_a);
         if let Some(sums) = a_row_sums {
             add_row_sums(packed_a, rows, kc, sums.0.add(i0));
         }
-        run_tiles(
-            i0, rows, packed_a, n, p0, kc, alpha, packed_b.0, beta, c.0, ldc, tri,
-        );
+        run_tiles(p, i0, rows, packed_a, p0, kc, packed_b, tri);
     });
 }
 
 /// The microkernel over every tile of rows `[i0, i0 + rows)` (packed from row i0 at `packed_a`)
-/// and columns `[0, n)` (panels at `packed_b`, C's column 0 at `c`), depth `[p0, p0 + kc)`.
-/// Triangle skipping assumes these are the product's own columns (`tri` only comes from the
-/// one-thread [`sgemm_tri`]).
+/// and all of `p`'s columns (panels at `packed_b`), depth `[p0, p0 + kc)`. Triangle skipping
+/// assumes these are the product's own columns (`tri` only comes from the one-thread
+/// [`sgemm_tri`]).
 #[allow(clippy::too_many_arguments)]
 unsafe fn run_tiles(
+    p: &Product,
     i0: usize,
     rows: usize,
     packed_a: *const f32,
-    n: usize,
     p0: usize,
     kc: usize,
-    alpha: f32,
     packed_b: *const f32,
-    beta: f32,
-    c: *mut f32,
-    ldc: usize,
     tri: Option<Tri>,
 ) {
+    let (n, ldc, beta) = (p.n, p.ldc, p.beta_at(p0));
     let tiles = rows.div_ceil(MR);
     for jp in 0..n.div_ceil(NR) {
         let cols = (n - jp * NR).min(NR);
@@ -784,11 +681,11 @@ unsafe fn run_tiles(
                 end.saturating_sub(skip),
                 packed_a.add(ip * kc * MR + skip * MR),
                 bp.add(skip * NR),
-                c.add(first_row * ldc + jp * NR),
+                p.c.add(first_row * ldc + jp * NR),
                 ldc,
                 nr,
                 cols,
-                alpha,
+                p.alpha,
                 beta,
             );
         }
@@ -939,27 +836,26 @@ mod tests {
                     let mut sums = start.clone();
                     let mut got = vec![f32::NAN; m * n];
                     unsafe {
-                        sgemm_with_a_row_sums(
+                        let p = Product {
                             m,
                             n,
                             k,
-                            1.0,
-                            StridedRef {
+                            alpha: 1.0,
+                            a: StridedRef {
                                 ptr: a.as_ptr(),
                                 rs: ars as isize,
                                 cs: acs as isize,
                             },
-                            StridedRef {
+                            b: StridedRef {
                                 ptr: b.as_ptr(),
                                 rs: n as isize,
                                 cs: 1,
                             },
-                            0.0,
-                            got.as_mut_ptr(),
-                            n,
-                            threads,
-                            sums.as_mut_ptr(),
-                        )
+                            beta: 0.0,
+                            c: got.as_mut_ptr(),
+                            ldc: n,
+                        };
+                        sgemm_with_a_row_sums(p, threads, sums.as_mut_ptr())
                     };
                     let what = format!("m{m} n{n} k{k} ta{ta} t{threads}");
                     let tol = 1e-5 * (k as f32).sqrt();
