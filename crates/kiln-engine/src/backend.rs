@@ -308,14 +308,7 @@ pub trait Backend: Send + Sync {
         b: View<Self::Buf>,
         d: MatDims,
     ) {
-        assert!(
-            d.trans_a,
-            "matmul_wgrad_bias reads the output gradient transposed"
-        );
-        self.matmul(dw, a, b, d, 1.0, 1.0);
-        if let Some(dbias) = dbias {
-            self.bias_backward(dbias, a, d.k, d.m);
-        }
+        wgrad_then_bias_backward(self, dw, dbias, a, b, d)
     }
     /// `out[r, :] += bias` for `rows` rows of `cols`.
     fn add_bias(&self, out: View<Self::Buf>, bias: View<Self::Buf>, rows: usize, cols: usize);
@@ -495,5 +488,25 @@ pub trait Backend: Send + Sync {
                 AdamHyper { weight_decay, ..h },
             );
         }
+    }
+}
+
+/// [`Backend::matmul_wgrad_bias`] as two passes: [`Backend::matmul`], then
+/// [`Backend::bias_backward`] (the default, and a backend's fallback where it cannot fuse).
+pub(crate) fn wgrad_then_bias_backward<B: Backend + ?Sized>(
+    be: &B,
+    dw: View<B::Buf>,
+    dbias: Option<View<B::Buf>>,
+    a: View<B::Buf>,
+    b: View<B::Buf>,
+    d: MatDims,
+) {
+    assert!(
+        d.trans_a,
+        "matmul_wgrad_bias reads the output gradient transposed"
+    );
+    be.matmul(dw, a, b, d, 1.0, 1.0);
+    if let Some(dbias) = dbias {
+        be.bias_backward(dbias, a, d.k, d.m);
     }
 }

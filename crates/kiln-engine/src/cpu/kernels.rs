@@ -386,6 +386,26 @@ thread_local! {
     static NORM_PARTIALS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// One block of rows of the norm backward: ((dinp, dout), inp), stats.
+type NormBlock<'a> = (((&'a mut [f32], &'a [f32]), &'a [f32]), &'a [f32]);
+
+/// The norm backward's inputs cut into blocks of `rb` rows.
+fn row_blocks<'a>(
+    dinp: &'a mut [f32],
+    dout: &'a [f32],
+    inp: &'a [f32],
+    stats: &'a [f32],
+    rows: usize,
+    cols: usize,
+    rb: usize,
+) -> impl IndexedParallelIterator<Item = NormBlock<'a>> {
+    dinp[..rows * cols]
+        .par_chunks_mut(rb * cols)
+        .zip(dout[..rows * cols].par_chunks(rb * cols))
+        .zip(inp[..rows * cols].par_chunks(rb * cols))
+        .zip(stats[..2 * rows].par_chunks(2 * rb))
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn norm_backward(
     kind: NormKind,
@@ -402,12 +422,7 @@ pub fn norm_backward(
     let ln = kind == NormKind::LayerNorm;
     let weight = weight.map(|w| &w[..cols]);
     if dweight.is_none() && dbias.is_none() {
-        let rb = row_block(rows);
-        dinp[..rows * cols]
-            .par_chunks_mut(rb * cols)
-            .zip(dout[..rows * cols].par_chunks(rb * cols))
-            .zip(inp[..rows * cols].par_chunks(rb * cols))
-            .zip(stats[..2 * rows].par_chunks(2 * rb))
+        row_blocks(dinp, dout, inp, stats, rows, cols, row_block(rows))
             .with_max_len(1)
             .for_each(|(((di, d), x), st)| norm_bwd_rows(ln, di, d, x, st, weight, cols));
         return;
@@ -427,11 +442,7 @@ pub fn norm_backward(
         if part.len() < blocks * 2 * cols {
             part.resize(blocks * 2 * cols, 0.0);
         }
-        dinp[..rows * cols]
-            .par_chunks_mut(rb * cols)
-            .zip(dout[..rows * cols].par_chunks(rb * cols))
-            .zip(inp[..rows * cols].par_chunks(rb * cols))
-            .zip(stats[..2 * rows].par_chunks(2 * rb))
+        row_blocks(dinp, dout, inp, stats, rows, cols, rb)
             .zip(part[..blocks * 2 * cols].par_chunks_mut(2 * cols))
             .with_max_len(1)
             .for_each(|((((di, d), x), st), p)| {

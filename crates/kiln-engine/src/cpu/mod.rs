@@ -580,16 +580,8 @@ impl Backend for CpuBackend {
         b: View<CpuBuf>,
         d: MatDims,
     ) {
-        assert!(
-            d.trans_a,
-            "matmul_wgrad_bias reads the output gradient transposed"
-        );
-        let Some(dbias) = dbias.filter(|_| sgemm_takes(d.m, d.n, d.k)) else {
-            self.matmul(dw, a, b, d, 1.0, 1.0);
-            if let Some(dbias) = dbias {
-                self.bias_backward(dbias, a, d.k, d.m);
-            }
-            return;
+        let Some(dbias) = dbias.filter(|_| d.trans_a && sgemm_takes(d.m, d.n, d.k)) else {
+            return crate::backend::wgrad_then_bias_backward(self, dw, dbias, a, b, d);
         };
         check(&[dw, dbias], &[a, b]);
         assert!(dbias.len >= d.m, "bias gradient shorter than {} rows", d.m);

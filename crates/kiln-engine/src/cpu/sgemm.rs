@@ -14,6 +14,7 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Rows of C per microkernel tile (values broadcast from packed A).
 pub const MR: usize = 14;
@@ -317,8 +318,8 @@ const MAX_UNITS: usize = 256;
 /// not order the slabs of one unit (its previous slab may still be running on another thread),
 /// so each unit also records how many slabs are done.
 struct Claims {
-    next: std::sync::atomic::AtomicUsize,
-    done: [std::sync::atomic::AtomicUsize; MAX_UNITS],
+    next: AtomicUsize,
+    done: [AtomicUsize; MAX_UNITS],
     /// Unit u is tiles `first_tile[u]..first_tile[u + 1]`.
     first_tile: [usize; MAX_UNITS + 1],
     units: usize,
@@ -349,8 +350,8 @@ impl Claims {
             first_tile[units] = given;
         }
         Claims {
-            next: std::sync::atomic::AtomicUsize::new(0),
-            done: std::array::from_fn(|_| std::sync::atomic::AtomicUsize::new(0)),
+            next: AtomicUsize::new(0),
+            done: std::array::from_fn(|_| AtomicUsize::new(0)),
             first_tile,
             units,
             slabs,
@@ -373,7 +374,6 @@ impl Claims {
     /// The next (slab, unit) to run, once the unit's previous slab is finished; `None` when all
     /// are claimed.
     fn claim(&self) -> Option<(usize, usize)> {
-        use std::sync::atomic::Ordering;
         let g = self.next.fetch_add(1, Ordering::Relaxed);
         if g >= self.units * self.slabs {
             return None;
@@ -394,7 +394,7 @@ impl Claims {
     }
 
     fn finish(&self, slab: usize, unit: usize) {
-        self.done[unit].store(slab + 1, std::sync::atomic::Ordering::Release);
+        self.done[unit].store(slab + 1, Ordering::Release);
     }
 }
 
