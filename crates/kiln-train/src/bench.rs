@@ -15,7 +15,7 @@ use kiln_engine::{CpuBackend, Model, ModelConfig, OptimizerConfig, Rng, Sampling
 use serde::Serialize;
 
 use crate::device::{with_backend, Device, DeviceSpec, OnBackend, TrainBackend};
-use crate::pretrain::TrainError;
+use crate::error::TrainError;
 
 /// The rated peak torch_ref.py's `gpu` MFU is measured against (H100 SXM, dense bf16), FLOP/s.
 pub const GPU_PEAK_FLOPS: f64 = 989e12;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use kiln_engine::{Backend, CpuBackend, EngineError};
 
-use crate::pretrain::TrainError;
+use crate::error::TrainError;
 
 /// A backend the training loops can run on.
 pub trait TrainBackend: Backend + 'static {

@@ -1,10 +1,15 @@
 //! kiln-train: training loops (pretrain, SFT, later RL/RLHF), loaders, schedules, evaluation, metrics and plots.
 
 pub mod bench;
+pub mod checkpoint;
 pub mod device;
+mod error;
 pub mod loader;
 pub mod metrics;
 pub mod plot;
 pub mod pretrain;
 pub mod schedule;
 pub mod sft;
+
+pub use checkpoint::resolve_checkpoint;
+pub use error::TrainError;

@@ -6,7 +6,7 @@
 use kiln_engine::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::pretrain::TrainError;
+use crate::error::TrainError;
 
 /// Where the training loader is: epoch and index into that epoch's window permutation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::pretrain::TrainError;
+use crate::error::TrainError;
 
 pub struct MetricsLog {
     path: PathBuf,

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::pretrain::TrainError;
+use crate::error::TrainError;
 
 /// One panel: title and `(x, y)` points.
 pub struct Series<'a> {

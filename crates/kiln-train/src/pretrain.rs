@@ -16,53 +16,19 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln_engine::generate::{generate, GenerateOptions};
 use kiln_engine::{
-    load_checkpoint, save_checkpoint, CpuBackend, EngineError, Model, ModelConfig, OptimizerConfig,
-    Rng, SamplingParams, Trainer,
+    load_checkpoint, CpuBackend, Model, ModelConfig, OptimizerConfig, Rng, SamplingParams, Trainer,
 };
 
-use crate::device::{with_backend, DeviceSpec, OnBackend, TrainBackend};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::checkpoint::{ckpt_root, latest, resolve_checkpoint, save_step};
+use crate::device::{with_backend, DeviceSpec, OnBackend, TrainBackend};
+use crate::error::TrainError;
 use crate::loader::{val_batches, DataPos, Loader, TokenData};
 use crate::metrics::{bits_per_byte, read_metrics, MetricsLog};
 use crate::plot::{write_svg, Series};
 use crate::schedule::Schedule;
-
-#[derive(Debug, thiserror::Error)]
-pub enum TrainError {
-    #[error(transparent)]
-    Engine(#[from] EngineError),
-    #[error(transparent)]
-    Shard(#[from] kiln_data::shards::ShardError),
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("data: {0}")]
-    Data(String),
-    #[error("config: {0}")]
-    Config(String),
-    #[error(
-        "loss became {loss} at step {step}; stopped. The last good checkpoint is kept: {last_ckpt}"
-    )]
-    NonFinite {
-        step: u64,
-        loss: f32,
-        last_ckpt: String,
-    },
-}
-
-impl TrainError {
-    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
-        TrainError::Io {
-            path: path.display().to_string(),
-            source,
-        }
-    }
-}
 
 /// Everything that defines a pretraining run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -137,24 +103,6 @@ pub fn load_shards(path: &Path) -> Result<Vec<Vec<u32>>, TrainError> {
     Ok(docs)
 }
 
-/// Resolve `--resume` (a checkpoint dir, or a run dir / `ckpt` dir with a `latest` pointer).
-pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf, TrainError> {
-    if path.join("kiln.json").exists() || path.join("config.json").exists() {
-        return Ok(path.to_path_buf());
-    }
-    for dir in [path.join("ckpt"), path.to_path_buf()] {
-        let latest = dir.join("latest");
-        if latest.exists() {
-            let name = std::fs::read_to_string(&latest).map_err(|e| TrainError::io(&latest, e))?;
-            return Ok(dir.join(name.trim()));
-        }
-    }
-    Err(TrainError::Config(format!(
-        "{}: not a checkpoint (no kiln.json) and no ckpt/latest pointer",
-        path.display()
-    )))
-}
-
 /// Human-readable differences between two model configs.
 pub fn config_diff(a: &ModelConfig, b: &ModelConfig) -> Vec<String> {
     let (va, vb) = (
@@ -171,34 +119,6 @@ pub fn config_diff(a: &ModelConfig, b: &ModelConfig) -> Vec<String> {
         }
     }
     out
-}
-
-fn ckpt_root(out: &Path) -> PathBuf {
-    out.join("ckpt")
-}
-
-fn write_latest(root: &Path, name: &str) -> Result<(), TrainError> {
-    kiln_engine::safetensors::write_atomic(&root.join("latest"), name.as_bytes())?;
-    Ok(())
-}
-
-fn prune(root: &Path, keep: usize) -> Result<(), TrainError> {
-    let mut steps: Vec<PathBuf> = std::fs::read_dir(root)
-        .map_err(|e| TrainError::io(root, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("step_"))
-        })
-        .collect();
-    steps.sort();
-    let keep = keep.max(1);
-    if steps.len() > keep {
-        for p in &steps[..steps.len() - keep] {
-            std::fs::remove_dir_all(p).map_err(|e| TrainError::io(p, e))?;
-        }
-    }
-    Ok(())
 }
 
 /// Run (or resume) pretraining on `docs` on the cpu backend (`cfg.threads`), writing everything
@@ -392,9 +312,7 @@ pub fn pretrain_with<B: TrainBackend>(
     let tokens_per_step = (bt * cfg.grad_accum) as f64;
     let mut last_loss = f32::NAN;
     let mut last_bpb = None;
-    let mut last_ckpt: Option<PathBuf> = std::fs::read_to_string(root.join("latest"))
-        .ok()
-        .map(|n| root.join(n.trim()));
+    let mut last_ckpt: Option<PathBuf> = latest(&root);
     let mut step_time = 0f64;
     let mut steps_timed = 0u64;
     let run_start = Instant::now();
@@ -406,13 +324,8 @@ pub fn pretrain_with<B: TrainBackend>(
                 rng: &Rng,
                 elapsed: f64|
      -> Result<PathBuf, TrainError> {
-        let name = format!("step_{step:06}");
-        let dir = root.join(&name);
         let state = json!({"step": step, "data": pos, "sample_rng": rng, "elapsed_s": elapsed, "config": cfg, "device": tr.model.backend.name()});
-        save_checkpoint(&dir, &tr.model, Some(&tr.opt), &state)?;
-        write_latest(&root, &name)?;
-        prune(&root, cfg.keep_ckpts)?;
-        Ok(dir)
+        save_step(&root, step, tr, &state, cfg.keep_ckpts)
     };
 
     while (step as usize) < cfg.steps {

@@ -15,13 +15,14 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln_chat::format::{render_for_training, ChatTokens, Codec, Conversation, Rendered};
-use kiln_engine::{load_checkpoint, save_checkpoint, CpuBackend, Model, OptimizerConfig, Trainer};
+use kiln_engine::{load_checkpoint, CpuBackend, Model, OptimizerConfig, Trainer};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::checkpoint::{latest, resolve_checkpoint, save_step};
 use crate::device::{with_backend, DeviceSpec, OnBackend, TrainBackend};
+use crate::error::TrainError;
 use crate::metrics::MetricsLog;
-use crate::pretrain::{resolve_checkpoint, TrainError};
 use crate::schedule::Schedule;
 
 /// Everything that defines an SFT run.
@@ -245,10 +246,6 @@ pub struct SftSummary {
     pub last_ckpt: PathBuf,
 }
 
-fn ckpt_name(step: u64) -> String {
-    format!("step_{step:06}")
-}
-
 /// Run (or resume, when `<out>/ckpt/latest` exists and `resume` is set) SFT starting from the
 /// base checkpoint `base`, on the cpu backend (`cfg.threads`).
 pub fn sft(
@@ -429,24 +426,9 @@ pub fn sft_with<B: TrainBackend>(
                 val: Option<f64>,
                 elapsed: f64|
      -> Result<PathBuf, TrainError> {
-        let dir = root.join(ckpt_name(step));
         let state = json!({"kind": "sft", "step": step, "data": pos, "val_loss": val, "elapsed_s": elapsed, "config": cfg, "base": base, "device": tr.model.backend.name()});
-        save_checkpoint(&dir, &tr.model, Some(&tr.opt), &state)?;
-        kiln_engine::safetensors::write_atomic(&root.join("latest"), ckpt_name(step).as_bytes())?;
         // Keep the newest two.
-        let mut old: Vec<PathBuf> = std::fs::read_dir(&root)
-            .map_err(|e| TrainError::io(&root, e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("step_"))
-            })
-            .collect();
-        old.sort();
-        for p in old.iter().rev().skip(2) {
-            std::fs::remove_dir_all(p).map_err(|e| TrainError::io(p, e))?;
-        }
-        Ok(dir)
+        save_step(&root, step, tr, &state, 2)
     };
     let mut last_ckpt = resume_dir.clone().unwrap_or_default();
     let mut peek = None;
@@ -524,11 +506,9 @@ pub fn sft_with<B: TrainBackend>(
     }
     bar.finish_and_clear();
     if steps_here == 0 {
-        last_ckpt = root.join(
-            std::fs::read_to_string(root.join("latest"))
-                .map_err(|e| TrainError::io(&root, e))?
-                .trim(),
-        );
+        last_ckpt = latest(&root).ok_or_else(|| {
+            TrainError::Config(format!("{}: no latest checkpoint", root.display()))
+        })?;
     }
     let secs = start.elapsed().as_secs_f64();
     Ok(SftSummary {
@@ -548,7 +528,7 @@ mod tests {
     use super::*;
     use kiln_chat::format::testing::ByteCodec;
     use kiln_chat::format::Message;
-    use kiln_engine::ModelConfig;
+    use kiln_engine::{save_checkpoint, ModelConfig};
 
     fn convs(n: usize) -> Vec<Conversation> {
         (0..n)

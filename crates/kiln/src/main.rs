@@ -4,6 +4,8 @@
 mod cmd;
 mod report;
 
+use std::io::IsTerminal;
+
 use clap::{Parser, Subcommand};
 
 /// kiln: the whole pipeline from raw web text to a chatting assistant.
@@ -50,6 +52,8 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        // Colour codes only on a terminal: logs piped to a file or CI stay plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
     let result = match cli.command {

@@ -53,7 +53,7 @@ pub struct Loaded {
 
 /// Loads a checkpoint and the tokenizer its run recorded (or `tokenizer`), checking that they fit.
 pub fn load_model(ckpt: &Path, tokenizer: Option<&str>, threads: usize) -> anyhow::Result<Loaded> {
-    let dir = kiln_train::pretrain::resolve_checkpoint(ckpt)?;
+    let dir = kiln_train::resolve_checkpoint(ckpt)?;
     let ck =
         kiln_engine::load_checkpoint(&dir).with_context(|| format!("loading {}", dir.display()))?;
     let tok_name = match (tokenizer, ck.train["config"]["tokenizer"].as_str()) {

@@ -8,7 +8,8 @@ use clap::Args;
 use kiln_engine::{Arch, ModelConfig, OptimKind, OptimizerConfig};
 use kiln_tokenizer::Tokenizer;
 use kiln_train::device::{Device, DeviceSpec};
-use kiln_train::pretrain::{load_shards, pretrain_on, resolve_checkpoint, Hooks, PretrainConfig};
+use kiln_train::pretrain::{load_shards, pretrain_on, Hooks, PretrainConfig};
+use kiln_train::resolve_checkpoint;
 
 /// `--device` / `--precision`, shared by pretrain, sft, sample and bench train.
 #[derive(Args, Clone, Debug, Default)]

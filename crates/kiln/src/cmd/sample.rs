@@ -10,7 +10,7 @@ use clap::Args;
 use kiln_engine::generate::{generate, GenerateOptions};
 use kiln_engine::{Checkpoint, SamplingParams};
 use kiln_train::device::{with_backend, Device, OnBackend, TrainBackend};
-use kiln_train::pretrain::TrainError;
+use kiln_train::TrainError;
 
 use super::pretrain::{bos_id, load_tokenizer, DeviceArgs};
 
@@ -81,7 +81,7 @@ impl OnBackend for Sample<'_> {
 
 pub fn run(a: SampleArgs, threads: usize) -> anyhow::Result<()> {
     let spec = a.device.spec(Device::Cpu)?;
-    let dir = kiln_train::pretrain::resolve_checkpoint(&a.ckpt)?;
+    let dir = kiln_train::resolve_checkpoint(&a.ckpt)?;
     let ck =
         kiln_engine::load_checkpoint(&dir).with_context(|| format!("loading {}", dir.display()))?;
     let tok_name = match (&a.tokenizer, ck.train["config"]["tokenizer"].as_str()) {

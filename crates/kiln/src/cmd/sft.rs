@@ -92,7 +92,7 @@ fn tokenizer_of(base: &Path, flag: Option<&str>) -> anyhow::Result<String> {
     if let Some(t) = flag {
         return Ok(t.to_string());
     }
-    let dir = kiln_train::pretrain::resolve_checkpoint(base)?;
+    let dir = kiln_train::resolve_checkpoint(base)?;
     let ck =
         kiln_engine::load_checkpoint(&dir).with_context(|| format!("loading {}", dir.display()))?;
     match ck.train["config"]["tokenizer"].as_str() {
@@ -117,7 +117,7 @@ pub fn execute_on(a: &SftArgs, threads: usize, spec: &DeviceSpec) -> anyhow::Res
         &tok,
         &format!("SFT base {} (tokenizer {tok_name})", a.base.display()),
     )?;
-    let base_dir = kiln_train::pretrain::resolve_checkpoint(&a.base)?;
+    let base_dir = kiln_train::resolve_checkpoint(&a.base)?;
     let context = kiln_engine::load_checkpoint(&base_dir)?.config.context;
     let seq_len = a.seq_len.unwrap_or(context);
 

@@ -448,8 +448,8 @@ pub fn run(a: SpeedrunArgs, threads: usize) -> anyhow::Result<()> {
                 break;
             }
         }
-        let step = kiln_engine::load_checkpoint(&kiln_train::pretrain::resolve_checkpoint(&base)?)?
-            .train["step"]
+        let step = kiln_engine::load_checkpoint(&kiln_train::resolve_checkpoint(&base)?)?.train
+            ["step"]
             .as_u64();
         write_json(
             &base_marker,

@@ -1,0 +1,40 @@
+//! The error type of every training loop: what went wrong, naming the file, step or setting.
+
+use std::path::Path;
+
+use kiln_engine::EngineError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Shard(#[from] kiln_data::shards::ShardError),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("data: {0}")]
+    Data(String),
+    #[error("config: {0}")]
+    Config(String),
+    #[error(
+        "loss became {loss} at step {step}; stopped. The last good checkpoint is kept: {last_ckpt}"
+    )]
+    NonFinite {
+        step: u64,
+        loss: f32,
+        last_ckpt: String,
+    },
+}
+
+impl TrainError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        TrainError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}
