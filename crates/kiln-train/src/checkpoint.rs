@@ -5,7 +5,11 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use kiln_engine::{save_checkpoint, Backend, Trainer};
+use std::sync::Arc;
+
+use kiln_chat::format::ChatTokens;
+use kiln_engine::{load_checkpoint, save_checkpoint, Backend, CpuBackend, Model, Trainer};
+use kiln_tokenizer::Tokenizer;
 use serde_json::Value;
 
 use crate::error::TrainError;
@@ -61,16 +65,86 @@ pub fn save_step<B: Backend>(
     Ok(dir)
 }
 
-fn write_latest(root: &Path, name: &str) -> Result<(), TrainError> {
-    let path = root.join("latest");
-    let io = |e| TrainError::io(&path, e);
-    let mut tmp = tempfile::NamedTempFile::new_in(root).map_err(io)?;
-    tmp.write_all(name.as_bytes()).map_err(io)?;
+/// A checkpoint loaded on the cpu with the tokenizer its run recorded.
+pub struct LoadedModel {
+    pub model: Model<CpuBackend>,
+    pub tok: Tokenizer,
+    /// The checkpoint folder it came from.
+    pub dir: PathBuf,
+}
+
+/// Loads a checkpoint (or a run folder's latest) and the tokenizer its run recorded (or
+/// `tokenizer`), checking that the two belong together.
+pub fn load_model(
+    ckpt: &Path,
+    tokenizer: Option<&str>,
+    threads: usize,
+) -> Result<LoadedModel, TrainError> {
+    let dir = resolve_checkpoint(ckpt)?;
+    let ck = load_checkpoint(&dir)?;
+    let tok_name = match (tokenizer, ck.train["config"]["tokenizer"].as_str()) {
+        (Some(t), _) | (None, Some(t)) => t.to_string(),
+        _ => {
+            return Err(TrainError::Config(format!(
+                "{}: the run recorded no tokenizer; pass --tokenizer",
+                dir.display()
+            )))
+        }
+    };
+    let tok = Tokenizer::load_named(&tok_name)?;
+    if tok.vocab_size() > ck.config.vocab_size {
+        return Err(TrainError::Config(format!(
+            "tokenizer {tok_name:?} has {} tokens but the model's vocabulary is {}: they do not belong together",
+            tok.vocab_size(),
+            ck.config.vocab_size
+        )));
+    }
+    let model = ck.into_model(Arc::new(CpuBackend::new(threads)))?;
+    Ok(LoadedModel { model, tok, dir })
+}
+
+/// The chat tokens of `tok`, or an error that says what to do.
+pub fn chat_tokens(tok: &Tokenizer, what: &str) -> Result<ChatTokens, TrainError> {
+    ChatTokens::from_codec(tok).map_err(|e| {
+        TrainError::Config(format!("{what}: this tokenizer cannot render conversations ({e}); train one with `kiln tok train`, which adds the chat tokens"))
+    })
+}
+
+/// Write `v` as pretty JSON, atomically (a crash leaves the old file or none, never half).
+pub fn write_json(path: &Path, v: &impl serde::Serialize) -> Result<(), TrainError> {
+    let text = serde_json::to_string_pretty(v).map_err(|source| TrainError::Json {
+        path: path.display().to_string(),
+        source,
+    })?;
+    write_atomic(path, text.as_bytes())
+}
+
+/// Read a JSON file into `T`, naming the file on failure.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, TrainError> {
+    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|source| TrainError::Json {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// temp file in the same folder + fsync + rename: readers see the old bytes or the new, never half.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
+    let io = |e| TrainError::io(path, e);
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+    tmp.write_all(bytes).map_err(io)?;
     tmp.as_file().sync_all().map_err(io)?;
-    tmp.persist(&path).map_err(|e| io(e.error))?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
     Ok(())
 }
 
+fn write_latest(root: &Path, name: &str) -> Result<(), TrainError> {
+    write_atomic(&root.join("latest"), name.as_bytes())
+}
 fn prune(root: &Path, keep: usize) -> Result<(), TrainError> {
     let mut steps: Vec<PathBuf> = std::fs::read_dir(root)
         .map_err(|e| TrainError::io(root, e))?

@@ -10,11 +10,27 @@ pub enum TrainError {
     Engine(#[from] EngineError),
     #[error(transparent)]
     Shard(#[from] kiln_data::shards::ShardError),
+    #[error(transparent)]
+    Tokenizer(#[from] kiln_tokenizer::TokenizerError),
+    #[error(transparent)]
+    Fetch(#[from] kiln_data::fetch::FetchError),
+    #[error(transparent)]
+    Mix(#[from] kiln_chat::mix::MixError),
+    #[error(transparent)]
+    Eval(#[from] kiln_chat::evals::EvalError),
+    #[error(transparent)]
+    Session(#[from] kiln_chat::session::SessionError),
     #[error("{path}: {source}")]
     Io {
         path: String,
         #[source]
         source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Json {
+        path: String,
+        #[source]
+        source: serde_json::Error,
     },
     #[error("data: {0}")]
     Data(String),

@@ -10,6 +10,7 @@ pub mod plot;
 pub mod pretrain;
 pub mod schedule;
 pub mod sft;
+pub mod speedrun;
 
 pub use checkpoint::resolve_checkpoint;
 pub use error::TrainError;

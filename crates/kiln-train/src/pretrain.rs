@@ -74,6 +74,9 @@ pub struct Hooks<'a> {
     pub progress: bool,
     /// Stop after this many steps in this process (tests; a later `--resume` continues).
     pub stop_after: Option<usize>,
+    /// Stop at the first step that ends after this instant, with an eval and a checkpoint as at
+    /// the last step (the speedrun's time guard; a later `--resume` continues).
+    pub deadline: Option<Instant>,
 }
 
 /// Outcome of a run.
@@ -365,7 +368,8 @@ pub fn pretrain_with<B: TrainBackend>(
         bar.set_position(step);
         bar.set_message(format!("loss {loss:.4}  {tok_s:.0} tok/s"));
 
-        let last = step as usize == cfg.steps;
+        let out_of_time = hooks.deadline.is_some_and(|d| Instant::now() >= d);
+        let last = step as usize == cfg.steps || out_of_time;
         if cfg.eval_every > 0
             && !vals.is_empty()
             && ((step as usize).is_multiple_of(cfg.eval_every) || last)
@@ -436,7 +440,7 @@ pub fn pretrain_with<B: TrainBackend>(
             bar.suspend(|| tracing::info!("checkpoint {}", dir.display()));
             last_ckpt = Some(dir);
         }
-        if hooks.stop_after.is_some_and(|n| done_here >= n) {
+        if out_of_time || hooks.stop_after.is_some_and(|n| done_here >= n) {
             break;
         }
     }

@@ -523,6 +523,126 @@ pub fn sft_with<B: TrainBackend>(
     })
 }
 
+/// An SFT run as the CLI and the speedrun describe it: a base checkpoint, a mix file and an output
+/// folder. [`run_job`] loads the mix (kiln-chat), renders it with the base run's tokenizer and runs
+/// [`sft_on`].
+#[derive(Clone, Debug)]
+pub struct SftJob {
+    /// Base model checkpoint (folder, or a pretraining run folder with ckpt/latest).
+    pub base: PathBuf,
+    /// The data mix (TOML).
+    pub mix: PathBuf,
+    pub out: PathBuf,
+    /// Tokenizer folder or name; `None`: the one the base run recorded.
+    pub tokenizer: Option<String>,
+    /// Tokens per row; `None`: the model's context.
+    pub seq_len: Option<usize>,
+    /// Fail on the first malformed or unusable conversation instead of skipping and counting.
+    pub strict: bool,
+    /// Multiplies every source's count in the mix.
+    pub scale: f64,
+    pub resume: bool,
+    pub progress: bool,
+    /// Steps, batch, optimizer, schedule, seed, threads, time limit (`seq_len` and `tokenizer` are
+    /// filled in by [`run_job`]).
+    pub train: SftConfig,
+}
+
+/// What [`run_job`] did, for printing and the report card.
+pub struct SftOutcome {
+    pub summary: SftSummary,
+    pub stats: Vec<kiln_chat::mix::SourceStats>,
+    pub truncated: usize,
+    pub dropped: usize,
+    pub train_convs: usize,
+    pub val_convs: usize,
+}
+
+/// The tokenizer a job uses: the flag, or the one the base run recorded.
+fn tokenizer_of(base: &Path, flag: Option<&str>) -> Result<String, TrainError> {
+    if let Some(t) = flag {
+        return Ok(t.to_string());
+    }
+    let dir = resolve_checkpoint(base)?;
+    let ck = load_checkpoint(&dir)?;
+    ck.train["config"]["tokenizer"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| {
+            TrainError::Config(format!(
+                "{}: the base run recorded no tokenizer; pass --tokenizer",
+                dir.display()
+            ))
+        })
+}
+
+/// Load the job's mix, render it, write `<out>/mix.json` (per-source counts) and train.
+pub fn run_job(job: &SftJob, spec: &DeviceSpec) -> Result<SftOutcome, TrainError> {
+    let tok_name = tokenizer_of(&job.base, job.tokenizer.as_deref())?;
+    let tok = kiln_tokenizer::Tokenizer::load_named(&tok_name)?;
+    let tokens = crate::checkpoint::chat_tokens(
+        &tok,
+        &format!("SFT base {} (tokenizer {tok_name})", job.base.display()),
+    )?;
+    let base_dir = resolve_checkpoint(&job.base)?;
+    let context = load_checkpoint(&base_dir)?.config.context;
+    let seq_len = job.seq_len.unwrap_or(context);
+
+    let mix_cfg = kiln_chat::mix::MixConfig::load(&job.mix)?;
+    let mix_dir = job.mix.parent().unwrap_or(Path::new("."));
+    let mix = mix_cfg.build(
+        mix_dir,
+        &kiln_data::fetch::data_dir(),
+        job.scale,
+        job.strict,
+    )?;
+    let data = render_data(&mix.train, &mix.val, &tok, &tokens, seq_len)?;
+    tracing::info!(
+        "SFT mix: {} train / {} val conversations; {} cut to {} tokens, {} dropped (answer did not fit)",
+        data.train.len(),
+        data.val.len(),
+        data.truncated,
+        seq_len + 1,
+        data.dropped
+    );
+    std::fs::create_dir_all(&job.out).map_err(|e| TrainError::io(&job.out, e))?;
+    let stats_json: Vec<_> = mix
+        .stats
+        .iter()
+        .map(|s| json!({"kind": s.kind, "train": s.train, "val": s.val, "malformed": s.malformed, "rejected": s.rejected, "too_long": s.too_long, "first_error": s.first_error}))
+        .collect();
+    let mix_json = json!({"mix": job.mix, "sources": stats_json, "truncated": data.truncated, "dropped": data.dropped});
+    crate::checkpoint::write_json(&job.out.join("mix.json"), &mix_json)?;
+
+    let tok_abs = match std::fs::canonicalize(&tok_name) {
+        Ok(p) => p.display().to_string(),
+        Err(_) => tok_name.clone(),
+    };
+    let cfg = SftConfig {
+        seq_len,
+        tokenizer: Some(tok_abs),
+        ..job.train.clone()
+    };
+    let summary = sft_on(
+        spec,
+        &cfg,
+        &job.base,
+        &data,
+        tokens.bos,
+        &job.out,
+        job.resume,
+        job.progress,
+    )?;
+    Ok(SftOutcome {
+        summary,
+        stats: mix.stats,
+        truncated: data.truncated,
+        dropped: data.dropped,
+        train_convs: data.train.len(),
+        val_convs: data.val.len(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

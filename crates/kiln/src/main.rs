@@ -39,7 +39,7 @@ enum Command {
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
     /// Supervised fine-tuning of a base model on a conversation mix (TOML) → an assistant.
-    Sft(Box<cmd::sft::SftCli>),
+    Sft(Box<cmd::sft::SftArgs>),
     /// Chat with a checkpoint in the terminal (streaming, multi-turn; `--once` for scripts).
     Chat(cmd::chat::ChatArgs),
     /// The whole pipeline, small: data → tokenizer → pretrain → SFT → evals → report card.
@@ -64,16 +64,16 @@ fn main() -> std::process::ExitCode {
             cmd::on_engine_pool(|| cmd::pretrain::run(*a, threads))
         }
         Command::Sample(a) => {
-            let threads = cmd::engine_threads(None);
+            let threads = cmd::engine_threads(a.threads);
             cmd::on_engine_pool(|| cmd::sample::run(a, threads))
         }
         Command::Bench(c) => cmd::bench::run(c),
         Command::Sft(a) => {
-            let threads = cmd::engine_threads(a.args.threads);
+            let threads = cmd::engine_threads(a.threads);
             cmd::on_engine_pool(|| cmd::sft::run(*a, threads))
         }
         Command::Chat(a) => {
-            let threads = cmd::engine_threads(None);
+            let threads = cmd::engine_threads(a.threads);
             cmd::on_engine_pool(|| cmd::chat::run(a, threads))
         }
         Command::Speedrun(a) => {

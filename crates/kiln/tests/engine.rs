@@ -345,7 +345,7 @@ fn sample_cached_equals_uncached_and_is_seeded() {
     let r = run.to_str().unwrap();
     let args = [
         "sample",
-        "--ckpt",
+        "--model",
         r,
         "--prompt",
         "the cat",
@@ -376,7 +376,7 @@ fn sample_cached_equals_uncached_and_is_seeded() {
     std::fs::write(&pf, "the dog").unwrap();
     let c = ok(&[
         "sample",
-        "--ckpt",
+        "--model",
         r,
         "--prompt-file",
         pf.to_str().unwrap(),

@@ -5,7 +5,7 @@ use anyhow::bail;
 use clap::Subcommand;
 use kiln_train::device::DeviceSpec;
 
-use super::pretrain::DeviceArgs;
+use super::DeviceArgs;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {

@@ -5,21 +5,20 @@
 //! a conversation-shaped document, stopping at the next turn marker.
 
 use std::io::{BufRead, Write};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use kiln_chat::format::ChatTokens;
+
+use super::SamplingArgs;
 use kiln_chat::session::{base_model_reply, ChatSession};
-use kiln_engine::{CpuBackend, Model, SamplingParams};
-use kiln_tokenizer::Tokenizer;
+use kiln_train::checkpoint::{chat_tokens, load_model};
 
 #[derive(Args)]
 pub struct ChatArgs {
     /// Checkpoint folder (or a run folder with ckpt/latest), e.g. runs/speedrun/sft.
-    #[arg(long)]
-    pub ckpt: PathBuf,
+    #[arg(long, alias = "ckpt")]
+    pub model: PathBuf,
     /// Tokenizer folder or name [default: the one the run recorded].
     #[arg(long)]
     pub tokenizer: Option<String>,
@@ -29,11 +28,8 @@ pub struct ChatArgs {
     /// Use a base model: continue this conversation-shaped document (`User:` / `Assistant:` turns).
     #[arg(long)]
     pub base_prompt: Option<PathBuf>,
-    /// Sampling temperature (0 = greedy).
-    #[arg(long, default_value_t = 0.7)]
-    pub temp: f32,
-    #[arg(long, default_value_t = 50)]
-    pub top_k: usize,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
     /// Most tokens per reply.
     #[arg(long, default_value_t = 256)]
     pub max_tokens: usize,
@@ -42,46 +38,9 @@ pub struct ChatArgs {
     pub system: Option<String>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-}
-
-/// A loaded model with its tokenizer.
-pub struct Loaded {
-    pub model: Model<CpuBackend>,
-    pub tok: Tokenizer,
-    pub dir: PathBuf,
-}
-
-/// Loads a checkpoint and the tokenizer its run recorded (or `tokenizer`), checking that they fit.
-pub fn load_model(ckpt: &Path, tokenizer: Option<&str>, threads: usize) -> anyhow::Result<Loaded> {
-    let dir = kiln_train::resolve_checkpoint(ckpt)?;
-    let ck =
-        kiln_engine::load_checkpoint(&dir).with_context(|| format!("loading {}", dir.display()))?;
-    let tok_name = match (tokenizer, ck.train["config"]["tokenizer"].as_str()) {
-        (Some(t), _) => t.to_string(),
-        (None, Some(t)) => t.to_string(),
-        _ => bail!(
-            "{}: the run recorded no tokenizer; pass --tokenizer",
-            dir.display()
-        ),
-    };
-    let tok = Tokenizer::load_named(&tok_name)
-        .with_context(|| format!("loading tokenizer {tok_name:?}"))?;
-    if tok.vocab_size() > ck.config.vocab_size {
-        bail!(
-            "tokenizer {tok_name:?} has {} tokens but the model's vocabulary is {}: they do not belong together",
-            tok.vocab_size(),
-            ck.config.vocab_size
-        );
-    }
-    let model = ck.into_model(Arc::new(CpuBackend::new(threads)))?;
-    Ok(Loaded { model, tok, dir })
-}
-
-/// The chat tokens of `tok`, or an error that says what to do.
-pub fn chat_tokens(tok: &Tokenizer, what: &str) -> anyhow::Result<ChatTokens> {
-    ChatTokens::from_codec(tok).with_context(|| {
-        format!("{what}: this tokenizer cannot render conversations (train one with `kiln tok train`, which adds the chat tokens)")
-    })
+    /// CPU threads [default: all cores].
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 fn read_stdin_all() -> anyhow::Result<String> {
@@ -91,13 +50,8 @@ fn read_stdin_all() -> anyhow::Result<String> {
 }
 
 pub fn run(a: ChatArgs, threads: usize) -> anyhow::Result<()> {
-    let l = load_model(&a.ckpt, a.tokenizer.as_deref(), threads)?;
-    let sampling = SamplingParams {
-        temperature: a.temp,
-        top_k: a.top_k,
-        top_p: 0.95,
-        min_p: 0.0,
-    };
+    let l = load_model(&a.model, a.tokenizer.as_deref(), threads)?;
+    let sampling = a.sampling.params();
     let mut out = std::io::stdout();
 
     if let Some(doc_path) = &a.base_prompt {
@@ -153,8 +107,8 @@ pub fn run(a: ChatArgs, threads: usize) -> anyhow::Result<()> {
     }
 
     let tokens = chat_tokens(&l.tok, &l.dir.display().to_string())?;
-    let mut session = ChatSession::new(a.temp, a.max_tokens, a.seed);
-    session.sampling.top_k = a.top_k;
+    let mut session = ChatSession::new(a.sampling.temperature, a.max_tokens, a.seed);
+    session.sampling = sampling.clone();
     session.conv.system = a.system.clone();
     let say =
         |session: &mut ChatSession, msg: &str, out: &mut std::io::Stdout| -> anyhow::Result<()> {
@@ -183,7 +137,7 @@ pub fn run(a: ChatArgs, threads: usize) -> anyhow::Result<()> {
     if a.once {
         let msg = read_stdin_all()?;
         if msg.trim().is_empty() {
-            bail!("--once: stdin was empty; pipe a message in, e.g. `echo hello | kiln chat --ckpt … --once`");
+            bail!("--once: stdin was empty; pipe a message in, e.g. `echo hello | kiln chat --model … --once`");
         }
         return say(&mut session, &msg, &mut out);
     }

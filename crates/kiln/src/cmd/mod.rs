@@ -1,4 +1,9 @@
-//! One module per subcommand family.
+//! One module per subcommand family, plus the flag groups several subcommands share (one name and
+//! one default per concept: `--device`, `--precision`, `--temperature`/`--top-k`/`--top-p`/`--min-p`).
+
+use clap::{Args, ValueEnum};
+use kiln_engine::SamplingParams;
+use kiln_train::device::{Device, DeviceSpec};
 
 pub mod bench;
 pub mod chat;
@@ -27,4 +32,84 @@ pub fn engine_threads(n: Option<usize>) -> usize {
 /// 2-core machine the gain was within run-to-run noise; the change removes work, not adds it.)
 pub fn on_engine_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| f())
+}
+
+/// The compute device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DeviceChoice {
+    Cpu,
+    /// An NVIDIA GPU (a build with `--features cuda`).
+    Cuda,
+}
+
+/// Matmul arithmetic on cuda.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PrecisionChoice {
+    /// Tensor cores, fp32 accumulation.
+    Bf16,
+    Tf32,
+    /// Exact.
+    F32,
+}
+
+/// `--device` / `--precision`, shared by pretrain, sft, sample and bench train.
+#[derive(Args, Clone, Debug, Default)]
+pub struct DeviceArgs {
+    /// Backend [default: cpu; cuda for the gpu-* bench presets]. Checkpoints load on either.
+    #[arg(long, value_enum)]
+    pub device: Option<DeviceChoice>,
+    /// Matmul arithmetic on cuda [default: bf16]. The cpu backend computes in f32.
+    #[arg(long, value_enum)]
+    pub precision: Option<PrecisionChoice>,
+}
+
+impl DeviceArgs {
+    /// The device to use, `default` when `--device` is not given.
+    pub fn spec(&self, default: Device) -> anyhow::Result<DeviceSpec> {
+        let device = match self.device {
+            Some(DeviceChoice::Cpu) => Device::Cpu,
+            Some(DeviceChoice::Cuda) => Device::Cuda,
+            None => default,
+        };
+        let precision = self
+            .precision
+            .map(|p| match p {
+                PrecisionChoice::Bf16 => "bf16",
+                PrecisionChoice::Tf32 => "tf32",
+                PrecisionChoice::F32 => "f32",
+            })
+            .map(str::parse)
+            .transpose()?;
+        let s = DeviceSpec { device, precision };
+        s.check_built()?;
+        Ok(s)
+    }
+}
+
+/// How tokens are drawn, the same flags and defaults in `kiln sample` and `kiln chat`.
+#[derive(Args, Clone, Debug)]
+pub struct SamplingArgs {
+    /// Sampling temperature (0 = greedy).
+    #[arg(long, alias = "temp", default_value_t = 0.8)]
+    pub temperature: f32,
+    /// Keep the k most likely tokens (0 = off).
+    #[arg(long, default_value_t = 50)]
+    pub top_k: usize,
+    /// Keep the most likely tokens up to this total probability (1 = off).
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Drop tokens less likely than this fraction of the most likely one (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    pub min_p: f32,
+}
+
+impl SamplingArgs {
+    pub fn params(&self) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+        }
+    }
 }

@@ -4,40 +4,39 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use kiln_engine::{Arch, ModelConfig, OptimKind, OptimizerConfig};
 use kiln_tokenizer::Tokenizer;
-use kiln_train::device::{Device, DeviceSpec};
+use kiln_train::device::Device;
+
+use super::DeviceArgs;
 use kiln_train::pretrain::{load_shards, pretrain_on, Hooks, PretrainConfig};
 use kiln_train::resolve_checkpoint;
 
-/// `--device` / `--precision`, shared by pretrain, sft, sample and bench train.
-#[derive(Args, Clone, Debug, Default)]
-pub struct DeviceArgs {
-    /// Backend: cpu, or cuda (a build with `--features cuda` and an NVIDIA GPU) [default: cpu;
-    /// cuda for the gpu-* bench presets]. Checkpoints load on either.
-    #[arg(long)]
-    pub device: Option<String>,
-    /// Matmul arithmetic on cuda: bf16 (tensor cores, fp32 accumulation), tf32, or f32 (exact)
-    /// [default: $KILN_CUDA_PRECISION, else bf16]. The cpu backend computes in f32.
-    #[arg(long)]
-    pub precision: Option<String>,
+/// Model architectures kiln trains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ArchChoice {
+    /// Learned positions, LayerNorm, GELU, tied head (loads GPT-2 weights).
+    Gpt2,
+    /// RoPE, QK-norm, RMSNorm, ReLU², untied head, GQA.
+    Modern,
 }
 
-impl DeviceArgs {
-    /// The device to use, `default` when `--device` is not given.
-    pub fn spec(&self, default: Device) -> anyhow::Result<DeviceSpec> {
-        let mut s = match &self.device {
-            Some(d) => DeviceSpec::parse(d, None)?,
-            None => DeviceSpec {
-                device: default,
-                precision: None,
-            },
-        };
-        s.precision = self.precision.as_deref().map(str::parse).transpose()?;
-        s.check_built()?;
-        Ok(s)
+impl From<ArchChoice> for Arch {
+    fn from(a: ArchChoice) -> Arch {
+        match a {
+            ArchChoice::Gpt2 => Arch::Gpt2,
+            ArchChoice::Modern => Arch::Modern,
+        }
     }
+}
+
+/// Optimizers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OptimChoice {
+    Adamw,
+    /// Muon for hidden matrices, AdamW for the rest.
+    Muon,
 }
 
 #[derive(Args)]
@@ -52,12 +51,13 @@ pub struct PretrainArgs {
     /// Output folder: metrics.jsonl, curves.svg, ckpt/step_*/ and ckpt/latest.
     #[arg(long)]
     pub out: PathBuf,
-    /// Resume from a checkpoint folder (or a run folder with ckpt/latest).
-    #[arg(long)]
-    pub resume: Option<PathBuf>,
-    /// Architecture: gpt2 or modern [default: gpt2].
-    #[arg(long)]
-    pub arch: Option<String>,
+    /// Resume: from --out's latest checkpoint, or from PATH (a checkpoint folder, or a run folder
+    /// with ckpt/latest).
+    #[arg(long, num_args = 0..=1, value_name = "PATH")]
+    pub resume: Option<Option<PathBuf>>,
+    /// Architecture [default: gpt2].
+    #[arg(long, value_enum)]
+    pub arch: Option<ArchChoice>,
     /// Vocabulary size (default: the tokenizer's).
     #[arg(long)]
     pub vocab_size: Option<usize>,
@@ -84,9 +84,9 @@ pub struct PretrainArgs {
     pub accum: usize,
     #[arg(long, default_value_t = 1000)]
     pub steps: usize,
-    /// adamw or muon (Muon for hidden matrices, AdamW for the rest).
-    #[arg(long, default_value = "adamw")]
-    pub optim: String,
+    /// Optimizer.
+    #[arg(long, value_enum, default_value_t = OptimChoice::Adamw)]
+    pub optim: OptimChoice,
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f32,
     #[arg(long, default_value_t = 0.02)]
@@ -154,7 +154,9 @@ pub fn run(a: PretrainArgs, threads: usize) -> anyhow::Result<()> {
     let spec = a.device.spec(Device::Cpu)?;
     let tok = a.tokenizer.as_deref().map(load_tokenizer).transpose()?;
     // base model config: the checkpoint's when resuming, else defaults; flags override
-    let base = match &a.resume {
+    // `--resume` alone continues the run in --out.
+    let resume: Option<PathBuf> = a.resume.clone().map(|p| p.unwrap_or_else(|| a.out.clone()));
+    let base = match &resume {
         Some(p) => {
             let dir = resolve_checkpoint(p)?;
             kiln_engine::load_checkpoint(&dir)
@@ -162,7 +164,7 @@ pub fn run(a: PretrainArgs, threads: usize) -> anyhow::Result<()> {
                 .config
         }
         None => {
-            let arch: Arch = a.arch.as_deref().unwrap_or("gpt2").parse()?;
+            let arch: Arch = a.arch.map_or(Arch::Gpt2, Arch::from);
             let vocab = a.vocab_size.or(tok.as_ref().map(|t| t.vocab_size()));
             let Some(vocab) = vocab else {
                 bail!("--vocab-size is required without --tokenizer")
@@ -180,10 +182,10 @@ pub fn run(a: PretrainArgs, threads: usize) -> anyhow::Result<()> {
         }
     };
     let mut model = base;
-    if let Some(s) = &a.arch {
-        model.arch = s.parse()?;
+    if let Some(arch) = a.arch {
+        model.arch = arch.into();
     }
-    if let Some(v) = a.vocab_size.or(if a.resume.is_some() {
+    if let Some(v) = a.vocab_size.or(if resume.is_some() {
         tok.as_ref().map(|t| t.vocab_size())
     } else {
         None
@@ -205,7 +207,10 @@ pub fn run(a: PretrainArgs, threads: usize) -> anyhow::Result<()> {
     if a.kv_heads.is_none() && model.arch == Arch::Gpt2 {
         model.n_kv_head = model.n_head;
     }
-    let kind: OptimKind = a.optim.parse()?;
+    let kind = match a.optim {
+        OptimChoice::Adamw => OptimKind::AdamW,
+        OptimChoice::Muon => OptimKind::Muon,
+    };
     let optim = OptimizerConfig {
         kind,
         lr: a.lr,
@@ -274,8 +279,9 @@ pub fn run(a: PretrainArgs, threads: usize) -> anyhow::Result<()> {
         sample_prompts: prompts,
         progress: !a.no_progress,
         stop_after: a.stop_after,
+        deadline: None,
     };
-    let s = pretrain_on(&spec, &cfg, &docs, &a.out, a.resume.as_deref(), &hooks)?;
+    let s = pretrain_on(&spec, &cfg, &docs, &a.out, resume.as_deref(), &hooks)?;
     println!(
         "step {}  loss {:.4}{}  {:.0} tok/s  checkpoint {}",
         s.step,

@@ -8,17 +8,18 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::Args;
 use kiln_engine::generate::{generate, GenerateOptions};
-use kiln_engine::{Checkpoint, SamplingParams};
+use kiln_engine::Checkpoint;
 use kiln_train::device::{with_backend, Device, OnBackend, TrainBackend};
 use kiln_train::TrainError;
 
-use super::pretrain::{bos_id, load_tokenizer, DeviceArgs};
+use super::pretrain::{bos_id, load_tokenizer};
+use super::{DeviceArgs, SamplingArgs};
 
 #[derive(Args)]
 pub struct SampleArgs {
     /// Checkpoint folder (or a run folder with ckpt/latest, or an HF GPT-2 folder).
-    #[arg(long)]
-    pub ckpt: PathBuf,
+    #[arg(long, alias = "ckpt")]
+    pub model: PathBuf,
     /// Tokenizer (folder or pretrained name) [default: the one the run was trained with; `gpt2`
     /// for HF GPT-2 folders].
     #[arg(long)]
@@ -31,18 +32,8 @@ pub struct SampleArgs {
     pub prompt_file: Option<PathBuf>,
     #[arg(long, default_value_t = 64)]
     pub max_tokens: usize,
-    /// 0 = greedy.
-    #[arg(long, default_value_t = 0.8)]
-    pub temperature: f32,
-    /// 0 = off.
-    #[arg(long, default_value_t = 0)]
-    pub top_k: usize,
-    /// 1 = off.
-    #[arg(long, default_value_t = 1.0)]
-    pub top_p: f32,
-    /// 0 = off.
-    #[arg(long, default_value_t = 0.0)]
-    pub min_p: f32,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[arg(long, default_value_t = 1)]
@@ -59,6 +50,9 @@ pub struct SampleArgs {
     /// tokens/s (model load and tokenization excluded).
     #[arg(long)]
     pub stats: bool,
+    /// CPU threads [default: all cores].
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 /// The model built on the chosen backend, then `generate`; returns the samples and the seconds
@@ -81,7 +75,7 @@ impl OnBackend for Sample<'_> {
 
 pub fn run(a: SampleArgs, threads: usize) -> anyhow::Result<()> {
     let spec = a.device.spec(Device::Cpu)?;
-    let dir = kiln_train::resolve_checkpoint(&a.ckpt)?;
+    let dir = kiln_train::resolve_checkpoint(&a.model)?;
     let ck =
         kiln_engine::load_checkpoint(&dir).with_context(|| format!("loading {}", dir.display()))?;
     let tok_name = match (&a.tokenizer, ck.train["config"]["tokenizer"].as_str()) {
@@ -120,12 +114,7 @@ pub fn run(a: SampleArgs, threads: usize) -> anyhow::Result<()> {
     let o = GenerateOptions {
         max_tokens: a.max_tokens,
         num_samples: a.num_samples,
-        sampling: SamplingParams {
-            temperature: a.temperature,
-            top_k: a.top_k,
-            top_p: a.top_p,
-            min_p: a.min_p,
-        },
+        sampling: a.sampling.params(),
         seed: a.seed,
         stop: bos_id(&tok).into_iter().collect(),
         no_cache: a.no_cache,

