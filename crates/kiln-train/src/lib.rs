@@ -4,11 +4,11 @@ pub mod bench;
 pub mod checkpoint;
 pub mod device;
 mod error;
-pub mod loader;
-pub mod metrics;
+mod loader;
+mod metrics;
 pub mod plot;
 pub mod pretrain;
-pub mod schedule;
+mod schedule;
 pub mod sft;
 pub mod speedrun;
 

@@ -81,10 +81,6 @@ impl Loader {
         Ok(l)
     }
 
-    pub fn windows(&self) -> usize {
-        self.perm.len()
-    }
-
     fn make_perm(&mut self) {
         let n = self.stream.len().saturating_sub(1) / self.t;
         self.perm = (0..n as u32).collect();
