@@ -830,10 +830,6 @@ impl CudaBackend {
         Self::new(0, p)
     }
 
-    pub fn precision(&self) -> Precision {
-        self.precision
-    }
-
     pub fn device_name(&self) -> &str {
         &self.device_name
     }
@@ -846,13 +842,6 @@ impl CudaBackend {
     /// Device memory (free, total) as the driver reports it.
     pub fn device_memory(&self) -> (usize, usize) {
         self.ctx.mem_get_info().unwrap_or((0, 0))
-    }
-
-    /// Wait for all enqueued work.
-    pub fn synchronize(&self) {
-        self.stream
-            .synchronize()
-            .unwrap_or_else(|e| panic!("cuda: synchronize: {e:?}"));
     }
 
     fn func(&self, name: &str) -> CudaFunction {
@@ -2045,6 +2034,40 @@ impl Backend for CudaBackend {
 
     fn name(&self) -> &'static str {
         "cuda"
+    }
+
+    fn label(&self) -> String {
+        format!("{} ({} matmuls)", self.device_name, self.precision.as_str())
+    }
+
+    fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    fn synchronize(&self) {
+        self.stream
+            .synchronize()
+            .unwrap_or_else(|e| panic!("cuda: synchronize: {e:?}"));
+    }
+
+    fn peak_device_bytes(&self) -> Option<u64> {
+        Some(self.memory_bytes().1 as u64)
+    }
+
+    fn device_used_bytes(&self) -> Option<u64> {
+        let (free, total) = self.device_memory();
+        (total > 0).then(|| (total - free) as u64)
+    }
+
+    fn check_fits(&self, need: u64) -> Result<(), EngineError> {
+        let (free, total) = self.device_memory();
+        if total > 0 && need > free as u64 {
+            return Err(EngineError::OutOfMemory {
+                need_mb: need >> 20,
+                avail_mb: (free as u64) >> 20,
+            });
+        }
+        Ok(())
     }
 
     fn alloc(&self, len: usize) -> Result<CudaBuf, EngineError> {
