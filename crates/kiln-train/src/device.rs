@@ -39,8 +39,7 @@ impl std::str::FromStr for Device {
 
 pub use kiln_engine::backend::Precision;
 
-/// A device and, optionally, its matmul precision (default: f32 on the cpu; on cuda
-/// `KILN_CUDA_PRECISION`, else bf16).
+/// A device and, optionally, its matmul precision (default: f32 on the cpu, bf16 on cuda).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DeviceSpec {
     pub device: Device,
@@ -107,11 +106,12 @@ fn cpu_precision(p: Option<Precision>) -> Result<(), TrainError> {
 
 #[cfg(feature = "cuda")]
 fn on_cuda<F: OnBackend>(precision: Option<Precision>, f: F) -> Result<F::Output, TrainError> {
-    use kiln_engine::cuda::CudaBackend;
-    let be = match precision {
-        None => CudaBackend::from_env()?,
-        Some(p) => CudaBackend::new(0, p)?,
-    };
+    use kiln_engine::cuda::{CudaBackend, CudaOptions};
+    let mut opts = CudaOptions::default();
+    if let Some(p) = precision {
+        opts.precision = p;
+    }
+    let be = CudaBackend::new(0, opts)?;
     f.run(Arc::new(be))
 }
 

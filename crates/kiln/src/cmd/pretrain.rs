@@ -18,7 +18,7 @@ pub struct DeviceArgs {
     #[arg(long)]
     pub device: Option<String>,
     /// Matmul arithmetic on cuda: bf16 (tensor cores, fp32 accumulation), tf32, or f32 (exact)
-    /// [default: $KILN_CUDA_PRECISION, else bf16]. The cpu backend computes in f32.
+    /// [default: bf16]. The cpu backend computes in f32.
     #[arg(long)]
     pub precision: Option<String>,
 }
