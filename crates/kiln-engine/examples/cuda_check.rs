@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use kiln_engine::backend::{Act, AdamHyper, AttnDims, Backend, MatDims, NormKind, QkPrep, View};
-use kiln_engine::cuda::{AttnKernel, Bf16Gemm, CudaBackend, CudaBuf, Precision};
+use kiln_engine::cuda::{AttnKernel, Bf16Gemm, CudaBackend, CudaBuf, CudaOptions, Precision};
 use kiln_engine::{
     load_checkpoint, save_checkpoint, CpuBackend, Generator, Model, ModelConfig, OptimKind,
     OptimizerConfig, Rng, Trainer,
@@ -1487,7 +1487,7 @@ fn parity() -> Res<()> {
     for prec in [Precision::F32, Precision::Bf16] {
         let mut tw = Twin {
             cpu: Arc::new(CpuBackend::new(4)),
-            gpu: Arc::new(CudaBackend::new(0, prec)?),
+            gpu: Arc::new(CudaBackend::new(0, CudaOptions { precision: prec })?),
             fails: 0,
             checks: 0,
         };
@@ -1528,7 +1528,12 @@ fn bench_gemm(args: &[String]) -> Res<()> {
     let b: usize = args.first().map_or(Ok(16), |s| s.parse())?;
     let t: usize = args.get(1).map_or(Ok(1024), |s| s.parse())?;
     let steps: usize = args.get(2).map_or(Ok(10), |s| s.parse())?;
-    let gpu = Arc::new(CudaBackend::new(0, Precision::Bf16)?);
+    let gpu = Arc::new(CudaBackend::new(
+        0,
+        CudaOptions {
+            precision: Precision::Bf16,
+        },
+    )?);
     let model = Model::new(gpu.clone(), gpt2_124m(), 1)?;
     let opt = OptimizerConfig {
         grad_clip: None,
@@ -1621,7 +1626,7 @@ fn bench(args: &[String]) -> Res<()> {
     let t: usize = args.get(1).map_or(Ok(1024), |s| s.parse())?;
     let steps: usize = args.get(2).map_or(Ok(20), |s| s.parse())?;
     let prec: Precision = args.get(3).map_or(Ok(Precision::Bf16), |s| s.parse())?;
-    let gpu = Arc::new(CudaBackend::new(0, prec)?);
+    let gpu = Arc::new(CudaBackend::new(0, CudaOptions { precision: prec })?);
     let cfg = gpt2_124m();
     let model = Model::new(gpu.clone(), cfg.clone(), 1)?;
     let n_params = model.num_params();
@@ -1774,7 +1779,12 @@ fn decode(args: &[String]) -> Res<()> {
         .map(|s| s.parse())
         .collect::<Result<_, _>>()?;
     let tokens: usize = args.get(1).map_or(Ok(128), |s| s.parse())?;
-    let gpu = Arc::new(CudaBackend::new(0, Precision::Bf16)?);
+    let gpu = Arc::new(CudaBackend::new(
+        0,
+        CudaOptions {
+            precision: Precision::Bf16,
+        },
+    )?);
     let model = Model::new(gpu.clone(), gpt2_124m(), 1)?;
     for rows in rows_list {
         let prompt: Vec<u32> = (0..16).map(|i| (i * 37 % 50257) as u32).collect();
@@ -1834,7 +1844,12 @@ fn train(args: &[String]) -> Res<()> {
                end: usize,
                save_at: Option<usize>|
      -> Res<Vec<f32>> {
-        let gpu = Arc::new(CudaBackend::new(0, Precision::Bf16)?);
+        let gpu = Arc::new(CudaBackend::new(
+            0,
+            CudaOptions {
+                precision: Precision::Bf16,
+            },
+        )?);
         let mut tr = match from {
             Some(dir) => {
                 let ck = load_checkpoint(dir)?;

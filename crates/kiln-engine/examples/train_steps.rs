@@ -7,7 +7,7 @@
 //! A/B comparisons on this noisy shared host compare adjacent steps, not separate runs:
 //! `AB_VAR=NAME` alternates steps with the env var NAME unset and set (a switch read per call),
 //! `AB_ALLOC=NAME` alternates between two trainers, the second built with NAME set (a switch read
-//! when buffers are allocated, e.g. `AB_ALLOC=KILN_NO_HUGEPAGES`).
+//! when buffers are allocated, e.g. a temporary switch under test).
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -170,6 +170,33 @@ pub trait Backend: Send + Sync {
 
     /// Short name for logs (`cpu`, `cuda`).
     fn name(&self) -> &'static str;
+
+    // ---- device facts (defaults: a backend on host memory that runs synchronously) --------
+    /// Device and arithmetic, for logs and reports (`cpu (2 threads, f32)`).
+    fn label(&self) -> String {
+        format!("{} ({} matmuls)", self.name(), self.precision().as_str())
+    }
+    /// Matmul arithmetic (storage is f32 everywhere).
+    fn precision(&self) -> Precision {
+        Precision::F32
+    }
+    /// Block until all queued work is done (timing); a synchronous backend returns at once.
+    fn synchronize(&self) {}
+    /// Peak bytes of device memory held by this backend so far (`None` on host memory: see the
+    /// process's peak RSS instead).
+    fn peak_device_bytes(&self) -> Option<u64> {
+        None
+    }
+    /// Device memory in use as the driver reports it (context included), if there is a device.
+    fn device_used_bytes(&self) -> Option<u64> {
+        None
+    }
+    /// Refuse (with the estimate) when `need` bytes will not fit where this backend allocates
+    /// (default: the host's available memory).
+    fn check_fits(&self, need: u64) -> Result<(), EngineError> {
+        crate::config::check_memory(need)
+    }
+
     /// A zero-filled buffer of `len` f32s.
     fn alloc(&self, len: usize) -> Result<Self::Buf, EngineError>;
     /// Length in f32s.

@@ -1,7 +1,7 @@
 //! The safetensors file format (8-byte little-endian header length, JSON header of
 //! `name → {dtype, shape, data_offsets}`, raw little-endian data), read and written here directly:
 //! the format is ~40 lines and this keeps f16/bf16 → f32 conversion and atomic writes in one place.
-//! Writes go to a temp file in the same directory, are fsynced, then renamed.
+//! Writes go to a temp file in the same directory, are fsynced, then renamed ([`write_atomic`]).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -60,7 +60,10 @@ pub fn write(
     write_atomic(path, &bytes)
 }
 
-/// Write `bytes` to `path` via a fsynced temp file + rename.
+/// Write `bytes` to `path` atomically: a temp file in the same directory (so the rename stays on
+/// one filesystem), written and fsynced, then renamed over `path` (`tempfile`'s persist). A
+/// reader sees the old file or the new one, never a prefix; a crash leaves at most a
+/// `.{name}.tmp-…` file beside it.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
     let dir = path
         .parent()
@@ -70,12 +73,19 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| EngineError::io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| EngineError::io(&tmp, e))?;
-    f.sync_all().map_err(|e| EngineError::io(&tmp, e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| EngineError::io(path, e))
+    let prefix = format!(".{name}.tmp-");
+    let mut b = tempfile::Builder::new();
+    b.prefix(&prefix);
+    // what `File::create` gives under the usual umask (tempfile's default is 0600)
+    #[cfg(unix)]
+    b.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
+    let mut f = b.tempfile_in(dir).map_err(|e| EngineError::io(dir, e))?;
+    f.write_all(bytes)
+        .and_then(|()| f.as_file().sync_all())
+        .map_err(|e| EngineError::io(f.path(), e))?;
+    f.persist(path)
+        .map_err(|e| EngineError::io(path, e.error))?;
+    Ok(())
 }
 
 /// Read every tensor of a safetensors file as f32 (F32, F16 and BF16 are accepted), plus metadata.

@@ -102,8 +102,13 @@ fn every_attention_module_names_its_head_dim() {
 /// is missing — never a panic or a crash.
 #[test]
 fn no_driver_is_a_clean_error() {
-    use kiln_engine::cuda::{CudaBackend, Precision};
-    match CudaBackend::new(0, Precision::F32) {
+    use kiln_engine::cuda::{CudaBackend, CudaOptions, Precision};
+    match CudaBackend::new(
+        0,
+        CudaOptions {
+            precision: Precision::F32,
+        },
+    ) {
         Ok(be) => eprintln!("SKIPPED: a CUDA device is present ({})", be.device_name()),
         Err(e) => {
             let msg = e.to_string();

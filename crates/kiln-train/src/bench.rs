@@ -262,14 +262,17 @@ pub fn bench_train_with<B: TrainBackend>(
     be.read(View::new(&model.params, 0, 1), &mut one);
 
     let gpu = be.name() != "cpu";
-    let probe = be.matmul_probe_gflops(p.batch * p.ctx, p.dim, 4 * p.dim);
+    // the cpu bench's peak probe; a device is compared against its rated peak instead
+    let probe = (&*be as &dyn std::any::Any)
+        .downcast_ref::<CpuBackend>()
+        .map(|cpu| matmul_probe(cpu, p.batch * p.ctx, p.dim, 4 * p.dim));
     let mb = |b: u64| round(b as f64 / 1048576.0, 1);
     Ok(BenchReport {
         impl_: "kiln".into(),
         mode: if gpu { "gpu" } else { "cpu" }.into(),
         preset: p.name.into(),
         device: be.label(),
-        precision: be.precision().into(),
+        precision: be.precision().as_str().into(),
         batch: p.batch,
         ctx: p.ctx,
         params: nparams,

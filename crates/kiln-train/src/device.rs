@@ -1,7 +1,5 @@
 //! Which backend the training loops run on: `--device cpu|cuda` and the matmul precision
-//! ([`DeviceSpec`]) → a backend handed to a loop that is generic over it ([`with_backend`]), and
-//! the few facts the loops need beyond the kernel trait ([`TrainBackend`]: wait for queued work,
-//! peak device memory, a memory check before allocating, a label for logs).
+//! ([`DeviceSpec`]) → a backend handed to a loop that is generic over it ([`with_backend`]).
 //!
 //! The cuda backend exists only in builds with the `cuda` feature; without it, asking for it is an
 //! error that says how to build it. Checkpoints are host-side (safetensors + JSON), so a run on one
@@ -9,83 +7,15 @@
 
 use std::sync::Arc;
 
-use kiln_engine::{Backend, CpuBackend, EngineError};
+use kiln_engine::{Backend, CpuBackend};
 
 use crate::error::TrainError;
 
-/// A backend the training loops can run on.
-pub trait TrainBackend: Backend + 'static {
-    /// Device and arithmetic, for logs and reports (`cpu (2 threads, f32)`).
-    fn label(&self) -> String;
-    /// Matmul arithmetic: `f32`, `tf32` or `bf16`.
-    fn precision(&self) -> &'static str;
-    /// Block until all queued work is done (timing); the cpu backend is synchronous.
-    fn synchronize(&self) {}
-    /// Peak bytes of device memory held by this backend so far (`None` on the cpu: see peak RSS).
-    fn peak_device_bytes(&self) -> Option<u64> {
-        None
-    }
-    /// Device memory in use as the driver reports it (context included), if a device has one.
-    fn device_used_bytes(&self) -> Option<u64> {
-        None
-    }
-    /// Refuse (with the estimate) when `need` bytes will not fit where this backend allocates.
-    fn check_fits(&self, need: u64) -> Result<(), EngineError>;
-    /// Best-of-N GFLOP/s of an `m×k` by `k×n` matmul on this backend (the cpu bench's peak probe;
-    /// `None` where the bench compares against the device's rated peak instead).
-    fn matmul_probe_gflops(&self, _m: usize, _k: usize, _n: usize) -> Option<f64> {
-        None
-    }
-}
-
-impl TrainBackend for CpuBackend {
-    fn label(&self) -> String {
-        format!("cpu ({} threads, f32)", rayon::current_num_threads())
-    }
-    fn precision(&self) -> &'static str {
-        "f32"
-    }
-    fn check_fits(&self, need: u64) -> Result<(), EngineError> {
-        kiln_engine::config::check_memory(need)
-    }
-    fn matmul_probe_gflops(&self, m: usize, k: usize, n: usize) -> Option<f64> {
-        Some(crate::bench::matmul_probe(self, m, k, n))
-    }
-}
-
-#[cfg(feature = "cuda")]
-impl TrainBackend for kiln_engine::cuda::CudaBackend {
-    fn label(&self) -> String {
-        format!(
-            "{} ({} matmuls)",
-            self.device_name(),
-            TrainBackend::precision(self)
-        )
-    }
-    fn precision(&self) -> &'static str {
-        kiln_engine::cuda::CudaBackend::precision(self).as_str()
-    }
-    fn synchronize(&self) {
-        kiln_engine::cuda::CudaBackend::synchronize(self)
-    }
-    fn peak_device_bytes(&self) -> Option<u64> {
-        Some(self.memory_bytes().1 as u64)
-    }
-    fn device_used_bytes(&self) -> Option<u64> {
-        let (free, total) = self.device_memory();
-        (total > 0).then(|| (total - free) as u64)
-    }
-    fn check_fits(&self, need: u64) -> Result<(), EngineError> {
-        let (free, total) = self.device_memory();
-        if total > 0 && need > free as u64 {
-            return Err(EngineError::OutOfMemory {
-                need_mb: need >> 20,
-                avail_mb: (free as u64) >> 20,
-            });
-        }
-        Ok(())
-    }
-}
+/// A backend the training loops can run on: any [`Backend`] that owns its data (`'static`).
+/// What the loops need beyond the kernels (wait for queued work, peak device memory, a memory
+/// check before allocating, a label for logs) are [`Backend`]'s own methods.
+pub trait TrainBackend: Backend + 'static {}
+impl<B: Backend + 'static> TrainBackend for B {}
 
 /// Where to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,8 +39,7 @@ impl std::str::FromStr for Device {
 
 pub use kiln_engine::backend::Precision;
 
-/// A device and, optionally, its matmul precision (default: f32 on the cpu; on cuda
-/// `KILN_CUDA_PRECISION`, else bf16).
+/// A device and, optionally, its matmul precision (default: f32 on the cpu, bf16 on cuda).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DeviceSpec {
     pub device: Device,
@@ -177,11 +106,12 @@ fn cpu_precision(p: Option<Precision>) -> Result<(), TrainError> {
 
 #[cfg(feature = "cuda")]
 fn on_cuda<F: OnBackend>(precision: Option<Precision>, f: F) -> Result<F::Output, TrainError> {
-    use kiln_engine::cuda::CudaBackend;
-    let be = match precision {
-        None => CudaBackend::from_env()?,
-        Some(p) => CudaBackend::new(0, p)?,
-    };
+    use kiln_engine::cuda::{CudaBackend, CudaOptions};
+    let mut opts = CudaOptions::default();
+    if let Some(p) = precision {
+        opts.precision = p;
+    }
+    let be = CudaBackend::new(0, opts)?;
     f.run(Arc::new(be))
 }
 
@@ -207,7 +137,7 @@ mod tests {
     impl OnBackend for Name {
         type Output = (String, &'static str);
         fn run<B: TrainBackend>(self, be: Arc<B>) -> Result<Self::Output, TrainError> {
-            Ok((be.name().to_string(), be.precision()))
+            Ok((be.name().to_string(), be.precision().as_str()))
         }
     }
 

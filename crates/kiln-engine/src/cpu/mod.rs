@@ -38,8 +38,7 @@ unsafe impl Sync for CpuBuf {}
 /// Buffers from this size up are mapped on 2 MiB huge pages where the kernel allows it
 /// (`madvise` mode): the GEMM's packing walks activations with row strides of kilobytes, and
 /// with 4 KiB pages nearly every row is a TLB miss once the step's ~100 MB no longer fit the TLB
-/// (~2.5% of a `cpu-small` step, `AB_ALLOC=KILN_NO_HUGEPAGES` in the train_steps example).
-/// `KILN_NO_HUGEPAGES=1` keeps every buffer on the heap.
+/// (~2.5% of a `cpu-small` step in an interleaved A/B). Where mmap fails, the heap.
 #[cfg(target_os = "linux")]
 const HUGE_PAGE_MIN_BYTES: usize = 4 << 20;
 #[cfg(target_os = "linux")]
@@ -48,9 +47,7 @@ const HUGE_PAGE: usize = 2 << 20;
 impl CpuBuf {
     fn new(len: usize) -> CpuBuf {
         #[cfg(target_os = "linux")]
-        if len * 4 >= HUGE_PAGE_MIN_BYTES
-            && std::env::var_os("KILN_NO_HUGEPAGES").is_none_or(|v| v.is_empty() || v == "0")
-        {
+        if len * 4 >= HUGE_PAGE_MIN_BYTES {
             if let Some(b) = Self::mapped(len) {
                 return b;
             }
@@ -223,19 +220,19 @@ impl CpuBackend {
     }
 }
 
-/// Detected once: whether [`sgemm`] can run here (`KILN_NO_AVX512=1` forces the `gemm` crate, for
-/// comparisons and for testing the fallback on AVX-512 machines).
-static HAVE_AVX512: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
-    sgemm::available()
-        && std::env::var_os("KILN_NO_AVX512").is_none_or(|v| v.is_empty() || v == "0")
-});
+/// Whether kiln's AVX-512 [`sgemm`] runs on this thread: [`vmath::isa`] (the CPU, capped by
+/// `KILN_SIMD`, or a test's per-thread override) is AVX-512; else the `gemm` crate does.
+#[inline]
+pub(crate) fn use_sgemm() -> bool {
+    vmath::isa() == vmath::Isa::Avx512
+}
 
 /// A strided matrix (element (i, j) at `ptr + i·rs + j·cs`), for sgemm and the `gemm` crate.
 pub(crate) use sgemm::StridedRef as Mat;
 
 /// Whether [`gemm_raw`] sends an m×n×k product to kiln's sgemm.
 fn sgemm_takes(m: usize, n: usize, k: usize) -> bool {
-    m >= 8 && n >= 16 && k >= 8 && *HAVE_AVX512
+    m >= 8 && n >= 16 && k >= 8 && use_sgemm()
 }
 
 /// `c = alpha * a @ b + beta * c`, raw strided (c row stride `c_rs`, col stride 1).
@@ -401,6 +398,10 @@ impl Backend for CpuBackend {
 
     fn name(&self) -> &'static str {
         "cpu"
+    }
+
+    fn label(&self) -> String {
+        format!("cpu ({} threads, f32)", rayon::current_num_threads())
     }
 
     fn alloc(&self, len: usize) -> Result<CpuBuf, EngineError> {
@@ -847,6 +848,7 @@ impl CpuBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::vmath::{supported, with_isa, Isa};
 
     fn buf(be: &CpuBackend, host: &[f32]) -> CpuBuf {
         let b = be.alloc(host.len()).unwrap();
@@ -871,70 +873,113 @@ mod tests {
     fn fused_epilogues_equal_separate_passes() {
         let mut rng = crate::Rng::new(11);
         let mut randn = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.normal() as f32).collect() };
-        for threads in [1, 2] {
-            let be = CpuBackend::new(threads);
-            // (m, n, k): tails in m and n, k over one slab, a column-split shape
-            for (m, n, k) in [(37, 45, 20), (100, 300, 400), (16, 64, 16), (64, 1024, 24)] {
-                for act in [Act::GeluTanh, Act::ReluSq] {
-                    let d = MatDims {
-                        m,
-                        n,
-                        k,
-                        trans_a: false,
-                        trans_b: true,
-                    };
-                    let (mk, nk, mn) = (m * k, n * k, m * n);
-                    let a = buf(&be, &randn(mk));
-                    let b = buf(&be, &randn(nk));
-                    let bias = buf(&be, &randn(n));
-                    let (pre1, out1) = (be.alloc(mn).unwrap(), be.alloc(mn).unwrap());
-                    let (pre2, out2) = (be.alloc(mn).unwrap(), be.alloc(mn).unwrap());
-                    let what = format!("{m}x{n}x{k} {act:?} threads {threads}");
-                    let bv = Some(v(&bias, n));
-                    be.matmul_bias_act(
-                        act,
-                        v(&out1, mn),
-                        v(&pre1, mn),
-                        v(&a, mk),
-                        v(&b, nk),
-                        bv,
-                        d,
-                    );
-                    be.matmul(v(&pre2, mn), v(&a, mk), v(&b, nk), d, 1.0, 0.0);
-                    be.add_bias(v(&pre2, mn), v(&bias, n), m, n);
-                    be.act_forward(act, v(&out2, mn), v(&pre2, mn));
-                    assert_eq!(bits(&be, &pre1, mn), bits(&be, &pre2, mn), "pre {what}");
-                    assert_eq!(bits(&be, &out1, mn), bits(&be, &out2, mn), "act {what}");
+        // on kiln's sgemm (AVX-512) and on the `gemm` crate fallback (what AVX2 machines run)
+        let isas = supported().into_iter().filter(|&i| i != Isa::Scalar);
+        for (isa, threads) in isas.flat_map(|i| [(i, 1), (i, 2)]) {
+            with_isa(isa, || {
+                let be = CpuBackend::new(threads);
+                // (m, n, k): tails in m and n, k over one slab, a column-split shape
+                for (m, n, k) in [(37, 45, 20), (100, 300, 400), (16, 64, 16), (64, 1024, 24)] {
+                    for act in [Act::GeluTanh, Act::ReluSq] {
+                        let d = MatDims {
+                            m,
+                            n,
+                            k,
+                            trans_a: false,
+                            trans_b: true,
+                        };
+                        let (mk, nk, mn) = (m * k, n * k, m * n);
+                        let a = buf(&be, &randn(mk));
+                        let b = buf(&be, &randn(nk));
+                        let bias = buf(&be, &randn(n));
+                        let (pre1, out1) = (be.alloc(mn).unwrap(), be.alloc(mn).unwrap());
+                        let (pre2, out2) = (be.alloc(mn).unwrap(), be.alloc(mn).unwrap());
+                        let what = format!("{m}x{n}x{k} {act:?} threads {threads}");
+                        let bv = Some(v(&bias, n));
+                        be.matmul_bias_act(
+                            act,
+                            v(&out1, mn),
+                            v(&pre1, mn),
+                            v(&a, mk),
+                            v(&b, nk),
+                            bv,
+                            d,
+                        );
+                        be.matmul(v(&pre2, mn), v(&a, mk), v(&b, nk), d, 1.0, 0.0);
+                        be.add_bias(v(&pre2, mn), v(&bias, n), m, n);
+                        be.act_forward(act, v(&out2, mn), v(&pre2, mn));
+                        assert_eq!(bits(&be, &pre1, mn), bits(&be, &pre2, mn), "pre {what}");
+                        assert_eq!(bits(&be, &out1, mn), bits(&be, &out2, mn), "act {what}");
 
-                    let (dpre1, dpre2, dact) = (
-                        be.alloc(mn).unwrap(),
-                        be.alloc(mn).unwrap(),
-                        be.alloc(mn).unwrap(),
-                    );
-                    let (db1, db2) = (buf(&be, &vec![0.5; n]), buf(&be, &vec![0.5; n]));
-                    be.matmul_act_backward(
-                        act,
-                        v(&dpre1, mn),
-                        v(&dact, mn),
-                        Some(v(&db1, n)),
-                        v(&a, mk),
-                        v(&b, nk),
-                        v(&pre1, mn),
-                        d,
-                    );
-                    be.matmul(v(&dact, mn), v(&a, mk), v(&b, nk), d, 1.0, 0.0);
-                    be.act_backward(act, v(&dpre2, mn), v(&dact, mn), v(&pre1, mn));
-                    be.bias_backward(v(&db2, n), v(&dpre2, mn), m, n);
-                    assert_eq!(bits(&be, &dpre1, mn), bits(&be, &dpre2, mn), "dpre {what}");
-                    assert_eq!(bits(&be, &db1, n), bits(&be, &db2, n), "dbias {what}");
+                        let (dpre1, dpre2, dact) = (
+                            be.alloc(mn).unwrap(),
+                            be.alloc(mn).unwrap(),
+                            be.alloc(mn).unwrap(),
+                        );
+                        let (db1, db2) = (buf(&be, &vec![0.5; n]), buf(&be, &vec![0.5; n]));
+                        be.matmul_act_backward(
+                            act,
+                            v(&dpre1, mn),
+                            v(&dact, mn),
+                            Some(v(&db1, n)),
+                            v(&a, mk),
+                            v(&b, nk),
+                            v(&pre1, mn),
+                            d,
+                        );
+                        be.matmul(v(&dact, mn), v(&a, mk), v(&b, nk), d, 1.0, 0.0);
+                        be.act_backward(act, v(&dpre2, mn), v(&dact, mn), v(&pre1, mn));
+                        be.bias_backward(v(&db2, n), v(&dpre2, mn), m, n);
+                        assert_eq!(bits(&be, &dpre1, mn), bits(&be, &dpre2, mn), "dpre {what}");
+                        assert_eq!(bits(&be, &db1, n), bits(&be, &db2, n), "dbias {what}");
 
-                    // matmul_bias with alpha and beta (a residual projection's accumulate)
-                    let c0 = randn(mn);
-                    let (c1, c2) = (buf(&be, &c0), buf(&be, &c0));
-                    be.matmul_bias(v(&c1, mn), v(&a, mk), v(&b, nk), bv, d, 0.5, 1.0);
-                    be.matmul(v(&c2, mn), v(&a, mk), v(&b, nk), d, 0.5, 1.0);
-                    be.add_bias(v(&c2, mn), v(&bias, n), m, n);
-                    assert_eq!(bits(&be, &c1, mn), bits(&be, &c2, mn), "bias {what}");
+                        // matmul_bias with alpha and beta (a residual projection's accumulate)
+                        let c0 = randn(mn);
+                        let (c1, c2) = (buf(&be, &c0), buf(&be, &c0));
+                        be.matmul_bias(v(&c1, mn), v(&a, mk), v(&b, nk), bv, d, 0.5, 1.0);
+                        be.matmul(v(&c2, mn), v(&a, mk), v(&b, nk), d, 0.5, 1.0);
+                        be.add_bias(v(&c2, mn), v(&bias, n), m, n);
+                        assert_eq!(bits(&be, &c1, mn), bits(&be, &c2, mn), "bias {what}");
+                    }
+                }
+            });
+        }
+    }
+
+    /// The matmul fallback (the `gemm` crate: AVX2 machines, `KILN_SIMD=avx2`) and kiln's sgemm
+    /// compute the same products, for every transpose, with tails and several threads.
+    #[test]
+    fn matmul_fallback_matches_sgemm() {
+        if !supported().contains(&Isa::Avx512) {
+            eprintln!("no AVX-512 here: the fallback is the only path (tested everywhere else)");
+            return;
+        }
+        let mut rng = crate::Rng::new(5);
+        let mut randn = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.normal() as f32).collect() };
+        let be = CpuBackend::new(2);
+        for (m, n, k) in [(37, 45, 20), (100, 300, 64), (64, 1024, 24)] {
+            for (trans_a, trans_b) in [(false, false), (false, true), (true, false), (true, true)] {
+                let d = MatDims {
+                    m,
+                    n,
+                    k,
+                    trans_a,
+                    trans_b,
+                };
+                let (a, b, c0) = (randn(m * k), randn(k * n), randn(m * n));
+                let run = |isa| {
+                    with_isa(isa, || {
+                        let (ab, bb, cb) = (buf(&be, &a), buf(&be, &b), buf(&be, &c0));
+                        be.matmul(v(&cb, m * n), v(&ab, m * k), v(&bb, k * n), d, 0.5, 1.0);
+                        let mut out = vec![0f32; m * n];
+                        be.read(v(&cb, m * n), &mut out);
+                        out
+                    })
+                };
+                let (fast, fallback) = (run(Isa::Avx512), run(Isa::Avx2));
+                for (i, (x, y)) in fast.iter().zip(&fallback).enumerate() {
+                    let tol = 1e-5 * (k as f32).sqrt() * x.abs().max(1.0);
+                    assert!((x - y).abs() <= tol, "{d:?} [{i}]: {x} vs {y}");
                 }
             }
         }
@@ -947,7 +992,7 @@ mod tests {
         for len in [10usize, 3 << 20] {
             let b = CpuBuf::new(len);
             #[cfg(target_os = "linux")]
-            if len * 4 >= HUGE_PAGE_MIN_BYTES && std::env::var_os("KILN_NO_HUGEPAGES").is_none() {
+            if len * 4 >= HUGE_PAGE_MIN_BYTES {
                 assert!(matches!(b.origin, Origin::Mapped(..)));
                 assert_eq!(b.ptr as usize % HUGE_PAGE, 0);
             }

@@ -5,7 +5,13 @@
 //! Determinism: the bodies use only IEEE-exact operations in a fixed order (no FMA contraction,
 //! which Rust never does implicitly; reductions over a fixed number of lanes), so all three
 //! versions give bit-identical results: a run on an AVX2-only CI machine computes exactly what an
-//! AVX-512 one does. `KILN_SIMD=scalar|avx2|avx512` forces a version (comparisons, tests).
+//! AVX-512 one does.
+//!
+//! The cpu backend's one switch lives here, read once: `KILN_SIMD=avx2|scalar` caps the
+//! instruction set of every cpu kernel — these bodies and the matmul (kiln's sgemm needs AVX-512;
+//! below it the `gemm` crate runs). It exists to run the fallback paths on an AVX-512 machine
+//! (CI runs the engine tests once with `KILN_SIMD=avx2`); unit tests pick a version per thread
+//! with [`with_isa`].
 
 use std::cell::Cell;
 use std::sync::LazyLock;

@@ -1,0 +1,490 @@
+//! Attention: rotary embeddings + QK-norm (`qk_prep`), causal attention forward/backward over
+//! sgemm products per (batch, head), and the KV-cache decode step.
+
+use super::*;
+
+/// cos/sin of the rotary angles for one position into `cs` (`[cos; half][sin; half]`).
+#[inline]
+pub(super) fn rope_table(cs: &mut [f32], pos: usize, half: usize, theta: f32) {
+    for i in 0..half {
+        let freq = theta.powf(-(i as f32) / half as f32);
+        let (s, c) = (pos as f32 * freq).sin_cos();
+        cs[i] = c;
+        cs[half + i] = s;
+    }
+}
+
+pub fn qk_prep_forward(out: &mut [f32], stats: &mut [f32], inp: &[f32], d: AttnDims, p: QkPrep) {
+    let wdt = d.qkv_width();
+    let hd = d.head_dim;
+    let half = hd / 2;
+    let nqk = d.n_head + d.n_kv;
+    assert!(hd <= 1024, "head dim {hd} too large for the rope table");
+    out[..d.b * d.t * wdt]
+        .par_chunks_mut(wdt)
+        .zip(stats[..d.b * d.t * nqk].par_chunks_mut(nqk))
+        .enumerate()
+        .for_each(|(r, (o, st))| {
+            let x = &inp[r * wdt..(r + 1) * wdt];
+            let mut cs = [0f32; 1024];
+            if let Some(theta) = p.rope_theta {
+                rope_table(&mut cs, p.pos0 + r % d.t, half, theta);
+            }
+            for h in 0..nqk {
+                let xs = &x[h * hd..(h + 1) * hd];
+                let os = &mut o[h * hd..(h + 1) * hd];
+                let rstd = match p.qk_norm_eps {
+                    Some(eps) => {
+                        1.0 / (xs.iter().map(|v| v * v).sum::<f32>() / hd as f32 + eps).sqrt()
+                    }
+                    None => 1.0,
+                };
+                st[h] = rstd;
+                if p.rope_theta.is_some() {
+                    for i in 0..half {
+                        let (y1, y2) = (xs[i] * rstd, xs[i + half] * rstd);
+                        let (c, s) = (cs[i], cs[half + i]);
+                        os[i] = y1 * c - y2 * s;
+                        os[i + half] = y1 * s + y2 * c;
+                    }
+                } else {
+                    os.iter_mut().zip(xs).for_each(|(o, x)| *o = x * rstd);
+                }
+            }
+            o[nqk * hd..].copy_from_slice(&x[nqk * hd..]);
+        });
+}
+
+pub fn qk_prep_backward(
+    dinp: &mut [f32],
+    dout: &[f32],
+    inp: &[f32],
+    stats: &[f32],
+    d: AttnDims,
+    p: QkPrep,
+) {
+    let wdt = d.qkv_width();
+    let hd = d.head_dim;
+    let half = hd / 2;
+    let nqk = d.n_head + d.n_kv;
+    dinp[..d.b * d.t * wdt]
+        .par_chunks_mut(wdt)
+        .enumerate()
+        .for_each(|(r, di)| {
+            let x = &inp[r * wdt..(r + 1) * wdt];
+            let dy_all = &dout[r * wdt..(r + 1) * wdt];
+            let mut cs = [0f32; 1024];
+            if let Some(theta) = p.rope_theta {
+                rope_table(&mut cs, p.pos0 + r % d.t, half, theta);
+            }
+            for h in 0..nqk {
+                let xs = &x[h * hd..(h + 1) * hd];
+                let dos = &dy_all[h * hd..(h + 1) * hd];
+                let ds = &mut di[h * hd..(h + 1) * hd];
+                // inverse rotation: dy = R^T dout
+                if p.rope_theta.is_some() {
+                    for i in 0..half {
+                        let (d1, d2) = (dos[i], dos[i + half]);
+                        let (c, s) = (cs[i], cs[half + i]);
+                        ds[i] = d1 * c + d2 * s;
+                        ds[i + half] = -d1 * s + d2 * c;
+                    }
+                } else {
+                    ds.copy_from_slice(dos);
+                }
+                let rstd = stats[r * nqk + h];
+                if p.qk_norm_eps.is_some() {
+                    let m: f32 = (0..hd).map(|i| ds[i] * xs[i] * rstd).sum::<f32>() / hd as f32;
+                    for i in 0..hd {
+                        ds[i] = rstd * (ds[i] - xs[i] * rstd * m);
+                    }
+                }
+            }
+            di[nqk * hd..].copy_from_slice(&dy_all[nqk * hd..]);
+        });
+}
+
+simd_fn! {
+    /// Causal softmax of rows `[r0, r0 + p.len() / t)` of a `t×t` score matrix, in place
+    /// (entries `j > i` set to 0).
+    pub(super) fn causal_softmax_rows(p: &mut [f32], t: usize, r0: usize) {
+        for (k, row) in p.chunks_exact_mut(t).enumerate() {
+            let i = r0 + k;
+            let (live, dead) = row.split_at_mut(i + 1);
+            let mx = vmath::max(live);
+            let inv = 1.0 / vmath::exp_shift_sum(live, mx);
+            live.iter_mut().for_each(|v| *v *= inv);
+            dead.iter_mut().for_each(|v| *v = 0.0);
+        }
+    }
+}
+
+simd_fn! {
+    /// Softmax backward of rows `[r0, r0 + ds.len() / t)`: `dS = P ⊙ (dP - rowsum(P ⊙ dP))·scale`
+    /// over `j ≤ i`, 0 above the diagonal. `ds` holds dP on entry.
+    pub(super) fn causal_softmax_bwd_rows(ds: &mut [f32], p: &[f32], t: usize, r0: usize, scale: f32) {
+        for (k, (dr, pr)) in ds.chunks_exact_mut(t).zip(p.chunks_exact(t)).enumerate() {
+            let i = r0 + k;
+            let s = dot(&pr[..=i], &dr[..=i]);
+            for (d, &p) in dr[..=i].iter_mut().zip(&pr[..=i]) {
+                *d = p * (*d - s) * scale;
+            }
+            dr[i + 1..].iter_mut().for_each(|v| *v = 0.0);
+        }
+    }
+}
+
+/// Query rows per causal block of the fallback path (no AVX-512): it computes only the blocks on
+/// or below the diagonal.
+pub(super) const ATT_BLOCK: usize = 64;
+
+/// One causal-attention product of one (batch, head) over all `t` query rows:
+/// `C = alpha · A @ B + beta · C` where, by `tri`, only C's lower triangle is needed (`OutLower`,
+/// `n = t`) or A's upper/lower triangle is zero (`ALower`/`AUpper`, depth `k = t`). kiln's
+/// sgemm skips the triangle per 14×32 tile and per depth step; the fallback per ATT_BLOCK rows.
+///
+/// # Safety
+/// As for [`gemm_raw`]: `a` (t × k), `b` (k × n) and `c` (t × n, row stride `c_rs`) valid.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn causal_gemm(
+    tri: Tri,
+    t: usize,
+    n: usize,
+    k: usize,
+    c: *mut f32,
+    c_rs: isize,
+    a: Mat,
+    b: Mat,
+    alpha: f32,
+    beta: f32,
+) {
+    if crate::cpu::use_sgemm() && t >= MIN_TRI_ROWS {
+        let p = sgemm::Product {
+            m: t,
+            n,
+            k,
+            alpha,
+            a,
+            b,
+            beta,
+            c,
+            ldc: c_rs as usize,
+        };
+        sgemm::sgemm_tri(p, tri);
+        return;
+    }
+    causal_gemm_blocked(tri, t, n, k, c, c_rs, a, b, alpha, beta);
+}
+
+/// [`causal_gemm`] on ATT_BLOCK-row blocks through [`gemm_raw`] (the path without AVX-512).
+///
+/// # Safety
+/// As for [`causal_gemm`].
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn causal_gemm_blocked(
+    tri: Tri,
+    t: usize,
+    n: usize,
+    k: usize,
+    c: *mut f32,
+    c_rs: isize,
+    a: Mat,
+    b: Mat,
+    alpha: f32,
+    beta: f32,
+) {
+    let none = gemm::Parallelism::None;
+    for r0 in (0..t).step_by(ATT_BLOCK) {
+        let r1 = (r0 + ATT_BLOCK).min(t);
+        let a_rows = Mat {
+            ptr: a.ptr.offset(r0 as isize * a.rs),
+            ..a
+        };
+        let c_rows = c.offset(r0 as isize * c_rs);
+        match tri {
+            // rows [r0, r1) need columns [0, r1)
+            Tri::OutLower => gemm_raw(r1 - r0, r1, k, c_rows, c_rs, a_rows, b, alpha, beta, none),
+            // rows [r0, r1) sum over depth [0, r1)
+            Tri::ALower => gemm_raw(r1 - r0, n, r1, c_rows, c_rs, a_rows, b, alpha, beta, none),
+            // rows [r0, r1) sum over depth [r0, t)
+            Tri::AUpper => gemm_raw(
+                r1 - r0,
+                n,
+                t - r0,
+                c_rows,
+                c_rs,
+                Mat {
+                    ptr: a_rows.ptr.offset(r0 as isize * a.cs),
+                    ..a
+                },
+                Mat {
+                    ptr: b.ptr.offset(r0 as isize * b.rs),
+                    ..b
+                },
+                alpha,
+                beta,
+                none,
+            ),
+        }
+    }
+}
+
+/// Below this many rows the triangular sgemm's tiles are too coarse to skip much (and gemm_raw
+/// sends tiny products to the `gemm` crate anyway).
+pub(super) const MIN_TRI_ROWS: usize = 8;
+
+pub fn attention_forward(out: &mut [f32], probs: &mut [f32], qkv: &[f32], d: AttnDims) {
+    let (t, hd, nh) = (d.t, d.head_dim, d.n_head);
+    let wq = d.qkv_width();
+    let wo = d.out_width();
+    let grp = nh / d.n_kv;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let out_p = SendPtr(out.as_mut_ptr());
+    probs[..d.b * nh * t * t]
+        .par_chunks_mut(t * t)
+        .enumerate()
+        .with_max_len(1)
+        .for_each(|(bh, p)| {
+            let (b, h) = (bh / nh, bh % nh);
+            let kvh = h / grp;
+            let base = b * t * wq;
+            let q = Mat {
+                ptr: qkv[base + h * hd..].as_ptr(),
+                rs: wq as isize,
+                cs: 1,
+            };
+            let kt = Mat {
+                ptr: qkv[base + (nh + kvh) * hd..].as_ptr(),
+                rs: 1,
+                cs: wq as isize,
+            };
+            let v = Mat {
+                ptr: qkv[base + (nh + d.n_kv + kvh) * hd..].as_ptr(),
+                rs: wq as isize,
+                cs: 1,
+            };
+            // S = scale · Q Kᵀ on and below the diagonal; the softmax zeroes the rest.
+            // SAFETY: strided views stay inside qkv for rows of this batch; p is this task's.
+            unsafe {
+                causal_gemm(
+                    Tri::OutLower,
+                    t,
+                    t,
+                    hd,
+                    p.as_mut_ptr(),
+                    t as isize,
+                    q,
+                    kt,
+                    scale,
+                    0.0,
+                )
+            };
+            causal_softmax_rows(p, t, 0);
+            let pm = Mat {
+                ptr: p.as_ptr(),
+                rs: t as isize,
+                cs: 1,
+            };
+            // SAFETY: output columns [h*hd, (h+1)*hd) of batch b's rows belong to this task.
+            unsafe {
+                causal_gemm(
+                    Tri::ALower,
+                    t,
+                    hd,
+                    t,
+                    out_p.get().add(b * t * wo + h * hd),
+                    wo as isize,
+                    pm,
+                    v,
+                    1.0,
+                    0.0,
+                )
+            };
+        });
+}
+
+pub fn attention_backward(
+    dqkv: &mut [f32],
+    dout: &[f32],
+    qkv: &[f32],
+    probs: &[f32],
+    work: &mut [f32],
+    d: AttnDims,
+) {
+    let (t, hd, nh, nkv) = (d.t, d.head_dim, d.n_head, d.n_kv);
+    let wq = d.qkv_width();
+    let wo = d.out_width();
+    let grp = nh / nkv;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let dq_p = SendPtr(dqkv.as_mut_ptr());
+    let (wq_s, wo_s, t_s) = (wq as isize, wo as isize, t as isize);
+    // One task per (batch, kv head): it owns dK, dV of that head and dQ of its query heads.
+    work[..d.b * nh * t * t]
+        .par_chunks_mut(grp * t * t)
+        .enumerate()
+        .with_max_len(1)
+        .for_each(|(bk, ws)| {
+            let (b, kvh) = (bk / nkv, bk % nkv);
+            let base = b * t * wq;
+            let k_off = base + (nh + kvh) * hd;
+            let v_off = base + (nh + nkv + kvh) * hd;
+            for g in 0..grp {
+                let h = kvh * grp + g;
+                let ds = &mut ws[g * t * t..(g + 1) * t * t];
+                let p = &probs[(b * nh + h) * t * t..(b * nh + h + 1) * t * t];
+                let do_off = b * t * wo + h * hd;
+                let q_off = base + h * hd;
+                let dom = Mat {
+                    ptr: dout[do_off..].as_ptr(),
+                    rs: wo_s,
+                    cs: 1,
+                };
+                let vt = Mat {
+                    ptr: qkv[v_off..].as_ptr(),
+                    rs: 1,
+                    cs: wq_s,
+                };
+                let k = Mat {
+                    ptr: qkv[k_off..].as_ptr(),
+                    rs: wq_s,
+                    cs: 1,
+                };
+                let q = Mat {
+                    ptr: qkv[q_off..].as_ptr(),
+                    rs: wq_s,
+                    cs: 1,
+                };
+                // SAFETY (all four products): strided reads stay in batch b's rows; ds is this
+                // task's scratch; dQ of head h and dK, dV of kv head kvh (batch b) are this
+                // task's.
+                // dP = dO Vᵀ on and below the diagonal, then dS in place (0 above it).
+                unsafe {
+                    causal_gemm(
+                        Tri::OutLower,
+                        t,
+                        t,
+                        hd,
+                        ds.as_mut_ptr(),
+                        t_s,
+                        dom,
+                        vt,
+                        1.0,
+                        0.0,
+                    )
+                };
+                causal_softmax_bwd_rows(ds, p, t, 0, scale);
+                let dsm = Mat {
+                    ptr: ds.as_ptr(),
+                    rs: t_s,
+                    cs: 1,
+                };
+                // dQ = dS K
+                unsafe {
+                    causal_gemm(
+                        Tri::ALower,
+                        t,
+                        hd,
+                        t,
+                        dq_p.get().add(q_off),
+                        wq_s,
+                        dsm,
+                        k,
+                        1.0,
+                        0.0,
+                    )
+                };
+                // dK (+)= dSᵀ Q, dV (+)= Pᵀ dO (the query heads of a group accumulate)
+                let beta = if g == 0 { 0.0 } else { 1.0 };
+                let dst = Mat {
+                    ptr: ds.as_ptr(),
+                    rs: 1,
+                    cs: t_s,
+                };
+                let pt = Mat {
+                    ptr: p.as_ptr(),
+                    rs: 1,
+                    cs: t_s,
+                };
+                unsafe {
+                    causal_gemm(
+                        Tri::AUpper,
+                        t,
+                        hd,
+                        t,
+                        dq_p.get().add(k_off),
+                        wq_s,
+                        dst,
+                        q,
+                        1.0,
+                        beta,
+                    );
+                    causal_gemm(
+                        Tri::AUpper,
+                        t,
+                        hd,
+                        t,
+                        dq_p.get().add(v_off),
+                        wq_s,
+                        pt,
+                        dom,
+                        1.0,
+                        beta,
+                    );
+                }
+            }
+        });
+}
+
+pub fn attention_cached(
+    out: &mut [f32],
+    qkv: &[f32],
+    kc: &mut [f32],
+    vc: &mut [f32],
+    d: AttnDims,
+    pos0: usize,
+    max_t: usize,
+) {
+    let (t, hd, nh, nkv) = (d.t, d.head_dim, d.n_head, d.n_kv);
+    assert!(
+        pos0 + t <= max_t,
+        "KV cache overflow: {} > {max_t}",
+        pos0 + t
+    );
+    let wq = d.qkv_width();
+    let wo = d.out_width();
+    let grp = nh / nkv;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let row_kv = nkv * hd;
+    // 1) append new k, v
+    kc[..d.b * max_t * row_kv]
+        .par_chunks_mut(max_t * row_kv)
+        .zip(vc[..d.b * max_t * row_kv].par_chunks_mut(max_t * row_kv))
+        .enumerate()
+        .for_each(|(b, (kb, vb))| {
+            for i in 0..t {
+                let src = &qkv[(b * t + i) * wq..(b * t + i + 1) * wq];
+                let pos = pos0 + i;
+                kb[pos * row_kv..(pos + 1) * row_kv]
+                    .copy_from_slice(&src[nh * hd..(nh + nkv) * hd]);
+                vb[pos * row_kv..(pos + 1) * row_kv].copy_from_slice(&src[(nh + nkv) * hd..]);
+            }
+        });
+    let (kc, vc) = (&*kc, &*vc);
+    // 2) attend: one task per (batch row, token)
+    out[..d.b * t * wo]
+        .par_chunks_mut(wo)
+        .enumerate()
+        .for_each(|(r, o)| {
+            let (b, i) = (r / t, r % t);
+            let n = pos0 + i + 1;
+            let mut sc = vec![0f32; n];
+            let kb = &kc[b * max_t * row_kv..];
+            let vb = &vc[b * max_t * row_kv..];
+            for h in 0..nh {
+                let kvh = h / grp;
+                let q = &qkv[r * wq + h * hd..r * wq + (h + 1) * hd];
+                let oh = &mut o[h * hd..(h + 1) * hd];
+                cached_head(oh, &mut sc, q, kb, vb, row_kv, kvh * hd, scale);
+            }
+        });
+}
