@@ -118,7 +118,7 @@ pub struct SftPos {
 
 fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
-    kiln_chat::rng::Rng::new(seed ^ epoch.wrapping_mul(0x9E37_79B9)).shuffle(&mut order);
+    kiln_engine::Rng::new(seed ^ epoch.wrapping_mul(0x9E37_79B9)).shuffle(&mut order);
     order
 }
 

@@ -123,7 +123,10 @@ pub fn execute_on(a: &SftArgs, threads: usize, spec: &DeviceSpec) -> anyhow::Res
 
     let mix_cfg = MixConfig::load(&a.mix)?;
     let mix_dir = a.mix.parent().unwrap_or(Path::new("."));
-    let mix = mix_cfg.build(mix_dir, &kiln_data::fetch::data_dir(), a.scale, a.strict)?;
+    let data_dir = kiln_data::fetch::data_dir();
+    let source_dir =
+        |name: &str| kiln_data::fetch::source_dir_in(&data_dir, name).map_err(|e| e.to_string());
+    let mix = mix_cfg.build(mix_dir, &source_dir, a.scale, a.strict)?;
     let data = render_data(&mix.train, &mix.val, &tok, &tokens, seq_len)?;
     tracing::info!(
         "SFT mix: {} train / {} val conversations; {} cut to {} tokens, {} dropped (answer did not fit)",
