@@ -223,20 +223,6 @@ pub fn source_file(name: &str, relative: &str) -> Result<PathBuf, FetchError> {
     }
 }
 
-/// For tests that read fetched data: the source's folder, or a panic naming the fix.
-/// Data missing is a failure (CI fetches first), never a silent pass; set
-/// `KILN_ALLOW_MISSING_DATA=1` to skip such tests instead (`None`), e.g. on a machine without pip.
-pub fn source_dir_for_test(name: &str) -> Option<PathBuf> {
-    match source_dir(name) {
-        Ok(dir) => Some(dir),
-        Err(e) if std::env::var_os("KILN_ALLOW_MISSING_DATA").is_some() => {
-            eprintln!("skipping (KILN_ALLOW_MISSING_DATA): {e}");
-            None
-        }
-        Err(e) => panic!("{e} (or set KILN_ALLOW_MISSING_DATA=1 to skip data tests)"),
-    }
-}
-
 const OK_MARKER: &str = ".kiln-ok";
 
 /// Sources of a named set: `default` or `full`.

@@ -343,30 +343,20 @@ pub fn run(a: SpeedrunArgs, threads: usize) -> anyhow::Result<()> {
         .context("the speedrun tokenizer has no <|bos|>")?;
 
     // 3. tokenize
-    let shard_dir = run.join("tokens");
-    let shard = shard_dir.join("train.parquet");
+    let shard = run.join("tokens").join("train.parquet");
     let t = Instant::now();
     if shard.exists() {
         timings.record("tokenize", 0.0, true);
     } else {
         println!("[3/7] tokenizing the corpus");
         let texts: Vec<&str> = docs()?.iter().map(String::as_str).collect();
-        let ids: Vec<Vec<u32>> = tok
-            .encode_batch_ordinary(&texts)
-            .into_iter()
-            .map(|mut d| {
-                d.insert(0, bos);
-                d
-            })
-            .collect();
-        std::fs::create_dir_all(&shard_dir)?;
-        kiln_data::shards::write_token_shard(&shard, &ids)?;
+        kiln_tokenizer::shards::ShardEncoder::new(&tok, bos).write_shard(&texts, &shard)?;
         timings.record("tokenize", t.elapsed().as_secs_f64(), false);
     }
     let corpus_tokens: usize;
     let corpus_docs: usize;
     {
-        let d = kiln_data::shards::read_token_shard(&shard)?;
+        let d = kiln_tokenizer::shards::read_token_shard(&shard)?;
         corpus_docs = d.len();
         corpus_tokens = d.iter().map(Vec::len).sum();
     }
@@ -421,7 +411,7 @@ pub fn run(a: SpeedrunArgs, threads: usize) -> anyhow::Result<()> {
                 }
             })
             .collect();
-        let docs = kiln_data::shards::read_token_shard(&shard)?;
+        let docs = kiln_tokenizer::shards::read_token_shard(&shard)?;
         let guard = plan.minutes * 60.0 * 0.6;
         loop {
             let hooks = Hooks {
