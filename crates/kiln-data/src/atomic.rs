@@ -1,4 +1,4 @@
-//! Atomic file writes, the one helper every kiln crate below the engine uses: the content goes to
+//! Atomic file writes, the one helper kiln-data and kiln-tokenizer use: the content goes to
 //! a temp file in the target's folder (same filesystem, so the rename is atomic), is synced, and
 //! is renamed over the target. Readers see the old file or the new one, never half of one; a
 //! failed or interrupted write leaves the target untouched (the temp file is removed on error;
