@@ -21,7 +21,7 @@ mod textshard;
 mod url_filter;
 mod warc;
 
-pub use atomic::{write_atomic, write_file_atomic};
+pub use atomic::write_atomic;
 pub use charset::{decode as decode_charset, Decoded};
 pub use config::{ConfigError, InputConfig, PipelineConfig};
 pub use extract::{extract, token_f1, ExtractConfig, ExtractError};

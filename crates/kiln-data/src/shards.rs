@@ -39,7 +39,7 @@ fn parquet_err(path: &Path, e: impl std::fmt::Display) -> ShardError {
 }
 
 /// Writes `batches` (all of `schema`) as one parquet file at `path`, zstd level 3, atomically
-/// (see [`crate::write_file_atomic`]): the file appears under its name only once complete.
+/// (temp file, fsync, rename: see the `atomic` module): the file appears under its name only once complete.
 pub fn write_parquet(
     path: &Path,
     schema: SchemaRef,
@@ -61,7 +61,7 @@ pub fn write_parquet(
         ))
         .build();
     let pq = |e: parquet::errors::ParquetError| Failure::Parquet(e.to_string());
-    crate::write_file_atomic(path, |file| {
+    crate::atomic::write_file_atomic(path, |file| {
         let mut writer = ArrowWriter::try_new(file, schema, Some(props)).map_err(pq)?;
         for batch in batches {
             writer.write(batch).map_err(pq)?;
