@@ -39,7 +39,8 @@ fn parquet_err(path: &Path, e: impl std::fmt::Display) -> ShardError {
 }
 
 /// Writes `batches` (all of `schema`) as one parquet file at `path`, zstd level 3, atomically
-/// (temp file, fsync, rename: see the `atomic` module): the file appears under its name only once complete.
+/// (temp file, fsync, rename: see the `atomic` module): the file appears under its name only
+/// once complete.
 pub fn write_parquet(
     path: &Path,
     schema: SchemaRef,
