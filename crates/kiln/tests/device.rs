@@ -35,7 +35,7 @@ fn shard(dir: &Path) -> String {
         })
         .collect();
     let p = dir.join("train.parquet");
-    kiln_data::shards::write_token_shard(&p, &docs).unwrap();
+    kiln_tokenizer::shards::write_token_shard(&p, &docs).unwrap();
     p.to_str().unwrap().to_string()
 }
 
