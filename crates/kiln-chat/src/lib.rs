@@ -11,6 +11,7 @@ pub mod engine;
 pub mod evals;
 pub mod format;
 pub mod identity;
+pub mod load;
 pub mod mix;
 pub mod model;
 pub mod session;

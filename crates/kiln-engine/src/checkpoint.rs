@@ -9,7 +9,7 @@
 //! place; a process killed mid-write leaves the previous checkpoint untouched.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
@@ -323,6 +323,25 @@ pub fn load_checkpoint(dir: &Path) -> Result<Checkpoint, EngineError> {
         optimizer,
         train,
     })
+}
+
+/// The checkpoint folder `path` names: a checkpoint itself (`kiln.json`, or a Hugging Face
+/// `config.json` folder), or a run folder / `ckpt` folder whose `latest` file names the newest.
+pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf, EngineError> {
+    if path.join("kiln.json").exists() || path.join("config.json").exists() {
+        return Ok(path.to_path_buf());
+    }
+    for dir in [path.join("ckpt"), path.to_path_buf()] {
+        let latest = dir.join("latest");
+        if latest.exists() {
+            let name = std::fs::read_to_string(&latest).map_err(|e| EngineError::io(&latest, e))?;
+            return Ok(dir.join(name.trim()));
+        }
+    }
+    Err(EngineError::ckpt(
+        path,
+        "not a checkpoint (no kiln.json) and no ckpt/latest pointer",
+    ))
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ pub mod safetensors;
 pub mod trainer;
 
 pub use backend::Backend;
-pub use checkpoint::{load_checkpoint, save_checkpoint, Checkpoint};
+pub use checkpoint::{load_checkpoint, resolve_checkpoint, save_checkpoint, Checkpoint};
 pub use config::{Arch, ModelConfig};
 pub use cpu::CpuBackend;
 pub use error::EngineError;

@@ -5,11 +5,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use std::sync::Arc;
-
-use kiln_chat::format::ChatTokens;
-use kiln_engine::{load_checkpoint, save_checkpoint, Backend, CpuBackend, Model, Trainer};
-use kiln_tokenizer::Tokenizer;
+use kiln_engine::{save_checkpoint, Backend, Trainer};
 use serde_json::Value;
 
 use crate::error::TrainError;
@@ -21,24 +17,6 @@ pub fn ckpt_root(out: &Path) -> PathBuf {
 
 fn step_name(step: u64) -> String {
     format!("step_{step:06}")
-}
-
-/// Resolve `--resume` (a checkpoint dir, or a run dir / `ckpt` dir with a `latest` pointer).
-pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf, TrainError> {
-    if path.join("kiln.json").exists() || path.join("config.json").exists() {
-        return Ok(path.to_path_buf());
-    }
-    for dir in [path.join("ckpt"), path.to_path_buf()] {
-        let latest = dir.join("latest");
-        if latest.exists() {
-            let name = std::fs::read_to_string(&latest).map_err(|e| TrainError::io(&latest, e))?;
-            return Ok(dir.join(name.trim()));
-        }
-    }
-    Err(TrainError::Config(format!(
-        "{}: not a checkpoint (no kiln.json) and no ckpt/latest pointer",
-        path.display()
-    )))
 }
 
 /// The checkpoint `<root>/latest` points at, if any.
@@ -63,51 +41,6 @@ pub fn save_step<B: Backend>(
     write_latest(root, &name)?;
     prune(root, keep)?;
     Ok(dir)
-}
-
-/// A checkpoint loaded on the cpu with the tokenizer its run recorded.
-pub struct LoadedModel {
-    pub model: Model<CpuBackend>,
-    pub tok: Tokenizer,
-    /// The checkpoint folder it came from.
-    pub dir: PathBuf,
-}
-
-/// Loads a checkpoint (or a run folder's latest) and the tokenizer its run recorded (or
-/// `tokenizer`), checking that the two belong together.
-pub fn load_model(
-    ckpt: &Path,
-    tokenizer: Option<&str>,
-    threads: usize,
-) -> Result<LoadedModel, TrainError> {
-    let dir = resolve_checkpoint(ckpt)?;
-    let ck = load_checkpoint(&dir)?;
-    let tok_name = match (tokenizer, ck.train["config"]["tokenizer"].as_str()) {
-        (Some(t), _) | (None, Some(t)) => t.to_string(),
-        _ => {
-            return Err(TrainError::Config(format!(
-                "{}: the run recorded no tokenizer; pass --tokenizer",
-                dir.display()
-            )))
-        }
-    };
-    let tok = Tokenizer::load_named(&tok_name)?;
-    if tok.vocab_size() > ck.config.vocab_size {
-        return Err(TrainError::Config(format!(
-            "tokenizer {tok_name:?} has {} tokens but the model's vocabulary is {}: they do not belong together",
-            tok.vocab_size(),
-            ck.config.vocab_size
-        )));
-    }
-    let model = ck.into_model(Arc::new(CpuBackend::new(threads)))?;
-    Ok(LoadedModel { model, tok, dir })
-}
-
-/// The chat tokens of `tok`, or an error that says what to do.
-pub fn chat_tokens(tok: &Tokenizer, what: &str) -> Result<ChatTokens, TrainError> {
-    ChatTokens::from_codec(tok).map_err(|e| {
-        TrainError::Config(format!("{what}: this tokenizer cannot render conversations ({e}); train one with `kiln tok train`, which adds the chat tokens"))
-    })
 }
 
 /// Write `v` as pretty JSON, atomically (a crash leaves the old file or none, never half).

@@ -19,6 +19,8 @@ pub enum TrainError {
     #[error(transparent)]
     Eval(#[from] kiln_chat::evals::EvalError),
     #[error(transparent)]
+    Load(#[from] kiln_chat::load::LoadError),
+    #[error(transparent)]
     Session(#[from] kiln_chat::session::SessionError),
     #[error("{path}: {source}")]
     Io {

@@ -12,5 +12,4 @@ mod schedule;
 pub mod sft;
 pub mod speedrun;
 
-pub use checkpoint::resolve_checkpoint;
 pub use error::TrainError;

@@ -22,13 +22,14 @@ use kiln_engine::{
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::checkpoint::{ckpt_root, latest, resolve_checkpoint, save_step};
+use crate::checkpoint::{ckpt_root, latest, save_step};
 use crate::device::{with_backend, DeviceSpec, OnBackend, TrainBackend};
 use crate::error::TrainError;
 use crate::loader::{val_batches, DataPos, Loader, TokenData};
 use crate::metrics::{bits_per_byte, read_metrics, MetricsLog};
 use crate::plot::{write_svg, Series};
 use crate::schedule::Schedule;
+use kiln_engine::resolve_checkpoint;
 
 /// Everything that defines a pretraining run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -19,11 +19,12 @@ use kiln_engine::{load_checkpoint, CpuBackend, Model, OptimizerConfig, Trainer};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::checkpoint::{latest, resolve_checkpoint, save_step};
+use crate::checkpoint::{latest, save_step};
 use crate::device::{with_backend, DeviceSpec, OnBackend, TrainBackend};
 use crate::error::TrainError;
 use crate::metrics::MetricsLog;
 use crate::schedule::Schedule;
+use kiln_engine::resolve_checkpoint;
 
 /// Everything that defines an SFT run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -580,7 +581,7 @@ fn tokenizer_of(base: &Path, flag: Option<&str>) -> Result<String, TrainError> {
 pub fn run_job(job: &SftJob, spec: &DeviceSpec) -> Result<SftOutcome, TrainError> {
     let tok_name = tokenizer_of(&job.base, job.tokenizer.as_deref())?;
     let tok = kiln_tokenizer::Tokenizer::load_named(&tok_name)?;
-    let tokens = crate::checkpoint::chat_tokens(
+    let tokens = kiln_chat::load::chat_tokens(
         &tok,
         &format!("SFT base {} (tokenizer {tok_name})", job.base.display()),
     )?;

@@ -20,11 +20,12 @@ use kiln_tokenizer::{Tokenizer, TrainConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::checkpoint::{chat_tokens, load_model, read_json, write_json};
+use crate::checkpoint::{read_json, write_json};
 use crate::device::DeviceSpec;
 use crate::error::TrainError;
 use crate::pretrain::{pretrain, Hooks, PretrainConfig};
 use crate::sft::{run_job, SftConfig, SftJob};
+use kiln_chat::load::{chat_tokens, load_model};
 
 /// The default SFT mix and the persona it names, compiled in so the speedrun runs from any folder;
 /// written into `<run>/configs/` for editing (a `--mix` given by the user wins).

@@ -11,8 +11,8 @@ use anyhow::{bail, Context};
 use clap::Args;
 
 use super::SamplingArgs;
+use kiln_chat::load::{chat_tokens, load_model};
 use kiln_chat::session::{base_model_reply, ChatSession};
-use kiln_train::checkpoint::{chat_tokens, load_model};
 
 #[derive(Args)]
 pub struct ChatArgs {

@@ -10,8 +10,8 @@ use kiln_tokenizer::Tokenizer;
 use kiln_train::device::Device;
 
 use super::DeviceArgs;
+use kiln_engine::resolve_checkpoint;
 use kiln_train::pretrain::{load_shards, pretrain_on, Hooks, PretrainConfig};
-use kiln_train::resolve_checkpoint;
 
 /// Model architectures kiln trains.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

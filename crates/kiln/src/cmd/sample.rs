@@ -75,7 +75,7 @@ impl OnBackend for Sample<'_> {
 
 pub fn run(a: SampleArgs, threads: usize) -> anyhow::Result<()> {
     let spec = a.device.spec(Device::Cpu)?;
-    let dir = kiln_train::resolve_checkpoint(&a.model)?;
+    let dir = kiln_engine::resolve_checkpoint(&a.model)?;
     let ck =
         kiln_engine::load_checkpoint(&dir).with_context(|| format!("loading {}", dir.display()))?;
     let tok_name = match (&a.tokenizer, ck.train["config"]["tokenizer"].as_str()) {
