@@ -4,7 +4,7 @@
 //! generated for training, so the eval measures generalisation, not recall.
 
 use crate::format::{Conversation, Message};
-use crate::rng::Rng;
+use kiln_engine::Rng;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
@@ -119,26 +119,31 @@ impl Problem {
     }
 }
 
+/// Uniform in `lo..=hi`.
+fn range(rng: &mut Rng, lo: u64, hi: u64) -> u64 {
+    lo + rng.below(hi - lo + 1)
+}
+
 /// A random problem of modest size (sums and differences up to 3 digits, products 2 × 1 digits).
 pub fn random_problem(rng: &mut Rng) -> Problem {
     match rng.below(3) {
         0 => Problem {
-            a: rng.range(1, 999),
+            a: range(rng, 1, 999),
             op: Op::Add,
-            b: rng.range(1, 999),
+            b: range(rng, 1, 999),
         },
         1 => {
-            let a = rng.range(10, 999);
+            let a = range(rng, 10, 999);
             Problem {
                 a,
                 op: Op::Sub,
-                b: rng.range(1, a),
+                b: range(rng, 1, a),
             }
         }
         _ => Problem {
-            a: rng.range(2, 99),
+            a: range(rng, 2, 99),
             op: Op::Mul,
-            b: rng.range(2, 9),
+            b: range(rng, 2, 9),
         },
     }
 }

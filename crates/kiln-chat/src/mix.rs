@@ -13,7 +13,7 @@
 
 use crate::format::{Content, Conversation, Message, Role};
 use crate::identity::Persona;
-use crate::rng::Rng;
+use kiln_engine::Rng;
 use serde::Deserialize;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -136,8 +136,9 @@ pub enum MixError {
     },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
+    /// The caller's `source_dir` could not resolve a fetched source (its message says why).
     #[error("{0}")]
-    Fetch(#[from] kiln_data::fetch::FetchError),
+    Source(String),
     #[error("{0}")]
     Persona(#[from] crate::identity::PersonaError),
     #[error("malformed input (strict mode): {0}")]
@@ -225,12 +226,14 @@ impl MixConfig {
     }
 
     /// Loads every source. Relative `persona`/`jsonl` paths resolve against `base_dir` (the mix
-    /// file's folder); fetched sources against `data_dir` (`<data>/raw/<source>/…`). `scale`
-    /// multiplies every limit/count (the speedrun's presets shrink the mix with it).
+    /// file's folder); a fetched source (`chitchat`, `evals` kinds name one) is found by
+    /// `source_dir(name)`, the caller's resolver (the binary uses kiln-data's fetch folders), whose
+    /// error message is passed on. `scale` multiplies every limit/count (the speedrun's presets
+    /// shrink the mix with it).
     pub fn build(
         &self,
         base_dir: &Path,
-        data_dir: &Path,
+        source_dir: &dyn Fn(&str) -> Result<PathBuf, String>,
         scale: f64,
         strict: bool,
     ) -> Result<Mix, MixError> {
@@ -259,7 +262,7 @@ impl MixConfig {
                     limit,
                     max_messages,
                 } => {
-                    let path = kiln_data::fetch::source_dir_in(data_dir, source)?.join(file);
+                    let path = source_dir(source).map_err(MixError::Source)?.join(file);
                     load_chitchat(&path, *max_messages, &mut col)?;
                     shuffle_take(&mut col.out, seed, scaled(*limit));
                 }
@@ -272,7 +275,7 @@ impl MixConfig {
                     limit,
                     max_chars,
                 } => {
-                    let root = kiln_data::fetch::source_dir_in(data_dir, source)?.join(dir);
+                    let root = source_dir(source).map_err(MixError::Source)?.join(dir);
                     load_evals(&root, include, exclude, *per_file, *max_chars, &mut col)?;
                     shuffle_take(&mut col.out, seed, scaled(*limit));
                 }
@@ -612,6 +615,11 @@ mod tests {
         assert!(evals_sample(&serde_json::json!({"input": "x", "ideal": "y"})).is_err());
     }
 
+    /// For mixes without fetched sources.
+    fn no_fetched(name: &str) -> Result<PathBuf, String> {
+        Err(format!("{name}: no fetched sources in this test"))
+    }
+
     fn write_mix(dir: &Path, body: &str) -> PathBuf {
         let p = dir.join("mix.toml");
         fs::write(&p, body).unwrap();
@@ -640,7 +648,7 @@ mod tests {
             "val_fraction = 0.0\n[[source]]\nkind = \"jsonl\"\nfile = \"c.jsonl\"\n",
         );
         let cfg = MixConfig::load(&p).unwrap();
-        let mix = cfg.build(dir.path(), dir.path(), 1.0, false).unwrap();
+        let mix = cfg.build(dir.path(), &no_fetched, 1.0, false).unwrap();
         let s = &mix.stats[0];
         assert_eq!((s.train, s.malformed, s.rejected), (2, 1, 2));
         assert!(
@@ -648,7 +656,7 @@ mod tests {
             "{:?}",
             s.first_error
         );
-        let err = cfg.build(dir.path(), dir.path(), 1.0, true).unwrap_err();
+        let err = cfg.build(dir.path(), &no_fetched, 1.0, true).unwrap_err();
         assert!(err.to_string().contains("c.jsonl:2"), "{err}");
     }
 
@@ -666,7 +674,7 @@ mod tests {
         );
         let mix = MixConfig::load(&p)
             .unwrap()
-            .build(dir.path(), dir.path(), 0.5, false)
+            .build(dir.path(), &no_fetched, 0.5, false)
             .unwrap();
         assert_eq!(mix.stats[0].train + mix.stats[0].val, 20);
         assert_eq!(mix.stats[1].val, 5);
@@ -695,13 +703,7 @@ mod tests {
     }
 
     #[test]
-    fn real_chitchat_and_evals_load_when_fetched() {
-        let data = kiln_data::fetch::data_dir();
-        if kiln_data::fetch::source_dir_for_test("chitchat").is_none()
-            || kiln_data::fetch::source_dir_for_test("evals").is_none()
-        {
-            return;
-        }
+    fn real_chitchat_and_evals_load() {
         let dir = tempfile::tempdir().unwrap();
         let p = write_mix(
             dir.path(),
@@ -709,7 +711,12 @@ mod tests {
         );
         let mix = MixConfig::load(&p)
             .unwrap()
-            .build(dir.path(), &data, 1.0, false)
+            .build(
+                dir.path(),
+                &|s| Ok(crate::fetched_source_for_test(s)),
+                1.0,
+                false,
+            )
             .unwrap();
         assert_eq!(mix.stats[0].train + mix.stats[0].val, 100);
         // ~3150 of 7168 chitchat conversations have a single turn: rejected, counted.

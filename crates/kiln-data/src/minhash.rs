@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// `[minhash]` table (datatrove's FineWeb configuration).
@@ -181,24 +181,6 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> MinhashError + '_ {
     }
 }
 
-/// Write `bytes` to `path` atomically (temp file + rename).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let tmp = crate::shards::temp_path_for(path);
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
 fn read_u64s(
     path: &Path,
     magic: &'static [u8; 4],
@@ -226,7 +208,7 @@ fn write_u64s(path: &Path, magic: &[u8; 4], values: &[u64]) -> Result<(), Minhas
     for v in values {
         bytes.extend_from_slice(&v.to_le_bytes());
     }
-    write_atomic(path, &bytes).map_err(io(path))
+    crate::write_atomic(path, &bytes).map_err(io(path))
 }
 
 /// Signatures of one unit: doc keys and, per band, one hash per doc.

@@ -370,7 +370,7 @@ impl Layout {
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), PipelineError> {
     let bytes = serde_json::to_vec_pretty(value).expect("serialisable");
-    minhash::write_atomic(path, &bytes).map_err(io_err(path))
+    crate::write_atomic(path, &bytes).map_err(io_err(path))
 }
 
 fn read_stats(path: &Path) -> Result<Stats, PipelineError> {
@@ -387,7 +387,7 @@ fn write_rejects(path: &Path, rejects: &[Reject]) -> Result<(), PipelineError> {
         serde_json::to_writer(&mut bytes, r).expect("serialisable");
         bytes.push(b'\n');
     }
-    minhash::write_atomic(path, &bytes).map_err(io_err(path))
+    crate::write_atomic(path, &bytes).map_err(io_err(path))
 }
 
 struct Bars {
@@ -587,7 +587,7 @@ pub fn process(opts: &ProcessOptions) -> Result<ProcessSummary, PipelineError> {
     };
     let all = opts.step == Step::All;
     let barrier = |step: &str| -> Result<(), PipelineError> {
-        minhash::write_atomic(&layout.marker(step, i, n), b"").map_err(io_err(&layout.out))?;
+        crate::write_atomic(&layout.marker(step, i, n), b"").map_err(io_err(&layout.out))?;
         if all {
             let markers: Vec<PathBuf> = (0..n).map(|t| layout.marker(step, t, n)).collect();
             wait_for(&markers, opts.barrier_timeout)?;

@@ -1,29 +1,17 @@
-//! Parquet shards shared by the pipeline's stages: token shards (what `kiln data tokenize` writes
-//! and the pretraining loader reads) and a reader for one text column of any text shard (ours or
-//! Hugging Face's, e.g. FineWeb's `text` column).
-//!
-//! Token shard layout: one row per document, one column `tokens: List<UInt32>` (BOS first, as
-//! the tokenizer produced it), zstd-compressed. One row per document keeps document boundaries
-//! explicit (the loader can pack or window as it likes) and stays readable by pandas/pyarrow.
-//! u32 costs twice u16 on disk before compression; zstd takes most of that back, and one type
-//! serves vocabularies above 65,536 too.
-//!
-//! Writes are atomic: the file appears under its name only once complete (temp file + rename).
+//! Parquet shards, the one way kiln reads and writes them: [`write_parquet`] (record batches →
+//! one zstd-compressed file, written atomically) serves kiln-data's text shards and
+//! kiln-tokenizer's token shards; [`read_batches`] opens any shard; [`read_text_column`] reads one
+//! text column of any text shard (ours or Hugging Face's, e.g. FineWeb's `text` column); and
+//! [`list_shards`] gives a folder's shards in a fixed order.
 
-use arrow_array::builder::{ListBuilder, UInt32Builder};
-use arrow_array::{Array, ListArray, RecordBatch, UInt32Array};
-use arrow_schema::{DataType, Field, Schema};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
-/// Name of the token column in a token shard.
-pub const TOKENS_COLUMN: &str = "tokens";
-
 /// Errors reading or writing a shard; each names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ShardError {
@@ -50,104 +38,63 @@ fn parquet_err(path: &Path, e: impl std::fmt::Display) -> ShardError {
     }
 }
 
-fn token_schema() -> Arc<Schema> {
-    let item = Field::new("item", DataType::UInt32, false);
-    Arc::new(Schema::new(vec![Field::new(
-        TOKENS_COLUMN,
-        DataType::List(Arc::new(item)),
-        false,
-    )]))
-}
-
-/// A temp path beside `path` (same filesystem, so the final rename is atomic).
-pub fn temp_path_for(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
-}
-
-/// Write `documents` (each already starting with BOS) as one token shard, atomically.
-pub fn write_token_shard(path: &Path, documents: &[Vec<u32>]) -> Result<(), ShardError> {
-    let schema = token_schema();
-    let item = Field::new("item", DataType::UInt32, false);
-    let mut builder = ListBuilder::new(UInt32Builder::new()).with_field(Arc::new(item));
-    for doc in documents {
-        builder.values().append_slice(doc);
-        builder.append(true);
+/// Writes `batches` (all of `schema`) as one parquet file at `path`, zstd level 3, atomically
+/// (temp file, fsync, rename: see the `atomic` module): the file appears under its name only
+/// once complete.
+pub fn write_parquet(
+    path: &Path,
+    schema: SchemaRef,
+    batches: &[RecordBatch],
+) -> Result<(), ShardError> {
+    /// The two ways a write fails, told apart so each maps to its [`ShardError`] variant.
+    enum Failure {
+        Io(std::io::Error),
+        Parquet(String),
     }
-    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(builder.finish())])
-        .map_err(|e| parquet_err(path, e))?;
+    impl From<std::io::Error> for Failure {
+        fn from(e: std::io::Error) -> Self {
+            Failure::Io(e)
+        }
+    }
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(3).expect("valid level"),
         ))
         .build();
-    let tmp = temp_path_for(path);
-    let result = (|| {
-        let file = File::create(&tmp).map_err(|source| ShardError::Io {
-            path: tmp.clone(),
-            source,
-        })?;
-        let mut writer =
-            ArrowWriter::try_new(file, schema, Some(props)).map_err(|e| parquet_err(path, e))?;
-        writer.write(&batch).map_err(|e| parquet_err(path, e))?;
-        writer.close().map_err(|e| parquet_err(path, e))?;
-        std::fs::rename(&tmp, path).map_err(|source| ShardError::Io {
+    let pq = |e: parquet::errors::ParquetError| Failure::Parquet(e.to_string());
+    crate::atomic::write_file_atomic(path, |file| {
+        let mut writer = ArrowWriter::try_new(file, schema, Some(props)).map_err(pq)?;
+        for batch in batches {
+            writer.write(batch).map_err(pq)?;
+        }
+        writer.close().map_err(pq)?;
+        Ok(())
+    })
+    .map_err(|e| match e {
+        Failure::Io(source) => ShardError::Io {
             path: path.to_path_buf(),
             source,
-        })
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+        },
+        Failure::Parquet(message) => ShardError::Parquet {
+            path: path.to_path_buf(),
+            message,
+        },
+    })
 }
 
-/// Read every document of a token shard.
-pub fn read_token_shard(path: &Path) -> Result<Vec<Vec<u32>>, ShardError> {
-    let mut documents = Vec::new();
-    for batch in open_batches(path)? {
-        let batch = batch.map_err(|e| parquet_err(path, e))?;
-        let column = batch
-            .column_by_name(TOKENS_COLUMN)
-            .ok_or_else(|| ShardError::Column {
-                path: path.to_path_buf(),
-                column: TOKENS_COLUMN.into(),
-                problem: "is missing (is this a token shard?)".into(),
-            })?;
-        let lists =
-            column
-                .as_any()
-                .downcast_ref::<ListArray>()
-                .ok_or_else(|| ShardError::Column {
-                    path: path.to_path_buf(),
-                    column: TOKENS_COLUMN.into(),
-                    problem: format!("has type {}, expected List<UInt32>", column.data_type()),
-                })?;
-        for row in 0..lists.len() {
-            let values = lists.value(row);
-            let ids = values
-                .as_any()
-                .downcast_ref::<UInt32Array>()
-                .ok_or_else(|| ShardError::Column {
-                    path: path.to_path_buf(),
-                    column: TOKENS_COLUMN.into(),
-                    problem: format!("holds {}, expected UInt32", values.data_type()),
-                })?;
-            documents.push(ids.values().to_vec());
-        }
-    }
-    Ok(documents)
+/// The record batches of a parquet file, 8,192 rows at a time; errors name the file.
+pub fn read_batches(
+    path: &Path,
+) -> Result<impl Iterator<Item = Result<RecordBatch, ShardError>> + '_, ShardError> {
+    Ok(open_batches(path)?.map(move |b| b.map_err(|e| parquet_err(path, e))))
 }
 
 /// Read one string column (e.g. `text`) of a parquet file: kiln's text shards, or Hugging Face
 /// dataset shards such as FineWeb's. Null rows are skipped.
 pub fn read_text_column(path: &Path, column: &str) -> Result<Vec<String>, ShardError> {
     let mut out = Vec::new();
-    for batch in open_batches(path)? {
-        let batch = batch.map_err(|e| parquet_err(path, e))?;
+    for batch in read_batches(path)? {
+        let batch = batch?;
         let array = batch
             .column_by_name(column)
             .ok_or_else(|| ShardError::Column {
@@ -187,9 +134,7 @@ pub fn read_text_column(path: &Path, column: &str) -> Result<Vec<String>, ShardE
     Ok(out)
 }
 
-fn open_batches(
-    path: &Path,
-) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReader, ShardError> {
+fn open_batches(path: &Path) -> Result<ParquetRecordBatchReader, ShardError> {
     let file = File::open(path).map_err(|source| ShardError::Io {
         path: path.to_path_buf(),
         source,
@@ -225,15 +170,22 @@ pub fn list_shards(path: &Path) -> Result<Vec<PathBuf>, ShardError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow_array::StringArray;
+    use arrow_schema::{DataType, Field, Schema};
+    use std::sync::Arc;
+
+    fn write_strings(path: &Path, name: &str, values: Vec<Option<&str>>) {
+        let schema = Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, true)]));
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(values))])
+            .unwrap();
+        write_parquet(path, schema, &[batch]).unwrap();
+    }
 
     #[test]
-    fn token_shard_round_trips_documents() {
+    fn written_shards_are_listed_without_temp_files() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("shard_00000.parquet");
-        let docs = vec![vec![7, 1, 2, 3], vec![7], vec![7, u32::MAX, 0, 65_536]];
-        write_token_shard(&path, &docs).unwrap();
-        assert_eq!(read_token_shard(&path).unwrap(), docs);
-        // No temp files left beside it.
+        write_strings(&path, "text", vec![Some("a")]);
         let names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())
@@ -246,10 +198,10 @@ mod tests {
     fn truncated_shard_names_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.parquet");
-        write_token_shard(&path, &vec![vec![1, 2, 3]; 100]).unwrap();
+        write_strings(&path, "text", vec![Some("some text"); 100]);
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
-        let err = read_token_shard(&path).unwrap_err().to_string();
+        let err = read_text_column(&path, "text").unwrap_err().to_string();
         assert!(err.contains("bad.parquet"), "{err}");
     }
 
@@ -257,7 +209,7 @@ mod tests {
     fn text_column_reader_reports_missing_column() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tok.parquet");
-        write_token_shard(&path, &[vec![1]]).unwrap();
+        write_strings(&path, "tokens", vec![Some("x")]);
         let err = read_text_column(&path, "text").unwrap_err().to_string();
         assert!(
             err.contains("`text` is missing") && err.contains("tokens"),
@@ -269,12 +221,7 @@ mod tests {
     fn text_column_reader_reads_strings() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("text.parquet");
-        let schema = Arc::new(Schema::new(vec![Field::new("text", DataType::Utf8, true)]));
-        let texts = arrow_array::StringArray::from(vec![Some("hello"), None, Some("world")]);
-        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(texts)]).unwrap();
-        let mut w = ArrowWriter::try_new(File::create(&path).unwrap(), schema, None).unwrap();
-        w.write(&batch).unwrap();
-        w.close().unwrap();
+        write_strings(&path, "text", vec![Some("hello"), None, Some("world")]);
         assert_eq!(
             read_text_column(&path, "text").unwrap(),
             vec!["hello", "world"]

@@ -1,18 +1,14 @@
 //! Text shards, the pipeline's output: parquet, zstd, one row per document with columns
 //! `text`, `id`, `url` (Utf8), `language` (Utf8), `language_score` (Float64) — the FineWeb
 //! column names, so `kiln data tokenize`, pandas and Hugging Face `datasets` read them as they
-//! are. Writes are atomic (temp file + rename).
+//! are. Writes are atomic ([`write_parquet`]).
 
 use arrow_array::{Array, Float64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::shards::ShardError;
+use crate::shards::{read_batches, write_parquet, ShardError};
 
 /// One document of a text shard.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,12 +39,6 @@ fn perr(path: &Path, e: impl std::fmt::Display) -> ShardError {
 
 /// Write documents as one text shard, atomically.
 pub fn write_text_shard(path: &Path, docs: &[TextDoc]) -> Result<(), ShardError> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|source| ShardError::Io {
-            path: parent.to_path_buf(),
-            source,
-        })?;
-    }
     let col = |f: fn(&TextDoc) -> &str| -> Arc<dyn Array> {
         Arc::new(StringArray::from_iter_values(docs.iter().map(f)))
     };
@@ -65,43 +55,14 @@ pub fn write_text_shard(path: &Path, docs: &[TextDoc]) -> Result<(), ShardError>
         ],
     )
     .map_err(|e| perr(path, e))?;
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(
-            ZstdLevel::try_new(3).expect("valid level"),
-        ))
-        .build();
-    let tmp = crate::shards::temp_path_for(path);
-    let result = (|| {
-        let file = std::fs::File::create(&tmp).map_err(|source| ShardError::Io {
-            path: tmp.clone(),
-            source,
-        })?;
-        let mut w = ArrowWriter::try_new(file, schema(), Some(props)).map_err(|e| perr(path, e))?;
-        w.write(&batch).map_err(|e| perr(path, e))?;
-        w.close().map_err(|e| perr(path, e))?;
-        std::fs::rename(&tmp, path).map_err(|source| ShardError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    write_parquet(path, schema(), &[batch])
 }
 
 /// Read every document of a text shard written by [`write_text_shard`].
 pub fn read_text_shard(path: &Path) -> Result<Vec<TextDoc>, ShardError> {
-    let file = std::fs::File::open(path).map_err(|source| ShardError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .and_then(|b| b.with_batch_size(8192).build())
-        .map_err(|e| perr(path, e))?;
     let mut docs = Vec::new();
-    for batch in reader {
-        let batch = batch.map_err(|e| perr(path, e))?;
+    for batch in read_batches(path)? {
+        let batch = batch?;
         let strings = |name: &str| -> Result<&StringArray, ShardError> {
             batch
                 .column_by_name(name)

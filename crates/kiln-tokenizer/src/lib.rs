@@ -1,5 +1,5 @@
 //! kiln-tokenizer: byte-level BPE — training, encode/decode, split patterns, special tokens,
-//! tiktoken rank files.
+//! tiktoken rank files — and the token shards its encoder writes ([`shards`]).
 //!
 //! ```
 //! use kiln_tokenizer::Tokenizer;
@@ -15,6 +15,7 @@ mod error;
 mod pretokenize;
 mod pretrained;
 mod rankfile;
+pub mod shards;
 mod tokenizer;
 mod train;
 mod unicode;
@@ -22,11 +23,11 @@ mod unicode;
 pub use error::TokenizerError;
 pub use pretokenize::{SplitPattern, GPT2_PATTERN, GPT4_PATTERN, O200K_PATTERN};
 pub use pretrained::PRETRAINED;
-pub use rankfile::{parse_rank_file, read_rank_file, write_atomic, CONFIG_FILE, RANK_FILE};
+pub use rankfile::{parse_rank_file, read_rank_file, CONFIG_FILE, RANK_FILE};
 pub use tokenizer::Tokenizer;
 pub use train::{
-    train_from_counts, train_from_files, train_from_iter, train_from_texts, PieceCounter,
-    TrainConfig,
+    count_texts, train_from_counts, train_from_files, train_from_iter, train_from_texts,
+    PieceCounter, TrainConfig,
 };
 
 /// The chat format's special tokens (DESIGN.md), appended after the merges by training.

@@ -7,7 +7,6 @@ use crate::{Tokenizer, TokenizerError};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub const RANK_FILE: &str = "tokenizer.tiktoken";
@@ -84,28 +83,9 @@ pub fn read_rank_file(path: &Path) -> Result<Vec<(Vec<u8>, u32)>, TokenizerError
     parse_rank_file(path, &text)
 }
 
-/// Writes `bytes` to `path` atomically (temp file in the same folder, fsync, rename).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TokenizerError> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(TokenizerError::io(path, e));
-    }
-    Ok(())
+/// Writes `bytes` to `path` atomically (kiln-data's helper: temp file beside it, fsync, rename).
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TokenizerError> {
+    kiln_data::write_atomic(path, bytes).map_err(|e| TokenizerError::io(path, e))
 }
 
 impl Tokenizer {

@@ -14,7 +14,7 @@
 //! A merge whose bytes already exist as a token (possible when two different pairs spell the same
 //! string) is skipped, so the result is a valid tiktoken rank file (unique byte strings).
 
-use crate::corpus::{collect_files, read_text_file};
+use crate::corpus::Corpus;
 use crate::pretokenize::{SplitPattern, Splitter};
 use crate::{Tokenizer, TokenizerError, CHAT_SPECIAL_TOKENS};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -52,6 +52,12 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// Checks the settings before any input is read (the vocabulary must hold the 256 bytes and
+    /// the special tokens).
+    pub fn check(&self) -> Result<(), TokenizerError> {
+        self.n_merges().map(|_| ())
+    }
+
     fn n_merges(&self) -> Result<usize, TokenizerError> {
         let min = 256 + self.special_tokens.len();
         if self.vocab_size < min {
@@ -155,46 +161,35 @@ fn split_chunks<'a>(text: &'a str, out: &mut Vec<&'a str>) {
     }
 }
 
-/// Trains on files and folders (see [`crate::corpus`] for what is read and what is an error).
+/// Trains on files and folders (see [`crate::corpus`] for what is read and what is an error):
+/// [`Corpus::read`], [`count_texts`], [`train_from_counts`] — the steps `kiln tok train` takes,
+/// with its held-out slice between the first two.
 pub fn train_from_files(paths: &[PathBuf], cfg: &TrainConfig) -> Result<Tokenizer, TokenizerError> {
-    cfg.n_merges()?;
-    let files = collect_files(paths)?;
-    let total: u64 = files
-        .iter()
-        .map(|f| f.metadata().map(|m| m.len()).unwrap_or(0))
-        .sum();
-    let bar = progress_bar(cfg.progress, total, "counting", true);
+    cfg.check()?;
+    let corpus = Corpus::read(paths, cfg.skip_binary, cfg.progress)?;
+    let texts: Vec<&str> = corpus.texts.iter().map(String::as_str).collect();
+    train_from_counts(count_texts(&texts, cfg)?, cfg)
+}
+
+/// Counts the pieces of `texts` with `cfg.pattern`, in batches of about 32 MB (each counted in
+/// parallel), with a byte progress bar on stderr when `cfg.progress`.
+pub fn count_texts(texts: &[&str], cfg: &TrainConfig) -> Result<PieceCounter, TokenizerError> {
     let mut counter = PieceCounter::new(&cfg.pattern)?;
-    // Batches of files up to 256 MB: bounded memory, parallel reading and counting.
-    let mut k = 0;
-    while k < files.len() {
-        let mut end = k;
-        let mut size = 0u64;
-        while end < files.len() && (end == k || size < 256 << 20) {
-            size += files[end].metadata().map(|m| m.len()).unwrap_or(0);
+    let total: usize = texts.iter().map(|t| t.len()).sum();
+    let bar = progress_bar(cfg.progress, total as u64, "counting", true);
+    let mut start = 0;
+    while start < texts.len() {
+        let (mut end, mut size) = (start, 0);
+        while end < texts.len() && (end == start || size < 32 << 20) {
+            size += texts[end].len();
             end += 1;
         }
-        let texts: Vec<Option<String>> = files[k..end]
-            .par_iter()
-            .map(|f| read_text_file(f, cfg.skip_binary))
-            .collect::<Result<_, _>>()?;
-        let texts: Vec<String> = texts.into_iter().flatten().collect();
-        counter.add_batch(&texts);
-        bar.inc(size);
-        k = end;
+        counter.add_batch(&texts[start..end]);
+        bar.inc(size as u64);
+        start = end;
     }
     bar.finish_and_clear();
-    if counter.counts.is_empty() {
-        return Err(TokenizerError::EmptyCorpus(format!(
-            "no text in {}",
-            paths
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
-    }
-    train_from_counts(counter, cfg)
+    Ok(counter)
 }
 
 /// Trains on texts from an iterator (consumed in batches of about 64 MB).
@@ -231,7 +226,8 @@ pub fn train_from_texts<S: AsRef<str> + Sync>(
     train_from_iter(texts.iter().map(|s| s.as_ref()), cfg)
 }
 
-fn progress_bar(show: bool, len: u64, what: &str, bytes: bool) -> ProgressBar {
+/// A progress bar on stderr labelled `what` (counting bytes, else items), or a hidden one.
+pub(crate) fn progress_bar(show: bool, len: u64, what: &str, bytes: bool) -> ProgressBar {
     if !show {
         return ProgressBar::hidden();
     }

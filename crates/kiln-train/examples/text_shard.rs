@@ -38,18 +38,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let refs: Vec<&str> = docs.iter().map(String::as_str).collect();
-    let ids: Vec<Vec<u32>> = tok
-        .encode_batch_ordinary(&refs)
-        .into_iter()
-        .map(|mut d| {
-            d.insert(0, bos);
-            d
-        })
-        .collect();
+    let ids = kiln_tokenizer::shards::ShardEncoder::new(&tok, bos).encode(&refs);
     if let Some(dir) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    kiln_data::shards::write_token_shard(&out, &ids)?;
+    kiln_tokenizer::shards::write_token_shard(&out, &ids)?;
     let n: usize = ids.iter().map(Vec::len).sum();
     let bytes: usize = docs.iter().map(String::len).sum();
     println!(

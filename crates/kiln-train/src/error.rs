@@ -9,7 +9,7 @@ pub enum TrainError {
     #[error(transparent)]
     Engine(#[from] EngineError),
     #[error(transparent)]
-    Shard(#[from] kiln_data::shards::ShardError),
+    Shard(#[from] kiln_data::ShardError),
     #[error(transparent)]
     Tokenizer(#[from] kiln_tokenizer::TokenizerError),
     #[error(transparent)]

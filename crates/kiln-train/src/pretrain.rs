@@ -92,7 +92,7 @@ pub struct Summary {
 
 /// Read every token shard under `path` (a file or a folder of `*.parquet`).
 pub fn load_shards(path: &Path) -> Result<Vec<Vec<u32>>, TrainError> {
-    let files = kiln_data::shards::list_shards(path)?;
+    let files = kiln_data::list_shards(path)?;
     if files.is_empty() {
         return Err(TrainError::Data(format!(
             "{}: no *.parquet token shards",
@@ -101,7 +101,7 @@ pub fn load_shards(path: &Path) -> Result<Vec<Vec<u32>>, TrainError> {
     }
     let mut docs = Vec::new();
     for f in files {
-        docs.extend(kiln_data::shards::read_token_shard(&f)?);
+        docs.extend(kiln_tokenizer::shards::read_token_shard(&f)?);
     }
     Ok(docs)
 }

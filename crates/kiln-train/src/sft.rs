@@ -119,7 +119,7 @@ pub struct SftPos {
 
 fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
-    kiln_chat::rng::Rng::new(seed ^ epoch.wrapping_mul(0x9E37_79B9)).shuffle(&mut order);
+    kiln_engine::Rng::new(seed ^ epoch.wrapping_mul(0x9E37_79B9)).shuffle(&mut order);
     order
 }
 
@@ -590,12 +590,10 @@ pub fn run_job(job: &SftJob, spec: &DeviceSpec) -> Result<SftOutcome, TrainError
 
     let mix_cfg = kiln_chat::mix::MixConfig::load(&job.mix)?;
     let mix_dir = job.mix.parent().unwrap_or(Path::new("."));
-    let mix = mix_cfg.build(
-        mix_dir,
-        &kiln_data::fetch::data_dir(),
-        job.scale,
-        job.strict,
-    )?;
+    let data_dir = kiln_data::fetch::data_dir();
+    let source_dir =
+        |name: &str| kiln_data::fetch::source_dir_in(&data_dir, name).map_err(|e| e.to_string());
+    let mix = mix_cfg.build(mix_dir, &source_dir, job.scale, job.strict)?;
     let data = render_data(&mix.train, &mix.val, &tok, &tokens, seq_len)?;
     tracing::info!(
         "SFT mix: {} train / {} val conversations; {} cut to {} tokens, {} dropped (answer did not fit)",

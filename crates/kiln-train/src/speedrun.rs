@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use kiln_chat::evals::{self, EngineScores};
 use kiln_engine::{CpuBackend, Model, ModelConfig, OptimizerConfig, SamplingParams, Trainer};
+use kiln_tokenizer::shards::{read_token_shard, ShardEncoder};
 use kiln_tokenizer::{Tokenizer, TrainConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -343,27 +344,17 @@ pub fn run(opts: &Options, announce: &mut dyn FnMut(usize, &str)) -> Result<Outc
     })?;
 
     // 3. tokenize
-    let shard_dir = run.join("tokens");
-    let shard = shard_dir.join("train.parquet");
+    let shard = run.join("tokens").join("train.parquet");
     let t = Instant::now();
     if shard.exists() {
         timings.record("tokenize", 0.0, true);
     } else {
         announce(3, "tokenizing the corpus");
         let texts: Vec<&str> = docs()?.iter().map(String::as_str).collect();
-        let ids: Vec<Vec<u32>> = tok
-            .encode_batch_ordinary(&texts)
-            .into_iter()
-            .map(|mut d| {
-                d.insert(0, bos);
-                d
-            })
-            .collect();
-        std::fs::create_dir_all(&shard_dir).map_err(|e| TrainError::io(&shard_dir, e))?;
-        kiln_data::shards::write_token_shard(&shard, &ids)?;
+        ShardEncoder::new(&tok, bos).write_shard(&texts, &shard)?;
         timings.record("tokenize", t.elapsed().as_secs_f64(), false);
     }
-    let token_docs = kiln_data::shards::read_token_shard(&shard)?;
+    let token_docs = read_token_shard(&shard)?;
     let corpus_docs = token_docs.len();
     let corpus_tokens = token_docs.iter().map(Vec::len).sum();
 

@@ -35,7 +35,7 @@ fn shard(dir: &Path) -> String {
         })
         .collect();
     let p = dir.join("train.parquet");
-    kiln_data::shards::write_token_shard(&p, &docs).unwrap();
+    kiln_tokenizer::shards::write_token_shard(&p, &docs).unwrap();
     p.to_str().unwrap().to_string()
 }
 
@@ -133,13 +133,15 @@ fn bad_device_and_precision_are_refused() {
     let out = dir.path().join("run");
     let mut a = pretrain_args(&data, out.to_str().unwrap());
     a.extend(["--device", "tpu"]);
-    assert!(fails(&a).contains("cpu or cuda"));
+    // A closed set: clap names the choices.
+    let e = fails(&a);
+    assert!(e.contains("possible values: cpu, cuda"), "{e}");
     let mut a = pretrain_args(&data, out.to_str().unwrap());
     a.extend(["--precision", "bf16"]);
     let e = fails(&a);
     assert!(e.contains("--device cuda") && e.contains("f32"), "{e}");
     let e = fails(&["bench", "train", "--preset", "tiny", "--precision", "fp8"]);
-    assert!(e.contains("f32, tf32 or bf16"), "{e}");
+    assert!(e.contains("possible values: bf16, tf32, f32"), "{e}");
 }
 
 #[test]

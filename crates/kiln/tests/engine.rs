@@ -47,7 +47,7 @@ fn shard(dir: &Path, n: usize, vocab: u32) -> PathBuf {
         docs.push(doc);
     }
     let p = dir.join("train.parquet");
-    kiln_data::shards::write_token_shard(&p, &docs).unwrap();
+    kiln_tokenizer::shards::write_token_shard(&p, &docs).unwrap();
     p
 }
 
@@ -316,7 +316,7 @@ fn sample_cached_equals_uncached_and_is_seeded() {
         .map(|_| [vec![50256], tok.encode_ordinary(&text.repeat(3))].concat())
         .collect();
     let data = dir.path().join("t.parquet");
-    kiln_data::shards::write_token_shard(&data, &docs).unwrap();
+    kiln_tokenizer::shards::write_token_shard(&data, &docs).unwrap();
     let run = dir.path().join("run");
     ok(&[
         "pretrain",

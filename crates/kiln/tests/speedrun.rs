@@ -18,10 +18,12 @@ fn workspace() -> PathBuf {
         .unwrap()
 }
 
-fn data_fetched() -> bool {
-    ["shakespeare", "chitchat", "evals", "gsm8k"]
-        .iter()
-        .all(|s| kiln_data::fetch::source_dir_for_test(s).is_some())
+/// The fetched corpora the smoke run reads: missing data fails the test with the fetch command
+/// (CI fetches first, `.ci/run`), never a silent pass.
+fn require_data() {
+    for source in ["shakespeare", "chitchat", "evals", "gsm8k"] {
+        kiln_data::fetch::source_dir(source).unwrap_or_else(|e| panic!("{e}"));
+    }
 }
 
 /// The smoke run's folder (run once per test binary).
@@ -60,9 +62,7 @@ fn smoke() -> &'static Path {
 
 #[test]
 fn smoke_speedrun_writes_report_card_and_reruns_skip() {
-    if !data_fetched() {
-        return;
-    }
+    require_data();
     let run = smoke();
     let md = std::fs::read_to_string(run.join("report.md")).unwrap();
     for needle in [
@@ -136,9 +136,7 @@ fn chat_once(args: &[&str], input: &str) -> std::process::Output {
 
 #[test]
 fn chat_once_replies_from_sft_and_base_prompt_modes() {
-    if !data_fetched() {
-        return;
-    }
+    require_data();
     let run = smoke();
     let sft = run.join("sft");
     let out = chat_once(
@@ -214,9 +212,7 @@ fn chat_once_replies_from_sft_and_base_prompt_modes() {
 
 #[test]
 fn sft_bad_inputs_fail_clearly() {
-    if !data_fetched() {
-        return;
-    }
+    require_data();
     let run = smoke();
     let dir = tempfile::tempdir().unwrap();
     let base = run.join("base");

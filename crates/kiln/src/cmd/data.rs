@@ -1,7 +1,6 @@
 //! `kiln data …`: fetching corpora, the web-data pipeline (`process`, `explain`) and turning
 //! its text shards into token shards (`tokenize`). Parsing and printing only: the pipeline lives
-//! in `kiln_data::pipeline`, tokenization in `kiln_tokenizer`; this file joins the two (the data
-//! crate never depends on the tokenizer).
+//! in kiln-data, the token-shard encoder in `kiln_tokenizer::shards`.
 
 use clap::Subcommand;
 use std::path::PathBuf;
@@ -150,8 +149,8 @@ pub fn run(command: DataCommand) -> anyhow::Result<()> {
             threads,
         } => {
             let config = match &config {
-                Some(p) => kiln_data::config::PipelineConfig::load(p)?,
-                None => kiln_data::config::PipelineConfig::default(),
+                Some(p) => kiln_data::PipelineConfig::load(p)?,
+                None => kiln_data::PipelineConfig::default(),
             };
             if print_config {
                 print!("{}", config.to_toml());
@@ -164,7 +163,7 @@ pub fn run(command: DataCommand) -> anyhow::Result<()> {
             }
             let (task, tasks) = task_from_env(task, tasks)?;
             let out = out.expect("clap requires --out");
-            let opts = kiln_data::pipeline::ProcessOptions {
+            let opts = kiln_data::ProcessOptions {
                 inputs: input,
                 out: out.clone(),
                 config,
@@ -174,7 +173,7 @@ pub fn run(command: DataCommand) -> anyhow::Result<()> {
                 barrier_timeout: std::time::Duration::from_secs(barrier_timeout),
                 progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
             };
-            let s = kiln_data::pipeline::process(&opts)?;
+            let s = kiln_data::process(&opts)?;
             print!("{}", s.stats.table());
             let threads = rayon::current_num_threads();
             println!(
@@ -196,8 +195,8 @@ pub fn run(command: DataCommand) -> anyhow::Result<()> {
             Ok(())
         }
         DataCommand::Explain { id, out } => {
-            use kiln_data::pipeline::Explanation;
-            match kiln_data::pipeline::explain(&out, &id)? {
+            use kiln_data::Explanation;
+            match kiln_data::explain(&out, &id)? {
                 Explanation::Dropped(r) => {
                     println!("{id}: dropped at stage `{}`, reason `{}`", r.stage, r.reason);
                     if !r.detail.is_empty() {
@@ -259,7 +258,7 @@ fn tokenize(
             names.join(", ")
         )
     })?;
-    let shards = kiln_data::shards::list_shards(input)?;
+    let shards = kiln_data::list_shards(input)?;
     anyhow::ensure!(
         !shards.is_empty(),
         "{}: no .parquet text shards",
@@ -267,7 +266,7 @@ fn tokenize(
     );
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mine: Vec<_> = shards
-        .iter()
+        .into_iter()
         .enumerate()
         .filter(|(i, _)| i % tasks == task)
         .map(|(_, p)| p)
@@ -281,33 +280,20 @@ fn tokenize(
             .expect("valid template"),
     );
     let start = std::time::Instant::now();
-    let (mut docs, mut tokens, mut skipped) = (0usize, 0usize, 0usize);
-    for shard in mine {
-        let name = shard.file_name().context("shard has a file name")?;
-        let target = out.join(name);
-        if target.exists() {
-            skipped += 1;
-            bar.inc(1);
-            continue;
-        }
-        let texts = kiln_data::shards::read_text_column(shard, column)?;
-        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let encoded: Vec<Vec<u32>> = tok
-            .encode_batch_ordinary(&refs)
-            .into_iter()
-            .map(|ids| {
-                let mut doc = Vec::with_capacity(ids.len() + 1);
-                doc.push(bos_id);
-                doc.extend(ids);
-                doc
-            })
-            .collect();
-        docs += encoded.len();
-        tokens += encoded.iter().map(Vec::len).sum::<usize>();
-        kiln_data::shards::write_token_shard(&target, &encoded)?;
+    let mut tokens = 0;
+    let encoder = kiln_tokenizer::shards::ShardEncoder::new(&tok, bos_id);
+    let summary = encoder.encode_text_shards(&mine, column, out, |written| {
         bar.inc(1);
-        bar.set_message(format!("{tokens} tokens"));
-    }
+        if let Some(c) = written {
+            tokens += c.tokens;
+            bar.set_message(format!("{tokens} tokens"));
+        }
+    })?;
+    let (docs, tokens, skipped) = (
+        summary.written.docs,
+        summary.written.tokens,
+        summary.skipped,
+    );
     bar.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
     println!(

@@ -3,8 +3,7 @@
 
 use anyhow::{bail, Context};
 use clap::{Subcommand, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
-use kiln_tokenizer::{corpus, PieceCounter, SplitPattern, Tokenizer, TrainConfig};
+use kiln_tokenizer::{corpus, SplitPattern, Tokenizer, TrainConfig};
 use std::collections::HashSet;
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
@@ -180,118 +179,24 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     if !(0.0..0.5).contains(&args.holdout) {
         bail!("--holdout must be in [0, 0.5), got {}", args.holdout);
     }
-    let min = 256 + cfg.special_tokens.len();
-    if cfg.vocab_size < min {
-        // Same check the library does, before reading any input.
-        return Err(kiln_tokenizer::TokenizerError::VocabTooSmall {
-            requested: cfg.vocab_size,
-            min,
-            specials: cfg.special_tokens.len(),
-        }
-        .into());
-    }
+    // Fail on a bad vocabulary size before reading any input.
+    cfg.check()?;
     let started = std::time::Instant::now();
-    let files = corpus::collect_files(&args.input)?;
-    let total: u64 = files
-        .iter()
-        .map(|f| f.metadata().map(|m| m.len()).unwrap_or(0))
-        .sum();
-    let bar = if cfg.progress {
-        let bar = ProgressBar::new(total);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{msg:>9} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})",
-            )?
-            .progress_chars("=> "),
-        );
-        bar.set_message("reading");
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
-    let texts: Vec<String> = {
-        use rayon::prelude::*;
-        let texts: Vec<Option<String>> = files
-            .par_iter()
-            .map(|f| {
-                let text = corpus::read_text_file(f, cfg.skip_binary);
-                bar.inc(f.metadata().map(|m| m.len()).unwrap_or(0));
-                text
-            })
-            .collect::<Result<_, _>>()?;
-        texts.into_iter().flatten().collect()
-    };
-    bar.finish_and_clear();
-    let corpus_bytes: usize = texts.iter().map(String::len).sum();
-    if corpus_bytes == 0 {
-        bail!(
-            "empty corpus: no text in {} ({} files)",
-            args.input
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-            files.len()
-        );
-    }
-    // Hold out the end of the corpus (possibly spanning documents).
-    let mut want = (corpus_bytes as f64 * args.holdout) as usize;
-    let mut held_out: Vec<&str> = Vec::new();
-    let mut train_texts: Vec<&str> = texts.iter().map(String::as_str).collect();
-    while want > 0 {
-        let Some(last) = train_texts.pop() else { break };
-        if last.len() <= want {
-            want -= last.len();
-            held_out.push(last);
-        } else {
-            let mut cut = last.len() - want;
-            while !last.is_char_boundary(cut) {
-                cut += 1;
-            }
-            held_out.push(&last[cut..]);
-            train_texts.push(&last[..cut]);
-            want = 0;
-        }
-    }
-    held_out.reverse();
+    let corpus = corpus::Corpus::read(&args.input, cfg.skip_binary, cfg.progress)?;
+    let corpus_bytes = corpus.bytes();
+    let (train_texts, held_out) = corpus.split_holdout(args.holdout);
     let train_bytes: usize = train_texts.iter().map(|t| t.len()).sum();
     if train_bytes == 0 {
         bail!("empty corpus: nothing left to train on after the held-out slice");
     }
     eprintln!(
         "corpus: {} files, {:.1} MB; training on {:.1} MB, holding out {:.2} MB",
-        files.len(),
+        corpus.files,
         corpus_bytes as f64 / 1e6,
         train_bytes as f64 / 1e6,
         (corpus_bytes - train_bytes) as f64 / 1e6
     );
-    let mut counter = PieceCounter::new(&cfg.pattern)?;
-    let bar = if cfg.progress {
-        let bar = ProgressBar::new(train_bytes as u64);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{msg:>9} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})",
-            )?
-            .progress_chars("=> "),
-        );
-        bar.set_message("counting");
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
-    let mut batch_start = 0;
-    while batch_start < train_texts.len() {
-        let mut end = batch_start;
-        let mut size = 0;
-        while end < train_texts.len() && (end == batch_start || size < 32 << 20) {
-            size += train_texts[end].len();
-            end += 1;
-        }
-        counter.add_batch(&train_texts[batch_start..end]);
-        bar.inc(size as u64);
-        batch_start = end;
-    }
-    bar.finish_and_clear();
+    let counter = kiln_tokenizer::count_texts(&train_texts, &cfg)?;
     let counted = started.elapsed();
     let tok = kiln_tokenizer::train_from_counts(counter, &cfg)?;
     let trained = started.elapsed();
