@@ -6,9 +6,8 @@
 # eat the others, and all of them share one budget (KILN_CHECK_BUDGET, 360 s; 120 s of it kept for
 # torch.compile at the end), so the script ends within ≈ 6 min even if stages hang; expected total
 # ≈ 3–4 min. Order:
-#   (1) parity with the cpu backend (cuda_check parity)
-#   (2) `kiln bench train --preset gpu-gpt2-124m --device cuda` (+ cuda_check's per-op profile and
-#       its matmul operand-path comparison, bench-gemm),
+#   (1) parity with the cpu backend (the test binary tests/cuda_parity.rs, run with --ignored)
+#   (2) `kiln bench train --preset gpu-gpt2-124m --device cuda` (+ cuda_check's per-op profile),
 #       the PyTorch peer eager (torch.compile last: slowest to start); peak GPU memory both sides
 #   (3) decode tokens/s at batch 1 and 32 on the 124M shape (cuda_check decode)
 #   (5) `kiln pretrain --device cuda`: 300 steps on the fetched Shakespeare (BPE 1024, gpt2 6×384,
@@ -38,10 +37,10 @@ SUM="python3 scripts/gpu/summarize.py"
 fail() { echo "{\"stage\": \"preflight\", \"ok\": false, \"error\": \"$1\"}" | tee -a "$OUT/stages.jsonl"; exit 2; }
 
 # ---- preflight: the prepared files, then the GPU (fail at once instead of per stage) ----------
-for f in kiln.xz cuda_check.xz torch_ref.py tok/tokenizer.tiktoken tokens/train.parquet; do
+for f in kiln.xz cuda_check.xz cuda_parity.xz torch_ref.py tok/tokenizer.tiktoken tokens/train.parquet; do
   [ -e "$D/$f" ] || fail "missing $D/$f: run scripts/gpu/prepare.sh and carry dist/gpu"
 done
-for b in kiln cuda_check; do
+for b in kiln cuda_check cuda_parity; do
   python3 -c "import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" \
     "$D/$b.xz" "/tmp/$b" && chmod +x "/tmp/$b" || fail "cannot unpack $D/$b.xz"
 done
@@ -74,10 +73,9 @@ stage() { # name limit_s outfile cmd...   (limit cut to the budget left; skipped
 
 # ---- (1) parity, (2) training throughput next to PyTorch, (3) decode --------------------------
 if [ "$DEV" = cuda ]; then
-  stage parity 75 parity.jsonl "$CHECK" parity
+  stage parity 75 parity.jsonl /tmp/cuda_parity --ignored --nocapture --test-threads=1
   stage bench_kiln 90 bench.jsonl "$K" bench train --preset gpu-gpt2-124m --device cuda --precision bf16
   stage bench_kiln_profile 40 bench.jsonl "$CHECK" bench 16 1024 10 bf16
-  stage bench_gemm_modes 45 bench.jsonl "$CHECK" bench-gemm 16 1024 8
   stage bench_torch 75 bench.jsonl python3 scripts/gpu/torch_peak.py "$D/torch_ref.py" gpu
   stage decode 30 decode.jsonl "$CHECK" decode 1,32 128
 fi

@@ -2,7 +2,8 @@
 # Build everything the device check needs, on the CPU machine (no CUDA needed), into dist/gpu/
 # (git-ignored; name it in the device call's `carry`; must stay under the 64 MiB carry limit):
 #   dist/gpu/kiln.xz        the kiln binary built with `--features cuda`, stripped, xz-compressed
-#   dist/gpu/cuda_check.xz  the backend's device-check program (crates/kiln-engine/examples/cuda_check.rs)
+#   dist/gpu/cuda_check.xz  the backend's benchmarks (crates/kiln-engine/examples/cuda_check.rs)
+#   dist/gpu/cuda_parity.xz the CUDA-vs-CPU parity test binary (crates/kiln-engine/tests/cuda_parity.rs)
 #   dist/gpu/torch_ref.py   the PyTorch peer (../shared/bench/torch_ref.py)
 #   dist/gpu/tok/           a 1024-token BPE tokenizer trained on the fetched Shakespeare texts
 #   dist/gpu/tokens/        those texts as a token shard (kiln pretrain --data), BOS per document
@@ -17,11 +18,20 @@ R="$CARGO_TARGET_DIR/release"
 cargo build --release -p kiln --features cuda
 cargo build --release -p kiln-engine --features cuda --example cuda_check
 cargo build --release -p kiln-train --example text_shard
+# the parity test's binary: cargo names it with a hash, so take its path from cargo's JSON
+PARITY=$(cargo test --release -p kiln-engine --features cuda --test cuda_parity --no-run --message-format=json |
+  python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "cuda_parity" and m.get("executable"):
+        print(m["executable"])')
+[ -x "$PARITY" ] || { echo "cuda_parity test binary not found" >&2; exit 1; }
 rm -rf dist/gpu
 mkdir -p dist/gpu
-for b in kiln examples/cuda_check; do
+for b in "$R/kiln" "$R/examples/cuda_check" "$PARITY"; do
   n=$(basename "$b")
-  cp "$R/$b" "dist/gpu/$n"
+  n=${n%%-*}   # cuda_parity-<hash> -> cuda_parity
+  cp "$b" "dist/gpu/$n"
   strip "dist/gpu/$n"
   xz -T2 -6 -f "dist/gpu/$n"   # -> $n.xz (device-check.sh unpacks with python's lzma)
 done

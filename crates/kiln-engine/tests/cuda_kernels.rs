@@ -8,7 +8,8 @@
 //! emulated from the PTX ISA's fragment tables and compares against a reference attention (needs a
 //! C++20 compiler, `c++` or `$CXX`; SKIPPED without one). With `KILN_PTXAS` pointing at ptxas 13.0
 //! (the `nvidia-cuda-nvcc` wheel), their PTX is also assembled for sm_90 and checked for spills.
-//! The tc2 variant (bf16 copies, cp.async double buffering) is covered by the same three tests.
+//! The emulation also runs the first tensor-core version (tc, now in dev/cuda/attention_tc1.cu)
+//! and checks that tc2 equals it bit for bit.
 #![cfg(feature = "cuda")]
 
 use kiln_engine::cuda::{
@@ -129,9 +130,9 @@ fn tc_kernels_exist_exactly_for_their_head_dims() {
         let src = attention_source(hd);
         assert!(names.iter().any(|k| k == TC2_CVT), "{names:?}");
         if TC_HEAD_DIMS.contains(&hd) {
-            assert_eq!(tc, 3, "{names:?}");
+            assert_eq!(tc, 0, "{names:?}");
             assert_eq!(tc2, 4, "{names:?}");
-            assert!(src.contains(&format!("TC_INST({hd})")));
+            assert!(!src.contains("\nTC_INST("));
             assert!(src.contains(&format!("TC2_INST({hd})")));
         } else {
             assert_eq!(tc, 0, "{names:?}");
@@ -142,22 +143,27 @@ fn tc_kernels_exist_exactly_for_their_head_dims() {
     }
 }
 
+/// Only the chosen kernels are in the production source (the losing variants are in dev/cuda/).
 #[test]
-fn attention_kernel_names_parse_and_bad_ones_are_named() {
+fn only_v2_and_tc2_attention_kernels_are_compiled_into_the_crate() {
     use kiln_engine::cuda::AttnKernel;
-    for k in [
-        AttnKernel::V1,
-        AttnKernel::V2,
-        AttnKernel::Tc,
-        AttnKernel::Tc2,
-    ] {
-        assert_eq!(k.name().parse::<AttnKernel>().unwrap(), k);
+    assert_eq!(AttnKernel::V2.name(), "v2");
+    assert_eq!(AttnKernel::Tc2.name(), "tc2");
+    for hd in ATTN_HEAD_DIMS {
+        let src = attention_source(hd);
+        for v1 in [
+            "k_attn_fwd_",
+            "k_attn_bwd_dq_",
+            "k_attn_bwd_dkv_",
+            "k_attn_tc_",
+        ] {
+            assert!(!src.contains(v1), "{v1} in the attention source");
+        }
     }
-    let e = "v3".parse::<AttnKernel>().unwrap_err().to_string();
-    assert!(e.contains("v3"), "{e}");
 }
 
-/// Runs attention_tc.cu's forward, dQ and dK/dV kernels (tc and tc2, with tc2's bf16 conversion)
+/// Runs attention_tc.cu's forward, dQ and dK/dV kernels (tc2 with its bf16 conversion, and the
+/// first version tc from dev/cuda/attention_tc1.cu)
 /// on the CPU (tests/tc_emu.cpp) and checks them against a double-precision reference: the fragment
 /// layouts, ldmatrix addressing, masking, partial tiles, GQA, and for tc2 the cp.async pipeline
 /// (copies land only at the wait) and the dynamic shared-memory bounds, before any GPU sees them.
@@ -199,7 +205,7 @@ fn tc_attention_kernels_match_reference_on_cpu() {
     );
 }
 
-/// With KILN_PTXAS=/path/to/ptxas (13.0): the tc and tc2 kernels (and tc2's conversion) assemble
+/// With KILN_PTXAS=/path/to/ptxas (13.0): the tc2 kernels (and tc2's conversion) assemble
 /// for sm_90 without spills.
 #[test]
 fn tc_kernels_assemble_for_sm90_without_spills() {
@@ -213,7 +219,7 @@ fn tc_kernels_assemble_for_sm90_without_spills() {
     let tmp = tempfile::tempdir().unwrap();
     for hd in TC_HEAD_DIMS {
         let src = format!(
-            "{}{}\nTC_INST({hd})\nTC2_INST({hd})\n",
+            "{}{}\nTC2_INST({hd})\n",
             include_str!("../src/cuda/prelude.cu"),
             include_str!("../src/cuda/attention_tc.cu")
         );
@@ -233,7 +239,7 @@ fn tc_kernels_assemble_for_sm90_without_spills() {
         assert_eq!(
             log.matches("0 bytes spill stores, 0 bytes spill loads")
                 .count(),
-            7,
+            4,
             "head dim {hd} spills: {log}"
         );
     }

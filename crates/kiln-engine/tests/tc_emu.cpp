@@ -222,6 +222,8 @@ static bool with_smem(int bytes, F run) {
 
 #include "../src/cuda/prelude.cu"
 #include "../src/cuda/attention_tc.cu"
+// the first tc version, kept beside its successor so tc2 is checked against it bit for bit
+#include "../../../dev/cuda/attention_tc1.cu"
 TC_INST(16)
 TC_INST(32)
 TC_INST(64)

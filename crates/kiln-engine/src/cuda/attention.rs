@@ -1,60 +1,29 @@
 //! Training attention on the GPU: which kernels run ([`AttnKernel`]: tc2 on tensor cores in bf16
-//! with a first-use self-test against v2, v2 in f32 — the exact path), their launch, and the
+//! with a first-use self-test against v2, v2 in f32 — the exact path, and tc2's fallback), their launch, and the
 //! scratch layout (lse, D, an output copy, tc2's bf16 copies of q/k/v and dout).
 
 use super::*;
 
-/// Head dims with a tensor-core ("tc") attention instantiation (HD 128 would need more than 48 KiB
+/// Head dims with a tensor-core (tc2) attention instantiation (HD 128 would need more than 48 KiB
 /// of static shared memory and spills in dK/dV; it uses v2).
 pub const TC_HEAD_DIMS: [usize; 3] = [16, 32, 64];
 
-/// Which training-attention kernels run (tc2 in bf16, v2 in f32/tf32; [`CudaBackend::set_attention`]
-/// picks another for comparisons).
+/// Which training-attention kernels run: tc2 in bf16 precision (falling back to v2 where it cannot
+/// run), v2 in f32/tf32. The losing variants (v1, the first tensor-core "tc") are in `dev/cuda/`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttnKernel {
-    /// One thread per row, f32 (the first version).
-    V1,
     /// Two threads per row, register-resident operands, f32: the exact path.
     V2,
-    /// Tensor cores (bf16 mma.sync, fp32 accumulation), FlashAttention-2 style.
-    Tc,
-    /// tc's math on bf16 copies of q/k/v and dout (in the scratch), cp.async double-buffered.
+    /// Tensor cores (bf16 mma.sync, fp32 accumulation), FlashAttention-2 style, on bf16 copies of
+    /// q/k/v and dout (in the scratch), cp.async double-buffered.
     Tc2,
 }
 
 impl AttnKernel {
     pub fn name(self) -> &'static str {
         match self {
-            AttnKernel::V1 => "v1",
             AttnKernel::V2 => "v2",
-            AttnKernel::Tc => "tc",
             AttnKernel::Tc2 => "tc2",
-        }
-    }
-    pub(super) fn code(self) -> u8 {
-        self as u8
-    }
-    pub(super) fn from_code(c: u8) -> Self {
-        match c {
-            0 => AttnKernel::V1,
-            1 => AttnKernel::V2,
-            2 => AttnKernel::Tc,
-            _ => AttnKernel::Tc2,
-        }
-    }
-}
-
-impl std::str::FromStr for AttnKernel {
-    type Err = EngineError;
-    fn from_str(s: &str) -> Result<Self, EngineError> {
-        match s {
-            "v1" => Ok(AttnKernel::V1),
-            "v2" => Ok(AttnKernel::V2),
-            "tc" => Ok(AttnKernel::Tc),
-            "tc2" => Ok(AttnKernel::Tc2),
-            _ => Err(EngineError::Config(format!(
-                "unknown cuda attention kernel `{s}` (v1, v2, tc or tc2)"
-            ))),
         }
     }
 }
@@ -113,7 +82,7 @@ impl CudaBackend {
                 }
             }
             if let Err(e) = opt_in {
-                tracing::warn!("cuda: tc2 attention (head dim {hd}): shared-memory opt-in refused ({e:?}); using tc");
+                tracing::warn!("cuda: tc2 attention (head dim {hd}): shared-memory opt-in refused ({e:?}); using v2");
                 self.tc2_ok
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -123,47 +92,34 @@ impl CudaBackend {
         attn.insert(hd, m);
     }
 
-    /// Use attention kernels v2 or v1 (kept for callers of the two-kernel era).
-    pub fn set_attention_v2(&self, on: bool) {
-        self.set_attention(if on { AttnKernel::V2 } else { AttnKernel::V1 });
-    }
-
-    /// Request the training-attention kernels (default: tc in bf16 mode, else v2;
-    /// [`Self::set_attention`] for comparisons).
-    pub fn set_attention(&self, k: AttnKernel) {
-        self.attn_mode
-            .store(k.code(), std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// The requested training-attention kernels.
-    pub fn attention(&self) -> AttnKernel {
-        AttnKernel::from_code(self.attn_mode.load(std::sync::atomic::Ordering::Relaxed))
-    }
-
-    /// The kernels that will run for head dim `hd` (tc falls back to v2 for head dims without a tc
-    /// instantiation, before sm_80, and after a failed self-test; this compiles and self-tests).
-    pub fn attention_for(&self, hd: usize) -> AttnKernel {
-        let k = self.attention();
-        if k != AttnKernel::Tc && k != AttnKernel::Tc2 {
-            return k;
+    /// The training-attention kernels asked for: tc2 in bf16 precision, else v2.
+    pub(super) fn attention(&self) -> AttnKernel {
+        if self.precision == Precision::Bf16 {
+            AttnKernel::Tc2
+        } else {
+            AttnKernel::V2
         }
-        if self.cc.0 < 8 || !TC_HEAD_DIMS.contains(&hd) {
+    }
+
+    /// The kernels that will run for head dim `hd` (tc2 falls back to v2 for head dims without a
+    /// tc2 instantiation, before sm_80, when its shared-memory opt-in was refused and after a failed
+    /// self-test; this compiles and self-tests).
+    pub fn attention_for(&self, hd: usize) -> AttnKernel {
+        if self.attention() == AttnKernel::V2 || self.cc.0 < 8 || !TC_HEAD_DIMS.contains(&hd) {
             return AttnKernel::V2;
         }
         self.ensure_attention(hd);
-        if k == AttnKernel::Tc2 && self.tc_self_test(hd, AttnKernel::Tc2) {
+        if self.tc_self_test(hd) {
             AttnKernel::Tc2
-        } else if self.tc_self_test(hd, AttnKernel::Tc) {
-            AttnKernel::Tc
         } else {
             AttnKernel::V2
         }
     }
 
     /// The kernels for this call: [`Self::attention_for`], and v2 instead of tc when a pointer is
-    /// not 16-byte aligned (the tc kernels use float4 loads and float2 stores).
-    /// tc2 also needs the scratch to hold its bf16 copies ([`Backend::attention_scratch_len`] in
-    /// bf16 precision or when tc2 was requested) at a 16-byte-aligned address; else tc.
+    /// not 16-byte aligned (the tc2 kernels use 16-byte copies and float2 stores) or the scratch
+    /// cannot hold tc2's bf16 copies ([`Backend::attention_scratch_len`] in bf16 precision) at a
+    /// 16-byte-aligned address.
     pub(super) fn attn_pick(
         &self,
         d: AttnDims,
@@ -172,25 +128,22 @@ impl CudaBackend {
     ) -> AttnKernel {
         let unaligned = ptrs.iter().any(|p| p % 16 != 0);
         match self.attention_for(d.head_dim) {
-            AttnKernel::Tc | AttnKernel::Tc2 if unaligned => AttnKernel::V2,
             AttnKernel::Tc2
-                if scratch.len < tc2_layout(d).2 || !ptr(scratch).is_multiple_of(16) =>
+                if unaligned
+                    || scratch.len < tc2_layout(d).2
+                    || !ptr(scratch).is_multiple_of(16) =>
             {
-                AttnKernel::Tc
+                AttnKernel::V2
             }
             k => k,
         }
     }
 
-    /// One-time check of the tc kernels for head dim `hd` against v2 on a small GQA shape with a
-    /// partial tile (forward output and every gradient, relative max-norm ≤ 5e-2). On failure tc
+    /// One-time check of the tc2 kernels for head dim `hd` against v2 on a small GQA shape with a
+    /// partial tile (forward output and every gradient, relative max-norm ≤ 5e-2). On failure tc2
     /// is disabled for `hd` with a warning: a fragment-layout bug then costs speed, not a run.
-    pub(super) fn tc_self_test(&self, hd: usize, k: AttnKernel) -> bool {
-        let table = if k == AttnKernel::Tc2 {
-            &self.tc2_ok
-        } else {
-            &self.tc_ok
-        };
+    pub(super) fn tc_self_test(&self, hd: usize) -> bool {
+        let table = &self.tc2_ok;
         if let Some(&ok) = table.lock().unwrap_or_else(|e| e.into_inner()).get(&hd) {
             return ok;
         }
@@ -201,11 +154,9 @@ impl CudaBackend {
             n_kv: 1,
             head_dim: hd,
         };
-        let (fwd_err, bwd_err) = self
-            .tc_compare_with(d, k)
-            .unwrap_or((f64::INFINITY, f64::INFINITY));
+        let (fwd_err, bwd_err) = self.tc_compare(d).unwrap_or((f64::INFINITY, f64::INFINITY));
         let ok = fwd_err <= 5e-2 && bwd_err <= 5e-2;
-        let name = k.name();
+        let name = AttnKernel::Tc2.name();
         if ok {
             tracing::debug!(
                 "cuda: {name} attention hd {hd} self-test: fwd {fwd_err:.2e}, bwd {bwd_err:.2e}"
@@ -222,14 +173,9 @@ impl CudaBackend {
         ok
     }
 
-    /// Run v2 and tc forward + backward on the same random inputs; (fwd, bwd) relative max-norm
+    /// Run v2 and tc2 forward + backward on the same random inputs; (fwd, bwd) relative max-norm
     /// (bwd over the whole packed dqkv).
     pub fn tc_compare(&self, d: AttnDims) -> Result<(f64, f64), EngineError> {
-        self.tc_compare_with(d, AttnKernel::Tc)
-    }
-
-    /// [`Self::tc_compare`] for kernels `k` (tc or tc2) against v2.
-    pub fn tc_compare_with(&self, d: AttnDims, k: AttnKernel) -> Result<(f64, f64), EngineError> {
         if self.cc.0 < 8 || !TC_HEAD_DIMS.contains(&d.head_dim) {
             return Err(EngineError::Backend(format!(
                 "cuda: no tensor-core attention for head dim {} on sm_{}{}",
@@ -256,7 +202,7 @@ impl CudaBackend {
         self.write(View::new(&dout, 0, n_out), &rnd(n_out));
         let sc_len = self.attention_scratch_len(d).max(tc2_layout(d).2);
         let mut res = vec![];
-        for k in [AttnKernel::V2, k] {
+        for k in [AttnKernel::V2, AttnKernel::Tc2] {
             let out = self.alloc(n_out)?;
             let sc = self.alloc(sc_len)?;
             let dqkv = self.alloc(n_qkv)?;
@@ -319,12 +265,7 @@ impl CudaBackend {
         };
         let grid = (d.t.div_ceil(64) as u32, d.n_head as u32, d.b as u32);
         match k {
-            AttnKernel::V1 => args(self, &format!("k_attn_fwd_{hd}"), grid, 64),
             AttnKernel::V2 => args(self, &format!("k_attn2_fwd_{hd}"), grid, 128),
-            AttnKernel::Tc => {
-                let g = (d.n_head as u32, d.b as u32, d.t.div_ceil(64) as u32);
-                args(self, &format!("k_attn_tc_fwd_{hd}"), g, 128)
-            }
             AttnKernel::Tc2 => {
                 let (q16, _, _) = tc2_layout(d);
                 let nq = d.b * d.t * d.qkv_width();
@@ -377,23 +318,10 @@ impl CudaBackend {
         let tiles = |n: usize| d.t.div_ceil(n) as u32;
         let grid_q = (tiles(64), d.n_head as u32, d.b as u32);
         match k {
-            AttnKernel::V1 => {
-                args(self, &format!("k_attn_bwd_dq_{hd}"), grid_q, 64);
-                // one thread per key (32 keys per block at hd 128)
-                let keys = if hd >= 128 { 32 } else { 64 };
-                let grid_kv = (tiles(keys), d.n_kv as u32, d.b as u32);
-                args(self, &format!("k_attn_bwd_dkv_{hd}"), grid_kv, keys as u32);
-            }
             AttnKernel::V2 => {
                 args(self, &format!("k_attn2_bwd_dq_{hd}"), grid_q, 128);
                 let grid_kv = (tiles(64), d.n_kv as u32, d.b as u32);
                 args(self, &format!("k_attn2_bwd_dkv_{hd}"), grid_kv, 128);
-            }
-            AttnKernel::Tc => {
-                let g = (d.n_head as u32, d.b as u32, tiles(64));
-                args(self, &format!("k_attn_tc_bwd_dq_{hd}"), g, 128);
-                let g = (d.n_kv as u32, d.b as u32, tiles(64));
-                args(self, &format!("k_attn_tc_bwd_dkv_{hd}"), g, 128);
             }
             AttnKernel::Tc2 => {
                 let (q16, o16, _) = tc2_layout(d);

@@ -6,19 +6,16 @@ use cudarc::cublaslt::{result as lt, sys as lt_sys};
 
 use super::*;
 
-/// How bf16-precision matmuls feed cuBLAS (default `Bf16Cached`; `F32Operands` after cuBLAS
-/// refused a bf16 GEMM; the others for comparisons via [`CudaBackend::set_bf16_gemm`]). Only used in [`Precision::Bf16`].
+/// How bf16-precision matmuls feed cuBLAS: `Bf16Cached`, or `F32Operands` after cuBLAS refused a
+/// bf16 GEMM. Only used in [`Precision::Bf16`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bf16Gemm {
-    /// f32 operands, `CUBLAS_COMPUTE_32F_FAST_16BF`: cuBLAS rounds while loading (the first
-    /// version; bound by reading and converting f32).
+    /// f32 operands, `CUBLAS_COMPUTE_32F_FAST_16BF`: cuBLAS rounds while loading (the fallback).
     F32Operands,
-    /// Each operand converted to bf16 (`k_to_bf16`, round to nearest even) into scratch on every
-    /// call, then a bf16 × bf16 → f32 GEMM.
-    Bf16,
-    /// As `Bf16`, but the bf16 copy of an operand region is kept in a per-buffer shadow and reused
-    /// until any op writes to that buffer (weights between optimizer steps; activations between
-    /// forward and backward; a gradient between its dX and dW matmuls).
+    /// The bf16 copy (`k_to_bf16`, round to nearest even) of an operand region is kept in a
+    /// per-buffer shadow and reused until any op writes to that buffer (weights between optimizer
+    /// steps; activations between forward and backward; a gradient between its dX and dW
+    /// matmuls); bf16 × bf16 → f32 GEMM.
     Bf16Cached,
 }
 
@@ -26,18 +23,7 @@ impl Bf16Gemm {
     pub fn name(self) -> &'static str {
         match self {
             Bf16Gemm::F32Operands => "f32ops",
-            Bf16Gemm::Bf16 => "bf16ops",
             Bf16Gemm::Bf16Cached => "cached",
-        }
-    }
-    pub(super) fn code(self) -> u8 {
-        self as u8
-    }
-    pub(super) fn from_code(c: u8) -> Self {
-        match c {
-            0 => Bf16Gemm::F32Operands,
-            1 => Bf16Gemm::Bf16,
-            _ => Bf16Gemm::Bf16Cached,
         }
     }
 }
@@ -51,7 +37,7 @@ pub enum MatmulPath {
 }
 
 impl MatmulPath {
-    /// `f32`, `tf32`, `bf16-f32ops`, `bf16-bf16ops`, `bf16-cached`.
+    /// `f32`, `tf32`, `bf16-f32ops`, `bf16-cached`.
     pub fn name(self) -> String {
         match self {
             MatmulPath::F32 => "f32".into(),
@@ -174,53 +160,9 @@ unsafe impl Send for BlasHandle {}
 unsafe impl Sync for BlasHandle {}
 
 impl CudaBackend {
-    /// Is the GELU-tanh forward epilogue requested (default on)?
-    pub fn lt_gelu_enabled(&self) -> bool {
-        self.lt_gelu.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Request (or stop) the cuBLASLt `GELU_AUX_BIAS` epilogue in [`Backend::matmul_bias_act`].
-    pub fn set_lt_gelu(&self, on: bool) {
-        self.lt_gelu.store(on, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Is the GELU-tanh backward epilogue requested (default on)?
-    pub fn lt_dgelu_enabled(&self) -> bool {
-        self.lt_dgelu.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Request (or stop) the cuBLASLt `DGELU_BGRAD` epilogue in [`Backend::matmul_act_backward`].
-    pub fn set_lt_dgelu(&self, on: bool) {
-        self.lt_dgelu
-            .store(on, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Is the one-launch AdamW over parameter groups on (default on)?
-    pub fn adamw_multi(&self) -> bool {
-        self.adamw_multi.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Switch [`Backend::adamw_groups`] between one launch and one launch per group.
-    pub fn set_adamw_multi(&self, on: bool) {
-        self.adamw_multi
-            .store(on, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Are bf16-only logits requested (default on)?
-    pub fn bf16_logits_enabled(&self) -> bool {
-        self.bf16_logits.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Request (or stop) bf16-only logits in [`Backend::matmul_logits`] (takes effect on the
-    /// next head matmul; cross-entropy follows what the logits buffer holds).
-    pub fn set_bf16_logits(&self, on: bool) {
-        self.bf16_logits
-            .store(on, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Do head matmuls write bf16-only logits now (requested and cached bf16 operands)?
+    /// Do head matmuls write bf16-only logits now (cached bf16 operands)?
     pub fn bf16_logits(&self) -> bool {
-        self.bf16_logits_enabled() && self.matmul_path() == MatmulPath::Bf16(Bf16Gemm::Bf16Cached)
+        self.matmul_path() == MatmulPath::Bf16(Bf16Gemm::Bf16Cached)
     }
 
     /// Can the GELU epilogues run now (cached bf16 operands, cuBLASLt on and available)?
@@ -230,16 +172,9 @@ impl CudaBackend {
             && self.matmul_bias_path() == "lt-bias"
     }
 
-    /// Have elementwise/norm/loss kernels write bf16 shadows of their outputs (cached mode only).
-    pub fn set_fused_bf16(&self, on: bool) {
-        self.fused_bf16
-            .store(on, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Are fused bf16 shadow writes on (and effective: cached bf16 operands)?
+    /// Do producers of matmul inputs write their bf16 shadows now (cached bf16 operands)?
     pub fn fused_bf16(&self) -> bool {
-        self.fused_bf16.load(std::sync::atomic::Ordering::Relaxed)
-            && self.matmul_path() == MatmulPath::Bf16(Bf16Gemm::Bf16Cached)
+        self.matmul_path() == MatmulPath::Bf16(Bf16Gemm::Bf16Cached)
     }
 
     /// What [`Backend::matmul`] runs now.
@@ -251,25 +186,13 @@ impl CudaBackend {
         }
     }
 
-    /// How bf16 matmuls get their operands (default from the environment, see [`Bf16Gemm`]).
+    /// How bf16 matmuls get their operands (see [`Bf16Gemm`]).
     pub fn bf16_gemm(&self) -> Bf16Gemm {
-        Bf16Gemm::from_code(self.bf16_gemm.load(std::sync::atomic::Ordering::Relaxed))
-    }
-
-    /// Switch the bf16 operand path (for comparisons; takes effect on the next matmul).
-    pub fn set_bf16_gemm(&self, m: Bf16Gemm) {
-        self.bf16_gemm
-            .store(m.code(), std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Is the cuBLASLt bias epilogue requested (default on)?
-    pub fn lt_enabled(&self) -> bool {
-        self.lt_on.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Request (or stop) the cuBLASLt bias epilogue for [`Backend::matmul_bias`].
-    pub fn set_lt(&self, on: bool) {
-        self.lt_on.store(on, std::sync::atomic::Ordering::Relaxed);
+        if self.f32_operands.load(std::sync::atomic::Ordering::Relaxed) {
+            Bf16Gemm::F32Operands
+        } else {
+            Bf16Gemm::Bf16Cached
+        }
     }
 
     /// What [`Backend::matmul_bias`] runs now: `lt-bias` (one fused cuBLASLt call, unless cuBLASLt
@@ -279,7 +202,6 @@ impl CudaBackend {
         match self.matmul_path() {
             MatmulPath::Bf16(m)
                 if m != Bf16Gemm::F32Operands
-                    && self.lt_enabled()
                     && !matches!(
                         *self.lt.lock().unwrap_or_else(|e| e.into_inner()),
                         Some(None)
@@ -580,7 +502,8 @@ impl CudaBackend {
             tracing::warn!(
                 "cuda: bf16-operand GEMM refused for {d:?} ({e}); using f32 operands from now on"
             );
-            self.set_bf16_gemm(Bf16Gemm::F32Operands);
+            self.f32_operands
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             self.gemm(d, alpha, beta, ptr(a), ptr(b), c, false);
         }
     }
@@ -874,10 +797,7 @@ mod tests {
     }
 
     #[test]
-    fn bf16_gemm_modes_round_trip_and_name_their_paths() {
-        for m in [Bf16Gemm::F32Operands, Bf16Gemm::Bf16, Bf16Gemm::Bf16Cached] {
-            assert_eq!(Bf16Gemm::from_code(m.code()), m);
-        }
+    fn matmul_paths_name_their_operands() {
         assert_eq!(MatmulPath::Bf16(Bf16Gemm::Bf16Cached).name(), "bf16-cached");
         assert_eq!(
             MatmulPath::Bf16(Bf16Gemm::F32Operands).name(),

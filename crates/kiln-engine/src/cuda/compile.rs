@@ -54,7 +54,7 @@ pub const BASE_KERNELS: [&str; 23] = [
 /// The attention module's source for head dim `hd`.
 pub fn attention_source(hd: usize) -> String {
     let tc = if TC_HEAD_DIMS.contains(&hd) {
-        format!("TC_INST({hd})\nTC2_INST({hd})\n")
+        format!("TC2_INST({hd})\n")
     } else {
         String::new()
     };
@@ -65,18 +65,12 @@ pub fn attention_source(hd: usize) -> String {
 pub fn attention_kernels(hd: usize) -> Vec<String> {
     let mut v = vec![
         "k_attn_bwd_d".to_string(),
-        format!("k_attn_fwd_{hd}"),
-        format!("k_attn_bwd_dq_{hd}"),
-        format!("k_attn_bwd_dkv_{hd}"),
         format!("k_attn2_fwd_{hd}"),
         format!("k_attn2_bwd_dq_{hd}"),
         format!("k_attn2_bwd_dkv_{hd}"),
         TC2_CVT.to_string(),
     ];
     if TC_HEAD_DIMS.contains(&hd) {
-        for k in ["fwd", "bwd_dq", "bwd_dkv"] {
-            v.push(format!("k_attn_tc_{k}_{hd}"));
-        }
         for k in ["fwd", "bwd_dq", "bwd_dkv"] {
             v.push(format!("k_attn_tc2_{k}_{hd}"));
         }

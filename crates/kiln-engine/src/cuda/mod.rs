@@ -15,7 +15,8 @@
 //!   (`k_to_bf16`) into a per-buffer shadow copy and the GEMM is bf16 × bf16 → f32; the copy is
 //!   reused until any op writes to that buffer (every op marks the buffers it writes, [`dirty`]),
 //!   so weights convert once per optimizer step and an activation or gradient once for both of its
-//!   matmuls. the other operand paths ([`Bf16Gemm`]) remain as fallbacks and for cuda_check's A/B rows.
+//!   matmuls. Fallbacks: per-call conversion into scratch when a shadow cannot be allocated, f32
+//!   operands (`FAST_16BF`) once cuBLAS refused a bf16 GEMM.
 //! - What a user chooses is [`CudaOptions`] (the precision); every other path is the measured
 //!   fastest (`scripts/gpu/NOTES.md`). No environment variable changes what runs; the only one
 //!   read is `KILN_CUDA_CACHE`, the PTX cache folder (`compile.rs`).
@@ -24,12 +25,13 @@
 //!   holds the backend struct, its construction and the launch helpers.
 //! - Attention is flash-style (no T×T matrix): online softmax forward saving the log-sum-exp,
 //!   backward recomputing probabilities in two kernels (dQ per query; dK/dV per key, summing a GQA
-//!   group's query heads without atomics). [`AttnKernel`]: `v2`/`v1` in f32 on CUDA cores (the f32
-//!   and tf32 default, exact to ~1e-6), `tc` on tensor cores (`attention_tc.cu`: bf16 operands,
-//!   fp32 accumulation; self-tested against v2 on first use and replaced by v2 with a warning if
-//!   they disagree) and `tc2` (the same math on bf16 copies of q/k/v and dout kept in the attention
-//!   scratch, cp.async double-buffered tiles; the bf16 default for head dims in [`TC_HEAD_DIMS`] on
-//!   sm_80+, falling back to tc, then v2).
+//!   group's query heads without atomics). [`AttnKernel`]: `v2` in f32 on CUDA cores (the f32
+//!   and tf32 path, exact to ~1e-6) and `tc2` on tensor cores (`attention_tc.cu`: bf16 copies of
+//!   q/k/v and dout kept in the attention scratch, fp32 accumulation, cp.async double-buffered
+//!   tiles; the bf16 path for head dims in [`TC_HEAD_DIMS`] on sm_80+, self-tested against v2 on
+//!   first use and replaced by v2 with a warning if they disagree or cannot run).
+//! - The variants that lost the measurements (attention v1 and tc, per-call bf16 operands and f32
+//!   operands as modes, the unfused bias/GELU/logits/AdamW paths as switches) are in `dev/cuda/`.
 //! - One stream; every op is enqueued on it and `read`/`sum_squares` synchronize, which gives the
 //!   trait's "synchronous from the caller's view" semantics. Buffers come from a small pool keyed
 //!   by length, so per-step allocations (decode logits) do not hit `cuMemAlloc`/`cuMemFree`.
@@ -74,7 +76,7 @@ struct Scratch {
     ids: (u64, usize),
     ids2: (u64, usize),
     wts: (u64, usize),
-    /// bf16 operand scratch for [`Bf16Gemm::Bf16`] (A, B).
+    /// bf16 operand scratch (A, B) for operands whose shadow could not be allocated.
     bf: [(u64, usize); 2],
     red: u64,
 }
@@ -91,38 +93,19 @@ pub struct CudaBackend {
     pool: Arc<Pool>,
     scratch: Mutex<Scratch>,
     precision: Precision,
-    /// How bf16 matmuls get their operands ([`Bf16Gemm`] code).
-    bf16_gemm: std::sync::atomic::AtomicU8,
-    /// Producers of matmul inputs also write their bf16 shadow (on by default).
-    fused_bf16: std::sync::atomic::AtomicBool,
-    /// Fuse `matmul_bias` with the cuBLASLt bias epilogue (bf16 operands only; on by default).
-    lt_on: std::sync::atomic::AtomicBool,
+    /// cuBLAS refused a bf16-operand GEMM: bf16 matmuls use f32 operands from then on
+    /// ([`Bf16Gemm::F32Operands`]).
+    f32_operands: std::sync::atomic::AtomicBool,
     /// cuBLASLt, created on first use (`Some(None)`: unavailable).
     lt: Mutex<Option<Option<LtState>>>,
     /// Calls that asked for cuBLASLt and fell back to cuBLAS + separate kernels.
     lt_fallbacks: std::sync::atomic::AtomicU64,
-    /// GELU-tanh fused into the fc matmul (cuBLASLt `GELU_AUX_BIAS`, bf16 results;
-    /// on by default) and its backward into the proj dX matmul (`DGELU_BGRAD`;
-    /// on by default). Both need the cuBLASLt path ([`Self::matmul_bias_path`]).
-    lt_gelu: std::sync::atomic::AtomicBool,
-    lt_dgelu: std::sync::atomic::AtomicBool,
-    /// One `k_adamw_groups` launch per run of AdamW groups (off: one
-    /// `k_adamw` per group).
-    adamw_multi: std::sync::atomic::AtomicBool,
-    /// The LM head writes bf16-only logits and cross-entropy reads them and writes bf16-only
-    /// dlogits ([`Backend::matmul_logits`]; cached bf16 operands only; off:
-    /// off: f32 logits and dlogits).
-    bf16_logits: std::sync::atomic::AtomicBool,
     /// Shared with every buffer: writes stale f32 regions back from their bf16 shadow.
     mat: Arc<Materializer>,
     sms: u32,
     device_name: String,
     /// Per-op timing (each op synchronizes when on): name → (seconds, calls).
     profiling: std::sync::atomic::AtomicBool,
-    /// Requested training-attention kernels ([`AttnKernel`] code).
-    attn_mode: std::sync::atomic::AtomicU8,
-    /// Per head dim: did the tc kernels pass their first-use self-test against v2?
-    tc_ok: Mutex<HashMap<usize, bool>>,
     /// Per head dim: did the tc2 kernels pass theirs (false also when the shared-memory opt-in failed)?
     tc2_ok: Mutex<HashMap<usize, bool>>,
     /// Scratch address → q/k/v address of the tc2 forward that last wrote that scratch's bf16
@@ -278,28 +261,13 @@ impl CudaBackend {
                 red,
             }),
             precision,
-            bf16_gemm: std::sync::atomic::AtomicU8::new(Bf16Gemm::Bf16Cached.code()),
-            fused_bf16: std::sync::atomic::AtomicBool::new(true),
-            lt_on: std::sync::atomic::AtomicBool::new(true),
+            f32_operands: std::sync::atomic::AtomicBool::new(false),
             lt: Mutex::new(None),
             lt_fallbacks: std::sync::atomic::AtomicU64::new(0),
-            lt_gelu: std::sync::atomic::AtomicBool::new(true),
-            lt_dgelu: std::sync::atomic::AtomicBool::new(true),
-            adamw_multi: std::sync::atomic::AtomicBool::new(true),
-            bf16_logits: std::sync::atomic::AtomicBool::new(true),
             mat,
             sms,
             device_name,
             profiling: std::sync::atomic::AtomicBool::new(false),
-            attn_mode: std::sync::atomic::AtomicU8::new(
-                if precision == Precision::Bf16 {
-                    AttnKernel::Tc2
-                } else {
-                    AttnKernel::V2
-                }
-                .code(),
-            ),
-            tc_ok: Mutex::new(HashMap::new()),
             tc2_ok: Mutex::new(HashMap::new()),
             tc2_fresh: Mutex::new(HashMap::new()),
             profile: Mutex::new(HashMap::new()),

@@ -283,7 +283,7 @@ impl Backend for CudaBackend {
             be.matmul_bias(pre, a, b, bias, d, 1.0, 0.0);
             be.act_forward(act, out.sub(0, mn), pre.sub(0, mn));
         };
-        if !self.lt_gelu_enabled() || !self.lt_gelu_possible(act) || mn == 0 || d.k == 0 {
+        if !self.lt_gelu_possible(act) || mn == 0 || d.k == 0 {
             return unfused(self);
         }
         assert!(
@@ -339,7 +339,7 @@ impl Backend for CudaBackend {
                 be.bias_backward(dbias, dpre, d.m, d.n);
             }
         };
-        if !self.lt_dgelu_enabled() || !self.lt_gelu_possible(act) || mn == 0 || d.k == 0 {
+        if !self.lt_gelu_possible(act) || mn == 0 || d.k == 0 {
             return unfused(self);
         }
         assert!(
@@ -580,11 +580,11 @@ impl Backend for CudaBackend {
     }
 
     /// lse `[b, nh, t]`, D `[b, nh, t]` (filled in backward), and a copy of the output; in bf16
-    /// precision (or with tc2 requested) on sm_80+ with a tc head dim also tc2's bf16 copies of
+    /// precision on sm_80+ with a tc2 head dim also tc2's bf16 copies of
     /// q/k/v and dout (`tc2_layout`: +(qkv_width + out_width)/2 per token, 16-byte aligned).
     fn attention_scratch_len(&self, d: AttnDims) -> usize {
         let base = 2 * d.b * d.n_head * d.t + d.b * d.t * d.out_width();
-        let tc2 = self.precision == Precision::Bf16 || self.attention() == AttnKernel::Tc2;
+        let tc2 = self.precision == Precision::Bf16;
         if tc2 && self.cc.0 >= 8 && TC_HEAD_DIMS.contains(&d.head_dim) {
             tc2_layout(d).2
         } else {
@@ -736,7 +736,7 @@ impl Backend for CudaBackend {
             return;
         };
         let (off0, end) = (first.0, last.0 + last.1);
-        if !self.adamw_multi() || !contiguous || groups.len() < 2 || end > u32::MAX as usize {
+        if !contiguous || groups.len() < 2 || end > u32::MAX as usize {
             for &(off, len, weight_decay) in groups {
                 self.adamw(
                     View::new(p, off, len),

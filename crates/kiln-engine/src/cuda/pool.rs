@@ -327,14 +327,10 @@ impl CudaBackend {
     }
 
     /// For a kernel about to overwrite the first `n` floats of `v` (after [`dirty`]): in
-    /// [`Bf16Gemm::Bf16Cached`] mode with fused shadow writes on (on unless
-    /// [`CudaBackend::set_fused_bf16`] turned them off), the bf16 shadow address of that region, which the kernel fills alongside its f32
-    /// output, marked current; else 0 (the kernel writes only f32).
+    /// [`Bf16Gemm::Bf16Cached`] mode, the bf16 shadow address of that region, which the kernel
+    /// fills alongside its f32 output, marked current; else 0 (the kernel writes only f32).
     pub(super) fn shadow_out(&self, v: &View<CudaBuf>, n: usize) -> u64 {
-        if n == 0
-            || !self.fused_bf16.load(std::sync::atomic::Ordering::Relaxed)
-            || self.matmul_path() != MatmulPath::Bf16(Bf16Gemm::Bf16Cached)
-        {
+        if n == 0 || self.matmul_path() != MatmulPath::Bf16(Bf16Gemm::Bf16Cached) {
             return 0;
         }
         assert!(n <= v.len);
