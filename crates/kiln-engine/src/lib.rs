@@ -1,25 +1,27 @@
 //! kiln-engine: model configs, parameters, explicit forward/backward, optimizers, KV-cache decode,
-//! checkpoints; backends `cpu` (here) and `cuda` (later, `cuda/`). Speaks token ids only.
+//! checkpoints; backends `cpu` and `cuda` (feature `cuda`). Speaks token ids only.
 //!
-//! Layout: [`backend`] (the kernel trait) ← [`cpu`] (its reference implementation);
-//! [`config`] + [`params`] (one `(name, shape)` table → one contiguous buffer per role) →
-//! [`model`] (forward/backward written once against the trait) → [`optim`] (AdamW, Muon) →
-//! [`generate`] (KV cache, sampling) and [`checkpoint`] (safetensors + JSON, atomic).
+//! Layout: [`backend`] (the kernel trait) ← [`cpu`] (its reference implementation) and `cuda`;
+//! `config` + `params` (one `(name, shape)` table → one contiguous buffer per role) → `model`
+//! (forward/backward written once against the trait) → `optim` (AdamW, Muon) and `trainer` (one
+//! training step) → [`generate`] (KV cache, sampling) and [`checkpoint`] (safetensors + JSON,
+//! atomic). Public: the trait and backends (examples and benches drive kernels directly), the
+//! items re-exported here, and the modules other crates name.
 
 pub mod backend;
 pub mod checkpoint;
-pub mod config;
+mod config;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod error;
 pub mod generate;
-pub mod model;
-pub mod optim;
-pub mod params;
-pub mod rng;
+mod model;
+mod optim;
+mod params;
+mod rng;
 pub mod safetensors;
-pub mod trainer;
+mod trainer;
 
 pub use backend::Backend;
 pub use checkpoint::{load_checkpoint, resolve_checkpoint, save_checkpoint, Checkpoint};
