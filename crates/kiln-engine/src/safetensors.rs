@@ -64,7 +64,7 @@ pub fn write(
 /// one filesystem), written and fsynced, then renamed over `path` (`tempfile`'s persist). A
 /// reader sees the old file or the new one, never a prefix; a crash leaves at most a
 /// `.{name}.tmp-…` file beside it.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

@@ -2,7 +2,6 @@
 //! newest `keep` of them kept. One place for pretraining and SFT (and every later loop), so all of
 //! them resume, prune and point at their latest checkpoint the same way.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use kiln_engine::{save_checkpoint, Backend, Trainer};
@@ -61,18 +60,9 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Train
     })
 }
 
-/// temp file in the same folder + fsync + rename: readers see the old bytes or the new, never half.
+/// kiln-data's atomic write (temp file + fsync + rename), naming the file on failure.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
-    let io = |e| TrainError::io(path, e);
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-    tmp.write_all(bytes).map_err(io)?;
-    tmp.as_file().sync_all().map_err(io)?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
-    Ok(())
+    kiln_data::write_atomic(path, bytes).map_err(|e| TrainError::io(path, e))
 }
 
 fn write_latest(root: &Path, name: &str) -> Result<(), TrainError> {

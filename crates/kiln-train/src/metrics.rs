@@ -30,7 +30,8 @@ impl MetricsLog {
                     })
                     .map(|l| format!("{l}\n"))
                     .collect();
-                kiln_engine::safetensors::write_atomic(path, kept.as_bytes())?;
+                kiln_data::write_atomic(path, kept.as_bytes())
+                    .map_err(|e| TrainError::io(path, e))?;
             }
         } else if path.exists() {
             std::fs::remove_file(path).map_err(io)?;

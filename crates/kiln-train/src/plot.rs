@@ -145,7 +145,7 @@ pub fn write_svg(path: &Path, panels: &[Series]) -> Result<(), TrainError> {
         panel(&mut svg, s, "#c0392b", i as f64 * w, 0.0, w, h);
     }
     svg.push_str("</svg>\n");
-    kiln_engine::safetensors::write_atomic(path, svg.as_bytes())?;
+    kiln_data::write_atomic(path, svg.as_bytes()).map_err(|e| TrainError::io(path, e))?;
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+use anyhow::Context;
 use serde_json::Value;
 
 /// Everything the report shows.
@@ -256,8 +257,10 @@ pub fn write(i: &RunInfo) -> anyhow::Result<(PathBuf, PathBuf)> {
     let md = markdown(i);
     let html = html(i, &md);
     let (mp, hp) = (i.run.join("report.md"), i.run.join("report.html"));
-    kiln_engine::safetensors::write_atomic(&mp, md.as_bytes())?;
-    kiln_engine::safetensors::write_atomic(&hp, html.as_bytes())?;
+    kiln_data::write_atomic(&mp, md.as_bytes())
+        .with_context(|| format!("writing {}", mp.display()))?;
+    kiln_data::write_atomic(&hp, html.as_bytes())
+        .with_context(|| format!("writing {}", hp.display()))?;
     Ok((mp, hp))
 }
 
