@@ -2,7 +2,9 @@
 invocation; prints each run's JSON and the ratios (medians).
 
 Usage: python3 scripts/bench_train_vs_torch.py [--rounds 3] [--kiln target/release/kiln]
-                                               [--torch-python python3]
+                                               [--torch-python python3] [--out results.jsonl]
+`--out` keeps the raw results (every run's JSON, then the summary) as JSON Lines, e.g. under
+docs/results/ for the README's table.
 Each run is wrapped in `flock /tmp/kiln-bench.lock` so two benchmarks never overlap; peak RSS of
 each child comes from wait4's rusage (kernel-measured, same method for both).
 """
@@ -32,6 +34,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--kiln", default=os.path.join(HERE, "..", "target", "release", "kiln"))
     ap.add_argument("--torch-python", default=sys.executable)
+    ap.add_argument("--out", help="write every run's JSON and the summary here (JSON Lines)")
     a = ap.parse_args()
     ks, ts = [], []
     for i in range(a.rounds):
@@ -57,6 +60,12 @@ def main():
         "kiln_matmul_probe_gflops": med(ks, "matmul_probe_gflops"),
     }
     print(json.dumps(summary))
+    if a.out:
+        with open(a.out, "w") as f:
+            for k, t in zip(ks, ts):
+                f.write(json.dumps({"peer": "kiln", **k}) + "\n")
+                f.write(json.dumps({"peer": "torch", **t}) + "\n")
+            f.write(json.dumps({"summary": summary}) + "\n")
 
 
 if __name__ == "__main__":
