@@ -206,59 +206,15 @@ fn process_payload(url: &str, payload: Payload, ctx: &Ctx) -> Traced {
         Payload::Html {
             bytes,
             content_type,
-        } => {
-            if bytes.len() > cfg.extract.max_html_bytes {
-                return drop(
-                    "extract",
-                    "html_too_large",
-                    format!("{} bytes", bytes.len()),
-                    raw_bytes,
-                    trace,
-                    notes,
-                );
-            }
-            let decoded = crate::charset::decode(&bytes, content_type.as_deref());
-            if decoded.detected {
-                notes.push(("extract", "charset_corrected"));
-            }
-            let chars = decoded.text.len().max(1);
-            if decoded.replacements as f64 / chars as f64 > cfg.input.max_replacement_ratio {
-                return drop(
-                    "extract",
-                    "undecodable",
-                    format!(
-                        "{} replacement characters as {}",
-                        decoded.replacements, decoded.encoding
-                    ),
-                    raw_bytes,
-                    trace,
-                    notes,
-                );
-            }
-            match crate::extract::extract(&decoded.text, &cfg.extract) {
-                Ok(t) => t,
-                Err(ExtractError::TooDeep(d)) => {
-                    return drop(
-                        "extract",
-                        "html_too_deep",
-                        format!("depth > {d}"),
-                        raw_bytes,
-                        trace,
-                        notes,
-                    )
+        } => match extract_page(&bytes, content_type.as_deref(), cfg) {
+            Ok(page) => {
+                if page.charset_corrected {
+                    notes.push(("extract", "charset_corrected"));
                 }
-                Err(ExtractError::TooLarge(n)) => {
-                    return drop(
-                        "extract",
-                        "html_too_large",
-                        format!("> {n} bytes"),
-                        raw_bytes,
-                        trace,
-                        notes,
-                    )
-                }
+                page.text
             }
-        }
+            Err(d) => return drop("extract", d.reason, d.detail, raw_bytes, trace, notes),
+        },
         Payload::Text(t) => t,
     };
     if text.trim().is_empty() {
@@ -796,6 +752,54 @@ pub fn explain(out: &Path, id: &str) -> Result<Explanation, PipelineError> {
         }
     }
     Ok(Explanation::NotFound)
+}
+
+/// One page's main text as the extraction stage keeps it: size check, charset (BOM, HTTP header,
+/// `<meta>`, corrected by detection), the undecodable-page check, then [`crate::extract::extract`].
+/// `kiln data extract` prints exactly this, so a user can see what happens to one page.
+pub fn extract_page(
+    bytes: &[u8],
+    content_type: Option<&str>,
+    cfg: &PipelineConfig,
+) -> Result<PageText, PageDrop> {
+    let dropped = |reason, detail| Err(PageDrop { reason, detail });
+    if bytes.len() > cfg.extract.max_html_bytes {
+        return dropped("html_too_large", format!("{} bytes", bytes.len()));
+    }
+    let decoded = crate::charset::decode(bytes, content_type);
+    let chars = decoded.text.len().max(1);
+    if decoded.replacements as f64 / chars as f64 > cfg.input.max_replacement_ratio {
+        return dropped(
+            "undecodable",
+            format!(
+                "{} replacement characters as {}",
+                decoded.replacements, decoded.encoding
+            ),
+        );
+    }
+    match crate::extract::extract(&decoded.text, &cfg.extract) {
+        Ok(text) => Ok(PageText {
+            text,
+            charset_corrected: decoded.detected,
+        }),
+        Err(ExtractError::TooDeep(d)) => dropped("html_too_deep", format!("depth > {d}")),
+        Err(ExtractError::TooLarge(n)) => dropped("html_too_large", format!("> {n} bytes")),
+    }
+}
+
+/// The text [`extract_page`] kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PageText {
+    pub text: String,
+    /// The declared charset was wrong and detection chose another.
+    pub charset_corrected: bool,
+}
+
+/// Why [`extract_page`] dropped a page (the pipeline's reject reason and its detail).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PageDrop {
+    pub reason: &'static str,
+    pub detail: String,
 }
 
 #[cfg(test)]

@@ -282,3 +282,31 @@ fn bad_task_flags_are_rejected() {
         "{text}"
     );
 }
+
+#[test]
+fn extract_prints_a_pages_main_text_or_why_it_was_dropped() {
+    let page = "<html><head><title>t</title><script>var x = 1;</script></head><body>\
+        <nav><a href='/'>Home</a> <a href='/about'>About us</a></nav>\
+        <main><h1>Kilns</h1><p>A kiln is a thermally insulated chamber used to fire pottery.</p></main>\
+        <footer>Copyright 2026 example.org</footer></body></html>";
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("page.html");
+    std::fs::write(&f, page).unwrap();
+    let text = run_ok(kiln().args(["data", "extract"]).arg(&f));
+    assert!(text.contains("thermally insulated chamber"), "{text}");
+    assert!(
+        !text.contains("About us") && !text.contains("Copyright") && !text.contains("var x"),
+        "{text}"
+    );
+
+    // UTF-16 bytes declared as UTF-8 by the server: dropped as the pipeline drops it, exit 1.
+    let bad = dir.path().join("bad.html");
+    std::fs::write(&bad, [0xffu8, 0xfe, 0x00]).unwrap();
+    let out = kiln().args(["data", "extract"]).arg(&bad).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("stage `extract`") && err.contains("undecodable"),
+        "{err}"
+    );
+}

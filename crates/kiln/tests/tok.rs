@@ -131,7 +131,10 @@ fn train_then_encode_decode_round_trip() {
         CORPUS.as_bytes(),
     ));
     assert!(ids.split_whitespace().count() < CORPUS.len() / 2, "{ids}");
-    let text = ok(&kiln(&["tok", "decode", "--tokenizer", vocab], ids.as_bytes()));
+    let text = ok(&kiln(
+        &["tok", "decode", "--tokenizer", vocab],
+        ids.as_bytes(),
+    ));
     assert_eq!(text, CORPUS);
     // The chat special tokens follow the merges: <|bos|> is id 400 - 11.
     let bos = ok(&kiln(

@@ -1,9 +1,11 @@
-//! `kiln data …`: fetching corpora, the web-data pipeline (`process`, `explain`) and turning
+//! `kiln data …`: fetching corpora, the web-data pipeline (`process`, `extract`, `explain`) and turning
 //! its text shards into token shards (`tokenize`). Parsing and printing only: the pipeline lives
 //! in kiln-data, the token-shard encoder in `kiln_tokenizer::shards`.
 
-use clap::{Subcommand, ValueEnum};
 use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Subcommand, ValueEnum};
 
 /// Corpus sets of `kiln data fetch`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -96,6 +98,19 @@ pub enum DataCommand {
         /// Worker threads for this task (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
+    },
+    /// One page's main text exactly as the pipeline's extraction stage keeps it (charset
+    /// detection, then the extractor), to see what happens to a page. Exit 1 when it is dropped.
+    Extract {
+        /// An HTML file, or `-` (the default) for stdin.
+        #[arg(default_value = "-")]
+        file: PathBuf,
+        /// The HTTP Content-Type the page came with (its charset is the first hint, as in a WARC).
+        #[arg(long)]
+        content_type: Option<String>,
+        /// Pipeline TOML (its `[extract]` and `[input]` tables); absent fields take FineWeb's values.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Why a document was dropped (stage, reason), or where it was kept.
     Explain {
@@ -240,6 +255,43 @@ pub fn run(command: DataCommand) -> anyhow::Result<()> {
                 );
             }
             Ok(())
+        }
+        DataCommand::Extract {
+            file,
+            content_type,
+            config,
+        } => {
+            let cfg = match &config {
+                Some(p) => kiln_data::PipelineConfig::load(p)?,
+                None => kiln_data::PipelineConfig::default(),
+            };
+            let bytes = if file.as_os_str() == "-" {
+                let mut b = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)
+                    .context("reading stdin")?;
+                b
+            } else {
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?
+            };
+            match kiln_data::extract_page(&bytes, content_type.as_deref(), &cfg) {
+                Ok(page) if !page.text.trim().is_empty() => {
+                    if page.charset_corrected {
+                        tracing::info!("the declared charset was wrong; detection chose another");
+                    }
+                    println!("{}", page.text);
+                    Ok(())
+                }
+                Ok(_) => bail!("dropped at stage `extract`, reason `no_text`"),
+                Err(d) => bail!(
+                    "dropped at stage `extract`, reason `{}`{}",
+                    d.reason,
+                    if d.detail.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", d.detail)
+                    }
+                ),
+            }
         }
         DataCommand::Explain { id, out } => {
             use kiln_data::Explanation;
