@@ -368,8 +368,9 @@ pub fn render_for_completion(
     Ok(out.ids)
 }
 
-/// A toy codec for tests: one id per byte, specials after the 256 bytes.
-#[doc(hidden)]
+/// A toy codec for tests: one id per byte, specials after the 256 bytes. Compiled for this crate's
+/// tests and, through the `testing` feature, for other crates' tests only.
+#[cfg(any(test, feature = "testing"))]
 pub mod testing {
     use super::Codec;
 
