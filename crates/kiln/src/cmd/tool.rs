@@ -1,0 +1,74 @@
+//! `kiln tool …`: run one of the model's tools by hand and print exactly what the model would see.
+//! Exit status 0 when the tool ran, 1 when it reported a failure to the model (Python raised, the
+//! sandbox stopped the program) — the reason is on stdout, as the model sees it — and 2 when the
+//! tool itself could not start (e.g. the interpreter is not fetched; the message is on stderr).
+
+use std::io::{Read, Write};
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use kiln_sandbox::{Limits, Sandbox, Status};
+
+#[derive(Subcommand)]
+pub enum ToolCommand {
+    /// Run Python from stdin in the sandbox: `kiln tool code < prog.py`.
+    Code(CodeArgs),
+}
+
+#[derive(Args)]
+pub struct CodeArgs {
+    /// CPU budget in wasmi fuel (interpreter start-up takes ~4.8 G of it).
+    #[arg(long, default_value_t = Limits::default().fuel)]
+    fuel: u64,
+    /// Memory limit of the guest, MiB.
+    #[arg(long, default_value_t = Limits::default().memory_bytes >> 20)]
+    memory_mib: usize,
+    /// Bytes of output kept; a program printing more is stopped there.
+    #[arg(long, default_value_t = Limits::default().output_bytes)]
+    output_bytes: usize,
+    /// Print load and run times to stderr.
+    #[arg(long)]
+    timings: bool,
+}
+
+pub fn run(cmd: ToolCommand) -> ExitCode {
+    let result = match cmd {
+        ToolCommand::Code(a) => code(a),
+    };
+    result.unwrap_or_else(|err| {
+        eprintln!("error: {err:#}");
+        ExitCode::from(2)
+    })
+}
+
+fn code(a: CodeArgs) -> anyhow::Result<ExitCode> {
+    let mut source = Vec::new();
+    std::io::stdin().read_to_end(&mut source)?;
+    let wasm =
+        kiln_data::fetch::source_dir(kiln_sandbox::SOURCE_NAME)?.join(kiln_sandbox::WASM_IN_SOURCE);
+    let t = std::time::Instant::now();
+    let sandbox = Sandbox::load(&wasm)?;
+    let load = t.elapsed();
+    let limits = Limits {
+        fuel: a.fuel,
+        memory_bytes: a.memory_mib.saturating_mul(1 << 20),
+        output_bytes: a.output_bytes,
+    };
+    let t = std::time::Instant::now();
+    let out = sandbox.run(&source, &limits);
+    if a.timings {
+        eprintln!(
+            "load {:.0} ms, run {:.0} ms, fuel {}",
+            load.as_secs_f64() * 1e3,
+            t.elapsed().as_secs_f64() * 1e3,
+            out.fuel_used
+        );
+    }
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(out.text.as_bytes())?;
+    stdout.flush()?;
+    Ok(match out.status {
+        Status::Ok => ExitCode::SUCCESS,
+        Status::PythonError | Status::Stopped(_) => ExitCode::FAILURE,
+    })
+}
