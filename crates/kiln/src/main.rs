@@ -47,6 +47,9 @@ enum Command {
     /// Run a tool by hand and print exactly what the model would see (`code`: sandboxed Python).
     #[command(subcommand)]
     Tool(cmd::tool::ToolCommand),
+    /// Build the search tool's index from text shards.
+    #[command(subcommand)]
+    Index(cmd::tool::IndexCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -62,6 +65,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Data(c) => cmd::data::run(c),
         Command::Tool(c) => return cmd::tool::run(c),
+        Command::Index(c) => cmd::tool::index(c),
         Command::Tok(c) => cmd::tok::run(c),
         Command::Pretrain(a) => {
             let threads = cmd::engine_threads(a.threads);

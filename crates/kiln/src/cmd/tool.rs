@@ -2,17 +2,74 @@
 //! Exit status 0 when the tool ran, 1 when it reported a failure to the model (Python raised, the
 //! sandbox stopped the program) — the reason is on stdout, as the model sees it — and 2 when the
 //! tool itself could not start (e.g. the interpreter is not fetched; the message is on stderr).
+//! `kiln index build` makes the search tool's index from text shards.
 
 use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
+use kiln_chat::tools::search::SearchIndex;
 use kiln_sandbox::{Limits, Sandbox, Status};
 
 #[derive(Subcommand)]
 pub enum ToolCommand {
     /// Run Python from stdin in the sandbox: `kiln tool code < prog.py`.
     Code(CodeArgs),
+    /// Search an index built by `kiln index build`: the top passages with their source (exit 0
+    /// also when nothing matched: "no results" is an answer the model reads).
+    Search(SearchArgs),
+}
+
+#[derive(Args)]
+pub struct SearchArgs {
+    /// Index folder (from `kiln index build`).
+    #[arg(long)]
+    index: PathBuf,
+    /// Passages returned.
+    #[arg(long, short = 'k', default_value_t = 3)]
+    top_k: usize,
+    /// The query, as the model would write it.
+    query: String,
+}
+
+#[derive(Subcommand)]
+pub enum IndexCommand {
+    /// Index text shards (parquet from `kiln data process`, columns `text`, `id`, `url`).
+    Build {
+        /// A text shard, or a folder of them.
+        #[arg(long)]
+        input: PathBuf,
+        /// Index folder to write (atomically).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+pub fn index(cmd: IndexCommand) -> anyhow::Result<()> {
+    let IndexCommand::Build { input, out } = cmd;
+    let mut docs = Vec::new();
+    for shard in kiln_data::list_shards(&input)? {
+        docs.extend(kiln_data::read_text_shard(&shard)?);
+    }
+    let index = SearchIndex::build(docs.iter().map(|d| {
+        let source = if d.url.is_empty() { &d.id } else { &d.url };
+        (source.as_str(), d.text.as_str())
+    }));
+    index.save(&out)?;
+    println!(
+        "indexed {} documents as {} passages into {}",
+        docs.len(),
+        index.len(),
+        out.display()
+    );
+    Ok(())
+}
+
+fn search(a: SearchArgs) -> anyhow::Result<ExitCode> {
+    let index = SearchIndex::load(&a.index)?;
+    print!("{}", index.answer(&a.query, a.top_k));
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Args)]
@@ -34,6 +91,7 @@ pub struct CodeArgs {
 pub fn run(cmd: ToolCommand) -> ExitCode {
     let result = match cmd {
         ToolCommand::Code(a) => code(a),
+        ToolCommand::Search(a) => search(a),
     };
     result.unwrap_or_else(|err| {
         eprintln!("error: {err:#}");
