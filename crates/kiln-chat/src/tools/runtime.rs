@@ -13,6 +13,8 @@
 
 use std::time::{Duration, Instant};
 
+use kiln_engine::{sample_token, Backend, EngineError, Generator, Model, Rng, SamplingParams};
+
 use crate::format::Codec;
 
 /// The model as the runtime sees it: sample the next token (it joins the context), or append
@@ -21,6 +23,67 @@ pub trait Decoder {
     type Error;
     fn next(&mut self) -> Result<u32, Self::Error>;
     fn feed(&mut self, ids: &[u32]) -> Result<(), Self::Error>;
+}
+
+/// [`Decoder`] over kiln-engine's KV-cache generator: the prompt is prefilled once; sampled and
+/// forced tokens alike are stepped into the same cache (forced outputs are short, so one step per
+/// token costs little against re-prefilling the whole context).
+pub struct EngineDecoder<'m, B: Backend> {
+    generator: Generator<'m, B>,
+    logits: Vec<f32>,
+    rng: Rng,
+    sampling: SamplingParams,
+    context: usize,
+}
+
+impl<'m, B: Backend> EngineDecoder<'m, B> {
+    pub fn new(
+        model: &'m Model<B>,
+        prompt: &[u32],
+        sampling: SamplingParams,
+        seed: u64,
+    ) -> Result<Self, EngineError> {
+        let context = model.cfg.context;
+        model.check_ids(prompt)?;
+        if prompt.is_empty() || prompt.len() >= context {
+            return Err(EngineError::Shape(format!(
+                "prompt of {} tokens must be in 1..{context}",
+                prompt.len()
+            )));
+        }
+        let mut generator = Generator::new(model, 1, context)?;
+        let logits = generator.prefill(prompt)?;
+        Ok(EngineDecoder {
+            generator,
+            logits,
+            rng: Rng::new(seed),
+            sampling,
+            context,
+        })
+    }
+
+    fn advance(&mut self, id: u32) -> Result<(), EngineError> {
+        if self.generator.pos() + 1 >= self.context {
+            return Err(EngineError::Shape(format!(
+                "context window of {} tokens is full",
+                self.context
+            )));
+        }
+        self.logits = self.generator.step(&[id])?;
+        Ok(())
+    }
+}
+
+impl<B: Backend> Decoder for EngineDecoder<'_, B> {
+    type Error = EngineError;
+    fn next(&mut self) -> Result<u32, EngineError> {
+        let id = sample_token(&self.logits, &self.sampling, &mut self.rng);
+        self.advance(id)?;
+        Ok(id)
+    }
+    fn feed(&mut self, ids: &[u32]) -> Result<(), EngineError> {
+        ids.iter().try_for_each(|&id| self.advance(id))
+    }
 }
 
 /// Which tool a call names.
@@ -344,6 +407,30 @@ mod tests {
             turn.calls[0].output,
             "error: the tool call was not closed\n"
         );
+    }
+
+    #[test]
+    fn the_engine_decoder_keeps_its_cache_across_forced_tokens() {
+        use kiln_engine::{CpuBackend, ModelConfig};
+        let be = std::sync::Arc::new(CpuBackend::new(1));
+        let model = Model::new(be, ModelConfig::gpt2(64, 1, 2, 16, 32), 3).unwrap();
+        let greedy = SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        };
+        let mut d = EngineDecoder::new(&model, &[1, 2, 3], greedy, 0).unwrap();
+        let a = d.next().unwrap();
+        d.feed(&[4, 5]).unwrap();
+        let mut fresh = Generator::new(&model, 1, 32).unwrap();
+        let want = fresh.prefill(&[1, 2, 3, a, 4, 5]).unwrap();
+        let diff = want
+            .iter()
+            .zip(&d.logits)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
+        assert!(diff < 1e-4, "cached logits differ by {diff}");
+        // The window is enforced as an error, not a panic.
+        assert!(d.feed(&[7; 40]).is_err());
     }
 
     #[test]
