@@ -8,7 +8,8 @@
 //! capture and nothing else — no preopened directory (so no file system), no sockets, an empty
 //! environment, a clock that reads zero, deterministic "random" bytes, and `proc_exit`. Every other
 //! import is a stub that answers "not supported". Limits: fuel (CPU), `StoreLimits` (linear memory),
-//! CPython's own recursion limit plus wasmi's call-depth limit, and an output cap in `fd_write`.
+//! CPython's own recursion limit plus wasmi's call-depth limit, an output cap in `fd_write`, and a
+//! wall-clock bound on the answer ([`Limits::wall`]: fuel alone is a loose clock).
 //!
 //! Each [`Sandbox::run`] gets a fresh store and instance: no state survives between calls.
 //!
@@ -22,7 +23,8 @@
 mod wasi;
 
 use std::path::Path;
-use std::time::Instant;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
 
 use wasmi::{Config, Engine, Linker, Module, Store, StoreLimits, StoreLimitsBuilder, TrapCode};
 
@@ -41,6 +43,14 @@ pub struct Limits {
     pub memory_bytes: usize,
     /// Bytes of stdout kept; a program that prints more is stopped there.
     pub output_bytes: usize,
+    /// Wall-clock bound on the answer. Fuel is deterministic but a loose clock: measured on the
+    /// 2-core machine, a `while True: pass` burns ~450 G fuel/s (wasmi charges a block's fuel on
+    /// entry, and CPython's dispatch leaves its blocks early) while a loop of 10 MB string
+    /// concatenations burns ~2.6 G fuel/s — 50 G fuel took 0.1 s for one and 18 s for the other.
+    /// Past this bound the call returns `stopped: time limit`; the program's thread is left to run
+    /// out of fuel on its own (wasmi cannot interrupt it from outside), so fuel still bounds the
+    /// CPU it can take.
+    pub wall: Duration,
 }
 
 impl Default for Limits {
@@ -54,6 +64,7 @@ impl Default for Limits {
             // 31 s at 256 MiB, at well under the fuel limit): the memory limit also bounds time.
             memory_bytes: 64 << 20,
             output_bytes: 4096,
+            wall: Duration::from_secs(10),
         }
     }
 }
@@ -65,6 +76,7 @@ pub enum StopReason {
     MemoryLimit,
     StackLimit,
     OutputLimit,
+    TimeLimit,
     /// The interpreter itself faulted (a wasm trap other than the limits above); contained.
     Crash(String),
 }
@@ -76,6 +88,7 @@ impl std::fmt::Display for StopReason {
             StopReason::MemoryLimit => f.write_str("memory limit"),
             StopReason::StackLimit => f.write_str("recursion limit"),
             StopReason::OutputLimit => f.write_str("output limit"),
+            StopReason::TimeLimit => f.write_str("time limit"),
             StopReason::Crash(what) => write!(f, "interpreter crashed ({what})"),
         }
     }
@@ -117,7 +130,12 @@ pub enum SandboxError {
 }
 
 /// A compiled interpreter, reusable across calls (and threads: each call has its own store).
+#[derive(Clone)]
 pub struct Sandbox {
+    inner: Arc<Compiled>,
+}
+
+struct Compiled {
     engine: Engine,
     module: Module,
     linker: Linker<wasi::Host>,
@@ -151,9 +169,11 @@ impl Sandbox {
             Module::new(&engine, wasm).map_err(|e| SandboxError::Compile(e.to_string()))?;
         let linker = wasi::linker(&engine, &module).map_err(SandboxError::Link)?;
         Ok(Sandbox {
-            engine,
-            module,
-            linker,
+            inner: Arc::new(Compiled {
+                engine,
+                module,
+                linker,
+            }),
         })
     }
 
@@ -168,20 +188,35 @@ impl Sandbox {
         if src.contains('\0') {
             return python_error("SyntaxError: source code cannot contain null bytes");
         }
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_inner(src, limits)))
-        {
-            Ok(out) => out,
-            Err(_) => finish(
-                Vec::new(),
-                Vec::new(),
-                Status::Stopped(StopReason::Crash("host panic".into())),
-                0,
-                limits,
-            ),
+        let stopped = |reason| finish(Vec::new(), Vec::new(), Status::Stopped(reason), 0, limits);
+        // The program runs on its own thread so that the caller gets an answer by `limits.wall`.
+        let (tx, rx) = mpsc::channel();
+        let compiled = Arc::clone(&self.inner);
+        let (src, worker_limits) = (src.to_string(), *limits);
+        let spawned = std::thread::Builder::new()
+            .name("kiln-sandbox".into())
+            .spawn(move || {
+                let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    compiled.run(&src, &worker_limits)
+                }));
+                let _ = tx.send(out);
+            });
+        if spawned.is_err() {
+            return stopped(StopReason::Crash("could not start a thread".into()));
+        }
+        match rx.recv_timeout(limits.wall) {
+            Ok(Ok(out)) => out,
+            Ok(Err(_)) => stopped(StopReason::Crash("host panic".into())),
+            Err(mpsc::RecvTimeoutError::Timeout) => stopped(StopReason::TimeLimit),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                stopped(StopReason::Crash("host panic".into()))
+            }
         }
     }
+}
 
-    fn run_inner(&self, src: &str, limits: &Limits) -> ToolOutput {
+impl Compiled {
+    fn run(&self, src: &str, limits: &Limits) -> ToolOutput {
         let host = wasi::Host::new(
             vec![b"python".to_vec(), b"-c".to_vec(), src.as_bytes().to_vec()],
             limits.output_bytes,

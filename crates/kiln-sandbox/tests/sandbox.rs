@@ -97,6 +97,25 @@ fn infinite_loop_stops_at_the_cpu_limit() {
 }
 
 #[test]
+fn slow_work_that_fuel_undercounts_stops_at_the_time_limit() {
+    // Copying 10 MB strings burns fuel ~170x more slowly per second than a bare loop.
+    let limits = Limits {
+        fuel: 12_000_000_000,
+        wall: std::time::Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let t = Instant::now();
+    let out = sandbox().run(b"s = 'a' * 10**7\nwhile True:\n    t = s + 'b'", &limits);
+    assert_eq!(out.status, Status::Stopped(StopReason::TimeLimit));
+    assert_eq!(out.text, "stopped: time limit\n");
+    assert!(
+        t.elapsed().as_secs_f64() < 1.5,
+        "answered after {:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
 fn memory_bomb_is_a_memory_error() {
     let out = run("x = 'a' * (10**9)\nprint(len(x))");
     assert_eq!(out.status, Status::PythonError, "{}", out.text);
@@ -106,7 +125,10 @@ fn memory_bomb_is_a_memory_error() {
     assert!(
         matches!(
             out.status,
-            Status::PythonError | Status::Stopped(StopReason::MemoryLimit | StopReason::CpuLimit)
+            Status::PythonError
+                | Status::Stopped(
+                    StopReason::MemoryLimit | StopReason::CpuLimit | StopReason::TimeLimit
+                )
         ),
         "{:?} {}",
         out.status,

@@ -62,6 +62,12 @@ fn the_sandbox_stopping_a_program_exits_one_with_the_reason() {
         out.ends_with("[output truncated at 100 bytes]\nstopped: output limit\n"),
         "{out}"
     );
+    let (code, out, took) = tool_code(
+        b"s = 'a' * 10**7\nwhile True:\n    t = s + 'b'\n",
+        &["--time-limit-secs", "1", "--fuel", "12000000000"],
+    );
+    assert_eq!((code, out.as_str()), (1, "stopped: time limit\n"));
+    assert!(took < Duration::from_secs(5), "{took:?}");
     let (code, out, _) = tool_code(b"print(open('/etc/passwd').read())\n", &[]);
     assert_eq!(code, 1);
     assert!(

@@ -83,6 +83,9 @@ pub struct CodeArgs {
     /// Bytes of output kept; a program printing more is stopped there.
     #[arg(long, default_value_t = Limits::default().output_bytes)]
     output_bytes: usize,
+    /// Wall-clock limit, seconds (fuel is a deterministic but loose clock).
+    #[arg(long, default_value_t = Limits::default().wall.as_secs_f64())]
+    time_limit_secs: f64,
     /// Print load and run times to stderr.
     #[arg(long)]
     timings: bool,
@@ -111,6 +114,8 @@ fn code(a: CodeArgs) -> anyhow::Result<ExitCode> {
         fuel: a.fuel,
         memory_bytes: a.memory_mib.saturating_mul(1 << 20),
         output_bytes: a.output_bytes,
+        wall: std::time::Duration::try_from_secs_f64(a.time_limit_secs)
+            .map_err(|e| anyhow::anyhow!("--time-limit-secs {}: {e}", a.time_limit_secs))?,
     };
     let t = std::time::Instant::now();
     let out = sandbox.run(&source, &limits);
