@@ -44,7 +44,8 @@ enum Command {
     Chat(cmd::chat::ChatArgs),
     /// The whole pipeline, small: data → tokenizer → pretrain → SFT → evals → report card.
     Speedrun(cmd::speedrun::SpeedrunArgs),
-    /// Run a tool by hand and print exactly what the model would see (`code`: sandboxed Python).
+    /// Run a tool by hand and print exactly what the model would see (`code`: sandboxed Python;
+    /// `search`: BM25 over an index).
     #[command(subcommand)]
     Tool(cmd::tool::ToolCommand),
     /// Build the search tool's index from text shards.
