@@ -153,7 +153,9 @@ impl SearchIndex {
         }
         let hits = self.search(query, k);
         if hits.is_empty() {
-            return format!("no results for: {}\n", query.trim());
+            // Echo the query (a model reads what it asked), not a runaway one in full.
+            let shown: String = query.trim().chars().take(200).collect();
+            return format!("no results for: {shown}\n");
         }
         let mut out = String::new();
         for (i, h) in hits.iter().enumerate() {
@@ -263,6 +265,28 @@ mod tests {
             SearchIndex::default().answer("kiln", 3),
             "no results for: kiln\n"
         );
+    }
+
+    #[test]
+    fn odd_queries_answer_without_panicking() {
+        let idx = corpus();
+        let long = "kiln ".repeat(20_000);
+        for q in [
+            "\0",
+            "İstanbul ǅ ß",
+            "🦦 otters 🦦",
+            "\u{202e}kiln",
+            long.as_str(),
+            "a\nb\tc",
+            "KILN kiln Kiln",
+        ] {
+            let text = idx.answer(q, 3);
+            assert!(!text.is_empty());
+            assert!(idx.search(q, 0).is_empty());
+        }
+        assert!(idx
+            .answer("🦦 otters", 3)
+            .starts_with("[1] https://a.example/otters"));
     }
 
     #[test]
