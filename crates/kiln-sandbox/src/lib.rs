@@ -26,7 +26,10 @@ use std::path::Path;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use wasmi::{Config, Engine, Linker, Module, Store, StoreLimits, StoreLimitsBuilder, TrapCode};
+use wasmi::{
+    errors::{ErrorKind, InstantiationError},
+    Config, Engine, Linker, Module, Store, StoreLimits, StoreLimitsBuilder, TrapCode,
+};
 
 /// Folder name of the fetched interpreter under `<data>/raw/` (kiln-data's catalogue).
 pub const SOURCE_NAME: &str = "python-wasm";
@@ -249,6 +252,17 @@ impl Compiled {
                 Some(0) => Status::Ok,
                 Some(_) => Status::PythonError,
                 None if host.output_overflow => Status::Stopped(StopReason::OutputLimit),
+                // Instantiation needs the module's initial memory (CPython: under 32 MiB).
+                None if matches!(
+                    e.kind(),
+                    ErrorKind::Memory(_)
+                        | ErrorKind::Instantiation(InstantiationError::FailedToInstantiateMemory(
+                            _
+                        ))
+                ) =>
+                {
+                    Status::Stopped(StopReason::MemoryLimit)
+                }
                 None => Status::Stopped(match e.as_trap_code() {
                     Some(TrapCode::OutOfFuel) => StopReason::CpuLimit,
                     Some(TrapCode::StackOverflow) => StopReason::StackLimit,

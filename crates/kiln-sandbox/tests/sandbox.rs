@@ -137,6 +137,17 @@ fn memory_bomb_is_a_memory_error() {
 }
 
 #[test]
+fn too_little_memory_for_the_interpreter_is_the_memory_limit() {
+    let limits = Limits {
+        memory_bytes: 1 << 20,
+        ..Limits::default()
+    };
+    let out = sandbox().run(b"print(1)", &limits);
+    assert_eq!(out.status, Status::Stopped(StopReason::MemoryLimit));
+    assert_eq!(out.text, "stopped: memory limit\n");
+}
+
+#[test]
 fn deep_recursion_is_a_recursion_error() {
     let out = run("def f(n):\n    return f(n + 1)\nf(0)");
     assert_eq!(out.status, Status::PythonError);
