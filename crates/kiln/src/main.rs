@@ -44,6 +44,13 @@ enum Command {
     Chat(cmd::chat::ChatArgs),
     /// The whole pipeline, small: data → tokenizer → pretrain → SFT → evals → report card.
     Speedrun(cmd::speedrun::SpeedrunArgs),
+    /// Run a tool by hand and print exactly what the model would see (`code`: sandboxed Python;
+    /// `search`: BM25 over an index).
+    #[command(subcommand)]
+    Tool(cmd::tool::ToolCommand),
+    /// Build the search tool's index from text shards.
+    #[command(subcommand)]
+    Index(cmd::tool::IndexCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -58,6 +65,8 @@ fn main() -> std::process::ExitCode {
         .init();
     let result = match cli.command {
         Command::Data(c) => cmd::data::run(c),
+        Command::Tool(c) => return cmd::tool::run(c),
+        Command::Index(c) => cmd::tool::index(c),
         Command::Tok(c) => cmd::tok::run(c),
         Command::Pretrain(a) => {
             let threads = cmd::engine_threads(a.threads);

@@ -13,6 +13,7 @@ pub mod sample;
 pub mod sft;
 pub mod speedrun;
 pub mod tok;
+pub mod tool;
 
 /// Size rayon's global pool for the engine (all cores unless told) and return the thread count.
 pub fn engine_threads(n: Option<usize>) -> usize {

@@ -1,0 +1,458 @@
+//! The tool runtime: one assistant turn of generation in which the model may call tools.
+//!
+//! Generation pauses when the model closes a call (`<|python_end|>` or `<|search_end|>`), the tool
+//! runs on the text between the call's tokens, and `<|output_start|> output <|output_end|>` is fed
+//! to the model as forced tokens (marked in [`Turn::forced`] so SFT can mask them from the loss);
+//! then generation resumes on the same decoder state (the KV cache is kept). Limits per turn: the
+//! number of calls, the length of each output (cut and marked), the sampled tokens, and wall time
+//! (checked before each call, so a turn never starts a tool after its deadline).
+//!
+//! The runtime speaks ids through two small traits — [`Decoder`] (the model) and [`ToolRunner`]
+//! (the tools) — so that `kiln chat`, the evals and a server can drive it, and a scripted fake model
+//! tests it.
+
+use std::time::{Duration, Instant};
+
+use kiln_engine::{sample_token, Backend, EngineError, Generator, Model, Rng, SamplingParams};
+
+use crate::format::Codec;
+
+/// The model as the runtime sees it: sample the next token (it joins the context), or append
+/// forced tokens to the context without sampling.
+pub trait Decoder {
+    type Error;
+    fn next(&mut self) -> Result<u32, Self::Error>;
+    fn feed(&mut self, ids: &[u32]) -> Result<(), Self::Error>;
+}
+
+/// [`Decoder`] over kiln-engine's KV-cache generator: the prompt is prefilled once; sampled and
+/// forced tokens alike are stepped into the same cache (forced outputs are short, so one step per
+/// token costs little against re-prefilling the whole context).
+pub struct EngineDecoder<'m, B: Backend> {
+    generator: Generator<'m, B>,
+    logits: Vec<f32>,
+    rng: Rng,
+    sampling: SamplingParams,
+    context: usize,
+}
+
+impl<'m, B: Backend> EngineDecoder<'m, B> {
+    pub fn new(
+        model: &'m Model<B>,
+        prompt: &[u32],
+        sampling: SamplingParams,
+        seed: u64,
+    ) -> Result<Self, EngineError> {
+        let context = model.cfg.context;
+        model.check_ids(prompt)?;
+        if prompt.is_empty() || prompt.len() >= context {
+            return Err(EngineError::Shape(format!(
+                "prompt of {} tokens must be in 1..{context}",
+                prompt.len()
+            )));
+        }
+        let mut generator = Generator::new(model, 1, context)?;
+        let logits = generator.prefill(prompt)?;
+        Ok(EngineDecoder {
+            generator,
+            logits,
+            rng: Rng::new(seed),
+            sampling,
+            context,
+        })
+    }
+
+    fn advance(&mut self, id: u32) -> Result<(), EngineError> {
+        if self.generator.pos() + 1 >= self.context {
+            return Err(EngineError::Shape(format!(
+                "context window of {} tokens is full",
+                self.context
+            )));
+        }
+        self.logits = self.generator.step(&[id])?;
+        Ok(())
+    }
+}
+
+impl<B: Backend> Decoder for EngineDecoder<'_, B> {
+    type Error = EngineError;
+    fn next(&mut self) -> Result<u32, EngineError> {
+        let id = sample_token(&self.logits, &self.sampling, &mut self.rng);
+        self.advance(id)?;
+        Ok(id)
+    }
+    fn feed(&mut self, ids: &[u32]) -> Result<(), EngineError> {
+        ids.iter().try_for_each(|&id| self.advance(id))
+    }
+}
+
+/// Which tool a call names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tool {
+    Code,
+    Search,
+}
+
+/// Runs a tool on a call's text and returns what the model should read.
+pub trait ToolRunner {
+    fn run(&mut self, tool: Tool, input: &str) -> String;
+}
+
+/// The special tokens of tool calls; `None` for a tool the tokenizer (or the session) lacks.
+#[derive(Debug, Clone, Copy)]
+pub struct ToolTokens {
+    pub python: Option<(u32, u32)>,
+    pub search: Option<(u32, u32)>,
+    pub output_start: u32,
+    pub output_end: u32,
+}
+
+/// Per-turn limits.
+#[derive(Debug, Clone, Copy)]
+pub struct TurnLimits {
+    pub max_calls: usize,
+    /// Characters of one tool output the model reads; more is cut and marked.
+    pub max_output_chars: usize,
+    /// Tokens the model may sample in the turn (forced tool outputs not counted).
+    pub max_new_tokens: usize,
+    pub wall: Duration,
+}
+
+impl Default for TurnLimits {
+    fn default() -> Self {
+        TurnLimits {
+            max_calls: 4,
+            max_output_chars: 2000,
+            max_new_tokens: 512,
+            wall: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One tool call of a turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolCall {
+    pub tool: Tool,
+    pub input: String,
+    pub output: String,
+}
+
+/// Why a turn ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TurnEnd {
+    /// A stop token (not included in [`Turn::ids`]).
+    Stop(u32),
+    MaxTokens,
+    /// The wall-time limit passed before a call could run.
+    WallTime,
+}
+
+/// A generated assistant turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Turn {
+    /// Sampled and forced ids in order.
+    pub ids: Vec<u32>,
+    /// Parallel to `ids`: true for tool-output tokens the runtime forced (loss mask 0 in SFT).
+    pub forced: Vec<bool>,
+    pub calls: Vec<ToolCall>,
+    pub end: TurnEnd,
+}
+
+/// Generate one assistant turn, running the tools the model calls.
+pub fn run_turn<D: Decoder>(
+    decoder: &mut D,
+    codec: &dyn Codec,
+    tokens: &ToolTokens,
+    stop: &[u32],
+    tools: &mut dyn ToolRunner,
+    limits: &TurnLimits,
+) -> Result<Turn, D::Error> {
+    let started = Instant::now();
+    let mut turn = Turn {
+        ids: Vec::new(),
+        forced: Vec::new(),
+        calls: Vec::new(),
+        end: TurnEnd::MaxTokens,
+    };
+    // The open call: its tool, closing token, and where its text starts in `ids`.
+    let mut open: Option<(Tool, u32, usize)> = None;
+    for _ in 0..limits.max_new_tokens {
+        let id = decoder.next()?;
+        if stop.contains(&id) {
+            turn.end = TurnEnd::Stop(id);
+            break;
+        }
+        turn.ids.push(id);
+        turn.forced.push(false);
+        match open {
+            None => {
+                if let Some((_, e)) = tokens.python.filter(|&(s, _)| s == id) {
+                    open = Some((Tool::Code, e, turn.ids.len()));
+                } else if let Some((_, e)) = tokens.search.filter(|&(s, _)| s == id) {
+                    open = Some((Tool::Search, e, turn.ids.len()));
+                }
+            }
+            Some((tool, end, from)) if id == end => {
+                open = None;
+                if started.elapsed() >= limits.wall {
+                    turn.end = TurnEnd::WallTime;
+                    return Ok(turn);
+                }
+                let input = codec.decode_text(&turn.ids[from..turn.ids.len() - 1]);
+                let output = if turn.calls.len() >= limits.max_calls {
+                    format!(
+                        "error: tool call limit reached ({} per turn)\n",
+                        limits.max_calls
+                    )
+                } else {
+                    cut(tools.run(tool, &input), limits.max_output_chars)
+                };
+                let mut forced = vec![tokens.output_start];
+                forced.extend(codec.encode_text(&output));
+                forced.push(tokens.output_end);
+                decoder.feed(&forced)?;
+                turn.forced.extend(std::iter::repeat_n(true, forced.len()));
+                turn.ids.extend(forced);
+                turn.calls.push(ToolCall {
+                    tool,
+                    input,
+                    output,
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some((tool, _, from)) = open {
+        // An unterminated call is recorded (the model never closed it), not run.
+        turn.calls.push(ToolCall {
+            tool,
+            input: codec.decode_text(&turn.ids[from..]),
+            output: "error: the tool call was not closed\n".into(),
+        });
+    }
+    Ok(turn)
+}
+
+/// Cut `text` to `max` characters, marking the cut.
+fn cut(text: String, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text,
+        Some((at, _)) => format!("{}\n[output truncated at {max} characters]\n", &text[..at]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::testing::ByteCodec;
+
+    const PY: (u32, u32) = (261, 262);
+    const OUT: (u32, u32) = (263, 264);
+    const SEARCH: (u32, u32) = (270, 271);
+    const END: u32 = 260;
+
+    /// Plays back a script of sampled ids and records what was fed.
+    struct Scripted {
+        script: std::vec::IntoIter<u32>,
+        fed: Vec<Vec<u32>>,
+    }
+
+    impl Decoder for Scripted {
+        type Error = String;
+        fn next(&mut self) -> Result<u32, String> {
+            self.script
+                .next()
+                .ok_or_else(|| "script ran out".to_string())
+        }
+        fn feed(&mut self, ids: &[u32]) -> Result<(), String> {
+            self.fed.push(ids.to_vec());
+            Ok(())
+        }
+    }
+
+    struct Echo(Vec<(Tool, String)>);
+
+    impl ToolRunner for Echo {
+        fn run(&mut self, tool: Tool, input: &str) -> String {
+            self.0.push((tool, input.to_string()));
+            match tool {
+                Tool::Code => "3\n".into(),
+                Tool::Search => "x".repeat(50),
+            }
+        }
+    }
+
+    fn script(parts: &[&[u32]]) -> Scripted {
+        Scripted {
+            script: parts.concat().into_iter(),
+            fed: Vec::new(),
+        }
+    }
+
+    fn ids(s: &str) -> Vec<u32> {
+        s.bytes().map(u32::from).collect()
+    }
+
+    fn tokens() -> ToolTokens {
+        ToolTokens {
+            python: Some(PY),
+            search: Some(SEARCH),
+            output_start: OUT.0,
+            output_end: OUT.1,
+        }
+    }
+
+    #[test]
+    fn a_code_call_pauses_runs_the_tool_and_feeds_its_output() {
+        let mut model = script(&[
+            &[PY.0],
+            &ids("print('strawberry'.count('r'))"),
+            &[PY.1],
+            &ids("There are 3."),
+            &[END],
+        ]);
+        let mut tools = Echo(Vec::new());
+        let turn = run_turn(
+            &mut model,
+            &ByteCodec {
+                with_specials: true,
+            },
+            &tokens(),
+            &[END],
+            &mut tools,
+            &TurnLimits::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            tools.0,
+            vec![(Tool::Code, "print('strawberry'.count('r'))".to_string())]
+        );
+        let forced: Vec<u32> = [&[OUT.0][..], &ids("3\n"), &[OUT.1]].concat();
+        assert_eq!(model.fed, vec![forced.clone()]);
+        assert_eq!(turn.end, TurnEnd::Stop(END));
+        let decoded = ByteCodec {
+            with_specials: true,
+        }
+        .decode_text(&turn.ids);
+        assert_eq!(
+            decoded,
+            "<|python_start|>print('strawberry'.count('r'))<|python_end|><|output_start|>3\n<|output_end|>There are 3."
+        );
+        // Exactly the output tokens are forced.
+        let forced_ids: Vec<u32> = turn
+            .ids
+            .iter()
+            .zip(&turn.forced)
+            .filter(|(_, f)| **f)
+            .map(|(i, _)| *i)
+            .collect();
+        assert_eq!(forced_ids, forced);
+    }
+
+    #[test]
+    fn limits_on_calls_and_output_length_give_readable_outputs() {
+        let call = |q: &str| [&[SEARCH.0][..], &ids(q), &[SEARCH.1]].concat();
+        let mut model = script(&[&call("a"), &call("b"), &[END]]);
+        let mut tools = Echo(Vec::new());
+        let limits = TurnLimits {
+            max_calls: 1,
+            max_output_chars: 10,
+            ..TurnLimits::default()
+        };
+        let turn = run_turn(
+            &mut model,
+            &ByteCodec {
+                with_specials: true,
+            },
+            &tokens(),
+            &[END],
+            &mut tools,
+            &limits,
+        )
+        .unwrap();
+        assert_eq!(tools.0.len(), 1, "the second call is refused, not run");
+        assert_eq!(
+            turn.calls[0].output,
+            "xxxxxxxxxx\n[output truncated at 10 characters]\n"
+        );
+        assert_eq!(
+            turn.calls[1].output,
+            "error: tool call limit reached (1 per turn)\n"
+        );
+    }
+
+    #[test]
+    fn an_unterminated_call_is_recorded_not_run_and_max_tokens_ends_the_turn() {
+        let mut model = script(&[&[PY.0], &ids("while True")]);
+        let mut tools = Echo(Vec::new());
+        let limits = TurnLimits {
+            max_new_tokens: 5,
+            ..TurnLimits::default()
+        };
+        let turn = run_turn(
+            &mut model,
+            &ByteCodec {
+                with_specials: true,
+            },
+            &tokens(),
+            &[END],
+            &mut tools,
+            &limits,
+        )
+        .unwrap();
+        assert!(tools.0.is_empty());
+        assert_eq!(turn.end, TurnEnd::MaxTokens);
+        assert_eq!(turn.calls[0].input, "whil");
+        assert_eq!(
+            turn.calls[0].output,
+            "error: the tool call was not closed\n"
+        );
+    }
+
+    #[test]
+    fn the_engine_decoder_keeps_its_cache_across_forced_tokens() {
+        use kiln_engine::{CpuBackend, ModelConfig};
+        let be = std::sync::Arc::new(CpuBackend::new(1));
+        let model = Model::new(be, ModelConfig::gpt2(64, 1, 2, 16, 32), 3).unwrap();
+        let greedy = SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        };
+        let mut d = EngineDecoder::new(&model, &[1, 2, 3], greedy, 0).unwrap();
+        let a = d.next().unwrap();
+        d.feed(&[4, 5]).unwrap();
+        let mut fresh = Generator::new(&model, 1, 32).unwrap();
+        let want = fresh.prefill(&[1, 2, 3, a, 4, 5]).unwrap();
+        let diff = want
+            .iter()
+            .zip(&d.logits)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
+        assert!(diff < 1e-4, "cached logits differ by {diff}");
+        // The window is enforced as an error, not a panic.
+        assert!(d.feed(&[7; 40]).is_err());
+    }
+
+    #[test]
+    fn the_wall_time_limit_stops_before_a_call() {
+        let mut model = script(&[&[PY.0], &ids("1"), &[PY.1], &[END]]);
+        let mut tools = Echo(Vec::new());
+        let limits = TurnLimits {
+            wall: Duration::ZERO,
+            ..TurnLimits::default()
+        };
+        let turn = run_turn(
+            &mut model,
+            &ByteCodec {
+                with_specials: true,
+            },
+            &tokens(),
+            &[END],
+            &mut tools,
+            &limits,
+        )
+        .unwrap();
+        assert_eq!(turn.end, TurnEnd::WallTime);
+        assert!(tools.0.is_empty() && model.fed.is_empty());
+    }
+}
