@@ -25,7 +25,7 @@ pub const FORMAT_REWARD: f32 = 0.1;
 /// The closed set of tasks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TaskKind {
-    /// Multi-digit addition, subtraction and multiplication.
+    /// Addition, subtraction and multiplication with operands of 1 to 4 digits.
     Arith,
     /// GSM-style word problems from templates (two or three operations).
     Word,
@@ -170,14 +170,22 @@ fn range(rng: &mut Rng, lo: i64, hi: i64) -> i64 {
 }
 
 fn arith_problem(rng: &mut Rng) -> TaskProblem {
-    // Harder than the SFT arithmetic (up to 4-digit sums, 3 × 2-digit products) so RL has room.
+    // Operands of 1 to 4 digits, mixed: up to the SFT arithmetic's size and beyond (room to
+    // improve), with easy ones so a small model starts with some successes to learn from (a group
+    // whose rewards are all equal has no advantage and no gradient).
+    let d = range(rng, 1, 4) as u32;
+    let (lo, hi) = (10i64.pow(d - 1).max(2), 10i64.pow(d) - 1);
     let (a, op, b) = match rng.below(3) {
-        0 => (range(rng, 10, 9999), '+', range(rng, 10, 9999)),
+        0 => (range(rng, lo, hi), '+', range(rng, 1, hi)),
         1 => {
-            let a = range(rng, 100, 9999);
-            (a, '-', range(rng, 10, a))
+            let a = range(rng, lo, hi);
+            (a, '-', range(rng, 1, a))
         }
-        _ => (range(rng, 10, 999), '*', range(rng, 2, 99)),
+        _ => (
+            range(rng, lo, hi.min(999)),
+            '*',
+            range(rng, 2, if d > 2 { 99 } else { 9 }),
+        ),
     };
     let ans = match op {
         '+' => a + b,
