@@ -1,6 +1,7 @@
 //! The RL loop: rollouts → verifier rewards → group-relative advantages → policy-gradient update
-//! through the engine's per-token loss weights; held-out pass@1 evals, `metrics.jsonl`, an SVG of
-//! the R1 curves (reward, accuracy, response length), checkpoints and resume.
+//! through the engine's per-token loss weights; held-out pass@1 and pass@k evals,
+//! `metrics.jsonl`, an SVG of the R1 curves (reward, accuracy, response length), checkpoints and
+//! resume.
 //!
 //! Rollouts use the KV-cache [`Generator`]: one prefill per prompt, its cache forked to the `group`
 //! rows, one token per row per step — a GRPO group is exactly one generator. Sampling seeds derive
@@ -121,6 +122,9 @@ pub struct RlSummary {
     /// Held-out pass@1 before the first step (a fresh run) and at the end.
     pub pass1_start: Option<f64>,
     pub pass1: Option<f64>,
+    /// Held-out pass@k (k = the group size, sampled at the rollout temperature), likewise.
+    pub pass_k_start: Option<f64>,
+    pub pass_k: Option<f64>,
     /// Mean reward of the first and last step of this process.
     pub reward_first: Option<f64>,
     pub reward_last: Option<f64>,
@@ -193,30 +197,42 @@ fn entropy_of(logits: &[f32]) -> f64 {
     z.ln() - ez / z
 }
 
-/// Greedy pass@1 (and format rate) on `items`.
+/// Held-out scores: greedy pass@1, its format rate, and pass@k (any of `k` samples at the rollout
+/// temperature correct; one prefill and `k` forked rows per problem, a fixed seed so evals compare).
+struct Eval {
+    pass1: f64,
+    format: f64,
+    pass_k: f64,
+}
+
 fn evaluate<B: Backend>(
     model: &Model<B>,
     items: &[RlItem],
     max_new: usize,
     stop: &[u32],
-) -> Result<(f64, f64), TrainError> {
-    if items.is_empty() {
-        return Ok((f64::NAN, f64::NAN));
-    }
+    k: usize,
+    sp: &SamplingParams,
+) -> Result<Eval, TrainError> {
     let greedy = SamplingParams {
         temperature: 0.0,
         ..Default::default()
     };
     let mut rng = Rng::new(0);
-    let (mut ok, mut fmt) = (0usize, 0usize);
+    let (mut ok, mut fmt, mut any) = (0usize, 0usize, 0usize);
     for it in items {
         let (out, _) = rollout(model, &it.prompt, 1, max_new, &greedy, stop, &mut rng)?;
         let s = (it.score)(strip_stop(&out[0], stop));
         ok += usize::from(s.correct);
         fmt += usize::from(s.formatted);
+        let (outs, _) = rollout(model, &it.prompt, k, max_new, sp, stop, &mut rng)?;
+        any += usize::from(outs.iter().any(|o| (it.score)(strip_stop(o, stop)).correct));
     }
-    let n = items.len() as f64;
-    Ok((ok as f64 / n, fmt as f64 / n))
+    let n = items.len().max(1) as f64;
+    Ok(Eval {
+        pass1: ok as f64 / n,
+        format: fmt as f64 / n,
+        pass_k: any as f64 / n,
+    })
 }
 
 fn strip_stop<'a>(toks: &'a [u32], stop: &[u32]) -> &'a [u32] {
@@ -397,14 +413,32 @@ pub fn rl_with<B: TrainBackend>(
     let metrics_path = out.join("metrics.jsonl");
     let mut metrics = MetricsLog::open(&metrics_path, resume_dir.as_ref().map(|_| step))?;
     let eval_items = &data.held_out[..cfg.eval_problems.min(data.held_out.len())];
-    let mut pass1_start = None;
-    let mut pass1 = None;
+    let sp = SamplingParams {
+        temperature: cfg.temperature,
+        top_k: 0,
+        top_p: 1.0,
+        min_p: 0.0,
+    };
+    let (mut pass1_start, mut pass1, mut pass_k_start, mut pass_k) = (None, None, None, None);
     if step == 0 && !eval_items.is_empty() {
-        let (p, f) = evaluate(&tr.model, eval_items, cfg.max_new, &data.stop)?;
-        tracing::info!("RL held-out pass@1 before training: {p:.3} (format {f:.3})");
-        metrics.write(&json!({"event": "eval", "step": 0, "pass1": p, "format": f}))?;
-        pass1_start = Some(p);
-        pass1 = Some(p);
+        let e = evaluate(
+            &tr.model,
+            eval_items,
+            cfg.max_new,
+            &data.stop,
+            cfg.group,
+            &sp,
+        )?;
+        tracing::info!(
+            "RL held-out pass@1 before training: {:.3} (format {:.3}, pass@{} {:.3})",
+            e.pass1,
+            e.format,
+            cfg.group,
+            e.pass_k
+        );
+        metrics.write(&json!({"event": "eval", "step": 0, "pass1": e.pass1, "format": e.format, "pass_k": e.pass_k, "k": cfg.group}))?;
+        (pass1_start, pass1) = (Some(e.pass1), Some(e.pass1));
+        (pass_k_start, pass_k) = (Some(e.pass_k), Some(e.pass_k));
     }
     metrics.write(&json!({"event": "start", "step": step, "train_problems": data.train.len(), "held_out": data.held_out.len(), "config": cfg}))?;
 
@@ -420,12 +454,6 @@ pub fn rl_with<B: TrainBackend>(
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_position(step);
-    let sp = SamplingParams {
-        temperature: cfg.temperature,
-        top_k: 0,
-        top_p: 1.0,
-        min_p: 0.0,
-    };
     let save = |tr: &Trainer<B>, step: u64, pass1: Option<f64>| {
         let state =
             json!({"kind": "rl", "step": step, "pass1": pass1, "config": cfg, "base": base_dir});
@@ -616,10 +644,17 @@ pub fn rl_with<B: TrainBackend>(
         if !eval_items.is_empty()
             && ((cfg.eval_every > 0 && (step as usize).is_multiple_of(cfg.eval_every)) || last)
         {
-            let (p, f) = evaluate(&tr.model, eval_items, cfg.max_new, &data.stop)?;
-            metrics.write(&json!({"event": "eval", "step": step, "pass1": p, "format": f}))?;
-            pass1 = Some(p);
-            evals.push((step as f64, p));
+            let e = evaluate(
+                &tr.model,
+                eval_items,
+                cfg.max_new,
+                &data.stop,
+                cfg.group,
+                &sp,
+            )?;
+            metrics.write(&json!({"event": "eval", "step": step, "pass1": e.pass1, "format": e.format, "pass_k": e.pass_k, "k": cfg.group}))?;
+            (pass1, pass_k) = (Some(e.pass1), Some(e.pass_k));
+            evals.push((step as f64, e.pass1));
         }
         if last || (cfg.eval_every > 0 && (step as usize).is_multiple_of(cfg.eval_every)) {
             plot(&out.join("rl.svg"), &curves, &evals)?;
@@ -645,6 +680,8 @@ pub fn rl_with<B: TrainBackend>(
         step,
         pass1_start,
         pass1,
+        pass_k_start,
+        pass_k,
         reward_first,
         reward_last,
         rollout_tok_s: gen_tokens / gen_s.max(1e-9),
@@ -743,7 +780,8 @@ mod tests {
         let (r0, r1) = (s.reward_first.unwrap(), s.reward_last.unwrap());
         assert!(r0 < 0.1 && r1 > 0.8, "mean reward {r0} -> {r1}");
         let m = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
-        assert!(m.contains("\"pass1\"") && m.contains("\"entropy\""));
+        assert!(m.contains("\"pass1\"") && m.contains("\"pass_k\"") && m.contains("\"entropy\""));
+        assert_eq!(s.pass_k, Some(1.0));
         assert!(std::fs::read_to_string(out.join("rl.svg"))
             .unwrap()
             .contains("held-out pass@1"));
