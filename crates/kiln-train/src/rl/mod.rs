@@ -16,7 +16,7 @@ use crate::device::DeviceSpec;
 use crate::error::TrainError;
 pub use run::{rl, rl_on, rl_with, RlConfig, RlData, RlItem, RlSummary, Scorer};
 
-/// An RL run as the CLI (and later the speedrun) describes it.
+/// An RL run as the CLI and the speedrun's RL stage describe it.
 #[derive(Clone, Debug)]
 pub struct RlJob {
     /// The starting checkpoint (an SFT run folder or checkpoint).
