@@ -1,9 +1,9 @@
 //! kiln-chat: the conversation format and loss masks ([`format`]), SFT data mixes ([`mix`]),
 //! generated identity and arithmetic conversations ([`identity`], [`arith`]), evals ([`evals`]),
 //! the model as evals see it ([`model`]), driving the engine for chat ([`engine`], [`session`]),
-//! and the tool runtime and search tool ([`tools`]). It speaks token ids through the
-//! [`format::Codec`] trait (implemented for kiln's tokenizer in [`codec`]); it owns no model math
-//! and reads no data folder of its own: callers pass paths in.
+//! verifiable tasks for RL ([`tasks`]), and the tool runtime and search tool ([`tools`]). It
+//! speaks token ids through the [`format::Codec`] trait (implemented for kiln's tokenizer in
+//! [`codec`]); it owns no model math and reads no data folder of its own: callers pass paths in.
 
 pub mod arith;
 pub mod codec;
@@ -15,6 +15,7 @@ pub mod load;
 pub mod mix;
 pub mod model;
 pub mod session;
+pub mod tasks;
 pub mod tools;
 
 pub use format::{

@@ -1,4 +1,4 @@
-//! kiln-train: training loops (pretrain, SFT, later RL/RLHF), loaders, schedules, evaluation, metrics and plots.
+//! kiln-train: training loops (pretrain, SFT, RL; later RLHF), loaders, schedules, evaluation, metrics and plots.
 
 pub mod bench;
 pub mod checkpoint;
@@ -8,6 +8,7 @@ mod loader;
 mod metrics;
 pub mod plot;
 pub mod pretrain;
+pub mod rl;
 mod schedule;
 pub mod sft;
 pub mod speedrun;

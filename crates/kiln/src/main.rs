@@ -40,6 +40,8 @@ enum Command {
     Bench(cmd::bench::BenchCommand),
     /// Supervised fine-tuning of a base model on a conversation mix (TOML) → an assistant.
     Sft(Box<cmd::sft::SftArgs>),
+    /// Reinforcement learning on verifiable tasks (GRPO family) from an SFT checkpoint.
+    Rl(Box<cmd::rl::RlArgs>),
     /// Chat with a checkpoint in the terminal (streaming, multi-turn; `--once` for scripts).
     Chat(cmd::chat::ChatArgs),
     /// The whole pipeline, small: data → tokenizer → pretrain → SFT → evals → report card.
@@ -80,6 +82,10 @@ fn main() -> std::process::ExitCode {
         Command::Sft(a) => {
             let threads = cmd::engine_threads(a.threads);
             cmd::on_engine_pool(|| cmd::sft::run(*a, threads))
+        }
+        Command::Rl(a) => {
+            let threads = cmd::engine_threads(a.threads);
+            cmd::on_engine_pool(|| cmd::rl::run(*a, threads))
         }
         Command::Chat(a) => {
             let threads = cmd::engine_threads(a.threads);

@@ -1,6 +1,7 @@
 //! The speedrun's report card: `report.md` and a self-contained `report.html` (curves inline as
 //! SVG, no scripts, no external files) with the plan, timings, tokens/s, eval numbers beside their
-//! chance level, the SFT mix statistics, and base vs SFT samples on the same prompts.
+//! chance level (with the RL stage's held-out pass@1 before and after), the SFT mix statistics, and
+//! base vs SFT samples on the same prompts.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -114,6 +115,21 @@ fn markdown(i: &RunInfo) -> String {
     for (name, acc, ct, chance) in score_rows(e) {
         let _ = writeln!(m, "| {name} ({ct}) | SFT | {acc} | {chance} |");
     }
+    // The RL stage (GRPO on the arithmetic task): its held-out pass@1 before and after.
+    let r = &e["rl"];
+    if r.is_object() {
+        let pct = |v: &Value| {
+            v.as_f64()
+                .map_or("–".into(), |x| format!("{:.1}%", 100.0 * x))
+        };
+        for (model, key) in [("SFT", "pass1_start"), ("RL", "pass1")] {
+            let _ = writeln!(
+                m,
+                "| RL task: arithmetic, held-out pass@1 (greedy) | {model} | {} | ≈0% |",
+                pct(&r[key])
+            );
+        }
+    }
     let _ = writeln!(m, "\n## Throughput\n\n| stage | tokens/s |\n|---|---|");
     let _ = writeln!(
         m,
@@ -121,6 +137,14 @@ fn markdown(i: &RunInfo) -> String {
         num(&e["base"]["tok_per_s"], 0),
         num(&e["sft"]["tok_per_s"], 0)
     );
+    if r.is_object() {
+        let _ = writeln!(
+            m,
+            "| RL rollouts (generated, batched KV cache) | {} |\n| RL updates | {} |",
+            num(&r["rollout_tok_s"], 0),
+            num(&r["train_tok_s"], 0)
+        );
+    }
     let _ = writeln!(m, "\n## Timings\n\n| stage | seconds |\n|---|---|");
     for (s, t, skipped) in &i.timings {
         let _ = writeln!(
@@ -285,6 +309,7 @@ mod tests {
                 "sft": {"chat_val_loss_base": 4.0, "chat_val_loss": 3.25, "tok_per_s": 4000.0,
                         "scores": [{"name": "MMLU", "correct": 11, "total": 40, "chance": 0.25}]},
                 "samples": [{"prompt": "Who are you?", "base": "a <b>", "sft": "I am Kiln."}],
+                "rl": {"pass1_start": 0.1, "pass1": 0.25, "rollout_tok_s": 900.0, "train_tok_s": 3000.0},
                 "curves": {"pretrain_loss": [[1, 5.0], [2, 4.0]], "pretrain_val_bpb": [], "sft_loss": [[1, 3.0]], "sft_val_loss": []}
             }),
             mix: json!({"sources": [{"kind": "identity", "train": 9, "val": 1, "malformed": 0, "rejected": 0, "too_long": 0}], "truncated": 2, "dropped": 1}),
@@ -296,6 +321,10 @@ mod tests {
         assert!(md.contains("| validation bits per byte (pretraining text) | base | 2.3456 |"));
         assert!(md.contains("| MMLU (11/40) | SFT | 27.5% | 25% |"));
         assert!(md.contains("| tokenizer | skipped (output existed) |"));
+        assert!(
+            md.contains("held-out pass@1 (greedy) | RL | 25.0% |"),
+            "{md}"
+        );
         let h = std::fs::read_to_string(hp).unwrap();
         assert_eq!(h.matches("<svg").count(), 4);
         assert!(h.contains("a &lt;b&gt;"), "sample text is escaped");

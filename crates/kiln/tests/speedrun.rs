@@ -71,6 +71,8 @@ fn smoke_speedrun_writes_report_card_and_reruns_skip() {
         "MMLU (",
         "GSM8K (",
         "arithmetic (held out) (",
+        "held-out pass@1 (greedy) | RL |",
+        "RL rollouts",
         "tokens/s",
         "## Samples",
     ] {
@@ -105,7 +107,7 @@ fn smoke_speedrun_writes_report_card_and_reruns_skip() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        !stdout.contains("[4/7]") && !stdout.contains("[5/7]"),
+        !stdout.contains("[4/8]") && !stdout.contains("[5/8]") && !stdout.contains("[6/8]"),
         "stages rerun:\n{stdout}"
     );
     eprintln!("rerun: {:.1} s", t.elapsed().as_secs_f64());

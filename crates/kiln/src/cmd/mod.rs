@@ -9,6 +9,7 @@ pub mod bench;
 pub mod chat;
 pub mod data;
 pub mod pretrain;
+pub mod rl;
 pub mod sample;
 pub mod sft;
 pub mod speedrun;

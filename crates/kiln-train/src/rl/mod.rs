@@ -1,0 +1,110 @@
+//! Reinforcement learning on verifiable tasks (GRPO family): the loss as per-token engine weights
+//! ([`loss`]), the rollout/update loop ([`run`]), and [`run_job`], which turns a task name, a
+//! model and its recorded tokenizer into prompts and verifiers for the loop.
+
+pub mod loss;
+pub mod run;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kiln_chat::format::{render_for_completion, Codec, Conversation, Message};
+use kiln_chat::tasks::TaskKind;
+use kiln_engine::{load_checkpoint, resolve_checkpoint};
+
+use crate::device::DeviceSpec;
+use crate::error::TrainError;
+pub use run::{rl, rl_on, rl_with, RlConfig, RlData, RlItem, RlSummary, Scorer};
+
+/// An RL run as the CLI and the speedrun's RL stage describe it.
+#[derive(Clone, Debug)]
+pub struct RlJob {
+    /// The starting checkpoint (an SFT run folder or checkpoint).
+    pub model: PathBuf,
+    pub task: TaskKind,
+    pub out: PathBuf,
+    /// Tokenizer folder or name; `None`: the one the model's run recorded.
+    pub tokenizer: Option<String>,
+    pub resume: bool,
+    pub progress: bool,
+    pub train: RlConfig,
+}
+
+/// Render `task`'s problems as prompts with verifiers for the tokenizer `tok`.
+pub fn task_data(
+    task: TaskKind,
+    tok: Arc<kiln_tokenizer::Tokenizer>,
+    train: usize,
+    held_out: usize,
+    seed: u64,
+    what: &str,
+) -> Result<RlData, TrainError> {
+    let tokens = kiln_chat::load::chat_tokens(&tok, what)?;
+    let items = |held: bool, n: usize| -> Result<Vec<RlItem>, TrainError> {
+        // Held-out problems come from a fixed seed so every run evaluates the same set.
+        let seed = if held { 0x4E1D } else { seed };
+        task.problems(n, seed, held)
+            .into_iter()
+            .map(|p| {
+                let conv = Conversation::new(vec![Message::user(p.question.clone())]);
+                let prompt = render_for_completion(&conv, tok.as_ref(), &tokens)
+                    .map_err(|e| TrainError::Data(e.to_string()))?;
+                let tok = tok.clone();
+                let score: Scorer = Arc::new(move |ids: &[u32]| p.score(&tok.decode_text(ids)));
+                Ok(RlItem { prompt, score })
+            })
+            .collect()
+    };
+    Ok(RlData {
+        train: items(false, train)?,
+        held_out: items(true, held_out)?,
+        stop: tokens.stop_ids(),
+    })
+}
+
+/// Load the model's tokenizer, render the task and run [`rl_on`].
+pub fn run_job(job: &RlJob, spec: &DeviceSpec) -> Result<RlSummary, TrainError> {
+    let dir = resolve_checkpoint(&job.model)?;
+    let tok_name = match &job.tokenizer {
+        Some(t) => t.clone(),
+        None => load_checkpoint(&dir)?.train["config"]["tokenizer"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| {
+                TrainError::Config(format!(
+                    "{}: the run recorded no tokenizer; pass --tokenizer",
+                    dir.display()
+                ))
+            })?,
+    };
+    let tok = Arc::new(kiln_tokenizer::Tokenizer::load_named(&tok_name)?);
+    // One problem per prompt slot, capped: problems cycle after that.
+    let n_train = (job.train.steps * job.train.prompts_per_step).clamp(1, 20_000);
+    let data = task_data(
+        job.task,
+        tok,
+        n_train,
+        job.train.eval_problems,
+        job.train.seed,
+        &format!("RL model {} (tokenizer {tok_name})", job.model.display()),
+    )?;
+    std::fs::create_dir_all(&job.out).map_err(|e| TrainError::io(&job.out, e))?;
+    let tok_abs = match std::fs::canonicalize(&tok_name) {
+        Ok(p) => p.display().to_string(),
+        Err(_) => tok_name.clone(),
+    };
+    let cfg = RlConfig {
+        task: job.task.name().into(),
+        tokenizer: Some(tok_abs),
+        ..job.train.clone()
+    };
+    rl_on(
+        spec,
+        &cfg,
+        &job.model,
+        &data,
+        &job.out,
+        job.resume,
+        job.progress,
+    )
+}

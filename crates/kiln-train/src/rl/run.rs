@@ -1,0 +1,851 @@
+//! The RL loop: rollouts → verifier rewards → group-relative advantages → policy-gradient update
+//! through the engine's per-token loss weights; held-out pass@1 and pass@k evals,
+//! `metrics.jsonl`, an SVG of the R1 curves (reward, accuracy, response length), checkpoints and
+//! resume.
+//!
+//! Rollouts use the KV-cache [`Generator`]: one prefill per prompt, its cache forked to the `group`
+//! rows, one token per row per step — a GRPO group is exactly one generator. Sampling seeds derive
+//! from `(seed, step, prompt)` and prompts from the step, so a resumed run draws what the
+//! uninterrupted one would have (model and optimizer come from the checkpoint).
+//!
+//! Each batch is used for `updates` optimizer steps. The first step is on-policy (ratio 1), so its
+//! weights need no extra forward; later steps (and the KL term) need current log-probs, which one
+//! forward-only pass per micro-batch gives ([`Trainer::eval_losses`] is `-log p`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use kiln_chat::tasks::Score;
+use kiln_engine::{
+    load_checkpoint, resolve_checkpoint, sample_token, Backend, CpuBackend, Generator, Model,
+    OptimizerConfig, Rng, SamplingParams, Trainer,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::loss::{group_advantages, pg_loss, LossConfig, LossKind, PgBatch};
+use crate::checkpoint::save_step;
+use crate::device::{with_backend, DeviceSpec, OnBackend, TrainBackend};
+use crate::error::TrainError;
+use crate::metrics::MetricsLog;
+use crate::plot::{write_svg, Series};
+
+/// Everything that defines an RL run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RlConfig {
+    /// Task name (recorded; the problems come from the caller).
+    pub task: String,
+    pub steps: usize,
+    pub prompts_per_step: usize,
+    /// Samples per prompt (≥ 2: advantages are relative to the group).
+    pub group: usize,
+    pub max_new: usize,
+    pub temperature: f32,
+    pub loss: LossConfig,
+    /// Divide advantages by the group's std.
+    pub std_scale: bool,
+    /// Optimizer steps per rollout batch (> 1 reuses it: the clipped ratio matters).
+    pub updates: usize,
+    /// Rows per forward/backward (gradients accumulate over micro-batches).
+    pub micro_batch: usize,
+    pub optim: OptimizerConfig,
+    pub eval_every: usize,
+    /// Held-out problems per eval (greedy pass@1).
+    pub eval_problems: usize,
+    pub ckpt_every: usize,
+    pub seed: u64,
+    pub threads: usize,
+    pub time_limit_s: Option<f64>,
+    /// The tokenizer the model uses, recorded so `kiln chat --model <out>` finds it.
+    pub tokenizer: Option<String>,
+}
+
+impl Default for RlConfig {
+    fn default() -> Self {
+        RlConfig {
+            task: "arith".into(),
+            steps: 100,
+            prompts_per_step: 4,
+            group: 8,
+            max_new: 128,
+            temperature: 1.0,
+            loss: LossConfig {
+                kind: LossKind::Dapo,
+                clip: 0.2,
+                kl: 0.0,
+                max_new: 128,
+            },
+            std_scale: true,
+            updates: 1,
+            micro_batch: 8,
+            optim: OptimizerConfig {
+                lr: 1e-5,
+                weight_decay: 0.0,
+                ..Default::default()
+            },
+            eval_every: 20,
+            eval_problems: 50,
+            ckpt_every: 50,
+            seed: 1,
+            threads: 2,
+            time_limit_s: None,
+            tokenizer: None,
+        }
+    }
+}
+
+/// How a reply (response token ids, stop token excluded) scores.
+pub type Scorer = Arc<dyn Fn(&[u32]) -> Score + Send + Sync>;
+
+/// One problem as the loop sees it: the rendered prompt (ending at `<|assistant_start|>`) and its
+/// verifier.
+#[derive(Clone)]
+pub struct RlItem {
+    pub prompt: Vec<u32>,
+    pub score: Scorer,
+}
+
+/// Training problems (used in order, cycling) and held-out ones (evals only).
+pub struct RlData {
+    pub train: Vec<RlItem>,
+    pub held_out: Vec<RlItem>,
+    /// Ids that end a response (`<|assistant_end|>` first; the rest also stop it).
+    pub stop: Vec<u32>,
+}
+
+/// What an RL run did.
+#[derive(Clone, Debug, Serialize)]
+pub struct RlSummary {
+    pub step: u64,
+    /// Held-out pass@1 before the first step (a fresh run) and at the end.
+    pub pass1_start: Option<f64>,
+    pub pass1: Option<f64>,
+    /// Held-out pass@k (k = the group size, sampled at the rollout temperature), likewise.
+    pub pass_k_start: Option<f64>,
+    pub pass_k: Option<f64>,
+    /// Mean reward of the first and last step of this process.
+    pub reward_first: Option<f64>,
+    pub reward_last: Option<f64>,
+    /// Generated tokens per second in rollouts, and trained tokens per second in updates.
+    pub rollout_tok_s: f64,
+    pub train_tok_s: f64,
+    pub seconds: f64,
+    pub last_ckpt: PathBuf,
+}
+
+/// One sampled response.
+struct Sample {
+    /// Index of its prompt in the step.
+    prompt: usize,
+    tokens: Vec<u32>,
+    reward: f32,
+    score: Score,
+}
+
+/// Samples `group` responses to `prompt`; returns them, the number of decode steps and the summed
+/// entropy (nats) of the policy at the sampled positions.
+fn rollout<B: Backend>(
+    model: &Model<B>,
+    prompt: &[u32],
+    group: usize,
+    max_new: usize,
+    sp: &SamplingParams,
+    stop: &[u32],
+    rng: &mut Rng,
+) -> Result<(Vec<Vec<u32>>, f64), TrainError> {
+    let mut g = Generator::new(model, group, prompt.len() + max_new)?;
+    let first = g.prefill(prompt)?;
+    let vs = model.cfg.vocab_size;
+    let mut logits: Vec<f32> = (0..group).flat_map(|_| first.iter().copied()).collect();
+    let mut out = vec![Vec::new(); group];
+    let mut done = vec![false; group];
+    let mut entropy = 0f64;
+    let filler = stop.first().copied().unwrap_or(0);
+    for s in 0..max_new {
+        let mut next = vec![filler; group];
+        for r in 0..group {
+            if done[r] {
+                continue;
+            }
+            let row = &logits[r * vs..(r + 1) * vs];
+            entropy += entropy_of(row);
+            let tok = sample_token(row, sp, rng);
+            out[r].push(tok);
+            next[r] = tok;
+            done[r] = stop.contains(&tok);
+        }
+        if done.iter().all(|&d| d) || s + 1 == max_new {
+            break;
+        }
+        logits = g.step(&next)?;
+    }
+    Ok((out, entropy))
+}
+
+/// Entropy (nats) of softmax(logits).
+fn entropy_of(logits: &[f32]) -> f64 {
+    let mx = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let (mut z, mut ez) = (0f64, 0f64);
+    for &x in logits {
+        let d = x as f64 - mx;
+        let e = d.exp();
+        z += e;
+        ez += e * d;
+    }
+    z.ln() - ez / z
+}
+
+/// Held-out scores: greedy pass@1, its format rate, and pass@k (any of `k` samples at the rollout
+/// temperature correct; one prefill and `k` forked rows per problem, a fixed seed so evals compare).
+struct Eval {
+    pass1: f64,
+    format: f64,
+    pass_k: f64,
+}
+
+fn evaluate<B: Backend>(
+    model: &Model<B>,
+    items: &[RlItem],
+    max_new: usize,
+    stop: &[u32],
+    k: usize,
+    sp: &SamplingParams,
+) -> Result<Eval, TrainError> {
+    let greedy = SamplingParams {
+        temperature: 0.0,
+        ..Default::default()
+    };
+    let mut rng = Rng::new(0);
+    let (mut ok, mut fmt, mut any) = (0usize, 0usize, 0usize);
+    for it in items {
+        let (out, _) = rollout(model, &it.prompt, 1, max_new, &greedy, stop, &mut rng)?;
+        let s = (it.score)(strip_stop(&out[0], stop));
+        ok += usize::from(s.correct);
+        fmt += usize::from(s.formatted);
+        let (outs, _) = rollout(model, &it.prompt, k, max_new, sp, stop, &mut rng)?;
+        any += usize::from(outs.iter().any(|o| (it.score)(strip_stop(o, stop)).correct));
+    }
+    let n = items.len().max(1) as f64;
+    Ok(Eval {
+        pass1: ok as f64 / n,
+        format: fmt as f64 / n,
+        pass_k: any as f64 / n,
+    })
+}
+
+fn strip_stop<'a>(toks: &'a [u32], stop: &[u32]) -> &'a [u32] {
+    match toks.last() {
+        Some(t) if stop.contains(t) => &toks[..toks.len() - 1],
+        _ => toks,
+    }
+}
+
+/// Run (or resume, when `resume` and `<out>/ckpt/latest` exists) RL from the checkpoint `model`
+/// on the cpu backend.
+pub fn rl(
+    cfg: &RlConfig,
+    model: &Path,
+    data: &RlData,
+    out: &Path,
+    resume: bool,
+    progress: bool,
+) -> Result<RlSummary, TrainError> {
+    rl_with(
+        Arc::new(CpuBackend::new(cfg.threads)),
+        cfg,
+        model,
+        data,
+        out,
+        resume,
+        progress,
+    )
+}
+
+/// [`rl`] on the device `spec` names.
+pub fn rl_on(
+    spec: &DeviceSpec,
+    cfg: &RlConfig,
+    model: &Path,
+    data: &RlData,
+    out: &Path,
+    resume: bool,
+    progress: bool,
+) -> Result<RlSummary, TrainError> {
+    struct Run<'a> {
+        cfg: &'a RlConfig,
+        model: &'a Path,
+        data: &'a RlData,
+        out: &'a Path,
+        resume: bool,
+        progress: bool,
+    }
+    impl OnBackend for Run<'_> {
+        type Output = RlSummary;
+        fn run<B: TrainBackend>(self, be: Arc<B>) -> Result<RlSummary, TrainError> {
+            rl_with(
+                be,
+                self.cfg,
+                self.model,
+                self.data,
+                self.out,
+                self.resume,
+                self.progress,
+            )
+        }
+    }
+    let run = Run {
+        cfg,
+        model,
+        data,
+        out,
+        resume,
+        progress,
+    };
+    with_backend(spec, cfg.threads, run)
+}
+
+fn check_config(cfg: &RlConfig, data: &RlData) -> Result<(), TrainError> {
+    if cfg.group < 2 {
+        return Err(TrainError::Config(format!(
+            "--group {}: group-relative advantages need at least 2 samples per prompt (a group of 1 has advantage 0 and learns nothing)",
+            cfg.group
+        )));
+    }
+    if cfg.steps == 0 || cfg.prompts_per_step == 0 || cfg.max_new == 0 || cfg.updates == 0 {
+        return Err(TrainError::Config(
+            "steps, prompts per step, max new tokens and updates must be positive".into(),
+        ));
+    }
+    if cfg.micro_batch == 0 {
+        return Err(TrainError::Config("micro batch must be positive".into()));
+    }
+    if data.train.is_empty() {
+        return Err(TrainError::Data("no training problems".into()));
+    }
+    if data.stop.is_empty() {
+        return Err(TrainError::Config("no stop token for responses".into()));
+    }
+    Ok(())
+}
+
+/// [`rl`] on a given backend.
+pub fn rl_with<B: TrainBackend>(
+    be: Arc<B>,
+    cfg: &RlConfig,
+    model_path: &Path,
+    data: &RlData,
+    out: &Path,
+    resume: bool,
+    progress: bool,
+) -> Result<RlSummary, TrainError> {
+    check_config(cfg, data)?;
+    let root = out.join("ckpt");
+    std::fs::create_dir_all(&root).map_err(|e| TrainError::io(&root, e))?;
+    let resume_dir = if resume && root.join("latest").exists() {
+        Some(resolve_checkpoint(out)?)
+    } else {
+        None
+    };
+    let base_dir = resolve_checkpoint(model_path)?;
+    let (ck, mut step) = match &resume_dir {
+        Some(dir) => {
+            let ck = load_checkpoint(dir)?;
+            if ck.train.get("kind").and_then(|k| k.as_str()) != Some("rl") {
+                return Err(TrainError::Config(format!(
+                    "{}: not an RL checkpoint; cannot resume from it",
+                    dir.display()
+                )));
+            }
+            let step = ck.train["step"].as_u64().unwrap_or(0);
+            tracing::info!("resuming RL from {} (step {step})", dir.display());
+            (ck, step)
+        }
+        None => (load_checkpoint(&base_dir)?, 0),
+    };
+    let mcfg = ck.config.clone();
+    let longest = data
+        .train
+        .iter()
+        .chain(&data.held_out)
+        .map(|i| i.prompt.len())
+        .max()
+        .unwrap_or(0);
+    let t = longest + cfg.max_new;
+    if t > mcfg.context {
+        return Err(TrainError::Config(format!(
+            "the longest prompt ({longest} tokens) + --max-new {} exceeds the model's context {}",
+            cfg.max_new, mcfg.context
+        )));
+    }
+    if let Some(bad) = data
+        .train
+        .iter()
+        .chain(&data.held_out)
+        .flat_map(|i| i.prompt.iter())
+        .chain(&data.stop)
+        .find(|&&id| id as usize >= mcfg.vocab_size)
+    {
+        return Err(TrainError::Data(format!(
+            "token id {bad} ≥ the model's vocabulary of {}: the tokenizer does not belong to this checkpoint",
+            mcfg.vocab_size
+        )));
+    }
+    let rows = cfg.prompts_per_step * cfg.group;
+    let mb = cfg.micro_batch.min(rows);
+    let model: Model<B> = ck.into_model(be.clone())?;
+    let mut tr = Trainer::new(model, mb, t, cfg.optim.clone())?;
+    if resume_dir.is_some() {
+        if let Some(o) = &ck.optimizer {
+            tr.opt.set_state_host(&be, &o.m, &o.v, o.step)?;
+        }
+    }
+    drop(ck);
+    // The frozen reference for the KL term: the starting model, forward only.
+    let mut reference = if cfg.loss.kl > 0.0 {
+        let m: Model<B> = load_checkpoint(&base_dir)?.into_model(be.clone())?;
+        Some(Trainer::new(m, mb, t, cfg.optim.clone())?)
+    } else {
+        None
+    };
+
+    let metrics_path = out.join("metrics.jsonl");
+    let mut metrics = MetricsLog::open(&metrics_path, resume_dir.as_ref().map(|_| step))?;
+    let eval_items = &data.held_out[..cfg.eval_problems.min(data.held_out.len())];
+    let sp = SamplingParams {
+        temperature: cfg.temperature,
+        top_k: 0,
+        top_p: 1.0,
+        min_p: 0.0,
+    };
+    let (mut pass1_start, mut pass1, mut pass_k_start, mut pass_k) = (None, None, None, None);
+    if step == 0 && !eval_items.is_empty() {
+        let e = evaluate(
+            &tr.model,
+            eval_items,
+            cfg.max_new,
+            &data.stop,
+            cfg.group,
+            &sp,
+        )?;
+        tracing::info!(
+            "RL held-out pass@1 before training: {:.3} (format {:.3}, pass@{} {:.3})",
+            e.pass1,
+            e.format,
+            cfg.group,
+            e.pass_k
+        );
+        metrics.write(&json!({"event": "eval", "step": 0, "pass1": e.pass1, "format": e.format, "pass_k": e.pass_k, "k": cfg.group}))?;
+        (pass1_start, pass1) = (Some(e.pass1), Some(e.pass1));
+        (pass_k_start, pass_k) = (Some(e.pass_k), Some(e.pass_k));
+    }
+    metrics.write(&json!({"event": "start", "step": step, "train_problems": data.train.len(), "held_out": data.held_out.len(), "config": cfg}))?;
+
+    let bar = if progress {
+        ProgressBar::new(cfg.steps as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "rl {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_position(step);
+    let save = |tr: &Trainer<B>, step: u64, pass1: Option<f64>| {
+        let state =
+            json!({"kind": "rl", "step": step, "pass1": pass1, "config": cfg, "base": base_dir});
+        save_step(&root, step, tr, &state, 2)
+    };
+    let mut last_ckpt = resume_dir.clone().unwrap_or_default();
+    let start = Instant::now();
+    let (mut gen_tokens, mut gen_s, mut train_tokens, mut train_s) = (0f64, 0f64, 0f64, 0f64);
+    let (mut reward_first, mut reward_last) = (None, None);
+    let bt = mb * t;
+    let (mut x, mut y, mut w) = (vec![0u32; bt], vec![0u32; bt], vec![0f32; bt]);
+    let mut curves: Vec<[f64; 3]> = Vec::new();
+    let mut evals: Vec<(f64, f64)> = pass1_start.map(|p| (0.0, p)).into_iter().collect();
+    while (step as usize) < cfg.steps {
+        // ---- rollouts ----
+        let t0 = Instant::now();
+        let mut samples: Vec<Sample> = Vec::with_capacity(rows);
+        let mut entropy = 0f64;
+        for j in 0..cfg.prompts_per_step {
+            let k = (step as usize * cfg.prompts_per_step + j) % data.train.len();
+            let item = &data.train[k];
+            let mut rng = Rng::new(
+                cfg.seed
+                    ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                    ^ (j as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9),
+            );
+            let (outs, ent) = rollout(
+                &tr.model,
+                &item.prompt,
+                cfg.group,
+                cfg.max_new,
+                &sp,
+                &data.stop,
+                &mut rng,
+            )?;
+            entropy += ent;
+            for tokens in outs {
+                let score = (item.score)(strip_stop(&tokens, &data.stop));
+                samples.push(Sample {
+                    prompt: k,
+                    tokens,
+                    reward: score.reward,
+                    score,
+                });
+            }
+        }
+        tr.model.backend.synchronize();
+        let rollout_s = t0.elapsed().as_secs_f64();
+        let n_gen: usize = samples.iter().map(|s| s.tokens.len()).sum();
+        gen_tokens += n_gen as f64;
+        gen_s += rollout_s;
+        let rewards: Vec<f32> = samples.iter().map(|s| s.reward).collect();
+        if let Some(bad) = rewards.iter().find(|r| !r.is_finite()) {
+            return Err(TrainError::Data(format!(
+                "the verifier returned a reward of {bad} at step {}; rewards must be finite",
+                step + 1
+            )));
+        }
+        let adv = group_advantages(&rewards, cfg.group, cfg.std_scale);
+        let lens: Vec<usize> = samples.iter().map(|s| s.tokens.len()).collect();
+
+        // ---- update ----
+        let t1 = Instant::now();
+        let micro: Vec<std::ops::Range<usize>> = (0..rows.div_ceil(mb))
+            .map(|i| i * mb..((i + 1) * mb).min(rows))
+            .collect();
+        // Fill x/y for the micro-batch `r`; returns, per sample, where its response targets sit.
+        let fill = |r: &std::ops::Range<usize>, x: &mut [u32], y: &mut [u32]| {
+            x.fill(data.stop[0]);
+            y.fill(data.stop[0]);
+            for (row, s) in samples[r.clone()].iter().enumerate() {
+                let p = &data.train[s.prompt].prompt;
+                let ids: Vec<u32> = p.iter().chain(&s.tokens).copied().collect();
+                let n = ids.len() - 1;
+                x[row * t..row * t + n].copy_from_slice(&ids[..n]);
+                y[row * t..row * t + n].copy_from_slice(&ids[1..]);
+            }
+        };
+        // Response target positions of sample `i` in its row: from prompt_len - 1, lens[i] of them.
+        let resp_start = |i: usize| data.train[samples[i].prompt].prompt.len() - 1;
+        let need_logp = cfg.loss.kl > 0.0 || cfg.updates > 1;
+        let logp_of =
+            |tr: &mut Trainer<B>, x: &mut [u32], y: &mut [u32]| -> Result<Vec<f32>, TrainError> {
+                let mut lp = Vec::with_capacity(n_gen);
+                for r in &micro {
+                    fill(r, x, y);
+                    let ce = tr.eval_losses(x, y)?;
+                    for (row, i) in r.clone().enumerate() {
+                        let s0 = row * t + resp_start(i);
+                        lp.extend(ce[s0..s0 + lens[i]].iter().map(|l| -l));
+                    }
+                }
+                Ok(lp)
+            };
+        let ref_logp = match reference.as_mut() {
+            Some(rt) => Some(logp_of(rt, &mut x, &mut y)?),
+            None => None,
+        };
+        let mut old_logp: Option<Vec<f32>> = None;
+        let (mut loss_v, mut kl_v, mut clip_v, mut gn) = (0f64, 0f64, 0f64, 0f32);
+        for u in 0..cfg.updates {
+            let cur = if need_logp {
+                logp_of(&mut tr, &mut x, &mut y)?
+            } else {
+                // On-policy without KL the weights do not depend on the log-probs.
+                vec![0.0; n_gen]
+            };
+            let pl = pg_loss(
+                &PgBatch {
+                    logp: &cur,
+                    old_logp: if u == 0 { None } else { old_logp.as_deref() },
+                    ref_logp: ref_logp.as_deref(),
+                    adv: &adv,
+                    lens: &lens,
+                },
+                &cfg.loss,
+            );
+            if u == 0 && cfg.updates > 1 {
+                old_logp = Some(cur);
+            }
+            tr.zero_grad();
+            let mut k = 0;
+            let offsets: Vec<usize> = lens
+                .iter()
+                .scan(0, |acc, &l| {
+                    let o = *acc;
+                    *acc += l;
+                    Some(o)
+                })
+                .collect();
+            for r in &micro {
+                fill(r, &mut x, &mut y);
+                w.fill(0.0);
+                for (row, i) in r.clone().enumerate() {
+                    let s0 = row * t + resp_start(i);
+                    w[s0..s0 + lens[i]]
+                        .copy_from_slice(&pl.weights[offsets[i]..offsets[i] + lens[i]]);
+                    k += lens[i];
+                }
+                // The weights already hold the normalisation: norm 1.
+                tr.forward_backward(&x, &y, Some(&w), 1.0)?;
+            }
+            debug_assert_eq!(k, n_gen);
+            gn = tr.clip_grad(tr.opt.cfg.grad_clip);
+            if !(pl.loss.is_finite() && gn.is_finite()) {
+                return Err(TrainError::NonFinite {
+                    step: step + 1,
+                    loss: if pl.loss.is_finite() {
+                        gn
+                    } else {
+                        pl.loss as f32
+                    },
+                    last_ckpt: last_ckpt.display().to_string(),
+                });
+            }
+            tr.optimizer_step(1.0);
+            (loss_v, kl_v, clip_v) = (pl.loss, pl.kl, pl.clip_frac);
+        }
+        tr.model.backend.synchronize();
+        let update_s = t1.elapsed().as_secs_f64();
+        train_tokens += (cfg.updates * micro.len() * bt) as f64;
+        train_s += update_s;
+        step += 1;
+
+        let n = rewards.len() as f64;
+        let mean = rewards.iter().map(|&r| r as f64).sum::<f64>() / n;
+        let std = (rewards
+            .iter()
+            .map(|&r| (r as f64 - mean).powi(2))
+            .sum::<f64>()
+            / n)
+            .sqrt();
+        let correct = samples.iter().filter(|s| s.score.correct).count() as f64 / n;
+        let formatted = samples.iter().filter(|s| s.score.formatted).count() as f64 / n;
+        let len_mean = n_gen as f64 / n;
+        reward_first.get_or_insert(mean);
+        reward_last = Some(mean);
+        curves.push([step as f64, mean, len_mean]);
+        metrics.write(&json!({"step": step, "reward_mean": mean, "reward_std": std, "correct": correct,
+            "format": formatted, "len_mean": len_mean, "entropy": entropy / (n_gen.max(1) as f64),
+            "loss": loss_v, "kl": kl_v, "clip_frac": clip_v, "grad_norm": gn,
+            "rollout_s": rollout_s, "update_s": update_s, "gen_tok_per_s": n_gen as f64 / rollout_s.max(1e-9),
+            "elapsed_s": start.elapsed().as_secs_f64()}))?;
+        let out_of_time = cfg
+            .time_limit_s
+            .is_some_and(|lim| start.elapsed().as_secs_f64() >= lim);
+        let last = step as usize == cfg.steps || out_of_time;
+        if !eval_items.is_empty()
+            && ((cfg.eval_every > 0 && (step as usize).is_multiple_of(cfg.eval_every)) || last)
+        {
+            let e = evaluate(
+                &tr.model,
+                eval_items,
+                cfg.max_new,
+                &data.stop,
+                cfg.group,
+                &sp,
+            )?;
+            metrics.write(&json!({"event": "eval", "step": step, "pass1": e.pass1, "format": e.format, "pass_k": e.pass_k, "k": cfg.group}))?;
+            (pass1, pass_k) = (Some(e.pass1), Some(e.pass_k));
+            evals.push((step as f64, e.pass1));
+        }
+        if last || (cfg.eval_every > 0 && (step as usize).is_multiple_of(cfg.eval_every)) {
+            plot(&out.join("rl.svg"), &curves, &evals)?;
+        }
+        bar.set_position(step);
+        bar.set_message(format!(
+            "reward {mean:.3} len {len_mean:.0}{}",
+            pass1.map(|p| format!(" pass@1 {p:.3}")).unwrap_or_default()
+        ));
+        if last || (cfg.ckpt_every > 0 && (step as usize).is_multiple_of(cfg.ckpt_every)) {
+            last_ckpt = save(&tr, step, pass1)?;
+        }
+        if out_of_time {
+            tracing::info!("RL time limit reached at step {step}");
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    if last_ckpt.as_os_str().is_empty() {
+        last_ckpt = crate::checkpoint::latest(&root).unwrap_or_default();
+    }
+    Ok(RlSummary {
+        step,
+        pass1_start,
+        pass1,
+        pass_k_start,
+        pass_k,
+        reward_first,
+        reward_last,
+        rollout_tok_s: gen_tokens / gen_s.max(1e-9),
+        train_tok_s: train_tokens / train_s.max(1e-9),
+        seconds: start.elapsed().as_secs_f64(),
+        last_ckpt,
+    })
+}
+
+/// The R1 curves: mean reward and response length per step, held-out pass@1 per eval (this
+/// process's steps; the full history is in metrics.jsonl).
+fn plot(path: &Path, curves: &[[f64; 3]], evals: &[(f64, f64)]) -> Result<(), TrainError> {
+    let reward: Vec<(f64, f64)> = curves.iter().map(|c| (c[0], c[1])).collect();
+    let len: Vec<(f64, f64)> = curves.iter().map(|c| (c[0], c[2])).collect();
+    write_svg(
+        path,
+        &[
+            Series {
+                title: "mean reward",
+                points: &reward,
+            },
+            Series {
+                title: "held-out pass@1",
+                points: evals,
+            },
+            Series {
+                title: "mean response length (tokens)",
+                points: &len,
+            },
+        ],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_engine::{save_checkpoint, ModelConfig};
+
+    const TARGET: u32 = b'A' as u32;
+    const END: u32 = 300;
+
+    /// A tiny random model over 301 ids; the "task" rewards the share of response tokens that are
+    /// `TARGET` and counts a reply correct when it starts with it.
+    fn toy(dir: &Path) -> (PathBuf, RlData) {
+        let base = dir.join("base");
+        let be = Arc::new(CpuBackend::new(1));
+        let model = Model::new(be, ModelConfig::gpt2(301, 1, 2, 32, 32), 3).unwrap();
+        save_checkpoint(&base, &model, None, &json!({"step": 0})).unwrap();
+        let score: Scorer = Arc::new(|ids: &[u32]| {
+            let hits = ids.iter().filter(|&&t| t == TARGET).count();
+            Score {
+                correct: ids.first() == Some(&TARGET),
+                formatted: false,
+                reward: hits as f32 / ids.len().max(1) as f32,
+            }
+        });
+        let item = |p: &[u32]| RlItem {
+            prompt: p.to_vec(),
+            score: score.clone(),
+        };
+        let data = RlData {
+            train: vec![item(&[256, 104, 105, 257]), item(&[256, 111, 107, 257])],
+            held_out: vec![item(&[256, 121, 111, 257])],
+            stop: vec![END],
+        };
+        (base, data)
+    }
+
+    fn cfg(steps: usize) -> RlConfig {
+        let mut c = RlConfig {
+            steps,
+            prompts_per_step: 2,
+            group: 8,
+            max_new: 4,
+            eval_every: 10,
+            eval_problems: 1,
+            ckpt_every: 10,
+            threads: 1,
+            micro_batch: 8,
+            ..Default::default()
+        };
+        c.loss.max_new = 4;
+        c.optim.lr = 1e-2;
+        c
+    }
+
+    #[test]
+    fn a_tiny_model_learns_to_answer_the_rewarded_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let (base, data) = toy(dir.path());
+        let out = dir.path().join("rl");
+        let s = rl(&cfg(40), &base, &data, &out, false, false).unwrap();
+        assert_eq!(s.step, 40);
+        assert_eq!(s.pass1_start, Some(0.0));
+        assert_eq!(s.pass1, Some(1.0), "greedy reply starts with the target");
+        let (r0, r1) = (s.reward_first.unwrap(), s.reward_last.unwrap());
+        assert!(r0 < 0.1 && r1 > 0.8, "mean reward {r0} -> {r1}");
+        let m = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+        assert!(m.contains("\"pass1\"") && m.contains("\"pass_k\"") && m.contains("\"entropy\""));
+        assert_eq!(s.pass_k, Some(1.0));
+        assert!(std::fs::read_to_string(out.join("rl.svg"))
+            .unwrap()
+            .contains("held-out pass@1"));
+        // Resume continues from the last checkpoint (step 40), not from scratch.
+        let s2 = rl(&cfg(42), &base, &data, &out, true, false).unwrap();
+        assert_eq!(s2.step, 42);
+        assert!(s2.pass1_start.is_none());
+        assert_eq!(load_checkpoint(&s2.last_ckpt).unwrap().train["kind"], "rl");
+    }
+
+    #[test]
+    fn reused_batches_and_the_kl_leash_learn_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let (base, data) = toy(dir.path());
+        let mut c = cfg(60);
+        c.updates = 2;
+        c.loss.kl = 0.01;
+        c.loss.kind = LossKind::Grpo;
+        c.micro_batch = 5; // uneven micro-batches
+        let s = rl(&c, &base, &data, &dir.path().join("rl"), false, false).unwrap();
+        let m = std::fs::read_to_string(dir.path().join("rl/metrics.jsonl")).unwrap();
+        assert!(s.reward_last.unwrap() > 0.5, "{s:?}");
+        assert_eq!(s.pass1, Some(1.0));
+        let last: serde_json::Value =
+            serde_json::from_str(m.lines().rfind(|l| l.contains("\"kl\"")).unwrap()).unwrap();
+        assert!(last["kl"].as_f64().unwrap() > 0.0, "{last}");
+    }
+
+    #[test]
+    fn bad_input_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let (base, mut data) = toy(dir.path());
+        let mut c = cfg(2);
+        c.group = 1;
+        let e = rl(&c, &base, &data, &dir.path().join("a"), false, false).unwrap_err();
+        assert!(e.to_string().contains("at least 2 samples"), "{e}");
+        data.train[0].score = Arc::new(|_: &[u32]| Score {
+            correct: false,
+            formatted: false,
+            reward: f32::NAN,
+        });
+        let e = rl(&cfg(2), &base, &data, &dir.path().join("b"), false, false).unwrap_err();
+        assert!(e.to_string().contains("rewards must be finite"), "{e}");
+    }
+
+    #[test]
+    fn a_non_finite_update_stops_the_run_and_keeps_the_last_good_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let (base, data) = toy(dir.path());
+        let mut c = cfg(30);
+        c.ckpt_every = 1;
+        c.eval_problems = 0;
+        c.optim.lr = 1e30; // parameters overflow within a few steps
+        c.optim.grad_clip = None;
+        let e = rl(&c, &base, &data, &dir.path().join("rl"), false, false).unwrap_err();
+        let TrainError::NonFinite {
+            last_ckpt, step, ..
+        } = &e
+        else {
+            panic!("{e}")
+        };
+        assert!(e.to_string().contains("last good checkpoint"), "{e}");
+        assert!(*step > 1, "{e}");
+        let ck = load_checkpoint(Path::new(last_ckpt)).unwrap();
+        assert_eq!(ck.train["step"].as_u64().unwrap(), step - 1);
+    }
+}
