@@ -14,6 +14,7 @@ pub mod cpu;
 pub mod cuda;
 mod error;
 pub mod generate;
+pub mod gguf;
 pub mod model;
 pub mod optim;
 pub mod params;
