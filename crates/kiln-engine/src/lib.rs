@@ -15,6 +15,7 @@ pub mod cuda;
 mod error;
 pub mod generate;
 pub mod gguf;
+pub mod llama;
 pub mod model;
 pub mod optim;
 pub mod params;

@@ -1,7 +1,7 @@
 //! Dequantization bit-exact with llama.cpp's gguf-py (PyPI `gguf==0.19.0`): tests/gguf_dequant.py
 //! writes gguf-py's output for the first tensor of every type in both fetched models and for random
 //! blocks of every type kiln reads; this test compares every f32 bit. It needs a Python with gguf
-//! (`KILN_PYTHON`, default `python3`) and the fetched models, and fails saying how to get them
+//! (`scripts/gguf-py.sh` makes one) and the fetched models, and fails saying how to get them
 //! rather than skipping.
 
 use std::path::PathBuf;
@@ -9,8 +9,16 @@ use std::process::Command;
 
 use kiln_engine::gguf::{quant::dequantize, GgmlType, GgufFile};
 
+/// `$KILN_PYTHON`, else the venv `scripts/gguf-py.sh` makes, else `python3`.
 fn python() -> String {
-    std::env::var("KILN_PYTHON").unwrap_or_else(|_| "python3".into())
+    if let Ok(p) = std::env::var("KILN_PYTHON") {
+        return p;
+    }
+    let venv = "/tmp/kiln-gguf-venv/bin/python";
+    if std::path::Path::new(venv).is_file() {
+        return venv.into();
+    }
+    "python3".into()
 }
 
 #[test]
@@ -23,7 +31,7 @@ fn dequantize_matches_gguf_py_bit_for_bit() {
         .unwrap_or(false);
     assert!(
         ok,
-        "`{py}` cannot import gguf: run `python3 -m venv /tmp/gguf-venv && /tmp/gguf-venv/bin/pip install gguf==0.19.0`, then KILN_PYTHON=/tmp/gguf-venv/bin/python cargo test ..."
+        "`{py}` cannot import gguf (llama.cpp's gguf-py): run `bash scripts/gguf-py.sh` (a venv with gguf==0.19.0 in /tmp/kiln-gguf-venv, which this test finds), or set KILN_PYTHON to a Python that has it"
     );
     let mut models = Vec::new();
     for name in ["smollm2-135m", "gemma-3-270m"] {
