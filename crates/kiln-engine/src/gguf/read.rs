@@ -319,7 +319,12 @@ impl GgufFile {
             let offset = c.u64(&field("offset"))?;
             raw.push((name, dims, ty, offset));
         }
-        let data_offset = c.pos.div_ceil(alignment) * alignment;
+        // Vocab-only files (no tensors) may end right after the header, without padding.
+        let data_offset = (c.pos.div_ceil(alignment) * alignment).min(if raw.is_empty() {
+            b.len()
+        } else {
+            usize::MAX
+        });
         if data_offset > b.len() {
             return Err(bad(
                 "tensor data",
@@ -547,6 +552,17 @@ pub(crate) mod tests {
         let got = crate::gguf::dequantize(w.ty, g.tensor_bytes(w), 6).unwrap();
         assert_eq!(got, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
         assert_eq!(g.tensor_bytes(g.tensor("v").unwrap()).len(), 8);
+    }
+
+    #[test]
+    fn a_file_without_tensors_needs_no_padding() {
+        let b = Builder::new()
+            .kv_str("tokenizer.ggml.model", "gpt2")
+            .build();
+        let header_len = 24 + 8 + 20 + 4 + 8 + 4;
+        let g = GgufFile::from_bytes(b[..header_len].to_vec()).unwrap();
+        assert!(g.tensors.is_empty());
+        assert_eq!(g.str("tokenizer.ggml.model").unwrap(), "gpt2");
     }
 
     #[test]
