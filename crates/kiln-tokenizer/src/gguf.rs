@@ -37,11 +37,27 @@ fn pre_regexes(pre: &str) -> Option<&'static [&'static str]> {
         "default" | "gpt-2" | "gpt2" => &[GPT2],
         // Digits one by one, then GPT-2's split.
         "smollm" | "starcoder" | "refact" => &[r"\p{N}", GPT2],
+        // Llama 3: digits in groups of up to three; case-insensitive contractions spelled out.
+        "llama-bpe" | "llama3" | "llama-v3" => &[concat!(
+            r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+",
+            r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+        )],
+        // Qwen2: as Llama 3 with single digits.
+        "qwen2" => &[concat!(
+            r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+",
+            r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+        )],
         _ => return None,
     })
 }
 
-const SUPPORTED_PRE: &str = "default, gpt-2, smollm, starcoder, refact";
+/// Pre-tokenizers after which llama.cpp emits a piece that is a whole token as is, without
+/// merging (`ignore_merges`).
+fn ignores_merges(pre: &str) -> bool {
+    matches!(pre, "llama-bpe" | "llama3" | "llama-v3")
+}
+
+const SUPPORTED_PRE: &str = "default, gpt-2, smollm, starcoder, refact, llama-bpe, qwen2";
 
 /// GPT-2's map from bytes to printable characters (`bytes_to_unicode`).
 fn byte_chars() -> [char; 256] {
@@ -71,7 +87,9 @@ pub struct GgufTokenizer {
     /// (left, right) → (rank, merged id)
     merges: HashMap<(u32, u32), (u32, u32)>,
     byte_ids: [u32; 256],
+    chars: [char; 256],
     splitters: Vec<fancy_regex::Regex>,
+    ignore_merges: bool,
     /// Control and user-defined tokens, longest first (matched greedily when parsing specials).
     specials: Vec<(String, u32)>,
     special_flag: Vec<bool>,
@@ -174,7 +192,9 @@ impl GgufTokenizer {
             ids,
             merges,
             byte_ids,
+            chars,
             splitters,
+            ignore_merges: ignores_merges(pre),
             specials,
             special_flag,
             bos: v.bos,
@@ -256,6 +276,13 @@ impl GgufTokenizer {
     /// Merge the piece's bytes by rank: the lowest-ranked adjacent pair first, leftmost on ties.
     /// A flat rescanned vector: pieces are short (tiktoken makes the same choice).
     fn bpe(&self, bytes: &[u8], out: &mut Vec<u32>) {
+        if self.ignore_merges {
+            let text: String = bytes.iter().map(|&b| self.chars[b as usize]).collect();
+            if let Some(&id) = self.ids.get(&text) {
+                out.push(id);
+                return;
+            }
+        }
         let mut syms: Vec<u32> = bytes.iter().map(|&b| self.byte_ids[b as usize]).collect();
         loop {
             let best = syms
