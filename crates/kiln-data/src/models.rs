@@ -165,6 +165,12 @@ pub fn resolve_model_in(data_dir: &Path, value: &str) -> Result<Option<PathBuf>,
         return Ok(Some(as_path.to_path_buf()));
     }
     let Some(m) = MODELS.iter().find(|m| m.name == value) else {
+        if value.ends_with(".gguf") {
+            return Err(FetchError::Io {
+                path: as_path.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such GGUF file"),
+            });
+        }
         return Ok(None);
     };
     let path = model_path_in(data_dir, m);
@@ -203,6 +209,8 @@ mod tests {
         assert!(resolve_model_in(dir.path(), "some/ckpt/dir")
             .unwrap()
             .is_none());
+        let err = resolve_model_in(dir.path(), "missing.gguf").unwrap_err();
+        assert!(err.to_string().contains("no such GGUF file"), "{err}");
         let file = dir.path().join("x.gguf");
         fs::write(&file, b"GGUF").unwrap();
         let got = resolve_model_in(dir.path(), file.to_str().unwrap()).unwrap();

@@ -3,15 +3,17 @@
 //! the converter permuted Q/K into it), grouped-query attention, SwiGLU, tied or untied output;
 //! one token at a time against a KV cache, on the cpu.
 //!
-//! Weights stay quantized in the memory map. A matrix–vector product dequantizes one row at a time
-//! into a small f32 buffer and dots it (correct first: the quantized dot kernels of issue 13 are
-//! the later, faster path), rows split over rayon's pool.
+//! Weights stay quantized in the memory map. A matrix–vector product dots Q8_0 and Q4_1 rows
+//! block by block in f32 (portable code the compiler vectorizes) and dequantizes other types one
+//! row at a time into a small buffer; rows are split over rayon's pool. (The int8 dot kernels
+//! with run-time AVX2/AVX-512 dispatch of issue 13 are the later, faster path.)
 
 use std::sync::Arc;
 
 use rayon::prelude::*;
 
 use crate::gguf::quant::dequantize_into;
+use crate::gguf::GgmlType;
 use crate::gguf::{GgufError, GgufFile, TensorInfo};
 use crate::EngineError;
 
@@ -260,10 +262,16 @@ impl LlamaModel {
             let mut row = vec![0f32; cols];
             for (i, y) in ys.iter_mut().enumerate() {
                 let r = ci * 64 + i;
-                // Shapes were checked at load, so the row is whole.
-                dequantize_into(w.ty, &bytes[r * rb..(r + 1) * rb], &mut row)
-                    .expect("row bytes checked at load");
-                *y = dot(&row, x);
+                let rbytes = &bytes[r * rb..(r + 1) * rb];
+                *y = match w.ty {
+                    GgmlType::Q8_0 => dot_q8_0(rbytes, x),
+                    GgmlType::Q4_1 => dot_q4_1(rbytes, x),
+                    _ => {
+                        // Shapes were checked at load, so the row is whole.
+                        dequantize_into(w.ty, rbytes, &mut row).expect("row bytes checked at load");
+                        dot(&row, x)
+                    }
+                };
             }
         });
     }
@@ -319,6 +327,40 @@ fn vector(file: &GgufFile, name: &str, n: usize) -> Result<Vec<f32>, EngineError
     dequantize_into(t.ty, file.tensor_bytes(t), &mut v)
         .map_err(|m| bad(format!("tensor `{name}`"), m))?;
     Ok(v)
+}
+
+/// Row · x for a Q8_0 row, block by block without a dequantized copy: d · Σ qᵢxᵢ.
+fn dot_q8_0(row: &[u8], x: &[f32]) -> f32 {
+    let mut sum = 0.0;
+    for (b, x) in row.chunks_exact(34).zip(x.chunks_exact(32)) {
+        let d = half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+        let mut acc = [0f32; 8];
+        for (q, x) in b[2..].chunks_exact(8).zip(x.chunks_exact(8)) {
+            for i in 0..8 {
+                acc[i] += (q[i] as i8) as f32 * x[i];
+            }
+        }
+        sum += d * acc.iter().sum::<f32>();
+    }
+    sum
+}
+
+/// Row · x for a Q4_1 row: Σ (d·qᵢ + m)·xᵢ = d · Σ qᵢxᵢ + m · Σ xᵢ per block.
+fn dot_q4_1(row: &[u8], x: &[f32]) -> f32 {
+    let mut sum = 0.0;
+    for (b, x) in row.chunks_exact(20).zip(x.chunks_exact(32)) {
+        let h = |at: usize| half::f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32();
+        let (d, m) = (h(0), h(2));
+        let (lo, hi) = x.split_at(16);
+        let (mut qx, mut sx) = ([0f32; 16], [0f32; 16]);
+        for j in 0..16 {
+            let q = b[4 + j];
+            qx[j] = (q & 0xF) as f32 * lo[j] + (q >> 4) as f32 * hi[j];
+            sx[j] = lo[j] + hi[j];
+        }
+        sum += d * qx.iter().sum::<f32>() + m * sx.iter().sum::<f32>();
+    }
+    sum
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {
