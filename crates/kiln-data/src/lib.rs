@@ -12,6 +12,7 @@ pub mod fetch;
 mod input;
 mod lang;
 mod minhash;
+pub mod models;
 mod pii;
 mod pipeline;
 mod quality;

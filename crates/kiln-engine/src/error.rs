@@ -19,6 +19,8 @@ pub enum EngineError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Gguf(#[from] crate::gguf::GgufError),
     #[error("backend: {0}")]
     Backend(String),
 }

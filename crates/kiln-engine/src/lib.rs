@@ -16,6 +16,8 @@ pub mod cpu;
 pub mod cuda;
 mod error;
 pub mod generate;
+pub mod gguf;
+pub mod llama;
 mod model;
 mod optim;
 mod params;

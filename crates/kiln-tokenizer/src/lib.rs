@@ -12,6 +12,7 @@
 mod bpe;
 pub mod corpus;
 mod error;
+pub mod gguf;
 mod pretokenize;
 mod pretrained;
 mod rankfile;
@@ -21,6 +22,7 @@ mod train;
 mod unicode;
 
 pub use error::TokenizerError;
+pub use gguf::{GgufTokenizer, GgufVocab};
 pub use pretokenize::{SplitPattern, GPT2_PATTERN, GPT4_PATTERN, O200K_PATTERN};
 pub use pretrained::PRETRAINED;
 pub use rankfile::{parse_rank_file, read_rank_file, CONFIG_FILE, RANK_FILE};

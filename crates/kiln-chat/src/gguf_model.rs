@@ -1,0 +1,175 @@
+//! A released GGUF model as chat and sample use it: the file's `llama` weights (kiln-engine), its
+//! tokenizer from `tokenizer.ggml.*` (kiln-tokenizer) and its Jinja chat template
+//! (`tokenizer.chat_template`, rendered with minijinja), plus a streaming greedy/sampled decode
+//! loop over the KV cache. Callers pass a path; resolving catalogue names is kiln-data's job.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use kiln_engine::gguf::{GgufFile, Value};
+use kiln_engine::llama::LlamaModel;
+use kiln_engine::{sample_token, EngineError, Rng, SamplingParams};
+use kiln_tokenizer::{GgufTokenizer, GgufVocab, TokenizerError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GgufChatError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error("chat template (tokenizer.chat_template): {0}")]
+    Template(String),
+}
+
+/// Model, tokenizer and chat template of one GGUF file.
+pub struct GgufChatModel {
+    pub model: LlamaModel,
+    pub tok: GgufTokenizer,
+    pub template: Option<String>,
+    /// Tokens that end a reply (EOS and the end-of-turn tokens the vocab has).
+    pub stop: Vec<u32>,
+}
+
+fn strings(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The `tokenizer.ggml.*` metadata of a GGUF file.
+pub fn vocab_from(file: &GgufFile) -> Result<GgufVocab, GgufChatError> {
+    let id = |k: &str| {
+        file.get(k)
+            .and_then(Value::as_u64)
+            .and_then(|v| u32::try_from(v).ok())
+    };
+    Ok(GgufVocab {
+        model: file
+            .str("tokenizer.ggml.model")
+            .map_err(EngineError::from)?
+            .to_string(),
+        pre: file
+            .get("tokenizer.ggml.pre")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        tokens: strings(file.get("tokenizer.ggml.tokens")),
+        token_types: file
+            .get("tokenizer.ggml.token_type")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().map(|v| v.as_f64().unwrap_or(1.0) as i32).collect())
+            .unwrap_or_default(),
+        merges: strings(file.get("tokenizer.ggml.merges")),
+        bos: id("tokenizer.ggml.bos_token_id"),
+        eos: id("tokenizer.ggml.eos_token_id"),
+        add_bos: file
+            .get("tokenizer.ggml.add_bos_token")
+            .and_then(Value::as_bool),
+    })
+}
+
+impl GgufChatModel {
+    pub fn load(path: &Path) -> Result<GgufChatModel, GgufChatError> {
+        let file = Arc::new(GgufFile::open(path).map_err(EngineError::from)?);
+        let vocab = vocab_from(&file)?;
+        let tok = GgufTokenizer::new(&vocab)?;
+        let template = file
+            .get("tokenizer.chat_template")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let model = LlamaModel::new(file)?;
+        let mut stop: Vec<u32> = tok.eos.into_iter().collect();
+        for t in ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>"] {
+            if let Some(id) = tok.token_id(t) {
+                if !stop.contains(&id) {
+                    stop.push(id);
+                }
+            }
+        }
+        Ok(GgufChatModel {
+            model,
+            tok,
+            template,
+            stop,
+        })
+    }
+
+    /// The prompt text of a conversation (`(role, content)` pairs) through the file's template,
+    /// ending with the assistant's turn opened.
+    pub fn render(&self, messages: &[(String, String)]) -> Result<String, GgufChatError> {
+        let src = self
+            .template
+            .as_deref()
+            .ok_or_else(|| GgufChatError::Template("the file has no chat template".into()))?;
+        let mut env = minijinja::Environment::new();
+        // HF templates call Python string methods (`.strip()`, `.startswith()`).
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_template("chat", src)
+            .map_err(|e| GgufChatError::Template(e.to_string()))?;
+        let msgs: Vec<_> = messages
+            .iter()
+            .map(|(r, c)| minijinja::context! { role => r, content => c })
+            .collect();
+        let tok_text = |id: Option<u32>| id.map(|i| self.tok.decode(&[i])).unwrap_or_default();
+        env.get_template("chat")
+            .and_then(|t| {
+                t.render(minijinja::context! {
+                    messages => msgs,
+                    add_generation_prompt => true,
+                    bos_token => tok_text(self.tok.bos),
+                    eos_token => tok_text(self.tok.eos),
+                })
+            })
+            .map_err(|e| GgufChatError::Template(e.to_string()))
+    }
+
+    /// Prompt ids of `text`: BOS when the file asks for it, special tokens parsed only when
+    /// `parse_special` (rendered templates: yes; raw user prompts: no).
+    pub fn encode_prompt(&self, text: &str, parse_special: bool) -> Vec<u32> {
+        let mut ids: Vec<u32> = match (self.tok.add_bos, self.tok.bos) {
+            (true, Some(b)) => vec![b],
+            _ => vec![],
+        };
+        ids.extend(self.tok.encode(text, parse_special));
+        ids
+    }
+
+    /// Prefill `prompt`, then sample up to `max_tokens`, calling `on_token` with each new id;
+    /// stops at a stop token (not returned). Returns the new ids.
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        max_tokens: usize,
+        sampling: &SamplingParams,
+        seed: u64,
+        mut on_token: impl FnMut(u32),
+    ) -> Result<Vec<u32>, GgufChatError> {
+        if prompt.is_empty() {
+            return Err(GgufChatError::Engine(EngineError::Config(
+                "empty prompt".into(),
+            )));
+        }
+        let mut s = self.model.session(prompt.len() + max_tokens);
+        let mut rng = Rng::new(seed);
+        let mut logits = Vec::new();
+        for &t in prompt {
+            logits = self.model.forward(&mut s, t)?.to_vec();
+        }
+        let mut out = Vec::new();
+        for i in 0..max_tokens {
+            let next = sample_token(&logits, sampling, &mut rng);
+            if self.stop.contains(&next) {
+                break;
+            }
+            out.push(next);
+            on_token(next);
+            if i + 1 < max_tokens {
+                logits = self.model.forward(&mut s, next)?.to_vec();
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,33 @@
+//! GGUF (llama.cpp's model file format, versions 2 and 3): the reader ([`GgufFile`]: memory-mapped,
+//! metadata key/values of every type, tensor infos, alignment, data offset) and dequantization of
+//! its weight types ([`quant`]).
+//!
+//! The file is hostile input: every count, length, type and offset is checked against the bytes
+//! that remain before it is used, so no allocation is ever sized by an unchecked header field and a
+//! bad file is an error naming the field, never a panic.
+
+pub mod quant;
+mod read;
+
+pub use quant::{dequantize, GgmlType};
+pub use read::{GgufFile, TensorInfo, Value};
+
+/// What was wrong with a GGUF file; `field` names the header field that was bad.
+#[derive(Debug, thiserror::Error)]
+pub enum GgufError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("GGUF {field}: {msg}")]
+    Bad { field: String, msg: String },
+}
+
+pub(crate) fn bad(field: impl Into<String>, msg: impl Into<String>) -> GgufError {
+    GgufError::Bad {
+        field: field.into(),
+        msg: msg.into(),
+    }
+}
