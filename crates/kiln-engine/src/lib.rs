@@ -9,6 +9,7 @@
 //! items re-exported here, and the modules other crates name.
 
 pub mod backend;
+pub mod batch;
 pub mod checkpoint;
 mod config;
 pub mod cpu;
@@ -26,6 +27,7 @@ pub mod safetensors;
 mod trainer;
 
 pub use backend::Backend;
+pub use batch::BatchDecoder;
 pub use checkpoint::{load_checkpoint, resolve_checkpoint, save_checkpoint, Checkpoint};
 pub use config::{Arch, ModelConfig};
 pub use cpu::CpuBackend;

@@ -278,6 +278,7 @@ impl LlamaModel {
 }
 
 /// The KV cache and position of one sequence.
+#[derive(Clone)]
 pub struct LlamaSession {
     k: Vec<f32>,
     v: Vec<f32>,
@@ -292,6 +293,10 @@ impl LlamaSession {
     }
     pub fn capacity(&self) -> usize {
         self.max_len
+    }
+    /// Forget the sequence; the cache's memory is kept (positions past `pos` are never read).
+    pub fn reset(&mut self) {
+        self.pos = 0;
     }
 }
 
