@@ -81,6 +81,8 @@ pub enum Segment {
     Python(String),
     /// What the tool returned (not trained).
     Output(String),
+    /// A query for the search tool (trained).
+    Search(String),
 }
 
 /// Message content: a string, or (assistant only) a list of segments.
@@ -97,7 +99,9 @@ impl Content {
         match self {
             Content::Text(t) => t.trim().is_empty(),
             Content::Segments(s) => s.iter().all(|seg| match seg {
-                Segment::Text(t) | Segment::Python(t) | Segment::Output(t) => t.trim().is_empty(),
+                Segment::Text(t) | Segment::Python(t) | Segment::Output(t) | Segment::Search(t) => {
+                    t.trim().is_empty()
+                }
             }),
         }
     }
@@ -109,7 +113,10 @@ impl Content {
             Content::Segments(s) => s
                 .iter()
                 .map(|seg| match seg {
-                    Segment::Text(t) | Segment::Python(t) | Segment::Output(t) => t.as_str(),
+                    Segment::Text(t)
+                    | Segment::Python(t)
+                    | Segment::Output(t)
+                    | Segment::Search(t) => t.as_str(),
                 })
                 .collect(),
         }
@@ -209,6 +216,8 @@ pub struct ChatTokens {
     pub python_end: Option<u32>,
     pub output_start: Option<u32>,
     pub output_end: Option<u32>,
+    pub search_start: Option<u32>,
+    pub search_end: Option<u32>,
 }
 
 /// Names of the special tokens the format uses (the tokenizer's `CHAT_SPECIAL_TOKENS` must hold them).
@@ -238,6 +247,8 @@ impl ChatTokens {
             python_end: codec.special_id("<|python_end|>"),
             output_start: codec.special_id("<|output_start|>"),
             output_end: codec.special_id("<|output_end|>"),
+            search_start: codec.special_id("<|search_start|>"),
+            search_end: codec.special_id("<|search_end|>"),
         })
     }
 
@@ -311,6 +322,16 @@ fn render_turns(
                                     out.push(&codec.encode_text(code), true);
                                     out.push(&[e], true);
                                 }
+                                Segment::Search(query) => {
+                                    let s = tokens
+                                        .search_start
+                                        .ok_or(missing_tool("<|search_start|>"))?;
+                                    let e =
+                                        tokens.search_end.ok_or(missing_tool("<|search_end|>"))?;
+                                    out.push(&[s], true);
+                                    out.push(&codec.encode_text(query), true);
+                                    out.push(&[e], true);
+                                }
                                 Segment::Output(text) => {
                                     let s = tokens
                                         .output_start
@@ -374,7 +395,7 @@ pub fn render_for_completion(
 pub mod testing {
     use super::Codec;
 
-    pub const SPECIALS: [&str; 9] = [
+    pub const SPECIALS: [&str; 11] = [
         "<|bos|>",
         "<|user_start|>",
         "<|user_end|>",
@@ -384,9 +405,11 @@ pub mod testing {
         "<|python_end|>",
         "<|output_start|>",
         "<|output_end|>",
+        "<|search_start|>",
+        "<|search_end|>",
     ];
 
-    /// Byte-level codec with all chat specials (ids 256..265), or none.
+    /// Byte-level codec with all chat specials (ids 256..267), or none.
     pub struct ByteCodec {
         pub with_specials: bool,
     }

@@ -5,6 +5,9 @@
 //! - `evals`: chat-format samples `{"input":[messages],"ideal":…}` from the OpenAI evals registry;
 //! - `identity`: conversations generated from a persona file ([`crate::identity`]);
 //! - `arithmetic`: generated problems with worked steps ([`crate::arith`]);
+//! - `tool_code`: questions answered by calling the code tool ([`crate::tools::lessons`]);
+//! - `tool_search`: questions about a generated world of places, answered by searching its
+//!   documents ([`crate::tools::lessons::FactWorld`]; the index is rebuilt from the same seed);
 //! - `jsonl`: kiln's own conversation format, one [`Conversation`] per line.
 //!
 //! Bad input is counted, never silently lost: malformed lines are skipped and counted with the
@@ -80,6 +83,19 @@ pub enum SourceConfig {
     Arithmetic {
         count: usize,
     },
+    #[serde(rename = "tool_code")]
+    ToolCode {
+        count: usize,
+    },
+    #[serde(rename = "tool_search")]
+    ToolSearch {
+        count: usize,
+        /// Places in the generated world (the search index holds one document per place).
+        #[serde(default = "default_places")]
+        places: usize,
+        #[serde(default = "default_world_seed")]
+        world_seed: u64,
+    },
     Jsonl {
         /// kiln conversation JSONL, relative to the mix file.
         file: String,
@@ -109,6 +125,12 @@ fn default_per_file() -> usize {
 fn default_max_chars() -> usize {
     1500
 }
+fn default_places() -> usize {
+    crate::tools::lessons::DEFAULT_PLACES
+}
+fn default_world_seed() -> u64 {
+    crate::tools::lessons::DEFAULT_WORLD_SEED
+}
 fn usize_max() -> usize {
     usize::MAX
 }
@@ -120,6 +142,8 @@ impl SourceConfig {
             SourceConfig::Evals { .. } => "evals",
             SourceConfig::Identity { .. } => "identity",
             SourceConfig::Arithmetic { .. } => "arithmetic",
+            SourceConfig::ToolCode { .. } => "tool_code",
+            SourceConfig::ToolSearch { .. } => "tool_search",
             SourceConfig::Jsonl { .. } => "jsonl",
         }
     }
@@ -288,6 +312,22 @@ impl MixConfig {
                 SourceConfig::Arithmetic { count } => {
                     for c in crate::arith::conversations(scaled(*count), seed) {
                         col.push(c, || "arithmetic".into())?;
+                    }
+                }
+                SourceConfig::ToolCode { count } => {
+                    for c in crate::tools::lessons::code_conversations(scaled(*count), seed) {
+                        col.push(c, || "tool_code".into())?;
+                    }
+                }
+                SourceConfig::ToolSearch {
+                    count,
+                    places,
+                    world_seed,
+                } => {
+                    let world = crate::tools::lessons::FactWorld::new(*places, *world_seed);
+                    let index = world.index([]);
+                    for c in world.search_conversations(&index, scaled(*count), seed) {
+                        col.push(c, || "tool_search".into())?;
                     }
                 }
                 SourceConfig::Jsonl { file, limit } => {
@@ -679,6 +719,38 @@ mod tests {
         assert_eq!(mix.stats[0].train + mix.stats[0].val, 20);
         assert_eq!(mix.stats[1].val, 5);
         assert_eq!(mix.train.len() + mix.val.len(), 70);
+    }
+
+    #[test]
+    fn tool_sources_make_tool_lessons() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write_mix(
+            dir.path(),
+            "val_fraction = 0.0\n[[source]]\nkind='tool_code'\ncount=30\n[[source]]\nkind='tool_search'\ncount=20\nplaces=40\n",
+        );
+        let mix = MixConfig::load(&p)
+            .unwrap()
+            .build(dir.path(), &no_fetched, 1.0, false)
+            .unwrap();
+        assert_eq!((mix.stats[0].train, mix.stats[1].train), (30, 20));
+        let has = |c: &Conversation, f: fn(&crate::format::Segment) -> bool| match &c.messages[1]
+            .content
+        {
+            Content::Segments(s) => s.iter().any(f),
+            Content::Text(_) => false,
+        };
+        use crate::format::Segment;
+        let code = mix
+            .train
+            .iter()
+            .filter(|c| has(c, |s| matches!(s, Segment::Python(_))))
+            .count();
+        let search = mix
+            .train
+            .iter()
+            .filter(|c| has(c, |s| matches!(s, Segment::Search(_))))
+            .count();
+        assert_eq!((code, search), (30, 20));
     }
 
     #[test]
