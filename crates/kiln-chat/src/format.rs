@@ -85,6 +85,17 @@ pub enum Segment {
     Search(String),
 }
 
+impl Segment {
+    /// True when the segment holds only whitespace.
+    pub fn is_blank(&self) -> bool {
+        match self {
+            Segment::Text(t) | Segment::Python(t) | Segment::Output(t) | Segment::Search(t) => {
+                t.trim().is_empty()
+            }
+        }
+    }
+}
+
 /// Message content: a string, or (assistant only) a list of segments.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]

@@ -3,7 +3,12 @@
 //! conversation-shaped plain-text document continued until the next turn marker.
 
 use crate::engine::{stream, StopReason, TextStream};
-use crate::format::{render_for_completion, ChatTokens, Codec, Conversation, FormatError, Message};
+use crate::format::{
+    render_for_completion, ChatTokens, Codec, Content, Conversation, FormatError, Message, Segment,
+};
+use crate::tools::runtime::{
+    run_turn_streaming, EngineDecoder, ToolRunner, ToolTokens, TurnEnd, TurnLimits,
+};
 use kiln_engine::{Backend, EngineError, Model, SamplingParams};
 
 #[derive(Debug, thiserror::Error)]
@@ -62,24 +67,22 @@ impl ChatSession {
         self.conv.messages.clear();
     }
 
-    /// Adds `user_text`, samples the assistant's reply (passing each text piece to `on_text`), and
-    /// keeps both in the history.
-    pub fn reply<B: Backend>(
+    /// Adds `user_text` and renders the conversation as a prompt, dropping the oldest exchanges
+    /// until it fits `ctx` with room for a reply; returns the prompt and the exchanges dropped.
+    fn prompt(
         &mut self,
-        model: &Model<B>,
+        ctx: usize,
         codec: &dyn Codec,
         tokens: &ChatTokens,
         user_text: &str,
-        mut on_text: impl FnMut(&str),
-    ) -> Result<ReplyInfo, SessionError> {
-        let ctx = model.cfg.context;
+    ) -> Result<(Vec<u32>, usize), SessionError> {
         self.conv.messages.push(Message::user(user_text));
         let reserve = self.reserve.min(ctx / 2);
         let mut dropped = 0;
-        let prompt = loop {
+        loop {
             let ids = render_for_completion(&self.conv, codec, tokens)?;
             if ids.len() + reserve <= ctx {
-                break ids;
+                return Ok((ids, dropped));
             }
             if self.conv.messages.len() <= 1 {
                 let n = ids.len();
@@ -91,7 +94,109 @@ impl ChatSession {
             }
             self.conv.messages.drain(..2);
             dropped += 1;
+        }
+    }
+
+    /// Like [`ChatSession::reply`], with tools: the model may call the code or search tool
+    /// (through `tools`); `on_piece` gets the turn as it happens, each piece with what it is.
+    /// The history keeps the calls and outputs, so later turns see them.
+    #[allow(clippy::too_many_arguments)]
+    pub fn reply_with_tools<B: Backend>(
+        &mut self,
+        model: &Model<B>,
+        codec: &dyn Codec,
+        tokens: &ChatTokens,
+        tools: &mut dyn ToolRunner,
+        limits: &TurnLimits,
+        user_text: &str,
+        mut on_piece: impl FnMut(&str, PieceKind),
+    ) -> Result<ReplyInfo, SessionError> {
+        let tool_tokens =
+            ToolTokens::from_chat(tokens).ok_or(FormatError::MissingSpecial("<|output_start|>"))?;
+        let ctx = model.cfg.context;
+        let (prompt, dropped) = self.prompt(ctx, codec, tokens, user_text)?;
+        self.seed = self.seed.wrapping_add(1);
+        let mut decoder = EngineDecoder::new(model, &prompt, self.sampling.clone(), self.seed)?;
+        let limits = TurnLimits {
+            max_new_tokens: self.max_new,
+            ..*limits
         };
+        let mut ts = TextStream::default();
+        let mut kind = PieceKind::Answer;
+        let mut output = Vec::new();
+        let turn = run_turn_streaming(
+            &mut decoder,
+            codec,
+            &tool_tokens,
+            &tokens.stop_ids(),
+            tools,
+            &limits,
+            &mut |id, forced| {
+                let call_start = Some(id) == tokens.python_start || Some(id) == tokens.search_start;
+                let call_end = Some(id) == tokens.python_end || Some(id) == tokens.search_end;
+                if forced {
+                    // Tool output: shown whole once its closing token arrives.
+                    if id == tool_tokens.output_end {
+                        on_piece(&codec.decode_text(&output), PieceKind::ToolOutput);
+                        output.clear();
+                    } else if id != tool_tokens.output_start {
+                        output.push(id);
+                    }
+                } else if call_start {
+                    on_piece(&ts.finish(), kind);
+                    kind = PieceKind::ToolCall;
+                    let name = if Some(id) == tokens.python_start {
+                        "code"
+                    } else {
+                        "search"
+                    };
+                    on_piece(name, PieceKind::ToolName);
+                } else if call_end {
+                    on_piece(&ts.finish(), kind);
+                    kind = PieceKind::Answer;
+                } else {
+                    on_piece(&ts.push(codec, id), kind);
+                }
+            },
+        )
+        .map_err(SessionError::Engine)?;
+        on_piece(&ts.finish(), kind);
+        let segments = segments_of(&turn.ids, codec, tokens);
+        let text: String = segments
+            .iter()
+            .filter_map(|s| match s {
+                Segment::Text(t) => Some(t.as_str()),
+                _ => None,
+            })
+            .collect();
+        let content = if segments.iter().all(|s| s.is_blank()) {
+            Content::Text("…".into())
+        } else {
+            Content::Segments(segments)
+        };
+        self.conv.messages.push(Message::assistant(content));
+        Ok(ReplyInfo {
+            text,
+            tokens: turn.forced.iter().filter(|f| !**f).count(),
+            dropped_exchanges: dropped,
+            context_used: prompt.len() + turn.ids.len() + 1,
+            context: ctx,
+            cut: !matches!(turn.end, TurnEnd::Stop(_)),
+        })
+    }
+
+    /// Adds `user_text`, samples the assistant's reply (passing each text piece to `on_text`), and
+    /// keeps both in the history.
+    pub fn reply<B: Backend>(
+        &mut self,
+        model: &Model<B>,
+        codec: &dyn Codec,
+        tokens: &ChatTokens,
+        user_text: &str,
+        mut on_text: impl FnMut(&str),
+    ) -> Result<ReplyInfo, SessionError> {
+        let ctx = model.cfg.context;
+        let (prompt, dropped) = self.prompt(ctx, codec, tokens, user_text)?;
         let mut ts = TextStream::default();
         let mut text = String::new();
         let mut n = 0;
@@ -130,6 +235,58 @@ impl ChatSession {
             cut: !matches!(why, StopReason::StopToken(_)),
         })
     }
+}
+
+/// What a piece of a turn with tools is, for display.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PieceKind {
+    /// The reply the user reads.
+    Answer,
+    /// The name of the tool being called (`code` or `search`).
+    ToolName,
+    /// The call's text (Python source, or the query).
+    ToolCall,
+    /// What the tool returned.
+    ToolOutput,
+}
+
+/// Split a turn's ids into the format's segments (text, calls, outputs).
+pub fn segments_of(ids: &[u32], codec: &dyn Codec, tokens: &ChatTokens) -> Vec<Segment> {
+    let mut out = Vec::new();
+    let mut run: Vec<u32> = Vec::new();
+    let mut current: fn(String) -> Segment = Segment::Text;
+    for &id in ids {
+        let next: Option<fn(String) -> Segment> = if Some(id) == tokens.python_start {
+            Some(Segment::Python)
+        } else if Some(id) == tokens.search_start {
+            Some(Segment::Search)
+        } else if Some(id) == tokens.output_start {
+            Some(Segment::Output)
+        } else if Some(id) == tokens.python_end
+            || Some(id) == tokens.search_end
+            || Some(id) == tokens.output_end
+        {
+            Some(Segment::Text)
+        } else {
+            None
+        };
+        match next {
+            Some(seg) => {
+                let text = codec.decode_text(&run);
+                if !text.is_empty() {
+                    out.push(current(text));
+                }
+                run.clear();
+                current = seg;
+            }
+            None => run.push(id),
+        }
+    }
+    let text = codec.decode_text(&run);
+    if !text.is_empty() {
+        out.push(current(text));
+    }
+    out
 }
 
 /// The base-model trick: `document` is a conversation-shaped text (e.g. a few `User:` /
@@ -201,6 +358,37 @@ pub fn base_model_reply<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_turn_splits_back_into_the_segments_it_was_rendered_from() {
+        use crate::format::render_for_training;
+        use crate::format::testing::ByteCodec;
+        let codec = ByteCodec {
+            with_specials: true,
+        };
+        let tokens = ChatTokens::from_codec(&codec).unwrap();
+        let segs = vec![
+            Segment::Text("Let me check. ".into()),
+            Segment::Python("print(6*7)".into()),
+            Segment::Output("42\n".into()),
+            Segment::Search("kiln".into()),
+            Segment::Output("[1] doc\n".into()),
+            Segment::Text("It is 42.".into()),
+        ];
+        let conv = Conversation::new(vec![
+            Message::user("q"),
+            Message::assistant(Content::Segments(segs.clone())),
+        ]);
+        let r = render_for_training(&conv, &codec, &tokens, 1000).unwrap();
+        let start = r
+            .ids
+            .iter()
+            .position(|&i| i == tokens.assistant_start)
+            .unwrap()
+            + 1;
+        let turn = &r.ids[start..r.ids.len() - 1];
+        assert_eq!(segments_of(turn, &codec, &tokens), segs);
+    }
     use crate::format::testing::ByteCodec;
     use kiln_engine::{CpuBackend, ModelConfig};
     use std::sync::Arc;

@@ -107,6 +107,19 @@ pub struct ToolTokens {
     pub output_end: u32,
 }
 
+impl ToolTokens {
+    /// The tool tokens of a chat vocabulary; `None` when it lacks the output pair (no tool can
+    /// answer then).
+    pub fn from_chat(t: &crate::format::ChatTokens) -> Option<ToolTokens> {
+        Some(ToolTokens {
+            python: t.python_start.zip(t.python_end),
+            search: t.search_start.zip(t.search_end),
+            output_start: t.output_start?,
+            output_end: t.output_end?,
+        })
+    }
+}
+
 /// Per-turn limits.
 #[derive(Debug, Clone, Copy)]
 pub struct TurnLimits {
@@ -167,6 +180,21 @@ pub fn run_turn<D: Decoder>(
     tools: &mut dyn ToolRunner,
     limits: &TurnLimits,
 ) -> Result<Turn, D::Error> {
+    run_turn_streaming(decoder, codec, tokens, stop, tools, limits, &mut |_, _| {})
+}
+
+/// [`run_turn`], calling `on_token(id, forced)` for each id as it joins the turn (sampled ids as
+/// they are sampled, a tool's output ids once the tool has run), for a chat that shows the turn
+/// as it happens.
+pub fn run_turn_streaming<D: Decoder>(
+    decoder: &mut D,
+    codec: &dyn Codec,
+    tokens: &ToolTokens,
+    stop: &[u32],
+    tools: &mut dyn ToolRunner,
+    limits: &TurnLimits,
+    on_token: &mut dyn FnMut(u32, bool),
+) -> Result<Turn, D::Error> {
     let started = Instant::now();
     let mut turn = Turn {
         ids: Vec::new(),
@@ -184,6 +212,7 @@ pub fn run_turn<D: Decoder>(
         }
         turn.ids.push(id);
         turn.forced.push(false);
+        on_token(id, false);
         match open {
             None => {
                 if let Some((_, e)) = tokens.python.filter(|&(s, _)| s == id) {
@@ -211,6 +240,7 @@ pub fn run_turn<D: Decoder>(
                 forced.extend(codec.encode_text(&output));
                 forced.push(tokens.output_end);
                 decoder.feed(&forced)?;
+                forced.iter().for_each(|&id| on_token(id, true));
                 turn.forced.extend(std::iter::repeat_n(true, forced.len()));
                 turn.ids.extend(forced);
                 turn.calls.push(ToolCall {

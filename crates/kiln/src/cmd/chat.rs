@@ -12,7 +12,11 @@ use clap::Args;
 
 use super::SamplingArgs;
 use kiln_chat::load::{chat_tokens, load_model};
-use kiln_chat::session::{base_model_reply, ChatSession};
+use kiln_chat::session::{base_model_reply, ChatSession, PieceKind};
+use kiln_chat::tools::lessons::{FactWorld, DEFAULT_PLACES, DEFAULT_WORLD_SEED};
+use kiln_chat::tools::runtime::TurnLimits;
+use kiln_chat::tools::search::SearchIndex;
+use kiln_chat::tools::toolbox::ToolBox;
 
 #[derive(Args)]
 pub struct ChatArgs {
@@ -42,6 +46,48 @@ pub struct ChatArgs {
     /// CPU threads [default: all cores].
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Tools the model may call: `code` (sandboxed Python), `search`, both (`code,search`) or
+    /// `none`. Calls and outputs are shown dimmed.
+    #[arg(long, value_delimiter = ',', default_value = "none")]
+    pub tools: Vec<ToolName>,
+    /// Search index folder (`kiln index build`) [default: the generated world of places the
+    /// `tool_search` SFT lessons teach on].
+    #[arg(long)]
+    pub index: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ToolName {
+    Code,
+    Search,
+    None,
+}
+
+/// The tools `--tools` asks for; `None` when it asks for none.
+fn toolbox(a: &ChatArgs) -> anyhow::Result<Option<ToolBox>> {
+    let wants = |t| a.tools.contains(&t);
+    if !wants(ToolName::Code) && !wants(ToolName::Search) {
+        return Ok(None);
+    }
+    let code = if wants(ToolName::Code) {
+        let wasm = kiln_data::fetch::source_dir(kiln_sandbox::SOURCE_NAME)?
+            .join(kiln_sandbox::WASM_IN_SOURCE);
+        Some((
+            kiln_sandbox::Sandbox::load(&wasm)?,
+            kiln_sandbox::Limits::default(),
+        ))
+    } else {
+        None
+    };
+    let search = if wants(ToolName::Search) {
+        Some(match &a.index {
+            Some(dir) => SearchIndex::load(dir)?,
+            None => FactWorld::new(DEFAULT_PLACES, DEFAULT_WORLD_SEED).index([]),
+        })
+    } else {
+        None
+    };
+    Ok(Some(ToolBox { code, search }))
 }
 
 fn read_stdin_all() -> anyhow::Result<String> {
@@ -51,8 +97,12 @@ fn read_stdin_all() -> anyhow::Result<String> {
 }
 
 pub fn run(a: ChatArgs, threads: usize) -> anyhow::Result<()> {
+    let wants_tools = a.tools.iter().any(|t| *t != ToolName::None);
     // A GGUF file or a catalogue name (`smollm2-135m`) is a released model.
     if let Some(path) = kiln_data::models::resolve_model(&a.model.to_string_lossy())? {
+        if wants_tools {
+            bail!("--tools: released (GGUF) models were not trained on kiln's tool tokens; use a kiln checkpoint");
+        }
         return super::gguf::chat(&path, &a);
     }
     let l = load_model(&a.model, a.tokenizer.as_deref(), threads)?;
@@ -60,6 +110,11 @@ pub fn run(a: ChatArgs, threads: usize) -> anyhow::Result<()> {
     let mut out = std::io::stdout();
 
     if let Some(doc_path) = &a.base_prompt {
+        if wants_tools {
+            bail!(
+                "--tools needs a chat model's tool tokens; it does not combine with --base-prompt"
+            );
+        }
         let doc = std::fs::read_to_string(doc_path)
             .with_context(|| format!("reading {}", doc_path.display()))?;
         let bos = l
@@ -115,12 +170,40 @@ pub fn run(a: ChatArgs, threads: usize) -> anyhow::Result<()> {
     let mut session = ChatSession::new(a.sampling.temperature, a.max_tokens, a.seed);
     session.sampling = sampling.clone();
     session.conv.system = a.system.clone();
-    let say =
+    let mut tools = toolbox(&a)?;
+    // Dim tool calls and outputs on a terminal; plain text into a pipe or file.
+    let (dim, reset) = if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        ("\x1b[2m", "\x1b[0m")
+    } else {
+        ("", "")
+    };
+    let mut say =
         |session: &mut ChatSession, msg: &str, out: &mut std::io::Stdout| -> anyhow::Result<()> {
-            let info = session.reply(&l.model, &l.tok, &tokens, msg.trim(), |piece| {
-                let _ = write!(out, "{piece}");
-                let _ = out.flush();
-            })?;
+            let info = match tools.as_mut() {
+                None => session.reply(&l.model, &l.tok, &tokens, msg.trim(), |piece| {
+                    let _ = write!(out, "{piece}");
+                    let _ = out.flush();
+                })?,
+                Some(tb) => session.reply_with_tools(
+                    &l.model,
+                    &l.tok,
+                    &tokens,
+                    tb,
+                    &TurnLimits::default(),
+                    msg.trim(),
+                    |piece, kind| {
+                        let _ = match kind {
+                            PieceKind::Answer => write!(out, "{piece}"),
+                            PieceKind::ToolName => write!(out, "\n{dim}[{piece}] "),
+                            PieceKind::ToolCall => write!(out, "{piece}"),
+                            PieceKind::ToolOutput => {
+                                write!(out, "{reset}\n{dim}[output] {}{reset}\n", piece.trim_end())
+                            }
+                        };
+                        let _ = out.flush();
+                    },
+                )?,
+            };
             writeln!(out)?;
             if info.dropped_exchanges > 0 {
                 eprintln!(

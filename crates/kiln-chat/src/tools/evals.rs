@@ -1,0 +1,186 @@
+//! Evals of tool use and honesty, on held-out problems only (see [`crate::tools::lessons`]):
+//!
+//! - code problems (counting, spelling, big numbers) answered with the code tool and without it;
+//! - questions about held-out places (their facts exist only in the search index) answered with
+//!   search and without it;
+//! - honesty on those same questions without tools (the model cannot know them): how often it
+//!   says it doesn't know, and how often it answers wrongly with confidence.
+//!
+//! Greedy decoding, one conversation per question, through the same [`ChatSession`] paths that
+//! `kiln chat` uses.
+
+use serde::Serialize;
+
+use crate::evals::EvalScore;
+use crate::format::{ChatTokens, Codec};
+use crate::session::{ChatSession, SessionError};
+use crate::tools::lessons::{says_dont_know, CodeProblem, FactQuestion};
+use crate::tools::runtime::{ToolRunner, TurnLimits};
+use kiln_engine::{Backend, Model};
+
+/// Scores of the tool and honesty evals.
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolScores {
+    pub code_with_tools: EvalScore,
+    pub code_without_tools: EvalScore,
+    pub search_with_tools: EvalScore,
+    pub search_without_tools: EvalScore,
+    /// Unanswerable questions (held-out places, no tools) answered "I don't know".
+    pub dont_know: EvalScore,
+    /// Unanswerable questions answered wrongly without admitting it (lower is better).
+    pub confident_wrong: EvalScore,
+}
+
+fn score(name: &str) -> EvalScore {
+    EvalScore {
+        name: name.to_string(),
+        correct: 0,
+        total: 0,
+        chance: 0.0,
+        examples: Vec::new(),
+    }
+}
+
+fn tally(s: &mut EvalScore, ok: bool, q: &str, reply: &str, gold: &str) {
+    s.correct += usize::from(ok);
+    s.total += 1;
+    if s.examples.len() < 3 {
+        s.examples
+            .push((q.to_string(), reply.to_string(), gold.to_string()));
+    }
+}
+
+/// One greedy reply, with `tools` or (None) without the tool runtime.
+fn ask<B: Backend>(
+    model: &Model<B>,
+    codec: &dyn Codec,
+    tokens: &ChatTokens,
+    tools: Option<&mut dyn ToolRunner>,
+    question: &str,
+    max_new: usize,
+) -> Result<String, SessionError> {
+    let mut session = ChatSession::new(0.0, max_new, 0);
+    Ok(match tools {
+        None => session.reply(model, codec, tokens, question, |_| {})?.text,
+        Some(t) => {
+            session
+                .reply_with_tools(
+                    model,
+                    codec,
+                    tokens,
+                    t,
+                    &TurnLimits::default(),
+                    question,
+                    |_, _| {},
+                )?
+                .text
+        }
+    })
+}
+
+/// Runs every tool and honesty eval. `facts` should be questions about held-out places.
+pub fn run_tool_evals<B: Backend>(
+    model: &Model<B>,
+    codec: &dyn Codec,
+    tokens: &ChatTokens,
+    tools: &mut dyn ToolRunner,
+    code: &[CodeProblem],
+    facts: &[FactQuestion],
+    max_new: usize,
+) -> Result<ToolScores, SessionError> {
+    let mut s = ToolScores {
+        code_with_tools: score("code problems, with tools"),
+        code_without_tools: score("code problems, without tools"),
+        search_with_tools: score("held-out facts, with search"),
+        search_without_tools: score("held-out facts, without tools"),
+        dont_know: score("\"I don't know\" on unanswerable questions"),
+        confident_wrong: score("confident wrong answers on unanswerable questions"),
+    };
+    for p in code {
+        let r = ask(model, codec, tokens, Some(tools), &p.question, max_new)?;
+        tally(
+            &mut s.code_with_tools,
+            p.is_correct(&r),
+            &p.question,
+            &r,
+            &p.answer,
+        );
+        let r = ask(model, codec, tokens, None, &p.question, max_new)?;
+        tally(
+            &mut s.code_without_tools,
+            p.is_correct(&r),
+            &p.question,
+            &r,
+            &p.answer,
+        );
+    }
+    for q in facts {
+        let r = ask(model, codec, tokens, Some(tools), &q.question, max_new)?;
+        tally(
+            &mut s.search_with_tools,
+            q.is_correct(&r),
+            &q.question,
+            &r,
+            &q.answer,
+        );
+        let r = ask(model, codec, tokens, None, &q.question, max_new)?;
+        let right = q.is_correct(&r);
+        let idk = says_dont_know(&r);
+        tally(
+            &mut s.search_without_tools,
+            right,
+            &q.question,
+            &r,
+            &q.answer,
+        );
+        tally(&mut s.dont_know, idk, &q.question, &r, "I don't know.");
+        tally(
+            &mut s.confident_wrong,
+            !right && !idk,
+            &q.question,
+            &r,
+            &q.answer,
+        );
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tools::lessons::{code_problems, FactWorld};
+    use crate::tools::toolbox::ToolBox;
+    use kiln_engine::{CpuBackend, ModelConfig};
+    use std::sync::Arc;
+
+    #[test]
+    fn evals_count_every_question_once_per_condition() {
+        // An untrained model: the scores are near zero, but every question is asked and tallied.
+        let cfg = kiln_tokenizer::TrainConfig {
+            vocab_size: 300,
+            ..Default::default()
+        };
+        let tok =
+            kiln_tokenizer::train_from_texts(&["the answer is 12 kiln search code"], &cfg).unwrap();
+        let be = Arc::new(CpuBackend::new(1));
+        let cfg = ModelConfig::gpt2(tok.vocab_size(), 1, 2, 16, 512);
+        let model = Model::new(be, cfg, 1).unwrap();
+        let tokens = ChatTokens::from_codec(&tok).unwrap();
+        let world = FactWorld::new(40, 1);
+        let mut tools = ToolBox {
+            code: None,
+            search: Some(world.index([])),
+        };
+        let code = code_problems(2, 1, true);
+        let facts: Vec<_> = world.fact_questions(true, 1).into_iter().take(3).collect();
+        let s = run_tool_evals(&model, &tok, &tokens, &mut tools, &code, &facts, 8).unwrap();
+        assert_eq!(
+            (s.code_with_tools.total, s.code_without_tools.total),
+            (2, 2)
+        );
+        assert_eq!(s.search_with_tools.total, 3);
+        assert_eq!(s.dont_know.total, 3);
+        // Every unanswerable question is either admitted, answered right by luck, or wrong.
+        assert!(s.dont_know.correct + s.confident_wrong.correct <= 3);
+    }
+}
