@@ -4,6 +4,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod device;
 mod error;
+pub mod honesty;
 mod loader;
 mod metrics;
 pub mod plot;

@@ -93,6 +93,15 @@ pub struct Plan {
     /// RL steps (0 in plans written before the RL stage: the stage is then skipped).
     #[serde(default)]
     pub rl_steps: usize,
+    /// Steps of the honesty SFT after knowledge probing (0 in older plans: skipped).
+    #[serde(default)]
+    pub honesty_steps: usize,
+    /// Questions probed for the honesty stage.
+    #[serde(default)]
+    pub probe_questions: usize,
+    /// Held-out problems per tool eval (code, and facts).
+    #[serde(default)]
+    pub eval_tools: usize,
     pub seconds_per_step: f64,
     pub eval_mmlu: usize,
     pub eval_gsm8k: usize,
@@ -116,6 +125,9 @@ fn base_plan(preset: Preset, minutes: f64) -> Plan {
         sft_batch: 8,
         sft_scale: 1.0,
         rl_steps: 0,
+        honesty_steps: 0,
+        probe_questions: 120,
+        eval_tools: 24,
         seconds_per_step: 0.0,
         eval_mmlu: 100,
         eval_gsm8k: 20,
@@ -136,6 +148,8 @@ fn base_plan(preset: Preset, minutes: f64) -> Plan {
             eval_gsm8k: 8,
             eval_arith: 20,
             gen_tokens: 40,
+            probe_questions: 12,
+            eval_tools: 4,
             ..p
         },
     }
@@ -280,7 +294,7 @@ fn corpus(max_bytes: usize) -> Result<Vec<String>, TrainError> {
 }
 
 /// The stages, numbered as the progress lines show them.
-pub const STAGES: usize = 8;
+pub const STAGES: usize = 9;
 
 /// What the stages produced, for the report card.
 pub struct Outcome {
@@ -310,7 +324,7 @@ pub fn run(opts: &Options, announce: &mut dyn FnMut(usize, &str)) -> Result<Outc
     // 1. data
     let t = Instant::now();
     let data_dir = kiln_data::fetch::data_dir();
-    let missing: Vec<&str> = ["shakespeare", "chitchat", "evals", "gsm8k"]
+    let missing: Vec<&str> = ["shakespeare", "chitchat", "evals", "gsm8k", "python-wasm"]
         .into_iter()
         .filter(|s| kiln_data::fetch::source_dir_in(&data_dir, s).is_err())
         .collect();
@@ -322,8 +336,9 @@ pub fn run(opts: &Options, announce: &mut dyn FnMut(usize, &str)) -> Result<Outc
         timings.record("fetch data", t.elapsed().as_secs_f64(), false);
     }
 
-    // plan: ~50% of the budget pretraining, ~18% SFT, ~7% RL; the rest is tokenizer, evals and
-    // report. (Before the RL stage: 55% and 20%; RL's share came from both.)
+    // plan: ~47% of the budget pretraining, ~18% SFT, ~3% honesty SFT, ~7% RL; the rest is
+    // tokenizer, probing, evals and report. (Before the RL stage: 55% and 20%; RL's share came
+    // from both. The honesty stage's came from pretraining: 50% → 47%.)
     let plan_path = run.join("plan.json");
     let plan: Plan = if plan_path.exists() {
         read_json(&plan_path)?
@@ -333,8 +348,9 @@ pub fn run(opts: &Options, announce: &mut dyn FnMut(usize, &str)) -> Result<Outc
         let sps = seconds_per_step(&cfg, p.batch, p.context, threads)?;
         let secs = opts.minutes * 60.0;
         p.seconds_per_step = sps;
-        p.pretrain_steps = ((secs * 0.50 / sps) as usize).clamp(20, 200_000);
+        p.pretrain_steps = ((secs * 0.47 / sps) as usize).clamp(20, 200_000);
         p.sft_steps = ((secs * 0.18 / sps) as usize).clamp(10, 50_000);
+        p.honesty_steps = ((secs * 0.03 / sps) as usize).clamp(5, 5_000);
         p.rl_steps = ((secs * 0.07 / rl_step_seconds(&p, sps)) as usize).clamp(5, 2_000);
         write_json(&plan_path, &p)?;
         p
@@ -451,11 +467,11 @@ pub fn run(opts: &Options, announce: &mut dyn FnMut(usize, &str)) -> Result<Outc
                 }
             })
             .collect();
-        // The guard: 55% of the whole budget, against the plan's 50%.
+        // The guard: 52% of the whole budget, against the plan's 47%.
         let hooks = Hooks {
             token_bytes: Some(&token_bytes),
             progress: opts.progress,
-            deadline: Some(t + Duration::from_secs_f64(plan.minutes * 60.0 * 0.55)),
+            deadline: Some(t + Duration::from_secs_f64(plan.minutes * 60.0 * 0.52)),
             ..Default::default()
         };
         let resume = base
@@ -529,14 +545,59 @@ pub fn run(opts: &Options, announce: &mut dyn FnMut(usize, &str)) -> Result<Outc
         timings.record("sft", t.elapsed().as_secs_f64(), false);
     }
 
-    // 6. RL: GRPO on the arithmetic task from the SFT model (held-out pass@1 before and after).
+    // 6. Honesty: probe the SFT model's knowledge, teach "I don't know" where it is always wrong.
+    let honesty_dir = run.join("honesty");
+    let honesty_marker = honesty_dir.join("DONE");
+    let t = Instant::now();
+    if honesty_marker.exists() || plan.honesty_steps == 0 {
+        timings.record("honesty", 0.0, true);
+    } else {
+        announce(
+            6,
+            &format!(
+                "knowledge probing ({} questions) and honesty SFT ({} steps)",
+                plan.probe_questions, plan.honesty_steps
+            ),
+        );
+        let job = crate::honesty::HonestyJob {
+            model: sft_dir.clone(),
+            out: honesty_dir.clone(),
+            tokenizer: Some(tok_abs.clone()),
+            questions: plan.probe_questions,
+            samples: 4,
+            replay: (plan.honesty_steps * plan.sft_batch / 4).max(20),
+            progress: opts.progress,
+            train: SftConfig {
+                steps: plan.honesty_steps,
+                batch: plan.sft_batch,
+                optim: OptimizerConfig {
+                    lr: 5e-4,
+                    weight_decay: 0.0,
+                    ..Default::default()
+                },
+                warmup_steps: 2,
+                eval_every: (plan.honesty_steps / 2).max(5),
+                eval_batches: 4,
+                ckpt_every: plan.honesty_steps.max(5),
+                seed: 1,
+                threads,
+                time_limit_s: Some(plan.minutes * 60.0 * 0.06),
+                ..Default::default()
+            },
+        };
+        let s = crate::honesty::run_job(&job, &DeviceSpec::cpu())?;
+        write_json(&honesty_marker, &s)?;
+        timings.record("honesty", t.elapsed().as_secs_f64(), false);
+    }
+
+    // 7. RL: GRPO on the arithmetic task from the SFT model (held-out pass@1 before and after).
     let rl_dir = run.join("rl");
     let rl_marker = rl_dir.join("DONE");
     let t = Instant::now();
     if rl_marker.exists() || plan.rl_steps == 0 {
         timings.record("rl", 0.0, true);
     } else {
-        announce(6, &format!("RL on arithmetic ({} steps)", plan.rl_steps));
+        announce(7, &format!("RL on arithmetic ({} steps)", plan.rl_steps));
         let job = crate::rl::RlJob {
             model: sft_dir.clone(),
             task: kiln_chat::tasks::TaskKind::Arith,
@@ -551,21 +612,25 @@ pub fn run(opts: &Options, announce: &mut dyn FnMut(usize, &str)) -> Result<Outc
         timings.record("rl", t.elapsed().as_secs_f64(), false);
     }
 
-    // 7. evaluate
+    // 8. evaluate
     let eval_path = run.join("eval.json");
     let t = Instant::now();
     if eval_path.exists() {
         timings.record("evaluate", 0.0, true);
     } else {
         announce(
-            7,
+            8,
             &format!(
-                "evaluating (MMLU {}, GSM8K {}, arithmetic {})",
-                plan.eval_mmlu, plan.eval_gsm8k, plan.eval_arith
+                "evaluating (MMLU {}, GSM8K {}, arithmetic {}, tools and honesty {})",
+                plan.eval_mmlu, plan.eval_gsm8k, plan.eval_arith, plan.eval_tools
             ),
         );
         let mut v = evaluate(&plan, &base, &sft_dir, &tok, threads)?;
         v["rl"] = read_json(&rl_marker).unwrap_or(Value::Null);
+        if plan.eval_tools > 0 {
+            v["tools"] = evaluate_tools(&plan, &sft_dir, &honesty_dir, &tok, threads)?;
+            v["honesty"] = read_json(&honesty_marker).unwrap_or(Value::Null);
+        }
         write_json(&eval_path, &v)?;
         timings.record("evaluate", t.elapsed().as_secs_f64(), false);
     }
@@ -586,6 +651,52 @@ pub fn run(opts: &Options, announce: &mut dyn FnMut(usize, &str)) -> Result<Outc
         base,
         sft: sft_dir,
     })
+}
+
+/// Tool use and honesty on held-out problems: the SFT model (tools were in its mix) and, after the
+/// honesty stage, the probed-and-tuned model; each with and without tools.
+fn evaluate_tools(
+    plan: &Plan,
+    sft: &Path,
+    honesty: &Path,
+    tok: &Tokenizer,
+    threads: usize,
+) -> Result<Value, TrainError> {
+    use kiln_chat::tools::lessons::{code_problems, FactWorld, DEFAULT_PLACES, DEFAULT_WORLD_SEED};
+    let tokens = chat_tokens(tok, "speedrun")?;
+    let world = FactWorld::new(DEFAULT_PLACES, DEFAULT_WORLD_SEED);
+    let wasm =
+        kiln_data::fetch::source_dir(kiln_sandbox::SOURCE_NAME)?.join(kiln_sandbox::WASM_IN_SOURCE);
+    let sandbox = kiln_sandbox::Sandbox::load(&wasm)
+        .map_err(|e| TrainError::Config(format!("the code tool: {e}")))?;
+    let mut tools = kiln_chat::tools::toolbox::ToolBox {
+        code: Some((sandbox, kiln_sandbox::Limits::default())),
+        search: Some(world.index([])),
+    };
+    let code = code_problems(plan.eval_tools, 4242, true);
+    let facts: Vec<_> = world
+        .fact_questions(true, 4242)
+        .into_iter()
+        .take(plan.eval_tools)
+        .collect();
+    let mut out = json!({});
+    for (name, dir) in [("sft", sft), ("honesty", honesty)] {
+        if !dir.join("DONE").exists() {
+            continue;
+        }
+        let m = load_model(dir, None, threads)?;
+        let scores = kiln_chat::tools::evals::run_tool_evals(
+            &m.model,
+            &m.tok,
+            &tokens,
+            &mut tools,
+            &code,
+            &facts,
+            plan.gen_tokens,
+        )?;
+        out[name] = serde_json::to_value(&scores).expect("scores serialize");
+    }
+    Ok(out)
 }
 
 /// Writes the compiled-in SFT mix, its persona and the base-model prompt into `<run>/configs/`

@@ -85,6 +85,71 @@ fn score_rows(eval: &Value) -> Vec<(String, String, String, String)> {
         .unwrap_or_default()
 }
 
+/// Tool use and honesty on held-out problems: the SFT model and the honesty-tuned one, with and
+/// without tools (from `eval.json`'s `tools` and `honesty`).
+fn tools_section(m: &mut String, e: &Value) {
+    let t = &e["tools"];
+    if !t.is_object() {
+        return;
+    }
+    let rate = |s: &Value| {
+        let (c, n) = (
+            s["correct"].as_u64().unwrap_or(0),
+            s["total"].as_u64().unwrap_or(0),
+        );
+        if n == 0 {
+            "–".to_string()
+        } else {
+            format!("{:.0}% ({c}/{n})", 100.0 * c as f64 / n as f64)
+        }
+    };
+    let _ = writeln!(
+        m,
+        "\n## Tools and honesty\n\nHeld-out problems only. Code: counting, spelling, big sums, products and powers, answered through sandboxed Python. Facts: questions about held-out invented places whose facts exist only in the search index. \"Unanswerable\": those same questions without tools. SFT is the model after the tool lessons; honesty is after knowledge probing and its \"I don't know\" lessons.\n"
+    );
+    let _ = writeln!(m, "| eval | SFT | honesty | better |\n|---|---|---|---|");
+    for (key, better) in [
+        ("code_without_tools", "higher"),
+        ("code_with_tools", "higher"),
+        ("search_without_tools", "higher"),
+        ("search_with_tools", "higher"),
+        ("dont_know", "higher"),
+        ("confident_wrong", "lower"),
+    ] {
+        let name = t["sft"][key]["name"]
+            .as_str()
+            .or_else(|| t["honesty"][key]["name"].as_str())
+            .unwrap_or(key);
+        let _ = writeln!(
+            m,
+            "| {name} | {} | {} | {better} |",
+            rate(&t["sft"][key]),
+            rate(&t["honesty"][key])
+        );
+    }
+    let h = &e["honesty"];
+    if h.is_object() {
+        let _ = writeln!(
+            m,
+            "\nKnowledge probing: {} questions, 4 samples each → {} \"I don't know\" lessons (never right), {} kept answers (right at least half the time), {} left out (unsure).",
+            h["probed"], h["dont_know_lessons"], h["known_lessons"], h["unsure"]
+        );
+    }
+    for (model, key) in [("SFT", "sft"), ("honesty", "honesty")] {
+        if let Some((q, r, _)) = t[key]["code_with_tools"]["examples"]
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(|x| Some((x[0].as_str()?, x[1].as_str()?, ())))
+        {
+            let _ = writeln!(
+                m,
+                "\n- {model}, with tools — **{q}** → {}",
+                r.replace('\n', " ⏎ ")
+            );
+        }
+    }
+}
+
 fn markdown(i: &RunInfo) -> String {
     let e = &i.eval;
     let p = &i.plan;
@@ -130,6 +195,7 @@ fn markdown(i: &RunInfo) -> String {
             );
         }
     }
+    tools_section(&mut m, e);
     let _ = writeln!(m, "\n## Throughput\n\n| stage | tokens/s |\n|---|---|");
     let _ = writeln!(
         m,

@@ -6,7 +6,8 @@
 //! - honesty on those same questions without tools (the model cannot know them): how often it
 //!   says it doesn't know, and how often it answers wrongly with confidence.
 //!
-//! Greedy decoding, one conversation per question, through the same [`ChatSession`] paths that
+//! With tools, the conversation's system message offers them ([`TOOLS_SYSTEM`]); without, there
+//! is none. Greedy decoding, one conversation per question, through the same [`ChatSession`] paths that
 //! `kiln chat` uses.
 
 use serde::Serialize;
@@ -14,7 +15,7 @@ use serde::Serialize;
 use crate::evals::EvalScore;
 use crate::format::{ChatTokens, Codec};
 use crate::session::{ChatSession, SessionError};
-use crate::tools::lessons::{says_dont_know, CodeProblem, FactQuestion};
+use crate::tools::lessons::{says_dont_know, CodeProblem, FactQuestion, TOOLS_SYSTEM};
 use crate::tools::runtime::{ToolRunner, TurnLimits};
 use kiln_engine::{Backend, Model};
 
@@ -60,22 +61,32 @@ fn ask<B: Backend>(
     max_new: usize,
 ) -> Result<String, SessionError> {
     let mut session = ChatSession::new(0.0, max_new, 0);
-    Ok(match tools {
-        None => session.reply(model, codec, tokens, question, |_| {})?.text,
-        Some(t) => {
-            session
-                .reply_with_tools(
-                    model,
-                    codec,
-                    tokens,
-                    t,
-                    &TurnLimits::default(),
-                    question,
-                    |_, _| {},
-                )?
-                .text
-        }
-    })
+    if tools.is_some() {
+        session.conv.system = Some(TOOLS_SYSTEM.into());
+    }
+    let reply = match tools {
+        None => session
+            .reply(model, codec, tokens, question, |_| {})
+            .map(|r| r.text),
+        Some(t) => session
+            .reply_with_tools(
+                model,
+                codec,
+                tokens,
+                t,
+                &TurnLimits::default(),
+                question,
+                |_, _| {},
+            )
+            .map(|r| r.text),
+    };
+    match reply {
+        // The context filled (a long tool output): the turn has no answer; counted wrong.
+        Err(SessionError::Engine(kiln_engine::EngineError::Shape(m))) => Ok(format!("[{m}]")),
+        // A question longer than a tiny model's context: unanswerable, counted wrong.
+        Err(e @ SessionError::TooLong { .. }) => Ok(format!("[{e}]")),
+        r => r,
+    }
 }
 
 /// Runs every tool and honesty eval. `facts` should be questions about held-out places.

@@ -18,9 +18,15 @@ use crate::format::{Content, Conversation, Message, Segment};
 use crate::tools::search::SearchIndex;
 use kiln_engine::Rng;
 
+/// The system message that offers the tools. Lessons that call a tool carry it; honesty lessons
+/// (no tools offered) do not, so the model learns to search when it can and to say it doesn't
+/// know when it can't. `kiln chat --tools` and the evals' with-tools condition send it.
+pub const TOOLS_SYSTEM: &str = "Tools: code (Python), search.";
+
 /// Passages a search call returns, in lessons and at run time alike (the model learns to read
-/// exactly this shape).
-pub const SEARCH_TOP_K: usize = 2;
+/// exactly this shape). One: a speedrun model's context is 256 tokens, and the right document
+/// ranks first for the lessons' queries (tested below).
+pub const SEARCH_TOP_K: usize = 1;
 /// The world the `tool_search` mix source, `kiln chat --tools search` and the evals share unless
 /// told otherwise.
 pub const DEFAULT_PLACES: usize = 300;
@@ -248,11 +254,12 @@ pub fn code_problems(count: usize, seed: u64, held_out: bool) -> Vec<CodeProblem
 pub fn code_conversations(count: usize, seed: u64) -> Vec<Conversation> {
     code_problems(count, seed, false)
         .into_iter()
-        .map(|p| {
-            Conversation::new(vec![
+        .map(|p| Conversation {
+            system: Some(TOOLS_SYSTEM.into()),
+            messages: vec![
                 Message::user(p.question.as_str()),
                 Message::assistant(p.assistant_turn()),
-            ])
+            ],
         })
         .collect()
 }
@@ -436,14 +443,17 @@ impl FactWorld {
                     .find(|p| p.name == q.place)
                     .map(FactWorld::source)
                     .unwrap_or_default();
-                Conversation::new(vec![
-                    Message::user(q.question.as_str()),
-                    Message::assistant(Content::Segments(vec![
-                        Segment::Search(q.query.clone()),
-                        Segment::Output(index.answer(&q.query, SEARCH_TOP_K)),
-                        Segment::Text(format!("{} (source: {source})", fact_sentence(&q))),
-                    ])),
-                ])
+                Conversation {
+                    system: Some(TOOLS_SYSTEM.into()),
+                    messages: vec![
+                        Message::user(q.question.as_str()),
+                        Message::assistant(Content::Segments(vec![
+                            Segment::Search(q.query.clone()),
+                            Segment::Output(index.answer(&q.query, SEARCH_TOP_K)),
+                            Segment::Text(format!("{} (source: {source})", fact_sentence(&q))),
+                        ])),
+                    ],
+                }
             })
             .collect()
     }

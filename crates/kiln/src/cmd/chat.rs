@@ -13,7 +13,7 @@ use clap::Args;
 use super::SamplingArgs;
 use kiln_chat::load::{chat_tokens, load_model};
 use kiln_chat::session::{base_model_reply, ChatSession, PieceKind};
-use kiln_chat::tools::lessons::{FactWorld, DEFAULT_PLACES, DEFAULT_WORLD_SEED};
+use kiln_chat::tools::lessons::{FactWorld, DEFAULT_PLACES, DEFAULT_WORLD_SEED, TOOLS_SYSTEM};
 use kiln_chat::tools::runtime::TurnLimits;
 use kiln_chat::tools::search::SearchIndex;
 use kiln_chat::tools::toolbox::ToolBox;
@@ -167,10 +167,18 @@ pub fn run(a: ChatArgs, threads: usize) -> anyhow::Result<()> {
     }
 
     let tokens = chat_tokens(&l.tok, &l.dir.display().to_string())?;
+    let mut tools = toolbox(&a)?;
     let mut session = ChatSession::new(a.sampling.temperature, a.max_tokens, a.seed);
     session.sampling = sampling.clone();
-    session.conv.system = a.system.clone();
-    let mut tools = toolbox(&a)?;
+    // With tools, the system message starts with the line the tool lessons were trained under;
+    // the user's own system message follows it.
+    let with_tools = tools.is_some();
+    let system_of = move |user: Option<&str>| match (with_tools, user) {
+        (true, Some(s)) => Some(format!("{TOOLS_SYSTEM}\n{s}")),
+        (true, None) => Some(TOOLS_SYSTEM.to_string()),
+        (false, s) => s.map(str::to_string),
+    };
+    session.conv.system = system_of(a.system.as_deref());
     // Dim tool calls and outputs on a terminal; plain text into a pipe or file.
     let (dim, reset) = if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
         ("\x1b[2m", "\x1b[0m")
@@ -264,7 +272,7 @@ pub fn run(a: ChatArgs, threads: usize) -> anyhow::Result<()> {
                     _ => eprintln!("[usage: /temp <non-negative number>]"),
                 },
                 "system" => {
-                    session.conv.system = (!arg.is_empty()).then(|| arg.to_string());
+                    session.conv.system = system_of((!arg.is_empty()).then_some(arg));
                     session.clear();
                     eprintln!(
                         "[system message {}; history cleared]",
