@@ -6,6 +6,7 @@
 //! except the attention-backward workspace, which grows once and is reused.
 
 mod kernels;
+pub mod quant;
 pub mod sgemm;
 mod vmath;
 

@@ -64,8 +64,7 @@ pub(crate) fn isa() -> Isa {
     FORCE.with(|f| f.get()).unwrap_or(*DETECTED)
 }
 
-/// The best version this CPU supports (ignoring overrides).
-#[cfg(test)]
+/// The versions this CPU supports (ignoring overrides).
 pub(crate) fn supported() -> Vec<Isa> {
     let mut v = vec![Isa::Scalar];
     #[cfg(target_arch = "x86_64")]
