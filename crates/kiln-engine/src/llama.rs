@@ -16,6 +16,7 @@ use rayon::prelude::*;
 
 use crate::batch::BatchDecoder;
 use crate::cpu::quant::{qmatmul, QActs, QIsa};
+use crate::cpu::vmath;
 use crate::gguf::quant::dequantize_into;
 use crate::gguf::{GgufError, GgufFile, TensorInfo};
 use crate::EngineError;
@@ -342,18 +343,16 @@ impl LlamaModel {
                 let (lk, lv) = caches[seq[i]];
                 let mut scores = vec![0f32; pos[i] + 1];
                 for head in 0..c.n_head {
-                    let qh = &q[i * d + head * hd..i * d + (head + 1) * hd];
                     let kh = (head / group) * hd;
-                    for (t, sc) in scores.iter_mut().enumerate() {
-                        *sc = dot(qh, &lk[t * kvd + kh..t * kvd + kh + hd]) * scale;
-                    }
-                    softmax(&mut scores);
-                    let out = &mut out[head * hd..(head + 1) * hd];
-                    out.fill(0.0);
-                    for (t, &p) in scores.iter().enumerate() {
-                        let v = &lv[t * kvd + kh..t * kvd + kh + hd];
-                        out.iter_mut().zip(v).for_each(|(o, v)| *o += p * v);
-                    }
+                    attend(
+                        &q[i * d + head * hd..i * d + (head + 1) * hd],
+                        &lk[kh..],
+                        &lv[kh..],
+                        kvd,
+                        scale,
+                        &mut scores,
+                        &mut out[head * hd..(head + 1) * hd],
+                    );
                 }
             });
             acts.quantize(&att, n, d);
@@ -571,19 +570,6 @@ fn vector(file: &GgufFile, name: &str, n: usize) -> Result<Vec<f32>, EngineError
     Ok(v)
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight partial sums let the compiler vectorize (a single running sum is a serial chain).
-    let mut acc = [0f32; 8];
-    let (ac, ar) = a.split_at(a.len() / 8 * 8);
-    let (bc, br) = b.split_at(ac.len());
-    for (x, y) in ac.chunks_exact(8).zip(bc.chunks_exact(8)) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + ar.iter().zip(br).map(|(x, y)| x * y).sum::<f32>()
-}
-
 fn rmsnorm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let d = w.len();
     for (x, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
@@ -612,12 +598,46 @@ fn rope(x: &mut [f32], head_dim: usize, dims: usize, base: f32, pos: usize) {
     }
 }
 
-fn softmax(x: &mut [f32]) {
-    let m = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    let mut sum = 0.0;
-    x.iter_mut().for_each(|v| {
-        *v = (*v - m).exp();
-        sum += *v;
-    });
-    x.iter_mut().for_each(|v| *v /= sum);
+vmath::simd_fn! {
+    /// One head of one query: `out = softmax(scale · q·kₜ) · vₜ` over `t < scores.len()`, the
+    /// keys and values `stride` apart. One ISA dispatch per head, the loops inside vectorized
+    /// (per-score calls cost more than the arithmetic at head size 64: measured).
+    fn attend(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        stride: usize,
+        scale: f32,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let hd = q.len();
+        for (t, sc) in scores.iter_mut().enumerate() {
+            let k = &k[t * stride..t * stride + hd];
+            let mut acc = [0f32; vmath::LANES];
+            for (q, k) in q.chunks_exact(vmath::LANES).zip(k.chunks_exact(vmath::LANES)) {
+                for l in 0..vmath::LANES {
+                    acc[l] += q[l] * k[l];
+                }
+            }
+            let tail = hd / vmath::LANES * vmath::LANES;
+            let rest: f32 = q[tail..].iter().zip(&k[tail..]).map(|(a, b)| a * b).sum();
+            *sc = (vmath::hsum(&acc) + rest) * scale;
+        }
+        let m = vmath::max(scores);
+        let mut sum = 0f32;
+        for s in scores.iter_mut() {
+            *s = vmath::exp(*s - m);
+            sum += *s;
+        }
+        let inv = 1.0 / sum;
+        out.fill(0.0);
+        for (t, &p) in scores.iter().enumerate() {
+            let v = &v[t * stride..t * stride + hd];
+            let p = p * inv;
+            for (o, v) in out.iter_mut().zip(v) {
+                *o += p * v;
+            }
+        }
+    }
 }

@@ -8,7 +8,7 @@
 mod kernels;
 pub mod quant;
 pub mod sgemm;
-mod vmath;
+pub(crate) mod vmath;
 
 use std::sync::Mutex;
 

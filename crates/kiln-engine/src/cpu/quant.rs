@@ -83,8 +83,9 @@ impl QIsa {
 /// Weight rows unpacked together; activation loads are shared by the tile's rows.
 pub const TILE: usize = 4;
 
-/// Activations quantized to 8-bit blocks of 32: `rows × cols` codes, and per group of 16 the
-/// block's scale `d16` and `s16 = d·Σq` over the group. `x` keeps the f32 rows for weight types
+/// Activations quantized to 8-bit blocks of 32: `rows × cols` codes, per group of 16 the
+/// block's scale `d16` and `s16 = d·Σq` over the group, and per block llama.cpp's q8_1 sum
+/// (`s32`, in the first of the block's two groups). `x` keeps the f32 rows for weight types
 /// that are not block-quantized (F32, F16, BF16).
 #[derive(Default, Clone)]
 pub struct QActs {
@@ -93,6 +94,7 @@ pub struct QActs {
     q: Vec<i8>,
     d16: Vec<f32>,
     s16: Vec<f32>,
+    s32: Vec<f32>,
     x: Vec<f32>,
 }
 
@@ -109,9 +111,10 @@ impl QActs {
         self.q.resize(rows * cols, 0);
         self.d16.resize(rows * cols / 16, 0.0);
         self.s16.resize(rows * cols / 16, 0.0);
+        self.s32.resize(rows * cols / 16, 0.0);
         self.x.clear();
         self.x.extend_from_slice(x);
-        quantize_blocks(x, &mut self.q, &mut self.d16, &mut self.s16);
+        quantize_blocks(x, &mut self.q, &mut self.d16, &mut self.s16, &mut self.s32);
     }
 
     fn row(&self, t: usize) -> ActRow<'_> {
@@ -120,6 +123,7 @@ impl QActs {
             q: &self.q[t * c..(t + 1) * c],
             d16: &self.d16[t * g..(t + 1) * g],
             s16: &self.s16[t * g..(t + 1) * g],
+            s32: &self.s32[t * g..(t + 1) * g],
         }
     }
 }
@@ -129,17 +133,22 @@ struct ActRow<'a> {
     q: &'a [i8],
     d16: &'a [f32],
     s16: &'a [f32],
+    s32: &'a [f32],
 }
 
 vmath::simd_fn! {
-    /// Blocks of 32: `d = max|x|/127`, `q = round(x/d)` (llama.cpp's `quantize_row_q8_0`, with
-    /// the scale kept in f32).
-    fn quantize_blocks(x: &[f32], q: &mut [i8], d16: &mut [f32], s16: &mut [f32]) {
-        for (((x, q), d16), s16) in x
+    /// Blocks of 32 as llama.cpp's AVX `quantize_row_q8_0`/`q8_1` make them, so that products
+    /// round like llama.cpp's: `q = round_even(x·127/max|x|)`, the scale `d = max|x|/127` kept
+    /// at f16 precision, and (q8_1, for Q4_1) `s32 = f16(d·Σq)` (stored per 16 as `[s32, 0]`,
+    /// so the offset code serves both layouts). `s16` holds the exact
+    /// `f16(d)·Σq` per 16 values for the offset terms that must cancel exactly.
+    fn quantize_blocks(x: &[f32], q: &mut [i8], d16: &mut [f32], s16: &mut [f32], s32: &mut [f32]) {
+        for ((((x, q), d16), s16), s32) in x
             .chunks_exact(32)
             .zip(q.chunks_exact_mut(32))
             .zip(d16.chunks_exact_mut(2))
             .zip(s16.chunks_exact_mut(2))
+            .zip(s32.chunks_exact_mut(2))
         {
             let mut amax = 0f32;
             for &v in x {
@@ -147,17 +156,20 @@ vmath::simd_fn! {
                 amax = if a > amax { a } else { amax };
             }
             let d = amax / 127.0;
-            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
             let mut sums = [0i32; 2];
             for (h, (x, q)) in x.chunks_exact(16).zip(q.chunks_exact_mut(16)).enumerate() {
                 for (x, q) in x.iter().zip(q.iter_mut()) {
-                    *q = (x * id).round() as i8;
+                    *q = (x * id).round_ties_even() as i8;
                 }
                 sums[h] = q.iter().map(|&v| v as i32).sum();
             }
-            d16.fill(d);
-            s16[0] = d * sums[0] as f32;
-            s16[1] = d * sums[1] as f32;
+            let dh = half::f16::from_f32(d).to_f32();
+            d16.fill(dh);
+            s16[0] = dh * sums[0] as f32;
+            s16[1] = dh * sums[1] as f32;
+            s32[0] = half::f16::from_f32(d * (sums[0] + sums[1]) as f32).to_f32();
+            s32[1] = 0.0;
         }
     }
 }
@@ -367,6 +379,29 @@ fn quant_rows(
     let rb = ty.row_bytes(cols);
     let g = cols / 16;
     let wide = ty == GgmlType::Q8_0;
+    // Q4_1's offsets against q8_1's f16 block sums, as llama.cpp (and the fused kernel).
+    let q8_1 = ty == GgmlType::Q4_1;
+    // Few activation rows (decode): the 32-value types are dotted straight from their blocks,
+    // since unpacking a row costs more than one dot with it; more rows amortize the unpacking.
+    if x.rows <= FUSED_MAX_ROWS && fused_type(ty) && isa != QIsa::Scalar && *HAS_F16C {
+        let row = |r: usize| &w[r * rb..(r + 1) * rb];
+        let mut r = 0;
+        while r < nr {
+            for t in 0..x.rows {
+                if r + FUSED_TILE <= nr {
+                    let rs = std::array::from_fn(|i| row(r + i));
+                    let y = dot_fused::<FUSED_TILE>(isa, ty, rs, x.row(t));
+                    out[t * rows + r0 + r..][..FUSED_TILE].copy_from_slice(&y);
+                } else {
+                    for i in r..nr {
+                        out[t * rows + r0 + i] = dot_fused(isa, ty, [row(i)], x.row(t))[0];
+                    }
+                }
+            }
+            r += FUSED_TILE;
+        }
+        return;
+    }
     let mut u = vec![0u8; TILE * cols];
     let mut a = vec![0f32; TILE * g];
     let mut b = vec![0f32; TILE * g];
@@ -383,7 +418,10 @@ fn quant_rows(
             );
         }
         for t in 0..x.rows {
-            let xr = x.row(t);
+            let mut xr = x.row(t);
+            if q8_1 {
+                xr.s16 = xr.s32;
+            }
             let mut y = [0f32; TILE];
             if tr == TILE {
                 y = dot_tile(isa, &u, &a, &b, cols, xr, wide);
@@ -400,6 +438,42 @@ fn quant_rows(
             }
         }
         r += tr;
+    }
+}
+
+/// Up to this many activation rows, Q4_0/Q4_1/Q8_0 rows take the fused kernels.
+const FUSED_MAX_ROWS: usize = 2;
+/// Weight rows per fused call. Decode tokens per CPU-second on SmolLM2 (1 thread, loaded
+/// machine, 2026-12-03): 1 row 46, 2 rows 50–53, 4 rows 40–47 (register pressure).
+const FUSED_TILE: usize = 2;
+
+static HAS_F16C: LazyLock<bool> = LazyLock::new(|| {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+});
+
+fn fused_type(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
+}
+
+/// `R` Q4_0/Q4_1/Q8_0 rows · one activation row, decoding the blocks in registers.
+fn dot_fused<const R: usize>(isa: QIsa, ty: GgmlType, rows: [&[u8]; R], x: ActRow) -> [f32; R] {
+    assert!(fused_type(ty) && rows.iter().all(|r| r.len() >= ty.row_bytes(x.q.len())));
+    assert!(x.d16.len() == x.q.len() / 16 && x.s16.len() == x.q.len() / 16);
+    assert!(x.s32.len() == x.q.len() / 16);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the ISA is one this CPU runs (and F16C was checked by the caller); the rows
+        // hold whole blocks for `x.q.len()` values (asserted above).
+        QIsa::Vnni => unsafe { x86::fused_vnni(ty, rows, x) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        QIsa::Avx512 | QIsa::Avx2 => unsafe { x86::fused_avx2(ty, rows, x) },
+        _ => unreachable!("the scalar version unpacks"),
     }
 }
 
@@ -496,6 +570,7 @@ mod x86 {
     //! Hand-written with intrinsics: LLVM does not form `pmaddubsw`/`vpdpbusd` from the scalar
     //! loop (it widens to 16 bits and uses `pmaddwd`, about half the rate).
     use super::ActRow;
+    use crate::gguf::GgmlType;
     use std::arch::x86_64::*;
 
     /// Integer dot of 32 unsigned codes with 32 signed activations: 8 i32 lanes, lanes 0–3 from
@@ -558,6 +633,108 @@ mod x86 {
         let mut y = [0f32; R];
         for r in 0..R {
             y[r] = hsum_256(acc[r]) + offsets(&b[r * g..(r + 1) * g], x.s16);
+        }
+        y
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub(super) unsafe fn fused_vnni<const R: usize>(
+        ty: GgmlType,
+        rows: [&[u8]; R],
+        x: ActRow,
+    ) -> [f32; R] {
+        fused::<true, R>(ty, rows, x)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn fused_avx2<const R: usize>(
+        ty: GgmlType,
+        rows: [&[u8]; R],
+        x: ActRow,
+    ) -> [f32; R] {
+        fused::<false, R>(ty, rows, x)
+    }
+
+    #[inline(always)]
+    unsafe fn f16_at(p: *const u8) -> f32 {
+        let bits = (p as *const u16).read_unaligned() as i32;
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits)))
+    }
+
+    /// `R` rows of Q4_0, Q4_1 or Q8_0 blocks · 8-bit activations, one block (32 values) per
+    /// step: nibbles split in registers (low nibbles are values 0–15, high 16–31, as the
+    /// activations are laid out), one integer dot, one FMA with the product of the two scales;
+    /// the offset term (`-8d`, `m`) per block against the activations' block sum. Several rows
+    /// share the activation loads and give the FMA chains independent work (see `FUSED_TILE`).
+    #[inline(always)]
+    unsafe fn fused<const VNNI: bool, const R: usize>(
+        ty: GgmlType,
+        rows: [&[u8]; R],
+        x: ActRow,
+    ) -> [f32; R] {
+        let nb = x.q.len() / 32;
+        let (bb, at) = match ty {
+            GgmlType::Q4_0 => (18, 2),
+            GgmlType::Q4_1 => (20, 4),
+            _ => (34, 2),
+        };
+        let m4 = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); R];
+        let mut off = [0f32; R];
+        let qp = x.q.as_ptr();
+        for b in 0..nb {
+            let q = _mm256_loadu_si256(qp.add(32 * b) as *const __m256i);
+            let dx = *x.d16.get_unchecked(2 * b);
+            // Q4_0: the exact Σq (its -8 is integer in llama.cpp); Q4_1: q8_1's f16 sum.
+            let sum = if ty == GgmlType::Q4_1 {
+                *x.s32.get_unchecked(2 * b)
+            } else {
+                *x.s16.get_unchecked(2 * b) + *x.s16.get_unchecked(2 * b + 1)
+            };
+            // Q8_0 with VNNI: 128·Σq per lane, subtracted in integers (exact, as llama.cpp's
+            // signed products are).
+            let q128 = if VNNI && ty == GgmlType::Q8_0 {
+                _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(-128), q)
+            } else {
+                _mm256_setzero_si256()
+            };
+            for r in 0..R {
+                let p = rows[r].as_ptr().add(b * bb);
+                let d = f16_at(p);
+                let i = if ty == GgmlType::Q8_0 {
+                    let w = _mm256_loadu_si256(p.add(2) as *const __m256i);
+                    if VNNI {
+                        let u = _mm256_xor_si256(w, _mm256_set1_epi8(-128));
+                        let i = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, q);
+                        _mm256_sub_epi32(i, q128)
+                    } else {
+                        // |w| · (q with w's sign): pmaddubsw's pairs stay within i16.
+                        let aw = _mm256_sign_epi8(w, w);
+                        let sq = _mm256_sign_epi8(q, w);
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sq), ones)
+                    }
+                } else {
+                    let v = _mm_loadu_si128(p.add(at) as *const __m128i);
+                    let u = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), m4);
+                    off[r] += sum
+                        * if ty == GgmlType::Q4_0 {
+                            -8.0 * d
+                        } else {
+                            f16_at(p.add(2))
+                        };
+                    if VNNI {
+                        _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, q)
+                    } else {
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(u, q), ones)
+                    }
+                };
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(d * dx), acc[r]);
+            }
+        }
+        let mut y = [0f32; R];
+        for r in 0..R {
+            y[r] = hsum_256(acc[r]) + off[r];
         }
         y
     }
@@ -749,9 +926,9 @@ mod tests {
     fn every_isa_matches_the_dequantized_product() {
         let mut rng = Rng::new(5);
         // 9 rows: two full tiles and a remainder; 544 columns: a 32-value tail after 64-chunks.
-        for cols in [512usize, 544] {
+        // 1 activation row: the fused kernels (Q4_0/Q4_1/Q8_0); 3: the unpacked tiles.
+        for (cols, n) in [(512usize, 3), (544, 3), (512, 1), (544, 1)] {
             let rows = 9;
-            let n = 3;
             let xf = random_acts(n, cols, &mut rng);
             let mut x = QActs::new();
             x.quantize(&xf, n, cols);
@@ -795,6 +972,32 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn fused_kernels_match_the_scalar_version() {
+        if !*HAS_F16C {
+            return;
+        }
+        let mut rng = Rng::new(11);
+        let cols = 544;
+        let xf = random_acts(1, cols, &mut rng);
+        let mut x = QActs::new();
+        x.quantize(&xf, 1, cols);
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+            let w = random_row(ty, cols, &mut rng);
+            let mut want = [0f32];
+            // Two activation rows would also fuse; the scalar version always unpacks.
+            qmatmul(QIsa::Scalar, ty, &w, 1, &x, &mut want);
+            for isa in QIsa::supported().into_iter().filter(|&i| i != QIsa::Scalar) {
+                let got = dot_fused(isa, ty, [&w[..]], x.row(0))[0];
+                assert!(
+                    (got - want[0]).abs() <= 1e-4 * (1.0 + want[0].abs()),
+                    "{ty:?} {isa:?}: {got} vs scalar {}",
+                    want[0]
+                );
             }
         }
     }
