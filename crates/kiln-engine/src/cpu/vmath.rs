@@ -84,6 +84,15 @@ pub(crate) fn supported() -> Vec<Isa> {
     v
 }
 
+/// Runs `f` on this thread with the [`simd_fn!`] version `isa` (one the caller got from
+/// [`isa`], so supported): rayon workers take the version their caller's thread chose.
+pub(crate) fn with_isa_here<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
+    let old = FORCE.with(|c| c.replace(Some(isa)));
+    let r = f();
+    FORCE.with(|c| c.set(old));
+    r
+}
+
 /// Runs `f` with this thread's [`simd_fn!`] calls forced to `isa` (must be supported).
 #[cfg(test)]
 pub(crate) fn with_isa<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
