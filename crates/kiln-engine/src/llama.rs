@@ -15,7 +15,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use crate::batch::BatchDecoder;
-use crate::cpu::quant::{qmatmul, QActs, QIsa};
+use crate::cpu::quant::{qmatmul, qmatmul_many, QActs, QIsa, QJob};
 use crate::cpu::vmath;
 use crate::gguf::quant::dequantize_into;
 use crate::gguf::{GgufError, GgufFile, TensorInfo};
@@ -302,6 +302,20 @@ impl LlamaModel {
                 out,
             )
         };
+        // Products of the same activations in one parallel region (`qmatmul_many`).
+        let mm_many = |ws: &[&TensorInfo], acts: &QActs, outs: Vec<&mut [f32]>| {
+            let mut jobs: Vec<QJob> = ws
+                .iter()
+                .zip(outs)
+                .map(|(w, out)| QJob {
+                    ty: w.ty,
+                    w: self.file.tensor_bytes(w),
+                    rows: out.len() / acts.rows,
+                    out,
+                })
+                .collect();
+            qmatmul_many(isa, &mut jobs, acts)
+        };
         let group = c.n_head / c.n_kv_head;
         let scale = 1.0 / (hd as f32).sqrt();
         // RoPE's (cos, sin) per token, once for all heads and layers (per element they were
@@ -320,9 +334,7 @@ impl LlamaModel {
         for (l, w) in self.layers.iter().enumerate() {
             rmsnorm_rows(&x, &w.attn_norm, c.eps, &mut h);
             acts.quantize(&h, n, d);
-            mm(&w.q, &acts, &mut q);
-            mm(&w.k, &acts, &mut k);
-            mm(&w.v, &acts, &mut v);
+            mm_many(&[&w.q, &w.k, &w.v], &acts, vec![&mut q, &mut k, &mut v]);
             for i in 0..n {
                 let cs = &rope_cs[i * half..(i + 1) * half];
                 rope(&mut q[i * d..(i + 1) * d], hd, cs);
@@ -362,8 +374,7 @@ impl LlamaModel {
             x.iter_mut().zip(&proj).for_each(|(x, p)| *x += p);
             rmsnorm_rows(&x, &w.ffn_norm, c.eps, &mut h);
             acts.quantize(&h, n, d);
-            mm(&w.gate, &acts, &mut g);
-            mm(&w.up, &acts, &mut up);
+            mm_many(&[&w.gate, &w.up], &acts, vec![&mut g, &mut up]);
             swiglu(&mut g, &up);
             acts.quantize(&g, n, ff);
             mm(&w.down, &acts, &mut proj);

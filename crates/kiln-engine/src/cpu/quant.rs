@@ -348,20 +348,45 @@ vmath::simd_fn! {
 /// activation row `t`, with the kernel version `isa`. Rows are split over rayon's pool in chunks
 /// of whole tiles; each weight row is read (and unpacked) once for all activation rows.
 pub fn qmatmul(isa: QIsa, ty: GgmlType, w: &[u8], rows: usize, x: &QActs, out: &mut [f32]) {
+    qmatmul_many(isa, &mut [QJob { ty, w, rows, out }], x);
+}
+
+/// One product of [`qmatmul_many`]: `out = W · x` for the `rows × x.cols` matrix `w` of type
+/// `ty`.
+pub struct QJob<'a> {
+    pub ty: GgmlType,
+    pub w: &'a [u8],
+    pub rows: usize,
+    pub out: &'a mut [f32],
+}
+
+/// Several products of the same activations (Q, K and V; gate and up) in one parallel region:
+/// at batch 1 a product lasts tens of microseconds, so each fork-join of the pool counts
+/// (211 per SmolLM2 token as single products).
+pub fn qmatmul_many(isa: QIsa, jobs: &mut [QJob], x: &QActs) {
     let (cols, n) = (x.cols, x.rows);
-    let rb = ty.row_bytes(cols);
-    assert!(w.len() >= rows * rb && out.len() == n * rows);
     // Enough chunks that a thread slowed by other load is covered by the others (work
     // stealing), few enough that each one amortizes its scratch.
     let threads = rayon::current_num_threads();
-    let chunk = rows.div_ceil(threads * 8).div_ceil(TILE).max(4) * TILE;
-    let out_ptr = SendPtr(out.as_mut_ptr());
-    (0..rows.div_ceil(chunk)).into_par_iter().for_each(|c| {
-        let r0 = c * chunk;
-        let r1 = (r0 + chunk).min(rows);
-        // SAFETY: chunks cover disjoint row ranges, so the writes below never overlap, and
-        // `out` outlives the parallel loop.
-        let out = unsafe { std::slice::from_raw_parts_mut(out_ptr.get(), n * rows) };
+    let mut tasks = Vec::new();
+    let mut ptrs = Vec::with_capacity(jobs.len());
+    for (j, job) in jobs.iter_mut().enumerate() {
+        let rb = job.ty.row_bytes(cols);
+        assert!(job.w.len() >= job.rows * rb && job.out.len() == n * job.rows);
+        let chunk = job.rows.div_ceil(threads * 8).div_ceil(TILE).max(4) * TILE;
+        for r0 in (0..job.rows).step_by(chunk) {
+            tasks.push((j, r0, (r0 + chunk).min(job.rows)));
+        }
+        ptrs.push(SendPtr(job.out.as_mut_ptr()));
+    }
+    let jobs = &*jobs;
+    tasks.into_par_iter().for_each(|(j, r0, r1)| {
+        let QJob { ty, w, rows, .. } = jobs[j];
+        let rb = ty.row_bytes(cols);
+        // SAFETY: the tasks of a job cover disjoint row ranges, so the writes below never
+        // overlap, and every `out` outlives the parallel loop (the jobs are borrowed mutably
+        // for its whole duration; only these pointers write through them).
+        let out = unsafe { std::slice::from_raw_parts_mut(ptrs[j].get(), n * rows) };
         if is_quantized(ty) {
             quant_rows(isa, ty, &w[r0 * rb..r1 * rb], r0, r1 - r0, rows, x, out);
         } else {
