@@ -55,7 +55,8 @@ fn argmax(x: &[f32]) -> usize {
 #[test]
 fn prefill_in_one_pass_equals_token_by_token() {
     let m = model();
-    let prompt: Vec<u32> = vec![1, 504, 3458, 282, 4649, 314, 253, 1345, 28, 378, 21, 8];
+    let mut prompt: Vec<u32> = vec![1, 504, 3458, 282, 4649, 314, 253, 1345, 28, 378, 21, 8];
+    prompt.extend((0..30).map(|i| 300 + 37 * i));
     let mut s = m.session(64);
     let mut one = Vec::new();
     for &t in &prompt {
