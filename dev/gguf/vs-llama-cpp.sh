@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Greedy continuations of a few prompts from kiln and llama.cpp's llama-completion on the same
-# GGUF (issue 13's correctness check, a first slice: text compared, not yet token ids / logits).
+# Greedy continuations of 20 prompts from kiln and llama.cpp's llama-completion on the same
+# GGUF (issue 13's correctness check: text compared, not yet token ids / logits, so where they
+# part is not yet classified as a near-tie or not).
 # usage: dev/gguf/vs-llama-cpp.sh LLAMA_COMPLETION_BINARY [MODEL_NAME_OR_PATH] [N_TOKENS]
 # Build llama.cpp from `kiln data fetch --set llama-cpp` (vendor/llama.cpp) as the data README says.
 set -uo pipefail
@@ -16,6 +17,21 @@ prompts=(
   "def fibonacci(n):"
   "The three primary colors are"
   "Water boils at a temperature of"
+  "The largest planet in our solar system is"
+  "To make a cup of tea, first"
+  "The main ingredients of bread are"
+  "In 1492, Christopher Columbus"
+  "The quick brown fox"
+  "Photosynthesis is the process by which"
+  "The best way to learn a new language is"
+  "import numpy as np"
+  "Dear Sir or Madam,"
+  "The theory of relativity was developed by"
+  "A healthy breakfast usually includes"
+  "The Great Wall of China is"
+  "My favorite season of the year is"
+  "The opposite of hot is"
+  "Shakespeare wrote many plays, including"
 )
 same=0
 for p in "${prompts[@]}"; do

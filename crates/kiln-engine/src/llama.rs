@@ -1,19 +1,23 @@
 //! Inference for GGUF models of the `llama` architecture (SmolLM2, Llama 2/3, TinyLlama): RMSNorm,
 //! RoPE with the file's base and rotary dims (llama.cpp's "normal" layout: adjacent pairs, since
 //! the converter permuted Q/K into it), grouped-query attention, SwiGLU, tied or untied output;
-//! one token at a time against a KV cache, on the cpu.
+//! against a KV cache per sequence, on the cpu.
 //!
-//! Weights stay quantized in the memory map. A matrix–vector product dots Q8_0 and Q4_1 rows
-//! block by block in f32 (portable code the compiler vectorizes) and dequantizes other types one
-//! row at a time into a small buffer; rows are split over rayon's pool. (The int8 dot kernels
-//! with run-time AVX2/AVX-512 dispatch of issue 13 are the later, faster path.)
+//! One forward pass serves everything ([`LlamaModel::forward_batch`]): a batch of tokens, each
+//! extending one session at its next position — a whole prompt (prefill in one pass), one token
+//! of each of many sequences ([`LlamaBatch`], the [`BatchDecoder`] for servers and rollouts), or
+//! a single token ([`LlamaModel::forward`]). Weights stay quantized in the memory map; every
+//! product quantizes its activations to 8 bits once and runs integer dot kernels against the
+//! weight blocks, each weight row read once for the whole batch ([`crate::cpu::quant`]).
 
 use std::sync::Arc;
 
 use rayon::prelude::*;
 
+use crate::batch::BatchDecoder;
+use crate::cpu::quant::{qmatmul, qmatmul_many, QActs, QIsa, QJob};
+use crate::cpu::vmath;
 use crate::gguf::quant::dequantize_into;
-use crate::gguf::GgmlType;
 use crate::gguf::{GgufError, GgufFile, TensorInfo};
 use crate::EngineError;
 
@@ -139,6 +143,36 @@ impl LlamaModel {
                 down: t("ffn_down", &[c.d_ff, d_model])?,
             });
         }
+        // The integer kernels take activations in blocks of 32 and whole weight blocks per row.
+        for (name, cols) in [
+            ("embedding_length", d_model),
+            ("feed_forward_length", c.d_ff),
+        ] {
+            if !cols.is_multiple_of(32) {
+                return Err(bad(
+                    format!("llama.{name}"),
+                    format!("{cols} is not a multiple of 32"),
+                ));
+            }
+        }
+        for (l, w) in layers.iter().enumerate() {
+            for (t, cols) in [
+                (&w.q, d_model),
+                (&w.k, d_model),
+                (&w.v, d_model),
+                (&w.o, d_model),
+                (&w.gate, d_model),
+                (&w.up, d_model),
+                (&w.down, c.d_ff),
+            ] {
+                if !cols.is_multiple_of(t.ty.block_elems()) {
+                    return Err(bad(
+                        format!("blk.{l} tensor type"),
+                        format!("{:?} blocks do not divide rows of {cols}", t.ty),
+                    ));
+                }
+            }
+        }
         let out_norm = vector(&file, "output_norm.weight", d_model)?;
         // No output matrix: the head is tied to the embedding.
         let output = match file.tensor("output.weight") {
@@ -169,111 +203,196 @@ impl LlamaModel {
         }
     }
 
-    /// Run `token` at the session's next position; returns the next-token logits.
+    /// Run `token` at the session's next position; returns the next-token logits. The same
+    /// code as prompts and batches ([`forward_batch`](Self::forward_batch)) with one token.
     pub fn forward<'s>(
         &self,
         s: &'s mut LlamaSession,
         token: u32,
     ) -> Result<&'s [f32], EngineError> {
-        let c = &self.config;
-        if token as usize >= c.vocab {
-            return Err(EngineError::TokenOutOfRange {
-                id: token,
-                pos: s.pos,
-                vocab: c.vocab,
-            });
-        }
-        if s.pos >= s.max_len {
-            return Err(EngineError::Config(format!(
-                "context full: {} positions (the KV cache's size)",
-                s.max_len
-            )));
-        }
-        let (d, hd, kvd) = (c.d_model, c.head_dim, c.n_kv_head * c.head_dim);
-        let pos = s.pos;
-        let mut x = vec![0f32; d];
-        let rb = self.embd.ty.row_bytes(d);
-        let bytes = self.file.tensor_bytes(&self.embd);
-        dequantize_into(self.embd.ty, &bytes[token as usize * rb..], &mut x)
-            .map_err(EngineError::Backend)?;
-        let mut h = vec![0f32; d];
-        let mut q = vec![0f32; d];
-        let mut att = vec![0f32; d];
-        let mut proj = vec![0f32; d];
-        let mut g = vec![0f32; c.d_ff];
-        let mut up = vec![0f32; c.d_ff];
-        let mut scores = vec![0f32; pos + 1];
-        let group = c.n_head / c.n_kv_head;
-        let scale = 1.0 / (hd as f32).sqrt();
-        for (l, w) in self.layers.iter().enumerate() {
-            rmsnorm(&x, &w.attn_norm, c.eps, &mut h);
-            let base = (l * s.max_len + pos) * kvd;
-            self.matvec(&w.q, &h, &mut q);
-            self.matvec(&w.k, &h, &mut s.k[base..base + kvd]);
-            self.matvec(&w.v, &h, &mut s.v[base..base + kvd]);
-            rope(&mut q, hd, c.rope_dims, c.rope_base, pos);
-            rope(
-                &mut s.k[base..base + kvd],
-                hd,
-                c.rope_dims,
-                c.rope_base,
-                pos,
-            );
-            let layer_k = &s.k[l * s.max_len * kvd..];
-            let layer_v = &s.v[l * s.max_len * kvd..];
-            for head in 0..c.n_head {
-                let qh = &q[head * hd..(head + 1) * hd];
-                let kh = (head / group) * hd;
-                for (t, sc) in scores.iter_mut().enumerate() {
-                    let k = &layer_k[t * kvd + kh..t * kvd + kh + hd];
-                    *sc = dot(qh, k) * scale;
-                }
-                softmax(&mut scores);
-                let out = &mut att[head * hd..(head + 1) * hd];
-                out.fill(0.0);
-                for (t, &p) in scores.iter().enumerate() {
-                    let v = &layer_v[t * kvd + kh..t * kvd + kh + hd];
-                    out.iter_mut().zip(v).for_each(|(o, v)| *o += p * v);
-                }
-            }
-            self.matvec(&w.o, &att, &mut proj);
-            x.iter_mut().zip(&proj).for_each(|(x, p)| *x += p);
-            rmsnorm(&x, &w.ffn_norm, c.eps, &mut h);
-            self.matvec(&w.gate, &h, &mut g);
-            self.matvec(&w.up, &h, &mut up);
-            g.iter_mut()
-                .zip(&up)
-                .for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u);
-            self.matvec(&w.down, &g, &mut proj);
-            x.iter_mut().zip(&proj).for_each(|(x, p)| *x += p);
-        }
-        rmsnorm(&x, &self.out_norm, c.eps, &mut h);
-        self.matvec(&self.output, &h, &mut s.logits);
-        s.pos += 1;
+        let logits = self.forward_batch(&mut [&mut *s], &[0], &[token], &[0])?;
+        s.logits.copy_from_slice(&logits);
         Ok(&s.logits)
     }
 
-    /// y = W x, W stored as `y.len()` quantized rows of `x.len()` elements.
-    fn matvec(&self, w: &TensorInfo, x: &[f32], y: &mut [f32]) {
-        let cols = x.len();
-        let rb = w.ty.row_bytes(cols);
-        let bytes = self.file.tensor_bytes(w);
-        y.par_chunks_mut(64).enumerate().for_each(|(ci, ys)| {
-            let mut row = vec![0f32; cols];
-            for (i, y) in ys.iter_mut().enumerate() {
-                let r = ci * 64 + i;
-                let rbytes = &bytes[r * rb..(r + 1) * rb];
-                *y = match w.ty {
-                    GgmlType::Q8_0 => dot_q8_0(rbytes, x),
-                    GgmlType::Q4_1 => dot_q4_1(rbytes, x),
-                    _ => {
-                        // Shapes were checked at load, so the row is whole.
-                        dequantize_into(w.ty, rbytes, &mut row).expect("row bytes checked at load");
-                        dot(&row, x)
-                    }
-                };
+    /// Weight bytes read per decoded token: every layer matrix and the output head (the
+    /// embedding is one row per token). For the decode-vs-bandwidth figure.
+    pub fn weight_bytes_per_token(&self) -> usize {
+        let mats = self
+            .layers
+            .iter()
+            .flat_map(|w| [&w.q, &w.k, &w.v, &w.o, &w.gate, &w.up, &w.down]);
+        mats.chain([&self.output])
+            .map(|t| self.file.tensor_bytes(t).len())
+            .sum()
+    }
+
+    /// Run a batch of tokens through the model: `tokens[i]` extends session `seq[i]`
+    /// (`sessions[seq[i]]`), at that session's next position — a session's tokens must be in
+    /// order; they may be a whole prompt (prefill in one pass, causal attention over it) or one
+    /// token each of many sessions (batched decode), or both. Returns the logits of the tokens
+    /// listed in `outputs` (indices into `tokens`), `[outputs.len(), vocab]`.
+    ///
+    /// Every weight matrix is read once for the whole batch ([`qmatmul`]); the activations are
+    /// quantized to 8-bit blocks once per product, as llama.cpp does.
+    pub fn forward_batch(
+        &self,
+        sessions: &mut [&mut LlamaSession],
+        seq: &[usize],
+        tokens: &[u32],
+        outputs: &[usize],
+    ) -> Result<Vec<f32>, EngineError> {
+        let c = &self.config;
+        let n = tokens.len();
+        if seq.len() != n || outputs.iter().any(|&o| o >= n) {
+            return Err(EngineError::Shape(format!(
+                "forward_batch: {n} tokens, {} sequence ids, outputs {outputs:?}",
+                seq.len()
+            )));
+        }
+        // Each token's position: its session's length plus the earlier tokens for it here.
+        let mut next: Vec<usize> = sessions.iter().map(|s| s.pos).collect();
+        let mut pos = Vec::with_capacity(n);
+        for (&t, &sq) in tokens.iter().zip(seq) {
+            let s = sessions.get(sq).ok_or_else(|| {
+                EngineError::Shape(format!("forward_batch: session {sq} of {}", next.len()))
+            })?;
+            let p = next[sq];
+            if t as usize >= c.vocab {
+                return Err(EngineError::TokenOutOfRange {
+                    id: t,
+                    pos: p,
+                    vocab: c.vocab,
+                });
             }
-        });
+            if p >= s.max_len {
+                return Err(EngineError::Config(format!(
+                    "context full: {} positions (the KV cache's size)",
+                    s.max_len
+                )));
+            }
+            pos.push(p);
+            next[sq] = p + 1;
+        }
+        let (d, hd, kvd, ff) = (c.d_model, c.head_dim, c.n_kv_head * c.head_dim, c.d_ff);
+        let isa = QIsa::current();
+        let mut x = vec![0f32; n * d];
+        let rb = self.embd.ty.row_bytes(d);
+        let bytes = self.file.tensor_bytes(&self.embd);
+        for (x, &t) in x.chunks_exact_mut(d).zip(tokens) {
+            dequantize_into(self.embd.ty, &bytes[t as usize * rb..], x)
+                .map_err(EngineError::Backend)?;
+        }
+        let mut h = vec![0f32; n * d];
+        let mut q = vec![0f32; n * d];
+        let mut k = vec![0f32; n * kvd];
+        let mut v = vec![0f32; n * kvd];
+        let mut att = vec![0f32; n * d];
+        let mut proj = vec![0f32; n * d];
+        let mut g = vec![0f32; n * ff];
+        let mut up = vec![0f32; n * ff];
+        let mut acts = QActs::new();
+        let mm = |w: &TensorInfo, acts: &QActs, out: &mut [f32]| {
+            qmatmul(
+                isa,
+                w.ty,
+                self.file.tensor_bytes(w),
+                out.len() / acts.rows,
+                acts,
+                out,
+            )
+        };
+        // Products of the same activations in one parallel region (`qmatmul_many`).
+        let mm_many = |ws: &[&TensorInfo], acts: &QActs, outs: Vec<&mut [f32]>| {
+            let mut jobs: Vec<QJob> = ws
+                .iter()
+                .zip(outs)
+                .map(|(w, out)| QJob {
+                    ty: w.ty,
+                    w: self.file.tensor_bytes(w),
+                    rows: out.len() / acts.rows,
+                    out,
+                })
+                .collect();
+            qmatmul_many(isa, &mut jobs, acts)
+        };
+        let group = c.n_head / c.n_kv_head;
+        let scale = 1.0 / (hd as f32).sqrt();
+        // RoPE's (cos, sin) per token, once for all heads and layers (per element they were
+        // ~2.5% of decode time).
+        let half = c.rope_dims / 2;
+        let rope_cs: Vec<(f32, f32)> = pos
+            .iter()
+            .flat_map(|&p| {
+                (0..half).map(move |i| {
+                    let theta = p as f32 * c.rope_base.powf(-2.0 * i as f32 / c.rope_dims as f32);
+                    let (sin, cos) = theta.sin_cos();
+                    (cos, sin)
+                })
+            })
+            .collect();
+        for (l, w) in self.layers.iter().enumerate() {
+            rmsnorm_rows(&x, &w.attn_norm, c.eps, &mut h);
+            acts.quantize(&h, n, d);
+            mm_many(&[&w.q, &w.k, &w.v], &acts, vec![&mut q, &mut k, &mut v]);
+            for i in 0..n {
+                let cs = &rope_cs[i * half..(i + 1) * half];
+                rope(&mut q[i * d..(i + 1) * d], hd, cs);
+                rope(&mut k[i * kvd..(i + 1) * kvd], hd, cs);
+                let s = &mut sessions[seq[i]];
+                let at = (l * s.max_len + pos[i]) * kvd;
+                s.k[at..at + kvd].copy_from_slice(&k[i * kvd..(i + 1) * kvd]);
+                s.v[at..at + kvd].copy_from_slice(&v[i * kvd..(i + 1) * kvd]);
+            }
+            // Causal attention: token i sees its session's positions 0..=pos[i] (its own
+            // earlier tokens in this batch were written to the cache above).
+            let caches: Vec<(&[f32], &[f32])> = sessions
+                .iter()
+                .map(|s| {
+                    let r = l * s.max_len * kvd..(l + 1) * s.max_len * kvd;
+                    (&s.k[r.clone()], &s.v[r])
+                })
+                .collect();
+            att.par_chunks_mut(d).enumerate().for_each(|(i, out)| {
+                let (lk, lv) = caches[seq[i]];
+                let mut scores = vec![0f32; pos[i] + 1];
+                for head in 0..c.n_head {
+                    let kh = (head / group) * hd;
+                    attend(
+                        &q[i * d + head * hd..i * d + (head + 1) * hd],
+                        &lk[kh..],
+                        &lv[kh..],
+                        kvd,
+                        scale,
+                        &mut scores,
+                        &mut out[head * hd..(head + 1) * hd],
+                    );
+                }
+            });
+            acts.quantize(&att, n, d);
+            mm(&w.o, &acts, &mut proj);
+            x.iter_mut().zip(&proj).for_each(|(x, p)| *x += p);
+            rmsnorm_rows(&x, &w.ffn_norm, c.eps, &mut h);
+            acts.quantize(&h, n, d);
+            mm_many(&[&w.gate, &w.up], &acts, vec![&mut g, &mut up]);
+            swiglu(&mut g, &up);
+            acts.quantize(&g, n, ff);
+            mm(&w.down, &acts, &mut proj);
+            x.iter_mut().zip(&proj).for_each(|(x, p)| *x += p);
+        }
+        for (sq, s) in sessions.iter_mut().enumerate() {
+            s.pos = next[sq];
+        }
+        // The head only for the rows asked for (a prompt needs its last token's logits).
+        let m = outputs.len();
+        let mut hx = vec![0f32; m * d];
+        for (o, &i) in hx.chunks_exact_mut(d).zip(outputs) {
+            rmsnorm(&x[i * d..(i + 1) * d], &self.out_norm, c.eps, o);
+        }
+        acts.quantize(&hx, m, d);
+        let mut logits = vec![0f32; m * c.vocab];
+        mm(&self.output, &acts, &mut logits);
+        Ok(logits)
     }
 }
 
@@ -297,6 +416,134 @@ impl LlamaSession {
     /// Forget the sequence; the cache's memory is kept (positions past `pos` are never read).
     pub fn reset(&mut self) {
         self.pos = 0;
+    }
+}
+
+/// [`BatchDecoder`] over a llama model: `slots` KV caches stepped together, so each weight
+/// matrix is read once per step for all of them, and prompts prefilled in one pass
+/// ([`LlamaModel::forward_batch`]). [`SequentialLlama`](crate::batch::SequentialLlama) is the
+/// reference it is tested against.
+pub struct LlamaBatch<'m> {
+    model: &'m LlamaModel,
+    sessions: Vec<LlamaSession>,
+    capacity: usize,
+}
+
+/// Prompts longer than this are prefilled in pieces (bounds the activations' memory).
+const PREFILL_CHUNK: usize = 512;
+
+impl<'m> LlamaBatch<'m> {
+    pub fn new(model: &'m LlamaModel, slots: usize, capacity: usize) -> Self {
+        let sessions: Vec<LlamaSession> = (0..slots).map(|_| model.session(capacity)).collect();
+        let capacity = sessions.first().map_or(0, LlamaSession::capacity);
+        LlamaBatch {
+            model,
+            sessions,
+            capacity,
+        }
+    }
+
+    fn check_slot(&self, slot: usize) -> Result<(), EngineError> {
+        if slot < self.sessions.len() {
+            Ok(())
+        } else {
+            Err(EngineError::Shape(format!(
+                "slot {slot} out of range ({} slots)",
+                self.sessions.len()
+            )))
+        }
+    }
+}
+
+impl BatchDecoder for LlamaBatch<'_> {
+    fn slots(&self) -> usize {
+        self.sessions.len()
+    }
+    fn capacity(&self) -> usize {
+        self.capacity
+    }
+    fn vocab(&self) -> usize {
+        self.model.config.vocab
+    }
+    fn len(&self, slot: usize) -> usize {
+        self.sessions[slot].pos()
+    }
+    fn prefill(&mut self, slot: usize, prompt: &[u32]) -> Result<Vec<f32>, EngineError> {
+        self.check_slot(slot)?;
+        if prompt.is_empty() {
+            return Err(EngineError::Shape("empty prompt".into()));
+        }
+        let s = &mut self.sessions[slot];
+        s.reset();
+        let mut logits = Vec::new();
+        for piece in prompt.chunks(PREFILL_CHUNK) {
+            let seq = vec![0; piece.len()];
+            let r = self
+                .model
+                .forward_batch(&mut [&mut *s], &seq, piece, &[piece.len() - 1]);
+            match r {
+                Ok(l) => logits = l,
+                Err(e) => {
+                    s.reset();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(logits)
+    }
+    fn step(&mut self, slots: &[usize], tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
+        if slots.len() != tokens.len() {
+            return Err(EngineError::Shape(format!(
+                "step: {} tokens for {} slots",
+                tokens.len(),
+                slots.len()
+            )));
+        }
+        for (i, &s) in slots.iter().enumerate() {
+            self.check_slot(s)?;
+            if slots[..i].contains(&s) {
+                return Err(EngineError::Shape(format!("step: slot {s} given twice")));
+            }
+            if self.sessions[s].pos() == 0 {
+                return Err(EngineError::Shape(format!(
+                    "step: slot {s} is empty (prefill it first)"
+                )));
+            }
+        }
+        // Disjoint mutable borrows of the stepped slots, in the caller's order.
+        let mut by_slot: Vec<Option<&mut LlamaSession>> =
+            self.sessions.iter_mut().map(Some).collect();
+        let mut refs: Vec<&mut LlamaSession> = slots
+            .iter()
+            .map(|&s| by_slot[s].take().expect("slots are distinct"))
+            .collect();
+        let seq: Vec<usize> = (0..slots.len()).collect();
+        self.model.forward_batch(&mut refs, &seq, tokens, &seq)
+    }
+    fn fork(&mut self, src: usize, dst: usize) -> Result<(), EngineError> {
+        self.check_slot(src)?;
+        self.check_slot(dst)?;
+        if src != dst {
+            let (s, d) = if src < dst {
+                let (a, b) = self.sessions.split_at_mut(dst);
+                (&a[src], &mut b[0])
+            } else {
+                let (a, b) = self.sessions.split_at_mut(src);
+                (&b[0], &mut a[dst])
+            };
+            // Only the filled positions: the rest is never read.
+            let kvd = self.model.config.n_kv_head * self.model.config.head_dim;
+            for l in 0..self.model.config.n_layer {
+                let r = l * s.max_len * kvd..(l * s.max_len + s.pos) * kvd;
+                d.k[r.clone()].copy_from_slice(&s.k[r.clone()]);
+                d.v[r.clone()].copy_from_slice(&s.v[r]);
+            }
+            d.pos = s.pos;
+        }
+        Ok(())
+    }
+    fn clear(&mut self, slot: usize) {
+        self.sessions[slot].reset();
     }
 }
 
@@ -334,51 +581,11 @@ fn vector(file: &GgufFile, name: &str, n: usize) -> Result<Vec<f32>, EngineError
     Ok(v)
 }
 
-/// Row · x for a Q8_0 row, block by block without a dequantized copy: d · Σ qᵢxᵢ.
-fn dot_q8_0(row: &[u8], x: &[f32]) -> f32 {
-    let mut sum = 0.0;
-    for (b, x) in row.chunks_exact(34).zip(x.chunks_exact(32)) {
-        let d = half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
-        let mut acc = [0f32; 8];
-        for (q, x) in b[2..].chunks_exact(8).zip(x.chunks_exact(8)) {
-            for i in 0..8 {
-                acc[i] += (q[i] as i8) as f32 * x[i];
-            }
-        }
-        sum += d * acc.iter().sum::<f32>();
+fn rmsnorm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let d = w.len();
+    for (x, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        rmsnorm(x, w, eps, o);
     }
-    sum
-}
-
-/// Row · x for a Q4_1 row: Σ (d·qᵢ + m)·xᵢ = d · Σ qᵢxᵢ + m · Σ xᵢ per block.
-fn dot_q4_1(row: &[u8], x: &[f32]) -> f32 {
-    let mut sum = 0.0;
-    for (b, x) in row.chunks_exact(20).zip(x.chunks_exact(32)) {
-        let h = |at: usize| half::f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32();
-        let (d, m) = (h(0), h(2));
-        let (lo, hi) = x.split_at(16);
-        let (mut qx, mut sx) = ([0f32; 16], [0f32; 16]);
-        for j in 0..16 {
-            let q = b[4 + j];
-            qx[j] = (q & 0xF) as f32 * lo[j] + (q >> 4) as f32 * hi[j];
-            sx[j] = lo[j] + hi[j];
-        }
-        sum += d * qx.iter().sum::<f32>() + m * sx.iter().sum::<f32>();
-    }
-    sum
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight partial sums let the compiler vectorize (a single running sum is a serial chain).
-    let mut acc = [0f32; 8];
-    let (ac, ar) = a.split_at(a.len() / 8 * 8);
-    let (bc, br) = b.split_at(ac.len());
-    for (x, y) in ac.chunks_exact(8).zip(bc.chunks_exact(8)) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + ar.iter().zip(br).map(|(x, y)| x * y).sum::<f32>()
 }
 
 fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
@@ -389,12 +596,11 @@ fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
         .for_each(|(o, (x, w))| *o = x * s * w);
 }
 
-/// Rotate adjacent pairs of the first `dims` of every head by `pos · base^(−2i/dims)`.
-fn rope(x: &mut [f32], head_dim: usize, dims: usize, base: f32, pos: usize) {
+/// Rotate adjacent pairs of every head's first `2·cs.len()` values by the angles whose
+/// (cos, sin) are `cs` (`pos · base^(−2i/dims)`).
+fn rope(x: &mut [f32], head_dim: usize, cs: &[(f32, f32)]) {
     for head in x.chunks_exact_mut(head_dim) {
-        for i in 0..dims / 2 {
-            let theta = pos as f32 * base.powf(-2.0 * i as f32 / dims as f32);
-            let (sin, cos) = theta.sin_cos();
+        for (i, &(cos, sin)) in cs.iter().enumerate() {
             let (a, b) = (head[2 * i], head[2 * i + 1]);
             head[2 * i] = a * cos - b * sin;
             head[2 * i + 1] = a * sin + b * cos;
@@ -402,12 +608,55 @@ fn rope(x: &mut [f32], head_dim: usize, dims: usize, base: f32, pos: usize) {
     }
 }
 
-fn softmax(x: &mut [f32]) {
-    let m = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    let mut sum = 0.0;
-    x.iter_mut().for_each(|v| {
-        *v = (*v - m).exp();
-        sum += *v;
-    });
-    x.iter_mut().for_each(|v| *v /= sum);
+vmath::simd_fn! {
+    /// `g = silu(g) · up`, vectorized (`vmath::exp`; libm's `expf` per element was a call each).
+    fn swiglu(g: &mut [f32], up: &[f32]) {
+        for (g, u) in g.iter_mut().zip(up) {
+            *g = *g / (1.0 + vmath::exp(-*g)) * u;
+        }
+    }
+}
+
+vmath::simd_fn! {
+    /// One head of one query: `out = softmax(scale · q·kₜ) · vₜ` over `t < scores.len()`, the
+    /// keys and values `stride` apart. One ISA dispatch per head, the loops inside vectorized
+    /// (per-score calls cost more than the arithmetic at head size 64: measured).
+    fn attend(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        stride: usize,
+        scale: f32,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let hd = q.len();
+        for (t, sc) in scores.iter_mut().enumerate() {
+            let k = &k[t * stride..t * stride + hd];
+            let mut acc = [0f32; vmath::LANES];
+            for (q, k) in q.chunks_exact(vmath::LANES).zip(k.chunks_exact(vmath::LANES)) {
+                for l in 0..vmath::LANES {
+                    acc[l] += q[l] * k[l];
+                }
+            }
+            let tail = hd / vmath::LANES * vmath::LANES;
+            let rest: f32 = q[tail..].iter().zip(&k[tail..]).map(|(a, b)| a * b).sum();
+            *sc = (vmath::hsum(&acc) + rest) * scale;
+        }
+        let m = vmath::max(scores);
+        let mut sum = 0f32;
+        for s in scores.iter_mut() {
+            *s = vmath::exp(*s - m);
+            sum += *s;
+        }
+        let inv = 1.0 / sum;
+        out.fill(0.0);
+        for (t, &p) in scores.iter().enumerate() {
+            let v = &v[t * stride..t * stride + hd];
+            let p = p * inv;
+            for (o, v) in out.iter_mut().zip(v) {
+                *o += p * v;
+            }
+        }
+    }
 }

@@ -42,7 +42,11 @@ fn chat_answers_a_factual_question_greedily() {
         .stdin
         .take()
         .unwrap()
-        .write_all(b"What is the capital of France?")
+        // "What is the capital of France?" alone gets "L'Étoile, la Marseillaise, …" from this
+        // 135M model once activations are 8-bit, from llama.cpp's `llama-completion -cnv` as
+        // from kiln (checked 2026-12-03); with the hint both answer "The capital of France is
+        // Paris."
+        .write_all(b"What is the capital of France? Answer with one word.")
         .unwrap();
     let out = child.wait_with_output().unwrap();
     let reply = String::from_utf8_lossy(&out.stdout);

@@ -6,8 +6,9 @@
 //! except the attention-backward workspace, which grows once and is reused.
 
 mod kernels;
+pub mod quant;
 pub mod sgemm;
-mod vmath;
+pub(crate) mod vmath;
 
 use std::sync::Mutex;
 

@@ -64,8 +64,7 @@ pub(crate) fn isa() -> Isa {
     FORCE.with(|f| f.get()).unwrap_or(*DETECTED)
 }
 
-/// The best version this CPU supports (ignoring overrides).
-#[cfg(test)]
+/// The versions this CPU supports (ignoring overrides).
 pub(crate) fn supported() -> Vec<Isa> {
     let mut v = vec![Isa::Scalar];
     #[cfg(target_arch = "x86_64")]
@@ -83,6 +82,15 @@ pub(crate) fn supported() -> Vec<Isa> {
         }
     }
     v
+}
+
+/// Runs `f` on this thread with the [`simd_fn!`] version `isa` (one the caller got from
+/// [`isa`], so supported): rayon workers take the version their caller's thread chose.
+pub(crate) fn with_isa_here<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
+    let old = FORCE.with(|c| c.replace(Some(isa)));
+    let r = f();
+    FORCE.with(|c| c.set(old));
+    r
 }
 
 /// Runs `f` with this thread's [`simd_fn!`] calls forced to `isa` (must be supported).

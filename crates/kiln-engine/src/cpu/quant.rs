@@ -1,0 +1,1072 @@
+//! Quantized matrix products for GGUF weights, the way llama.cpp does them: the activations are
+//! quantized once per product to 8-bit blocks ([`QActs`]: 32 values share an f32 scale), and
+//! every weight row is dotted in integers against them.
+//!
+//! One form serves every weight type. A row of Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q5_K or Q6_K is
+//! unpacked (in L1, a tile of [`TILE`] rows at a time) into unsigned 8-bit codes `u` and, per
+//! group of 16 values, a scale `a` and an offset `b`, so that `w = a·u + b` exactly as the
+//! dequantizer computes it (Q6_K's scales change every 16 values, hence groups of 16). With the
+//! activations `x = dx·q` (q: i8), a row's product is
+//!
+//! `Σ_g a_g·dx_g·(Σ_{i∈g} u_i·q_i) + Σ_g b_g·(dx_g·Σ_{i∈g} q_i)`
+//!
+//! — an unsigned×signed byte dot product per group (AVX-512 VNNI `vpdpbusd`, or `pmaddubsw` +
+//! `pmaddwd` on AVX-512BW / AVX2, or plain integer code) and a short f32 dot product with the
+//! activations' group sums. The codes are at most 6 bits except Q8_0's (`w ^ 0x80`, 8 bits),
+//! which `pmaddubsw` would saturate on; there the code is split into nibbles ("wide").
+//!
+//! Why unpack instead of llama.cpp's fused per-type kernels: one hand-written kernel per ISA
+//! instead of seven, and in a matrix–matrix product (prefill, batched decode) the unpacking is
+//! paid once per weight row for all activation rows. At batch 1 the extra pass runs over bytes
+//! already in L1 (the row tile is a few KiB); decode stays bound by reading the weights.
+//!
+//! The ISA comes from the cpu backend's one switch (`vmath::isa`, `KILN_SIMD=avx2|scalar`);
+//! VNNI is used when the AVX-512 version runs and the CPU has it. [`qmatmul`] reads the choice
+//! once on the calling thread and hands it to its rayon workers, so tests can force each path.
+
+use std::sync::LazyLock;
+
+use rayon::prelude::*;
+
+use super::vmath::{self, Isa};
+use crate::gguf::quant::dequantize_into;
+use crate::gguf::GgmlType;
+
+/// Which version of the integer dot kernel runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QIsa {
+    Scalar,
+    Avx2,
+    /// AVX-512BW without VNNI (`pmaddubsw` on 64 bytes).
+    Avx512,
+    /// AVX-512 with VNNI (`vpdpbusd`).
+    Vnni,
+}
+
+static HAS_VNNI: LazyLock<bool> = LazyLock::new(|| {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+});
+
+impl QIsa {
+    /// The version the cpu backend's switch selects on this thread.
+    pub fn current() -> QIsa {
+        match vmath::isa() {
+            Isa::Avx512 if *HAS_VNNI => QIsa::Vnni,
+            Isa::Avx512 => QIsa::Avx512,
+            Isa::Avx2 => QIsa::Avx2,
+            Isa::Scalar => QIsa::Scalar,
+        }
+    }
+
+    /// Every version this CPU can run (tests compare them all).
+    pub fn supported() -> Vec<QIsa> {
+        let mut v = vec![QIsa::Scalar];
+        let isas = vmath::supported();
+        if isas.contains(&Isa::Avx2) {
+            v.push(QIsa::Avx2);
+        }
+        if isas.contains(&Isa::Avx512) {
+            v.push(QIsa::Avx512);
+            if *HAS_VNNI {
+                v.push(QIsa::Vnni);
+            }
+        }
+        v
+    }
+}
+
+/// Weight rows unpacked together; activation loads are shared by the tile's rows.
+pub const TILE: usize = 4;
+
+/// Activations quantized to 8-bit blocks of 32: `rows × cols` codes, per group of 16 the
+/// block's scale `d16` and `s16 = d·Σq` over the group, and per block llama.cpp's q8_1 sum
+/// (`s32`, in the first of the block's two groups). `x` keeps the f32 rows for weight types
+/// that are not block-quantized (F32, F16, BF16).
+#[derive(Default, Clone)]
+pub struct QActs {
+    pub rows: usize,
+    pub cols: usize,
+    q: Vec<i8>,
+    d16: Vec<f32>,
+    s16: Vec<f32>,
+    s32: Vec<f32>,
+    x: Vec<f32>,
+}
+
+impl QActs {
+    pub fn new() -> QActs {
+        QActs::default()
+    }
+
+    /// Quantize `x` (`rows × cols`, `cols` a multiple of 32), reusing this buffer's memory.
+    pub fn quantize(&mut self, x: &[f32], rows: usize, cols: usize) {
+        assert!(cols.is_multiple_of(32) && x.len() == rows * cols);
+        self.rows = rows;
+        self.cols = cols;
+        self.q.resize(rows * cols, 0);
+        self.d16.resize(rows * cols / 16, 0.0);
+        self.s16.resize(rows * cols / 16, 0.0);
+        self.s32.resize(rows * cols / 16, 0.0);
+        self.x.clear();
+        self.x.extend_from_slice(x);
+        if rows < 8 {
+            quantize_blocks(x, &mut self.q, &mut self.d16, &mut self.s16, &mut self.s32);
+            return;
+        }
+        // Prompts: split by rows over the pool (serial, it was ~4% of a 1-thread prefill,
+        // twice that share at 2 threads). `simd_fn!` reads the ISA per thread, so the workers
+        // take the process-wide choice.
+        let isa = vmath::isa();
+        let rc = 8;
+        let g = cols / 16;
+        x.par_chunks(rc * cols)
+            .zip(self.q.par_chunks_mut(rc * cols))
+            .zip(self.d16.par_chunks_mut(rc * g))
+            .zip(self.s16.par_chunks_mut(rc * g))
+            .zip(self.s32.par_chunks_mut(rc * g))
+            .for_each(|((((x, q), d16), s16), s32)| {
+                vmath::with_isa_here(isa, || quantize_blocks(x, q, d16, s16, s32))
+            });
+    }
+
+    fn row(&self, t: usize) -> ActRow<'_> {
+        let (c, g) = (self.cols, self.cols / 16);
+        ActRow {
+            q: &self.q[t * c..(t + 1) * c],
+            d16: &self.d16[t * g..(t + 1) * g],
+            s16: &self.s16[t * g..(t + 1) * g],
+            s32: &self.s32[t * g..(t + 1) * g],
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct ActRow<'a> {
+    q: &'a [i8],
+    d16: &'a [f32],
+    s16: &'a [f32],
+    s32: &'a [f32],
+}
+
+vmath::simd_fn! {
+    /// Blocks of 32 as llama.cpp's AVX `quantize_row_q8_0`/`q8_1` make them, so that products
+    /// round like llama.cpp's: `q = round_even(x·127/max|x|)`, the scale `d = max|x|/127` kept
+    /// at f16 precision, and (q8_1, for Q4_1) `s32 = f16(d·Σq)` (stored per 16 as `[s32, 0]`,
+    /// so the offset code serves both layouts). `s16` holds the exact
+    /// `f16(d)·Σq` per 16 values for the offset terms that must cancel exactly.
+    fn quantize_blocks(x: &[f32], q: &mut [i8], d16: &mut [f32], s16: &mut [f32], s32: &mut [f32]) {
+        for ((((x, q), d16), s16), s32) in x
+            .chunks_exact(32)
+            .zip(q.chunks_exact_mut(32))
+            .zip(d16.chunks_exact_mut(2))
+            .zip(s16.chunks_exact_mut(2))
+            .zip(s32.chunks_exact_mut(2))
+        {
+            let mut amax = 0f32;
+            for &v in x {
+                let a = v.abs();
+                amax = if a > amax { a } else { amax };
+            }
+            let d = amax / 127.0;
+            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+            let mut sums = [0i32; 2];
+            for (h, (x, q)) in x.chunks_exact(16).zip(q.chunks_exact_mut(16)).enumerate() {
+                for (x, q) in x.iter().zip(q.iter_mut()) {
+                    *q = (x * id).round_ties_even() as i8;
+                }
+                sums[h] = q.iter().map(|&v| v as i32).sum();
+            }
+            let dh = half::f16::from_f32(d).to_f32();
+            d16.fill(dh);
+            s16[0] = dh * sums[0] as f32;
+            s16[1] = dh * sums[1] as f32;
+            s32[0] = half::f16::from_f32(d * (sums[0] + sums[1]) as f32).to_f32();
+            s32[1] = 0.0;
+        }
+    }
+}
+
+/// Whether `ty` is block-quantized (goes through the integer kernels).
+pub fn is_quantized(ty: GgmlType) -> bool {
+    !matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
+}
+
+/// The little-endian f16 at `b[at]`, exactly. Written out (not `half`) so it inlines into the
+/// unpack loops: `half`'s F16C path is an out-of-line call per block, measured at a quarter of
+/// decode time.
+#[inline(always)]
+fn f16le(b: &[u8], at: usize) -> f32 {
+    let h = u16::from_le_bytes([b[at], b[at + 1]]) as u32;
+    let sign = (h & 0x8000) << 16;
+    let exp = (h >> 10) & 0x1F;
+    let man = h & 0x3FF;
+    if exp == 0 {
+        // Zero or subnormal: man · 2⁻²⁴ (exact in f32).
+        let v = man as f32 * (1.0 / 16_777_216.0);
+        f32::from_bits(v.to_bits() | sign)
+    } else if exp == 31 {
+        f32::from_bits(sign | 0x7F80_0000 | (man << 13))
+    } else {
+        f32::from_bits(sign | ((exp + 112) << 23) | (man << 13))
+    }
+}
+
+/// The 6-bit scale and min of sub-block `j` of a Q4_K/Q5_K block (as `gguf::quant`).
+fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+vmath::simd_fn! {
+    /// Unpack one quantized row into codes `u` (one per value), and per group of 16 the scale
+    /// `a` and offset `b` with `w = a·u + b` (the products the dequantizer forms, in its order).
+    /// One loop per type over fixed-size arrays, so each compiles to vector code for the ISA it
+    /// is instantiated for (a per-block `match` and scalar bytes cost more than the dot itself
+    /// at batch 1: measured 5× slower decode).
+    fn unpack_row(ty: GgmlType, row: &[u8], u: &mut [u8], a: &mut [f32], b: &mut [f32]) {
+        let bb = ty.block_bytes();
+        let be = ty.block_elems();
+        let g = be / 16;
+        let blocks = row
+            .chunks_exact(bb)
+            .zip(u.chunks_exact_mut(be))
+            .zip(a.chunks_exact_mut(g).zip(b.chunks_exact_mut(g)));
+        match ty {
+            GgmlType::Q4_0 | GgmlType::Q4_1 => {
+                let q4_0 = ty == GgmlType::Q4_0;
+                let at = if q4_0 { 2 } else { 4 };
+                for ((blk, u), (a, b)) in blocks {
+                    let d = f16le(blk, 0);
+                    let q: &[u8; 16] = blk[at..at + 16].try_into().unwrap();
+                    let u: &mut [u8; 32] = u.try_into().unwrap();
+                    for j in 0..16 {
+                        u[j] = q[j] & 0xF;
+                        u[j + 16] = q[j] >> 4;
+                    }
+                    a.fill(d);
+                    b.fill(if q4_0 { -8.0 * d } else { f16le(blk, 2) });
+                }
+            }
+            GgmlType::Q5_0 => {
+                for ((blk, u), (a, b)) in blocks {
+                    let d = f16le(blk, 0);
+                    let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+                    let q: &[u8; 16] = blk[6..22].try_into().unwrap();
+                    let u: &mut [u8; 32] = u.try_into().unwrap();
+                    for j in 0..16 {
+                        let h0 = (((qh >> j) << 4) & 0x10) as u8;
+                        let h1 = ((qh >> (j + 12)) & 0x10) as u8;
+                        u[j] = (q[j] & 0xF) | h0;
+                        u[j + 16] = (q[j] >> 4) | h1;
+                    }
+                    a.fill(d);
+                    b.fill(-16.0 * d);
+                }
+            }
+            GgmlType::Q8_0 => {
+                for ((blk, u), (a, b)) in blocks {
+                    let d = f16le(blk, 0);
+                    let q: &[u8; 32] = blk[2..34].try_into().unwrap();
+                    let u: &mut [u8; 32] = u.try_into().unwrap();
+                    for j in 0..32 {
+                        u[j] = q[j] ^ 0x80;
+                    }
+                    a.fill(d);
+                    b.fill(-128.0 * d);
+                }
+            }
+            GgmlType::Q4_K | GgmlType::Q5_K => {
+                let q5 = ty == GgmlType::Q5_K;
+                for ((blk, u), (a, b)) in blocks {
+                    let (d, dmin) = (f16le(blk, 0), f16le(blk, 2));
+                    let scales = &blk[4..16];
+                    let qs = if q5 { &blk[48..176] } else { &blk[16..144] };
+                    for (c, q) in qs.chunks_exact(32).enumerate() {
+                        let q: &[u8; 32] = q.try_into().unwrap();
+                        let u: &mut [u8; 64] = (&mut u[64 * c..64 * c + 64]).try_into().unwrap();
+                        for l in 0..32 {
+                            u[l] = q[l] & 0xF;
+                            u[l + 32] = q[l] >> 4;
+                        }
+                        if q5 {
+                            let qh: &[u8; 32] = blk[16..48].try_into().unwrap();
+                            for l in 0..32 {
+                                u[l] |= ((qh[l] >> (2 * c)) & 1) << 4;
+                                u[l + 32] |= ((qh[l] >> (2 * c + 1)) & 1) << 4;
+                            }
+                        }
+                        for s in 0..2 {
+                            let (sc, m) = scale_min_k4(2 * c + s, scales);
+                            let at = 4 * c + 2 * s;
+                            a[at..at + 2].fill(d * sc as f32);
+                            b[at..at + 2].fill(-(dmin * m as f32));
+                        }
+                    }
+                }
+            }
+            GgmlType::Q6_K => {
+                for ((blk, u), (a, b)) in blocks {
+                    let d = f16le(blk, 208);
+                    for half in 0..2 {
+                        let ql: &[u8; 64] = blk[64 * half..64 * half + 64].try_into().unwrap();
+                        let qh: &[u8; 32] =
+                            blk[128 + 32 * half..128 + 32 * half + 32].try_into().unwrap();
+                        let u: &mut [u8; 128] =
+                            (&mut u[128 * half..128 * half + 128]).try_into().unwrap();
+                        for l in 0..32 {
+                            u[l] = (ql[l] & 0xF) | ((qh[l] & 3) << 4);
+                            u[l + 32] = (ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4);
+                            u[l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
+                            u[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
+                        }
+                    }
+                    for i in 0..16 {
+                        a[i] = d * (blk[192 + i] as i8) as f32;
+                        b[i] = -32.0 * a[i];
+                    }
+                }
+            }
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {
+                unreachable!("float rows are not unpacked")
+            }
+        }
+    }
+}
+
+/// `out[t·rows + r] = W[r] · x[t]` for the `rows × cols` matrix `w` of type `ty` and every
+/// activation row `t`, with the kernel version `isa`. Rows are split over rayon's pool in chunks
+/// of whole tiles; each weight row is read (and unpacked) once for all activation rows.
+pub fn qmatmul(isa: QIsa, ty: GgmlType, w: &[u8], rows: usize, x: &QActs, out: &mut [f32]) {
+    qmatmul_many(isa, &mut [QJob { ty, w, rows, out }], x);
+}
+
+/// One product of [`qmatmul_many`]: `out = W · x` for the `rows × x.cols` matrix `w` of type
+/// `ty`.
+pub struct QJob<'a> {
+    pub ty: GgmlType,
+    pub w: &'a [u8],
+    pub rows: usize,
+    pub out: &'a mut [f32],
+}
+
+/// Several products of the same activations (Q, K and V; gate and up) in one parallel region:
+/// at batch 1 a product lasts tens of microseconds, so each fork-join of the pool counts
+/// (211 per SmolLM2 token as single products).
+pub fn qmatmul_many(isa: QIsa, jobs: &mut [QJob], x: &QActs) {
+    let (cols, n) = (x.cols, x.rows);
+    // Enough chunks that a thread slowed by other load is covered by the others (work
+    // stealing), few enough that each one amortizes its scratch.
+    let threads = rayon::current_num_threads();
+    let mut tasks = Vec::new();
+    let mut ptrs = Vec::with_capacity(jobs.len());
+    for (j, job) in jobs.iter_mut().enumerate() {
+        let rb = job.ty.row_bytes(cols);
+        assert!(job.w.len() >= job.rows * rb && job.out.len() == n * job.rows);
+        let chunk = job.rows.div_ceil(threads * 8).div_ceil(TILE).max(4) * TILE;
+        for r0 in (0..job.rows).step_by(chunk) {
+            tasks.push((j, r0, (r0 + chunk).min(job.rows)));
+        }
+        ptrs.push(SendPtr(job.out.as_mut_ptr()));
+    }
+    let jobs = &*jobs;
+    tasks.into_par_iter().for_each(|(j, r0, r1)| {
+        let QJob { ty, w, rows, .. } = jobs[j];
+        let rb = ty.row_bytes(cols);
+        // SAFETY: the tasks of a job cover disjoint row ranges, so the writes below never
+        // overlap, and every `out` outlives the parallel loop (the jobs are borrowed mutably
+        // for its whole duration; only these pointers write through them).
+        let out = unsafe { std::slice::from_raw_parts_mut(ptrs[j].get(), n * rows) };
+        if is_quantized(ty) {
+            quant_rows(isa, ty, &w[r0 * rb..r1 * rb], r0, r1 - r0, rows, x, out);
+        } else {
+            float_rows(ty, &w[r0 * rb..r1 * rb], r0, r1 - r0, rows, x, out);
+        }
+    });
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: used only for disjoint writes inside `qmatmul`'s scope.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn quant_rows(
+    isa: QIsa,
+    ty: GgmlType,
+    w: &[u8],
+    r0: usize,
+    nr: usize,
+    rows: usize,
+    x: &QActs,
+    out: &mut [f32],
+) {
+    let cols = x.cols;
+    let rb = ty.row_bytes(cols);
+    let g = cols / 16;
+    let wide = ty == GgmlType::Q8_0;
+    // Q4_1's offsets against q8_1's f16 block sums, as llama.cpp (and the fused kernel).
+    let q8_1 = ty == GgmlType::Q4_1;
+    // Few activation rows (decode): the 32-value types are dotted straight from their blocks,
+    // since unpacking a row costs more than one dot with it; more rows amortize the unpacking.
+    if x.rows <= FUSED_MAX_ROWS && fused_type(ty) && isa != QIsa::Scalar && *HAS_F16C {
+        let row = |r: usize| &w[r * rb..(r + 1) * rb];
+        let mut r = 0;
+        while r < nr {
+            for t in 0..x.rows {
+                if r + FUSED_TILE <= nr {
+                    let rs = std::array::from_fn(|i| row(r + i));
+                    let y = dot_fused::<FUSED_TILE>(isa, ty, rs, x.row(t));
+                    out[t * rows + r0 + r..][..FUSED_TILE].copy_from_slice(&y);
+                } else {
+                    for i in r..nr {
+                        out[t * rows + r0 + i] = dot_fused(isa, ty, [row(i)], x.row(t))[0];
+                    }
+                }
+            }
+            r += FUSED_TILE;
+        }
+        return;
+    }
+    let mut u = vec![0u8; TILE * cols];
+    let mut a = vec![0f32; TILE * g];
+    let mut b = vec![0f32; TILE * g];
+    let mut r = 0;
+    while r < nr {
+        let tr = (nr - r).min(TILE);
+        for i in 0..tr {
+            unpack_row(
+                ty,
+                &w[(r + i) * rb..(r + i + 1) * rb],
+                &mut u[i * cols..(i + 1) * cols],
+                &mut a[i * g..(i + 1) * g],
+                &mut b[i * g..(i + 1) * g],
+            );
+        }
+        for t in 0..x.rows {
+            let mut xr = x.row(t);
+            if q8_1 {
+                xr.s16 = xr.s32;
+            }
+            let mut y = [0f32; TILE];
+            if tr == TILE {
+                y = dot_tile(isa, &u, &a, &b, cols, xr, wide);
+            } else {
+                for i in 0..tr {
+                    let ui = &u[i * cols..(i + 1) * cols];
+                    let ai = &a[i * g..(i + 1) * g];
+                    let bi = &b[i * g..(i + 1) * g];
+                    y[i] = dot_tile::<1>(isa, ui, ai, bi, cols, xr, wide)[0];
+                }
+            }
+            for i in 0..tr {
+                out[t * rows + r0 + r + i] = y[i];
+            }
+        }
+        r += tr;
+    }
+}
+
+/// Up to this many activation rows, Q4_0/Q4_1/Q8_0 rows take the fused kernels.
+const FUSED_MAX_ROWS: usize = 2;
+/// Weight rows per fused call. Decode tokens per CPU-second on SmolLM2 (1 thread, loaded
+/// machine, 2026-12-03): 1 row 46, 2 rows 50–53, 4 rows 40–47 (register pressure).
+const FUSED_TILE: usize = 2;
+
+static HAS_F16C: LazyLock<bool> = LazyLock::new(|| {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+});
+
+fn fused_type(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
+}
+
+/// `R` Q4_0/Q4_1/Q8_0 rows · one activation row, decoding the blocks in registers.
+fn dot_fused<const R: usize>(isa: QIsa, ty: GgmlType, rows: [&[u8]; R], x: ActRow) -> [f32; R] {
+    assert!(fused_type(ty) && rows.iter().all(|r| r.len() >= ty.row_bytes(x.q.len())));
+    assert!(x.d16.len() == x.q.len() / 16 && x.s16.len() == x.q.len() / 16);
+    assert!(x.s32.len() == x.q.len() / 16);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the ISA is one this CPU runs (and F16C was checked by the caller); the rows
+        // hold whole blocks for `x.q.len()` values (asserted above).
+        QIsa::Vnni => unsafe { x86::fused_vnni(ty, rows, x) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        QIsa::Avx512 | QIsa::Avx2 => unsafe { x86::fused_avx2(ty, rows, x) },
+        _ => unreachable!("the scalar version unpacks"),
+    }
+}
+
+/// F32/F16/BF16 weights: dequantize a row, dot it with the f32 activations.
+fn float_rows(
+    ty: GgmlType,
+    w: &[u8],
+    r0: usize,
+    nr: usize,
+    rows: usize,
+    x: &QActs,
+    out: &mut [f32],
+) {
+    let cols = x.cols;
+    let rb = ty.row_bytes(cols);
+    let mut row = vec![0f32; cols];
+    for r in 0..nr {
+        dequantize_into(ty, &w[r * rb..(r + 1) * rb], &mut row).expect("row bytes checked");
+        for t in 0..x.rows {
+            let xr = &x.x[t * cols..(t + 1) * cols];
+            out[t * rows + r0 + r] = dot_f32(&row, xr);
+        }
+    }
+}
+
+vmath::simd_fn! {
+    /// f32 dot product over 16 lanes.
+    pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+        let mut acc = [0f32; vmath::LANES];
+        let n = a.len().min(b.len()) / vmath::LANES * vmath::LANES;
+        for (x, y) in a[..n].chunks_exact(vmath::LANES).zip(b[..n].chunks_exact(vmath::LANES)) {
+            for k in 0..vmath::LANES {
+                acc[k] += x[k] * y[k];
+            }
+        }
+        let tail: f32 = a[n..].iter().zip(&b[n..]).map(|(x, y)| x * y).sum();
+        vmath::hsum(&acc) + tail
+    }
+}
+
+/// `Σ_g a_g·dx_g·(u·q over g) + b_g·s_g` for `R` unpacked rows (`u`: `R × cols`, `a`, `b`:
+/// `R × cols/16`).
+fn dot_tile<const R: usize>(
+    isa: QIsa,
+    u: &[u8],
+    a: &[f32],
+    b: &[f32],
+    cols: usize,
+    x: ActRow,
+    wide: bool,
+) -> [f32; R] {
+    assert!(
+        u.len() >= R * cols && a.len() >= R * cols / 16 && b.len() >= R * cols / 16,
+        "tile shapes"
+    );
+    assert!(x.q.len() == cols && x.d16.len() == cols / 16 && x.s16.len() == cols / 16);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `QIsa::current`/`supported` only name versions this CPU runs; the slices hold
+        // `R` rows of `cols` codes and `cols/16` scales and offsets (asserted above).
+        QIsa::Vnni => unsafe { x86::dot_512_vnni::<R>(u, a, b, cols, x, wide) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        QIsa::Avx512 => unsafe { x86::dot_512_bw::<R>(u, a, b, cols, x, wide) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        QIsa::Avx2 => unsafe { x86::dot_256::<R>(u, a, b, cols, x, wide) },
+        _ => dot_scalar::<R>(u, a, b, cols, x),
+    }
+}
+
+/// The portable version, and the reference the SIMD versions are tested against.
+fn dot_scalar<const R: usize>(u: &[u8], a: &[f32], b: &[f32], cols: usize, x: ActRow) -> [f32; R] {
+    let g = cols / 16;
+    let mut y = [0f32; R];
+    for (r, y) in y.iter_mut().enumerate() {
+        let u = &u[r * cols..(r + 1) * cols];
+        let a = &a[r * g..(r + 1) * g];
+        let b = &b[r * g..(r + 1) * g];
+        let mut acc = 0f32;
+        for (h, (u, q)) in u.chunks_exact(16).zip(x.q.chunks_exact(16)).enumerate() {
+            let i: i32 = u.iter().zip(q).map(|(&u, &q)| u as i32 * q as i32).sum();
+            acc += a[h] * x.d16[h] * i as f32 + b[h] * x.s16[h];
+        }
+        *y = acc;
+    }
+    y
+}
+
+#[cfg(target_arch = "x86_64")]
+// `r` indexes the tile's rows in several arrays and pointer offsets at once.
+#[allow(clippy::needless_range_loop)]
+mod x86 {
+    //! Hand-written with intrinsics: LLVM does not form `pmaddubsw`/`vpdpbusd` from the scalar
+    //! loop (it widens to 16 bits and uses `pmaddwd`, about half the rate).
+    use super::ActRow;
+    use crate::gguf::GgmlType;
+    use std::arch::x86_64::*;
+
+    /// Integer dot of 32 unsigned codes with 32 signed activations: 8 i32 lanes, lanes 0–3 from
+    /// the first 16 values. `wide`: codes may exceed 127 (`pmaddubsw` would saturate), so they
+    /// are split into nibbles.
+    #[inline(always)]
+    unsafe fn idot_256(u: __m256i, q: __m256i, wide: bool) -> __m256i {
+        let ones = _mm256_set1_epi16(1);
+        if wide {
+            let m = _mm256_set1_epi8(0x0F);
+            let lo = _mm256_and_si256(u, m);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(u, 4), m);
+            let lo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, q), ones);
+            let hi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, q), ones);
+            _mm256_add_epi32(lo, _mm256_slli_epi32(hi, 4))
+        } else {
+            _mm256_madd_epi16(_mm256_maddubs_epi16(u, q), ones)
+        }
+    }
+
+    /// `[a0·d0 ×4, a1·d1 ×4]`: the lane scales of one 32-value chunk.
+    #[inline(always)]
+    unsafe fn scales_256(a: *const f32, d: *const f32) -> __m256 {
+        let a2 = _mm_castpd_ps(_mm_load_sd(a as *const f64));
+        let d2 = _mm_castpd_ps(_mm_load_sd(d as *const f64));
+        let s = _mm256_castps128_ps256(_mm_mul_ps(a2, d2));
+        _mm256_permutevar8x32_ps(s, _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1))
+    }
+
+    #[inline(always)]
+    unsafe fn hsum_256(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot_256<const R: usize>(
+        u: &[u8],
+        a: &[f32],
+        b: &[f32],
+        cols: usize,
+        x: ActRow,
+        wide: bool,
+    ) -> [f32; R] {
+        let g = cols / 16;
+        let mut acc = [_mm256_setzero_ps(); R];
+        let (up, ap) = (u.as_ptr(), a.as_ptr());
+        let (qp, dp) = (x.q.as_ptr(), x.d16.as_ptr());
+        for c in 0..cols / 32 {
+            let q = _mm256_loadu_si256(qp.add(32 * c) as *const __m256i);
+            for r in 0..R {
+                let uv = _mm256_loadu_si256(up.add(r * cols + 32 * c) as *const __m256i);
+                let i = idot_256(uv, q, wide);
+                let s = scales_256(ap.add(r * g + 2 * c), dp.add(2 * c));
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), s, acc[r]);
+            }
+        }
+        let mut y = [0f32; R];
+        for r in 0..R {
+            y[r] = hsum_256(acc[r]) + offsets(&b[r * g..(r + 1) * g], x.s16);
+        }
+        y
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub(super) unsafe fn fused_vnni<const R: usize>(
+        ty: GgmlType,
+        rows: [&[u8]; R],
+        x: ActRow,
+    ) -> [f32; R] {
+        fused::<true, R>(ty, rows, x)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn fused_avx2<const R: usize>(
+        ty: GgmlType,
+        rows: [&[u8]; R],
+        x: ActRow,
+    ) -> [f32; R] {
+        fused::<false, R>(ty, rows, x)
+    }
+
+    /// Blocks ahead to prefetch in the fused kernels. Decode tokens per CPU-second (SmolLM2,
+    /// 1 thread, under load, 2026-12-03): none 53–55, 8 blocks 60–82, 16 blocks 67–68.
+    const PF: usize = 8;
+
+    #[inline(always)]
+    unsafe fn f16_at(p: *const u8) -> f32 {
+        let bits = (p as *const u16).read_unaligned() as i32;
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits)))
+    }
+
+    /// `R` rows of Q4_0, Q4_1 or Q8_0 blocks · 8-bit activations, one block (32 values) per
+    /// step: nibbles split in registers (low nibbles are values 0–15, high 16–31, as the
+    /// activations are laid out), one integer dot, one FMA with the product of the two scales;
+    /// the offset term (`-8d`, `m`) per block against the activations' block sum. Several rows
+    /// share the activation loads and give the FMA chains independent work (see `FUSED_TILE`).
+    #[inline(always)]
+    unsafe fn fused<const VNNI: bool, const R: usize>(
+        ty: GgmlType,
+        rows: [&[u8]; R],
+        x: ActRow,
+    ) -> [f32; R] {
+        let nb = x.q.len() / 32;
+        let (bb, at) = match ty {
+            GgmlType::Q4_0 => (18, 2),
+            GgmlType::Q4_1 => (20, 4),
+            _ => (34, 2),
+        };
+        let m4 = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); R];
+        let mut off = [0f32; R];
+        let qp = x.q.as_ptr();
+        for b in 0..nb {
+            let q = _mm256_loadu_si256(qp.add(32 * b) as *const __m256i);
+            let dx = *x.d16.get_unchecked(2 * b);
+            // Q4_0: the exact Σq (its -8 is integer in llama.cpp); Q4_1: q8_1's f16 sum.
+            let sum = if ty == GgmlType::Q4_1 {
+                *x.s32.get_unchecked(2 * b)
+            } else {
+                *x.s16.get_unchecked(2 * b) + *x.s16.get_unchecked(2 * b + 1)
+            };
+            // Q8_0 with VNNI: 128·Σq per lane, subtracted in integers (exact, as llama.cpp's
+            // signed products are).
+            let q128 = if VNNI && ty == GgmlType::Q8_0 {
+                _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(-128), q)
+            } else {
+                _mm256_setzero_si256()
+            };
+            for r in 0..R {
+                let p = rows[r].as_ptr().add(b * bb);
+                if PF > 0 {
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PF * bb) as *const i8);
+                }
+                let d = f16_at(p);
+                let i = if ty == GgmlType::Q8_0 {
+                    let w = _mm256_loadu_si256(p.add(2) as *const __m256i);
+                    if VNNI {
+                        let u = _mm256_xor_si256(w, _mm256_set1_epi8(-128));
+                        let i = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, q);
+                        _mm256_sub_epi32(i, q128)
+                    } else {
+                        // |w| · (q with w's sign): pmaddubsw's pairs stay within i16.
+                        let aw = _mm256_sign_epi8(w, w);
+                        let sq = _mm256_sign_epi8(q, w);
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sq), ones)
+                    }
+                } else {
+                    let v = _mm_loadu_si128(p.add(at) as *const __m128i);
+                    let u = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), m4);
+                    off[r] += sum
+                        * if ty == GgmlType::Q4_0 {
+                            -8.0 * d
+                        } else {
+                            f16_at(p.add(2))
+                        };
+                    if VNNI {
+                        _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, q)
+                    } else {
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(u, q), ones)
+                    }
+                };
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(d * dx), acc[r]);
+            }
+        }
+        let mut y = [0f32; R];
+        for r in 0..R {
+            y[r] = hsum_256(acc[r]) + off[r];
+        }
+        y
+    }
+
+    /// `Σ_g b_g·s_g`, 8 lanes.
+    #[inline(always)]
+    unsafe fn offsets(b: &[f32], s: &[f32]) -> f32 {
+        let n = b.len() / 8 * 8;
+        let mut acc = _mm256_setzero_ps();
+        for i in (0..n).step_by(8) {
+            let bv = _mm256_loadu_ps(b.as_ptr().add(i));
+            acc = _mm256_fmadd_ps(bv, _mm256_loadu_ps(s.as_ptr().add(i)), acc);
+        }
+        let mut t = hsum_256(acc);
+        for i in n..b.len() {
+            t += b[i] * s[i];
+        }
+        t
+    }
+
+    /// 64 values per step (4 groups of 16: lanes 4k..4k+3 belong to group k). `VNNI`:
+    /// `vpdpbusd` (no saturation, so Q8_0's 8-bit codes need no split).
+    #[inline(always)]
+    unsafe fn chunk_512<const VNNI: bool>(u: __m512i, q: __m512i, wide: bool) -> __m512i {
+        if VNNI {
+            _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, q)
+        } else {
+            let ones = _mm512_set1_epi16(1);
+            if wide {
+                let m = _mm512_set1_epi8(0x0F);
+                let lo = _mm512_and_si512(u, m);
+                let hi = _mm512_and_si512(_mm512_srli_epi16(u, 4), m);
+                let lo = _mm512_madd_epi16(_mm512_maddubs_epi16(lo, q), ones);
+                let hi = _mm512_madd_epi16(_mm512_maddubs_epi16(hi, q), ones);
+                _mm512_add_epi32(lo, _mm512_slli_epi32(hi, 4))
+            } else {
+                _mm512_madd_epi16(_mm512_maddubs_epi16(u, q), ones)
+            }
+        }
+    }
+
+    // Two instantiations with their own feature sets: with `avx512vnni` enabled LLVM may fuse
+    // `pmaddwd`+add into VNNI instructions, which must not reach AVX-512 CPUs without VNNI.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+    pub(super) unsafe fn dot_512_vnni<const R: usize>(
+        u: &[u8],
+        a: &[f32],
+        b: &[f32],
+        cols: usize,
+        x: ActRow,
+        wide: bool,
+    ) -> [f32; R] {
+        dot_512::<R, true>(u, a, b, cols, x, wide)
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+    pub(super) unsafe fn dot_512_bw<const R: usize>(
+        u: &[u8],
+        a: &[f32],
+        b: &[f32],
+        cols: usize,
+        x: ActRow,
+        wide: bool,
+    ) -> [f32; R] {
+        dot_512::<R, false>(u, a, b, cols, x, wide)
+    }
+
+    /// A 32-value tail goes through the 256-bit code.
+    #[inline(always)]
+    unsafe fn dot_512<const R: usize, const VNNI: bool>(
+        u: &[u8],
+        a: &[f32],
+        b: &[f32],
+        cols: usize,
+        x: ActRow,
+        wide: bool,
+    ) -> [f32; R] {
+        let g = cols / 16;
+        let mut acc = [_mm512_setzero_ps(); R];
+        let (up, ap) = (u.as_ptr(), a.as_ptr());
+        let (qp, dp) = (x.q.as_ptr(), x.d16.as_ptr());
+        let idx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+        let n64 = cols / 64;
+        for c in 0..n64 {
+            let q = _mm512_loadu_si512(qp.add(64 * c) as *const __m512i);
+            let d = _mm_loadu_ps(dp.add(4 * c));
+            for r in 0..R {
+                let uv = _mm512_loadu_si512(up.add(r * cols + 64 * c) as *const __m512i);
+                let i = chunk_512::<VNNI>(uv, q, wide);
+                let s = _mm_mul_ps(_mm_loadu_ps(ap.add(r * g + 4 * c)), d);
+                let s = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(s));
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), s, acc[r]);
+            }
+        }
+        let mut y = [0f32; R];
+        for r in 0..R {
+            y[r] = _mm512_reduce_add_ps(acc[r]) + offsets(&b[r * g..(r + 1) * g], x.s16);
+        }
+        if !cols.is_multiple_of(64) {
+            let c = n64 * 2; // the one 32-value chunk left
+            let q = _mm256_loadu_si256(qp.add(32 * c) as *const __m256i);
+            for r in 0..R {
+                let uv = _mm256_loadu_si256(up.add(r * cols + 32 * c) as *const __m256i);
+                let i = if VNNI {
+                    _mm256_dpbusd_epi32(_mm256_setzero_si256(), uv, q)
+                } else {
+                    idot_256(uv, q, wide)
+                };
+                let s = scales_256(ap.add(r * g + 2 * c), dp.add(2 * c));
+                y[r] += hsum_256(_mm256_mul_ps(_mm256_cvtepi32_ps(i), s));
+            }
+        }
+        y
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::quant::dequantize;
+    use crate::Rng;
+
+    /// Random but valid blocks of `ty`: f16 scales are set to small normal values (random bits
+    /// would give NaN/inf), code bytes are random.
+    fn random_row(ty: GgmlType, cols: usize, rng: &mut Rng) -> Vec<u8> {
+        let mut bytes: Vec<u8> = (0..ty.row_bytes(cols))
+            .map(|_| (rng.next_u64() & 0xFF) as u8)
+            .collect();
+        let f16at = |v: &mut Vec<u8>, at: usize, x: f32| {
+            v[at..at + 2].copy_from_slice(&half::f16::from_f32(x).to_bits().to_le_bytes())
+        };
+        let bb = ty.block_bytes();
+        for blk in 0..bytes.len() / bb {
+            let o = blk * bb;
+            let s = 0.01 + (rng.next_u64() % 100) as f32 * 1e-3;
+            match ty {
+                GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => f16at(&mut bytes, o, s),
+                GgmlType::Q4_1 | GgmlType::Q4_K | GgmlType::Q5_K => {
+                    f16at(&mut bytes, o, s);
+                    f16at(&mut bytes, o + 2, -s * 0.5);
+                }
+                GgmlType::Q6_K => f16at(&mut bytes, o + 208, s * 0.1),
+                _ => {}
+            }
+        }
+        bytes
+    }
+
+    fn random_acts(rows: usize, cols: usize, rng: &mut Rng) -> Vec<f32> {
+        (0..rows * cols)
+            .map(|_| (rng.next_u64() % 2001) as f32 / 1000.0 - 1.0)
+            .collect()
+    }
+
+    const TYPES: [GgmlType; 7] = [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q8_0,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+    ];
+
+    #[test]
+    fn unpacked_rows_reproduce_the_dequantizer() {
+        let mut rng = Rng::new(3);
+        for ty in TYPES {
+            let cols = 512;
+            let row = random_row(ty, cols, &mut rng);
+            let want = dequantize(ty, &row, cols).unwrap();
+            let (mut u, mut a, mut b) = (vec![0u8; cols], vec![0f32; 32], vec![0f32; 32]);
+            unpack_row(ty, &row, &mut u, &mut a, &mut b);
+            for i in 0..cols {
+                let got = a[i / 16] * u[i] as f32 + b[i / 16];
+                assert!(
+                    (got - want[i]).abs() <= 1e-6 * (1.0 + want[i].abs()),
+                    "{ty:?} [{i}]: {got} vs {want}",
+                    want = want[i]
+                );
+            }
+        }
+    }
+
+    /// Every kernel version against the f32 product with the dequantized weights (the only
+    /// difference is the activations' 8-bit rounding), and against the scalar version (the
+    /// integer sums are exact, so only f32 summation order differs).
+    #[test]
+    fn every_isa_matches_the_dequantized_product() {
+        let mut rng = Rng::new(5);
+        // 9 rows: two full tiles and a remainder; 544 columns: a 32-value tail after 64-chunks.
+        // 1 activation row: the fused kernels (Q4_0/Q4_1/Q8_0); 3: the unpacked tiles.
+        for (cols, n) in [(512usize, 3), (544, 3), (512, 1), (544, 1)] {
+            let rows = 9;
+            let xf = random_acts(n, cols, &mut rng);
+            let mut x = QActs::new();
+            x.quantize(&xf, n, cols);
+            for ty in TYPES {
+                if ty.block_elems() > 32 && !cols.is_multiple_of(256) {
+                    continue;
+                }
+                let w: Vec<u8> = (0..rows)
+                    .flat_map(|_| random_row(ty, cols, &mut rng))
+                    .collect();
+                let wf = dequantize(ty, &w, rows * cols).unwrap();
+                let mut want = vec![0f32; n * rows];
+                let mut norm = 0f32;
+                for t in 0..n {
+                    for r in 0..rows {
+                        let xr = &xf[t * cols..(t + 1) * cols];
+                        let wr = &wf[r * cols..(r + 1) * cols];
+                        want[t * rows + r] = xr.iter().zip(wr).map(|(a, b)| a * b).sum();
+                        norm += wr.iter().map(|v| v.abs()).sum::<f32>() / (n * rows) as f32;
+                    }
+                }
+                let mut reference = vec![0f32; n * rows];
+                qmatmul(QIsa::Scalar, ty, &w, rows, &x, &mut reference);
+                for isa in QIsa::supported() {
+                    let mut got = vec![0f32; n * rows];
+                    qmatmul(isa, ty, &w, rows, &x, &mut got);
+                    for i in 0..n * rows {
+                        // 8-bit activations: error ≈ Σ|w|·(d/2) with d = max|x|/127.
+                        let tol = norm * (1.0 / 127.0);
+                        assert!(
+                            (got[i] - want[i]).abs() <= tol,
+                            "{ty:?} {isa:?} cols {cols} [{i}]: {} vs f32 {}",
+                            got[i],
+                            want[i]
+                        );
+                        assert!(
+                            (got[i] - reference[i]).abs() <= 1e-4 * (1.0 + want[i].abs()),
+                            "{ty:?} {isa:?} cols {cols} [{i}]: {} vs scalar {}",
+                            got[i],
+                            reference[i]
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fused_kernels_match_the_scalar_version() {
+        if !*HAS_F16C {
+            return;
+        }
+        let mut rng = Rng::new(11);
+        let cols = 544;
+        let xf = random_acts(1, cols, &mut rng);
+        let mut x = QActs::new();
+        x.quantize(&xf, 1, cols);
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+            let w = random_row(ty, cols, &mut rng);
+            let mut want = [0f32];
+            // Two activation rows would also fuse; the scalar version always unpacks.
+            qmatmul(QIsa::Scalar, ty, &w, 1, &x, &mut want);
+            for isa in QIsa::supported().into_iter().filter(|&i| i != QIsa::Scalar) {
+                let got = dot_fused(isa, ty, [&w[..]], x.row(0))[0];
+                assert!(
+                    (got - want[0]).abs() <= 1e-4 * (1.0 + want[0].abs()),
+                    "{ty:?} {isa:?}: {got} vs scalar {}",
+                    want[0]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn float_weights_use_the_f32_rows() {
+        let mut rng = Rng::new(9);
+        let (rows, cols) = (5, 64);
+        let wf = random_acts(rows, cols, &mut rng);
+        let w: Vec<u8> = wf.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let xf = random_acts(2, cols, &mut rng);
+        let mut x = QActs::new();
+        x.quantize(&xf, 2, cols);
+        let mut got = vec![0f32; 2 * rows];
+        qmatmul(QIsa::current(), GgmlType::F32, &w, rows, &x, &mut got);
+        for t in 0..2 {
+            for r in 0..rows {
+                let want: f32 = (0..cols).map(|i| wf[r * cols + i] * xf[t * cols + i]).sum();
+                assert!((got[t * rows + r] - want).abs() < 1e-4);
+            }
+        }
+    }
+}
