@@ -165,16 +165,18 @@ fn seconds_per_step(
     Ok(t0.elapsed().as_secs_f64() / 6.0 * 1.2)
 }
 
-/// RL sizes: 8 prompts × 8 samples, short answers; rollouts cost about 3.5× an update per token
-/// on the cpu (measured on the smoke model: ~20k generated vs ~52k trained tokens/s), so a step
-/// costs about 3.5 × 64 × (prompt + max_new) / (batch × context) training steps.
+/// RL sizes: 8 prompts × 8 samples, short answers. With batched rollouts (all 64 rows decoded
+/// together) a step's rollout takes about 0.3–0.35× its update on the cpu (default-shape model,
+/// 2026-12-03 under load: 0.9–2.8 s of rollout beside 2.2–8 s of update per step), so a step
+/// costs about 1.4 × 64 × (prompt + max_new) / (batch × context) training steps. (It was 3.5×
+/// while every group was decoded on its own: rollouts then cost more than the update.)
 const RL_PROMPTS: usize = 8;
 const RL_GROUP: usize = 8;
 const RL_MAX_NEW: usize = 48;
 
 fn rl_step_seconds(p: &Plan, sps: f64) -> f64 {
     let tokens = (RL_PROMPTS * RL_GROUP * (32 + RL_MAX_NEW)) as f64;
-    sps * 3.5 * tokens / (p.batch * p.context) as f64
+    sps * 1.4 * tokens / (p.batch * p.context) as f64
 }
 
 fn rl_config(plan: &Plan, threads: usize) -> crate::rl::RlConfig {
