@@ -140,6 +140,9 @@ unsafe fn block(
                         )
                     }
                 }
+                // two or three rows in one pass over the weight block (not one pass each)
+                (3, 4) => tile::<3, 4>(ap, lda, bp, ldb, k, alpha, beta, cp, c_rs, next),
+                (2, 4) => tile::<2, 4>(ap, lda, bp, ldb, k, alpha, beta, cp, c_rs, next),
                 (_, 4) => {
                     for r in 0..mi {
                         tile::<1, 4>(

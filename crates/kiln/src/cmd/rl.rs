@@ -1,4 +1,4 @@
-//! `kiln rl --model <sft checkpoint> --task arith|word|countdown`: flags →
+//! `kiln rl --model <sft checkpoint> --task arith|arith-easy|word|countdown`: flags →
 //! [`kiln_train::rl::RlJob`] (render the task's problems with the model's tokenizer, run the GRPO
 //! loop), then a summary.
 
