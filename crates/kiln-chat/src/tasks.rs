@@ -1,6 +1,8 @@
 //! Verifiable tasks for reinforcement learning: seeded problem generators, verifiers and a format
-//! reward. Three tasks: multi-digit arithmetic (`arith`), GSM-style templated word problems
-//! (`word`) and countdown (reach a target with given numbers, `countdown`).
+//! reward. Four tasks: multi-digit arithmetic (`arith`), its first rung (`arith-easy`: small
+//! operands, where a small SFT model already gets some right, so GRPO groups have a signal),
+//! GSM-style templated word problems (`word`) and countdown (reach a target with given numbers,
+//! `countdown`).
 //!
 //! Every problem has a canonical key; a hash of the key puts about one in ten on the held-out side,
 //! and the generators for training never emit a held-out problem, so held-out pass@1 measures
@@ -27,6 +29,8 @@ pub const FORMAT_REWARD: f32 = 0.1;
 pub enum TaskKind {
     /// Addition, subtraction and multiplication with operands of 1 to 4 digits.
     Arith,
+    /// The same questions with small operands: + and - up to 20, one-digit products.
+    ArithEasy,
     /// GSM-style word problems from templates (two or three operations).
     Word,
     /// Countdown: combine the given numbers with + - * / to reach the target.
@@ -34,7 +38,12 @@ pub enum TaskKind {
 }
 
 /// Every task, in `--help` order.
-pub const TASKS: [TaskKind; 3] = [TaskKind::Arith, TaskKind::Word, TaskKind::Countdown];
+pub const TASKS: [TaskKind; 4] = [
+    TaskKind::Arith,
+    TaskKind::ArithEasy,
+    TaskKind::Word,
+    TaskKind::Countdown,
+];
 
 /// A task name that does not exist.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -47,6 +56,7 @@ impl TaskKind {
     pub fn name(self) -> &'static str {
         match self {
             TaskKind::Arith => "arith",
+            TaskKind::ArithEasy => "arith-easy",
             TaskKind::Word => "word",
             TaskKind::Countdown => "countdown",
         }
@@ -56,6 +66,7 @@ impl TaskKind {
     fn random(self, rng: &mut Rng) -> TaskProblem {
         match self {
             TaskKind::Arith => arith_problem(rng),
+            TaskKind::ArithEasy => arith_easy_problem(rng),
             TaskKind::Word => word_problem(rng),
             TaskKind::Countdown => countdown_problem(rng),
         }
@@ -169,6 +180,18 @@ fn range(rng: &mut Rng, lo: i64, hi: i64) -> i64 {
     lo + rng.below((hi - lo + 1) as u64) as i64
 }
 
+fn arith_easy_problem(rng: &mut Rng) -> TaskProblem {
+    let (a, op, b) = match rng.below(3) {
+        0 => (range(rng, 1, 20), '+', range(rng, 1, 20)),
+        1 => {
+            let a = range(rng, 2, 20);
+            (a, '-', range(rng, 1, a))
+        }
+        _ => (range(rng, 2, 9), '*', range(rng, 2, 9)),
+    };
+    arith_question(rng, a, op, b)
+}
+
 fn arith_problem(rng: &mut Rng) -> TaskProblem {
     // Operands of 1 to 4 digits, mixed: up to the SFT arithmetic's size and beyond (room to
     // improve), with easy ones so a small model starts with some successes to learn from (a group
@@ -187,6 +210,13 @@ fn arith_problem(rng: &mut Rng) -> TaskProblem {
             range(rng, 2, if d > 2 { 99 } else { 9 }),
         ),
     };
+    arith_question(rng, a, op, b)
+}
+
+/// `a op b` in one of three phrasings. The key is the problem, not the task, so `arith` and
+/// `arith-easy` hold out the same problems (a curriculum from one to the other does not train on
+/// the other's held-out set).
+fn arith_question(rng: &mut Rng, a: i64, op: char, b: i64) -> TaskProblem {
     let ans = match op {
         '+' => a + b,
         '-' => a - b,
@@ -447,7 +477,7 @@ mod tests {
         let e = "gsm9k".parse::<TaskKind>().unwrap_err();
         assert_eq!(
             e.to_string(),
-            "unknown task \"gsm9k\"; the tasks are: arith, word, countdown"
+            "unknown task \"gsm9k\"; the tasks are: arith, arith-easy, word, countdown"
         );
         for t in TASKS {
             assert_eq!(t.name().parse::<TaskKind>().unwrap(), t);

@@ -473,6 +473,56 @@ pub trait Backend: Send + Sync {
         max_t: usize,
     );
 
+    // ---- ragged decode: one token per row, each row at its own position ---------------------
+    // A batched decoder steps sequences that sit at different positions (continuous batching,
+    // RL groups of different prompt lengths). The defaults run the position-dependent ops above
+    // once per row on sub-views, so a backend needs nothing new to decode ragged batches; the
+    // cpu backend overrides them with one parallel pass each.
+
+    /// [`Backend::embedding_forward`] for `ids.len()` rows of one token each, row `i` at position
+    /// `pos[i]`: overwrite `out[i, :] = wte[ids[i], :] + wpe[pos[i], :]` (wpe optional).
+    fn embedding_rows(
+        &self,
+        out: View<Self::Buf>,
+        wte: View<Self::Buf>,
+        wpe: Option<View<Self::Buf>>,
+        ids: &[u32],
+        pos: &[usize],
+        c: usize,
+    ) {
+        embedding_per_row(self, out, wte, wpe, ids, pos, c)
+    }
+    /// [`Backend::qk_prep_forward`] for `d.b` rows of one token each (`d.t == 1`), row `i` at
+    /// position `pos[i]` (`p.pos0` is ignored).
+    fn qk_prep_rows(
+        &self,
+        out: View<Self::Buf>,
+        stats: View<Self::Buf>,
+        inp: View<Self::Buf>,
+        d: AttnDims,
+        p: QkPrep,
+        pos: &[usize],
+    ) {
+        qk_prep_per_row(self, out, stats, inp, d, p, pos)
+    }
+    /// [`Backend::attention_cached`] for `d.b` rows of one token each (`d.t == 1`): row `i` writes
+    /// its k/v into cache slot `slots[i]` (of `[slots, max_t, n_kv, hd]`) at position `pos[i]`
+    /// and attends over that slot's positions `0..=pos[i]`. Slots are distinct.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_rows(
+        &self,
+        out: View<Self::Buf>,
+        qkv: View<Self::Buf>,
+        k_cache: View<Self::Buf>,
+        v_cache: View<Self::Buf>,
+        d: AttnDims,
+        slots: &[usize],
+        pos: &[usize],
+        max_t: usize,
+    ) {
+        attention_per_row(self, out, qkv, k_cache, v_cache, d, slots, pos, max_t)
+    }
+
     // ---- loss ---------------------------------------------------------------------------
     /// Softmax cross-entropy over `rows` rows of `vocab` logits, optional soft-cap
     /// `z = cap * tanh(x / cap)`. Overwrites `losses[r] = -log softmax(z_r)[targets[r]]`
@@ -535,5 +585,73 @@ pub(crate) fn wgrad_then_bias_backward<B: Backend + ?Sized>(
     be.matmul(dw, a, b, d, 1.0, 1.0);
     if let Some(dbias) = dbias {
         be.bias_backward(dbias, a, d.k, d.m);
+    }
+}
+
+/// [`Backend::embedding_rows`] as one [`Backend::embedding_forward`] per row (the default).
+pub(crate) fn embedding_per_row<B: Backend + ?Sized>(
+    be: &B,
+    out: View<B::Buf>,
+    wte: View<B::Buf>,
+    wpe: Option<View<B::Buf>>,
+    ids: &[u32],
+    pos: &[usize],
+    c: usize,
+) {
+    for (i, &p) in pos.iter().enumerate() {
+        be.embedding_forward(out.sub(i * c, c), wte, wpe, &ids[i..=i], 1, p, c);
+    }
+}
+
+/// [`Backend::qk_prep_rows`] as one [`Backend::qk_prep_forward`] per row (the default).
+pub(crate) fn qk_prep_per_row<B: Backend + ?Sized>(
+    be: &B,
+    out: View<B::Buf>,
+    stats: View<B::Buf>,
+    inp: View<B::Buf>,
+    d: AttnDims,
+    p: QkPrep,
+    pos: &[usize],
+) {
+    let (wq, nqk) = (d.qkv_width(), d.n_head + d.n_kv);
+    let d1 = AttnDims { b: 1, t: 1, ..d };
+    for (i, &p0) in pos.iter().enumerate() {
+        be.qk_prep_forward(
+            out.sub(i * wq, wq),
+            stats.sub(i * nqk, nqk),
+            inp.sub(i * wq, wq),
+            d1,
+            QkPrep { pos0: p0, ..p },
+        );
+    }
+}
+
+/// [`Backend::attention_rows`] as one [`Backend::attention_cached`] per row on its slot's part
+/// of the cache (the default).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention_per_row<B: Backend + ?Sized>(
+    be: &B,
+    out: View<B::Buf>,
+    qkv: View<B::Buf>,
+    k_cache: View<B::Buf>,
+    v_cache: View<B::Buf>,
+    d: AttnDims,
+    slots: &[usize],
+    pos: &[usize],
+    max_t: usize,
+) {
+    let (wq, wo) = (d.qkv_width(), d.out_width());
+    let per_slot = max_t * d.n_kv * d.head_dim;
+    let d1 = AttnDims { b: 1, t: 1, ..d };
+    for (i, (&s, &p)) in slots.iter().zip(pos).enumerate() {
+        be.attention_cached(
+            out.sub(i * wo, wo),
+            qkv.sub(i * wq, wq),
+            k_cache.sub(s * per_slot, per_slot),
+            v_cache.sub(s * per_slot, per_slot),
+            d1,
+            p,
+            max_t,
+        );
     }
 }

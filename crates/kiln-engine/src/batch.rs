@@ -3,9 +3,10 @@
 //! batching: requests join and leave between steps) and RL rollouts (one prompt forked into a
 //! group) both drive a model through this one trait, for kiln's own models and GGUF models alike.
 //!
-//! [`SequentialDecoder`] and [`SequentialLlama`] are the reference implementations: one cache per
-//! slot, stepped one after another. They define the semantics the batched implementations are
-//! tested against.
+//! [`BatchedDecoder`](crate::BatchedDecoder) (in [`crate::generate`]) is the implementation for
+//! kiln models: one forward per step over every listed slot. [`SequentialDecoder`] and
+//! [`SequentialLlama`] are the reference implementations: one cache per slot, stepped one after
+//! another. They define the semantics the batched implementations are tested against.
 
 use crate::backend::Backend;
 use crate::generate::Generator;
@@ -35,7 +36,7 @@ pub trait BatchDecoder {
     fn clear(&mut self, slot: usize);
 }
 
-fn check_slot(slot: usize, slots: usize) -> Result<(), EngineError> {
+pub(crate) fn check_slot(slot: usize, slots: usize) -> Result<(), EngineError> {
     if slot < slots {
         Ok(())
     } else {
@@ -45,7 +46,7 @@ fn check_slot(slot: usize, slots: usize) -> Result<(), EngineError> {
     }
 }
 
-fn check_step(slots: &[usize], tokens: &[u32], n: usize) -> Result<(), EngineError> {
+pub(crate) fn check_step(slots: &[usize], tokens: &[u32], n: usize) -> Result<(), EngineError> {
     if slots.len() != tokens.len() {
         return Err(EngineError::Shape(format!(
             "step: {} tokens for {} slots",
@@ -211,7 +212,7 @@ impl BatchDecoder for SequentialLlama<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{CpuBackend, ModelConfig};
+    use crate::{Backend, CpuBackend, ModelConfig};
     use std::sync::Arc;
 
     fn max_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -244,5 +245,161 @@ mod tests {
         assert!(d.step(&[3], &[1]).is_err());
         d.clear(1);
         assert!(d.step(&[1], &[1]).is_err());
+    }
+
+    /// Drive a batched and a sequential decoder through the same script (slots at different
+    /// positions, steps over subsets in any order, forks, clears, reuse of a cleared slot) and
+    /// compare every logit.
+    fn batched_matches_sequential(cfg: ModelConfig) {
+        let be = Arc::new(CpuBackend::new(2));
+        let vs = cfg.vocab_size;
+        let model = Model::new(be, cfg, 11).unwrap();
+        let mut a = crate::BatchedDecoder::new(&model, 5, 40).unwrap();
+        let mut b = SequentialDecoder::new(&model, 5, 40).unwrap();
+        let mut rng = crate::Rng::new(5);
+        let mut toks =
+            |n: usize| -> Vec<u32> { (0..n).map(|_| rng.below(vs as u64) as u32).collect() };
+        let both = |a: &mut dyn BatchDecoder,
+                    b: &mut dyn BatchDecoder,
+                    op: &dyn Fn(&mut dyn BatchDecoder) -> Vec<f32>| {
+            let (x, y) = (op(a), op(b));
+            assert!(max_diff(&x, &y) < 1e-4, "max diff {}", max_diff(&x, &y));
+            for s in 0..a.slots() {
+                assert_eq!(a.len(s), b.len(s), "slot {s}");
+            }
+        };
+        let (p0, p2, p4) = (toks(3), toks(7), toks(1));
+        both(&mut a, &mut b, &|d| d.prefill(0, &p0).unwrap());
+        both(&mut a, &mut b, &|d| d.prefill(2, &p2).unwrap());
+        both(&mut a, &mut b, &|d| d.prefill(4, &p4).unwrap());
+        both(&mut a, &mut b, &|d| {
+            d.fork(0, 1).unwrap();
+            Vec::new()
+        });
+        for round in 0..6 {
+            let t = toks(5);
+            // all slots, out of order, then a subset
+            both(&mut a, &mut b, &|d| d.step(&[2, 0, 4, 1], &t[..4]).unwrap());
+            both(&mut a, &mut b, &|d| d.step(&[1, 4], &t[..2]).unwrap());
+            if round == 2 {
+                let p = toks(4);
+                both(&mut a, &mut b, &|d| {
+                    d.clear(0);
+                    d.fork(4, 3).unwrap();
+                    d.prefill(0, &p).unwrap()
+                });
+                both(&mut a, &mut b, &|d| d.step(&[3, 0], &t[3..]).unwrap());
+            }
+        }
+        // consecutive slots at one position take the block path: same answer
+        both(&mut a, &mut b, &|d| {
+            d.fork(1, 2).unwrap();
+            d.step(&[1, 2], &[1, 2]).unwrap()
+        });
+        // extending a slot where it stands equals prefilling the whole sequence
+        let mut ext = crate::BatchedDecoder::new(&model, 1, 40).unwrap();
+        ext.prefill(0, &p2[..3]).unwrap();
+        let x = ext.extend(0, &p2[3..]).unwrap();
+        let y = ext.prefill(0, &p2).unwrap();
+        assert!(max_diff(&x, &y) < 1e-4);
+        // bad calls are errors, and leave the decoder usable
+        assert!(a.step(&[0, 0], &[1, 2]).is_err());
+        assert!(a.step(&[5], &[1]).is_err());
+        assert!(a.step(&[0], &[vs as u32]).is_err());
+        a.clear(1);
+        assert!(a.step(&[1], &[1]).is_err());
+        assert!(a.prefill(1, &[1; 41]).is_err());
+        assert!(a.fork(0, 9).is_err());
+        assert!(crate::BatchedDecoder::new(&model, 1, model.cfg.context + 1).is_err());
+    }
+
+    #[test]
+    fn batched_decoder_matches_the_sequential_one_gpt2() {
+        batched_matches_sequential(ModelConfig::gpt2(50, 2, 2, 16, 64));
+    }
+
+    #[test]
+    fn batched_decoder_matches_the_sequential_one_modern_gqa() {
+        batched_matches_sequential(ModelConfig::modern(50, 2, 4, 2, 32, 64));
+    }
+
+    /// The trait's per-row defaults (what a backend without its own ragged ops runs, e.g. cuda)
+    /// against the cpu backend's one-pass overrides.
+    #[test]
+    fn per_row_defaults_match_the_cpu_ragged_ops() {
+        use crate::backend::{self as bk, AttnDims, QkPrep, View};
+        let be = CpuBackend::new(2);
+        let mut rng = crate::Rng::new(3);
+        let mut rand = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.normal() as f32).collect() };
+        let d = AttnDims {
+            b: 3,
+            t: 1,
+            n_head: 4,
+            n_kv: 2,
+            head_dim: 8,
+        };
+        let (slots, pos, max_t) = ([3usize, 0, 1], [5usize, 0, 9], 12);
+        let (wq, wo) = (d.qkv_width(), d.out_width());
+        let cache = 4 * max_t * d.n_kv * d.head_dim;
+        let up = |v: &[f32]| {
+            let b = be.alloc(v.len()).unwrap();
+            be.write(View::new(&b, 0, v.len()), v);
+            b
+        };
+        let down = |b: &crate::cpu::CpuBuf| {
+            let mut v = vec![0f32; be.buf_len(b)];
+            be.read(View::new(b, 0, v.len()), &mut v);
+            v
+        };
+        let all = |b| View::new(b, 0, be.buf_len(b));
+        // attention: the same caches and queries through both
+        let (qkv, k0, v0) = (up(&rand(d.b * wq)), rand(cache), rand(cache));
+        let (ka, va, kb, vb) = (up(&k0), up(&v0), up(&k0), up(&v0));
+        let (oa, ob) = (be.alloc(d.b * wo).unwrap(), be.alloc(d.b * wo).unwrap());
+        be.attention_rows(
+            all(&oa),
+            all(&qkv),
+            all(&ka),
+            all(&va),
+            d,
+            &slots,
+            &pos,
+            max_t,
+        );
+        bk::attention_per_row(
+            &be,
+            all(&ob),
+            all(&qkv),
+            all(&kb),
+            all(&vb),
+            d,
+            &slots,
+            &pos,
+            max_t,
+        );
+        assert!(max_diff(&down(&oa), &down(&ob)) < 1e-5);
+        assert!(max_diff(&down(&ka), &down(&kb)) == 0.0);
+        assert!(max_diff(&down(&va), &down(&vb)) == 0.0);
+        // rope + qk-norm per row
+        let p = QkPrep {
+            qk_norm_eps: Some(1e-6),
+            rope_theta: Some(10000.0),
+            pos0: 0,
+        };
+        let nqk = d.n_head + d.n_kv;
+        let (qa, qb) = (be.alloc(d.b * wq).unwrap(), be.alloc(d.b * wq).unwrap());
+        let (sa, sb) = (be.alloc(d.b * nqk).unwrap(), be.alloc(d.b * nqk).unwrap());
+        be.qk_prep_rows(all(&qa), all(&sa), all(&qkv), d, p, &pos);
+        bk::qk_prep_per_row(&be, all(&qb), all(&sb), all(&qkv), d, p, &pos);
+        assert!(max_diff(&down(&qa), &down(&qb)) < 1e-6);
+        assert!(max_diff(&down(&sa), &down(&sb)) < 1e-6);
+        // embedding with learned positions
+        let c = 8;
+        let (wte, wpe) = (up(&rand(10 * c)), up(&rand(max_t * c)));
+        let (ea, eb) = (be.alloc(3 * c).unwrap(), be.alloc(3 * c).unwrap());
+        let ids = [7u32, 2, 7];
+        be.embedding_rows(all(&ea), all(&wte), Some(all(&wpe)), &ids, &pos, c);
+        bk::embedding_per_row(&be, all(&eb), all(&wte), Some(all(&wpe)), &ids, &pos, c);
+        assert!(max_diff(&down(&ea), &down(&eb)) == 0.0);
     }
 }

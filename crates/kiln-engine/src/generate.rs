@@ -1,7 +1,15 @@
-//! Inference: a KV-cached forward ([`Generator`]: prefill once, fork the cache to `n` rows, decode
-//! one token per row per step) and token sampling (temperature, top-k, top-p, min-p). Ids only.
+//! Inference for kiln's own models: [`BatchedDecoder`], the one KV-cached forward (a cache of
+//! `slots` sequences, each at its own position; one forward per step over every listed slot), the
+//! [`Generator`] convenience on top of it (one prompt forked to `n` rows), and token sampling
+//! (temperature, top-k, top-p, min-p). Ids only.
+//!
+//! A step over `n` slots runs every matmul once over all `n` rows (the weights are read once per
+//! step, not once per row: that is where batching pays on a cpu, whose batch-1 decode is bound by
+//! reading the weights); only the position-dependent ops (position embedding, RoPE, attention
+//! over the slot's own cache) run per row, through the backend's `*_rows` ops.
 
 use crate::backend::{Backend, View};
+use crate::batch::{check_slot, check_step, BatchDecoder};
 use crate::model::{check_ids, lin, Model};
 use crate::params::Slot;
 use crate::rng::Rng;
@@ -11,7 +19,7 @@ fn vw<Buf>(buf: &Buf, len: usize) -> View<'_, Buf> {
     View::new(buf, 0, len)
 }
 
-/// Per-call activation scratch for `n` token rows.
+/// Per-call activation scratch for `n` token rows (and their logits).
 struct Scratch<Buf> {
     n: usize,
     x: Buf,
@@ -23,54 +31,75 @@ struct Scratch<Buf> {
     att: Buf,
     h: Buf,
     g: Buf,
+    logits: Buf,
 }
 
-/// KV-cached decoding state for `rows` sequences of up to `max_t` tokens.
-pub struct Generator<'m, B: Backend> {
+/// Which cache rows a forward writes, and at which positions.
+#[derive(Clone, Copy)]
+enum Rows<'a> {
+    /// `b` consecutive slots from `slot0`, `t` tokens each, all starting at position `pos0`
+    /// (prefill, and steps where every row sits at the same place).
+    Block {
+        slot0: usize,
+        b: usize,
+        t: usize,
+        pos0: usize,
+    },
+    /// One token for each of `slots`, slot `slots[i]` at position `pos[i]`.
+    Ragged {
+        slots: &'a [usize],
+        pos: &'a [usize],
+    },
+}
+
+/// A KV cache of `slots` independent sequences of up to `capacity` tokens over a kiln model, and
+/// the batched forward that fills it: the [`BatchDecoder`] for kiln checkpoints (a server's
+/// scheduler, RL rollouts, [`generate`]).
+pub struct BatchedDecoder<'m, B: Backend> {
     model: &'m Model<B>,
-    rows: usize,
-    max_t: usize,
+    capacity: usize,
+    /// Per layer: `[slots, capacity, n_kv, hd]`.
     k: Vec<B::Buf>,
     v: Vec<B::Buf>,
-    pos: usize,
+    /// Tokens in each slot's cache.
+    lens: Vec<usize>,
     scratch: Option<Scratch<B::Buf>>,
 }
 
-impl<'m, B: Backend> Generator<'m, B> {
-    /// A generator with room for `rows` sequences of `max_t <= context` tokens.
-    pub fn new(model: &'m Model<B>, rows: usize, max_t: usize) -> Result<Self, EngineError> {
+impl<'m, B: Backend> BatchedDecoder<'m, B> {
+    /// A cache of `slots` sequences of up to `capacity <= context` tokens each.
+    pub fn new(model: &'m Model<B>, slots: usize, capacity: usize) -> Result<Self, EngineError> {
         let cfg = &model.cfg;
-        if max_t > cfg.context || rows == 0 {
+        if capacity > cfg.context || capacity == 0 || slots == 0 {
             return Err(EngineError::Shape(format!(
-                "generator: {rows} rows × {max_t} tokens (context {})",
+                "decoder: {slots} slots × {capacity} tokens (context {})",
                 cfg.context
             )));
         }
-        let per = rows * max_t * cfg.n_kv_head * cfg.head_dim();
+        let per = slots * capacity * cfg.n_kv_head * cfg.head_dim();
         let mut k = Vec::new();
         let mut v = Vec::new();
         for _ in 0..cfg.n_layer {
             k.push(model.backend.alloc(per)?);
             v.push(model.backend.alloc(per)?);
         }
-        Ok(Generator {
+        Ok(BatchedDecoder {
             model,
-            rows,
-            max_t,
+            capacity,
             k,
             v,
-            pos: 0,
+            lens: vec![0; slots],
             scratch: None,
         })
     }
 
-    /// Tokens already in the cache (per row).
-    pub fn pos(&self) -> usize {
-        self.pos
+    pub fn model(&self) -> &'m Model<B> {
+        self.model
     }
 
-    pub fn rows(&self) -> usize {
-        self.rows
+    /// Floats of one slot's cache in one layer.
+    fn per_slot(&self) -> usize {
+        self.capacity * self.model.cfg.n_kv_head * self.model.cfg.head_dim()
     }
 
     fn scratch(&mut self, n: usize) -> Result<(), EngineError> {
@@ -92,24 +121,18 @@ impl<'m, B: Backend> Generator<'m, B> {
             att: be.alloc(n * cfg.n_head * cfg.head_dim())?,
             h: be.alloc(n * 4 * c)?,
             g: be.alloc(n * 4 * c)?,
+            logits: be.alloc(n * cfg.vocab_size)?,
         });
         Ok(())
     }
 
-    /// Run `b` rows × `t` new tokens at the current position through the blocks and the final
-    /// norm (left in `scratch.ln`); appends to the cache of rows `0..b`.
-    fn run(&mut self, ids: &[u32], b: usize, t: usize) -> Result<(), EngineError> {
-        check_ids(ids, self.model.cfg.vocab_size)?;
-        if self.pos + t > self.max_t {
-            return Err(EngineError::Shape(format!(
-                "sequence of {} tokens exceeds the generator's {} (context {})",
-                self.pos + t,
-                self.max_t,
-                self.model.cfg.context
-            )));
-        }
-        let n = b * t;
+    /// Run `ids` (one per row of `rows`) through the blocks and the final norm (left in
+    /// `scratch.ln`), appending their k/v to the cache. The caller has checked ids, slots and
+    /// capacity, and updates `lens`.
+    fn run(&mut self, ids: &[u32], rows: Rows) -> Result<(), EngineError> {
+        let n = ids.len();
         self.scratch(n)?;
+        let per_slot = self.per_slot();
         let m = self.model;
         let be = &*m.backend;
         let cfg = &m.cfg;
@@ -117,19 +140,32 @@ impl<'m, B: Backend> Generator<'m, B> {
         let s = self.scratch.as_ref().expect("scratch");
         let p = |sl: Slot| View::new(&m.params, sl.off, sl.len);
         let po = |sl: Option<Slot>| sl.map(p);
-        let d = m.attn_dims(b, t);
+        let d = match rows {
+            Rows::Block { b, t, .. } => m.attn_dims(b, t),
+            Rows::Ragged { .. } => m.attn_dims(n, 1),
+        };
         let (wq, wo) = (d.qkv_width(), d.out_width());
+        let nqk = cfg.n_head + cfg.n_kv_head;
         let nk = m.norm_kind();
-        be.embedding_forward(
-            vw(&s.x, n * c),
-            p(m.layout.wte),
-            po(m.layout.wpe),
-            ids,
-            t,
-            self.pos,
-            c,
-        );
-        let per_row = self.max_t * cfg.n_kv_head * cfg.head_dim();
+        match rows {
+            Rows::Block { t, pos0, .. } => be.embedding_forward(
+                vw(&s.x, n * c),
+                p(m.layout.wte),
+                po(m.layout.wpe),
+                ids,
+                t,
+                pos0,
+                c,
+            ),
+            Rows::Ragged { pos, .. } => be.embedding_rows(
+                vw(&s.x, n * c),
+                p(m.layout.wte),
+                po(m.layout.wpe),
+                ids,
+                pos,
+                c,
+            ),
+        }
         for (l, ls) in m.layout.layers.iter().enumerate() {
             be.norm_forward(
                 nk,
@@ -142,49 +178,65 @@ impl<'m, B: Backend> Generator<'m, B> {
                 c,
                 cfg.norm_eps,
             );
-            be.matmul(
+            be.matmul_bias(
                 vw(&s.qkv, n * wq),
                 vw(&s.ln, n * c),
                 p(ls.qkv_w),
+                po(ls.qkv_b),
                 lin(n, wq, c),
                 1.0,
                 0.0,
             );
-            if let Some(bias) = ls.qkv_b {
-                be.add_bias(vw(&s.qkv, n * wq), p(bias), n, wq);
-            }
-            let att_in = if let Some(prep) = m.qk_prep(self.pos) {
-                be.qk_prep_forward(
+            let att_in = if let Some(prep) = m.qk_prep(0) {
+                let (out, st, inp) = (
                     vw(&s.qkr, n * wq),
-                    vw(&s.qk_stats, n * (cfg.n_head + cfg.n_kv_head)),
+                    vw(&s.qk_stats, n * nqk),
                     vw(&s.qkv, n * wq),
-                    d,
-                    prep,
                 );
+                match rows {
+                    Rows::Block { pos0, .. } => {
+                        be.qk_prep_forward(out, st, inp, d, m.qk_prep(pos0).unwrap_or(prep))
+                    }
+                    Rows::Ragged { pos, .. } => be.qk_prep_rows(out, st, inp, d, prep, pos),
+                }
                 &s.qkr
             } else {
                 &s.qkv
             };
-            be.attention_cached(
-                vw(&s.att, n * wo),
-                vw(att_in, n * wq),
-                View::new(&self.k[l], 0, b * per_row),
-                View::new(&self.v[l], 0, b * per_row),
-                d,
-                self.pos,
-                self.max_t,
-            );
-            be.matmul(
+            let (kc, vc) = (&self.k[l], &self.v[l]);
+            match rows {
+                Rows::Block { slot0, b, pos0, .. } => be.attention_cached(
+                    vw(&s.att, n * wo),
+                    vw(att_in, n * wq),
+                    View::new(kc, slot0 * per_slot, b * per_slot),
+                    View::new(vc, slot0 * per_slot, b * per_slot),
+                    d,
+                    pos0,
+                    self.capacity,
+                ),
+                Rows::Ragged { slots, pos } => {
+                    let all = self.lens.len() * per_slot;
+                    be.attention_rows(
+                        vw(&s.att, n * wo),
+                        vw(att_in, n * wq),
+                        View::new(kc, 0, all),
+                        View::new(vc, 0, all),
+                        d,
+                        slots,
+                        pos,
+                        self.capacity,
+                    )
+                }
+            }
+            be.matmul_bias(
                 vw(&s.x, n * c),
                 vw(&s.att, n * wo),
                 p(ls.proj_w),
+                po(ls.proj_b),
                 lin(n, c, wo),
                 1.0,
                 1.0,
             );
-            if let Some(bias) = ls.proj_b {
-                be.add_bias(vw(&s.x, n * c), p(bias), n, c);
-            }
             be.norm_forward(
                 nk,
                 vw(&s.ln, n * c),
@@ -196,29 +248,24 @@ impl<'m, B: Backend> Generator<'m, B> {
                 c,
                 cfg.norm_eps,
             );
-            be.matmul(
+            be.matmul_bias_act(
+                m.act(),
+                vw(&s.g, n * 4 * c),
                 vw(&s.h, n * 4 * c),
                 vw(&s.ln, n * c),
                 p(ls.fc_w),
+                po(ls.fc_b),
                 lin(n, 4 * c, c),
-                1.0,
-                0.0,
             );
-            if let Some(bias) = ls.fc_b {
-                be.add_bias(vw(&s.h, n * 4 * c), p(bias), n, 4 * c);
-            }
-            be.act_forward(m.act(), vw(&s.g, n * 4 * c), vw(&s.h, n * 4 * c));
-            be.matmul(
+            be.matmul_bias(
                 vw(&s.x, n * c),
                 vw(&s.g, n * 4 * c),
                 p(ls.fcp_w),
+                po(ls.fcp_b),
                 lin(n, c, 4 * c),
                 1.0,
                 1.0,
             );
-            if let Some(bias) = ls.fcp_b {
-                be.add_bias(vw(&s.x, n * c), p(bias), n, c);
-            }
         }
         be.norm_forward(
             nk,
@@ -231,90 +278,243 @@ impl<'m, B: Backend> Generator<'m, B> {
             c,
             cfg.norm_eps,
         );
-        self.pos += t;
         Ok(())
     }
 
-    /// Logits `[rows_sel, vocab]` from the final-norm rows `sel` of the scratch.
-    fn head(&self, sel: impl Iterator<Item = usize>) -> Result<Vec<f32>, EngineError> {
+    /// Logits `[k, vocab]` of the final-norm rows `r0..r0 + k` of the scratch: one matmul over
+    /// the rows as they lie (no gather), into the preallocated logits buffer.
+    fn head(&self, r0: usize, k: usize) -> Vec<f32> {
+        let mut out = Vec::new();
+        self.head_into(r0, k, &mut out);
+        out
+    }
+
+    /// [`Self::head`] into `out` (resized; its memory is reused from call to call: a fresh
+    /// `[rows, vocab]` vector per step is a fresh mapping whose pages the kernel zeroes, 6% of a
+    /// rollout in perf).
+    fn head_into(&self, r0: usize, k: usize, out: &mut Vec<f32>) {
         let m = self.model;
         let be = &*m.backend;
         let c = m.cfg.n_embd;
         let vs = m.cfg.vocab_size;
         let s = self.scratch.as_ref().expect("scratch");
-        let sel: Vec<usize> = sel.collect();
-        let k = sel.len();
-        // gather the selected rows into `h` (free after the blocks), then one matmul
-        for (i, &r) in sel.iter().enumerate() {
-            be.copy(View::new(&s.h, i * c, c), View::new(&s.ln, r * c, c));
-        }
-        let logits = be.alloc(k * vs)?;
         let hs = m.head_slot();
         be.matmul(
-            View::new(&logits, 0, k * vs),
-            View::new(&s.h, 0, k * c),
+            View::new(&s.logits, 0, k * vs),
+            View::new(&s.ln, r0 * c, k * c),
             View::new(&m.params, hs.off, hs.len),
             lin(k, vs, c),
             1.0,
             0.0,
         );
-        let mut out = vec![0f32; k * vs];
-        be.read(View::new(&logits, 0, k * vs), &mut out);
+        out.resize(k * vs, 0.0);
+        be.read(View::new(&s.logits, 0, k * vs), out);
         if let Some(cap) = m.cfg.logit_softcap {
             out.iter_mut().for_each(|x| *x = cap * (*x / cap).tanh());
         }
-        Ok(out)
     }
 
-    /// Logits for every position of `b` fresh rows of `t` tokens (resets the cache).
+    fn check_room(&self, slot: usize, extra: usize) -> Result<(), EngineError> {
+        let need = self.lens[slot] + extra;
+        if need > self.capacity {
+            return Err(EngineError::Shape(format!(
+                "slot {slot}: sequence of {need} tokens exceeds the decoder's {} (context {})",
+                self.capacity, self.model.cfg.context
+            )));
+        }
+        Ok(())
+    }
+
+    /// Append `tokens` to `slot` where it stands (a prompt continued, a tool's output inserted);
+    /// returns the logits `[vocab]` after the last one.
+    pub fn extend(&mut self, slot: usize, tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
+        check_slot(slot, self.lens.len())?;
+        if tokens.is_empty() {
+            return Err(EngineError::Shape("extend: no tokens".into()));
+        }
+        check_ids(tokens, self.model.cfg.vocab_size)?;
+        self.check_room(slot, tokens.len())?;
+        let t = tokens.len();
+        let rows = Rows::Block {
+            slot0: slot,
+            b: 1,
+            t,
+            pos0: self.lens[slot],
+        };
+        self.run(tokens, rows)?;
+        self.lens[slot] += t;
+        Ok(self.head(t - 1, 1))
+    }
+
+    /// [`BatchDecoder::step`] writing the logits into `out` (resized, its memory reused: the
+    /// loop that decodes thousands of steps keeps one buffer).
+    pub fn step_into(
+        &mut self,
+        slots: &[usize],
+        tokens: &[u32],
+        out: &mut Vec<f32>,
+    ) -> Result<(), EngineError> {
+        check_step(slots, tokens, self.lens.len())?;
+        check_ids(tokens, self.model.cfg.vocab_size)?;
+        for &s in slots {
+            if self.lens[s] == 0 {
+                return Err(EngineError::Shape(format!(
+                    "step: slot {s} is empty (prefill it first)"
+                )));
+            }
+            self.check_room(s, 1)?;
+        }
+        let n = slots.len();
+        if n == 0 {
+            out.clear();
+            return Ok(());
+        }
+        let pos: Vec<usize> = slots.iter().map(|&s| self.lens[s]).collect();
+        // Consecutive slots at one position are one block: the backend's plain cached attention
+        // (one launch on a device) instead of per-row ops.
+        let block = slots.windows(2).all(|w| w[1] == w[0] + 1) && pos.iter().all(|&p| p == pos[0]);
+        let rows = if block {
+            Rows::Block {
+                slot0: slots[0],
+                b: n,
+                t: 1,
+                pos0: pos[0],
+            }
+        } else {
+            Rows::Ragged { slots, pos: &pos }
+        };
+        self.run(tokens, rows)?;
+        for &s in slots {
+            self.lens[s] += 1;
+        }
+        self.head_into(0, n, out);
+        Ok(())
+    }
+
+    /// Logits for every position of `b` rows of `t` tokens, from position 0 (slots `0..b`).
     pub(crate) fn forward_all(
         &mut self,
         ids: &[u32],
         b: usize,
         t: usize,
     ) -> Result<Vec<f32>, EngineError> {
-        self.pos = 0;
-        self.run(ids, b, t)?;
-        self.head(0..b * t)
+        check_ids(ids, self.model.cfg.vocab_size)?;
+        if b > self.lens.len() || t > self.capacity || ids.len() != b * t {
+            return Err(EngineError::Shape(format!(
+                "forward: {} ids for {b} rows × {t} (decoder {} × {})",
+                ids.len(),
+                self.lens.len(),
+                self.capacity
+            )));
+        }
+        let rows = Rows::Block {
+            slot0: 0,
+            b,
+            t,
+            pos0: 0,
+        };
+        self.run(ids, rows)?;
+        self.lens[..b].iter_mut().for_each(|l| *l = t);
+        Ok(self.head(0, b * t))
+    }
+}
+
+impl<B: Backend> BatchDecoder for BatchedDecoder<'_, B> {
+    fn slots(&self) -> usize {
+        self.lens.len()
+    }
+    fn capacity(&self) -> usize {
+        self.capacity
+    }
+    fn vocab(&self) -> usize {
+        self.model.cfg.vocab_size
+    }
+    fn len(&self, slot: usize) -> usize {
+        self.lens[slot]
+    }
+    fn prefill(&mut self, slot: usize, prompt: &[u32]) -> Result<Vec<f32>, EngineError> {
+        check_slot(slot, self.lens.len())?;
+        if prompt.is_empty() {
+            return Err(EngineError::Shape("empty prompt".into()));
+        }
+        self.lens[slot] = 0;
+        self.extend(slot, prompt)
+    }
+    fn step(&mut self, slots: &[usize], tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
+        let mut out = Vec::new();
+        self.step_into(slots, tokens, &mut out)?;
+        Ok(out)
+    }
+    fn fork(&mut self, src: usize, dst: usize) -> Result<(), EngineError> {
+        check_slot(src, self.lens.len())?;
+        check_slot(dst, self.lens.len())?;
+        if src == dst {
+            return Ok(());
+        }
+        let be = &*self.model.backend;
+        let per_slot = self.per_slot();
+        let used = self.lens[src] * self.model.cfg.n_kv_head * self.model.cfg.head_dim();
+        if used > 0 {
+            for cache in self.k.iter().chain(&self.v) {
+                be.copy(
+                    View::new(cache, dst * per_slot, used),
+                    View::new(cache, src * per_slot, used),
+                );
+            }
+        }
+        self.lens[dst] = self.lens[src];
+        Ok(())
+    }
+    fn clear(&mut self, slot: usize) {
+        self.lens[slot] = 0;
+    }
+}
+
+/// `rows` sequences decoded in lockstep from one prompt: a [`BatchedDecoder`] whose slot 0 is
+/// prefilled and forked to the other rows (nanochat's "prefill once, clone the cache").
+pub struct Generator<'m, B: Backend> {
+    dec: BatchedDecoder<'m, B>,
+    all: Vec<usize>,
+}
+
+impl<'m, B: Backend> Generator<'m, B> {
+    /// A generator with room for `rows` sequences of `max_t <= context` tokens.
+    pub fn new(model: &'m Model<B>, rows: usize, max_t: usize) -> Result<Self, EngineError> {
+        Ok(Generator {
+            dec: BatchedDecoder::new(model, rows, max_t)?,
+            all: (0..rows).collect(),
+        })
+    }
+
+    /// Tokens already in the cache (per row).
+    pub fn pos(&self) -> usize {
+        self.dec.len(0)
+    }
+
+    pub fn rows(&self) -> usize {
+        self.all.len()
     }
 
     /// Reset, run `prompt` once on row 0, copy its cache to every row; returns the logits
     /// `[vocab]` after the last prompt token.
     pub fn prefill(&mut self, prompt: &[u32]) -> Result<Vec<f32>, EngineError> {
-        if prompt.is_empty() {
-            return Err(EngineError::Shape("empty prompt".into()));
+        let logits = self.dec.prefill(0, prompt)?;
+        for r in 1..self.all.len() {
+            self.dec.fork(0, r)?;
         }
-        self.pos = 0;
-        self.run(prompt, 1, prompt.len())?;
-        let be = &*self.model.backend;
-        let row = prompt.len() * self.model.cfg.n_kv_head * self.model.cfg.head_dim();
-        let per_row = self.max_t * self.model.cfg.n_kv_head * self.model.cfg.head_dim();
-        for l in 0..self.k.len() {
-            for r in 1..self.rows {
-                be.copy(
-                    View::new(&self.k[l], r * per_row, row),
-                    View::new(&self.k[l], 0, row),
-                );
-                be.copy(
-                    View::new(&self.v[l], r * per_row, row),
-                    View::new(&self.v[l], 0, row),
-                );
-            }
-        }
-        self.head(std::iter::once(prompt.len() - 1))
+        Ok(logits)
     }
 
     /// Append one token to each row; returns logits `[rows, vocab]`.
     pub fn step(&mut self, tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
-        if tokens.len() != self.rows {
+        if tokens.len() != self.all.len() {
             return Err(EngineError::Shape(format!(
                 "step: {} tokens for {} rows",
                 tokens.len(),
-                self.rows
+                self.all.len()
             )));
         }
-        self.run(tokens, self.rows, 1)?;
-        self.head(0..self.rows)
+        self.dec.step(&self.all, tokens)
     }
 }
 
@@ -361,6 +561,40 @@ pub fn sample_token(logits: &[f32], sp: &SamplingParams, rng: &mut Rng) -> u32 {
         return argmax();
     }
     let mx = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if sp.top_k == 0 && sp.top_p >= 1.0 {
+        // No truncation by rank: draw straight from the weights in id order, no sort (sorting
+        // the whole vocabulary per token cost more than a small model's decode step).
+        let cut = sp.min_p.max(0.0); // the top token's weight is exp(0) = 1
+        let inv_t = 1.0 / sp.temperature;
+        // f32 exps, once per id (the weights are relative to the top one, in (0, 1])
+        let w: Vec<f32> = logits
+            .iter()
+            .map(|&x| {
+                let e = ((x - mx) * inv_t).exp();
+                if e >= cut {
+                    e
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let sum: f64 = w.iter().map(|&e| e as f64).sum();
+        if !(sum.is_finite() && sum > 0.0) {
+            return argmax();
+        }
+        let mut u = rng.uniform() * sum;
+        let mut last = 0;
+        for (i, &e) in w.iter().enumerate() {
+            if e > 0.0 {
+                last = i;
+                u -= e as f64;
+                if u <= 0.0 {
+                    return i as u32;
+                }
+            }
+        }
+        return last as u32;
+    }
     let mut cand: Vec<(u32, f64)> = logits
         .iter()
         .enumerate()
@@ -475,4 +709,45 @@ pub fn generate<B: Backend>(
         logits = g.step(&next)?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn freqs(logits: &[f32], sp: &SamplingParams) -> Vec<f64> {
+        let mut rng = Rng::new(9);
+        let mut n = vec![0f64; logits.len()];
+        for _ in 0..40_000 {
+            n[sample_token(logits, sp, &mut rng) as usize] += 1.0 / 40_000.0;
+        }
+        n
+    }
+
+    #[test]
+    fn sampling_follows_the_softmax_and_its_truncations() {
+        let l = [0.0, 2f32.ln(), 4f32.ln()];
+        let close = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 0.01);
+        let plain = SamplingParams::default();
+        assert!(close(
+            &freqs(&l, &plain),
+            &[1.0 / 7.0, 2.0 / 7.0, 4.0 / 7.0]
+        ));
+        let min_p = SamplingParams {
+            min_p: 0.3,
+            ..plain.clone()
+        };
+        assert!(close(&freqs(&l, &min_p), &[0.0, 1.0 / 3.0, 2.0 / 3.0]));
+        // the sorted path (top-k) agrees
+        let top_k = SamplingParams {
+            top_k: 2,
+            ..plain.clone()
+        };
+        assert!(close(&freqs(&l, &top_k), &[0.0, 1.0 / 3.0, 2.0 / 3.0]));
+        let greedy = SamplingParams {
+            temperature: 0.0,
+            ..plain
+        };
+        assert!((freqs(&l, &greedy)[2] - 1.0).abs() < 1e-9);
+    }
 }

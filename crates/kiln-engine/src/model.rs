@@ -169,8 +169,7 @@ impl<B: Backend> Model<B> {
                 self.cfg.context
             )));
         }
-        let mut g = crate::generate::Generator::new(self, b, t)?;
-        g.forward_all(ids, b, t)
+        crate::generate::BatchedDecoder::new(self, b, t)?.forward_all(ids, b, t)
     }
 }
 

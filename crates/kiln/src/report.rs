@@ -180,7 +180,7 @@ fn markdown(i: &RunInfo) -> String {
     for (name, acc, ct, chance) in score_rows(e) {
         let _ = writeln!(m, "| {name} ({ct}) | SFT | {acc} | {chance} |");
     }
-    // The RL stage (GRPO on the arithmetic task): its held-out pass@1 before and after.
+    // The RL stage (GRPO on arith-easy): its held-out pass@1 before and after.
     let r = &e["rl"];
     if r.is_object() {
         let pct = |v: &Value| {
@@ -190,7 +190,7 @@ fn markdown(i: &RunInfo) -> String {
         for (model, key) in [("SFT", "pass1_start"), ("RL", "pass1")] {
             let _ = writeln!(
                 m,
-                "| RL task: arithmetic, held-out pass@1 (greedy) | {model} | {} | ≈0% |",
+                "| RL task: arithmetic, small operands (arith-easy), held-out pass@1 (greedy) | {model} | {} | ≈0% |",
                 pct(&r[key])
             );
         }

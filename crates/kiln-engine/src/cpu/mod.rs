@@ -8,6 +8,7 @@
 mod kernels;
 pub mod quant;
 pub mod sgemm;
+mod skinny;
 pub(crate) mod vmath;
 
 use std::sync::Mutex;
@@ -253,14 +254,19 @@ pub(crate) unsafe fn gemm_raw(
     beta: f32,
     par: gemm::Parallelism,
 ) {
-    // kiln's AVX-512 kernel for everything matrix-shaped; the `gemm` crate for vector-shaped
-    // products (decode's one-row matmuls), where packing would cost more than it saves, and on
-    // CPUs without AVX-512.
+    // Decode's few-row products with a weight (1–64 rows): the unpacked dot-product kernel.
+    // kiln's AVX-512 kernel for everything else matrix-shaped; the `gemm` crate for the other
+    // vector-shaped products, where packing would cost more than it saves, and on CPUs without
+    // AVX-512.
+    let threads = match par {
+        gemm::Parallelism::Rayon(t) => t,
+        _ => 1,
+    };
+    if skinny::takes(m, k, a, b) {
+        skinny::skinny(m, n, k, alpha, a, b, beta, c, c_rs as usize, threads);
+        return;
+    }
     if sgemm_takes(m, n, k) {
-        let threads = match par {
-            gemm::Parallelism::Rayon(t) => t,
-            _ => 1,
-        };
         sgemm::sgemm(m, n, k, alpha, a, b, beta, c, c_rs as usize, threads);
         return;
     }
@@ -384,10 +390,10 @@ impl CpuBackend {
         beta: f32,
         epilogue: sgemm::RowEpilogue,
     ) -> bool {
-        if !sgemm_takes(d.m, d.n, d.k) {
+        let p = product(c, a, b, d, alpha, beta);
+        if !sgemm_takes(d.m, d.n, d.k) || skinny::takes(d.m, d.k, p.a, p.b) {
             return false;
         }
-        let p = product(c, a, b, d, alpha, beta);
         // SAFETY: shapes checked in `product`; callers check c overlaps no input.
         unsafe { sgemm::sgemm_then_rows(p, self.threads, epilogue) };
         true
@@ -774,6 +780,47 @@ impl Backend for CpuBackend {
     ) {
         check(&[out, k_cache, v_cache], &[qkv]);
         kernels::attention_cached(w(out), r(qkv), w(k_cache), w(v_cache), d, pos0, max_t);
+    }
+
+    fn embedding_rows(
+        &self,
+        out: View<CpuBuf>,
+        wte: View<CpuBuf>,
+        wpe: Option<View<CpuBuf>>,
+        ids: &[u32],
+        pos: &[usize],
+        c: usize,
+    ) {
+        check_opt(&[Some(out)], &[Some(wte), wpe]);
+        kernels::embedding_rows(w(out), r(wte), wpe.map(r), ids, pos, c);
+    }
+
+    fn qk_prep_rows(
+        &self,
+        out: View<CpuBuf>,
+        stats: View<CpuBuf>,
+        inp: View<CpuBuf>,
+        d: AttnDims,
+        p: QkPrep,
+        pos: &[usize],
+    ) {
+        check(&[out, stats], &[inp]);
+        kernels::qk_prep_rows(w(out), w(stats), r(inp), d, p, pos);
+    }
+
+    fn attention_rows(
+        &self,
+        out: View<CpuBuf>,
+        qkv: View<CpuBuf>,
+        k_cache: View<CpuBuf>,
+        v_cache: View<CpuBuf>,
+        d: AttnDims,
+        slots: &[usize],
+        pos: &[usize],
+        max_t: usize,
+    ) {
+        check(&[out, k_cache, v_cache], &[qkv]);
+        kernels::attention_rows(w(out), r(qkv), w(k_cache), w(v_cache), d, slots, pos, max_t);
     }
 
     fn cross_entropy(

@@ -1,7 +1,9 @@
 //! Reinforcement learning on verifiable tasks (GRPO family): the loss as per-token engine weights
 //! ([`loss`]), the rollout/update loop ([`run`]), and [`run_job`], which turns a task name, a
-//! model and its recorded tokenizer into prompts and verifiers for the loop.
+//! model and its recorded tokenizer into prompts and verifiers for the loop; [`bench`] measures
+//! rollout throughput (`kiln bench decode`).
 
+pub mod bench;
 pub mod loss;
 pub mod run;
 
@@ -14,7 +16,7 @@ use kiln_engine::{load_checkpoint, resolve_checkpoint};
 
 use crate::device::DeviceSpec;
 use crate::error::TrainError;
-pub use run::{rl, rl_on, rl_with, RlConfig, RlData, RlItem, RlSummary, Scorer};
+pub use run::{rl, rl_on, rl_with, rollouts, RlConfig, RlData, RlItem, RlSummary, Scorer};
 
 /// An RL run as the CLI and the speedrun's RL stage describe it.
 #[derive(Clone, Debug)]

@@ -3,10 +3,11 @@
 //! `metrics.jsonl`, an SVG of the R1 curves (reward, accuracy, response length), checkpoints and
 //! resume.
 //!
-//! Rollouts use the KV-cache [`Generator`]: one prefill per prompt, its cache forked to the `group`
-//! rows, one token per row per step — a GRPO group is exactly one generator. Sampling seeds derive
-//! from `(seed, step, prompt)` and prompts from the step, so a resumed run draws what the
-//! uninterrupted one would have (model and optimizer come from the checkpoint).
+//! Rollouts use the engine's [`BatchedDecoder`]: one prefill per prompt, its cache forked to the
+//! `group` rows, and every group of the step decoded together, one batched forward per token
+//! ([`rollouts`]). Sampling seeds derive from `(seed, step, prompt, sample)` and prompts from the
+//! step, so a resumed run draws what the uninterrupted one would have (model and optimizer come
+//! from the checkpoint).
 //!
 //! Each batch is used for `updates` optimizer steps. The first step is on-policy (ratio 1), so its
 //! weights need no extra forward; later steps (and the KL term) need current log-probs, which one
@@ -19,9 +20,10 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln_chat::tasks::Score;
 use kiln_engine::{
-    load_checkpoint, resolve_checkpoint, sample_token, Backend, CpuBackend, Generator, Model,
-    OptimizerConfig, Rng, SamplingParams, Trainer,
+    load_checkpoint, resolve_checkpoint, sample_token, Backend, BatchDecoder, BatchedDecoder,
+    CpuBackend, Model, OptimizerConfig, Rng, SamplingParams, Trainer,
 };
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -144,55 +146,119 @@ struct Sample {
     score: Score,
 }
 
-/// Samples `group` responses to `prompt`; returns them, the number of decode steps and the summed
-/// entropy (nats) of the policy at the sampled positions.
-fn rollout<B: Backend>(
+/// Most rows one rollout decoder holds: enough to fill the matmuls (the weights are read once per
+/// step for all rows), few enough that the caches of long prompts stay small.
+const MAX_ROWS: usize = 64;
+
+/// Samples `group` responses to each of `prompts` (row `j * group + g` is sample `g` of prompt
+/// `j`): one [`BatchedDecoder`] for as many prompts as fit in [`MAX_ROWS`] rows, one prefill per
+/// prompt forked to its group, then one batched step per token over every unfinished row (a row
+/// that emits a stop token leaves the batch). Row `r` samples with its own generator seeded by
+/// `seeds[j]` and `g`, so the draws do not depend on how rows are batched. Returns the responses
+/// (stop token included) and, if `entropy`, the summed entropy (nats) at the sampled positions.
+#[allow(clippy::too_many_arguments)]
+pub fn rollouts<B: Backend>(
     model: &Model<B>,
-    prompt: &[u32],
+    prompts: &[&[u32]],
+    seeds: &[u64],
     group: usize,
     max_new: usize,
     sp: &SamplingParams,
     stop: &[u32],
-    rng: &mut Rng,
+    entropy: bool,
 ) -> Result<(Vec<Vec<u32>>, f64), TrainError> {
-    let mut g = Generator::new(model, group, prompt.len() + max_new)?;
-    let first = g.prefill(prompt)?;
+    assert_eq!(prompts.len(), seeds.len(), "one seed per prompt");
+    let mut out = Vec::with_capacity(prompts.len() * group);
+    let mut ent = 0f64;
+    let per_chunk = (MAX_ROWS / group.max(1)).max(1);
+    for (ps, ss) in prompts.chunks(per_chunk).zip(seeds.chunks(per_chunk)) {
+        let (o, e) = rollout_chunk(model, ps, ss, group, max_new, sp, stop, entropy)?;
+        out.extend(o);
+        ent += e;
+    }
+    Ok((out, ent))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn rollout_chunk<B: Backend>(
+    model: &Model<B>,
+    prompts: &[&[u32]],
+    seeds: &[u64],
+    group: usize,
+    max_new: usize,
+    sp: &SamplingParams,
+    stop: &[u32],
+    want_entropy: bool,
+) -> Result<(Vec<Vec<u32>>, f64), TrainError> {
+    let rows = prompts.len() * group;
     let vs = model.cfg.vocab_size;
-    let mut logits: Vec<f32> = (0..group).flat_map(|_| first.iter().copied()).collect();
-    let mut out = vec![Vec::new(); group];
-    let mut done = vec![false; group];
-    let mut entropy = 0f64;
-    let filler = stop.first().copied().unwrap_or(0);
-    for s in 0..max_new {
-        let mut next = vec![filler; group];
-        for r in 0..group {
-            if done[r] {
-                continue;
+    let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+    let mut dec = BatchedDecoder::new(model, rows, longest + max_new)?;
+    // logits[i] belongs to the i-th unfinished row (all rows at first)
+    let mut logits = vec![0f32; rows * vs];
+    for (j, p) in prompts.iter().enumerate() {
+        let first = dec.prefill(j * group, p)?;
+        for g in 0..group {
+            if g > 0 {
+                dec.fork(j * group, j * group + g)?;
             }
-            let row = &logits[r * vs..(r + 1) * vs];
-            entropy += entropy_of(row);
-            let tok = sample_token(row, sp, rng);
-            out[r].push(tok);
-            next[r] = tok;
-            done[r] = stop.contains(&tok);
+            logits[(j * group + g) * vs..(j * group + g + 1) * vs].copy_from_slice(&first);
         }
-        if done.iter().all(|&d| d) || s + 1 == max_new {
+    }
+    let mut rngs: Vec<Rng> = (0..rows)
+        .map(|r| {
+            Rng::new(
+                seeds[r / group] ^ ((r % group) as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03),
+            )
+        })
+        .collect();
+    let mut out = vec![Vec::new(); rows];
+    let mut done = vec![false; rows];
+    let mut entropy = 0f64;
+    for s in 0..max_new {
+        // Sample every unfinished row in parallel (each row owns its generator).
+        let mut live: Vec<(usize, &mut Rng)> = rngs
+            .iter_mut()
+            .enumerate()
+            .filter(|(r, _)| !done[*r])
+            .collect();
+        let picks: Vec<(usize, u32, f64)> = live
+            .par_iter_mut()
+            .enumerate()
+            .map(|(i, (r, rng))| {
+                let row = &logits[i * vs..(i + 1) * vs];
+                let e = if want_entropy { entropy_of(row) } else { 0.0 };
+                (*r, sample_token(row, sp, rng), e)
+            })
+            .collect();
+        let (mut slots, mut next) = (Vec::new(), Vec::new());
+        for (r, tok, e) in picks {
+            entropy += e;
+            out[r].push(tok);
+            done[r] = stop.contains(&tok);
+            if !done[r] {
+                slots.push(r);
+                next.push(tok);
+            }
+        }
+        if slots.is_empty() || s + 1 == max_new {
             break;
         }
-        logits = g.step(&next)?;
+        dec.step_into(&slots, &next, &mut logits)?;
     }
     Ok((out, entropy))
 }
 
-/// Entropy (nats) of softmax(logits).
+/// Entropy (nats) of softmax(logits): f32 exps (a metric; f64 ones were 4% of a rollout),
+/// f64 sums.
 fn entropy_of(logits: &[f32]) -> f64 {
-    let mx = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let mx = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let (mut z, mut ez) = (0f64, 0f64);
     for &x in logits {
-        let d = x as f64 - mx;
+        let d = x - mx;
         let e = d.exp();
-        z += e;
-        ez += e * d;
+        z += e as f64;
+        ez += (e * d) as f64;
     }
     z.ln() - ez / z
 }
@@ -217,14 +283,17 @@ fn evaluate<B: Backend>(
         temperature: 0.0,
         ..Default::default()
     };
-    let mut rng = Rng::new(0);
+    // Every problem in one batched decode: greedy once, then k samples (fixed seeds).
+    let prompts: Vec<&[u32]> = items.iter().map(|it| it.prompt.as_slice()).collect();
+    let seeds: Vec<u64> = (0..items.len() as u64).collect();
+    let (greedy_out, _) = rollouts(model, &prompts, &seeds, 1, max_new, &greedy, stop, false)?;
+    let (sampled, _) = rollouts(model, &prompts, &seeds, k, max_new, sp, stop, false)?;
     let (mut ok, mut fmt, mut any) = (0usize, 0usize, 0usize);
-    for it in items {
-        let (out, _) = rollout(model, &it.prompt, 1, max_new, &greedy, stop, &mut rng)?;
-        let s = (it.score)(strip_stop(&out[0], stop));
+    for (j, it) in items.iter().enumerate() {
+        let s = (it.score)(strip_stop(&greedy_out[j], stop));
         ok += usize::from(s.correct);
         fmt += usize::from(s.formatted);
-        let (outs, _) = rollout(model, &it.prompt, k, max_new, sp, stop, &mut rng)?;
+        let outs = &sampled[j * k..(j + 1) * k];
         any += usize::from(outs.iter().any(|o| (it.score)(strip_stop(o, stop)).correct));
     }
     let n = items.len().max(1) as f64;
@@ -472,33 +541,41 @@ pub fn rl_with<B: TrainBackend>(
         let t0 = Instant::now();
         let mut samples: Vec<Sample> = Vec::with_capacity(rows);
         let mut entropy = 0f64;
-        for j in 0..cfg.prompts_per_step {
-            let k = (step as usize * cfg.prompts_per_step + j) % data.train.len();
-            let item = &data.train[k];
-            let mut rng = Rng::new(
+        // All prompts of the step in one batched decode (one prefill per prompt, forked).
+        let ks: Vec<usize> = (0..cfg.prompts_per_step)
+            .map(|j| (step as usize * cfg.prompts_per_step + j) % data.train.len())
+            .collect();
+        let prompts: Vec<&[u32]> = ks
+            .iter()
+            .map(|&k| data.train[k].prompt.as_slice())
+            .collect();
+        let seeds: Vec<u64> = (0..cfg.prompts_per_step as u64)
+            .map(|j| {
                 cfg.seed
                     ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                    ^ (j as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9),
-            );
-            let (outs, ent) = rollout(
-                &tr.model,
-                &item.prompt,
-                cfg.group,
-                cfg.max_new,
-                &sp,
-                &data.stop,
-                &mut rng,
-            )?;
-            entropy += ent;
-            for tokens in outs {
-                let score = (item.score)(strip_stop(&tokens, &data.stop));
-                samples.push(Sample {
-                    prompt: k,
-                    tokens,
-                    reward: score.reward,
-                    score,
-                });
-            }
+                    ^ j.wrapping_mul(0xBF58_476D_1CE4_E5B9)
+            })
+            .collect();
+        let (outs, ent) = rollouts(
+            &tr.model,
+            &prompts,
+            &seeds,
+            cfg.group,
+            cfg.max_new,
+            &sp,
+            &data.stop,
+            true,
+        )?;
+        entropy += ent;
+        for (r, tokens) in outs.into_iter().enumerate() {
+            let k = ks[r / cfg.group];
+            let score = (data.train[k].score)(strip_stop(&tokens, &data.stop));
+            samples.push(Sample {
+                prompt: k,
+                tokens,
+                reward: score.reward,
+                score,
+            });
         }
         tr.model.backend.synchronize();
         let rollout_s = t0.elapsed().as_secs_f64();
@@ -808,6 +885,32 @@ mod tests {
         let last: serde_json::Value =
             serde_json::from_str(m.lines().rfind(|l| l.contains("\"kl\"")).unwrap()).unwrap();
         assert!(last["kl"].as_f64().unwrap() > 0.0, "{last}");
+    }
+
+    #[test]
+    fn batched_rollouts_draw_what_each_prompt_draws_alone() {
+        let be = Arc::new(CpuBackend::new(2));
+        let model = Model::new(be, ModelConfig::gpt2(301, 2, 2, 32, 64), 5).unwrap();
+        let prompts: [&[u32]; 3] = [
+            &[256, 104, 105, 257],
+            &[256, 7, 257],
+            &[256, 1, 2, 3, 4, 257],
+        ];
+        let seeds = [11, 12, 13];
+        let sp = SamplingParams::default();
+        // a fifth of the ids stop a row, so rows finish at different steps and leave the batch
+        let stop: Vec<u32> = (0..60).chain([END]).collect();
+        let (all, e_all) = rollouts(&model, &prompts, &seeds, 4, 12, &sp, &stop, true).unwrap();
+        let mut alone = Vec::new();
+        let mut e_alone = 0.0;
+        for (p, s) in prompts.iter().zip(seeds) {
+            let (o, e) = rollouts(&model, &[p], &[s], 4, 12, &sp, &stop, true).unwrap();
+            alone.extend(o);
+            e_alone += e;
+        }
+        assert_eq!(all, alone);
+        assert!((e_all - e_alone).abs() < 1e-3 * e_alone.abs().max(1.0));
+        assert!(all.iter().any(|r| r.len() < 12), "some row stopped early");
     }
 
     #[test]

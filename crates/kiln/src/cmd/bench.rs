@@ -1,5 +1,6 @@
 //! `kiln bench train`: the training/decode benchmark with torch_ref.py's shapes and JSON fields
-//! (the measurement itself is in kiln_train::bench).
+//! (the measurement itself is in kiln_train::bench); `kiln bench decode`: RL rollout vs batch-1
+//! decode throughput (kiln_train::rl::bench).
 
 use anyhow::bail;
 use clap::{Subcommand, ValueEnum};
@@ -39,6 +40,28 @@ pub enum BenchCommand {
         #[command(flatten)]
         device: DeviceArgs,
     },
+    /// RL rollout decode (batched, ragged prompts forked to groups) against batch-1 decode, in
+    /// interleaved rounds, beside the same model's training tokens/s; prints one JSON line.
+    Decode {
+        /// Checkpoint (run folder or checkpoint) [default: a random model of the speedrun's
+        /// default shape].
+        #[arg(long)]
+        model: Option<std::path::PathBuf>,
+        /// Rows decoded together (prompts × group).
+        #[arg(long, default_value_t = 32)]
+        rows: usize,
+        /// Samples per prompt (one prefill, forked).
+        #[arg(long, default_value_t = 8)]
+        group: usize,
+        /// Tokens generated per row.
+        #[arg(long, default_value_t = 48)]
+        tokens: usize,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// CPU threads.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
 }
 
 pub fn run(c: BenchCommand) -> anyhow::Result<()> {
@@ -55,6 +78,30 @@ pub fn run(c: BenchCommand) -> anyhow::Result<()> {
             }
             let spec: DeviceSpec = device.spec(p.device)?;
             let r = super::on_engine_pool(|| kiln_train::bench::bench_train(&spec, &p))?;
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }
+        BenchCommand::Decode {
+            model,
+            rows,
+            group,
+            tokens,
+            rounds,
+            threads,
+        } => {
+            let _ = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build_global();
+            let o = kiln_train::rl::bench::DecodeBench {
+                rows,
+                group,
+                tokens,
+                rounds,
+                threads,
+            };
+            let r = super::on_engine_pool(|| {
+                kiln_train::rl::bench::bench_decode(model.as_deref(), &o)
+            })?;
             println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }

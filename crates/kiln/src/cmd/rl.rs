@@ -1,4 +1,4 @@
-//! `kiln rl --model <sft checkpoint> --task arith|word|countdown`: flags →
+//! `kiln rl --model <sft checkpoint> --task arith|arith-easy|word|countdown`: flags →
 //! [`kiln_train::rl::RlJob`] (render the task's problems with the model's tokenizer, run the GRPO
 //! loop), then a summary.
 
@@ -18,6 +18,8 @@ use super::DeviceArgs;
 pub enum TaskChoice {
     /// Multi-digit addition, subtraction, multiplication.
     Arith,
+    /// The same with small operands (+ and - up to 20, one-digit products): a first rung.
+    ArithEasy,
     /// GSM-style templated word problems.
     Word,
     /// Reach a target with the given numbers and + - * /.
@@ -113,6 +115,7 @@ pub fn run(a: RlArgs, threads: usize) -> anyhow::Result<()> {
     };
     let task = match a.task {
         TaskChoice::Arith => TaskKind::Arith,
+        TaskChoice::ArithEasy => TaskKind::ArithEasy,
         TaskChoice::Word => TaskKind::Word,
         TaskChoice::Countdown => TaskKind::Countdown,
     };

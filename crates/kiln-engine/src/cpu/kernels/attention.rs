@@ -15,6 +15,34 @@ pub(super) fn rope_table(cs: &mut [f32], pos: usize, half: usize, theta: f32) {
 }
 
 pub fn qk_prep_forward(out: &mut [f32], stats: &mut [f32], inp: &[f32], d: AttnDims, p: QkPrep) {
+    qk_prep_forward_at(out, stats, inp, d, p, |r| p.pos0 + r % d.t);
+}
+
+/// [`qk_prep_forward`] for `d.b` rows of one token, row `r` at position `pos[r]`.
+pub fn qk_prep_rows(
+    out: &mut [f32],
+    stats: &mut [f32],
+    inp: &[f32],
+    d: AttnDims,
+    p: QkPrep,
+    pos: &[usize],
+) {
+    assert!(
+        d.t == 1 && pos.len() == d.b,
+        "qk_prep_rows: one token per row"
+    );
+    qk_prep_forward_at(out, stats, inp, d, p, |r| pos[r]);
+}
+
+/// The QK prep of token row `r` (of `b*t`) at position `pos_of(r)`.
+fn qk_prep_forward_at(
+    out: &mut [f32],
+    stats: &mut [f32],
+    inp: &[f32],
+    d: AttnDims,
+    p: QkPrep,
+    pos_of: impl Fn(usize) -> usize + Sync,
+) {
     let wdt = d.qkv_width();
     let hd = d.head_dim;
     let half = hd / 2;
@@ -28,7 +56,7 @@ pub fn qk_prep_forward(out: &mut [f32], stats: &mut [f32], inp: &[f32], d: AttnD
             let x = &inp[r * wdt..(r + 1) * wdt];
             let mut cs = [0f32; 1024];
             if let Some(theta) = p.rope_theta {
-                rope_table(&mut cs, p.pos0 + r % d.t, half, theta);
+                rope_table(&mut cs, pos_of(r), half, theta);
             }
             for h in 0..nqk {
                 let xs = &x[h * hd..(h + 1) * hd];
@@ -480,6 +508,61 @@ pub fn attention_cached(
             let mut sc = vec![0f32; n];
             let kb = &kc[b * max_t * row_kv..];
             let vb = &vc[b * max_t * row_kv..];
+            for h in 0..nh {
+                let kvh = h / grp;
+                let q = &qkv[r * wq + h * hd..r * wq + (h + 1) * hd];
+                let oh = &mut o[h * hd..(h + 1) * hd];
+                cached_head(oh, &mut sc, q, kb, vb, row_kv, kvh * hd, scale);
+            }
+        });
+}
+
+/// Ragged cached attention, one token per row: row `r` appends its k/v to cache slot `slots[r]`
+/// (`[slots, max_t, n_kv, hd]`) at position `pos[r]`, then attends over that slot's positions
+/// `0..=pos[r]`. Slots are distinct (the caller checks), so each row writes its own cache rows.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_rows(
+    out: &mut [f32],
+    qkv: &[f32],
+    kc: &mut [f32],
+    vc: &mut [f32],
+    d: AttnDims,
+    slots: &[usize],
+    pos: &[usize],
+    max_t: usize,
+) {
+    let (hd, nh, nkv) = (d.head_dim, d.n_head, d.n_kv);
+    assert!(d.t == 1 && slots.len() == d.b && pos.len() == d.b);
+    let wq = d.qkv_width();
+    let wo = d.out_width();
+    let grp = nh / nkv;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let row_kv = nkv * hd;
+    let per_slot = max_t * row_kv;
+    for (&s, &p) in slots.iter().zip(pos) {
+        assert!(p < max_t, "KV cache overflow: {} > {max_t}", p + 1);
+        assert!(
+            (s + 1) * per_slot <= kc.len().min(vc.len()),
+            "slot {s} outside the cache"
+        );
+    }
+    // 1) append: a few hundred floats per row, cheaper inline than as parallel tasks
+    for (r, (&s, &p)) in slots.iter().zip(pos).enumerate() {
+        let src = &qkv[r * wq..(r + 1) * wq];
+        let at = s * per_slot + p * row_kv;
+        kc[at..at + row_kv].copy_from_slice(&src[nh * hd..(nh + nkv) * hd]);
+        vc[at..at + row_kv].copy_from_slice(&src[(nh + nkv) * hd..]);
+    }
+    let (kc, vc) = (&*kc, &*vc);
+    // 2) attend: one task per row
+    out[..d.b * wo]
+        .par_chunks_mut(wo)
+        .enumerate()
+        .for_each(|(r, o)| {
+            let n = pos[r] + 1;
+            let mut sc = vec![0f32; n];
+            let kb = &kc[slots[r] * per_slot..];
+            let vb = &vc[slots[r] * per_slot..];
             for h in 0..nh {
                 let kvh = h / grp;
                 let q = &qkv[r * wq + h * hd..r * wq + (h + 1) * hd];

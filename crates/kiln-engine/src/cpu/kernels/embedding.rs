@@ -11,6 +11,30 @@ pub fn embedding_forward(
     pos0: usize,
     c: usize,
 ) {
+    embedding_forward_at(out, wte, wpe, ids, c, |r| pos0 + r % t);
+}
+
+/// [`embedding_forward`] for one token per row, row `r` at position `pos[r]`.
+pub fn embedding_rows(
+    out: &mut [f32],
+    wte: &[f32],
+    wpe: Option<&[f32]>,
+    ids: &[u32],
+    pos: &[usize],
+    c: usize,
+) {
+    assert_eq!(ids.len(), pos.len(), "embedding_rows: one position per id");
+    embedding_forward_at(out, wte, wpe, ids, c, |r| pos[r]);
+}
+
+fn embedding_forward_at(
+    out: &mut [f32],
+    wte: &[f32],
+    wpe: Option<&[f32]>,
+    ids: &[u32],
+    c: usize,
+    pos_of: impl Fn(usize) -> usize + Sync,
+) {
     out[..ids.len() * c]
         .par_chunks_mut(c)
         .enumerate()
@@ -18,7 +42,7 @@ pub fn embedding_forward(
             let id = ids[r] as usize;
             o.copy_from_slice(&wte[id * c..(id + 1) * c]);
             if let Some(wpe) = wpe {
-                let p = pos0 + r % t;
+                let p = pos_of(r);
                 o.iter_mut()
                     .zip(&wpe[p * c..(p + 1) * c])
                     .for_each(|(a, b)| *a += b);
