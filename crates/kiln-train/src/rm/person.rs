@@ -106,6 +106,48 @@ impl SimulatedPerson {
     }
 }
 
+const FILLER: [&str; 24] = [
+    "the", "a", "very", "little", "big", "bird", "fish", "sky", "walked", "said", "and", "then",
+    "funny", "old", "sea", "bright", "it", "was", "on", "day", "because", "wanted", "home", "song",
+];
+
+/// Synthetic candidate answers with the traits the person cares about varied at random (on or off
+/// topic, repeated words, length, ending, digits): data for the reward model's tests and for
+/// exercising the pipeline without a policy to sample from.
+pub fn synthetic_samples(prompt: &str, n: usize, rng: &mut Rng) -> Vec<String> {
+    let topic: Vec<String> = words(prompt)
+        .into_iter()
+        .filter(|w| w.len() >= 4 && !STOP.contains(&w.as_str()))
+        .collect();
+    (0..n)
+        .map(|_| {
+            let len = 2 + rng.below(18) as usize;
+            let repeat = rng.uniform() < 0.3;
+            let mut ws: Vec<String> = Vec::with_capacity(len);
+            for i in 0..len {
+                let w = if repeat && i > 0 {
+                    ws[0].clone()
+                } else {
+                    FILLER[rng.below(FILLER.len() as u64) as usize].to_string()
+                };
+                ws.push(w);
+            }
+            if !topic.is_empty() && rng.uniform() < 0.5 {
+                let k = rng.below(len as u64) as usize;
+                ws[k] = topic[rng.below(topic.len() as u64) as usize].clone();
+            }
+            if rng.uniform() < 0.2 {
+                ws.push(format!("{}", rng.below(100)));
+            }
+            let mut text = ws.join(" ");
+            if rng.uniform() < 0.5 {
+                text.push(['.', '!', '?'][rng.below(3) as usize]);
+            }
+            text
+        })
+        .collect()
+}
+
 /// Open prompts for the demo (the seed's example first), and prompts held out from training.
 pub const DEMO_PROMPTS: [&str; 16] = [
     "write a joke about pelicans",
