@@ -9,6 +9,7 @@ mod metrics;
 pub mod plot;
 pub mod pretrain;
 pub mod rl;
+pub mod rlhf;
 
 pub mod rm;
 mod schedule;

@@ -168,6 +168,53 @@ pub const DEMO_PROMPTS: [&str; 16] = [
     "write a poem about the moon",
 ];
 
+/// Open prompts in the demo's style (the seed's "write a joke about pelicans" among them): every
+/// template with every topic. Split them with [`super::is_held_out`] so training, the guard and
+/// the win-rate measurement see different prompts.
+pub fn prompt_set() -> Vec<String> {
+    const TEMPLATES: [&str; 6] = [
+        "write a joke about {}",
+        "write a short poem about {}",
+        "tell me a story about {}",
+        "describe {} in a few sentences",
+        "write a limerick about {}",
+        "tell me something funny about {}",
+    ];
+    const TOPICS: [&str; 24] = [
+        "pelicans",
+        "cats",
+        "the sea",
+        "a brave mouse",
+        "penguins",
+        "autumn leaves",
+        "the rain",
+        "computers",
+        "a lost dragon",
+        "mountains",
+        "a busy city",
+        "owls",
+        "a tiny robot",
+        "the moon",
+        "a baker",
+        "bicycles",
+        "a lighthouse",
+        "elephants",
+        "winter",
+        "a teapot",
+        "gardens",
+        "trains",
+        "a wizard",
+        "the desert",
+    ];
+    let mut out = Vec::new();
+    for t in TOPICS {
+        for tpl in TEMPLATES {
+            out.push(tpl.replace("{}", t));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
