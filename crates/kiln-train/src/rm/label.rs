@@ -5,8 +5,76 @@
 //! `kiln label` command; it only draws the state and feeds it keys.
 
 use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use kiln_chat::format::Codec;
+use kiln_engine::{load_checkpoint, resolve_checkpoint, CpuBackend, Model, Rng, SamplingParams};
 
 use super::prefs::Ordering;
+use super::{checkpoint_tokenizer, render_prompt};
+use crate::error::TrainError;
+use crate::rl::run::{rollout, strip_stop};
+
+/// A policy to draw the samples people order: the checkpoint on the cpu and its tokenizer.
+pub struct Sampler {
+    model: Model<CpuBackend>,
+    tok: kiln_tokenizer::Tokenizer,
+    tokens: kiln_chat::format::ChatTokens,
+    pub max_new: usize,
+    pub temperature: f32,
+}
+
+impl Sampler {
+    pub fn load(
+        ckpt: &Path,
+        tokenizer: Option<&str>,
+        threads: usize,
+        max_new: usize,
+        temperature: f32,
+    ) -> Result<Sampler, TrainError> {
+        let (tok, _) = checkpoint_tokenizer(ckpt, tokenizer)?;
+        let tokens = kiln_chat::load::chat_tokens(&tok, &format!("model {}", ckpt.display()))?;
+        let dir = resolve_checkpoint(ckpt)?;
+        let model = load_checkpoint(&dir)?.into_model(Arc::new(CpuBackend::new(threads)))?;
+        Ok(Sampler {
+            model,
+            tok,
+            tokens,
+            max_new,
+            temperature,
+        })
+    }
+
+    /// `n` sampled answers to `prompt` (one prefill, `n` forked rows).
+    pub fn samples(&self, prompt: &str, n: usize, seed: u64) -> Result<Vec<String>, TrainError> {
+        let ids = render_prompt(prompt, &self.tok, &self.tokens)?;
+        let max_new = self
+            .max_new
+            .min(self.model.cfg.context.saturating_sub(ids.len()))
+            .max(1);
+        let sp = SamplingParams {
+            temperature: self.temperature,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+        };
+        let stop = self.tokens.stop_ids();
+        let (outs, _) = rollout(
+            &self.model,
+            &ids,
+            n,
+            max_new,
+            &sp,
+            &stop,
+            &mut Rng::new(seed),
+        )?;
+        Ok(outs
+            .iter()
+            .map(|o| self.tok.decode_text(strip_stop(o, &stop)))
+            .collect())
+    }
+}
 
 /// A key as the UI understands it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -590,6 +590,121 @@ pub fn load_reward_model(
     Ok((rm, tok))
 }
 
+/// A reward-model run as the CLI describes it.
+#[derive(Clone, Debug)]
+pub struct RmJob {
+    /// The checkpoint whose trunk starts the reward model (usually the SFT policy's).
+    pub model: PathBuf,
+    /// Preference files (orderings or pairs).
+    pub prefs: Vec<PathBuf>,
+    pub out: PathBuf,
+    /// Tokenizer folder or name; `None`: the one the model's run recorded.
+    pub tokenizer: Option<String>,
+    /// Share of prompts held out for the pairwise accuracy.
+    pub held_out: f64,
+    pub train: RmConfig,
+}
+
+/// The tokenizer a checkpoint's run recorded (or `given`), loaded, and its name.
+pub fn checkpoint_tokenizer(
+    model: &Path,
+    given: Option<&str>,
+) -> Result<(kiln_tokenizer::Tokenizer, String), TrainError> {
+    let name = match given {
+        Some(t) => t.to_string(),
+        None => {
+            let dir = resolve_checkpoint(model)?;
+            load_checkpoint(&dir)?.train["config"]["tokenizer"]
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    TrainError::Config(format!(
+                        "{}: the run recorded no tokenizer; pass --tokenizer",
+                        dir.display()
+                    ))
+                })?
+        }
+    };
+    let tok = kiln_tokenizer::Tokenizer::load_named(&name)?;
+    let abs = std::fs::canonicalize(&name)
+        .map(|p| p.display().to_string())
+        .unwrap_or(name);
+    Ok((tok, abs))
+}
+
+/// Read the preference files, split prompts into train and held out, train on `spec`.
+pub fn run_job(job: &RmJob, spec: &DeviceSpec) -> Result<RmSummary, TrainError> {
+    let (tok, tok_name) = checkpoint_tokenizer(&job.model, job.tokenizer.as_deref())?;
+    let tokens = kiln_chat::load::chat_tokens(&tok, &format!("model {}", job.model.display()))?;
+    let mut all = Vec::new();
+    for p in &job.prefs {
+        all.extend(prefs::read_prefs(p)?);
+    }
+    let (held, train): (Vec<Ordering>, Vec<Ordering>) = all
+        .into_iter()
+        .partition(|o| is_held_out(&o.prompt, job.held_out));
+    tracing::info!(
+        "{} orderings for training, {} held out (by prompt)",
+        train.len(),
+        held.len()
+    );
+    let train = render_orderings(&train, &tok, &tokens)?;
+    let held = render_orderings(&held, &tok, &tokens)?;
+    let cfg = RmConfig {
+        tokenizer: Some(tok_name),
+        ..job.train.clone()
+    };
+    rm_train_on(spec, &cfg, &job.model, &train, &held, &job.out)
+}
+
+/// Score `responses` to `prompt` with the reward model at `rm` (its recorded tokenizer).
+pub fn score_texts(
+    rm: &Path,
+    prompt: &str,
+    responses: &[String],
+    threads: usize,
+) -> Result<Vec<f32>, TrainError> {
+    let (mut m, tok) = load_reward_model(rm, threads, responses.len().clamp(1, 16))?;
+    let tok = tok.ok_or_else(|| {
+        TrainError::Config(format!(
+            "{}: the reward model recorded no tokenizer",
+            rm.display()
+        ))
+    })?;
+    let tok = kiln_tokenizer::Tokenizer::load_named(&tok)?;
+    let tokens = kiln_chat::load::chat_tokens(&tok, &format!("reward model {}", rm.display()))?;
+    let p = render_prompt(prompt, &tok, &tokens)?;
+    let rows: Vec<Vec<u32>> = responses
+        .iter()
+        .map(|r| render_pair(&p, &tok.encode_text(r), &tokens))
+        .collect();
+    m.score(&rows)
+}
+
+/// Pairwise accuracy of the reward model at `rm` on preference files, and the pair count.
+pub fn score_prefs(
+    rm: &Path,
+    files: &[PathBuf],
+    threads: usize,
+) -> Result<(f64, usize), TrainError> {
+    let (mut m, tok) = load_reward_model(rm, threads, 16)?;
+    let tok = tok.ok_or_else(|| {
+        TrainError::Config(format!(
+            "{}: the reward model recorded no tokenizer",
+            rm.display()
+        ))
+    })?;
+    let tok = kiln_tokenizer::Tokenizer::load_named(&tok)?;
+    let tokens = kiln_chat::load::chat_tokens(&tok, &format!("reward model {}", rm.display()))?;
+    let mut all = Vec::new();
+    for p in files {
+        all.extend(prefs::read_prefs(p)?);
+    }
+    let items = render_orderings(&all, &tok, &tokens)?;
+    let pairs = items.iter().map(|i| i.pairs.len()).sum();
+    Ok((accuracy(&mut m, &items)?, pairs))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
