@@ -48,15 +48,8 @@ fn tokenizer(dir: &Path, name: &str, text: &str) -> String {
     tok.display().to_string()
 }
 
-#[test]
-fn label_rm_and_rlhf_run_end_to_end_and_refuse_bad_input() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let tok = tokenizer(
-        d,
-        "tok",
-        "Why did the pelican fly? It wanted a fish. The cat sat on the mat!\n",
-    );
+/// A tiny random policy that records its tokenizer; returns its folder.
+fn policy(d: &Path, tok: &str) -> String {
     let model = Model::new(
         Arc::new(CpuBackend::new(1)),
         ModelConfig::gpt2(320, 1, 2, 32, 96),
@@ -71,7 +64,84 @@ fn label_rm_and_rlhf_run_end_to_end_and_refuse_bad_input() {
         &serde_json::json!({"kind": "sft", "config": {"tokenizer": tok}}),
     )
     .unwrap();
-    let sft = sft.to_str().unwrap();
+    sft.display().to_string()
+}
+
+#[test]
+fn a_killed_labelling_session_keeps_every_saved_ordering() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tok = tokenizer(d, "tok", "Why did the pelican fly? It wanted a fish.\n");
+    let sft = policy(d, &tok);
+    let prefs = d.join("prefs.jsonl");
+    let prompts = d.join("prompts.txt");
+    let lines: Vec<String> = (0..400)
+        .map(|i| format!("write a joke about fish {i}"))
+        .collect();
+    std::fs::write(&prompts, lines.join("\n")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "label",
+            "--ckpt",
+            &sft,
+            "--prompts",
+            prompts.to_str().unwrap(),
+            "--out",
+            prefs.to_str().unwrap(),
+            "--simulate",
+            "--samples",
+            "3",
+            "--max-new",
+            "8",
+        ])
+        .spawn()
+        .unwrap();
+    // Kill it (SIGKILL) while it is appending: once a few orderings are in.
+    let t0 = std::time::Instant::now();
+    while std::fs::read_to_string(&prefs).map_or(0, |t| t.lines().count()) < 5 {
+        assert!(t0.elapsed().as_secs() < 120, "no orderings written");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(37));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let text = std::fs::read_to_string(&prefs).unwrap();
+    assert!(text.ends_with('\n'), "no half line");
+    let n = kiln_train::rm::prefs::read_prefs(&prefs).unwrap().len();
+    assert!(n >= 5 && n < 400, "{n} orderings");
+    // Continuing labels only what is left.
+    let o = kiln(&[
+        "label",
+        "--ckpt",
+        &sft,
+        "--prompts",
+        prompts.to_str().unwrap(),
+        "--out",
+        prefs.to_str().unwrap(),
+        "--simulate",
+        "--samples",
+        "3",
+        "--max-new",
+        "8",
+    ]);
+    ok(&o);
+    assert_eq!(
+        kiln_train::rm::prefs::read_prefs(&prefs).unwrap().len(),
+        400
+    );
+}
+
+#[test]
+fn label_rm_and_rlhf_run_end_to_end_and_refuse_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tok = tokenizer(
+        d,
+        "tok",
+        "Why did the pelican fly? It wanted a fish. The cat sat on the mat!\n",
+    );
+    let sft = policy(d, &tok);
+    let sft = sft.as_str();
     let prompts = d.join("prompts.txt");
     let topics = [
         "pelicans", "cats", "owls", "trains", "boats", "moons", "kites", "frogs",
