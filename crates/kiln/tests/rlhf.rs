@@ -108,7 +108,7 @@ fn a_killed_labelling_session_keeps_every_saved_ordering() {
     let text = std::fs::read_to_string(&prefs).unwrap();
     assert!(text.ends_with('\n'), "no half line");
     let n = kiln_train::rm::prefs::read_prefs(&prefs).unwrap().len();
-    assert!(n >= 5 && n < 400, "{n} orderings");
+    assert!((5..400).contains(&n), "{n} orderings");
     // Continuing labels only what is left.
     let o = kiln(&[
         "label",
