@@ -398,6 +398,8 @@ pub struct RlhfSummary {
     pub rm_last: Option<f64>,
     /// Judge win rate of the best checkpoint over the SFT policy on unseen prompts.
     pub win_rate: Option<WinRate>,
+    /// The same for the last policy (where the guard stopped the run, or the last step).
+    pub win_rate_last: Option<WinRate>,
 }
 
 fn recorded_tokenizer(ck_train: &Value) -> Option<String> {
@@ -561,22 +563,30 @@ pub fn run_job(job: &RlhfJob, spec: &DeviceSpec) -> Result<RlhfSummary, TrainErr
         job.progress,
         &mut g,
     )?;
-    let win_rate = if test.is_empty() || job.win_samples == 0 {
-        None
+    let (win_rate, win_rate_last) = if test.is_empty() || job.win_samples == 0 {
+        (None, None)
     } else {
         let be = Arc::new(CpuBackend::new(cfg.threads));
-        let sft: Model<CpuBackend> = load_checkpoint(&pdir)?.into_model(be.clone())?;
-        let best: Model<CpuBackend> = load_checkpoint(&g.best_dir())?.into_model(be)?;
-        Some(win_rate(
-            &best,
-            &sft,
-            &test,
-            job.win_samples,
-            cfg.max_new,
-            cfg.temperature,
-            &data.stop,
-            cfg.seed,
-        )?)
+        let load = |dir: &Path| -> Result<Model<CpuBackend>, TrainError> {
+            Ok(load_checkpoint(dir)?.into_model(be.clone())?)
+        };
+        let sft = load(&pdir)?;
+        let vs_sft = |m: &Model<CpuBackend>| {
+            win_rate(
+                m,
+                &sft,
+                &test,
+                job.win_samples,
+                cfg.max_new,
+                cfg.temperature,
+                &data.stop,
+                cfg.seed,
+            )
+        };
+        (
+            Some(vs_sft(&load(&g.best_dir())?)?),
+            Some(vs_sft(&load(&rl.last_ckpt)?)?),
+        )
     };
     let best = g.best.map(|b| &g.evals[b]);
     let s = RlhfSummary {
@@ -588,6 +598,7 @@ pub fn run_job(job: &RlhfJob, spec: &DeviceSpec) -> Result<RlhfSummary, TrainErr
         rm_start: g.evals.first().map(|e| e.rm),
         rm_last: g.evals.last().map(|e| e.rm),
         win_rate,
+        win_rate_last,
         rl,
     };
     write_json(&job.out.join("summary.json"), &s)?;

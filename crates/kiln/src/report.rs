@@ -67,17 +67,22 @@ fn rlhf_markdown(m: &mut String, r: &Value) {
         num(&s["rm_start"], 3),
         num(&s["rm_last"], 3)
     );
-    let w = &s["win_rate"];
-    if w.is_object() {
-        let _ = writeln!(
-            m,
-            "| judge win rate, best checkpoint vs SFT (unseen prompts) | {} ± {} s.e., 95% CI [{}, {}], {} prompts (chance 0.5) |",
-            num(&w["rate"], 3),
-            num(&w["std_err"], 3),
-            num(&w["ci95"][0], 3),
-            num(&w["ci95"][1], 3),
-            w["prompts"]
-        );
+    for (what, key) in [
+        ("best checkpoint", "win_rate"),
+        ("last policy", "win_rate_last"),
+    ] {
+        let w = &s[key];
+        if w.is_object() {
+            let _ = writeln!(
+                m,
+                "| judge win rate, {what} vs SFT (unseen prompts) | {} ± {} s.e., 95% CI [{}, {}], {} prompts (chance 0.5) |",
+                num(&w["rate"], 3),
+                num(&w["std_err"], 3),
+                num(&w["ci95"][0], 3),
+                num(&w["ci95"][1], 3),
+                w["prompts"]
+            );
+        }
     }
     let sm = &g["samples"];
     let _ = writeln!(m, "\n**User:** (the first guard prompt; sampled)\n");

@@ -369,6 +369,9 @@ pub struct RmSummary {
     pub train_loss_last: f64,
     pub seconds: f64,
     pub last_ckpt: PathBuf,
+    /// When the held-out orderings came from the scripted labeller: the accuracy of its own
+    /// noiseless utility on them, the best any reward model can expect (its noise flips pairs).
+    pub sim_ceiling: Option<f64>,
 }
 
 fn accuracy<B: Backend>(rm: &mut RewardModel<B>, items: &[RmItem]) -> Result<f64, TrainError> {
@@ -560,6 +563,7 @@ pub fn rm_train_with<B: TrainBackend>(
         train_loss_last: last_loss,
         seconds: start.elapsed().as_secs_f64(),
         last_ckpt,
+        sim_ceiling: None,
     })
 }
 
@@ -648,13 +652,36 @@ pub fn run_job(job: &RmJob, spec: &DeviceSpec) -> Result<RmSummary, TrainError> 
         train.len(),
         held.len()
     );
+    let ceiling = sim_ceiling(&held);
     let train = render_orderings(&train, &tok, &tokens)?;
-    let held = render_orderings(&held, &tok, &tokens)?;
+    let held_items = render_orderings(&held, &tok, &tokens)?;
     let cfg = RmConfig {
         tokenizer: Some(tok_name),
         ..job.train.clone()
     };
-    rm_train_on(spec, &cfg, &job.model, &train, &held, &job.out)
+    let mut s = rm_train_on(spec, &cfg, &job.model, &train, &held_items, &job.out)?;
+    s.sim_ceiling = ceiling;
+    Ok(s)
+}
+
+/// The scripted labeller's noiseless pairwise accuracy on its own orderings (`None` unless every
+/// ordering is its own).
+pub fn sim_ceiling(orderings: &[Ordering]) -> Option<f64> {
+    if orderings.is_empty() || orderings.iter().any(|o| o.labeller != person::SIM_LABELLER) {
+        return None;
+    }
+    let p = person::SimulatedPerson::default();
+    let (mut hit, mut n) = (0.0, 0usize);
+    for o in orderings {
+        let u: Vec<f32> = o
+            .samples
+            .iter()
+            .map(|s| p.utility(&o.prompt, s) as f32)
+            .collect();
+        hit += pair_accuracy(&u, &o.pairs()) * o.pairs().len() as f64;
+        n += o.pairs().len();
+    }
+    Some(hit / n.max(1) as f64)
 }
 
 /// Score `responses` to `prompt` with the reward model at `rm` (its recorded tokenizer).

@@ -307,6 +307,9 @@ fn rm_train(a: RmTrainArgs, threads: usize) -> anyhow::Result<()> {
         "step {}  train pairs {}  held-out pairs {}  held-out pairwise accuracy {} → {} (chance {:.1})  last loss {:.4}  {:.0} s  checkpoint {}",
         s.step, s.train_pairs, s.held_out_pairs, f(s.acc_start), f(s.acc), s.chance, s.train_loss_last, s.seconds, s.last_ckpt.display()
     );
+    if let Some(c) = s.sim_ceiling {
+        println!("the scripted labeller's own noiseless utility scores {c:.3} on the held-out pairs (the ceiling its noise leaves)");
+    }
     println!("curves: {}", a.out.join("rm.svg").display());
     Ok(())
 }
@@ -455,11 +458,16 @@ pub fn rlhf(a: RlhfArgs, threads: usize) -> anyhow::Result<()> {
         f(s.rm_last),
         s.best_ckpt.display()
     );
-    if let Some(w) = &s.win_rate {
-        println!(
-            "held-out judge win rate of the best checkpoint over the SFT policy: {:.3} ± {:.3} (s.e.), 95% CI [{:.3}, {:.3}], {} unseen prompts, {} pairs",
-            w.rate, w.std_err, w.ci95.0, w.ci95.1, w.prompts, w.pairs
-        );
+    for (what, w) in [
+        ("the best checkpoint", &s.win_rate),
+        ("the last policy", &s.win_rate_last),
+    ] {
+        if let Some(w) = w {
+            println!(
+                "held-out judge win rate of {what} over the SFT policy: {:.3} ± {:.3} (s.e.), 95% CI [{:.3}, {:.3}], {} unseen prompts, {} pairs",
+                w.rate, w.std_err, w.ci95.0, w.ci95.1, w.prompts, w.pairs
+            );
+        }
     }
     println!(
         "curves: {}  samples: {}",
