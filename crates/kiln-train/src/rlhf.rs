@@ -442,7 +442,7 @@ pub fn run_job(job: &RlhfJob, spec: &DeviceSpec) -> Result<RlhfSummary, TrainErr
         })?,
     };
     let tok = Arc::new(kiln_tokenizer::Tokenizer::load_named(&tok_name)?);
-    let (rm, rm_tok) = load_reward_model(&job.rm, job.train.threads, job.train.group.max(1))?;
+    let (rm, rm_tok) = load_reward_model(&job.rm, job.train.threads, 1)?;
     let rm_tok = rm_tok.ok_or_else(|| {
         TrainError::Config(format!(
             "{}: the reward model recorded no tokenizer",
@@ -487,12 +487,17 @@ pub fn run_job(job: &RlhfJob, spec: &DeviceSpec) -> Result<RlhfSummary, TrainErr
         let ids = render_prompt(p, tok.as_ref(), &tokens)?;
         let (rm, pi) = (rm.clone(), ids.clone());
         let score: Scorer = Arc::new(move |resp: &[u32]| {
-            let r = rm
-                .lock()
-                .map(|mut m| m.score(&[render_pair(&pi, resp, &tokens)]))
-                .ok()
-                .and_then(Result::ok)
-                .map_or(f32::NAN, |r| r[0]);
+            // A failure here becomes a NaN reward, which the RL loop reports as an error.
+            let r = match rm.lock() {
+                Ok(mut m) => m.score(&[render_pair(&pi, resp, &tokens)]).map(|r| r[0]),
+                Err(_) => Err(TrainError::Config(
+                    "the reward model panicked earlier".into(),
+                )),
+            };
+            let r = r.unwrap_or_else(|e| {
+                tracing::error!("reward model: {e}");
+                f32::NAN
+            });
             Score {
                 correct: false,
                 formatted: false,

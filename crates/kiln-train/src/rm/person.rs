@@ -148,26 +148,6 @@ pub fn synthetic_samples(prompt: &str, n: usize, rng: &mut Rng) -> Vec<String> {
         .collect()
 }
 
-/// Open prompts for the demo (the seed's example first), and prompts held out from training.
-pub const DEMO_PROMPTS: [&str; 16] = [
-    "write a joke about pelicans",
-    "write a short poem about the sea",
-    "tell me a story about a brave mouse",
-    "write a joke about cats",
-    "describe a sunny morning in the garden",
-    "write a limerick about a baker",
-    "tell me something funny about penguins",
-    "write a haiku about autumn leaves",
-    "describe the smell of rain",
-    "write a joke about computers",
-    "tell me a story about a lost dragon",
-    "write a short poem about mountains",
-    "describe a busy city street",
-    "write a joke about owls",
-    "tell me a story about a tiny robot",
-    "write a poem about the moon",
-];
-
 /// Open prompts in the demo's style (the seed's "write a joke about pelicans" among them): every
 /// template with every topic. Split them with [`super::is_held_out`] so training, the guard and
 /// the win-rate measurement see different prompts.
