@@ -56,6 +56,9 @@ pub struct GuardConfig {
     pub patience: usize,
     /// Margin both must move by to count.
     pub min_gap: f64,
+    /// The judge must also fall by more than `z` standard errors of the difference between the
+    /// two evaluations (each the mean of a few dozen samples: small falls are noise; 0 = any fall).
+    pub z: f64,
     /// Stop when the step's mean k3 KL to the reference passes this.
     pub kl_budget: Option<f64>,
 }
@@ -67,6 +70,7 @@ impl Default for GuardConfig {
             samples: 4,
             patience: 2,
             min_gap: 0.0,
+            z: 1.0,
             kl_budget: Some(0.5),
         }
     }
@@ -79,6 +83,8 @@ pub struct GuardEval {
     /// Mean reward-model score and mean judge score of the samples on held-out prompts.
     pub rm: f64,
     pub judge: f64,
+    /// Standard error of `judge` over the samples.
+    pub judge_se: f64,
     /// The step's KL to the reference (0 before training).
     pub kl: f64,
     /// The first held-out prompt's first sample, decoded.
@@ -148,7 +154,7 @@ impl Guard {
             top_p: 1.0,
             min_p: 0.0,
         };
-        let (mut rm, mut judge, mut n) = (0f64, 0f64, 0usize);
+        let (mut rm, mut judge, mut judge2, mut n) = (0f64, 0f64, 0f64, 0usize);
         let mut sample = String::new();
         for (i, it) in self.items.iter().enumerate() {
             // The same seeds at every evaluation: differences come from the policy.
@@ -165,7 +171,9 @@ impl Guard {
             for (k, o) in outs.iter().enumerate() {
                 let r = strip_stop(o, &self.stop);
                 rm += (it.rm)(r).reward as f64;
-                judge += (it.judge)(r);
+                let j = (it.judge)(r);
+                judge += j;
+                judge2 += j * j;
                 n += 1;
                 if i == 0 && k == 0 {
                     sample = (self.decode)(r);
@@ -173,10 +181,12 @@ impl Guard {
             }
         }
         let n = n.max(1) as f64;
+        let var = (judge2 / n - (judge / n).powi(2)).max(0.0) * n / (n - 1.0).max(1.0);
         Ok(GuardEval {
             step,
             rm: rm / n,
             judge: judge / n,
+            judge_se: (var / n).sqrt(),
             kl,
             sample,
         })
@@ -186,12 +196,12 @@ impl Guard {
     /// rose and the judge fell. Returns the log record.
     fn record<B: Backend>(&mut self, e: GuardEval, tr: &Trainer<B>) -> Result<Value, TrainError> {
         let gap = self.cfg.min_gap;
-        let rec =
-            json!({"event": "guard", "step": e.step, "rm": e.rm, "judge": e.judge, "kl": e.kl});
+        let rec = json!({"event": "guard", "step": e.step, "rm": e.rm, "judge": e.judge, "judge_se": e.judge_se, "kl": e.kl});
         let best = self.best.map(|b| &self.evals[b]);
         match best {
             Some(b) if e.judge <= b.judge => {
-                if e.rm > b.rm + gap && e.judge < b.judge - gap {
+                let fall = gap.max(self.cfg.z * (e.judge_se.powi(2) + b.judge_se.powi(2)).sqrt());
+                if e.rm > b.rm + gap && e.judge < b.judge - fall {
                     self.strikes += 1;
                     if self.strikes >= self.cfg.patience.max(1) {
                         self.fired = Some(format!(
@@ -699,6 +709,7 @@ mod tests {
             samples: 16,
             patience: 2,
             min_gap: 0.0,
+            z: 0.0,
             kl_budget: None,
         };
         let mut g = guard(&out, items, gc);

@@ -374,6 +374,9 @@ pub struct RlhfArgs {
     /// Evaluations in a row with the reward model up and the judge down before the guard fires.
     #[arg(long, default_value_t = 2)]
     pub patience: usize,
+    /// The judge must fall by more than this many standard errors to count (0 = any fall).
+    #[arg(long, default_value_t = 1.0)]
+    pub guard_z: f64,
     #[arg(long, default_value_t = 12)]
     pub guard_prompts: usize,
     /// Unseen prompts for the final win rate over the SFT policy.
@@ -439,6 +442,7 @@ pub fn rlhf(a: RlhfArgs, threads: usize) -> anyhow::Result<()> {
             samples: a.guard_samples,
             patience: a.patience,
             min_gap: 0.0,
+            z: a.guard_z,
             kl_budget: (a.kl_budget > 0.0).then_some(a.kl_budget),
         },
         guard_prompts: a.guard_prompts,
