@@ -362,17 +362,18 @@ pub struct RlhfArgs {
     /// β of the k3 KL penalty to the SFT reference.
     #[arg(long, default_value_t = 0.05)]
     pub kl: f32,
-    /// Stop when the KL to the reference passes this (0 = no budget).
-    #[arg(long, default_value_t = 0.5)]
+    /// Stop when the KL to the reference passes this (0 = no budget). Measured on the smoke
+    /// model: k3 rose to 0.5 within ~30 steps and stayed ≤ 1.8 over 300 while the judge improved.
+    #[arg(long, default_value_t = 2.0)]
     pub kl_budget: f64,
     /// Evaluate the guard every this many steps.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 10)]
     pub guard_every: usize,
     /// Samples per guard prompt per evaluation.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 8)]
     pub guard_samples: usize,
     /// Evaluations in a row with the reward model up and the judge down before the guard fires.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 3)]
     pub patience: usize,
     /// The judge must fall by more than this many standard errors to count (0 = any fall).
     #[arg(long, default_value_t = 1.0)]
@@ -380,10 +381,10 @@ pub struct RlhfArgs {
     #[arg(long, default_value_t = 12)]
     pub guard_prompts: usize,
     /// Unseen prompts for the final win rate over the SFT policy.
-    #[arg(long, default_value_t = 24)]
+    #[arg(long, default_value_t = 40)]
     pub test_prompts: usize,
     /// Samples per test prompt for the win rate (0 = skip it).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 8)]
     pub win_samples: usize,
     #[arg(long, default_value_t = 8)]
     pub micro_batch: usize,
