@@ -40,6 +40,8 @@ pub type Decode = Arc<dyn Fn(&[u32]) -> String + Send + Sync>;
 /// A held-out prompt with the reward model's score and the judge's.
 #[derive(Clone)]
 pub struct GuardItem {
+    /// The prompt as text (for the recorded samples) and rendered.
+    pub text: String,
     pub prompt: Vec<u32>,
     pub rm: Scorer,
     pub judge: Judge,
@@ -237,7 +239,7 @@ impl Guard {
             &self.out.join("rlhf.json"),
             &json!({"evals": self.evals, "best_step": best.map(|b| b.step), "best_judge": best.map(|b| b.judge),
                 "fired": self.fired,
-                "samples": {"start": self.evals.first().map(|e| &e.sample), "best": best.map(|b| &b.sample),
+                "samples": {"prompt": self.items.first().map(|i| &i.text), "start": self.evals.first().map(|e| &e.sample), "best": best.map(|b| &b.sample),
                     "last": self.evals.last().map(|e| &e.sample)}}),
         )?;
         let pts = |f: fn(&GuardEval) -> f64| -> Vec<(f64, f64)> {
@@ -523,6 +525,7 @@ pub fn run_job(job: &RlhfJob, spec: &DeviceSpec) -> Result<RlhfSummary, TrainErr
                 score: score.clone(),
             },
             GuardItem {
+                text: p.clone(),
                 prompt: ids,
                 rm: score,
                 judge,
@@ -660,6 +663,7 @@ mod tests {
             stop: vec![END],
         };
         let guard = vec![GuardItem {
+            text: "yo".into(),
             prompt: vec![256, 121, 111, 257],
             rm,
             judge,

@@ -85,7 +85,11 @@ fn rlhf_markdown(m: &mut String, r: &Value) {
         }
     }
     let sm = &g["samples"];
-    let _ = writeln!(m, "\n**User:** (the first guard prompt; sampled)\n");
+    let _ = writeln!(
+        m,
+        "\n**User:** {} (a guard prompt; sampled)\n",
+        sm["prompt"].as_str().unwrap_or("")
+    );
     for (who, k) in [
         ("before RLHF", "start"),
         ("at the best checkpoint", "best"),
