@@ -163,8 +163,9 @@ impl<B: Backend> Trainer<B> {
         self.model.check_ids(targets)
     }
 
-    /// Forward pass through the logits (kept in the activation buffers).
-    fn forward(&mut self, inputs: &[u32]) {
+    /// Forward pass through the final norm and, when `logits`, the LM head (all kept in the
+    /// activation buffers).
+    fn forward(&mut self, inputs: &[u32], logits: bool) {
         let m = &self.model;
         let be = &*m.backend;
         let cfg = &m.cfg;
@@ -279,6 +280,9 @@ impl<B: Backend> Trainer<B> {
             c,
             cfg.norm_eps,
         );
+        if !logits {
+            return;
+        }
         be.matmul_logits(
             v(&a.logits, bt * cfg.vocab_size),
             v(&a.lnf, bt * c),
@@ -291,18 +295,11 @@ impl<B: Backend> Trainer<B> {
     fn backward(&mut self, inputs: &[u32]) {
         let m = &self.model;
         let be = &*m.backend;
-        let cfg = &m.cfg;
-        let (b, t) = (self.b, self.t);
-        let bt = b * t;
-        let c = cfg.n_embd;
-        let vs = cfg.vocab_size;
-        let d = m.attn_dims(b, t);
-        let (wq, wo) = (d.qkv_width(), d.out_width());
+        let bt = self.b * self.t;
+        let c = m.cfg.n_embd;
+        let vs = m.cfg.vocab_size;
         let p = |s: Slot| View::new(&m.params, s.off, s.len);
-        let po = |s: Option<Slot>| s.map(p);
         let g = |s: Slot| View::new(&self.grads, s.off, s.len);
-        let go = |s: Option<Slot>| s.map(g);
-        let nk = m.norm_kind();
         let a = &self.acts;
         let tn = MatDims {
             m: 0,
@@ -340,6 +337,33 @@ impl<B: Backend> Trainer<B> {
             1.0,
             1.0,
         );
+        self.backward_trunk(inputs);
+    }
+
+    /// Backward from the gradient of the final hidden states left in `dln` (the head's part of
+    /// [`Trainer::backward`], or a caller's own head); accumulates into `grads`.
+    fn backward_trunk(&mut self, inputs: &[u32]) {
+        let m = &self.model;
+        let be = &*m.backend;
+        let cfg = &m.cfg;
+        let (b, t) = (self.b, self.t);
+        let bt = b * t;
+        let c = cfg.n_embd;
+        let d = m.attn_dims(b, t);
+        let (wq, wo) = (d.qkv_width(), d.out_width());
+        let p = |s: Slot| View::new(&m.params, s.off, s.len);
+        let po = |s: Option<Slot>| s.map(p);
+        let g = |s: Slot| View::new(&self.grads, s.off, s.len);
+        let go = |s: Option<Slot>| s.map(g);
+        let nk = m.norm_kind();
+        let a = &self.acts;
+        let tn = MatDims {
+            m: 0,
+            n: 0,
+            k: 0,
+            trans_a: false,
+            trans_b: false,
+        };
         be.fill(v(&a.dres, bt * c), 0.0);
         be.norm_backward(
             nk,
@@ -517,7 +541,7 @@ impl<B: Backend> Trainer<B> {
         norm: f32,
     ) -> Result<f32, EngineError> {
         self.check_batch(inputs, targets, weights)?;
-        self.forward(inputs);
+        self.forward(inputs, true);
         let bt = self.b * self.t;
         let vs = self.model.cfg.vocab_size;
         let w = weights.unwrap_or(&self.ones);
@@ -547,7 +571,7 @@ impl<B: Backend> Trainer<B> {
     /// Per-token cross-entropy (nats) for a batch, forward only (for eval / bpb).
     pub fn eval_losses(&mut self, inputs: &[u32], targets: &[u32]) -> Result<&[f32], EngineError> {
         self.check_batch(inputs, targets, None)?;
-        self.forward(inputs);
+        self.forward(inputs, true);
         let bt = self.b * self.t;
         let vs = self.model.cfg.vocab_size;
         let be = &*self.model.backend;
@@ -563,6 +587,44 @@ impl<B: Backend> Trainer<B> {
         );
         be.read(v(&self.acts.losses, bt), &mut self.losses_host);
         Ok(&self.losses_host)
+    }
+
+    /// The final hidden states `[B*T, C]` (after the final norm, before the LM head) for a batch,
+    /// forward only, activations kept: a head of the caller's own (the reward model's scalar
+    /// head) reads them and sends its gradient back with [`Trainer::backward_hidden`].
+    pub fn forward_hidden(&mut self, inputs: &[u32]) -> Result<Vec<f32>, EngineError> {
+        let bt = self.b * self.t;
+        if inputs.len() != bt {
+            return Err(EngineError::Shape(format!(
+                "batch needs {bt} inputs, got {}",
+                inputs.len()
+            )));
+        }
+        self.model.check_ids(inputs)?;
+        self.forward(inputs, false);
+        let n = bt * self.model.cfg.n_embd;
+        let mut out = vec![0f32; n];
+        self.model.backend.read(v(&self.acts.lnf, n), &mut out);
+        Ok(out)
+    }
+
+    /// Back-propagate `dhidden` (the loss's gradient w.r.t. the hidden states
+    /// [`Trainer::forward_hidden`] returned, `[B*T, C]`) through the trunk; *adds* to `grads`
+    /// (the LM head's gradient is untouched). Call it right after `forward_hidden` on the same
+    /// `inputs`: it reuses that forward's activations.
+    pub fn backward_hidden(&mut self, inputs: &[u32], dhidden: &[f32]) -> Result<(), EngineError> {
+        let n = self.b * self.t * self.model.cfg.n_embd;
+        if inputs.len() != self.b * self.t || dhidden.len() != n {
+            return Err(EngineError::Shape(format!(
+                "backward_hidden needs {} inputs and {n} gradients, got {} and {}",
+                self.b * self.t,
+                inputs.len(),
+                dhidden.len()
+            )));
+        }
+        self.model.backend.write(v(&self.acts.dln, n), dhidden);
+        self.backward_trunk(inputs);
+        Ok(())
     }
 
     /// Logits of the last forward (before a backward overwrote them), to the host.

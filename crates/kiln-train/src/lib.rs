@@ -1,4 +1,4 @@
-//! kiln-train: training loops (pretrain, SFT, RL; later RLHF), loaders, schedules, evaluation, metrics and plots.
+//! kiln-train: training loops (pretrain, SFT, RL, reward model, RLHF), loaders, schedules, evaluation, metrics and plots.
 
 pub mod bench;
 pub mod checkpoint;
@@ -10,6 +10,9 @@ mod metrics;
 pub mod plot;
 pub mod pretrain;
 pub mod rl;
+pub mod rlhf;
+
+pub mod rm;
 mod schedule;
 pub mod sft;
 pub mod speedrun;

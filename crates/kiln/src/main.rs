@@ -45,6 +45,14 @@ enum Command {
     Sft(Box<cmd::sft::SftArgs>),
     /// Reinforcement learning on verifiable tasks (GRPO family) from an SFT checkpoint.
     Rl(Box<cmd::rl::RlArgs>),
+    /// Order sampled answers in the terminal (or let the scripted labeller, a simulator of a
+    /// person, do it; or import `{"prompt","chosen","rejected"}` pairs) into a preference file.
+    Label(Box<cmd::rlhf::LabelArgs>),
+    /// Reward model: train one on orderings (trunk + scalar head, Bradley–Terry), score with it.
+    #[command(subcommand)]
+    Rm(cmd::rlhf::RmCommand),
+    /// RLHF: optimise a policy against a reward model with a KL leash, stopped by the hack guard.
+    Rlhf(Box<cmd::rlhf::RlhfArgs>),
     /// Chat with a checkpoint in the terminal (streaming, multi-turn; `--once` for scripts).
     Chat(cmd::chat::ChatArgs),
     /// The whole pipeline, small: data → tokenizer → pretrain → SFT → evals → report card.
@@ -90,6 +98,15 @@ fn main() -> std::process::ExitCode {
         Command::Rl(a) => {
             let threads = cmd::engine_threads(a.threads);
             cmd::on_engine_pool(|| cmd::rl::run(*a, threads))
+        }
+        Command::Label(a) => {
+            let threads = cmd::engine_threads(None);
+            cmd::on_engine_pool(|| cmd::rlhf::label(*a, threads))
+        }
+        Command::Rm(c) => cmd::rlhf::rm(c),
+        Command::Rlhf(a) => {
+            let threads = cmd::engine_threads(a.threads);
+            cmd::on_engine_pool(|| cmd::rlhf::rlhf(*a, threads))
         }
         Command::Chat(a) => {
             let threads = cmd::engine_threads(a.threads);

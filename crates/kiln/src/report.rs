@@ -20,6 +20,87 @@ pub struct RunInfo {
     pub mix: Value,
     pub corpus_docs: usize,
     pub corpus_tokens: usize,
+    /// `kiln rlhf`'s outputs when the run folder has them ([`read_rlhf`]), else `Null`.
+    pub rlhf: Value,
+}
+
+/// `<dir>/summary.json`, `<dir>/rlhf.json` and `<dir>/rlhf.svg` of a `kiln rlhf --out <dir>` run,
+/// as `{"summary", "guard", "svg"}`; `Null` when there is none (RLHF is not a speedrun stage: run
+/// it into `<run>/rlhf` and the next report card shows it).
+pub fn read_rlhf(dir: &std::path::Path) -> Value {
+    let json = |f: &str| {
+        std::fs::read_to_string(dir.join(f))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+    };
+    match (json("summary.json"), json("rlhf.json")) {
+        (Some(summary), Some(guard)) => serde_json::json!({
+            "summary": summary,
+            "guard": guard,
+            "svg": std::fs::read_to_string(dir.join("rlhf.svg")).unwrap_or_default(),
+        }),
+        _ => Value::Null,
+    }
+}
+
+/// The RLHF section: what the guard did, the judge's win rate with its spread, and samples
+/// before, at the best checkpoint and at the end.
+fn rlhf_markdown(m: &mut String, r: &Value) {
+    let (s, g) = (&r["summary"], &r["guard"]);
+    let _ = writeln!(m, "\n## RLHF\n\nA reward model learned the scripted labeller's orderings (a simulator of a person); the policy was optimised against it with a KL leash, and the hack guard watched a held-out judge the policy never trained on.\n");
+    let _ = writeln!(m, "| RLHF | value |\n|---|---|");
+    let _ = writeln!(
+        m,
+        "| hack guard | {} |",
+        s["fired"].as_str().unwrap_or("did not fire")
+    );
+    let _ = writeln!(
+        m,
+        "| best checkpoint by the judge | step {} (judge {} → {}) |",
+        s["best_step"],
+        num(&s["judge_start"], 3),
+        num(&s["judge_best"], 3)
+    );
+    let _ = writeln!(
+        m,
+        "| reward model score on guard prompts | {} → {} |",
+        num(&s["rm_start"], 3),
+        num(&s["rm_last"], 3)
+    );
+    for (what, key) in [
+        ("best checkpoint", "win_rate"),
+        ("last policy", "win_rate_last"),
+    ] {
+        let w = &s[key];
+        if w.is_object() {
+            let _ = writeln!(
+                m,
+                "| judge win rate, {what} vs SFT (unseen prompts) | {} ± {} s.e., 95% CI [{}, {}], {} prompts (chance 0.5) |",
+                num(&w["rate"], 3),
+                num(&w["std_err"], 3),
+                num(&w["ci95"][0], 3),
+                num(&w["ci95"][1], 3),
+                w["prompts"]
+            );
+        }
+    }
+    let sm = &g["samples"];
+    let _ = writeln!(
+        m,
+        "\n**User:** {} (a guard prompt; sampled)\n",
+        sm["prompt"].as_str().unwrap_or("")
+    );
+    for (who, k) in [
+        ("before RLHF", "start"),
+        ("at the best checkpoint", "best"),
+        ("at the end (after the guard fired, if it did)", "last"),
+    ] {
+        let _ = writeln!(
+            m,
+            "- {who}: {}",
+            sm[k].as_str().unwrap_or("").replace('\n', " ⏎ ")
+        );
+    }
 }
 
 fn esc(s: &str) -> String {
@@ -257,6 +338,10 @@ fn markdown(i: &RunInfo) -> String {
             s["sft"].as_str().unwrap_or("").replace('\n', " ⏎ ")
         );
     }
+    if i.rlhf.is_object() {
+        rlhf_markdown(&mut m, &i.rlhf);
+        let _ = writeln!(m);
+    }
     let _ = writeln!(
         m,
         "Curves: see report.html. Chat: `cargo run --release -p kiln -- chat --ckpt {}`",
@@ -295,6 +380,9 @@ fn html(i: &RunInfo, md_tables: &str) -> String {
             "#8e44ad"
         )
     );
+    if let Some(svg) = i.rlhf["svg"].as_str().filter(|s| s.starts_with("<svg")) {
+        let _ = write!(h, "<h2>RLHF curves</h2><div>{svg}</div>");
+    }
     // Tables: the markdown's, converted line by line (the only markdown used is tables, headings,
     // bold and lists).
     let mut in_table = false;
@@ -381,6 +469,11 @@ mod tests {
             mix: json!({"sources": [{"kind": "identity", "train": 9, "val": 1, "malformed": 0, "rejected": 0, "too_long": 0}], "truncated": 2, "dropped": 1}),
             corpus_docs: 10,
             corpus_tokens: 1234,
+            rlhf: json!({"summary": {"fired": "hack guard: the reward model's score rose", "best_step": 10,
+                "judge_start": -0.5, "judge_best": 0.25, "rm_start": 0.1, "rm_last": 2.0,
+                "win_rate": {"rate": 0.625, "std_err": 0.05, "ci95": [0.52, 0.72], "prompts": 24}},
+                "guard": {"samples": {"start": "fish", "best": "a pelican!", "last": "pelican pelican"}},
+                "svg": "<svg xmlns=\"http://www.w3.org/2000/svg\"></svg>"}),
         };
         let (mp, hp) = write(&info).unwrap();
         let md = std::fs::read_to_string(mp).unwrap();
@@ -391,8 +484,13 @@ mod tests {
             md.contains("held-out pass@1 (greedy) | RL | 25.0% |"),
             "{md}"
         );
+        assert!(
+            md.contains("| 0.625 ± 0.050 s.e., 95% CI [0.520, 0.720], 24 prompts"),
+            "{md}"
+        );
+        assert!(md.contains("- at the best checkpoint: a pelican!"), "{md}");
         let h = std::fs::read_to_string(hp).unwrap();
-        assert_eq!(h.matches("<svg").count(), 4);
+        assert_eq!(h.matches("<svg").count(), 5);
         assert!(h.contains("a &lt;b&gt;"), "sample text is escaped");
         assert!(!h.contains("<script") && !h.contains("src=\"http"));
     }

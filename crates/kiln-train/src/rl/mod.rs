@@ -16,7 +16,10 @@ use kiln_engine::{load_checkpoint, resolve_checkpoint};
 
 use crate::device::DeviceSpec;
 use crate::error::TrainError;
-pub use run::{rl, rl_on, rl_with, rollouts, RlConfig, RlData, RlItem, RlSummary, Scorer};
+pub use run::{
+    rl, rl_hooked, rl_on, rl_on_hooked, rl_with, rollouts, HookOut, NoHook, RlConfig, RlData,
+    RlItem, RlSummary, Scorer, StepHook,
+};
 
 /// An RL run as the CLI and the speedrun's RL stage describe it.
 #[derive(Clone, Debug)]

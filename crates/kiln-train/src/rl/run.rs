@@ -101,6 +101,46 @@ impl Default for RlConfig {
 /// How a reply (response token ids, stop token excluded) scores.
 pub type Scorer = Arc<dyn Fn(&[u32]) -> Score + Send + Sync>;
 
+/// What a [`StepHook`] asks of the loop after a step.
+#[derive(Debug, Default)]
+pub struct HookOut {
+    /// Records for `metrics.jsonl`.
+    pub log: Vec<serde_json::Value>,
+    /// Stop the run (after this step's checkpoint), for this reason.
+    pub stop: Option<String>,
+}
+
+/// Called by the loop around its updates: RLHF's hack guard lives behind it (evaluate a held-out
+/// judge, keep the best checkpoint, stop). [`NoHook`] does nothing.
+pub trait StepHook {
+    /// Before the first step of a fresh run (the starting policy's baseline).
+    fn before<B: Backend>(&mut self, tr: &Trainer<B>) -> Result<HookOut, TrainError>;
+    /// After step `step`, whose metrics record is `rec`.
+    fn after_step<B: Backend>(
+        &mut self,
+        step: u64,
+        tr: &Trainer<B>,
+        rec: &serde_json::Value,
+    ) -> Result<HookOut, TrainError>;
+}
+
+/// The hook of plain RL: nothing.
+pub struct NoHook;
+
+impl StepHook for NoHook {
+    fn before<B: Backend>(&mut self, _: &Trainer<B>) -> Result<HookOut, TrainError> {
+        Ok(HookOut::default())
+    }
+    fn after_step<B: Backend>(
+        &mut self,
+        _: u64,
+        _: &Trainer<B>,
+        _: &serde_json::Value,
+    ) -> Result<HookOut, TrainError> {
+        Ok(HookOut::default())
+    }
+}
+
 /// One problem as the loop sees it: the rendered prompt (ending at `<|assistant_start|>`) and its
 /// verifier.
 #[derive(Clone)]
@@ -135,6 +175,8 @@ pub struct RlSummary {
     pub train_tok_s: f64,
     pub seconds: f64,
     pub last_ckpt: PathBuf,
+    /// Why a [`StepHook`] stopped the run early, if it did.
+    pub stopped: Option<String>,
 }
 
 /// One sampled response.
@@ -304,7 +346,7 @@ fn evaluate<B: Backend>(
     })
 }
 
-fn strip_stop<'a>(toks: &'a [u32], stop: &[u32]) -> &'a [u32] {
+pub(crate) fn strip_stop<'a>(toks: &'a [u32], stop: &[u32]) -> &'a [u32] {
     match toks.last() {
         Some(t) if stop.contains(t) => &toks[..toks.len() - 1],
         _ => toks,
@@ -342,7 +384,23 @@ pub fn rl_on(
     resume: bool,
     progress: bool,
 ) -> Result<RlSummary, TrainError> {
-    struct Run<'a> {
+    rl_on_hooked(spec, cfg, model, data, out, resume, progress, &mut NoHook)
+}
+
+/// [`rl_on`] with a [`StepHook`].
+#[allow(clippy::too_many_arguments)]
+pub fn rl_on_hooked<H: StepHook>(
+    spec: &DeviceSpec,
+    cfg: &RlConfig,
+    model: &Path,
+    data: &RlData,
+    out: &Path,
+    resume: bool,
+    progress: bool,
+    hook: &mut H,
+) -> Result<RlSummary, TrainError> {
+    struct Run<'a, H> {
+        hook: &'a mut H,
         cfg: &'a RlConfig,
         model: &'a Path,
         data: &'a RlData,
@@ -350,10 +408,10 @@ pub fn rl_on(
         resume: bool,
         progress: bool,
     }
-    impl OnBackend for Run<'_> {
+    impl<H: StepHook> OnBackend for Run<'_, H> {
         type Output = RlSummary;
         fn run<B: TrainBackend>(self, be: Arc<B>) -> Result<RlSummary, TrainError> {
-            rl_with(
+            rl_hooked(
                 be,
                 self.cfg,
                 self.model,
@@ -361,10 +419,12 @@ pub fn rl_on(
                 self.out,
                 self.resume,
                 self.progress,
+                self.hook,
             )
         }
     }
     let run = Run {
+        hook,
         cfg,
         model,
         data,
@@ -408,6 +468,30 @@ pub fn rl_with<B: TrainBackend>(
     out: &Path,
     resume: bool,
     progress: bool,
+) -> Result<RlSummary, TrainError> {
+    rl_hooked(
+        be,
+        cfg,
+        model_path,
+        data,
+        out,
+        resume,
+        progress,
+        &mut NoHook,
+    )
+}
+
+/// [`rl_with`] with a [`StepHook`] called before the first step and after every step.
+#[allow(clippy::too_many_arguments)]
+pub fn rl_hooked<B: TrainBackend, H: StepHook>(
+    be: Arc<B>,
+    cfg: &RlConfig,
+    model_path: &Path,
+    data: &RlData,
+    out: &Path,
+    resume: bool,
+    progress: bool,
+    hook: &mut H,
 ) -> Result<RlSummary, TrainError> {
     check_config(cfg, data)?;
     let root = out.join("ckpt");
@@ -510,6 +594,12 @@ pub fn rl_with<B: TrainBackend>(
         (pass_k_start, pass_k) = (Some(e.pass_k), Some(e.pass_k));
     }
     metrics.write(&json!({"event": "start", "step": step, "train_problems": data.train.len(), "held_out": data.held_out.len(), "config": cfg}))?;
+    if step == 0 {
+        for r in hook.before(&tr)?.log {
+            metrics.write(&r)?;
+        }
+    }
+    let mut stopped = None;
 
     let bar = if progress {
         ProgressBar::new(cfg.steps as u64)
@@ -709,15 +799,24 @@ pub fn rl_with<B: TrainBackend>(
         reward_first.get_or_insert(mean);
         reward_last = Some(mean);
         curves.push([step as f64, mean, len_mean]);
-        metrics.write(&json!({"step": step, "reward_mean": mean, "reward_std": std, "correct": correct,
+        let rec = json!({"step": step, "reward_mean": mean, "reward_std": std, "correct": correct,
             "format": formatted, "len_mean": len_mean, "entropy": entropy / (n_gen.max(1) as f64),
             "loss": loss_v, "kl": kl_v, "clip_frac": clip_v, "grad_norm": gn,
             "rollout_s": rollout_s, "update_s": update_s, "gen_tok_per_s": n_gen as f64 / rollout_s.max(1e-9),
-            "elapsed_s": start.elapsed().as_secs_f64()}))?;
+            "elapsed_s": start.elapsed().as_secs_f64()});
+        metrics.write(&rec)?;
+        let h = hook.after_step(step, &tr, &rec)?;
+        for r in &h.log {
+            metrics.write(r)?;
+        }
+        if let Some(why) = h.stop {
+            tracing::info!("RL stopped at step {step}: {why}");
+            stopped = Some(why);
+        }
         let out_of_time = cfg
             .time_limit_s
             .is_some_and(|lim| start.elapsed().as_secs_f64() >= lim);
-        let last = step as usize == cfg.steps || out_of_time;
+        let last = step as usize == cfg.steps || out_of_time || stopped.is_some();
         if !eval_items.is_empty()
             && ((cfg.eval_every > 0 && (step as usize).is_multiple_of(cfg.eval_every)) || last)
         {
@@ -748,6 +847,9 @@ pub fn rl_with<B: TrainBackend>(
             tracing::info!("RL time limit reached at step {step}");
             break;
         }
+        if stopped.is_some() {
+            break;
+        }
     }
     bar.finish_and_clear();
     if last_ckpt.as_os_str().is_empty() {
@@ -765,6 +867,7 @@ pub fn rl_with<B: TrainBackend>(
         train_tok_s: train_tokens / train_s.max(1e-9),
         seconds: start.elapsed().as_secs_f64(),
         last_ckpt,
+        stopped,
     })
 }
 

@@ -12,6 +12,7 @@ pub mod gguf;
 pub mod models;
 pub mod pretrain;
 pub mod rl;
+pub mod rlhf;
 pub mod sample;
 pub mod sft;
 pub mod speedrun;
