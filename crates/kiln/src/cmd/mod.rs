@@ -13,6 +13,7 @@ pub mod models;
 pub mod pretrain;
 pub mod rl;
 pub mod sample;
+pub mod serve;
 pub mod sft;
 pub mod speedrun;
 pub mod tok;

@@ -1,0 +1,143 @@
+//! The model a server serves, whichever family it is: a kiln checkpoint (kiln's chat format, its
+//! BPE tokenizer) or a released GGUF model (its own tokenizer and Jinja chat template). The HTTP
+//! side uses it to turn requests into prompt ids and ids back into bytes; the scheduler uses it
+//! only through [`make_decoder`].
+
+use kiln_chat::format::{render_for_completion, ChatTokens, Conversation, Message};
+use kiln_chat::gguf_model::GgufChatModel;
+use kiln_engine::batch::{SequentialDecoder, SequentialLlama};
+use kiln_engine::{BatchDecoder, CpuBackend, EngineError, Model};
+use kiln_tokenizer::Tokenizer;
+
+/// One message of a chat request, as the API gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+/// A loaded model with what it needs to talk.
+// One value per server: the variants' size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum ServedModel {
+    /// A kiln checkpoint on the cpu and its tokenizer; `chat` is `None` when the tokenizer has no
+    /// chat tokens (a base model: completions only).
+    Kiln {
+        model: Model<CpuBackend>,
+        tok: Tokenizer,
+        chat: Option<ChatTokens>,
+    },
+    Gguf(GgufChatModel),
+}
+
+impl ServedModel {
+    /// A kiln checkpoint's model and tokenizer.
+    pub fn kiln(model: Model<CpuBackend>, tok: Tokenizer) -> ServedModel {
+        let chat = ChatTokens::from_codec(&tok).ok();
+        ServedModel::Kiln { model, tok, chat }
+    }
+
+    /// Longest sequence (prompt + reply) the model was built for.
+    pub fn context(&self) -> usize {
+        match self {
+            ServedModel::Kiln { model, .. } => model.cfg.context,
+            ServedModel::Gguf(m) => m.model.config.context,
+        }
+    }
+
+    /// Bytes of one token (a character may span tokens; the caller reassembles UTF-8).
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        match self {
+            ServedModel::Kiln { tok, .. } => tok.decode_bytes(&[id]),
+            ServedModel::Gguf(m) => m.tok.decode_bytes(&[id]),
+        }
+    }
+
+    /// Tokens that end a chat reply.
+    pub fn chat_stop_ids(&self) -> Vec<u32> {
+        match self {
+            ServedModel::Kiln { chat, .. } => chat.map(|c| c.stop_ids()).unwrap_or_default(),
+            ServedModel::Gguf(m) => m.stop.clone(),
+        }
+    }
+
+    /// Tokens that end a plain completion: the end of a document.
+    pub fn completion_stop_ids(&self) -> Vec<u32> {
+        match self {
+            ServedModel::Kiln { tok, .. } => bos_id(tok).into_iter().collect(),
+            ServedModel::Gguf(m) => m.stop.clone(),
+        }
+    }
+
+    /// Prompt ids of a raw completion prompt. Special-token text in it stays text.
+    pub fn completion_prompt(&self, text: &str) -> Vec<u32> {
+        match self {
+            ServedModel::Kiln { tok, .. } => {
+                let mut ids: Vec<u32> = bos_id(tok).into_iter().collect();
+                ids.extend(tok.encode_ordinary(text));
+                ids
+            }
+            ServedModel::Gguf(m) => m.encode_prompt(text, false),
+        }
+    }
+
+    /// Prompt ids of a conversation, ending with the assistant's turn opened. The error is a
+    /// sentence for the client about `messages`.
+    pub fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, String> {
+        match self {
+            ServedModel::Kiln { tok, chat, .. } => {
+                let chat = chat.as_ref().ok_or_else(|| {
+                    "this model's tokenizer has no chat tokens (a base model): use /v1/completions"
+                        .to_string()
+                })?;
+                // kiln's format has no system token: system messages become the conversation's
+                // system text, which the format puts before the first user turn.
+                let mut conv = Conversation::default();
+                let mut system = Vec::new();
+                for m in messages {
+                    match m.role.as_str() {
+                        "system" | "developer" => system.push(m.content.as_str()),
+                        "user" => conv.messages.push(Message::user(m.content.as_str())),
+                        "assistant" => conv.messages.push(Message::assistant(m.content.as_str())),
+                        r => return Err(format!("unsupported role {r:?}")),
+                    }
+                }
+                if !system.is_empty() {
+                    conv.system = Some(system.join("\n\n"));
+                }
+                render_for_completion(&conv, tok, chat).map_err(|e| e.to_string())
+            }
+            ServedModel::Gguf(m) => {
+                let pairs: Vec<(String, String)> = messages
+                    .iter()
+                    .map(|m| (m.role.clone(), m.content.clone()))
+                    .collect();
+                let text = m.render(&pairs).map_err(|e| e.to_string())?;
+                // The rendered template carries the special tokens as text: parse them.
+                Ok(m.encode_prompt(&text, true))
+            }
+        }
+    }
+}
+
+fn bos_id(tok: &Tokenizer) -> Option<u32> {
+    tok.special_token_id("<|bos|>")
+        .or_else(|| tok.special_token_id("<|endoftext|>"))
+}
+
+/// The decoder the scheduler drives: `slots` sequences of up to `capacity` tokens each.
+///
+/// This is the one place that chooses the [`BatchDecoder`] implementation; today the sequential
+/// reference ones, a batched one drops in here.
+pub fn make_decoder(
+    model: &ServedModel,
+    slots: usize,
+    capacity: usize,
+) -> Result<Box<dyn BatchDecoder + '_>, EngineError> {
+    Ok(match model {
+        ServedModel::Kiln { model, .. } => {
+            Box::new(SequentialDecoder::new(model, slots, capacity)?)
+        }
+        ServedModel::Gguf(m) => Box::new(SequentialLlama::new(&m.model, slots, capacity)),
+    })
+}
