@@ -40,6 +40,9 @@ pub struct ServeOptions {
     pub body_limit: usize,
     /// Threads for HTTP (the model has its own thread and the engine's pool).
     pub http_threads: usize,
+    /// Most bytes the KV cache may take (`parallel` × `ctx` tokens); `None`: no limit. The
+    /// cache is allocated up front, so a server that starts has the memory for every slot.
+    pub kv_memory: Option<u64>,
 }
 
 /// Default tokens per slot: enough for a chat, small enough that many slots fit in memory.
@@ -56,6 +59,7 @@ impl Default for ServeOptions {
             timeout: Duration::from_secs(600),
             body_limit: 1 << 20,
             http_threads: 2,
+            kv_memory: None,
         }
     }
 }
@@ -138,6 +142,23 @@ pub fn start_with(
             "--ctx {ctx}: must be between 2 and the model's context, {model_ctx}"
         )));
     }
+    let kv = (opts.parallel * ctx * model.kv_bytes_per_token()) as u64;
+    if let Some(limit) = opts.kv_memory {
+        if kv > limit {
+            return Err(ServeError::Config(format!(
+                "the KV cache for {} slots × {ctx} tokens needs {} MiB, over the limit of {} MiB: \
+                 lower --parallel or --ctx (or raise --kv-memory)",
+                opts.parallel,
+                kv >> 20,
+                limit >> 20
+            )));
+        }
+    }
+    tracing::info!(
+        "KV cache: {} slots × {ctx} tokens = {} MiB",
+        opts.parallel,
+        kv >> 20
+    );
     let metrics = Arc::new(metrics::Metrics::default());
     let model = Arc::new(model);
     let (queue, _thread) = scheduler::spawn(

@@ -45,6 +45,22 @@ impl ServedModel {
         }
     }
 
+    /// Bytes of KV cache one token takes in one slot: keys and values of every layer, f32 (what
+    /// the sequential decoders allocate; a batched one may store less).
+    pub fn kv_bytes_per_token(&self) -> usize {
+        let (layers, kv) = match self {
+            ServedModel::Kiln { model, .. } => (
+                model.cfg.n_layer,
+                model.cfg.n_kv_head * model.cfg.head_dim(),
+            ),
+            ServedModel::Gguf(m) => {
+                let c = &m.model.config;
+                (c.n_layer, c.n_kv_head * c.head_dim)
+            }
+        };
+        2 * layers * kv * std::mem::size_of::<f32>()
+    }
+
     /// Bytes of one token (a character may span tokens; the caller reassembles UTF-8).
     pub fn token_bytes(&self, id: u32) -> Vec<u8> {
         match self {

@@ -341,7 +341,7 @@ impl Scheduler<'_, '_> {
                     head = Some(job);
                     break;
                 }
-                self.admit(job);
+                self.guarded(|s| s.admit(job));
             }
             if self.active.is_empty() {
                 if !open && head.is_none() {
@@ -349,8 +349,31 @@ impl Scheduler<'_, '_> {
                 }
                 continue;
             }
-            self.step();
+            self.guarded(Self::step);
         }
+    }
+
+    /// Runs `f`; if the engine panics inside it (a bug, but not one a request may use to take the
+    /// server down), every running request fails with a 500 and the slots are cleared.
+    fn guarded(&mut self, f: impl FnOnce(&mut Self)) {
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self))).is_ok() {
+            return;
+        }
+        tracing::error!("the decoder panicked; failing the running requests");
+        for r in &mut self.active {
+            if r.ended.is_none() {
+                let e = ApiError::internal("the decoder failed on this batch");
+                r.ended = Some((Outcome::Failed, Some(e)));
+            }
+        }
+        self.retire();
+        // The panic may have left slots half-assigned: start over from all free.
+        let n = self.dec.slots();
+        for s in 0..n {
+            self.dec.clear(s);
+        }
+        self.free = (0..n).rev().collect();
+        self.metrics.busy_slots.store(0, Relaxed);
     }
 
     fn release(&mut self, slot: usize) {

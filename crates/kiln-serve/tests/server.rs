@@ -815,3 +815,84 @@ fn smollm2_gguf_answers_through_its_chat_template() {
     assert_eq!(b2["choices"][0]["message"]["content"], alone2);
     srv.shutdown().unwrap();
 }
+
+#[test]
+fn a_kv_cache_over_the_memory_limit_is_refused_at_start() {
+    let m = served(false, 256);
+    let per_token = m.kv_bytes_per_token() as u64;
+    let mut o = opts(4);
+    o.ctx = Some(256);
+    o.kv_memory = Some(4 * 256 * per_token - 1);
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let err = kiln_serve::start(l, m, o.clone())
+        .err()
+        .expect("over the limit");
+    assert!(
+        err.to_string().contains("lower --parallel or --ctx"),
+        "{err}"
+    );
+    // Exactly enough is fine.
+    o.kv_memory = Some(4 * 256 * per_token);
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let srv = kiln_serve::start(l, served(false, 256), o).unwrap();
+    assert_eq!(get(srv.addr(), "/health").status, 200);
+    srv.shutdown().unwrap();
+}
+
+/// Panics in its second decode step ever, then works: a bug in the engine must cost the requests
+/// in that batch, not the server.
+struct PanicsOnce<'m>(Box<dyn BatchDecoder + 'm>, usize);
+
+impl BatchDecoder for PanicsOnce<'_> {
+    fn slots(&self) -> usize {
+        self.0.slots()
+    }
+    fn capacity(&self) -> usize {
+        self.0.capacity()
+    }
+    fn vocab(&self) -> usize {
+        self.0.vocab()
+    }
+    fn len(&self, slot: usize) -> usize {
+        self.0.len(slot)
+    }
+    fn prefill(&mut self, slot: usize, prompt: &[u32]) -> Result<Vec<f32>, EngineError> {
+        self.0.prefill(slot, prompt)
+    }
+    fn step(&mut self, slots: &[usize], tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
+        self.1 += 1;
+        if self.1 == 2 {
+            panic!("injected decoder bug");
+        }
+        self.0.step(slots, tokens)
+    }
+    fn fork(&mut self, src: usize, dst: usize) -> Result<(), EngineError> {
+        self.0.fork(src, dst)
+    }
+    fn clear(&mut self, slot: usize) {
+        self.0.clear(slot)
+    }
+}
+
+#[test]
+fn a_decoder_panic_fails_its_batch_and_the_server_goes_on() {
+    fn make(
+        m: &ServedModel,
+        slots: usize,
+        cap: usize,
+    ) -> Result<Box<dyn BatchDecoder + '_>, EngineError> {
+        Ok(Box::new(PanicsOnce(make_decoder(m, slots, cap)?, 0)))
+    }
+    let srv = start(served(false, 256), opts(2), make);
+    let a = srv.addr();
+    let body = json!({"prompt": "hello", "max_tokens": 5, "n": 2});
+    let r = post(a, "/v1/completions", &body);
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!(r.json()["error"]["type"], "server_error");
+    let r = post(a, "/v1/completions", &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["usage"]["completion_tokens"], 10);
+    assert_eq!(metric(a, "kiln_slots_busy"), 0.0);
+    assert_eq!(metric(a, "kiln_requests_total{outcome=\"failed\"}"), 1.0);
+    srv.shutdown().unwrap();
+}

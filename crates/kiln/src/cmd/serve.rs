@@ -42,9 +42,27 @@ pub struct ServeArgs {
     /// The model's id in the API [default: the catalogue name or the file/folder name].
     #[arg(long)]
     pub name: Option<String>,
+    /// Most MiB the KV cache (--parallel × --ctx tokens) may take [default: 3/4 of the memory
+    /// available at start].
+    #[arg(long)]
+    pub kv_memory: Option<u64>,
     /// CPU threads for the model [default: all cores].
     #[arg(long)]
     pub threads: Option<usize>,
+}
+
+/// `MemAvailable` from /proc/meminfo, in bytes (None where there is no such file).
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
 }
 
 pub fn run(a: ServeArgs, threads: usize) -> anyhow::Result<()> {
@@ -80,6 +98,10 @@ pub fn run(a: ServeArgs, threads: usize) -> anyhow::Result<()> {
         queue: a.queue,
         api_key: a.api_key,
         timeout: Duration::from_secs(a.timeout),
+        kv_memory: a
+            .kv_memory
+            .map(|mib| mib << 20)
+            .or_else(|| available_memory().map(|b| b / 4 * 3)),
         ..ServeOptions::default()
     };
     let listener = std::net::TcpListener::bind((a.host.as_str(), a.port))
