@@ -1,7 +1,8 @@
 //! Continuous batching: one thread owns the model and a [`BatchDecoder`] of N slots and loops
 //!
-//! 1. **admit**: while a slot is free, take the next request from the bounded queue, prefill its
-//!    prompt into a free slot (and `fork` it into `n - 1` more for `n > 1`);
+//! 1. **admit**: while a slot is free (and up to [`PREFILL_BUDGET`] prompt tokens a round), take
+//!    the next request from the bounded queue, prefill its prompt into a free slot (and `fork` it
+//!    into `n - 1` more for `n > 1`);
 //! 2. **sample**: for every running sequence, sample its next token from its own logits with its
 //!    own seeded [`Rng`], decode it to text, match stop strings, stream the piece out;
 //! 3. **step**: one decode step for all sequences still running, each at its own position;
@@ -28,6 +29,12 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::error::ApiError;
 use crate::metrics::{Metrics, Outcome};
 use crate::model::ServedModel;
+
+/// Prompt tokens prefilled between two decode steps (at least one request is admitted). A burst
+/// of new requests then delays the running streams by a bounded amount instead of by all their
+/// prompts, and the first requests of a burst get their first token before the last are
+/// prefilled.
+const PREFILL_BUDGET: usize = 256;
 
 /// Builds the decoder the scheduler drives (normally [`crate::model::make_decoder`]; tests wrap
 /// it to slow steps down or count them).
@@ -317,8 +324,9 @@ impl Scheduler<'_, '_> {
         let mut head: Option<Job> = None;
         let mut open = true;
         loop {
-            // Admit while there are free slots.
-            while !self.free.is_empty() {
+            // Admit while there are free slots and this round's prefill budget lasts.
+            let mut budget = PREFILL_BUDGET;
+            while !self.free.is_empty() && budget > 0 {
                 let job = if let Some(j) = head.take() {
                     j
                 } else if self.active.is_empty() {
@@ -341,6 +349,7 @@ impl Scheduler<'_, '_> {
                     head = Some(job);
                     break;
                 }
+                budget = budget.saturating_sub(job.prompt.len());
                 self.guarded(|s| s.admit(job));
             }
             if self.active.is_empty() {

@@ -896,3 +896,36 @@ fn a_decoder_panic_fails_its_batch_and_the_server_goes_on() {
     assert_eq!(metric(a, "kiln_requests_total{outcome=\"failed\"}"), 1.0);
     srv.shutdown().unwrap();
 }
+
+#[test]
+fn a_request_joins_the_running_batch_and_leaves_it_while_others_go_on() {
+    let srv = start(served(false, 1024), opts(2), slow_decoder);
+    let a = srv.addr();
+    // A: 150 tokens at >= 20 ms a step, >= 3 s.
+    let long = json!({"prompt": "hello", "max_tokens": 150, "stream": true, "temperature": 0});
+    let (_, _, mut ra) = send(
+        a,
+        "POST",
+        "/v1/completions",
+        &[],
+        long.to_string().as_bytes(),
+    );
+    assert_eq!(sse_events(ra.as_mut(), 1).len(), 1);
+    let t0 = Instant::now();
+    let b = post(
+        a,
+        "/v1/completions",
+        &json!({"prompt": "hi", "max_tokens": 5}),
+    );
+    let took = t0.elapsed();
+    assert_eq!(b.status, 200);
+    assert_eq!(b.json()["usage"]["completion_tokens"], 5);
+    // B needed ~6 steps; waiting for A's slot would have taken the rest of A's 150.
+    assert!(took < Duration::from_millis(2000), "B took {took:?}");
+    // A went on meanwhile and ends whole.
+    let rest = sse_events(ra.as_mut(), usize::MAX);
+    assert_eq!(rest.last().map(String::as_str), Some("[DONE]"));
+    let tokens = rest.iter().filter(|e| e.contains("\"text\"")).count() + 1;
+    assert!(tokens >= 140, "A streamed {tokens} chunks");
+    srv.shutdown().unwrap();
+}
