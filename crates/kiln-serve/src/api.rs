@@ -314,8 +314,15 @@ pub fn parse(endpoint: Endpoint, body: &Value, limits: &Limits) -> Result<GenReq
         return Err(ApiError::invalid("top_p", "`top_p` must be above 0"));
     }
     let n = f.int("n", 1, limits.max_n as i64)?.unwrap_or(1) as usize;
-    // Any integer; a negative seed is as good a seed as a positive one.
-    let seed = f.int("seed", i64::MIN, i64::MAX)?.map(|s| s as u64);
+    // Any 64-bit integer; a negative seed is as good a seed as a positive one.
+    let seed = match f.get("seed") {
+        None => None,
+        Some(v) => Some(
+            v.as_u64()
+                .or_else(|| v.as_i64().map(|s| s as u64))
+                .ok_or_else(|| ApiError::invalid("seed", "`seed` must be a 64-bit integer"))?,
+        ),
+    };
     let stream = f.bool("stream")?.unwrap_or(false);
     let include_usage = match f.get("stream_options") {
         None => false,
@@ -396,6 +403,9 @@ mod tests {
         assert_eq!(r.stop, vec!["x".to_string()]);
         assert_eq!(r.seed, Some(u64::MAX));
         assert!(r.stream && r.include_usage);
+        let big = json!({"prompt": "a", "seed": u64::MAX - 1});
+        let r = parse(Endpoint::Completions, &big, &L).unwrap();
+        assert_eq!(r.seed, Some(u64::MAX - 1));
         let r = parse(
             Endpoint::Completions,
             &json!({"prompt": ["a b"], "logprobs": 2}),
@@ -439,6 +449,7 @@ mod tests {
             (json!({"messages": msgs, "top_logprobs": 2}), "top_logprobs"),
             (json!({"messages": msgs, "stream": "yes"}), "stream"),
             (json!({"messages": msgs, "model": 3}), "model"),
+            (json!({"messages": msgs, "seed": 1.5}), "seed"),
             (json!({"messages": []}), "messages"),
             (json!({}), "messages"),
             (

@@ -435,6 +435,13 @@ fn n_choices_are_forks_sampled_with_their_own_seeds() {
     assert!(done);
     assert_eq!(streamed, texts);
     assert_eq!(reasons, vec!["length"; 3]);
+    // This tokenizer has no chat tokens: chat is a clear 400, completions go on.
+    let r = post(a, "/v1/chat/completions", &chat_body(json!({})));
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("/v1/completions"));
     srv.shutdown().unwrap();
 }
 
