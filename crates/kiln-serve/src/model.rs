@@ -123,17 +123,54 @@ impl ServedModel {
                 }
                 render_for_completion(&conv, tok, chat).map_err(|e| e.to_string())
             }
-            ServedModel::Gguf(m) => {
-                let pairs: Vec<(String, String)> = messages
-                    .iter()
-                    .map(|m| (m.role.clone(), m.content.clone()))
-                    .collect();
-                let text = m.render(&pairs).map_err(|e| e.to_string())?;
-                // The rendered template carries the special tokens as text: parse them.
-                Ok(m.encode_prompt(&text, true))
-            }
+            ServedModel::Gguf(m) => gguf_chat_prompt(m, messages),
         }
     }
+}
+
+/// A GGUF chat prompt whose special tokens come from the template only. The template is rendered
+/// with a marker in place of each message's content; the template's text is encoded with special
+/// tokens parsed, each content as plain text. So a user who types `<|im_end|>` gets those
+/// characters, never the control token (kiln's rule: special tokens by id, never parsed out of
+/// user text). The tokenizer already encodes the text between special tokens piece by piece, so
+/// cutting at the markers changes nothing else. A template that rewrites contents (the markers do
+/// not come back once each) is rendered the plain way.
+fn gguf_chat_prompt(m: &GgufChatModel, messages: &[ChatMessage]) -> Result<Vec<u32>, String> {
+    let marks: Vec<String> = (0..messages.len())
+        .map(|i| format!("\u{E000}{i}\u{E001}"))
+        .collect();
+    let with_marks: Vec<(String, String)> = messages
+        .iter()
+        .zip(&marks)
+        .map(|(msg, mark)| (msg.role.clone(), mark.clone()))
+        .collect();
+    let text = m.render(&with_marks).map_err(|e| e.to_string())?;
+    if !marks.iter().all(|k| text.matches(k.as_str()).count() == 1) {
+        let pairs: Vec<(String, String)> = messages
+            .iter()
+            .map(|msg| (msg.role.clone(), msg.content.clone()))
+            .collect();
+        let text = m.render(&pairs).map_err(|e| e.to_string())?;
+        return Ok(m.encode_prompt(&text, true));
+    }
+    let mut ids = m.encode_prompt("", true); // BOS when the file asks for it
+    let mut rest = text.as_str();
+    while let Some(start) = rest.find('\u{E000}') {
+        let after = &rest[start + '\u{E000}'.len_utf8()..];
+        let (index, tail) = after
+            .split_once('\u{E001}')
+            .ok_or_else(|| "chat template: a content marker was cut".to_string())?;
+        let msg = index
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| messages.get(i))
+            .ok_or_else(|| "chat template: a content marker was changed".to_string())?;
+        ids.extend(m.tok.encode(&rest[..start], true));
+        ids.extend(m.tok.encode(&msg.content, false));
+        rest = tail;
+    }
+    ids.extend(m.tok.encode(rest, true));
+    Ok(ids)
 }
 
 fn bos_id(tok: &Tokenizer) -> Option<u32> {
