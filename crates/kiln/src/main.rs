@@ -55,6 +55,9 @@ enum Command {
     Rlhf(Box<cmd::rlhf::RlhfArgs>),
     /// Chat with a checkpoint in the terminal (streaming, multi-turn; `--once` for scripts).
     Chat(cmd::chat::ChatArgs),
+    /// Serve a model over an OpenAI-compatible HTTP API (continuous batching, SSE) with a web
+    /// chat page at `/`.
+    Serve(cmd::serve::ServeArgs),
     /// The whole pipeline, small: data → tokenizer → pretrain → SFT → evals → report card.
     Speedrun(cmd::speedrun::SpeedrunArgs),
     /// Run a tool by hand and print exactly what the model would see (`code`: sandboxed Python;
@@ -111,6 +114,10 @@ fn main() -> std::process::ExitCode {
         Command::Chat(a) => {
             let threads = cmd::engine_threads(a.threads);
             cmd::on_engine_pool(|| cmd::chat::run(a, threads))
+        }
+        Command::Serve(a) => {
+            let threads = cmd::engine_threads(a.threads);
+            cmd::serve::run(a, threads)
         }
         Command::Speedrun(a) => {
             let threads = cmd::engine_threads(a.threads);

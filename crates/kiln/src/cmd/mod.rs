@@ -14,6 +14,7 @@ pub mod pretrain;
 pub mod rl;
 pub mod rlhf;
 pub mod sample;
+pub mod serve;
 pub mod sft;
 pub mod speedrun;
 pub mod tok;

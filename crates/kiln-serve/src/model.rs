@@ -1,0 +1,196 @@
+//! The model a server serves, whichever family it is: a kiln checkpoint (kiln's chat format, its
+//! BPE tokenizer) or a released GGUF model (its own tokenizer and Jinja chat template). The HTTP
+//! side uses it to turn requests into prompt ids and ids back into bytes; the scheduler uses it
+//! only through [`make_decoder`].
+
+use kiln_chat::format::{render_for_completion, ChatTokens, Conversation, Message};
+use kiln_chat::gguf_model::GgufChatModel;
+use kiln_engine::batch::{SequentialDecoder, SequentialLlama};
+use kiln_engine::{BatchDecoder, CpuBackend, EngineError, Model};
+use kiln_tokenizer::Tokenizer;
+
+/// One message of a chat request, as the API gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+/// A loaded model with what it needs to talk.
+// One value per server: the variants' size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum ServedModel {
+    /// A kiln checkpoint on the cpu and its tokenizer; `chat` is `None` when the tokenizer has no
+    /// chat tokens (a base model: completions only).
+    Kiln {
+        model: Model<CpuBackend>,
+        tok: Tokenizer,
+        chat: Option<ChatTokens>,
+    },
+    Gguf(GgufChatModel),
+}
+
+impl ServedModel {
+    /// A kiln checkpoint's model and tokenizer.
+    pub fn kiln(model: Model<CpuBackend>, tok: Tokenizer) -> ServedModel {
+        let chat = ChatTokens::from_codec(&tok).ok();
+        ServedModel::Kiln { model, tok, chat }
+    }
+
+    /// Longest sequence (prompt + reply) the model was built for.
+    pub fn context(&self) -> usize {
+        match self {
+            ServedModel::Kiln { model, .. } => model.cfg.context,
+            ServedModel::Gguf(m) => m.model.config.context,
+        }
+    }
+
+    /// Bytes of KV cache one token takes in one slot: keys and values of every layer, f32 (what
+    /// the sequential decoders allocate; a batched one may store less).
+    pub fn kv_bytes_per_token(&self) -> usize {
+        let (layers, kv) = match self {
+            ServedModel::Kiln { model, .. } => (
+                model.cfg.n_layer,
+                model.cfg.n_kv_head * model.cfg.head_dim(),
+            ),
+            ServedModel::Gguf(m) => {
+                let c = &m.model.config;
+                (c.n_layer, c.n_kv_head * c.head_dim)
+            }
+        };
+        2 * layers * kv * std::mem::size_of::<f32>()
+    }
+
+    /// Bytes of one token (a character may span tokens; the caller reassembles UTF-8).
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        match self {
+            ServedModel::Kiln { tok, .. } => tok.decode_bytes(&[id]),
+            ServedModel::Gguf(m) => m.tok.decode_bytes(&[id]),
+        }
+    }
+
+    /// Tokens that end a chat reply.
+    pub fn chat_stop_ids(&self) -> Vec<u32> {
+        match self {
+            ServedModel::Kiln { chat, .. } => chat.map(|c| c.stop_ids()).unwrap_or_default(),
+            ServedModel::Gguf(m) => m.stop.clone(),
+        }
+    }
+
+    /// Tokens that end a plain completion: the end of a document.
+    pub fn completion_stop_ids(&self) -> Vec<u32> {
+        match self {
+            ServedModel::Kiln { tok, .. } => bos_id(tok).into_iter().collect(),
+            ServedModel::Gguf(m) => m.stop.clone(),
+        }
+    }
+
+    /// Prompt ids of a raw completion prompt. Special-token text in it stays text.
+    pub fn completion_prompt(&self, text: &str) -> Vec<u32> {
+        match self {
+            ServedModel::Kiln { tok, .. } => {
+                let mut ids: Vec<u32> = bos_id(tok).into_iter().collect();
+                ids.extend(tok.encode_ordinary(text));
+                ids
+            }
+            ServedModel::Gguf(m) => m.encode_prompt(text, false),
+        }
+    }
+
+    /// Prompt ids of a conversation, ending with the assistant's turn opened. The error is a
+    /// sentence for the client about `messages`.
+    pub fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, String> {
+        match self {
+            ServedModel::Kiln { tok, chat, .. } => {
+                let chat = chat.as_ref().ok_or_else(|| {
+                    "this model's tokenizer has no chat tokens (a base model): use /v1/completions"
+                        .to_string()
+                })?;
+                // kiln's format has no system token: system messages become the conversation's
+                // system text, which the format puts before the first user turn.
+                let mut conv = Conversation::default();
+                let mut system = Vec::new();
+                for m in messages {
+                    match m.role.as_str() {
+                        "system" | "developer" => system.push(m.content.as_str()),
+                        "user" => conv.messages.push(Message::user(m.content.as_str())),
+                        "assistant" => conv.messages.push(Message::assistant(m.content.as_str())),
+                        r => return Err(format!("unsupported role {r:?}")),
+                    }
+                }
+                if !system.is_empty() {
+                    conv.system = Some(system.join("\n\n"));
+                }
+                render_for_completion(&conv, tok, chat).map_err(|e| e.to_string())
+            }
+            ServedModel::Gguf(m) => gguf_chat_prompt(m, messages),
+        }
+    }
+}
+
+/// A GGUF chat prompt whose special tokens come from the template only. The template is rendered
+/// with a marker in place of each message's content; the template's text is encoded with special
+/// tokens parsed, each content as plain text. So a user who types `<|im_end|>` gets those
+/// characters, never the control token (kiln's rule: special tokens by id, never parsed out of
+/// user text). The tokenizer already encodes the text between special tokens piece by piece, so
+/// cutting at the markers changes nothing else. A template that rewrites contents (the markers do
+/// not come back once each) is rendered the plain way.
+fn gguf_chat_prompt(m: &GgufChatModel, messages: &[ChatMessage]) -> Result<Vec<u32>, String> {
+    let marks: Vec<String> = (0..messages.len())
+        .map(|i| format!("\u{E000}{i}\u{E001}"))
+        .collect();
+    let with_marks: Vec<(String, String)> = messages
+        .iter()
+        .zip(&marks)
+        .map(|(msg, mark)| (msg.role.clone(), mark.clone()))
+        .collect();
+    let text = m.render(&with_marks).map_err(|e| e.to_string())?;
+    if !marks.iter().all(|k| text.matches(k.as_str()).count() == 1) {
+        let pairs: Vec<(String, String)> = messages
+            .iter()
+            .map(|msg| (msg.role.clone(), msg.content.clone()))
+            .collect();
+        let text = m.render(&pairs).map_err(|e| e.to_string())?;
+        return Ok(m.encode_prompt(&text, true));
+    }
+    let mut ids = m.encode_prompt("", true); // BOS when the file asks for it
+    let mut rest = text.as_str();
+    while let Some(start) = rest.find('\u{E000}') {
+        let after = &rest[start + '\u{E000}'.len_utf8()..];
+        let (index, tail) = after
+            .split_once('\u{E001}')
+            .ok_or_else(|| "chat template: a content marker was cut".to_string())?;
+        let msg = index
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| messages.get(i))
+            .ok_or_else(|| "chat template: a content marker was changed".to_string())?;
+        ids.extend(m.tok.encode(&rest[..start], true));
+        ids.extend(m.tok.encode(&msg.content, false));
+        rest = tail;
+    }
+    ids.extend(m.tok.encode(rest, true));
+    Ok(ids)
+}
+
+fn bos_id(tok: &Tokenizer) -> Option<u32> {
+    tok.special_token_id("<|bos|>")
+        .or_else(|| tok.special_token_id("<|endoftext|>"))
+}
+
+/// The decoder the scheduler drives: `slots` sequences of up to `capacity` tokens each.
+///
+/// This is the one place that chooses the [`BatchDecoder`] implementation; today the sequential
+/// reference ones, a batched one drops in here.
+pub fn make_decoder(
+    model: &ServedModel,
+    slots: usize,
+    capacity: usize,
+) -> Result<Box<dyn BatchDecoder + '_>, EngineError> {
+    Ok(match model {
+        ServedModel::Kiln { model, .. } => {
+            Box::new(SequentialDecoder::new(model, slots, capacity)?)
+        }
+        ServedModel::Gguf(m) => Box::new(SequentialLlama::new(&m.model, slots, capacity)),
+    })
+}

@@ -1,0 +1,669 @@
+//! Continuous batching: one thread owns the model and a [`BatchDecoder`] of N slots and loops
+//!
+//! 1. **admit**: while a slot is free (and up to [`PREFILL_BUDGET`] prompt tokens a round), take
+//!    the next request from the bounded queue, prefill its prompt into a free slot (and `fork` it
+//!    into `n - 1` more for `n > 1`);
+//! 2. **sample**: for every running sequence, sample its next token from its own logits with its
+//!    own seeded [`Rng`], decode it to text, match stop strings, stream the piece out;
+//! 3. **step**: one decode step for all sequences still running, each at its own position;
+//!
+//! so requests join and leave the batch between steps, and a finished, cancelled (the client's
+//! receiver is gone) or timed-out request frees its slots at once. The thread never blocks on a
+//! client: events go out on unbounded channels, and a slow reader only costs memory for the text
+//! it has not read yet (bounded by `max_tokens`).
+//!
+//! The queue is a `sync_channel`: its capacity is the number of requests that may wait for a
+//! slot, and a full queue is the HTTP side's 503. The scheduler only takes a request out of it
+//! when it has a slot for it, so "waiting" means "in the channel" (the one exception: a request
+//! with `n > 1` that needs more slots than are free waits at the head, ahead of the others, so
+//! it cannot starve).
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kiln_engine::{sample_token, BatchDecoder, EngineError, Rng, SamplingParams};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::error::ApiError;
+use crate::metrics::{Metrics, Outcome};
+use crate::model::ServedModel;
+
+/// Prompt tokens prefilled between two decode steps (at least one request is admitted). A burst
+/// of new requests then delays the running streams by a bounded amount instead of by all their
+/// prompts, and the first requests of a burst get their first token before the last are
+/// prefilled.
+const PREFILL_BUDGET: usize = 256;
+
+/// Builds the decoder the scheduler drives (normally [`crate::model::make_decoder`]; tests wrap
+/// it to slow steps down or count them).
+pub type DecoderFactory =
+    for<'m> fn(&'m ServedModel, usize, usize) -> Result<Box<dyn BatchDecoder + 'm>, EngineError>;
+
+/// One request, ready to run: prompt ids and everything sampling needs.
+pub struct Job {
+    pub prompt: Vec<u32>,
+    /// Most tokens per choice (the slot's capacity also ends a reply).
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Token ids that end a reply (not returned).
+    pub stop_ids: Vec<u32>,
+    /// Strings that end a reply (not returned), matched on the decoded text.
+    pub stop: Vec<String>,
+    /// Choice `i` samples with `Rng::new(seed + i)`.
+    pub seed: u64,
+    pub n: usize,
+    /// `Some(k)`: log-probabilities with the `k` most likely alternatives.
+    pub logprobs: Option<usize>,
+    pub events: UnboundedSender<Event>,
+    /// When the HTTP side accepted it (time to first token counts from here).
+    pub accepted: Instant,
+    pub deadline: Instant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// A stop token or a stop string.
+    Stop,
+    /// `max_tokens` or the end of the slot's context.
+    Length,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+/// Log-probability of one generated token and its most likely alternatives.
+#[derive(Debug, Clone)]
+pub struct TokenLogprob {
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+    pub top: Vec<(Vec<u8>, f32)>,
+}
+
+/// What the scheduler tells a request's HTTP handler.
+#[derive(Debug)]
+pub enum Event {
+    /// Choice `index` produced text (empty when a stop string may be starting: held back) and,
+    /// if asked, the log-probabilities of the tokens behind it.
+    Delta {
+        index: usize,
+        text: String,
+        logprobs: Option<TokenLogprob>,
+    },
+    Finish {
+        index: usize,
+        reason: FinishReason,
+    },
+    /// Every choice has finished; the last event.
+    Done {
+        prompt_tokens: usize,
+        completion_tokens: usize,
+    },
+    /// The request failed (timeout, engine error); the last event.
+    Failed(ApiError),
+}
+
+/// The HTTP side's end of the queue.
+#[derive(Clone)]
+pub struct Queue {
+    tx: SyncSender<Job>,
+    metrics: Arc<Metrics>,
+    slots: usize,
+    capacity: usize,
+}
+
+impl Queue {
+    /// Queues `job`, or says why not (503 when full).
+    pub fn submit(&self, job: Job) -> Result<(), ApiError> {
+        // Counted before sending so the scheduler's decrement can never come first.
+        self.metrics.queue_depth.fetch_add(1, Relaxed);
+        match self.tx.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.metrics.queue_depth.fetch_sub(1, Relaxed);
+                Err(match e {
+                    TrySendError::Full(_) => ApiError::queue_full(),
+                    TrySendError::Disconnected(_) => {
+                        ApiError::internal("the scheduler has stopped")
+                    }
+                })
+            }
+        }
+    }
+
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    /// Tokens per slot.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+/// Starts the scheduler thread over `model` with `slots` slots of `capacity` tokens and a queue
+/// of `queue` waiting requests. Fails when the decoder cannot be built (the error comes back
+/// here, not in a log line from a dead thread).
+pub fn spawn(
+    model: Arc<ServedModel>,
+    make: DecoderFactory,
+    slots: usize,
+    capacity: usize,
+    queue: usize,
+    metrics: Arc<Metrics>,
+) -> Result<(Queue, std::thread::JoinHandle<()>), EngineError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(queue.max(1));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let m = metrics.clone();
+    let thread = std::thread::Builder::new()
+        .name("kiln-scheduler".into())
+        .spawn(move || {
+            let mut dec = match make(&model, slots, capacity) {
+                Ok(d) => {
+                    let _ = ready_tx.send(Ok(d.capacity()));
+                    d
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            m.slots.store(dec.slots() as u64, Relaxed);
+            Scheduler {
+                model: &model,
+                dec: dec.as_mut(),
+                metrics: &m,
+                free: (0..slots).rev().collect(),
+                active: Vec::new(),
+            }
+            .run(rx);
+        })
+        .map_err(|e| EngineError::Config(format!("starting the scheduler thread: {e}")))?;
+    let capacity = ready_rx
+        .recv()
+        .map_err(|_| EngineError::Config("the scheduler thread died while starting".into()))??;
+    Ok((
+        Queue {
+            tx,
+            metrics,
+            slots,
+            capacity,
+        },
+        thread,
+    ))
+}
+
+/// Bytes of generated tokens → text, holding back what might be the start of a stop string.
+#[derive(Default)]
+struct TextOut {
+    /// Bytes of an incomplete UTF-8 character.
+    pending: Vec<u8>,
+    /// Decoded text not yet sent: a suffix that is a prefix of some stop string.
+    held: String,
+}
+
+impl TextOut {
+    /// Adds a token's bytes; returns the text that can be sent now and whether a stop string
+    /// was found (the text before it is returned, the rest dropped).
+    fn push(&mut self, bytes: &[u8], stops: &[String]) -> (String, bool) {
+        self.pending.extend_from_slice(bytes);
+        let valid = match std::str::from_utf8(&self.pending) {
+            Ok(s) => s.len(),
+            Err(e) if e.error_len().is_none() => e.valid_up_to(), // incomplete: wait for more
+            Err(_) => self.pending.len(),                         // invalid for good: lossy
+        };
+        let piece = String::from_utf8_lossy(&self.pending[..valid]).into_owned();
+        self.pending.drain(..valid);
+        self.held.push_str(&piece);
+        if stops.is_empty() {
+            return (std::mem::take(&mut self.held), false);
+        }
+        // Text already sent never ends with a prefix of a stop string, so a match must start
+        // inside `held`.
+        if let Some(at) = stops
+            .iter()
+            .filter_map(|s| self.held.find(s.as_str()))
+            .min()
+        {
+            let out = self.held[..at].to_string();
+            self.held.clear();
+            return (out, true);
+        }
+        let keep = stops
+            .iter()
+            .map(|s| partial_suffix(&self.held, s))
+            .max()
+            .unwrap_or(0);
+        let out = self.held[..self.held.len() - keep].to_string();
+        self.held.drain(..self.held.len() - keep);
+        (out, false)
+    }
+
+    /// Everything left (the reply ended without a stop string).
+    fn flush(&mut self) -> String {
+        let mut s = std::mem::take(&mut self.held);
+        s.push_str(&String::from_utf8_lossy(&self.pending));
+        self.pending.clear();
+        s
+    }
+}
+
+/// Length of the longest suffix of `text` that is a proper prefix of `stop`.
+fn partial_suffix(text: &str, stop: &str) -> usize {
+    let max = (stop.len() - 1).min(text.len());
+    (1..=max)
+        .rev()
+        .find(|&k| {
+            text.is_char_boundary(text.len() - k) && stop.starts_with(&text[text.len() - k..])
+        })
+        .unwrap_or(0)
+}
+
+/// Log-softmax of `logits` at `token`, and the `k` most likely tokens.
+fn logprob(model: &ServedModel, logits: &[f32], token: u32, k: usize) -> TokenLogprob {
+    let mx = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = mx + logits.iter().map(|&x| (x - mx).exp()).sum::<f32>().ln();
+    let mut top = Vec::new();
+    if k > 0 {
+        let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
+        let k = k.min(idx.len());
+        let by_logit = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]);
+        idx.select_nth_unstable_by(k - 1, by_logit);
+        idx.truncate(k);
+        idx.sort_by(by_logit);
+        top = idx
+            .into_iter()
+            .map(|i| (model.token_bytes(i), logits[i as usize] - lse))
+            .collect();
+    }
+    TokenLogprob {
+        bytes: model.token_bytes(token),
+        logprob: logits[token as usize] - lse,
+        top,
+    }
+}
+
+/// One sampled continuation of a request (one choice) in one slot.
+struct Seq {
+    index: usize,
+    slot: usize,
+    rng: Rng,
+    /// Logits for the next token.
+    logits: Vec<f32>,
+    generated: usize,
+    text: TextOut,
+    done: bool,
+}
+
+struct Running {
+    job: Job,
+    seqs: Vec<Seq>,
+    completion_tokens: usize,
+    first_token: bool,
+    /// Set when the request leaves early (cancelled, timed out, failed), with what to tell it.
+    ended: Option<(Outcome, Option<ApiError>)>,
+}
+
+struct Scheduler<'a, 'm> {
+    model: &'a ServedModel,
+    dec: &'a mut (dyn BatchDecoder + 'm),
+    metrics: &'a Metrics,
+    free: Vec<usize>,
+    active: Vec<Running>,
+}
+
+impl Scheduler<'_, '_> {
+    fn run(mut self, rx: Receiver<Job>) {
+        let mut head: Option<Job> = None;
+        let mut open = true;
+        loop {
+            // Admit while there are free slots and this round's prefill budget lasts.
+            let mut budget = PREFILL_BUDGET;
+            while !self.free.is_empty() && budget > 0 {
+                let job = if let Some(j) = head.take() {
+                    j
+                } else if self.active.is_empty() {
+                    // Idle: sleep until a request comes (or every sender is gone).
+                    match rx.recv() {
+                        Ok(j) => j,
+                        Err(_) => return,
+                    }
+                } else {
+                    match rx.try_recv() {
+                        Ok(j) => j,
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => {
+                            open = false;
+                            break;
+                        }
+                    }
+                };
+                if job.n > self.free.len() && !job.events.is_closed() {
+                    head = Some(job);
+                    break;
+                }
+                budget = budget.saturating_sub(job.prompt.len());
+                self.guarded(|s| s.admit(job));
+            }
+            if self.active.is_empty() {
+                if !open && head.is_none() {
+                    return;
+                }
+                continue;
+            }
+            self.guarded(Self::step);
+        }
+    }
+
+    /// Runs `f`; if the engine panics inside it (a bug, but not one a request may use to take the
+    /// server down), every running request fails with a 500 and the slots are cleared.
+    fn guarded(&mut self, f: impl FnOnce(&mut Self)) {
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self))).is_ok() {
+            return;
+        }
+        tracing::error!("the decoder panicked; failing the running requests");
+        for r in &mut self.active {
+            if r.ended.is_none() {
+                let e = ApiError::internal("the decoder failed on this batch");
+                r.ended = Some((Outcome::Failed, Some(e)));
+            }
+        }
+        self.retire();
+        // The panic may have left slots half-assigned: start over from all free.
+        let n = self.dec.slots();
+        for s in 0..n {
+            self.dec.clear(s);
+        }
+        self.free = (0..n).rev().collect();
+        self.metrics.busy_slots.store(0, Relaxed);
+    }
+
+    fn release(&mut self, slot: usize) {
+        self.dec.clear(slot);
+        self.free.push(slot);
+        self.metrics.busy_slots.fetch_sub(1, Relaxed);
+    }
+
+    fn admit(&mut self, job: Job) {
+        self.metrics.queue_depth.fetch_sub(1, Relaxed);
+        if job.events.is_closed() {
+            self.metrics.count(Outcome::Cancelled);
+            return;
+        }
+        if Instant::now() > job.deadline {
+            let secs = (job.deadline - job.accepted).as_secs_f64();
+            self.metrics.count(Outcome::Timeout);
+            let _ = job.events.send(Event::Failed(ApiError::timeout(secs)));
+            return;
+        }
+        let fail = |job: &Job, e: EngineError| {
+            let _ = job
+                .events
+                .send(Event::Failed(ApiError::internal(format!("engine: {e}"))));
+        };
+        if job.n == 0 || job.n > self.free.len() {
+            fail(
+                &job,
+                EngineError::Config(format!("n = {} needs more slots than exist", job.n)),
+            );
+            self.metrics.count(Outcome::Failed);
+            return;
+        }
+        let mut slots = Vec::with_capacity(job.n);
+        for _ in 0..job.n {
+            slots.push(self.free.pop().unwrap_or_default());
+        }
+        self.metrics.busy_slots.fetch_add(job.n as u64, Relaxed);
+        let prefilled = self.dec.prefill(slots[0], &job.prompt).and_then(|logits| {
+            for &s in &slots[1..] {
+                self.dec.fork(slots[0], s)?;
+            }
+            Ok(logits)
+        });
+        let logits = match prefilled {
+            Ok(l) => l,
+            Err(e) => {
+                fail(&job, e);
+                for s in slots {
+                    self.release(s);
+                }
+                self.metrics.count(Outcome::Failed);
+                return;
+            }
+        };
+        self.metrics
+            .prompt_tokens
+            .fetch_add(job.prompt.len() as u64, Relaxed);
+        let seqs = slots
+            .into_iter()
+            .enumerate()
+            .map(|(index, slot)| Seq {
+                index,
+                slot,
+                rng: Rng::new(job.seed.wrapping_add(index as u64)),
+                logits: logits.clone(),
+                generated: 0,
+                text: TextOut::default(),
+                done: false,
+            })
+            .collect();
+        self.active.push(Running {
+            job,
+            seqs,
+            completion_tokens: 0,
+            first_token: false,
+            ended: None,
+        });
+    }
+
+    /// Sample one token for every running sequence, then one decode step for those that go on.
+    fn step(&mut self) {
+        let now = Instant::now();
+        let capacity = self.dec.capacity();
+        let mut batch_slots = Vec::new();
+        let mut batch_tokens = Vec::new();
+        // (request, sequence) of each batch row.
+        let mut owners = Vec::new();
+        let mut freed = Vec::new();
+        let mut generated = 0u64;
+        for (ri, r) in self.active.iter_mut().enumerate() {
+            if r.job.events.is_closed() {
+                r.ended = Some((Outcome::Cancelled, None));
+                continue;
+            }
+            if now > r.job.deadline {
+                let secs = (r.job.deadline - r.job.accepted).as_secs_f64();
+                r.ended = Some((Outcome::Timeout, Some(ApiError::timeout(secs))));
+                continue;
+            }
+            for (si, s) in r.seqs.iter_mut().enumerate() {
+                if s.done {
+                    continue;
+                }
+                let tok = sample_token(&s.logits, &r.job.sampling, &mut s.rng);
+                let mut finish = None;
+                if r.job.stop_ids.contains(&tok) {
+                    finish = Some(FinishReason::Stop);
+                    let rest = s.text.flush();
+                    if !rest.is_empty() {
+                        let _ = r.job.events.send(Event::Delta {
+                            index: s.index,
+                            text: rest,
+                            logprobs: None,
+                        });
+                    }
+                } else {
+                    if !r.first_token {
+                        r.first_token = true;
+                        self.metrics
+                            .observe_ttft(r.job.accepted.elapsed().as_secs_f64());
+                    }
+                    s.generated += 1;
+                    r.completion_tokens += 1;
+                    generated += 1;
+                    let lp = r
+                        .job
+                        .logprobs
+                        .map(|k| logprob(self.model, &s.logits, tok, k));
+                    let (mut text, hit) = s.text.push(&self.model.token_bytes(tok), &r.job.stop);
+                    if hit {
+                        finish = Some(FinishReason::Stop);
+                    } else if s.generated >= r.job.max_tokens || self.dec.len(s.slot) + 1 > capacity
+                    {
+                        finish = Some(FinishReason::Length);
+                        text.push_str(&s.text.flush());
+                    }
+                    let _ = r.job.events.send(Event::Delta {
+                        index: s.index,
+                        text,
+                        logprobs: lp,
+                    });
+                }
+                match finish {
+                    Some(reason) => {
+                        s.done = true;
+                        freed.push(s.slot);
+                        let _ = r.job.events.send(Event::Finish {
+                            index: s.index,
+                            reason,
+                        });
+                    }
+                    None => {
+                        batch_slots.push(s.slot);
+                        batch_tokens.push(tok);
+                        owners.push((ri, si));
+                    }
+                }
+            }
+        }
+        self.metrics.generated_tokens.fetch_add(generated, Relaxed);
+        for s in freed {
+            self.release(s);
+        }
+        if !batch_slots.is_empty() {
+            match self.dec.step(&batch_slots, &batch_tokens) {
+                Ok(logits) => {
+                    let v = self.dec.vocab();
+                    for (row, &(ri, si)) in owners.iter().enumerate() {
+                        self.active[ri].seqs[si]
+                            .logits
+                            .copy_from_slice(&logits[row * v..(row + 1) * v]);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("decode step failed: {e}");
+                    for &(ri, _) in &owners {
+                        let r = &mut self.active[ri];
+                        if r.ended.is_none() {
+                            let err = ApiError::internal(format!("engine: {e}"));
+                            r.ended = Some((Outcome::Failed, Some(err)));
+                        }
+                    }
+                }
+            }
+        }
+        self.retire();
+    }
+
+    /// Requests that are done or ended leave the batch; their slots are free at once.
+    fn retire(&mut self) {
+        let mut i = 0;
+        while i < self.active.len() {
+            let r = &self.active[i];
+            let all_done = r.seqs.iter().all(|s| s.done);
+            if r.ended.is_none() && !all_done {
+                i += 1;
+                continue;
+            }
+            let mut r = self.active.swap_remove(i);
+            // Slots and counters first, the last event after: a client that has its answer
+            // sees a server that has already moved on.
+            for s in r.seqs.iter().filter(|s| !s.done) {
+                self.release(s.slot);
+            }
+            let last = match r.ended.take() {
+                None => {
+                    self.metrics.count(Outcome::Ok);
+                    Event::Done {
+                        prompt_tokens: r.job.prompt.len(),
+                        completion_tokens: r.completion_tokens,
+                    }
+                }
+                Some((outcome, err)) => {
+                    self.metrics.count(outcome);
+                    match err {
+                        Some(e) => Event::Failed(e),
+                        None => continue, // cancelled: nobody is listening
+                    }
+                }
+            };
+            let _ = r.job.events.send(last);
+        }
+    }
+}
+
+/// A seed for requests that give none: different every time.
+pub fn fresh_seed() -> u64 {
+    use std::sync::atomic::AtomicU64;
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_nanos() as u64;
+    t ^ COUNTER.fetch_add(0x9E37_79B9_7F4A_7C15, Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(pieces: &[&str], stops: &[&str]) -> (String, bool) {
+        let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
+        let mut t = TextOut::default();
+        let mut out = String::new();
+        for p in pieces {
+            let (s, hit) = t.push(p.as_bytes(), &stops);
+            out.push_str(&s);
+            if hit {
+                return (out, true);
+            }
+        }
+        out.push_str(&t.flush());
+        (out, false)
+    }
+
+    #[test]
+    fn stop_strings_across_tokens_are_cut_and_partial_matches_held() {
+        assert_eq!(
+            run(&["Hel", "lo ST", "OP here"], &["STOP"]),
+            ("Hello ".into(), true)
+        );
+        assert_eq!(
+            run(&["a", "S", "T", "x"], &["STOP"]),
+            ("aSTx".into(), false)
+        );
+        assert_eq!(run(&["ab", "c"], &["zz", "bc"]), ("a".into(), true));
+        // Held text is released when the reply ends without the stop string.
+        assert_eq!(run(&["end ST"], &["STOP"]), ("end ST".into(), false));
+        let mut t = TextOut::default();
+        let stops = vec!["STOP".to_string()];
+        assert_eq!(t.push(b"x ST", &stops), ("x ".into(), false));
+    }
+
+    #[test]
+    fn utf8_split_across_tokens_is_kept_whole() {
+        let e = "é".as_bytes();
+        let mut t = TextOut::default();
+        assert_eq!(t.push(&e[..1], &[]), (String::new(), false));
+        assert_eq!(t.push(&e[1..], &[]), ("é".into(), false));
+        // A stop string with a multi-byte character.
+        assert_eq!(run(&["a", "é", "b"], &["éb"]), ("a".into(), true));
+    }
+}
