@@ -5,8 +5,8 @@
 
 use kiln_chat::format::{render_for_completion, ChatTokens, Conversation, Message};
 use kiln_chat::gguf_model::GgufChatModel;
-use kiln_engine::batch::{SequentialDecoder, SequentialLlama};
-use kiln_engine::{BatchDecoder, CpuBackend, EngineError, Model};
+use kiln_engine::llama::LlamaBatch;
+use kiln_engine::{BatchDecoder, BatchedDecoder, CpuBackend, EngineError, Model};
 use kiln_tokenizer::Tokenizer;
 
 /// One message of a chat request, as the API gives it.
@@ -180,17 +180,16 @@ fn bos_id(tok: &Tokenizer) -> Option<u32> {
 
 /// The decoder the scheduler drives: `slots` sequences of up to `capacity` tokens each.
 ///
-/// This is the one place that chooses the [`BatchDecoder`] implementation; today the sequential
-/// reference ones, a batched one drops in here.
+/// This is the one place that chooses the [`BatchDecoder`] implementation: the engine's batched
+/// decoders, one forward per step over every live slot (the weights are read once per step for
+/// all of them, which is where continuous batching gains over one sequence at a time).
 pub fn make_decoder(
     model: &ServedModel,
     slots: usize,
     capacity: usize,
 ) -> Result<Box<dyn BatchDecoder + '_>, EngineError> {
     Ok(match model {
-        ServedModel::Kiln { model, .. } => {
-            Box::new(SequentialDecoder::new(model, slots, capacity)?)
-        }
-        ServedModel::Gguf(m) => Box::new(SequentialLlama::new(&m.model, slots, capacity)),
+        ServedModel::Kiln { model, .. } => Box::new(BatchedDecoder::new(model, slots, capacity)?),
+        ServedModel::Gguf(m) => Box::new(LlamaBatch::new(&m.model, slots, capacity)),
     })
 }

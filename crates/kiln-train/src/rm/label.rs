@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use kiln_chat::format::Codec;
-use kiln_engine::{load_checkpoint, resolve_checkpoint, CpuBackend, Model, Rng, SamplingParams};
+use kiln_engine::{load_checkpoint, resolve_checkpoint, CpuBackend, Model, SamplingParams};
 
 use super::prefs::Ordering;
 use super::{checkpoint_tokenizer, render_prompt};
