@@ -834,7 +834,7 @@ fn smollm2_gguf_answers_through_its_chat_template() {
         json!({"model": "smollm2-135m", "temperature": 0, "max_tokens": 20,
                "messages": [{"role": "user", "content": q}]})
     };
-    let q1 = ask("What is the capital of France?");
+    let q1 = ask("What is the capital of France? Answer with one word.");
     let q2 = ask("Name a primary color.");
     let alone = post(a, "/v1/chat/completions", &q1).json();
     let answer = alone["choices"][0]["message"]["content"]
