@@ -33,7 +33,7 @@ def main():
                          "--threads", args.threads, "--api-key", KEY])
     client = openai.OpenAI(base_url=srv.url + "/v1", api_key=KEY, max_retries=0, timeout=300)
     name = args.model
-    question = [{"role": "user", "content": "What is the capital of France?"}]
+    question = [{"role": "user", "content": "What is the capital of France? Answer with one word."}]
     checks = []
 
     def check(f):
