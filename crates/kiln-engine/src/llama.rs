@@ -444,14 +444,7 @@ impl<'m> LlamaBatch<'m> {
     }
 
     fn check_slot(&self, slot: usize) -> Result<(), EngineError> {
-        if slot < self.sessions.len() {
-            Ok(())
-        } else {
-            Err(EngineError::Shape(format!(
-                "slot {slot} out of range ({} slots)",
-                self.sessions.len()
-            )))
-        }
+        crate::batch::check_slot(slot, self.sessions.len())
     }
 }
 
@@ -492,18 +485,8 @@ impl BatchDecoder for LlamaBatch<'_> {
         Ok(logits)
     }
     fn step(&mut self, slots: &[usize], tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
-        if slots.len() != tokens.len() {
-            return Err(EngineError::Shape(format!(
-                "step: {} tokens for {} slots",
-                tokens.len(),
-                slots.len()
-            )));
-        }
-        for (i, &s) in slots.iter().enumerate() {
-            self.check_slot(s)?;
-            if slots[..i].contains(&s) {
-                return Err(EngineError::Shape(format!("step: slot {s} given twice")));
-            }
+        crate::batch::check_step(slots, tokens, self.sessions.len())?;
+        for &s in slots {
             if self.sessions[s].pos() == 0 {
                 return Err(EngineError::Shape(format!(
                     "step: slot {s} is empty (prefill it first)"
