@@ -16,7 +16,7 @@ use crate::EngineError;
 
 /// A KV cache of [`slots`](BatchDecoder::slots) independent sequences of up to
 /// [`capacity`](BatchDecoder::capacity) tokens each.
-pub trait BatchDecoder {
+pub trait BatchDecoder: Send {
     /// Number of sequences the cache holds.
     fn slots(&self) -> usize;
     /// Most tokens one slot can hold (prompt + generated).
