@@ -210,8 +210,42 @@ def run_level(name, proc, model_name, level, args):
     return res
 
 
+def soak(name, proc, model_name, args):
+    """`--soak` requests back to back from 8 clients (short replies): the server's RSS after the
+    first fifth of them and at the end. A server that leaks per request grows between the two."""
+    warm_up(proc.port, model_name)
+    a = argparse.Namespace(**vars(args))
+    a.max_requests, a.max_tokens = args.soak, 16
+    rec, lock, count = [], threading.Lock(), [0]
+    deadline = time.perf_counter() + 900
+    threads = [threading.Thread(target=client, args=(proc.port, model_name, c, a, deadline, rec, lock, count))
+               for c in range(8)]
+    for t in threads:
+        t.start()
+    marks = []  # (requests finished, RSS kB)
+    while any(t.is_alive() for t in threads):
+        with lock:
+            done = len(rec)
+        marks.append((done, rss_kb(proc.proc.pid)))
+        time.sleep(0.1)
+    marks.append((len(rec), rss_kb(proc.proc.pid)))
+    fifth = next((kb for n, kb in marks if n >= args.soak // 5), marks[-1][1])
+    return {"server": name, "soak_requests": len(rec), "errors": sum(1 for r in rec if r["err"]),
+            "rss_mb_after_fifth": fifth / 1024, "rss_mb_end": marks[-1][1] / 1024,
+            "rss_mb_peak": rss_kb(proc.proc.pid, "VmHWM") / 1024}
+
+
 def ms(x):
     return "-" if x is None else f"{x * 1000:.0f}"
+
+
+def server_cmd(name, path, port, level, args, llama):
+    if name == "kiln":
+        return [common.KILN, "serve", "--model", path, "--name", "bench", "--port", str(port),
+                "--parallel", str(level), "--ctx", str(args.ctx), "--threads", str(args.threads),
+                "--queue", str(max(64, level))]
+    return [llama, "-m", path, "--host", "127.0.0.1", "--port", str(port), "-np", str(level),
+            "-c", str(args.ctx * level), "-t", str(args.threads), "--alias", "bench"]
 
 
 def main():
@@ -228,6 +262,8 @@ def main():
     ap.add_argument("--llama-server", help="default: from scripts/llama-cpp.sh")
     ap.add_argument("--only", choices=["kiln", "llama"], help="run one server only")
     ap.add_argument("--out", default="/tmp/kiln-serve-bench")
+    ap.add_argument("--soak", type=int, default=1000,
+                    help="then this many short requests per server at 8 clients, RSS watched (0: skip)")
     args = ap.parse_args()
     common.KILN = args.kiln
     os.makedirs(args.out, exist_ok=True)
@@ -247,14 +283,7 @@ def main():
         for name in order:
             port = free_port()
             log = os.path.join(args.out, f"{name}-{level}.log")
-            if name == "kiln":
-                cmd = [common.KILN, "serve", "--model", path, "--name", "bench", "--port", str(port),
-                       "--parallel", str(level), "--ctx", str(args.ctx), "--threads", str(args.threads),
-                       "--queue", str(max(64, level))]
-            else:
-                cmd = [llama, "-m", path, "--host", "127.0.0.1", "--port", str(port), "-np", str(level),
-                       "-c", str(args.ctx * level), "-t", str(args.threads), "--alias", "bench"]
-            proc = Proc(cmd, port, log)
+            proc = Proc(server_cmd(name, path, port, level, args, llama), port, log)
             try:
                 r = run_level(name, proc, "bench", level, args)
             finally:
@@ -266,13 +295,27 @@ def main():
                   f"rss {r['rss_mb_warm']:.0f}→{r['rss_mb_end']:.0f} MB (peak {r['rss_mb_peak']:.0f})", flush=True)
             for e in r["error_samples"]:
                 print(f"      error: {e}")
+    if args.soak:
+        for name in servers:
+            port = free_port()
+            log = os.path.join(args.out, f"{name}-soak.log")
+            proc = Proc(server_cmd(name, path, port, 8, args, llama), port, log)
+            try:
+                r = soak(name, proc, "bench", args)
+            finally:
+                proc.stop()
+            results.append(r)
+            grow = r["rss_mb_end"] / r["rss_mb_after_fifth"] - 1 if r["rss_mb_after_fifth"] else float("nan")
+            print(f"{name:5} soak: {r['soak_requests']} requests, errors {r['errors']}, RSS after the first fifth "
+                  f"{r['rss_mb_after_fifth']:.0f} MB, at the end {r['rss_mb_end']:.0f} MB ({grow:+.1%}), "
+                  f"peak {r['rss_mb_peak']:.0f} MB", flush=True)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     if len(servers) == 2:
         print("\nkiln / llama-server (tokens/s: higher is better for kiln; p99 TTFT: lower is better)")
         for level in levels:
-            k = next(r for r in results if r["server"] == "kiln" and r["parallel"] == level)
-            ll = next(r for r in results if r["server"] == "llama" and r["parallel"] == level)
+            k = next(r for r in results if r["server"] == "kiln" and r.get("parallel") == level)
+            ll = next(r for r in results if r["server"] == "llama" and r.get("parallel") == level)
             tps = k["tokens_per_s"] / ll["tokens_per_s"] if ll["tokens_per_s"] else float("nan")
             tt = (k["ttft_p99"] / ll["ttft_p99"]) if k["ttft_p99"] and ll["ttft_p99"] else float("nan")
             print(f"  x{level:<3} tokens/s {tps:6.3f}x   p99 TTFT {tt:6.3f}x")

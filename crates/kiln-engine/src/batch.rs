@@ -27,6 +27,20 @@ pub trait BatchDecoder: Send {
     fn len(&self, slot: usize) -> usize;
     /// Clear `slot`, run `prompt` into it; returns the logits `[vocab]` after its last token.
     fn prefill(&mut self, slot: usize, prompt: &[u32]) -> Result<Vec<f32>, EngineError>;
+    /// [`prefill`](Self::prefill) for a slot whose cache already holds `prompt[..keep]` (the
+    /// caller tracks what each slot holds: a server reusing the system prompt and earlier turns
+    /// of a conversation): keeps those `keep` positions and runs only the rest. `keep` must be at
+    /// most [`len`](Self::len) and less than `prompt.len()` (at least one token runs, for the
+    /// logits). Decoders that cannot cut a cache short prefill the whole prompt (the default).
+    fn prefill_reusing(
+        &mut self,
+        slot: usize,
+        keep: usize,
+        prompt: &[u32],
+    ) -> Result<Vec<f32>, EngineError> {
+        let _ = keep;
+        self.prefill(slot, prompt)
+    }
     /// Append `tokens[i]` to slot `slots[i]` (distinct slots, each at its own position);
     /// returns logits `[slots.len(), vocab]` in the same order.
     fn step(&mut self, slots: &[usize], tokens: &[u32]) -> Result<Vec<f32>, EngineError>;
@@ -44,6 +58,18 @@ pub(crate) fn check_slot(slot: usize, slots: usize) -> Result<(), EngineError> {
             "slot {slot} out of range ({slots} slots)"
         )))
     }
+}
+
+/// The checks every [`BatchDecoder::prefill_reusing`] makes before it cuts `slot` (holding
+/// `len` tokens) back to `keep`.
+pub(crate) fn check_reuse(keep: usize, len: usize, prompt: &[u32]) -> Result<(), EngineError> {
+    if keep > len || keep >= prompt.len() {
+        return Err(EngineError::Shape(format!(
+            "prefill_reusing: keep {keep} of a slot holding {len} for a prompt of {}",
+            prompt.len()
+        )));
+    }
+    Ok(())
 }
 
 pub(crate) fn check_step(slots: &[usize], tokens: &[u32], n: usize) -> Result<(), EngineError> {
@@ -271,6 +297,14 @@ mod tests {
         let (p0, p2, p4) = (toks(3), toks(7), toks(1));
         both(&mut a, &mut b, &|d| d.prefill(0, &p0).unwrap());
         both(&mut a, &mut b, &|d| d.prefill(2, &p2).unwrap());
+        // keeping the first 5 tokens slot 2 holds and running 2 new ones equals prefilling all 7
+        let mut q = p2[..5].to_vec();
+        q.extend(toks(2));
+        both(&mut a, &mut b, &|d| d.prefill_reusing(2, 5, &q).unwrap());
+        assert!(a
+            .prefill_reusing(2, 8, &[q.clone(), toks(2)].concat())
+            .is_err());
+        assert!(a.prefill_reusing(2, 7, &q).is_err());
         both(&mut a, &mut b, &|d| d.prefill(4, &p4).unwrap());
         both(&mut a, &mut b, &|d| {
             d.fork(0, 1).unwrap();

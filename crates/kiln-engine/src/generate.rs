@@ -440,6 +440,17 @@ impl<B: Backend> BatchDecoder for BatchedDecoder<'_, B> {
         self.lens[slot] = 0;
         self.extend(slot, prompt)
     }
+    fn prefill_reusing(
+        &mut self,
+        slot: usize,
+        keep: usize,
+        prompt: &[u32],
+    ) -> Result<Vec<f32>, EngineError> {
+        check_slot(slot, self.lens.len())?;
+        crate::batch::check_reuse(keep, self.lens[slot], prompt)?;
+        self.lens[slot] = keep;
+        self.extend(slot, &prompt[keep..])
+    }
     fn step(&mut self, slots: &[usize], tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
         let mut out = Vec::new();
         self.step_into(slots, tokens, &mut out)?;

@@ -446,6 +446,27 @@ impl<'m> LlamaBatch<'m> {
     fn check_slot(&self, slot: usize) -> Result<(), EngineError> {
         crate::batch::check_slot(slot, self.sessions.len())
     }
+
+    /// Runs `tokens` into `slot` after what it holds, in pieces of [`PREFILL_CHUNK`]; returns the
+    /// logits after the last one. On an error the slot is emptied (its cache is half-written).
+    fn run_after(&mut self, slot: usize, tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
+        let s = &mut self.sessions[slot];
+        let mut logits = Vec::new();
+        for piece in tokens.chunks(PREFILL_CHUNK) {
+            let seq = vec![0; piece.len()];
+            let r = self
+                .model
+                .forward_batch(&mut [&mut *s], &seq, piece, &[piece.len() - 1]);
+            match r {
+                Ok(l) => logits = l,
+                Err(e) => {
+                    s.reset();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(logits)
+    }
 }
 
 impl BatchDecoder for LlamaBatch<'_> {
@@ -466,23 +487,20 @@ impl BatchDecoder for LlamaBatch<'_> {
         if prompt.is_empty() {
             return Err(EngineError::Shape("empty prompt".into()));
         }
-        let s = &mut self.sessions[slot];
-        s.reset();
-        let mut logits = Vec::new();
-        for piece in prompt.chunks(PREFILL_CHUNK) {
-            let seq = vec![0; piece.len()];
-            let r = self
-                .model
-                .forward_batch(&mut [&mut *s], &seq, piece, &[piece.len() - 1]);
-            match r {
-                Ok(l) => logits = l,
-                Err(e) => {
-                    s.reset();
-                    return Err(e);
-                }
-            }
-        }
-        Ok(logits)
+        self.sessions[slot].reset();
+        self.run_after(slot, prompt)
+    }
+    fn prefill_reusing(
+        &mut self,
+        slot: usize,
+        keep: usize,
+        prompt: &[u32],
+    ) -> Result<Vec<f32>, EngineError> {
+        self.check_slot(slot)?;
+        crate::batch::check_reuse(keep, self.sessions[slot].pos, prompt)?;
+        // Positions past `keep` are overwritten before anything reads them.
+        self.sessions[slot].pos = keep;
+        self.run_after(slot, &prompt[keep..])
     }
     fn step(&mut self, slots: &[usize], tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
         crate::batch::check_step(slots, tokens, self.sessions.len())?;

@@ -95,11 +95,21 @@ fn batched_decoder_matches_the_sequential_reference() {
         assert!(d.step(&[1], &[5]).is_err());
         assert!(d.step(&[0, 0], &[5, 5]).is_err());
         out.push(d.step(&[0], &[9]).unwrap());
+        // Slot 2 holds its prompt and one step: keep 6 of those, then run two new tokens (the
+        // reference decoder prefills all 8).
+        out.push(
+            d.prefill_reusing(2, 6, &[1, 30, 31, 32, 33, 34, 40, 41])
+                .unwrap(),
+        );
+        out.push(d.step(&[2], &[42]).unwrap());
         let lens: Vec<usize> = (0..4).map(|s| d.len(s)).collect();
         (out, lens)
     };
     let (want, want_lens) = run(&mut reference);
     let (got, got_lens) = run(&mut batch);
+    // More than the slot holds, or nothing left to run: errors.
+    assert!(batch.prefill_reusing(3, 4, &[1, 7, 8, 9, 10]).is_err());
+    assert!(batch.prefill_reusing(2, 3, &[1, 30, 31]).is_err());
     assert_eq!(want_lens, got_lens);
     let v = m.config.vocab;
     for (i, (w, g)) in want.iter().zip(&got).enumerate() {

@@ -36,6 +36,8 @@ const OUTCOMES: [(Outcome, &str); 6] = [
 pub struct Metrics {
     outcomes: [AtomicU64; 6],
     pub prompt_tokens: AtomicU64,
+    /// Prompt tokens whose cache a slot already held from an earlier request (not recomputed).
+    pub cached_prompt_tokens: AtomicU64,
     pub generated_tokens: AtomicU64,
     /// Requests accepted but not yet given a slot.
     pub queue_depth: AtomicU64,
@@ -81,8 +83,13 @@ impl Metrics {
         let counters = [
             (
                 "kiln_prompt_tokens_total",
-                "Prompt tokens prefilled.",
+                "Prompt tokens of the requests run (cached ones included).",
                 &self.prompt_tokens,
+            ),
+            (
+                "kiln_prompt_tokens_cached_total",
+                "Prompt tokens a slot already held from an earlier request (not recomputed).",
+                &self.cached_prompt_tokens,
             ),
             (
                 "kiln_generated_tokens_total",

@@ -2,7 +2,10 @@
 //!
 //! 1. **admit**: while a slot is free (and up to [`PREFILL_BUDGET`] prompt tokens a round), take
 //!    the next request from the bounded queue, prefill its prompt into a free slot (and `fork` it
-//!    into `n - 1` more for `n > 1`);
+//!    into `n - 1` more for `n > 1`). A free slot keeps the cache of its last sequence, and the
+//!    request takes the free slot whose tokens share the longest prefix with its prompt: only
+//!    the rest is computed (the chat template's system prompt; a conversation's earlier turns,
+//!    resent whole with every message);
 //! 2. **sample**: for every running sequence, sample its next token from its own logits with its
 //!    own seeded [`Rng`], decode it to text, match stop strings, stream the piece out;
 //! 3. **step**: one decode step for all sequences still running, each at its own position;
@@ -182,6 +185,7 @@ pub fn spawn(
                 metrics: &m,
                 free: (0..slots).rev().collect(),
                 active: Vec::new(),
+                held: vec![Vec::new(); slots],
             }
             .run(rx);
         })
@@ -317,6 +321,9 @@ struct Scheduler<'a, 'm> {
     metrics: &'a Metrics,
     free: Vec<usize>,
     active: Vec<Running>,
+    /// The tokens in each slot's cache (prompt and every token stepped in), kept after the slot
+    /// is freed so that the next prompt with the same beginning reuses them.
+    held: Vec<Vec<u32>>,
 }
 
 impl Scheduler<'_, '_> {
@@ -349,8 +356,9 @@ impl Scheduler<'_, '_> {
                     head = Some(job);
                     break;
                 }
-                budget = budget.saturating_sub(job.prompt.len());
-                self.guarded(|s| s.admit(job));
+                budget = budget.saturating_sub(job.prompt.len() - self.best_free(&job.prompt).1);
+                // On a pool worker, as the step below.
+                rayon::scope(|_| self.guarded(|s| s.admit(job)));
             }
             if self.active.is_empty() {
                 if !open && head.is_none() {
@@ -386,13 +394,37 @@ impl Scheduler<'_, '_> {
             self.dec.clear(s);
         }
         self.free = (0..n).rev().collect();
+        self.held.iter_mut().for_each(Vec::clear);
         self.metrics.busy_slots.store(0, Relaxed);
     }
 
+    /// Frees `slot`; its cache stays, for a next prompt that begins the same way.
     fn release(&mut self, slot: usize) {
-        self.dec.clear(slot);
         self.free.push(slot);
         self.metrics.busy_slots.fetch_sub(1, Relaxed);
+    }
+
+    /// Frees `slot` whose cache no longer matches `held` (a failed prefill or step).
+    fn release_cleared(&mut self, slot: usize) {
+        self.dec.clear(slot);
+        self.held[slot].clear();
+        self.release(slot);
+    }
+
+    /// The index in `free` of the slot whose held tokens share the longest prefix with `prompt`,
+    /// and how many of them can be kept (at least the prompt's last token is always run: its
+    /// logits start the reply).
+    fn best_free(&self, prompt: &[u32]) -> (usize, usize) {
+        let mut best = (self.free.len().saturating_sub(1), 0);
+        for (i, &slot) in self.free.iter().enumerate() {
+            let held = &self.held[slot];
+            let common = held.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+            let keep = common.min(prompt.len().saturating_sub(1));
+            if keep > best.1 {
+                best = (i, keep);
+            }
+        }
+        best
     }
 
     fn admit(&mut self, job: Job) {
@@ -420,12 +452,18 @@ impl Scheduler<'_, '_> {
             self.metrics.count(Outcome::Failed);
             return;
         }
-        let mut slots = Vec::with_capacity(job.n);
-        for _ in 0..job.n {
+        let (first, keep) = self.best_free(&job.prompt);
+        let mut slots = vec![self.free.swap_remove(first)];
+        for _ in 1..job.n {
             slots.push(self.free.pop().unwrap_or_default());
         }
         self.metrics.busy_slots.fetch_add(job.n as u64, Relaxed);
-        let prefilled = self.dec.prefill(slots[0], &job.prompt).and_then(|logits| {
+        let run = if keep > 0 {
+            self.dec.prefill_reusing(slots[0], keep, &job.prompt)
+        } else {
+            self.dec.prefill(slots[0], &job.prompt)
+        };
+        let prefilled = run.and_then(|logits| {
             for &s in &slots[1..] {
                 self.dec.fork(slots[0], s)?;
             }
@@ -436,15 +474,21 @@ impl Scheduler<'_, '_> {
             Err(e) => {
                 fail(&job, e);
                 for s in slots {
-                    self.release(s);
+                    self.release_cleared(s);
                 }
                 self.metrics.count(Outcome::Failed);
                 return;
             }
         };
+        for &s in &slots {
+            self.held[s].clone_from(&job.prompt);
+        }
         self.metrics
             .prompt_tokens
             .fetch_add(job.prompt.len() as u64, Relaxed);
+        self.metrics
+            .cached_prompt_tokens
+            .fetch_add(keep as u64, Relaxed);
         let seqs = slots
             .into_iter()
             .enumerate()
@@ -554,6 +598,9 @@ impl Scheduler<'_, '_> {
         if !batch_slots.is_empty() {
             match self.dec.step(&batch_slots, &batch_tokens) {
                 Ok(logits) => {
+                    for (&slot, &tok) in batch_slots.iter().zip(&batch_tokens) {
+                        self.held[slot].push(tok);
+                    }
                     let v = self.dec.vocab();
                     for (row, &(ri, si)) in owners.iter().enumerate() {
                         self.active[ri].seqs[si]
@@ -563,6 +610,11 @@ impl Scheduler<'_, '_> {
                 }
                 Err(e) => {
                     tracing::error!("decode step failed: {e}");
+                    // What the failed step wrote is unknown: nothing in these slots is reused.
+                    for &slot in &batch_slots {
+                        self.held[slot].clear();
+                        self.dec.clear(slot);
+                    }
                     for &(ri, _) in &owners {
                         let r = &mut self.active[ri];
                         if r.ended.is_none() {

@@ -82,6 +82,15 @@ impl BatchDecoder for Slow<'_> {
         std::thread::sleep(SLOW_STEP);
         self.0.prefill(slot, prompt)
     }
+    fn prefill_reusing(
+        &mut self,
+        slot: usize,
+        keep: usize,
+        prompt: &[u32],
+    ) -> Result<Vec<f32>, EngineError> {
+        std::thread::sleep(SLOW_STEP);
+        self.0.prefill_reusing(slot, keep, prompt)
+    }
     fn step(&mut self, slots: &[usize], tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
         std::thread::sleep(SLOW_STEP);
         self.0.step(slots, tokens)
@@ -964,4 +973,33 @@ fn a_request_joins_the_running_batch_and_leaves_it_while_others_go_on() {
     let tokens = rest.iter().filter(|e| e.contains("\"text\"")).count() + 1;
     assert!(tokens >= 140, "A streamed {tokens} chunks");
     srv.shutdown().unwrap();
+}
+
+#[test]
+fn a_prompt_that_continues_a_finished_one_reuses_its_cache_with_the_same_reply() {
+    let srv = start(served(false, 256), opts(2), make_decoder);
+    let fresh = start(served(false, 256), opts(2), make_decoder);
+    let (a, f) = (srv.addr(), fresh.addr());
+    let greedy = |p: &str| json!({"prompt": p, "max_tokens": 12, "temperature": 0});
+    let text = |addr, p: &str| {
+        let v = post(addr, "/v1/completions", &greedy(p)).json();
+        v["choices"][0]["text"].as_str().unwrap().to_string()
+    };
+    // A conversation resent whole: the second prompt begins with the first and its reply.
+    let first = "the quick brown fox jumps over";
+    let reply = text(a, first);
+    assert_eq!(metric(a, "kiln_prompt_tokens_cached_total"), 0.0);
+    let second = format!("{first}{reply} and then");
+    let reused = text(a, &second);
+    let cached = metric(a, "kiln_prompt_tokens_cached_total");
+    // Every token of the first prompt and the reply's tokens that were stepped in, at most;
+    // the tokenizer may merge the reply's last bytes with " and" differently, so not exactly.
+    assert!(cached >= 10.0, "cached {cached}");
+    assert!(cached < metric(a, "kiln_prompt_tokens_total"));
+    // The same reply as a server that computes the whole prompt.
+    assert_eq!(reused, text(f, &second));
+    // An unrelated prompt still runs whole and right.
+    assert_eq!(text(a, "zebra"), text(f, "zebra"));
+    srv.shutdown().unwrap();
+    fresh.shutdown().unwrap();
 }
