@@ -144,6 +144,12 @@ impl TaskProblem {
 
     /// Verify `reply` (the assistant text): correctness, format and the reward.
     pub fn score(&self, reply: &str) -> Score {
+        self.score_with(reply, FORMAT_REWARD)
+    }
+
+    /// [`score`](Self::score) with `format_reward` in place of [`FORMAT_REWARD`] (0: correctness
+    /// alone).
+    pub fn score_with(&self, reply: &str, format_reward: f32) -> Score {
         let placed = answer_in_place(reply);
         let correct = match &self.expected {
             // The last integer, as the GSM8K and arithmetic evals read answers.
@@ -153,7 +159,7 @@ impl TaskProblem {
                 .is_some_and(|e| countdown_ok(e, numbers, *target)),
         };
         let formatted = placed.is_some();
-        let reward = f32::from(u8::from(correct)) + if formatted { FORMAT_REWARD } else { 0.0 };
+        let reward = f32::from(u8::from(correct)) + if formatted { format_reward } else { 0.0 };
         Score {
             correct,
             formatted,
@@ -523,6 +529,11 @@ mod tests {
                 assert_eq!((wrong.correct, wrong.formatted), (false, true));
                 assert!((wrong.reward - FORMAT_REWARD).abs() < 1e-6);
                 assert_eq!(p.score("no idea").reward, 0.0);
+                // Without the format reward only correctness pays.
+                let right = format!("The answer is {n}.");
+                assert_eq!(p.score_with(&right, 0.0).reward, 1.0);
+                let wrong = format!("The answer is {}.", n + 1);
+                assert_eq!(p.score_with(&wrong, 0.0).reward, 0.0);
             }
         }
     }

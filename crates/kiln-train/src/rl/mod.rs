@@ -42,6 +42,7 @@ pub fn task_data(
     train: usize,
     held_out: usize,
     seed: u64,
+    format_reward: f32,
     what: &str,
 ) -> Result<RlData, TrainError> {
     let tokens = kiln_chat::load::chat_tokens(&tok, what)?;
@@ -55,7 +56,8 @@ pub fn task_data(
                 let prompt = render_for_completion(&conv, tok.as_ref(), &tokens)
                     .map_err(|e| TrainError::Data(e.to_string()))?;
                 let tok = tok.clone();
-                let score: Scorer = Arc::new(move |ids: &[u32]| p.score(&tok.decode_text(ids)));
+                let score: Scorer =
+                    Arc::new(move |ids: &[u32]| p.score_with(&tok.decode_text(ids), format_reward));
                 Ok(RlItem { prompt, score })
             })
             .collect()
@@ -91,6 +93,7 @@ pub fn run_job(job: &RlJob, spec: &DeviceSpec) -> Result<RlSummary, TrainError> 
         n_train,
         job.train.eval_problems,
         job.train.seed,
+        job.train.format_reward,
         &format!("RL model {} (tokenizer {tok_name})", job.model.display()),
     )?;
     std::fs::create_dir_all(&job.out).map_err(|e| TrainError::io(&job.out, e))?;

@@ -62,6 +62,14 @@ pub struct RlConfig {
     pub time_limit_s: Option<f64>,
     /// The tokenizer the model uses, recorded so `kiln chat --model <out>` finds it.
     pub tokenizer: Option<String>,
+    /// Reward for an answer in the task's expected place, right or wrong (added to 1 for a
+    /// correct one). Runs recorded before it existed resume with the old constant.
+    #[serde(default = "default_format_reward")]
+    pub format_reward: f32,
+}
+
+fn default_format_reward() -> f32 {
+    kiln_chat::tasks::FORMAT_REWARD
 }
 
 impl Default for RlConfig {
@@ -94,6 +102,7 @@ impl Default for RlConfig {
             threads: 2,
             time_limit_s: None,
             tokenizer: None,
+            format_reward: kiln_chat::tasks::FORMAT_REWARD,
         }
     }
 }

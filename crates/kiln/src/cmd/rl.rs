@@ -65,6 +65,10 @@ pub struct RlArgs {
     pub temperature: f32,
     #[arg(long, default_value_t = 1e-5)]
     pub lr: f32,
+    /// Reward for an answer in the expected place (`The answer is X.`), right or wrong; 0 rewards
+    /// correctness alone.
+    #[arg(long, default_value_t = kiln_chat::tasks::FORMAT_REWARD)]
+    pub format_reward: f32,
     /// β of the k3 KL penalty to the starting model (0 = none, no reference kept).
     #[arg(long, default_value_t = 0.0)]
     pub kl: f32,
@@ -154,6 +158,7 @@ pub fn run(a: RlArgs, threads: usize) -> anyhow::Result<()> {
             threads,
             time_limit_s: a.minutes.map(|m| m * 60.0),
             tokenizer: None,
+            format_reward: a.format_reward,
         },
     };
     let s = run_job(&job, &spec)?;

@@ -437,6 +437,8 @@ pub fn rlhf(a: RlhfArgs, threads: usize) -> anyhow::Result<()> {
             threads,
             time_limit_s: a.minutes.map(|m| m * 60.0),
             tokenizer: None,
+            // Preference rewards come from the reward model, not a task's answer format.
+            format_reward: 0.0,
         },
         guard: GuardConfig {
             eval_every: a.guard_every,
