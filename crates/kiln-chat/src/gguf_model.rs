@@ -62,12 +62,25 @@ pub fn vocab_from(file: &GgufFile) -> Result<GgufVocab, GgufChatError> {
             .and_then(Value::as_array)
             .map(|a| a.iter().map(|v| v.as_f64().unwrap_or(1.0) as i32).collect())
             .unwrap_or_default(),
+        scores: file
+            .get("tokenizer.ggml.scores")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().map(|v| v.as_f64().unwrap_or(0.0) as f32).collect())
+            .unwrap_or_default(),
         merges: strings(file.get("tokenizer.ggml.merges")),
         bos: id("tokenizer.ggml.bos_token_id"),
         eos: id("tokenizer.ggml.eos_token_id"),
+        unk: id("tokenizer.ggml.unknown_token_id"),
         add_bos: file
             .get("tokenizer.ggml.add_bos_token")
             .and_then(Value::as_bool),
+        add_space_prefix: file
+            .get("tokenizer.ggml.add_space_prefix")
+            .and_then(Value::as_bool),
+        name: file
+            .get("general.name")
+            .and_then(Value::as_str)
+            .map(str::to_string),
     })
 }
 
