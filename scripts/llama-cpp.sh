@@ -20,7 +20,7 @@ if grep -q avx512f /proc/cpuinfo; then
   flags+=(-DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON)
 fi
 dir=${KILN_LLAMA_CPP_DIR:-$HOME/.cache/kiln/llama.cpp-$version-$isa}
-targets=(llama-completion llama-bench llama-server llama-perplexity)
+targets=(llama-completion llama-bench llama-server llama-perplexity llama-tokenize)
 have_all() {
   for t in "${targets[@]}"; do [ -x "$dir/build/bin/$t" ] || return 1; done
 }

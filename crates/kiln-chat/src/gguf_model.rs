@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use kiln_engine::gguf::{GgufFile, Value};
-use kiln_engine::llama::LlamaModel;
+use kiln_engine::llama::{Arch, LlamaModel};
 use kiln_engine::{sample_token, EngineError, Rng, SamplingParams};
 use kiln_tokenizer::{GgufTokenizer, GgufVocab, TokenizerError};
 
@@ -19,6 +19,50 @@ pub enum GgufChatError {
     Tokenizer(#[from] TokenizerError),
     #[error("chat template (tokenizer.chat_template): {0}")]
     Template(String),
+}
+
+/// Gemma's turn format, for Gemma files that carry no `tokenizer.chat_template` (the fetched
+/// Gemma-3-270M has none): `<start_of_turn>user|model`, `<end_of_turn>`, a system prompt folded
+/// into the first user turn, turn contents trimmed. kiln's own template text; BOS comes from
+/// `tokenizer.ggml.add_bos_token`.
+const GEMMA_TEMPLATE: &str = "\
+{%- if messages and messages[0].role == 'system' -%}
+{%- set prefix = messages[0].content | trim ~ '\n\n' -%}{%- set turns = messages[1:] -%}
+{%- else -%}{%- set prefix = '' -%}{%- set turns = messages -%}{%- endif -%}
+{%- for m in turns -%}
+<start_of_turn>{{ 'model' if m.role == 'assistant' else m.role }}
+{{ (prefix if loop.first else '') ~ (m.content | trim) }}<end_of_turn>
+{% endfor -%}
+{%- if add_generation_prompt %}<start_of_turn>model
+{% endif -%}";
+
+/// Render a Jinja chat template as Hugging Face does: `messages`, `add_generation_prompt`,
+/// `bos_token`, `eos_token`.
+fn render_template(
+    src: &str,
+    messages: &[(String, String)],
+    bos: &str,
+    eos: &str,
+) -> Result<String, GgufChatError> {
+    let mut env = minijinja::Environment::new();
+    // HF templates call Python string methods (`.strip()`, `.startswith()`).
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_template("chat", src)
+        .map_err(|e| GgufChatError::Template(e.to_string()))?;
+    let msgs: Vec<_> = messages
+        .iter()
+        .map(|(r, c)| minijinja::context! { role => r, content => c })
+        .collect();
+    env.get_template("chat")
+        .and_then(|t| {
+            t.render(minijinja::context! {
+                messages => msgs,
+                add_generation_prompt => true,
+                bos_token => bos,
+                eos_token => eos,
+            })
+        })
+        .map_err(|e| GgufChatError::Template(e.to_string()))
 }
 
 /// Model, tokenizer and chat template of one GGUF file.
@@ -62,12 +106,25 @@ pub fn vocab_from(file: &GgufFile) -> Result<GgufVocab, GgufChatError> {
             .and_then(Value::as_array)
             .map(|a| a.iter().map(|v| v.as_f64().unwrap_or(1.0) as i32).collect())
             .unwrap_or_default(),
+        scores: file
+            .get("tokenizer.ggml.scores")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().map(|v| v.as_f64().unwrap_or(0.0) as f32).collect())
+            .unwrap_or_default(),
         merges: strings(file.get("tokenizer.ggml.merges")),
         bos: id("tokenizer.ggml.bos_token_id"),
         eos: id("tokenizer.ggml.eos_token_id"),
+        unk: id("tokenizer.ggml.unknown_token_id"),
         add_bos: file
             .get("tokenizer.ggml.add_bos_token")
             .and_then(Value::as_bool),
+        add_space_prefix: file
+            .get("tokenizer.ggml.add_space_prefix")
+            .and_then(Value::as_bool),
+        name: file
+            .get("general.name")
+            .and_then(Value::as_str)
+            .map(str::to_string),
     })
 }
 
@@ -76,11 +133,12 @@ impl GgufChatModel {
         let file = Arc::new(GgufFile::open(path).map_err(EngineError::from)?);
         let vocab = vocab_from(&file)?;
         let tok = GgufTokenizer::new(&vocab)?;
+        let model = LlamaModel::new(file.clone())?;
         let template = file
             .get("tokenizer.chat_template")
             .and_then(Value::as_str)
-            .map(str::to_string);
-        let model = LlamaModel::new(file)?;
+            .map(str::to_string)
+            .or_else(|| (model.config.arch == Arch::Gemma3).then(|| GEMMA_TEMPLATE.to_string()));
         let mut stop: Vec<u32> = tok.eos.into_iter().collect();
         for t in ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>"] {
             if let Some(id) = tok.token_id(t) {
@@ -104,36 +162,25 @@ impl GgufChatModel {
             .template
             .as_deref()
             .ok_or_else(|| GgufChatError::Template("the file has no chat template".into()))?;
-        let mut env = minijinja::Environment::new();
-        // HF templates call Python string methods (`.strip()`, `.startswith()`).
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_template("chat", src)
-            .map_err(|e| GgufChatError::Template(e.to_string()))?;
-        let msgs: Vec<_> = messages
-            .iter()
-            .map(|(r, c)| minijinja::context! { role => r, content => c })
-            .collect();
         let tok_text = |id: Option<u32>| id.map(|i| self.tok.decode(&[i])).unwrap_or_default();
-        env.get_template("chat")
-            .and_then(|t| {
-                t.render(minijinja::context! {
-                    messages => msgs,
-                    add_generation_prompt => true,
-                    bos_token => tok_text(self.tok.bos),
-                    eos_token => tok_text(self.tok.eos),
-                })
-            })
-            .map_err(|e| GgufChatError::Template(e.to_string()))
+        render_template(
+            src,
+            messages,
+            &tok_text(self.tok.bos),
+            &tok_text(self.tok.eos),
+        )
     }
 
-    /// Prompt ids of `text`: BOS when the file asks for it, special tokens parsed only when
-    /// `parse_special` (rendered templates: yes; raw user prompts: no).
+    /// Prompt ids of `text`: BOS when the file asks for it (once: not when a rendered template
+    /// already starts with it), special tokens parsed only when `parse_special` (rendered
+    /// templates: yes; raw user prompts: no).
     pub fn encode_prompt(&self, text: &str, parse_special: bool) -> Vec<u32> {
+        let body = self.tok.encode(text, parse_special);
         let mut ids: Vec<u32> = match (self.tok.add_bos, self.tok.bos) {
-            (true, Some(b)) => vec![b],
+            (true, Some(b)) if body.first() != Some(&b) => vec![b],
             _ => vec![],
         };
-        ids.extend(self.tok.encode(text, parse_special));
+        ids.extend(body);
         ids
     }
 
@@ -175,5 +222,39 @@ impl GgufChatModel {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gemma_turn_format() {
+        let m = |r: &str, c: &str| (r.to_string(), c.to_string());
+        let text = render_template(
+            GEMMA_TEMPLATE,
+            &[
+                m("system", "Be brief."),
+                m("user", " Hi"),
+                m("assistant", "Hello!"),
+                m("user", "2+2?"),
+            ],
+            "<bos>",
+            "<eos>",
+        )
+        .unwrap();
+        assert_eq!(
+            text,
+            "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n\
+             <start_of_turn>model\nHello!<end_of_turn>\n\
+             <start_of_turn>user\n2+2?<end_of_turn>\n\
+             <start_of_turn>model\n"
+        );
+        let text = render_template(GEMMA_TEMPLATE, &[m("user", "Hi")], "", "").unwrap();
+        assert_eq!(
+            text,
+            "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
+        );
     }
 }

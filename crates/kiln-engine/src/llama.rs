@@ -1,7 +1,15 @@
-//! Inference for GGUF models of the `llama` architecture (SmolLM2, Llama 2/3, TinyLlama): RMSNorm,
-//! RoPE with the file's base and rotary dims (llama.cpp's "normal" layout: adjacent pairs, since
-//! the converter permuted Q/K into it), grouped-query attention, SwiGLU, tied or untied output;
-//! against a KV cache per sequence, on the cpu.
+//! Inference for GGUF decoder-only transformers of the Llama family, on the cpu, against a KV
+//! cache per sequence. Two architectures from `general.architecture`, one forward pass:
+//! - `llama` (SmolLM2, Llama 2/3, TinyLlama): RMSNorm, RoPE with the file's base and rotary dims
+//!   (llama.cpp's "normal" layout: adjacent pairs, since the converter permuted Q/K into it),
+//!   grouped-query attention, SwiGLU, tied or untied output;
+//! - `gemma3`: the embedding scaled by √d, RMSNorm before *and* after attention and the MLP (the
+//!   file's norm weights already hold Gemma's `1 + w`: llama.cpp multiplies by them as stored),
+//!   per-head RMSNorm of Q and K (QK-norm), RoPE in the NeoX layout (halves, not pairs), GeGLU
+//!   (GELU, tanh form), head size from `attention.key_length`, attention scale 1/√head size,
+//!   sliding-window (local) layers and global layers (pattern and window from metadata, else
+//!   llama.cpp's defaults: every 6th layer global), a RoPE base per kind of layer, tied output and
+//!   optional final logit soft-capping.
 //!
 //! One forward pass serves everything ([`LlamaModel::forward_batch`]): a batch of tokens, each
 //! extending one session at its next position — a whole prompt (prefill in one pass), one token
@@ -18,12 +26,22 @@ use crate::batch::BatchDecoder;
 use crate::cpu::quant::{qmatmul, qmatmul_many, QActs, QIsa, QJob};
 use crate::cpu::vmath;
 use crate::gguf::quant::dequantize_into;
-use crate::gguf::{GgufError, GgufFile, TensorInfo};
+use crate::gguf::{GgufError, GgufFile, TensorInfo, Value};
 use crate::EngineError;
 
-/// Hyperparameters from `llama.*` metadata.
+/// The architectures [`LlamaModel`] runs (`general.architecture`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    Llama,
+    Gemma3,
+}
+
+const SUPPORTED_ARCHS: &str = "llama, gemma3";
+
+/// Hyperparameters from `<arch>.*` metadata.
 #[derive(Debug, Clone)]
 pub struct LlamaConfig {
+    pub arch: Arch,
     pub n_layer: usize,
     pub d_model: usize,
     pub n_head: usize,
@@ -32,9 +50,22 @@ pub struct LlamaConfig {
     pub d_ff: usize,
     pub vocab: usize,
     pub context: usize,
-    pub rope_base: f32,
     pub rope_dims: usize,
     pub eps: f32,
+    /// Multiplies the scores q·k (before softmax).
+    pub attn_scale: f32,
+    /// Local (sliding-window) layers see the last `sliding_window` positions, themselves
+    /// included; global layers see all. `None`: every layer is global.
+    pub sliding_window: Option<usize>,
+    /// Per layer: local (true) or global.
+    pub local: Vec<bool>,
+    /// RoPE of global layers: base and position scale (1/linear scaling factor).
+    pub rope_base: f32,
+    pub rope_scale: f32,
+    /// RoPE of local layers.
+    pub rope_base_local: f32,
+    /// Logits become `cap·tanh(logit/cap)`.
+    pub final_logit_softcap: Option<f32>,
 }
 
 struct Layer {
@@ -43,13 +74,19 @@ struct Layer {
     k: TensorInfo,
     v: TensorInfo,
     o: TensorInfo,
+    /// QK-norm weights (`head_dim` each), Gemma 3.
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
+    /// Norms of the attention and MLP outputs before the residual add, Gemma 3.
+    post_attn_norm: Option<Vec<f32>>,
     ffn_norm: Vec<f32>,
     gate: TensorInfo,
     up: TensorInfo,
     down: TensorInfo,
+    post_ffn_norm: Option<Vec<f32>>,
 }
 
-/// A loaded `llama` model: the mapped file and its tensors by role.
+/// A loaded model: the mapped file and its tensors by role.
 pub struct LlamaModel {
     file: Arc<GgufFile>,
     pub config: LlamaConfig,
@@ -67,51 +104,146 @@ fn bad(field: impl Into<String>, msg: impl Into<String>) -> EngineError {
 }
 
 impl LlamaModel {
-    /// Build from an open GGUF whose `general.architecture` is `llama`.
+    /// Build from an open GGUF whose `general.architecture` is one of [`Arch`]'s.
     pub fn new(file: Arc<GgufFile>) -> Result<LlamaModel, EngineError> {
-        let arch = file.str("general.architecture")?;
-        if arch != "llama" {
-            return Err(bad(
-                "general.architecture",
-                format!("`{arch}` is not supported yet (supported: llama)"),
-            ));
-        }
+        let arch_name = file.str("general.architecture")?.to_string();
+        let arch = match arch_name.as_str() {
+            "llama" => Arch::Llama,
+            "gemma3" => Arch::Gemma3,
+            other => {
+                return Err(bad(
+                    "general.architecture",
+                    format!("`{other}` is not supported (supported: {SUPPORTED_ARCHS})"),
+                ))
+            }
+        };
+        let key = |k: &str| format!("{arch_name}.{k}");
         let u = |k: &str| -> Result<usize, EngineError> {
-            let v = file.u64(&format!("llama.{k}"))?;
+            let v = file.u64(&key(k))?;
             usize::try_from(v)
                 .ok()
                 .filter(|&v| v > 0 && v < 1 << 24)
-                .ok_or_else(|| bad(format!("llama.{k}"), format!("{v} is out of range")))
+                .ok_or_else(|| bad(key(k), format!("{v} is out of range")))
+        };
+        let u_opt = |k: &str| file.get(&key(k)).map(|_| u(k)).transpose();
+        let f_opt = |k: &str| -> Result<Option<f32>, EngineError> {
+            match file.get(&key(k)) {
+                None => Ok(None),
+                Some(v) => v
+                    .as_f64()
+                    .filter(|v| v.is_finite())
+                    .map(|v| Some(v as f32))
+                    .ok_or_else(|| bad(key(k), "not a finite number")),
+            }
         };
         let d_model = u("embedding_length")?;
         let n_head = u("attention.head_count")?;
-        let n_kv_head = file
-            .get("llama.attention.head_count_kv")
-            .map(|_| u("attention.head_count_kv"))
-            .transpose()?
-            .unwrap_or(n_head);
-        if d_model % n_head != 0 || n_head % n_kv_head != 0 {
+        let n_kv_head = u_opt("attention.head_count_kv")?.unwrap_or(n_head);
+        if n_head % n_kv_head != 0 {
             return Err(bad(
-                "llama.attention.head_count",
-                format!("{n_head} heads / {n_kv_head} kv heads do not divide d_model {d_model}"),
+                key("attention.head_count_kv"),
+                format!("{n_kv_head} kv heads do not divide {n_head} heads"),
             ));
         }
-        let head_dim = d_model / n_head;
-        let rope_dims = file
-            .get("llama.rope.dimension_count")
-            .map(|_| u("rope.dimension_count"))
-            .transpose()?
-            .unwrap_or(head_dim);
+        // Gemma's heads are not d_model / n_head wide: the file says (key_length).
+        let head_dim = match u_opt("attention.key_length")? {
+            Some(h) => h,
+            None if d_model % n_head == 0 => d_model / n_head,
+            None => {
+                return Err(bad(
+                    key("attention.head_count"),
+                    format!("{n_head} heads do not divide d_model {d_model}"),
+                ))
+            }
+        };
+        if let Some(vl) = u_opt("attention.value_length")? {
+            if vl != head_dim {
+                return Err(bad(
+                    key("attention.value_length"),
+                    format!("{vl} differs from the key length {head_dim} (not supported)"),
+                ));
+            }
+        }
+        let rope_dims = u_opt("rope.dimension_count")?.unwrap_or(head_dim);
         if rope_dims > head_dim || rope_dims % 2 != 0 {
             return Err(bad(
-                "llama.rope.dimension_count",
+                key("rope.dimension_count"),
                 format!("{rope_dims} must be even and at most the head size {head_dim}"),
             ));
         }
+        let n_layer = u("block_count")?;
+        let rope_base = f_opt("rope.freq_base")?.unwrap_or(10000.0);
+        // Linear RoPE scaling applies to the global layers (llama.cpp: freq_scale = 1/factor).
+        let rope_scale = match file.get(&key("rope.scaling.type")).and_then(Value::as_str) {
+            None | Some("none") => 1.0,
+            Some("linear") => match f_opt("rope.scaling.factor")? {
+                Some(f) if f > 0.0 => 1.0 / f,
+                _ => 1.0,
+            },
+            Some(other) => {
+                return Err(bad(
+                    key("rope.scaling.type"),
+                    format!("`{other}` is not supported (supported: none, linear)"),
+                ))
+            }
+        };
+        let (sliding_window, local, rope_base_local, attn_scale, final_logit_softcap) = match arch {
+            Arch::Llama => (
+                None,
+                vec![false; n_layer],
+                rope_base,
+                1.0 / (head_dim as f32).sqrt(),
+                None,
+            ),
+            Arch::Gemma3 => {
+                let window = u_opt("attention.sliding_window")?;
+                // The pattern: an array of per-layer flags, or a period whose last layer is
+                // global (llama.cpp's default period for gemma3: 6).
+                let local = match file.get(&key("attention.sliding_window_pattern")) {
+                    Some(Value::Array(a)) => {
+                        let flags: Option<Vec<bool>> = a.iter().map(Value::as_bool).collect();
+                        match flags {
+                            Some(f) if f.len() == n_layer => f,
+                            _ => {
+                                return Err(bad(
+                                    key("attention.sliding_window_pattern"),
+                                    format!("expected {n_layer} booleans"),
+                                ))
+                            }
+                        }
+                    }
+                    Some(_) => {
+                        let p = u("attention.sliding_window_pattern")?;
+                        (0..n_layer).map(|l| l % p < p - 1).collect()
+                    }
+                    None => (0..n_layer).map(|l| l % 6 < 5).collect(),
+                };
+                let local = if window.is_some() {
+                    local
+                } else {
+                    vec![false; n_layer]
+                };
+                // Gemma 3 27B scales by d_model / heads instead of the head size (gemma_pytorch's
+                // query_pre_attn_scalar, as llama.cpp infers it from the layer count).
+                let scale_dim = if n_layer == 62 {
+                    d_model / n_head
+                } else {
+                    head_dim
+                };
+                (
+                    window,
+                    local,
+                    f_opt("rope.freq_base_swa")?.unwrap_or(10000.0),
+                    1.0 / (scale_dim as f32).sqrt(),
+                    f_opt("final_logit_softcapping")?.filter(|&c| c > 0.0),
+                )
+            }
+        };
         let embd = tensor(&file, "token_embd.weight", &[d_model])?;
         let vocab = embd.dims[1] as usize;
         let config = LlamaConfig {
-            n_layer: u("block_count")?,
+            arch,
+            n_layer,
             d_model,
             n_head,
             n_kv_head,
@@ -119,40 +251,49 @@ impl LlamaModel {
             d_ff: u("feed_forward_length")?,
             vocab,
             context: u("context_length")?,
-            rope_base: file
-                .get("llama.rope.freq_base")
-                .and_then(|v| v.as_f64())
-                .unwrap_or(10000.0) as f32,
             rope_dims,
-            eps: file.f64("llama.attention.layer_norm_rms_epsilon")? as f32,
+            eps: file.f64(&key("attention.layer_norm_rms_epsilon"))? as f32,
+            attn_scale,
+            sliding_window,
+            local,
+            rope_base,
+            rope_scale,
+            rope_base_local,
+            final_logit_softcap,
         };
         let c = &config;
+        let qd = n_head * head_dim;
         let kv = n_kv_head * head_dim;
+        let gemma = arch == Arch::Gemma3;
         let mut layers = Vec::with_capacity(c.n_layer);
         for l in 0..c.n_layer {
             let t = |n: &str, dims: &[usize]| tensor(&file, &format!("blk.{l}.{n}.weight"), dims);
+            let norm = |n: &str, len: usize| vector(&file, &format!("blk.{l}.{n}.weight"), len);
+            let gemma_norm = |n: &str, len: usize| gemma.then(|| norm(n, len)).transpose();
             layers.push(Layer {
-                attn_norm: vector(&file, &format!("blk.{l}.attn_norm.weight"), d_model)?,
-                q: t("attn_q", &[d_model, d_model])?,
+                attn_norm: norm("attn_norm", d_model)?,
+                q: t("attn_q", &[d_model, qd])?,
                 k: t("attn_k", &[d_model, kv])?,
                 v: t("attn_v", &[d_model, kv])?,
-                o: t("attn_output", &[d_model, d_model])?,
-                ffn_norm: vector(&file, &format!("blk.{l}.ffn_norm.weight"), d_model)?,
+                o: t("attn_output", &[qd, d_model])?,
+                q_norm: gemma_norm("attn_q_norm", head_dim)?,
+                k_norm: gemma_norm("attn_k_norm", head_dim)?,
+                post_attn_norm: gemma_norm("post_attention_norm", d_model)?,
+                ffn_norm: norm("ffn_norm", d_model)?,
                 gate: t("ffn_gate", &[d_model, c.d_ff])?,
                 up: t("ffn_up", &[d_model, c.d_ff])?,
                 down: t("ffn_down", &[c.d_ff, d_model])?,
+                post_ffn_norm: gemma_norm("post_ffw_norm", d_model)?,
             });
         }
         // The integer kernels take activations in blocks of 32 and whole weight blocks per row.
         for (name, cols) in [
             ("embedding_length", d_model),
             ("feed_forward_length", c.d_ff),
+            ("attention.head_count × key_length", qd),
         ] {
             if !cols.is_multiple_of(32) {
-                return Err(bad(
-                    format!("llama.{name}"),
-                    format!("{cols} is not a multiple of 32"),
-                ));
+                return Err(bad(key(name), format!("{cols} is not a multiple of 32")));
             }
         }
         for (l, w) in layers.iter().enumerate() {
@@ -160,7 +301,7 @@ impl LlamaModel {
                 (&w.q, d_model),
                 (&w.k, d_model),
                 (&w.v, d_model),
-                (&w.o, d_model),
+                (&w.o, qd),
                 (&w.gate, d_model),
                 (&w.up, d_model),
                 (&w.down, c.d_ff),
@@ -274,7 +415,9 @@ impl LlamaModel {
             pos.push(p);
             next[sq] = p + 1;
         }
-        let (d, hd, kvd, ff) = (c.d_model, c.head_dim, c.n_kv_head * c.head_dim, c.d_ff);
+        let (d, hd, ff) = (c.d_model, c.head_dim, c.d_ff);
+        let (qd, kvd) = (c.n_head * hd, c.n_kv_head * hd);
+        let gemma = c.arch == Arch::Gemma3;
         let isa = QIsa::current();
         let mut x = vec![0f32; n * d];
         let rb = self.embd.ty.row_bytes(d);
@@ -283,11 +426,15 @@ impl LlamaModel {
             dequantize_into(self.embd.ty, &bytes[t as usize * rb..], x)
                 .map_err(EngineError::Backend)?;
         }
+        if gemma {
+            let s = (d as f32).sqrt();
+            x.iter_mut().for_each(|v| *v *= s);
+        }
         let mut h = vec![0f32; n * d];
-        let mut q = vec![0f32; n * d];
+        let mut q = vec![0f32; n * qd];
         let mut k = vec![0f32; n * kvd];
         let mut v = vec![0f32; n * kvd];
-        let mut att = vec![0f32; n * d];
+        let mut att = vec![0f32; n * qd];
         let mut proj = vec![0f32; n * d];
         let mut g = vec![0f32; n * ff];
         let mut up = vec![0f32; n * ff];
@@ -317,35 +464,57 @@ impl LlamaModel {
             qmatmul_many(isa, &mut jobs, acts)
         };
         let group = c.n_head / c.n_kv_head;
-        let scale = 1.0 / (hd as f32).sqrt();
         // RoPE's (cos, sin) per token, once for all heads and layers (per element they were
-        // ~2.5% of decode time).
+        // ~2.5% of decode time): one table for global layers, one for local ones if their
+        // base differs.
         let half = c.rope_dims / 2;
-        let rope_cs: Vec<(f32, f32)> = pos
-            .iter()
-            .flat_map(|&p| {
-                (0..half).map(move |i| {
-                    let theta = p as f32 * c.rope_base.powf(-2.0 * i as f32 / c.rope_dims as f32);
-                    let (sin, cos) = theta.sin_cos();
-                    (cos, sin)
+        let rope_table = |base: f32, scale: f32| -> Vec<(f32, f32)> {
+            pos.iter()
+                .flat_map(|&p| {
+                    (0..half).map(move |i| {
+                        let theta =
+                            p as f32 * scale * base.powf(-2.0 * i as f32 / c.rope_dims as f32);
+                        let (sin, cos) = theta.sin_cos();
+                        (cos, sin)
+                    })
                 })
-            })
-            .collect();
+                .collect()
+        };
+        let rope_global = rope_table(c.rope_base, c.rope_scale);
+        let rope_local = if c.local.iter().any(|&l| l) {
+            rope_table(c.rope_base_local, 1.0)
+        } else {
+            Vec::new()
+        };
         for (l, w) in self.layers.iter().enumerate() {
+            let local = c.local[l];
+            let rope_cs = if local { &rope_local } else { &rope_global };
             rmsnorm_rows(&x, &w.attn_norm, c.eps, &mut h);
             acts.quantize(&h, n, d);
             mm_many(&[&w.q, &w.k, &w.v], &acts, vec![&mut q, &mut k, &mut v]);
             for i in 0..n {
+                let qi = &mut q[i * qd..(i + 1) * qd];
+                let ki = &mut k[i * kvd..(i + 1) * kvd];
+                if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
+                    rmsnorm_rows_in_place(qi, qn, c.eps);
+                    rmsnorm_rows_in_place(ki, kn, c.eps);
+                }
                 let cs = &rope_cs[i * half..(i + 1) * half];
-                rope(&mut q[i * d..(i + 1) * d], hd, cs);
-                rope(&mut k[i * kvd..(i + 1) * kvd], hd, cs);
+                if gemma {
+                    rope_neox(qi, hd, cs);
+                    rope_neox(ki, hd, cs);
+                } else {
+                    rope(qi, hd, cs);
+                    rope(ki, hd, cs);
+                }
                 let s = &mut sessions[seq[i]];
                 let at = (l * s.max_len + pos[i]) * kvd;
                 s.k[at..at + kvd].copy_from_slice(&k[i * kvd..(i + 1) * kvd]);
                 s.v[at..at + kvd].copy_from_slice(&v[i * kvd..(i + 1) * kvd]);
             }
             // Causal attention: token i sees its session's positions 0..=pos[i] (its own
-            // earlier tokens in this batch were written to the cache above).
+            // earlier tokens in this batch were written to the cache above), a local layer
+            // only the last `sliding_window` of them.
             let caches: Vec<(&[f32], &[f32])> = sessions
                 .iter()
                 .map(|s| {
@@ -353,31 +522,43 @@ impl LlamaModel {
                     (&s.k[r.clone()], &s.v[r])
                 })
                 .collect();
-            att.par_chunks_mut(d).enumerate().for_each(|(i, out)| {
+            let window = c.sliding_window.filter(|_| local);
+            att.par_chunks_mut(qd).enumerate().for_each(|(i, out)| {
                 let (lk, lv) = caches[seq[i]];
-                let mut scores = vec![0f32; pos[i] + 1];
+                let first = window.map_or(0, |w| (pos[i] + 1).saturating_sub(w));
+                let mut scores = vec![0f32; pos[i] + 1 - first];
                 for head in 0..c.n_head {
-                    let kh = (head / group) * hd;
+                    let kh = first * kvd + (head / group) * hd;
                     attend(
-                        &q[i * d + head * hd..i * d + (head + 1) * hd],
+                        &q[i * qd + head * hd..i * qd + (head + 1) * hd],
                         &lk[kh..],
                         &lv[kh..],
                         kvd,
-                        scale,
+                        c.attn_scale,
                         &mut scores,
                         &mut out[head * hd..(head + 1) * hd],
                     );
                 }
             });
-            acts.quantize(&att, n, d);
+            acts.quantize(&att, n, qd);
             mm(&w.o, &acts, &mut proj);
+            if let Some(pn) = &w.post_attn_norm {
+                rmsnorm_rows_in_place(&mut proj, pn, c.eps);
+            }
             x.iter_mut().zip(&proj).for_each(|(x, p)| *x += p);
             rmsnorm_rows(&x, &w.ffn_norm, c.eps, &mut h);
             acts.quantize(&h, n, d);
             mm_many(&[&w.gate, &w.up], &acts, vec![&mut g, &mut up]);
-            swiglu(&mut g, &up);
+            if gemma {
+                geglu(&mut g, &up);
+            } else {
+                swiglu(&mut g, &up);
+            }
             acts.quantize(&g, n, ff);
             mm(&w.down, &acts, &mut proj);
+            if let Some(pn) = &w.post_ffn_norm {
+                rmsnorm_rows_in_place(&mut proj, pn, c.eps);
+            }
             x.iter_mut().zip(&proj).for_each(|(x, p)| *x += p);
         }
         for (sq, s) in sessions.iter_mut().enumerate() {
@@ -392,6 +573,9 @@ impl LlamaModel {
         acts.quantize(&hx, m, d);
         let mut logits = vec![0f32; m * c.vocab];
         mm(&self.output, &acts, &mut logits);
+        if let Some(cap) = c.final_logit_softcap {
+            logits.iter_mut().for_each(|l| *l = cap * (*l / cap).tanh());
+        }
         Ok(logits)
     }
 }
@@ -597,6 +781,29 @@ fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
         .for_each(|(o, (x, w))| *o = x * s * w);
 }
 
+/// RMSNorm of each `w.len()`-wide row of `x`, in place (Gemma's QK-norm per head, post-norms).
+fn rmsnorm_rows_in_place(x: &mut [f32], w: &[f32], eps: f32) {
+    let d = w.len();
+    for row in x.chunks_exact_mut(d) {
+        let ms = row.iter().map(|v| v * v).sum::<f32>() / d as f32;
+        let s = 1.0 / (ms + eps).sqrt();
+        row.iter_mut().zip(w).for_each(|(x, w)| *x = *x * s * w);
+    }
+}
+
+/// Rotate the pairs (i, i + dims/2) of every head's first `2·cs.len()` values (the NeoX layout
+/// llama.cpp uses for Gemma, Qwen and most architectures converted without Llama's permute).
+fn rope_neox(x: &mut [f32], head_dim: usize, cs: &[(f32, f32)]) {
+    let half = cs.len();
+    for head in x.chunks_exact_mut(head_dim) {
+        for (i, &(cos, sin)) in cs.iter().enumerate() {
+            let (a, b) = (head[i], head[i + half]);
+            head[i] = a * cos - b * sin;
+            head[i + half] = a * sin + b * cos;
+        }
+    }
+}
+
 /// Rotate adjacent pairs of every head's first `2·cs.len()` values by the angles whose
 /// (cos, sin) are `cs` (`pos · base^(−2i/dims)`).
 fn rope(x: &mut [f32], head_dim: usize, cs: &[(f32, f32)]) {
@@ -614,6 +821,21 @@ vmath::simd_fn! {
     fn swiglu(g: &mut [f32], up: &[f32]) {
         for (g, u) in g.iter_mut().zip(up) {
             *g = *g / (1.0 + vmath::exp(-*g)) * u;
+        }
+    }
+}
+
+vmath::simd_fn! {
+    /// `g = gelu(g) · up` with GELU's tanh form (`tanh u = 1 − 2/(e^{2u} + 1)` over
+    /// `vmath::exp`). llama.cpp looks GELU up in a table by the input rounded to f16; this is
+    /// the formula itself, at most ~1e-3 apart.
+    fn geglu(g: &mut [f32], up: &[f32]) {
+        const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+        for (g, u) in g.iter_mut().zip(up) {
+            let x = *g;
+            let t = SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x);
+            let tanh = 1.0 - 2.0 / (vmath::exp(2.0 * t) + 1.0);
+            *g = 0.5 * x * (1.0 + tanh) * u;
         }
     }
 }

@@ -483,7 +483,7 @@ fn quant_rows(
     }
 }
 
-/// Up to this many activation rows, Q4_0/Q4_1/Q8_0 rows take the fused kernels.
+/// Up to this many activation rows, Q4_0/Q4_1/Q5_0/Q8_0 rows take the fused kernels.
 const FUSED_MAX_ROWS: usize = 2;
 /// Weight rows per fused call. Decode tokens per CPU-second on SmolLM2 (1 thread, loaded
 /// machine, 2026-12-03): 1 row 46, 2 rows 50–53, 4 rows 40–47 (register pressure).
@@ -499,10 +499,13 @@ static HAS_F16C: LazyLock<bool> = LazyLock::new(|| {
 });
 
 fn fused_type(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
+    matches!(
+        ty,
+        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q8_0
+    )
 }
 
-/// `R` Q4_0/Q4_1/Q8_0 rows · one activation row, decoding the blocks in registers.
+/// `R` Q4_0/Q4_1/Q5_0/Q8_0 rows · one activation row, decoding the blocks in registers.
 fn dot_fused<const R: usize>(isa: QIsa, ty: GgmlType, rows: [&[u8]; R], x: ActRow) -> [f32; R] {
     assert!(fused_type(ty) && rows.iter().all(|r| r.len() >= ty.row_bytes(x.q.len())));
     assert!(x.d16.len() == x.q.len() / 16 && x.s16.len() == x.q.len() / 16);
@@ -707,10 +710,12 @@ mod x86 {
         _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits)))
     }
 
-    /// `R` rows of Q4_0, Q4_1 or Q8_0 blocks · 8-bit activations, one block (32 values) per
-    /// step: nibbles split in registers (low nibbles are values 0–15, high 16–31, as the
-    /// activations are laid out), one integer dot, one FMA with the product of the two scales;
-    /// the offset term (`-8d`, `m`) per block against the activations' block sum. Several rows
+    /// `R` rows of Q4_0, Q4_1, Q5_0 or Q8_0 blocks · 8-bit activations, one block (32 values)
+    /// per step: nibbles split in registers (low nibbles are values 0–15, high 16–31, as the
+    /// activations are laid out; Q5_0's fifth bits spread from its 32-bit mask to 0x10 in each
+    /// byte), one integer dot, one FMA with the product of the two scales; the offset term
+    /// (`-8d`, `-16d`, `m`) per block against the activations' block sum. Q5_0 was the unpacked
+    /// path's: 41% of Gemma-3-270M's decode time in `unpack_row` (perf, 1 thread). Several rows
     /// share the activation loads and give the FMA chains independent work (see `FUSED_TILE`).
     #[inline(always)]
     unsafe fn fused<const VNNI: bool, const R: usize>(
@@ -722,8 +727,18 @@ mod x86 {
         let (bb, at) = match ty {
             GgmlType::Q4_0 => (18, 2),
             GgmlType::Q4_1 => (20, 4),
+            GgmlType::Q5_0 => (22, 6),
             _ => (34, 2),
         };
+        // Q5_0's mask bit j → byte j (llama.cpp's bytes_from_bits_32): broadcast, pick the
+        // mask byte holding bit j into byte j, set every other bit, compare with all-ones.
+        let bit_shuffle = _mm256_set_epi64x(
+            0x0303_0303_0303_0303,
+            0x0202_0202_0202_0202,
+            0x0101_0101_0101_0101,
+            0,
+        );
+        let bit_others = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe);
         let m4 = _mm256_set1_epi8(0x0F);
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); R];
@@ -765,12 +780,21 @@ mod x86 {
                     }
                 } else {
                     let v = _mm_loadu_si128(p.add(at) as *const __m128i);
-                    let u = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), m4);
+                    let mut u = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), m4);
+                    if ty == GgmlType::Q5_0 {
+                        let qh = (p.add(2) as *const i32).read_unaligned();
+                        let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(qh), bit_shuffle);
+                        let set = _mm256_cmpeq_epi8(
+                            _mm256_or_si256(bytes, bit_others),
+                            _mm256_set1_epi64x(-1),
+                        );
+                        u = _mm256_or_si256(u, _mm256_and_si256(set, _mm256_set1_epi8(0x10)));
+                    }
                     off[r] += sum
-                        * if ty == GgmlType::Q4_0 {
-                            -8.0 * d
-                        } else {
-                            f16_at(p.add(2))
+                        * match ty {
+                            GgmlType::Q4_0 => -8.0 * d,
+                            GgmlType::Q5_0 => -16.0 * d,
+                            _ => f16_at(p.add(2)),
                         };
                     if VNNI {
                         _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, q)
@@ -1035,7 +1059,12 @@ mod tests {
         let xf = random_acts(1, cols, &mut rng);
         let mut x = QActs::new();
         x.quantize(&xf, 1, cols);
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q8_0,
+        ] {
             let w = random_row(ty, cols, &mut rng);
             let mut want = [0f32];
             // Two activation rows would also fuse; the scalar version always unpacks.

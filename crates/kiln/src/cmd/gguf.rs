@@ -35,8 +35,9 @@ fn load(path: &Path) -> anyhow::Result<GgufChatModel> {
     let t0 = std::time::Instant::now();
     let m = GgufChatModel::load(path).with_context(|| format!("loading {}", path.display()))?;
     tracing::info!(
-        "{}: llama, {} layers, d {}, vocab {}, loaded in {:.2}s",
+        "{}: {:?}, {} layers, d {}, vocab {}, loaded in {:.2}s",
         path.display(),
+        m.model.config.arch,
         m.model.config.n_layer,
         m.model.config.d_model,
         m.model.config.vocab,
