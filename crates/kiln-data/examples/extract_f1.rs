@@ -16,7 +16,7 @@
 //! out). Rules are tuned on `dev` only; `held-out` is reported separately.
 //!
 //! `cargo run --release -p kiln-data --example extract_f1 -- [--sets a,b] [--limit N]
-//!  [--list] [--peer NAME=DIR]... [--worst K]`
+//!  [--list] [--peer NAME=DIR]... [--worst K] [--quick]` (`--quick`: dev pages only, untimed)
 
 use kiln_data::{decode_entities, extract, token_f1, ExtractConfig};
 use std::collections::HashMap;
@@ -243,6 +243,8 @@ fn main() {
         })
         .collect();
     let list = args.iter().any(|a| a == "--list");
+    // Tuning loop: dev pages only, each extracted once.
+    let quick = args.iter().any(|a| a == "--quick");
     let config = ExtractConfig::default();
     for (set, mut pages) in sets(&wanted) {
         pages.truncate(limit);
@@ -262,6 +264,9 @@ fn main() {
         let mut scored: Vec<(f64, f64, f64, String)> = Vec::new();
         for page in &pages {
             let split = split_of(set, &page.rel);
+            if quick && split != "dev" {
+                continue;
+            }
             let row = sums
                 .entry(split)
                 .or_insert_with(|| vec![Sums::default(); 1 + peers.len()]);
@@ -273,7 +278,7 @@ fn main() {
                 let text = kiln_data::decode_charset(&bytes, None).text;
                 let ours = extract(&text, &config).unwrap_or_default();
                 reps += 1;
-                if thread_cpu_seconds() - t0 >= 0.02 || reps >= 200 {
+                if quick || thread_cpu_seconds() - t0 >= 0.02 || reps >= 200 {
                     break ours;
                 }
             };
