@@ -43,9 +43,9 @@ print(f"kiln/datatrove per core: same stages {(docs / ks[0]) / (dt['docs'] / dt[
       f"full pipeline {(docs / kf[0]) / (dt['docs'] / dt['cpu_s']):.1f}x; datatrove language ID: {dt['language']}")
 PY
 "$CARGO_TARGET_DIR/release/examples/bench_compare" --kiln "$OUT/kiln-same" --datatrove "$OUT/datatrove"
-# Extraction F1 against the doc packages' own source text, kiln vs trafilatura, same pages
-# (the first LIMIT pages with a source file per corpus).
+# Extraction F1 against each page set's gold text, kiln vs trafilatura, same pages (the first
+# LIMIT pages per set); scripts/bench-data-extract.sh adds the Rust extractors.
 LIMIT=${LIMIT:-300}
 EX=$CARGO_TARGET_DIR/release/examples/extract_f1
 "$EX" --limit "$LIMIT" --list | flock /tmp/kiln-bench.lock python3 scripts/bench-data-extract.py "$OUT/trafilatura"
-"$EX" --limit "$LIMIT" --peer "$OUT/trafilatura"
+"$EX" --limit "$LIMIT" --peer "trafilatura=$OUT/trafilatura"

@@ -1,13 +1,17 @@
-//! HTML → main text: a single-pass tag scanner (no DOM) that drops scripts, styles, navigation,
-//! headers/footers, forms and boilerplate-named blocks, restricts itself to `<main>`/`<article>`/
-//! `role=main` when the page marks its main content, and writes one line per block.
+//! HTML → main text: a single-pass tag scanner (no DOM) that writes every visible text, one line
+//! per block, and records the output range of each element that marks main content
+//! (`<main>`, `<article>`, `role=main`, `itemprop=articleBody`), boilerplate (nav/header/footer/
+//! aside/form tags, navigation roles, class/id tokens such as `menu`, `share`, `cookie`,
+//! `comment`, `related`) or is mostly link text. Once the page is scanned, the kept text is the
+//! main region (the whole page when none is marked) less its boilerplate and link-list blocks;
+//! on a page that marks no main region, a boilerplate-named block holding half of the text in
+//! running prose is kept (it is the content under an unlucky class name).
 //!
-//! Why not a crate: the maintained Rust readability ports (`dom_smoothie`, `readability`) build a
-//! full html5ever DOM per page, which costs most of the per-document budget this pipeline aims
-//! for (≥10× datatrove+trafilatura per core), and they score whole subtrees where documentation
-//! and news pages mostly say what is navigation through tags, roles and class names. The
-//! precision/recall/F1 of this extractor against the doc packages' source texts is measured by
-//! `cargo run --release -p kiln-data --example extract_f1` (figures in the README).
+//! Why not a crate: measured by `scripts/bench-data-extract.sh` (docs/benchmarks.md), the
+//! maintained Rust extractors build an html5ever DOM per page and run 5–40× slower than this
+//! scanner; `dom_smoothie` (Readability) is the closest in speed but below this extractor on the
+//! doc sets, and `trafilatura`/`rs-trafilatura` are slower than the ≥10×-trafilatura budget
+//! allows on some sets.
 //!
 //! Bad input: nesting deeper than [`ExtractConfig::max_depth`] is reported as
 //! [`ExtractError::TooDeep`] (the document is skipped, not the run).
@@ -55,6 +59,12 @@ const HARD_SKIP_TAGS: &[&str] = &[
 
 /// Elements that are boilerplate unless the page's main content sits inside them.
 const SOFT_SKIP_TAGS: &[&str] = &["nav", "footer", "aside", "form", "header", "menu", "dialog"];
+
+/// A block whose link text is more than this share of its text is navigation.
+const LINK_DENSITY_MAX: f64 = 0.7;
+
+/// A boilerplate-marked block holding at least this share of the main region's text is kept.
+const CONTENT_SHARE: f64 = 0.5;
 
 /// Elements with raw-text content (their end tag is searched for literally).
 const RAW_TAGS: &[&str] = &["script", "style", "textarea", "title", "xmp", "plaintext"];
@@ -148,6 +158,9 @@ const BOILERPLATE: &[&str] = &[
     "copyright",
     "disqus",
     "widget",
+    "gallery",
+    "slideshow",
+    "carousel",
 ];
 
 fn is_boilerplate_attr(value: &[u8]) -> bool {
@@ -176,6 +189,7 @@ struct Attrs<'a> {
     role: Option<&'a [u8]>,
     class: Option<&'a [u8]>,
     id: Option<&'a [u8]>,
+    itemprop: Option<&'a [u8]>,
 }
 
 fn attrs(attrs: &[u8]) -> Attrs<'_> {
@@ -224,6 +238,8 @@ fn attrs(attrs: &[u8]) -> Attrs<'_> {
             out.id = Some(value);
         } else if name.eq_ignore_ascii_case(b"role") {
             out.role = Some(value);
+        } else if name.eq_ignore_ascii_case(b"itemprop") {
+            out.itemprop = Some(value);
         } else if name.eq_ignore_ascii_case(b"style") {
             out.style = Some(value);
         } else if name.eq_ignore_ascii_case(b"hidden")
@@ -512,14 +528,57 @@ impl Out {
     }
 }
 
+/// What an element marks for the decisions taken once the whole page is scanned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mark {
+    None,
+    /// `<main>`, `<article>`, `role="main"`, `itemprop="articleBody"`.
+    Main,
+    /// Navigation or boilerplate by tag, role, class or id.
+    Boilerplate,
+}
+
+/// An open element: its name, the state before it, and where its output starts.
+struct Open {
+    name: String,
+    before: State,
+    block: bool,
+    mark: Mark,
+    start: usize,
+    links_at_open: usize,
+}
+
+/// A closed element's range of the output text and how many of its bytes were link text.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start: usize,
+    end: usize,
+    links: usize,
+}
+
+impl Span {
+    fn len(&self) -> usize {
+        self.end - self.start
+    }
+    fn contains(&self, other: &Span) -> bool {
+        self.start <= other.start && other.end <= self.end
+    }
+}
+
 struct Extractor<'c> {
     config: &'c ExtractConfig,
-    /// Open elements: (name, state before it).
-    stack: Vec<(String, State)>,
+    stack: Vec<Open>,
     state: State,
     pre_depth: usize,
+    link_depth: usize,
     too_deep: bool,
     out: Out,
+    /// Bytes of the output written inside `<a>`.
+    link_bytes: usize,
+    mains: Vec<Span>,
+    boilerplate: Vec<Span>,
+    /// Blocks whose text is mostly link text (menus, link lists, tag clouds, related stories).
+    link_blocks: Vec<Span>,
 }
 
 /// Whether text is being kept at this point of the page.
@@ -527,15 +586,71 @@ struct Extractor<'c> {
 struct State {
     /// Inside a script/style/hidden element: nothing here is ever text.
     hard_skip: bool,
-    /// Inside navigation/boilerplate: skipped unless main content starts inside it.
-    soft_skip: bool,
-    /// Inside the page's main content (always true when the page marks none).
-    in_main: bool,
 }
 
-impl State {
-    fn keeps_text(self) -> bool {
-        !self.hard_skip && !self.soft_skip && self.in_main
+impl Extractor<'_> {
+    fn close(&mut self, open: Open) {
+        match open.name.as_str() {
+            "pre" => self.pre_depth = self.pre_depth.saturating_sub(1),
+            "a" => self.link_depth = self.link_depth.saturating_sub(1),
+            _ => {}
+        }
+        self.state = open.before;
+        if open.block && !self.state.hard_skip {
+            self.out.block_break();
+        }
+        let span = Span {
+            start: open.start,
+            end: self.out.text.len(),
+            links: self.link_bytes - open.links_at_open,
+        };
+        if span.len() == 0 {
+            return;
+        }
+        match open.mark {
+            Mark::Main => self.mains.push(span),
+            Mark::Boilerplate => self.boilerplate.push(span),
+            Mark::None => {}
+        }
+        if open.block && span.links as f64 > LINK_DENSITY_MAX * span.len() as f64 {
+            self.link_blocks.push(span);
+        }
+    }
+
+    fn mark(name: &str, a: &Attrs<'_>) -> Mark {
+        let role = a.role.map(|r| r.to_ascii_lowercase());
+        let role = role.as_deref();
+        if name == "main"
+            || name == "article"
+            || role == Some(b"main".as_slice())
+            || a.itemprop.is_some_and(|p| {
+                p.split(u8::is_ascii_whitespace)
+                    .any(|w| w.eq_ignore_ascii_case(b"articleBody"))
+            })
+        {
+            return Mark::Main;
+        }
+        if matches!(name, "html" | "body") {
+            return Mark::None;
+        }
+        if SOFT_SKIP_TAGS.contains(&name)
+            || role.is_some_and(|r| {
+                matches!(
+                    r,
+                    b"navigation"
+                        | b"banner"
+                        | b"contentinfo"
+                        | b"complementary"
+                        | b"search"
+                        | b"menu"
+                )
+            })
+            || a.class.is_some_and(is_boilerplate_attr)
+            || a.id.is_some_and(is_boilerplate_attr)
+        {
+            return Mark::Boilerplate;
+        }
+        Mark::None
     }
 }
 
@@ -544,25 +659,18 @@ impl Sink for Extractor<'_> {
         let name = tag.name.as_str();
         let block = BLOCK_TAGS.contains(&name);
         if tag.end {
-            if let Some(at) = self.stack.iter().rposition(|(n, _)| n == name) {
-                for (n, _) in self.stack.drain(at + 1..) {
-                    if n == "pre" {
-                        self.pre_depth = self.pre_depth.saturating_sub(1);
-                    }
+            if let Some(at) = self.stack.iter().rposition(|o| o.name == name) {
+                while self.stack.len() > at {
+                    let open = self.stack.pop().expect("non-empty");
+                    self.close(open);
                 }
-                let (_, before) = self.stack.pop().expect("found above");
-                if name == "pre" {
-                    self.pre_depth = self.pre_depth.saturating_sub(1);
-                }
-                self.state = before;
-            }
-            if block && self.state.keeps_text() {
+            } else if block && !self.state.hard_skip {
                 self.out.block_break();
             }
             return false;
         }
         if name == "br" || name == "hr" {
-            if self.state.keeps_text() {
+            if !self.state.hard_skip {
                 self.out.line_has_text = true;
                 self.out.block_break();
             }
@@ -575,54 +683,35 @@ impl Sink for Extractor<'_> {
         if matches!(
             name,
             "p" | "li" | "dt" | "dd" | "tr" | "td" | "th" | "option"
-        ) && self.stack.last().is_some_and(|(top, _)| top == name)
+        ) && self.stack.last().is_some_and(|o| o.name == name)
         {
-            let (_, before) = self.stack.pop().expect("non-empty");
-            self.state = before;
+            let open = self.stack.pop().expect("non-empty");
+            self.close(open);
         }
         if self.stack.len() >= self.config.max_depth {
             self.too_deep = true;
             return false;
         }
-        self.stack.push((tag.name.clone(), self.state));
-        if name == "pre" {
-            self.pre_depth += 1;
-        }
+        let before = self.state;
+        let mut mark = Mark::None;
         if !self.state.hard_skip {
             let a = attrs(tag.attrs);
             if HARD_SKIP_TAGS.contains(&name) || a.hidden || a.style.is_some_and(hides) {
                 self.state.hard_skip = true;
-                return false;
-            }
-            let role = a.role.map(|r| r.to_ascii_lowercase());
-            let role = role.as_deref();
-            if name == "main" || name == "article" || role == Some(b"main".as_slice()) {
-                // Main content wins over any boilerplate-looking wrapper around it.
-                self.state.in_main = true;
-                self.state.soft_skip = false;
-            } else if !matches!(name, "html" | "body")
-                && (SOFT_SKIP_TAGS.contains(&name)
-                    || role.is_some_and(|r| {
-                        matches!(
-                            r,
-                            b"navigation"
-                                | b"banner"
-                                | b"contentinfo"
-                                | b"complementary"
-                                | b"search"
-                                | b"menu"
-                        )
-                    })
-                    || a.class.is_some_and(is_boilerplate_attr)
-                    || a.id.is_some_and(is_boilerplate_attr))
-            {
-                self.state.soft_skip = true;
+            } else {
+                mark = Self::mark(name, &a);
             }
         }
-        if self.state.keeps_text() {
-            if block {
-                self.out.block_break();
-            }
+        if !self.state.hard_skip && block {
+            self.out.block_break();
+        }
+        match name {
+            "pre" => self.pre_depth += 1,
+            "a" => self.link_depth += 1,
+            _ => {}
+        }
+        let start = self.out.text.len();
+        if !self.state.hard_skip {
             if name == "li" && self.config.list_bullets {
                 self.out.text.push_str("- ");
                 self.out.line_has_text = false;
@@ -632,52 +721,86 @@ impl Sink for Extractor<'_> {
                 self.out.pending_space = true;
             }
         }
+        self.stack.push(Open {
+            name: tag.name,
+            before,
+            block,
+            mark,
+            start,
+            links_at_open: self.link_bytes,
+        });
         false
     }
 
     fn text(&mut self, text: &str) {
-        if !self.state.keeps_text() {
+        if self.state.hard_skip {
             return;
         }
         let decoded = decode_entities(text);
+        let before = self.out.text.len();
         if self.pre_depth > 0 {
             self.out.push_pre(&decoded);
         } else {
             self.out.push_inline(&decoded);
         }
+        if self.link_depth > 0 {
+            self.link_bytes += self.out.text.len() - before;
+        }
     }
 }
 
 /// Extract the main text of an HTML page.
+///
+/// One pass over the tags writes every visible text and records the output range of each
+/// element that marks main content or boilerplate; the decisions that need the whole page (which
+/// main region, which boilerplate-looking block is in fact the content) are taken afterwards on
+/// those ranges, so no DOM is built.
 pub fn extract(html: &str, config: &ExtractConfig) -> Result<String, ExtractError> {
     if html.len() > config.max_html_bytes {
         return Err(ExtractError::TooLarge(config.max_html_bytes));
     }
-    let has_main = config.prefer_main && page_has_main(html);
     let mut ex = Extractor {
         config,
         stack: Vec::with_capacity(64),
-        state: State {
-            hard_skip: false,
-            soft_skip: false,
-            in_main: !has_main,
-        },
+        state: State { hard_skip: false },
         pre_depth: 0,
+        link_depth: 0,
         too_deep: false,
         out: Out {
             text: String::with_capacity(html.len() / 4),
             line_has_text: false,
             pending_space: false,
         },
+        link_bytes: 0,
+        mains: Vec::new(),
+        boilerplate: Vec::new(),
+        link_blocks: Vec::new(),
     };
     scan(html, &mut ex);
     if ex.too_deep {
         return Err(ExtractError::TooDeep(config.max_depth));
     }
+    while let Some(open) = ex.stack.pop() {
+        ex.close(open);
+    }
     ex.out.block_break();
+    let dropped = dropped_ranges(&ex, config);
+    let text = &ex.out.text;
+    // Copy what is kept; a cut inside a line becomes one space.
+    let mut kept = String::with_capacity(text.len());
+    let mut at = 0;
+    for (start, end) in dropped {
+        if start > at {
+            push_piece(&mut kept, &text[at..start]);
+        }
+        at = at.max(end);
+    }
+    if at < text.len() {
+        push_piece(&mut kept, &text[at..]);
+    }
     // Drop bullet-only lines left by empty list items; non-breaking spaces become spaces.
-    let mut result = String::with_capacity(ex.out.text.len());
-    for line in ex.out.text.lines() {
+    let mut result = String::with_capacity(kept.len());
+    for line in kept.lines() {
         let line = line.replace('\u{a0}', " ");
         let t = line.trim();
         if t.is_empty() || t == "-" {
@@ -690,24 +813,77 @@ pub fn extract(html: &str, config: &ExtractConfig) -> Result<String, ExtractErro
     Ok(result)
 }
 
-/// True when the page marks its main content (`<main>`, `<article>`, `role="main"`).
-fn page_has_main(html: &str) -> bool {
-    struct Finder(bool);
-    impl Sink for Finder {
-        fn tag(&mut self, tag: Tag<'_>) -> bool {
-            if !tag.end && (tag.name == "main" || tag.name == "article") {
-                self.0 = true;
+fn push_piece(out: &mut String, piece: &str) {
+    if !out.is_empty()
+        && !out.ends_with(char::is_whitespace)
+        && !piece.starts_with(char::is_whitespace)
+    {
+        out.push(' ');
+    }
+    out.push_str(piece);
+}
+
+/// The output ranges to leave out, sorted and merged: everything outside the page's main
+/// region (when it marks one) and the boilerplate blocks inside it.
+fn dropped_ranges(ex: &Extractor<'_>, config: &ExtractConfig) -> Vec<(usize, usize)> {
+    let total = ex.out.text.len();
+    let mut dropped: Vec<(usize, usize)> = Vec::new();
+    let mains: Vec<Span> = if config.prefer_main {
+        ex.mains.clone()
+    } else {
+        Vec::new()
+    };
+    if !mains.is_empty() {
+        // Keep the union of the main regions.
+        let mut regions: Vec<(usize, usize)> = mains.iter().map(|m| (m.start, m.end)).collect();
+        regions.sort_unstable();
+        let mut at = 0;
+        for (s, e) in regions {
+            if s > at {
+                dropped.push((at, s));
             }
-            false
+            at = at.max(e);
         }
-        fn text(&mut self, _: &str) {}
+        if at < total {
+            dropped.push((at, total));
+        }
     }
-    if memchr::memmem::find(html.as_bytes(), b"role=\"main\"").is_some() {
-        return true;
+    // The text the main region holds (the whole page when it marks none).
+    let region_text = if mains.is_empty() {
+        total
+    } else {
+        total - dropped.iter().map(|(s, e)| e - s).sum::<usize>()
+    };
+    for b in &ex.boilerplate {
+        // Main content wins over a boilerplate-looking wrapper around it.
+        if mains.iter().any(|m| b.contains(m)) {
+            continue;
+        }
+        // A block holding most of the page's text in running prose is the content, whatever
+        // its class says (`widget Blog`, `l-sidebar-fixed`, a share-button id on the body).
+        if mains.is_empty()
+            && b.len() as f64 >= CONTENT_SHARE * region_text as f64
+            && (b.links as f64) < LINK_DENSITY_MAX * b.len() as f64
+        {
+            continue;
+        }
+        dropped.push((b.start, b.end));
     }
-    let mut f = Finder(false);
-    scan(html, &mut f);
-    f.0
+    for l in &ex.link_blocks {
+        if mains.iter().any(|m| l.contains(m)) {
+            continue;
+        }
+        dropped.push((l.start, l.end));
+    }
+    dropped.sort_unstable();
+    let mut merged: Vec<(usize, usize)> = Vec::with_capacity(dropped.len());
+    for (s, e) in dropped {
+        match merged.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => merged.push((s, e)),
+        }
+    }
+    merged
 }
 
 /// Precision, recall and F1 of `extracted` against `gold` over lower-cased word tokens
@@ -813,6 +989,50 @@ mod tests {
             let _ = ex(html);
         }
         assert_eq!(ex("a < b and c > d"), "a < b and c > d");
+    }
+
+    #[test]
+    fn link_lists_go_and_prose_with_links_stays() {
+        let html = r#"<body><p>Real text with <a href="/a">one link</a> in a long sentence.</p>
+            <ul><li><a href="/1">Related one</a></li><li><a href="/2">Related two</a></li></ul>
+            <div><a href="/x">Next story</a></div></body>"#;
+        assert_eq!(ex(html), "Real text with one link in a long sentence.");
+    }
+
+    #[test]
+    fn article_body_is_main_and_its_boilerplate_goes() {
+        let html = r#"<body><div>Top stories teaser</div>
+            <div class="text" itemprop="description articleBody" id="share-btns-parent">
+            <p>The body.</p><div class="dnd-widget-wrapper">Gallery 1/50</div>
+            <p>More body.</p></div><div>After</div></body>"#;
+        assert_eq!(ex(html), "The body.\nMore body.");
+    }
+
+    #[test]
+    fn boilerplate_named_block_holding_the_prose_is_kept_when_no_main_is_marked() {
+        let prose = "This sentence is part of the story and carries the page's content. ".repeat(8);
+        let html = format!(
+            r#"<body><div class="menu"><a href="/">Home</a> <a href="/n">News</a></div>
+            <div class="l-sidebar-fixed"><p>{prose}</p><p>{prose}</p></div>
+            <div class="sidebar">Short sidebar note</div></body>"#
+        );
+        let text = ex(&html);
+        assert!(text.starts_with("This sentence"), "{text}");
+        assert!(
+            !text.contains("Home") && !text.contains("sidebar note"),
+            "{text}"
+        );
+        // The same block on a page that marks its main content elsewhere is dropped.
+        let marked = format!("<main><p>Main.</p></main>{html}");
+        assert_eq!(ex(&marked), "Main.");
+    }
+
+    #[test]
+    fn a_cut_inside_a_line_leaves_a_space() {
+        assert_eq!(
+            ex(r#"<p>foo<span class="share">Share</span>bar</p>"#),
+            "foo bar"
+        );
     }
 
     #[test]

@@ -87,6 +87,14 @@ pub(crate) enum Origin {
     },
     /// `apt-get download <package>`, unpacked with `dpkg -x`.
     Apt { package: &'static str },
+    /// A crate's `.crate` file (a tar.gz) from crates.io, downloaded by `cargo fetch` in a
+    /// throwaway manifest that depends on exactly `name = "=version"` (cargo has no plain
+    /// download command), then copied out of cargo's registry cache; `sha256` pins it.
+    Crate {
+        name: &'static str,
+        version: &'static str,
+        sha256: &'static str,
+    },
 }
 
 /// One registry-shipped data source.
@@ -206,6 +214,19 @@ const SOURCES: &[Source] = &[
         default: false,
         // Perl documentation (.pod), extra distinct text for the tokenizer benchmark
     },
+    Source {
+        name: "readability-pages",
+        origin: Origin::Crate {
+            name: "readabilityrs",
+            version: "0.1.4",
+            sha256: "7c42603b08707aa2d44baa0ff2ec8fb89d66fbce4bc8eb5eec894009b6d18159",
+        },
+        default: false,
+        // Mozilla Readability's test pages (Apache-2.0), carried by the readabilityrs crate:
+        // 130 saved pages (news sites, blogs, wikis) with their boilerplate, and the article
+        // Readability keeps (tests/test-pages/<name>/{source,expected}.html) — the gold for the
+        // extraction benchmark (`--set readability-pages`)
+    },
 ];
 
 /// The data folder: `$KILN_DATA_DIR`, else the nearest `data/` beside an ancestor of the current
@@ -312,7 +333,10 @@ pub(crate) fn fetch_source(
     fs::create_dir_all(&downloads).map_err(io_err(&downloads))?;
     let artifact = download(source, &downloads)?;
     let actual = sha256_file(&artifact)?;
-    if let Origin::Pip { sha256, .. } | Origin::PipSdistPrebuilt { sha256, .. } = source.origin {
+    if let Origin::Pip { sha256, .. }
+    | Origin::PipSdistPrebuilt { sha256, .. }
+    | Origin::Crate { sha256, .. } = source.origin
+    {
         if actual != sha256 {
             let _ = fs::remove_file(&artifact);
             return Err(FetchError::Checksum {
@@ -459,12 +483,47 @@ fn download(source: &'static Source, downloads: &Path) -> Result<PathBuf, FetchE
                 run(source, &mut retry)?;
             }
         }
+        Origin::Crate { name, version, .. } => {
+            require("cargo", source, "Rust's cargo: https://rustup.rs")?;
+            let manifest_dir = tempfile::tempdir().map_err(io_err(downloads))?;
+            let root = manifest_dir.path();
+            let manifest = format!(
+                "[package]\nname = \"kiln-fetch-probe\"\nversion = \"0.0.0\"\nedition = \"2021\"\n\
+                 [lib]\npath = \"lib.rs\"\n[dependencies]\n{name} = \"={version}\"\n[workspace]\n"
+            );
+            fs::write(root.join("Cargo.toml"), manifest).map_err(io_err(root))?;
+            fs::write(root.join("lib.rs"), "").map_err(io_err(root))?;
+            let mut cmd = Command::new("cargo");
+            cmd.args(["fetch", "-q", "--manifest-path"])
+                .arg(root.join("Cargo.toml"));
+            run(source, &mut cmd)?;
+            let file_name = format!("{name}-{version}.crate");
+            let cached = cargo_cache_file(&file_name).ok_or_else(|| FetchError::CommandFailed {
+                source_name: source.name,
+                command: "cargo fetch".into(),
+                detail: format!("{file_name} is not in cargo's registry cache after the fetch"),
+            })?;
+            let dest = downloads.join(&file_name);
+            fs::copy(&cached, &dest).map_err(io_err(&dest))?;
+        }
     }
     single_file(downloads)?.ok_or_else(|| FetchError::CommandFailed {
         source_name: source.name,
         command: "download".into(),
         detail: format!("no file appeared in {}", downloads.display()),
     })
+}
+
+/// `<CARGO_HOME>/registry/cache/<registry>/<file_name>` (CARGO_HOME defaults to `~/.cargo`).
+fn cargo_cache_file(file_name: &str) -> Option<PathBuf> {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))?;
+    fs::read_dir(home.join("registry/cache"))
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join(file_name))
+        .find(|p| p.is_file())
 }
 
 fn single_file(dir: &Path) -> Result<Option<PathBuf>, FetchError> {
@@ -487,7 +546,7 @@ fn unpack(source: &'static Source, artifact: &Path, into: &Path) -> Result<(), F
         let mut c = Command::new("python3");
         c.args(["-m", "zipfile", "-e"]).arg(artifact).arg(into);
         c
-    } else if name.ends_with(".tar.gz") || name.ends_with(".tgz") {
+    } else if name.ends_with(".tar.gz") || name.ends_with(".tgz") || name.ends_with(".crate") {
         require("tar", source, "GNU tar")?;
         let mut c = Command::new("tar");
         c.arg("xzf").arg(artifact).arg("-C").arg(into);

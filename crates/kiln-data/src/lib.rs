@@ -25,7 +25,7 @@ mod warc;
 pub use atomic::write_atomic;
 pub use charset::{decode as decode_charset, Decoded};
 pub use config::{ConfigError, InputConfig, PipelineConfig};
-pub use extract::{extract, token_f1, ExtractConfig, ExtractError};
+pub use extract::{decode_entities, extract, token_f1, ExtractConfig, ExtractError};
 pub use lang::LanguageConfig;
 pub use minhash::MinhashConfig;
 pub use pii::PiiConfig;
