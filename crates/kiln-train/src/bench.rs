@@ -6,6 +6,10 @@
 //! f32 GEMM peak measured in the same run), the fraction of that peak the step reaches, peak RSS.
 //! On a GPU (`gpu-gpt2-124m` = torch_ref.py `gpu`): MFU against 989 TFLOP/s (H100 dense bf16, as
 //! torch_ref.py) and the backend's peak device memory. The loop is generic over the backend.
+//!
+//! `kiln bench loop`: the speedrun's pretraining loop against that bare step on the same shape, in
+//! interleaved rounds, with the ratio ([`bench_loop`]).
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -185,16 +189,9 @@ pub fn bench_train(spec: &DeviceSpec, p: &Preset) -> Result<BenchReport, TrainEr
     with_backend(spec, threads, Run(p))
 }
 
-/// Run the training + decode benchmark on a given backend.
-pub fn bench_train_with<B: TrainBackend>(
-    be: Arc<B>,
-    p: &Preset,
-) -> Result<BenchReport, TrainError> {
-    let cfg = ModelConfig::gpt2(p.vocab, p.layers, p.heads, p.dim, p.ctx);
-    be.check_fits(cfg.train_bytes(p.batch))?;
-    let model = Model::new(be.clone(), cfg.clone(), 0)?;
-    let nparams = model.num_params();
-    let oc = OptimizerConfig {
+/// torch_ref.py's optimizer: AdamW lr 1e-3, betas 0.9/0.95, wd 0.1 on every tensor, no clipping.
+fn bench_optimizer() -> OptimizerConfig {
+    OptimizerConfig {
         lr: 1e-3,
         beta1: 0.9,
         beta2: 0.95,
@@ -202,8 +199,11 @@ pub fn bench_train_with<B: TrainBackend>(
         decay_vectors: true,
         grad_clip: None,
         ..Default::default()
-    };
-    let mut tr = Trainer::new(model, p.batch, p.ctx, oc)?;
+    }
+}
+
+/// torch_ref.py's batch: uniform random ids (seed 0), inputs and next-token targets.
+fn bench_batch(p: &Preset) -> (Vec<u32>, Vec<u32>) {
     let mut r = Rng::new(0);
     let data: Vec<u32> = (0..p.batch * (p.ctx + 1))
         .map(|_| r.below(p.vocab as u64) as u32)
@@ -213,6 +213,20 @@ pub fn bench_train_with<B: TrainBackend>(
         x.extend_from_slice(&row[..p.ctx]);
         y.extend_from_slice(&row[1..]);
     }
+    (x, y)
+}
+
+/// Run the training + decode benchmark on a given backend.
+pub fn bench_train_with<B: TrainBackend>(
+    be: Arc<B>,
+    p: &Preset,
+) -> Result<BenchReport, TrainError> {
+    let cfg = ModelConfig::gpt2(p.vocab, p.layers, p.heads, p.dim, p.ctx);
+    be.check_fits(cfg.train_bytes(p.batch))?;
+    let model = Model::new(be.clone(), cfg.clone(), 0)?;
+    let nparams = model.num_params();
+    let mut tr = Trainer::new(model, p.batch, p.ctx, bench_optimizer())?;
+    let (x, y) = bench_batch(p);
     let first = tr.train_step(&x, &y, None, 1.0)?.loss as f64;
     for _ in 1..p.warm {
         tr.train_step(&x, &y, None, 1.0)?;
@@ -295,4 +309,184 @@ pub fn bench_train_with<B: TrainBackend>(
         peak_gpu_memory_mb: peak_dev.map(mb),
         device_used_mb: used_dev.map(mb),
     })
+}
+
+/// `kiln bench loop`: the speedrun's pretraining loop (the real [`crate::pretrain::pretrain`] with
+/// the speedrun's configuration for the default preset: data loader, gradient clipping, LR
+/// schedule, metrics log, held-out validation data) against the bare training step `kiln bench
+/// train` times, on the same shape, in interleaved rounds (A B, B A, …).
+#[derive(Clone, Debug)]
+pub struct LoopBench {
+    pub rounds: usize,
+    /// Timed steps per side and round (after warm-up steps).
+    pub steps: usize,
+    pub warm: usize,
+    pub threads: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LoopReport {
+    pub shape: String,
+    pub rounds: usize,
+    pub steps: usize,
+    /// `kiln bench train`'s loop: `train_step` on one fixed batch, timed steps only.
+    pub bench_tok_s: Vec<f64>,
+    /// The pretraining loop's timed steps (the step time its metrics and the report card show).
+    pub loop_step_tok_s: Vec<f64>,
+    /// Each side's tokens over the wall time of the whole call (model init, data, warm-up).
+    pub bench_wall_tok_s: Vec<f64>,
+    pub loop_wall_tok_s: Vec<f64>,
+    /// Medians of the per-round ratios loop / bench.
+    pub ratio_step: f64,
+    pub ratio_wall: f64,
+    pub threads: usize,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Documents of Zipf-distributed ids (a text-like frequency profile: few common ids, a long tail),
+/// BOS (id 0) first, `tokens` in all.
+fn zipf_docs(vocab: usize, tokens: usize, seed: u64) -> Vec<Vec<u32>> {
+    let mut cdf = Vec::with_capacity(vocab - 1);
+    let mut acc = 0f64;
+    for r in 1..vocab {
+        acc += 1.0 / r as f64;
+        cdf.push(acc);
+    }
+    let mut rng = Rng::new(seed);
+    let mut docs = Vec::new();
+    let mut left = tokens;
+    while left > 0 {
+        let n = (200 + rng.below(800) as usize).min(left);
+        let mut d = vec![0u32];
+        for _ in 1..n {
+            let u = rng.uniform() * acc;
+            d.push(1 + cdf.partition_point(|&c| c < u).min(vocab - 2) as u32);
+        }
+        left -= n;
+        docs.push(d);
+    }
+    docs
+}
+
+/// Run the loop benchmark on the cpu.
+pub fn bench_loop(o: &LoopBench) -> Result<LoopReport, TrainError> {
+    use crate::speedrun::{base_plan, pretrain_config, Preset as RunPreset};
+    let mut plan = base_plan(RunPreset::Default, 20.0);
+    // A default run's step count (2026-12-03, idle machine): it sets the eval and checkpoint
+    // cadence (every 215 and 172 steps), so the timed steps here see neither.
+    plan.pretrain_steps = 1721;
+    let cfg = pretrain_config(&plan, plan.vocab, None, o.threads);
+    let bt = plan.batch * plan.context;
+    let total = o.warm + o.steps;
+    let train = zipf_docs(plan.vocab, (total + 2) * (bt + plan.context) * 2, 1);
+    let val = zipf_docs(plan.vocab, (cfg.eval_batches + 1) * (bt + plan.batch), 2);
+    // Every id is one 4-byte "word" for bits per byte (the value is not reported).
+    let token_bytes = vec![4u32; plan.vocab];
+    let bench = Preset {
+        name: "speedrun-default",
+        vocab: plan.vocab,
+        ctx: plan.context,
+        layers: plan.layers,
+        heads: plan.heads,
+        dim: plan.dim,
+        batch: plan.batch,
+        warm: o.warm,
+        steps: o.steps,
+        threads: o.threads,
+        device: Device::Cpu,
+    };
+    let mut r = LoopReport {
+        shape: format!(
+            "gpt2 {}L x {}d, {} heads, vocab {}, batch {} x {}",
+            plan.layers, plan.dim, plan.heads, plan.vocab, plan.batch, plan.context
+        ),
+        rounds: o.rounds,
+        steps: o.steps,
+        bench_tok_s: vec![],
+        loop_step_tok_s: vec![],
+        bench_wall_tok_s: vec![],
+        loop_wall_tok_s: vec![],
+        ratio_step: 0.0,
+        ratio_wall: 0.0,
+        threads: o.threads,
+    };
+    for round in 0..o.rounds {
+        for side in 0..2 {
+            // A B in even rounds, B A in odd ones: a drift in the machine's speed cancels out.
+            if (side == 0) == (round % 2 == 0) {
+                let t0 = Instant::now();
+                let tok_s = bare_steps(&bench)?;
+                let wall = (total * bt) as f64 / t0.elapsed().as_secs_f64();
+                r.bench_tok_s.push(tok_s);
+                r.bench_wall_tok_s.push(wall);
+            } else {
+                let dir = tempfile::tempdir().map_err(|e| TrainError::io(Path::new("."), e))?;
+                let hooks = crate::pretrain::Hooks {
+                    token_bytes: Some(&token_bytes),
+                    stop_after: Some(total),
+                    val_docs: Some(&val),
+                    ..Default::default()
+                };
+                let t0 = Instant::now();
+                crate::pretrain::pretrain(&cfg, &train, dir.path(), None, &hooks)?;
+                let wall = (total * bt) as f64 / t0.elapsed().as_secs_f64();
+                let recs = crate::metrics::read_metrics(&dir.path().join("metrics.jsonl"))?;
+                let secs: f64 = recs
+                    .iter()
+                    .filter(|x| x.get("event").is_none())
+                    .filter(|x| x["step"].as_u64().is_some_and(|s| s as usize > o.warm))
+                    .filter_map(|x| x["tok_per_s"].as_f64())
+                    .map(|t| bt as f64 / t)
+                    .sum();
+                r.loop_step_tok_s.push((o.steps * bt) as f64 / secs);
+                r.loop_wall_tok_s.push(wall);
+            }
+        }
+        tracing::info!(
+            "round {}: bench {:.0} tok/s, loop {:.0} tok/s (steps), wall {:.0} vs {:.0}",
+            round + 1,
+            r.bench_tok_s[round],
+            r.loop_step_tok_s[round],
+            r.bench_wall_tok_s[round],
+            r.loop_wall_tok_s[round]
+        );
+    }
+    let ratios = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x / y).collect::<Vec<_>>();
+    r.ratio_step = round(median(ratios(&r.loop_step_tok_s, &r.bench_tok_s)), 3);
+    r.ratio_wall = round(median(ratios(&r.loop_wall_tok_s, &r.bench_wall_tok_s)), 3);
+    for v in [
+        &mut r.bench_tok_s,
+        &mut r.loop_step_tok_s,
+        &mut r.bench_wall_tok_s,
+        &mut r.loop_wall_tok_s,
+    ] {
+        v.iter_mut().for_each(|x| *x = round(*x, 1));
+    }
+    Ok(r)
+}
+
+/// `kiln bench train`'s training loop on the cpu: model, optimizer as torch_ref.py, one fixed
+/// batch, `warm` steps then `steps` timed; tokens per second of the timed steps.
+fn bare_steps(p: &Preset) -> Result<f64, TrainError> {
+    let be = Arc::new(CpuBackend::new(p.threads));
+    let cfg = ModelConfig::gpt2(p.vocab, p.layers, p.heads, p.dim, p.ctx);
+    let model = Model::new(be.clone(), cfg, 0)?;
+    let mut tr = Trainer::new(model, p.batch, p.ctx, bench_optimizer())?;
+    let (x, y) = bench_batch(p);
+    for _ in 0..p.warm {
+        tr.train_step(&x, &y, None, 1.0)?;
+    }
+    let t0 = Instant::now();
+    for _ in 0..p.steps {
+        tr.train_step(&x, &y, None, 1.0)?;
+    }
+    Ok((p.batch * p.ctx * p.steps) as f64 / t0.elapsed().as_secs_f64())
 }

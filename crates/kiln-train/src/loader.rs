@@ -30,13 +30,7 @@ impl TokenData {
         val_frac: f32,
         vocab: usize,
     ) -> Result<TokenData, TrainError> {
-        for (d, doc) in docs.iter().enumerate() {
-            if let Some((i, &id)) = doc.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
-                return Err(TrainError::Data(format!(
-                    "document {d}, token {i}: id {id} is out of range for vocab size {vocab} (tokenizer and model disagree?)"
-                )));
-            }
-        }
+        check_ids(docs, vocab, "document")?;
         let n_val = if docs.len() >= 2 {
             ((docs.len() as f32 * val_frac).ceil() as usize).clamp(1, docs.len() - 1)
         } else {
@@ -49,6 +43,31 @@ impl TokenData {
             val: cat(&docs[split..]),
         })
     }
+
+    /// Training and validation documents the caller split (every `train` document trains).
+    pub fn from_split(
+        train: &[Vec<u32>],
+        val: &[Vec<u32>],
+        vocab: usize,
+    ) -> Result<TokenData, TrainError> {
+        check_ids(train, vocab, "training document")?;
+        check_ids(val, vocab, "validation document")?;
+        Ok(TokenData {
+            train: train.concat(),
+            val: val.concat(),
+        })
+    }
+}
+
+fn check_ids(docs: &[Vec<u32>], vocab: usize, what: &str) -> Result<(), TrainError> {
+    for (d, doc) in docs.iter().enumerate() {
+        if let Some((i, &id)) = doc.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
+            return Err(TrainError::Data(format!(
+                "{what} {d}, token {i}: id {id} is out of range for vocab size {vocab} (tokenizer and model disagree?)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Random-order windows over the training stream.
@@ -172,5 +191,11 @@ mod tests {
             .to_string();
         assert!(err.contains("document 2") && err.contains("id 4"), "{err}");
         assert!(Loader::new(vec![1, 2, 3], 8, 0).is_err());
+        let d = TokenData::from_split(&docs[..2], &docs[2..], 10).unwrap();
+        assert_eq!((d.train, d.val), (vec![0, 1, 2, 0, 3], vec![0, 4, 4, 4]));
+        let err = TokenData::from_split(&docs[..1], &docs[1..], 4)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("validation document 1"), "{err}");
     }
 }

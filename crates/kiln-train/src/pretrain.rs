@@ -78,6 +78,9 @@ pub struct Hooks<'a> {
     /// Stop at the first step that ends after this instant, with an eval and a checkpoint as at
     /// the last step (the speedrun's time guard; a later `--resume` continues).
     pub deadline: Option<Instant>,
+    /// Validation documents the caller held out (the speedrun's web text, `kiln pretrain --val`):
+    /// when given, every document of `docs` trains and `val_frac` is not used.
+    pub val_docs: Option<&'a [Vec<u32>]>,
 }
 
 /// Outcome of a run.
@@ -204,7 +207,10 @@ pub fn pretrain_with<B: TrainBackend>(
     let root = ckpt_root(out);
     std::fs::create_dir_all(&root).map_err(|e| TrainError::io(&root, e))?;
 
-    let data = TokenData::from_documents(docs, cfg.val_frac, cfg.model.vocab_size)?;
+    let data = match hooks.val_docs {
+        Some(val) => TokenData::from_split(docs, val, cfg.model.vocab_size)?,
+        None => TokenData::from_documents(docs, cfg.val_frac, cfg.model.vocab_size)?,
+    };
     let mut loader = Loader::new(data.train, cfg.seq_len, cfg.seed)?;
     let vals = val_batches(&data.val, cfg.batch, cfg.seq_len, cfg.eval_batches);
     if cfg.eval_every > 0 && vals.is_empty() {

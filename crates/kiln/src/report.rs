@@ -1,7 +1,8 @@
 //! The speedrun's report card: `report.md` and a self-contained `report.html` (curves inline as
 //! SVG, no scripts, no external files) with the plan, timings, tokens/s, eval numbers beside their
-//! chance level (with the RL stage's held-out pass@1 before and after), the SFT mix statistics, and
-//! base vs SFT samples on the same prompts.
+//! chance level (with the RL stage's held-out pass@1 before and after), the web data (documents per
+//! source and per pipeline stage, three example documents with what was removed), the SFT mix
+//! statistics, and base vs SFT samples on the same prompts.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -20,6 +21,8 @@ pub struct RunInfo {
     pub mix: Value,
     pub corpus_docs: usize,
     pub corpus_tokens: usize,
+    /// The web stage's summary (`kiln_train::speedrun::web::WebSummary` as JSON).
+    pub web: Value,
     /// `kiln rlhf`'s outputs when the run folder has them ([`read_rlhf`]), else `Null`.
     pub rlhf: Value,
 }
@@ -231,6 +234,120 @@ fn tools_section(m: &mut String, e: &Value) {
     }
 }
 
+fn mb(v: &Value) -> String {
+    v.as_f64().map_or("–".into(), |b| format!("{:.2}", b / 1e6))
+}
+
+/// The web stage: documents per source, in/kept/dropped per pipeline stage with the main reasons,
+/// and three documents with what the pipeline removed from them.
+fn data_section(m: &mut String, w: &Value, run: &std::path::Path) {
+    if !w.is_object() {
+        return;
+    }
+    let read_in = w["stages"]
+        .as_array()
+        .and_then(|a| a.first())
+        .map_or(Value::Null, |s| s["docs_in"].clone());
+    let pipeline = run.join("web").join("pipeline");
+    let _ = writeln!(
+        m,
+        "\n## Data: the web stage\n\nWeb-like text from the fetched packages through kiln's pipeline (FineWeb's stages, as `kiln data process`): {} documents read, {} kept ({} MB). The tokenizer and the model train on {} of them ({} MB); {} documents ({} MB) are held out for the validation bits per byte, unseen by both. Pipeline output: `{}` (`kiln data explain --out {} ID` says why a document was dropped).\n",
+        read_in,
+        w["kept_docs"],
+        mb(&w["kept_bytes"]),
+        w["train_docs"],
+        mb(&w["train_bytes"]),
+        w["val_docs"],
+        mb(&w["val_bytes"]),
+        pipeline.display(),
+        pipeline.display()
+    );
+    let _ = writeln!(
+        m,
+        "| source | documents in | kept | kept MB |\n|---|---|---|---|"
+    );
+    for s in w["sources"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            m,
+            "| {} | {} | {} | {} |",
+            s["source"].as_str().unwrap_or("?"),
+            s["docs_in"],
+            s["kept"],
+            mb(&s["kept_bytes"])
+        );
+    }
+    let _ = writeln!(
+        m,
+        "\n| stage | documents in | kept | dropped | main reasons |\n|---|---|---|---|---|"
+    );
+    for s in w["stages"].as_array().into_iter().flatten() {
+        let (din, dout) = (
+            s["docs_in"].as_u64().unwrap_or(0),
+            s["docs_out"].as_u64().unwrap_or(0),
+        );
+        let mut reasons: Vec<(String, u64)> = s["dropped"]
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        reasons.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let why: Vec<String> = reasons
+            .iter()
+            .take(3)
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        let _ = writeln!(
+            m,
+            "| {} | {din} | {dout} | {} | {} |",
+            s["stage"].as_str().unwrap_or("?"),
+            din.saturating_sub(dout),
+            why.join(", ")
+        );
+    }
+    for (n, e) in w["examples"].as_array().into_iter().flatten().enumerate() {
+        let _ = writeln!(
+            m,
+            "\n### {}. `{}` ({}): {}, {} bytes in → {} bytes kept\n",
+            n + 1,
+            e["id"].as_str().unwrap_or("?"),
+            e["source"].as_str().unwrap_or("?"),
+            e["outcome"].as_str().unwrap_or("?"),
+            e["bytes_in"],
+            e["bytes_out"]
+        );
+        let before_what = if e["source"].as_str().is_some_and(|s| s.contains("HTML")) {
+            "before (the page's text, markup stripped)"
+        } else {
+            "before"
+        };
+        let _ = writeln!(m, "- {before_what}: {}", e["before"].as_str().unwrap_or(""));
+        if let Some(after) = e["after"].as_str().filter(|a| !a.is_empty()) {
+            let _ = writeln!(m, "- after: {after}");
+        }
+        let removed: Vec<String> = e["removed"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.as_str())
+            .map(|r| format!("«{r}»"))
+            .collect();
+        let count = e["removed_count"].as_u64().unwrap_or(0);
+        let _ = writeln!(
+            m,
+            "- removed{}: {}",
+            if count > removed.len() as u64 {
+                format!(" ({count} lines, the first {})", removed.len())
+            } else {
+                String::new()
+            },
+            removed.join(" ")
+        );
+    }
+}
+
 fn markdown(i: &RunInfo) -> String {
     let e = &i.eval;
     let p = &i.plan;
@@ -238,14 +355,14 @@ fn markdown(i: &RunInfo) -> String {
     let _ = writeln!(m, "# kiln report card: `{}`\n", i.name);
     let _ = writeln!(
         m,
-        "Model: gpt2 {}L × {}d, {} heads, context {}, vocab {} ({} parameters). Corpus: {} documents, {} tokens. Budget {} min ({:?} preset).\n",
+        "Model: gpt2 {}L × {}d, {} heads, context {}, vocab {} ({} parameters). Pretraining text: {} documents, {} tokens. Budget {} min ({:?} preset).\n",
         p["layers"], p["dim"], p["heads"], p["context"], p["vocab"], e["base"]["params"], i.corpus_docs, i.corpus_tokens, p["minutes"], p["preset"].as_str().unwrap_or("?")
     );
     let _ = writeln!(m, "## Evals\n\nTiny models score low; the point is a pipeline that measures. Chance level is shown beside each score.\n");
     let _ = writeln!(m, "| eval | model | score | chance |\n|---|---|---|---|");
     let _ = writeln!(
         m,
-        "| validation bits per byte (pretraining text) | base | {} | – |",
+        "| validation bits per byte (held-out web text) | base | {} | – |",
         num(&e["base"]["val_bpb"], 4)
     );
     let _ = writeln!(
@@ -277,6 +394,7 @@ fn markdown(i: &RunInfo) -> String {
         }
     }
     tools_section(&mut m, e);
+    data_section(&mut m, &i.web, &i.run);
     let _ = writeln!(m, "\n## Throughput\n\n| stage | tokens/s |\n|---|---|");
     let _ = writeln!(
         m,
@@ -408,6 +526,8 @@ fn html(i: &RunInfo, md_tables: &str) -> String {
         }
         if let Some(t) = line.strip_prefix("## ") {
             let _ = write!(h, "<h2>{}</h2>", esc(t));
+        } else if let Some(t) = line.strip_prefix("### ") {
+            let _ = write!(h, "<h3>{}</h3>", esc(t).replace('`', ""));
         } else if line.starts_with("# ") {
         } else if let Some(t) = line.strip_prefix("**User:** ") {
             let _ = write!(h, "<p><b>User:</b> {}</p>", esc(t));
@@ -469,6 +589,24 @@ mod tests {
             mix: json!({"sources": [{"kind": "identity", "train": 9, "val": 1, "malformed": 0, "rejected": 0, "too_long": 0}], "truncated": 2, "dropped": 1}),
             corpus_docs: 10,
             corpus_tokens: 1234,
+            web: json!({
+                "kept_docs": 10, "kept_bytes": 12000, "train_docs": 9, "train_bytes": 11000,
+                "val_docs": 1, "val_bytes": 1000,
+                "sources": [{"source": "evals: owt", "docs_in": 12, "kept": 10, "kept_bytes": 12000}],
+                "stages": [
+                    {"stage": "read", "docs_in": 12, "docs_out": 12, "dropped": {}},
+                    {"stage": "fineweb", "docs_in": 10, "docs_out": 8, "dropped": {"line_punct_ratio": 2}}
+                ],
+                "examples": [
+                    {"id": "python3.11/html/a.html", "source": "python-doc: HTML pages", "outcome": "kept",
+                     "bytes_in": 5000, "bytes_out": 900, "before": "Navigation ⏎ Text", "after": "Text",
+                     "removed": ["Navigation"], "removed_count": 40},
+                    {"id": "text_compression/RandomWordsDataset/3", "source": "evals: text_compression",
+                     "outcome": "dropped at gopher_quality: gopher_enough_stop_words", "bytes_in": 80,
+                     "bytes_out": 0, "before": "apple door quietly", "after": "",
+                     "removed": ["the whole document"], "removed_count": 1}
+                ]
+            }),
             rlhf: json!({"summary": {"fired": "hack guard: the reward model's score rose", "best_step": 10,
                 "judge_start": -0.5, "judge_best": 0.25, "rm_start": 0.1, "rm_last": 2.0,
                 "win_rate": {"rate": 0.625, "std_err": 0.05, "ci95": [0.52, 0.72], "prompts": 24}},
@@ -477,7 +615,17 @@ mod tests {
         };
         let (mp, hp) = write(&info).unwrap();
         let md = std::fs::read_to_string(mp).unwrap();
-        assert!(md.contains("| validation bits per byte (pretraining text) | base | 2.3456 |"));
+        assert!(md.contains("| validation bits per byte (held-out web text) | base | 2.3456 |"));
+        assert!(
+            md.contains("| fineweb | 10 | 8 | 2 | line_punct_ratio 2 |"),
+            "{md}"
+        );
+        assert!(md.contains("| evals: owt | 12 | 10 | 0.01 |"), "{md}");
+        assert!(
+            md.contains("- removed (40 lines, the first 1): «Navigation»"),
+            "{md}"
+        );
+        assert!(md.contains("dropped at gopher_quality"), "{md}");
         assert!(md.contains("| MMLU (11/40) | SFT | 27.5% | 25% |"));
         assert!(md.contains("| tokenizer | skipped (output existed) |"));
         assert!(
@@ -492,6 +640,7 @@ mod tests {
         let h = std::fs::read_to_string(hp).unwrap();
         assert_eq!(h.matches("<svg").count(), 5);
         assert!(h.contains("a &lt;b&gt;"), "sample text is escaped");
+        assert!(h.contains("<h3>1. python3.11/html/a.html"), "{h}");
         assert!(!h.contains("<script") && !h.contains("src=\"http"));
     }
 }

@@ -1,6 +1,8 @@
 //! Runs the real `kiln` binary: `kiln speedrun --preset smoke` once (shared by the tests here),
-//! then checks the report card, that a rerun skips every stage, `kiln chat --once` (SFT and
-//! base-prompt modes), and `kiln sft`'s bad-input errors.
+//! from a temp folder outside the repository, then checks the report card (its web-data section
+//! too), the web stage's held-out validation text, the configs written beside the run, that a
+//! rerun skips every stage, `kiln chat --once` (SFT and base-prompt modes), and `kiln sft`'s
+//! bad-input errors.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,17 +13,17 @@ fn kiln() -> Command {
     Command::new(env!("CARGO_BIN_EXE_kiln"))
 }
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
 /// The fetched corpora the smoke run reads: missing data fails the test with the fetch command
 /// (CI fetches first, `.ci/run`), never a silent pass.
 fn require_data() {
-    for source in ["shakespeare", "chitchat", "evals", "gsm8k"] {
+    for source in [
+        "chitchat",
+        "evals",
+        "gsm8k",
+        "pywb",
+        "python-doc",
+        "python-wasm",
+    ] {
         kiln_data::fetch::source_dir(source).unwrap_or_else(|e| panic!("{e}"));
     }
 }
@@ -75,8 +77,36 @@ fn smoke_speedrun_writes_report_card_and_reruns_skip() {
         "RL rollouts",
         "tokens/s",
         "## Samples",
+        "## Data: the web stage",
+        "| web crawl (WARC) |",
+        "| python-doc: HTML pages |",
+        "| gopher_quality |",
+        "### 1. ",
+        "### 3. ",
+        "- removed",
     ] {
         assert!(md.contains(needle), "report.md lacks {needle:?}:\n{md}");
+    }
+    // The web stage's output stays in the run; validation documents never train.
+    let shard = |name: &str| kiln_data::read_text_shard(&run.join("web").join(name)).unwrap();
+    let (train, val) = (shard("train.parquet"), shard("val.parquet"));
+    assert!(
+        train.len() > 100 && !val.is_empty(),
+        "{} / {}",
+        train.len(),
+        val.len()
+    );
+    let train_ids: std::collections::HashSet<&str> = train.iter().map(|d| d.id.as_str()).collect();
+    assert!(val.iter().all(|d| !train_ids.contains(d.id.as_str())));
+    assert!(run.join("web/pipeline/stats.json").is_file());
+    // The compiled-in configs, written beside the run for editing.
+    for f in [
+        "sft-mix.toml",
+        "persona.toml",
+        "base-prompt.txt",
+        "pipeline.toml",
+    ] {
+        assert!(run.join("configs").join(f).is_file(), "configs/{f}");
     }
     let html = std::fs::read_to_string(run.join("report.html")).unwrap();
     assert_eq!(html.matches("<svg").count(), 4, "four inline charts");
@@ -94,8 +124,10 @@ fn smoke_speedrun_writes_report_card_and_reruns_skip() {
 
     // Rerun: every stage's output exists, so everything is skipped and it is quick.
     let t = std::time::Instant::now();
+    let elsewhere = tempfile::tempdir().unwrap();
     let out = kiln()
-        .current_dir(workspace())
+        .current_dir(elsewhere.path())
+        .env("KILN_DATA_DIR", kiln_data::fetch::data_dir())
         .args(["speedrun", "--preset", "smoke", "--no-progress", "--runs"])
         .arg(run.parent().unwrap())
         .output()
@@ -107,7 +139,7 @@ fn smoke_speedrun_writes_report_card_and_reruns_skip() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        !stdout.contains("[4/8]") && !stdout.contains("[5/8]") && !stdout.contains("[6/8]"),
+        (2..10).all(|i| !stdout.contains(&format!("[{i}/10]"))),
         "stages rerun:\n{stdout}"
     );
     eprintln!("rerun: {:.1} s", t.elapsed().as_secs_f64());
@@ -120,7 +152,8 @@ fn smoke_speedrun_writes_report_card_and_reruns_skip() {
 
 fn chat_once(args: &[&str], input: &str) -> std::process::Output {
     let mut child = kiln()
-        .current_dir(workspace())
+        // Not the repository: nothing may be found through a relative path.
+        .current_dir(std::env::temp_dir())
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -182,7 +215,7 @@ fn chat_once_replies_from_sft_and_base_prompt_modes() {
     assert_eq!(reply, String::from_utf8_lossy(&again.stdout));
 
     let base = run.join("base");
-    let doc = workspace().join("configs/base-prompt.txt");
+    let doc = run.join("configs/base-prompt.txt");
     let out = chat_once(
         &[
             "chat",
@@ -295,4 +328,31 @@ fn sft_bad_inputs_fail_clearly() {
         err.contains("<|bos|>") && err.contains("chat tokens"),
         "{err}"
     );
+}
+
+/// `kiln bench loop`: both sides measured in the same run, the ratio printed (one short round).
+#[test]
+fn bench_loop_times_the_speedrun_loop_beside_the_bare_step() {
+    let out = kiln()
+        .current_dir(std::env::temp_dir())
+        .args(["bench", "loop", "--rounds", "1", "--steps", "2"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in [
+        "bench_tok_s",
+        "loop_step_tok_s",
+        "bench_wall_tok_s",
+        "loop_wall_tok_s",
+    ] {
+        let v = r[key].as_array().unwrap_or_else(|| panic!("{key}: {r}"));
+        assert!(v.len() == 1 && v[0].as_f64().unwrap() > 0.0, "{key}: {r}");
+    }
+    let ratio = r["ratio_step"].as_f64().unwrap();
+    assert!(ratio > 0.0 && ratio.is_finite(), "{r}");
 }

