@@ -1,7 +1,8 @@
 //! kiln-chat: the conversation format and loss masks ([`format`]), SFT data mixes ([`mix`]),
 //! generated identity and arithmetic conversations ([`identity`], [`arith`]), evals ([`evals`]),
 //! the model as evals see it ([`model`]), driving the engine for chat ([`engine`], [`session`]),
-//! verifiable tasks for RL ([`tasks`]), and the tool runtime and search tool ([`tools`]). It
+//! verifiable tasks for RL ([`tasks`]), the tool runtime and search tool ([`tools`]), and a
+//! checkpoint with its tokenizer and chat template as a GGUF file for llama.cpp ([`gguf_export`]). It
 //! speaks token ids through the [`format::Codec`] trait (implemented for kiln's tokenizer in
 //! [`codec`]); it owns no model math and reads no data folder of its own: callers pass paths in.
 
@@ -10,6 +11,7 @@ pub mod codec;
 pub mod engine;
 pub mod evals;
 pub mod format;
+pub mod gguf_export;
 pub mod gguf_model;
 pub mod identity;
 pub mod load;

@@ -1,5 +1,6 @@
 //! kiln-tokenizer: byte-level BPE — training, encode/decode, split patterns, special tokens,
-//! tiktoken rank files — and the token shards its encoder writes ([`shards`]).
+//! tiktoken rank files — and the token shards its encoder writes ([`shards`]); a kiln vocabulary
+//! as llama.cpp's GGUF `gpt2` vocabulary ([`gguf_export`]).
 //!
 //! ```
 //! use kiln_tokenizer::Tokenizer;
@@ -13,6 +14,7 @@ mod bpe;
 pub mod corpus;
 mod error;
 pub mod gguf;
+pub mod gguf_export;
 mod pretokenize;
 mod pretrained;
 mod rankfile;
@@ -23,6 +25,7 @@ mod unicode;
 
 pub use error::TokenizerError;
 pub use gguf::{GgufTokenizer, GgufVocab};
+pub use gguf_export::{gguf_bpe_vocab, GgufBpeVocab};
 pub use pretokenize::{SplitPattern, GPT2_PATTERN, GPT4_PATTERN, O200K_PATTERN};
 pub use pretrained::PRETRAINED;
 pub use rankfile::{parse_rank_file, read_rank_file, CONFIG_FILE, RANK_FILE};

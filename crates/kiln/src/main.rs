@@ -55,6 +55,9 @@ enum Command {
     Rlhf(Box<cmd::rlhf::RlhfArgs>),
     /// Chat with a checkpoint in the terminal (streaming, multi-turn; `--once` for scripts).
     Chat(cmd::chat::ChatArgs),
+    /// Export a checkpoint for other runtimes: `gguf` (llama.cpp, LM Studio, ollama).
+    #[command(subcommand)]
+    Export(cmd::export::ExportCommand),
     /// Serve a model over an OpenAI-compatible HTTP API (continuous batching, SSE) with a web
     /// chat page at `/`.
     Serve(cmd::serve::ServeArgs),
@@ -115,6 +118,7 @@ fn main() -> std::process::ExitCode {
             let threads = cmd::engine_threads(a.threads);
             cmd::on_engine_pool(|| cmd::chat::run(a, threads))
         }
+        Command::Export(c) => cmd::export::run(c),
         Command::Serve(a) => {
             let threads = cmd::engine_threads(a.threads);
             cmd::serve::run(a, threads)

@@ -8,6 +8,7 @@ use kiln_train::device::{Device, DeviceSpec};
 pub mod bench;
 pub mod chat;
 pub mod data;
+pub mod export;
 pub mod gguf;
 pub mod models;
 pub mod pretrain;
