@@ -124,6 +124,8 @@ pub fn export_gguf(
     let cfg = &m.model.cfg;
     let arch = llama_cpp_arch(cfg.arch)?;
     let mut w = GgufWriter::new();
+    // `general.architecture` comes first (add_model writes it), as gguf-py's GGUFWriter does.
+    let tensors = add_model(&mut w, cfg, &m.model.params_host(), ty)?;
     let name = m
         .dir
         .components()
@@ -136,7 +138,6 @@ pub fn export_gguf(
         .collect::<Vec<_>>()
         .join("/");
     w.set_str("general.name", &format!("kiln {name}"))?;
-    let tensors = add_model(&mut w, cfg, &m.model.params_host(), ty)?;
     let (pre, has_chat_template) = add_tokenizer(&mut w, &m.tok, cfg.vocab_size)?;
     w.write(out)?;
     let bytes = std::fs::metadata(out).map(|md| md.len()).unwrap_or(0);

@@ -1,14 +1,17 @@
 """What llama.cpp's gguf-py (PyPI gguf==0.19.0) reads in GGUF files `kiln export gguf` wrote, for
-tests/export_gguf.rs to compare with kiln's own reader; and whether kiln's F16 and Q8_0 tensors
-equal gguf-py's own encoding of the F32 export's tensors, byte for byte.
+tests/export_gguf.rs to compare with kiln's own reader; whether kiln's F16 and Q8_0 tensors
+equal gguf-py's own encoding of the F32 export's tensors, byte for byte; and whether gguf-py's
+GGUFWriter, given the same key/values and tensors in the same order, writes the same bytes.
 
 usage: export_gguf.py F32.gguf F16.gguf Q8_0.gguf  (prints one JSON object)
 """
 import json
+import os
 import sys
+import tempfile
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, quants
+from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter, quants
 
 
 def describe(path):
@@ -53,5 +56,33 @@ for reader, qtype in ((f16_reader, GGMLQuantizationType.F16), (q8_reader, GGMLQu
         if want.shape != got.shape or not np.array_equal(want, got):
             mismatched.append(f"{qtype.name} {t.name}")
 
+
+
+def rewritten_identical(path, reader):
+    """Replays the file through GGUFWriter and compares the bytes."""
+    fd, out = tempfile.mkstemp(suffix=".gguf")
+    os.close(fd)
+    try:
+        w = GGUFWriter(out, reader.fields["general.architecture"].contents())
+        for name, field in reader.fields.items():
+            if name.startswith("GGUF."):
+                continue
+            sub = field.types[-1] if field.types[0] == GGUFValueType.ARRAY else None
+            w.add_key_value(name, field.contents(), field.types[0], sub_type=sub)
+        for t in reader.tensors:
+            w.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        with open(out, "rb") as a, open(path, "rb") as b:
+            return a.read() == b.read()
+    finally:
+        os.unlink(out)
+
+
+identical = {k: rewritten_identical(p, r) for k, p, r in
+             (("f32", f32_path, f32_reader), ("f16", f16_path, f16_reader), ("q8_0", q8_path, q8_reader))}
 print(json.dumps({"f32": f32_desc, "f16": f16_desc, "q8_0": q8_desc,
-                  "encoded_checked": checked, "encoded_mismatched": mismatched}))
+                  "encoded_checked": checked, "encoded_mismatched": mismatched,
+                  "gguf_writer_identical": identical}))

@@ -2,7 +2,8 @@
 //! tokenizer with the chat tokens, a 2-layer gpt2 pretrained for 200 steps on a small text):
 //! - gguf-py (llama.cpp's own reader, PyPI gguf==0.19.0) reads every key/value and tensor of the
 //!   F32, F16 and Q8_0 exports as kiln's reader does, and kiln's F16/Q8_0 bytes equal gguf-py's
-//!   `quants.quantize` of the F32 export's tensors bit for bit (tests/export_gguf.py). Like
+//!   `quants.quantize` of the F32 export's tensors bit for bit, and gguf-py's GGUFWriter replaying
+//!   the same key/values and tensors writes byte-identical files (tests/export_gguf.py). Like
 //!   kiln-engine's tests/gguf_dequant.rs this needs a Python with gguf (`bash scripts/gguf-py.sh`,
 //!   which CI runs) and fails saying so rather than skipping;
 //! - llama.cpp itself (`scripts/llama-cpp.sh` builds it; CI does not, so the test prints why it
@@ -242,6 +243,11 @@ fn gguf_py_reads_what_kiln_writes_and_encodes_the_same_bytes() {
         serde_json::json!({"F16": 9, "Q8_0": 9})
     );
     assert_eq!(py_view["encoded_mismatched"], serde_json::json!([]));
+    // gguf-py's GGUFWriter, given the same key/values and tensors, writes the same bytes.
+    assert_eq!(
+        py_view["gguf_writer_identical"],
+        serde_json::json!({"f32": true, "f16": true, "q8_0": true})
+    );
     // The metadata a llama.cpp runtime needs.
     let g = GgufFile::open(&files[0]).unwrap();
     assert_eq!(g.str("general.architecture").unwrap(), "gpt2");
