@@ -30,8 +30,8 @@ pub use lang::LanguageConfig;
 pub use minhash::MinhashConfig;
 pub use pii::PiiConfig;
 pub use pipeline::{
-    explain, extract_page, process, Explanation, PageDrop, PageText, PipelineError, ProcessOptions,
-    ProcessSummary, Reject, Step,
+    check_url, explain, extract_page, process, Explanation, PageDrop, PageText, PipelineError,
+    ProcessOptions, ProcessSummary, Reject, Step,
 };
 pub use quality::{C4Config, FineWebConfig, GopherQualityConfig, GopherRepetitionConfig};
 pub use shards::{list_shards, read_batches, read_text_column, write_parquet, ShardError};

@@ -787,6 +787,16 @@ pub fn extract_page(
     }
 }
 
+/// The URL filter stage for one page, as the pipeline runs it before extraction: `None` when the
+/// page's URL passes (or the stage is disabled), else the reject reason (`blocked_domain`,
+/// `banned_word`, …). `kiln data extract --url` runs it first.
+pub fn check_url(url: &str, cfg: &PipelineConfig) -> Result<Option<&'static str>, PipelineError> {
+    if !cfg.url_filter.enabled {
+        return Ok(None);
+    }
+    Ok(UrlFilter::new(&cfg.url_filter)?.check(url))
+}
+
 /// The text [`extract_page`] kept.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PageText {

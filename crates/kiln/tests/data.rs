@@ -299,6 +299,40 @@ fn extract_prints_a_pages_main_text_or_why_it_was_dropped() {
         "{text}"
     );
 
+    // The pipeline's real extraction on a news-like page: the share bar, related-links list and
+    // cookie banner around the article body go; a boilerplate-named wrapper keeps its body.
+    let news = "<body><div class='cookie-banner'>We use cookies. Accept all</div>\
+        <div class='l-sidebar-fixed'><h1>Kiln prices rise</h1>\
+        <p>Potters across the region paid more for firing this year, the guild said on Monday.</p>\
+        <div class='share-bar'><a href='/s'>Share on social media</a></div>\
+        <p>Electric kilns cost forty percent more to run than two years ago, members reported.</p>\
+        <ul><li><a href='/r1'>Glazes explained</a></li><li><a href='/r2'>Clay bodies</a></li></ul>\
+        </div></body>";
+    let nf = dir.path().join("news.html");
+    std::fs::write(&nf, news).unwrap();
+    let text = run_ok(kiln().args(["data", "extract"]).arg(&nf));
+    assert_eq!(
+        text.trim_end(),
+        "Kiln prices rise\nPotters across the region paid more for firing this year, the guild \
+         said on Monday.\nElectric kilns cost forty percent more to run than two years ago, \
+         members reported."
+    );
+    // --url runs the URL filter first, as the pipeline does: a banned word in the URL drops it.
+    let ok = run_ok(
+        kiln()
+            .args(["data", "extract", "--url", "https://example.org/kilns"])
+            .arg(&nf),
+    );
+    assert_eq!(ok, text);
+    let out = kiln()
+        .args(["data", "extract", "--url", "https://example.org/porn/kilns"])
+        .arg(&nf)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("stage `url_filter`"), "{err}");
+
     // UTF-16 bytes declared as UTF-8 by the server: dropped as the pipeline drops it, exit 1.
     let bad = dir.path().join("bad.html");
     std::fs::write(&bad, [0xffu8, 0xfe, 0x00]).unwrap();

@@ -89,6 +89,10 @@ pub enum DataCommand {
         /// An HTML file, or `-` (the default) for stdin.
         #[arg(default_value = "-")]
         file: PathBuf,
+        /// The page's URL: the pipeline's URL filter (the stage before extraction) runs on it
+        /// first, so a page the pipeline would drop for its URL is reported as such.
+        #[arg(long)]
+        url: Option<String>,
         /// The HTTP Content-Type the page came with (its charset is the first hint, as in a WARC).
         #[arg(long)]
         content_type: Option<String>,
@@ -242,6 +246,7 @@ pub fn run(command: DataCommand) -> anyhow::Result<()> {
         }
         DataCommand::Extract {
             file,
+            url,
             content_type,
             config,
         } => {
@@ -249,6 +254,11 @@ pub fn run(command: DataCommand) -> anyhow::Result<()> {
                 Some(p) => kiln_data::PipelineConfig::load(p)?,
                 None => kiln_data::PipelineConfig::default(),
             };
+            if let Some(url) = &url {
+                if let Some(reason) = kiln_data::check_url(url, &cfg)? {
+                    bail!("dropped at stage `url_filter`, reason `{reason}` ({url})");
+                }
+            }
             let bytes = if file.as_os_str() == "-" {
                 let mut b = Vec::new();
                 std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)
