@@ -187,7 +187,10 @@ fn search_over_the_real_crawl() {
         index.as_os_str(),
         os("-k"),
         os("1"),
-        os("KSK ceremony materials"),
+        // The sentence is in the page's prose. (The page's "KSK Ceremony Materials" is only a
+        // link in a list of links: the extractor drops it as navigation, as trafilatura with
+        // FineWeb's settings does on the same page.)
+        os("operator of the Key Signing Key for the DNS root zone"),
     ]);
     assert!(
         hits.starts_with("[1] http://www.iana.org/domains/root\n"),
