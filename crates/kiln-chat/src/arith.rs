@@ -31,6 +31,14 @@ impl Problem {
         }
     }
 
+    /// Held out by the RL tasks `arith` and `arith-easy` ([`crate::tasks`]), which split problems
+    /// by their own key: SFT data leaves these out too, so RL's held-out pass@1 measures
+    /// generalisation.
+    pub fn is_held_out_by_tasks(&self) -> bool {
+        let op = self.sym().chars().next().expect("one-char symbol");
+        crate::tasks::arith_is_held_out(self.a as i64, op, self.b as i64)
+    }
+
     fn sym(&self) -> &'static str {
         match self.op {
             Op::Add => "+",
@@ -148,6 +156,32 @@ pub fn random_problem(rng: &mut Rng) -> Problem {
     }
 }
 
+/// A problem of the RL task `arith-easy`'s size (sums and differences up to 20, one-digit
+/// products): the first rung, which the 3-digit problems alone almost never show (two operands
+/// ≤ 20 come up about once in 2,500 draws).
+pub fn small_problem(rng: &mut Rng) -> Problem {
+    match rng.below(3) {
+        0 => Problem {
+            a: range(rng, 1, 20),
+            op: Op::Add,
+            b: range(rng, 1, 20),
+        },
+        1 => {
+            let a = range(rng, 2, 20);
+            Problem {
+                a,
+                op: Op::Sub,
+                b: range(rng, 1, a),
+            }
+        }
+        _ => Problem {
+            a: range(rng, 2, 9),
+            op: Op::Mul,
+            b: range(rng, 2, 9),
+        },
+    }
+}
+
 /// `count` problems from one side of the split (`held_out = false` for training data).
 pub fn problems(count: usize, seed: u64, held_out: bool) -> Vec<Problem> {
     let mut rng = Rng::new(seed);
@@ -161,20 +195,35 @@ pub fn problems(count: usize, seed: u64, held_out: bool) -> Vec<Problem> {
     out
 }
 
+/// The endless stream of training problems behind [`conversations`], seeded.
+fn training_problems(seed: u64) -> impl Iterator<Item = Problem> {
+    let mut draw = Rng::new(seed);
+    std::iter::repeat_with(move || {
+        if draw.below(4) == 0 {
+            small_problem(&mut draw)
+        } else {
+            random_problem(&mut draw)
+        }
+    })
+    .filter(|p| !p.is_held_out() && !p.is_held_out_by_tasks())
+}
+
 /// Training conversations: question → worked answer (some with a second problem as a follow-up).
+/// One problem in four is a small one ([`small_problem`]); none is held out by this module's eval
+/// or by the RL tasks.
 pub fn conversations(count: usize, seed: u64) -> Vec<Conversation> {
     let mut rng = Rng::new(seed ^ 0xA517);
-    let ps = problems(count * 2, seed, false);
+    let mut problems = training_problems(seed);
+    let mut next_problem = move || problems.next().expect("an endless stream");
     let mut out = Vec::with_capacity(count);
-    let mut it = ps.into_iter();
     while out.len() < count {
-        let p = it.next().expect("enough problems");
+        let p = next_problem();
         let mut msgs = vec![
             Message::user(p.question(&mut rng)),
             Message::assistant(p.worked()),
         ];
         if rng.below(4) == 0 {
-            let q = it.next().expect("enough problems");
+            let q = next_problem();
             msgs.push(Message::user(format!("And {}", q.question(&mut rng))));
             msgs.push(Message::assistant(q.worked()));
         }
@@ -261,6 +310,40 @@ mod tests {
         assert_eq!(last_integer("10 - 3 = 7"), Some(7));
         assert_eq!(last_integer("$18.00"), Some(18));
         assert_eq!(last_integer("none"), None);
+    }
+
+    #[test]
+    fn training_problems_hold_small_ones_but_none_the_rl_tasks_hold_out() {
+        use crate::tasks::TaskKind;
+        let held: std::collections::HashSet<String> = TaskKind::ArithEasy
+            .problems(2000, 4, true)
+            .into_iter()
+            .map(|p| p.question)
+            .collect();
+        assert!(
+            held.len() > 30,
+            "{} held-out arith-easy problems",
+            held.len()
+        );
+        let n = 8000;
+        let mut small = 0;
+        for p in training_problems(2).take(n) {
+            // The task phrases `a op b` as one of three questions, all starting with it or
+            // "What is"/"Compute" before it.
+            let q = format!("{} {} {}", p.a, p.sym(), p.b);
+            for held_q in &held {
+                assert!(
+                    !(held_q.contains(&format!(" {q}?"))
+                        || held_q.contains(&format!(" {q}."))
+                        || held_q.starts_with(&format!("{q} ="))),
+                    "{q} is held out by arith-easy ({held_q})"
+                );
+            }
+            assert!(!p.is_held_out() && !p.is_held_out_by_tasks());
+            small += usize::from(p.a <= 20 && p.b <= 20);
+        }
+        // A quarter are drawn small; of the rest, products of a ≤ 20 by one digit are too.
+        assert!((2000..3000).contains(&small), "{small} small of {n}");
     }
 
     #[test]

@@ -201,14 +201,7 @@ impl GgufChatModel {
         }
         let mut s = self.model.session(prompt.len() + max_tokens);
         let mut rng = Rng::new(seed);
-        // The prompt in passes of up to 512 tokens (each weight matrix read once per pass).
-        let mut logits = Vec::new();
-        for piece in prompt.chunks(512) {
-            let seq = vec![0; piece.len()];
-            logits = self
-                .model
-                .forward_batch(&mut [&mut s], &seq, piece, &[piece.len() - 1])?;
-        }
+        let mut logits = self.model.prefill(&mut s, prompt)?;
         let mut out = Vec::new();
         for i in 0..max_tokens {
             let next = sample_token(&logits, sampling, &mut rng);

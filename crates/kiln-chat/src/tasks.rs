@@ -134,12 +134,7 @@ pub struct Score {
 impl TaskProblem {
     /// About one problem in ten is held out (by a hash of its canonical key).
     pub fn is_held_out(&self) -> bool {
-        // FNV-1a, then a multiplicative mix: stable across platforms and Rust versions.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in self.key.bytes() {
-            h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
-        }
-        (h.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32).is_multiple_of(10)
+        key_is_held_out(&self.key)
     }
 
     /// Verify `reply` (the assistant text): correctness, format and the reward.
@@ -179,6 +174,26 @@ fn answer_in_place(reply: &str) -> Option<String> {
         return None;
     }
     Some(ans.to_string())
+}
+
+/// Whether the problem with this canonical key is on the held-out side.
+fn key_is_held_out(key: &str) -> bool {
+    // FNV-1a, then a multiplicative mix: stable across platforms and Rust versions.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+    }
+    (h.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32).is_multiple_of(10)
+}
+
+/// Whether `a op b` is held out by the `arith` and `arith-easy` tasks (their shared key), so that
+/// SFT data can leave those problems out.
+pub(crate) fn arith_is_held_out(a: i64, op: char, b: i64) -> bool {
+    key_is_held_out(&arith_key(a, op, b))
+}
+
+fn arith_key(a: i64, op: char, b: i64) -> String {
+    format!("arith {a} {op} {b}")
 }
 
 /// Uniform in `lo..=hi`.
@@ -237,7 +252,7 @@ fn arith_question(rng: &mut Rng, a: i64, op: char, b: i64) -> TaskProblem {
         question,
         expected: Expected::Integer(ans),
         solution: ans.to_string(),
-        key: format!("arith {a} {op} {b}"),
+        key: arith_key(a, op, b),
     }
 }
 

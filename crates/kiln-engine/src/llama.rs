@@ -383,6 +383,30 @@ impl LlamaModel {
         tokens: &[u32],
         outputs: &[usize],
     ) -> Result<Vec<f32>, EngineError> {
+        self.forward_rows(sessions, seq, tokens, outputs, false)
+    }
+
+    /// Run a prompt (or the rest of one) into `s` after what it holds, in passes of up to
+    /// [`PREFILL_CHUNK`] tokens; returns the logits after its last token. Each token's result is
+    /// independent of how the prompt was split (batch-invariant kernels, [`QActs`]), so a prompt
+    /// run after a cached prefix gives the same bits as the whole prompt run at once.
+    pub fn prefill(&self, s: &mut LlamaSession, tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
+        let mut logits = Vec::new();
+        for piece in tokens.chunks(PREFILL_CHUNK) {
+            let seq = vec![0; piece.len()];
+            logits = self.forward_rows(&mut [&mut *s], &seq, piece, &[piece.len() - 1], true)?;
+        }
+        Ok(logits)
+    }
+
+    fn forward_rows(
+        &self,
+        sessions: &mut [&mut LlamaSession],
+        seq: &[usize],
+        tokens: &[u32],
+        outputs: &[usize],
+        batch_invariant: bool,
+    ) -> Result<Vec<f32>, EngineError> {
         let c = &self.config;
         let n = tokens.len();
         if seq.len() != n || outputs.iter().any(|&o| o >= n) {
@@ -439,6 +463,7 @@ impl LlamaModel {
         let mut g = vec![0f32; n * ff];
         let mut up = vec![0f32; n * ff];
         let mut acts = QActs::new();
+        acts.batch_invariant = batch_invariant;
         let mm = |w: &TensorInfo, acts: &QActs, out: &mut [f32]| {
             qmatmul(
                 isa,
@@ -635,21 +660,7 @@ impl<'m> LlamaBatch<'m> {
     /// logits after the last one. On an error the slot is emptied (its cache is half-written).
     fn run_after(&mut self, slot: usize, tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
         let s = &mut self.sessions[slot];
-        let mut logits = Vec::new();
-        for piece in tokens.chunks(PREFILL_CHUNK) {
-            let seq = vec![0; piece.len()];
-            let r = self
-                .model
-                .forward_batch(&mut [&mut *s], &seq, piece, &[piece.len() - 1]);
-            match r {
-                Ok(l) => logits = l,
-                Err(e) => {
-                    s.reset();
-                    return Err(e);
-                }
-            }
-        }
-        Ok(logits)
+        self.model.prefill(s, tokens).inspect_err(|_| s.reset())
     }
 }
 

@@ -119,3 +119,29 @@ fn batched_decoder_matches_the_sequential_reference() {
         }
     }
 }
+
+/// A prompt run after a cached prefix gives the same bits as the whole prompt run in one pass,
+/// whatever the prefix's length (prompt passes take batch-invariant kernels). This is what makes
+/// a seeded request to `kiln serve` repeat itself when its prompt was cached by an earlier one.
+#[test]
+fn a_prompt_after_a_cached_prefix_equals_the_whole_prompt_bit_for_bit() {
+    let m = model();
+    let prompt = [1u32, 504, 3458, 282, 4649, 314, 30, 2, 17, 905];
+    let mut whole = LlamaBatch::new(&m, 1, 64);
+    let want = whole.prefill(0, &prompt).unwrap();
+    let n = prompt.len();
+    for keep in [1, 2, 5, n - 2, n - 1] {
+        let mut b = LlamaBatch::new(&m, 1, 64);
+        b.prefill(0, &prompt[..keep]).unwrap();
+        assert_eq!(
+            b.prefill_reusing(0, keep, &prompt).unwrap(),
+            want,
+            "keep {keep}"
+        );
+    }
+    // The slot holds the whole prompt and a reply: only the last prompt token is run again.
+    let mut b = LlamaBatch::new(&m, 1, 64);
+    b.prefill(0, &prompt).unwrap();
+    b.step(&[0], &[77]).unwrap();
+    assert_eq!(b.prefill_reusing(0, n - 1, &prompt).unwrap(), want);
+}

@@ -91,6 +91,11 @@ pub const TILE: usize = 4;
 pub struct QActs {
     pub rows: usize,
     pub cols: usize,
+    /// Always take the tiled kernels, never the fused few-row ones: each row's result is then
+    /// the same bits whatever number of rows it is multiplied with. Prompt passes set it, so a
+    /// prompt whose prefix was cached (the last token alone recomputed) gives exactly the
+    /// logits of the whole prompt run at once, and a seeded request repeats itself.
+    pub batch_invariant: bool,
     q: Vec<i8>,
     d16: Vec<f32>,
     s16: Vec<f32>,
@@ -425,7 +430,12 @@ fn quant_rows(
     let q8_1 = ty == GgmlType::Q4_1;
     // Few activation rows (decode): the 32-value types are dotted straight from their blocks,
     // since unpacking a row costs more than one dot with it; more rows amortize the unpacking.
-    if x.rows <= FUSED_MAX_ROWS && fused_type(ty) && isa != QIsa::Scalar && *HAS_F16C {
+    if x.rows <= FUSED_MAX_ROWS
+        && !x.batch_invariant
+        && fused_type(ty)
+        && isa != QIsa::Scalar
+        && *HAS_F16C
+    {
         let row = |r: usize| &w[r * rb..(r + 1) * rb];
         let mut r = 0;
         while r < nr {
