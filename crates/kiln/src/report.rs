@@ -392,6 +392,17 @@ fn markdown(i: &RunInfo) -> String {
                 pct(&r[key])
             );
         }
+        // The share of sampled replies that are right (DeepSeek-R1's pass@1): runs before it
+        // existed have no such keys and no row.
+        for (model, key) in [("SFT", "pass1_sampled_start"), ("RL", "pass1_sampled")] {
+            if r[key].is_number() {
+                let _ = writeln!(
+                    m,
+                    "| RL task: arith-easy, held-out pass@1 (sampled, T = 1) | {model} | {} | ≈0% |",
+                    pct(&r[key])
+                );
+            }
+        }
     }
     tools_section(&mut m, e);
     data_section(&mut m, &i.web, &i.run);
@@ -583,7 +594,7 @@ mod tests {
                 "sft": {"chat_val_loss_base": 4.0, "chat_val_loss": 3.25, "tok_per_s": 4000.0,
                         "scores": [{"name": "MMLU", "correct": 11, "total": 40, "chance": 0.25}]},
                 "samples": [{"prompt": "Who are you?", "base": "a <b>", "sft": "I am Kiln."}],
-                "rl": {"pass1_start": 0.1, "pass1": 0.25, "rollout_tok_s": 900.0, "train_tok_s": 3000.0},
+                "rl": {"pass1_start": 0.1, "pass1": 0.25, "pass1_sampled_start": 0.05, "pass1_sampled": 0.125, "rollout_tok_s": 900.0, "train_tok_s": 3000.0},
                 "curves": {"pretrain_loss": [[1, 5.0], [2, 4.0]], "pretrain_val_bpb": [], "sft_loss": [[1, 3.0]], "sft_val_loss": []}
             }),
             mix: json!({"sources": [{"kind": "identity", "train": 9, "val": 1, "malformed": 0, "rejected": 0, "too_long": 0}], "truncated": 2, "dropped": 1}),
@@ -630,6 +641,10 @@ mod tests {
         assert!(md.contains("| tokenizer | skipped (output existed) |"));
         assert!(
             md.contains("held-out pass@1 (greedy) | RL | 25.0% |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("held-out pass@1 (sampled, T = 1) | SFT | 5.0% |"),
             "{md}"
         );
         assert!(

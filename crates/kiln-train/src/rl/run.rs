@@ -176,6 +176,12 @@ pub struct RlSummary {
     /// Held-out pass@k (k = the group size, sampled at the rollout temperature), likewise.
     pub pass_k_start: Option<f64>,
     pub pass_k: Option<f64>,
+    /// Held-out pass@1 sampled: the share of the k samples that are correct (DeepSeek-R1's
+    /// pass@1), likewise. Less noisy than greedy pass@1 on a few problems.
+    #[serde(default)]
+    pub pass1_sampled_start: Option<f64>,
+    #[serde(default)]
+    pub pass1_sampled: Option<f64>,
     /// Mean reward of the first and last step of this process.
     pub reward_first: Option<f64>,
     pub reward_last: Option<f64>,
@@ -314,12 +320,14 @@ fn entropy_of(logits: &[f32]) -> f64 {
     z.ln() - ez / z
 }
 
-/// Held-out scores: greedy pass@1, its format rate, and pass@k (any of `k` samples at the rollout
-/// temperature correct; one prefill and `k` forked rows per problem, a fixed seed so evals compare).
+/// Held-out scores: greedy pass@1, its format rate, pass@k (any of `k` samples at the rollout
+/// temperature correct; one prefill and `k` forked rows per problem, a fixed seed so evals compare)
+/// and sampled pass@1 (the share of those samples that are correct).
 struct Eval {
     pass1: f64,
     format: f64,
     pass_k: f64,
+    pass1_sampled: f64,
 }
 
 fn evaluate<B: Backend>(
@@ -339,19 +347,25 @@ fn evaluate<B: Backend>(
     let seeds: Vec<u64> = (0..items.len() as u64).collect();
     let (greedy_out, _) = rollouts(model, &prompts, &seeds, 1, max_new, &greedy, stop, false)?;
     let (sampled, _) = rollouts(model, &prompts, &seeds, k, max_new, sp, stop, false)?;
-    let (mut ok, mut fmt, mut any) = (0usize, 0usize, 0usize);
+    let (mut ok, mut fmt, mut any, mut samples_ok) = (0usize, 0usize, 0usize, 0usize);
     for (j, it) in items.iter().enumerate() {
         let s = (it.score)(strip_stop(&greedy_out[j], stop));
         ok += usize::from(s.correct);
         fmt += usize::from(s.formatted);
         let outs = &sampled[j * k..(j + 1) * k];
-        any += usize::from(outs.iter().any(|o| (it.score)(strip_stop(o, stop)).correct));
+        let right = outs
+            .iter()
+            .filter(|o| (it.score)(strip_stop(o, stop)).correct)
+            .count();
+        any += usize::from(right > 0);
+        samples_ok += right;
     }
     let n = items.len().max(1) as f64;
     Ok(Eval {
         pass1: ok as f64 / n,
         format: fmt as f64 / n,
         pass_k: any as f64 / n,
+        pass1_sampled: samples_ok as f64 / (n * k.max(1) as f64),
     })
 }
 
@@ -582,6 +596,7 @@ pub fn rl_hooked<B: TrainBackend, H: StepHook>(
         min_p: 0.0,
     };
     let (mut pass1_start, mut pass1, mut pass_k_start, mut pass_k) = (None, None, None, None);
+    let (mut pass1_sampled_start, mut pass1_sampled) = (None, None);
     if step == 0 && !eval_items.is_empty() {
         let e = evaluate(
             &tr.model,
@@ -598,9 +613,10 @@ pub fn rl_hooked<B: TrainBackend, H: StepHook>(
             cfg.group,
             e.pass_k
         );
-        metrics.write(&json!({"event": "eval", "step": 0, "pass1": e.pass1, "format": e.format, "pass_k": e.pass_k, "k": cfg.group}))?;
+        metrics.write(&json!({"event": "eval", "step": 0, "pass1": e.pass1, "format": e.format, "pass_k": e.pass_k, "pass1_sampled": e.pass1_sampled, "k": cfg.group}))?;
         (pass1_start, pass1) = (Some(e.pass1), Some(e.pass1));
         (pass_k_start, pass_k) = (Some(e.pass_k), Some(e.pass_k));
+        (pass1_sampled_start, pass1_sampled) = (Some(e.pass1_sampled), Some(e.pass1_sampled));
     }
     metrics.write(&json!({"event": "start", "step": step, "train_problems": data.train.len(), "held_out": data.held_out.len(), "config": cfg}))?;
     if step == 0 {
@@ -837,8 +853,9 @@ pub fn rl_hooked<B: TrainBackend, H: StepHook>(
                 cfg.group,
                 &sp,
             )?;
-            metrics.write(&json!({"event": "eval", "step": step, "pass1": e.pass1, "format": e.format, "pass_k": e.pass_k, "k": cfg.group}))?;
+            metrics.write(&json!({"event": "eval", "step": step, "pass1": e.pass1, "format": e.format, "pass_k": e.pass_k, "pass1_sampled": e.pass1_sampled, "k": cfg.group}))?;
             (pass1, pass_k) = (Some(e.pass1), Some(e.pass_k));
+            pass1_sampled = Some(e.pass1_sampled);
             evals.push((step as f64, e.pass1));
         }
         if last || (cfg.eval_every > 0 && (step as usize).is_multiple_of(cfg.eval_every)) {
@@ -870,6 +887,8 @@ pub fn rl_hooked<B: TrainBackend, H: StepHook>(
         pass1,
         pass_k_start,
         pass_k,
+        pass1_sampled_start,
+        pass1_sampled,
         reward_first,
         reward_last,
         rollout_tok_s: gen_tokens / gen_s.max(1e-9),
@@ -971,6 +990,8 @@ mod tests {
         let m = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
         assert!(m.contains("\"pass1\"") && m.contains("\"pass_k\"") && m.contains("\"entropy\""));
         assert_eq!(s.pass_k, Some(1.0));
+        let (p0, p1) = (s.pass1_sampled_start.unwrap(), s.pass1_sampled.unwrap());
+        assert!(p0 < 0.2 && p1 > 0.6, "sampled pass@1 {p0} -> {p1}");
         assert!(std::fs::read_to_string(out.join("rl.svg"))
             .unwrap()
             .contains("held-out pass@1"));

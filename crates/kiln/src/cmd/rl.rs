@@ -164,10 +164,12 @@ pub fn run(a: RlArgs, threads: usize) -> anyhow::Result<()> {
     let s = run_job(&job, &spec)?;
     let f = |p: Option<f64>| p.map_or("-".into(), |p| format!("{p:.3}"));
     println!(
-        "step {}  held-out pass@1 {} → {}  pass@{} {} → {}  mean reward {} → {}  rollouts {:.0} tok/s  updates {:.0} tok/s  {:.0} s  checkpoint {}",
+        "step {}  held-out pass@1 {} → {}  sampled pass@1 {} → {}  pass@{} {} → {}  mean reward {} → {}  rollouts {:.0} tok/s  updates {:.0} tok/s  {:.0} s  checkpoint {}",
         s.step,
         f(s.pass1_start),
         f(s.pass1),
+        f(s.pass1_sampled_start),
+        f(s.pass1_sampled),
         a.group,
         f(s.pass_k_start),
         f(s.pass_k),
