@@ -197,6 +197,17 @@ impl LlamaModel {
             ));
         }
         let n_layer = u("block_count")?;
+        // Every layer has several tensors: a count beyond the table is corrupt, and would size
+        // per-layer buffers before any tensor is looked up.
+        if n_layer > file.tensors.len() {
+            return Err(bad(
+                key("block_count"),
+                format!(
+                    "{n_layer} layers but the file has {} tensors",
+                    file.tensors.len()
+                ),
+            ));
+        }
         let rope_base = f_opt("rope.freq_base")?.unwrap_or(10000.0);
         // Linear RoPE scaling applies to the global layers (llama.cpp: freq_scale = 1/factor).
         let rope_scale = match file.get(&key("rope.scaling.type")).and_then(Value::as_str) {

@@ -167,3 +167,24 @@ fn qwen3_without_its_qk_norm_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn a_block_count_beyond_the_tensor_table_is_refused() {
+    // Found by tests/gguf_fuzz.rs: a corrupt count sized per-layer buffers (gigabytes) before
+    // the first missing tensor was noticed.
+    let mut bytes = std::fs::read(fixture("qwen2-tiny.gguf")).unwrap();
+    let key = b"qwen2.block_count";
+    let at = bytes.windows(key.len()).position(|w| w == key).unwrap() + key.len();
+    // The value type (u32 = 4), then the value.
+    assert_eq!(bytes[at..at + 4], 4u32.to_le_bytes());
+    bytes[at + 4..at + 8].copy_from_slice(&(1u32 << 23).to_le_bytes());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("layers.gguf");
+    std::fs::write(&path, bytes).unwrap();
+    let file = GgufFile::open(&path).unwrap();
+    let err = LlamaModel::new(Arc::new(file)).err().unwrap().to_string();
+    assert!(
+        err.contains("qwen2.block_count") && err.contains("8388608 layers"),
+        "{err}"
+    );
+}
