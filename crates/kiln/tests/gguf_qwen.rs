@@ -4,7 +4,8 @@
 //!   perplexity (`scripts/llama-cpp.sh` builds it; CI does not, so the test prints why it skips
 //!   when it is missing). Over hundreds of scored positions this checks the qwen2/qwen3 forward
 //!   passes, the tokenizer and the chunking rule against llama.cpp at once;
-//! - a text too short for two chunks is an error saying how many tokens it needs.
+//! - a text too short for two chunks is an error saying how many tokens it needs, a context
+//!   longer than the model's one naming both.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -128,4 +129,24 @@ fn too_short_a_text_is_an_error_naming_the_tokens_needed() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
     assert!(err.contains("at least 128"), "{err}");
+}
+
+#[test]
+fn a_ctx_past_the_models_context_is_an_error_naming_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("text.txt");
+    std::fs::write(&file, text()).unwrap();
+    // The tiny models' context_length is 4096.
+    let o = kiln(&[
+        "perplexity",
+        "--model",
+        fixture("qwen3").to_str().unwrap(),
+        "--file",
+        file.to_str().unwrap(),
+        "--ctx",
+        "8192",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("--ctx 8192") && err.contains("4096"), "{err}");
 }

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::Args;
 use kiln_chat::gguf_model::GgufChatModel;
 use kiln_chat::perplexity::{first_scored, gguf_chunk_logits, perplexity, PerplexityReport};
@@ -43,6 +43,7 @@ pub fn run(a: PerplexityArgs, threads: usize) -> anyhow::Result<()> {
     let r = if let Some(path) = kiln_data::models::resolve_model(&a.model.to_string_lossy())? {
         let m =
             GgufChatModel::load(&path).with_context(|| format!("loading {}", path.display()))?;
+        check_ctx(a.ctx, m.model.config.context)?;
         // As llama-perplexity tokenizes: BOS if the file adds one, special-token text stays text.
         let tokens = m.encode_prompt(&text, false);
         let bos = m.tok.bos.filter(|_| m.tok.add_bos);
@@ -56,6 +57,7 @@ pub fn run(a: PerplexityArgs, threads: usize) -> anyhow::Result<()> {
         )?
     } else {
         let m = kiln_chat::load::load_model(&a.model, a.tokenizer.as_deref(), threads)?;
+        check_ctx(a.ctx, m.model.cfg.context)?;
         // kiln's documents start with BOS, as its GGUF export tells llama.cpp to add it.
         let bos = bos_id(&m.tok);
         let mut tokens: Vec<u32> = bos.into_iter().collect();
@@ -68,6 +70,13 @@ pub fn run(a: PerplexityArgs, threads: usize) -> anyhow::Result<()> {
         })?
     };
     print_report(&r, a.json, threads);
+    Ok(())
+}
+
+fn check_ctx(ctx: usize, model_context: usize) -> anyhow::Result<()> {
+    if ctx > model_context {
+        bail!("--ctx {ctx} is longer than the model's context of {model_context} positions");
+    }
     Ok(())
 }
 
