@@ -18,6 +18,7 @@ attention scaled by 1/√head → output → residual; RMSNorm → SwiGLU MLP �
 output matrix.
 
 usage: tiny-model.py write {qwen2,qwen3} OUT.gguf [--vocab small|qwen2] [--type f16|f32] [--seed N]
+                                [--template CHAT_TEMPLATE.jinja]
        tiny-model.py reference MODEL.gguf IDS(comma-separated) OUT.json
 Needs gguf-py and numpy (`bash scripts/gguf-py.sh` makes /tmp/kiln-gguf-venv).
 """
@@ -69,7 +70,7 @@ def qwen2_vocab():
     )
 
 
-def write(arch, out, vocab_kind, ty, seed):
+def write(arch, out, vocab_kind, ty, seed, template=None):
     rng = np.random.default_rng(seed)
     tokens, types, merges, eos = small_vocab() if vocab_kind == "small" else qwen2_vocab()
     n_vocab = len(tokens)
@@ -96,6 +97,8 @@ def write(arch, out, vocab_kind, ty, seed):
     w.add_eos_token_id(eos)
     w.add_bos_token_id(eos)
     w.add_add_bos_token(False)
+    if template:
+        w.add_chat_template(open(template, encoding="utf-8").read())
     dtype = np.float16 if ty == "f16" else np.float32
 
     def mat(name, rows, cols):
@@ -202,13 +205,14 @@ def main():
     a.add_argument("--vocab", choices=["small", "qwen2"], default="small")
     a.add_argument("--type", choices=["f16", "f32"], default="f16")
     a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--template", help="a Jinja chat template file for tokenizer.chat_template")
     r = sub.add_parser("reference")
     r.add_argument("model")
     r.add_argument("ids")
     r.add_argument("out")
     args = ap.parse_args()
     if args.cmd == "write":
-        write(args.arch, args.out, args.vocab, args.type, args.seed)
+        write(args.arch, args.out, args.vocab, args.type, args.seed, args.template)
     else:
         ids = [int(i) for i in args.ids.split(",")]
         arch, logits = forward(args.model, ids)
