@@ -2,7 +2,8 @@
 //! generated identity and arithmetic conversations ([`identity`], [`arith`]), evals ([`evals`]),
 //! the model as evals see it ([`model`]), driving the engine for chat ([`engine`], [`session`]),
 //! verifiable tasks for RL ([`tasks`]), the tool runtime and search tool ([`tools`]), and a
-//! checkpoint with its tokenizer and chat template as a GGUF file for llama.cpp ([`gguf_export`]). It
+//! checkpoint with its tokenizer and chat template as a GGUF file for llama.cpp ([`gguf_export`]),
+//! and perplexity of a text as llama.cpp's `llama-perplexity` computes it ([`perplexity`]). It
 //! speaks token ids through the [`format::Codec`] trait (implemented for kiln's tokenizer in
 //! [`codec`]); it owns no model math and reads no data folder of its own: callers pass paths in.
 
@@ -17,6 +18,7 @@ pub mod identity;
 pub mod load;
 pub mod mix;
 pub mod model;
+pub mod perplexity;
 pub mod session;
 pub mod tasks;
 pub mod tools;

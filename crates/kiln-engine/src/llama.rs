@@ -1,8 +1,12 @@
 //! Inference for GGUF decoder-only transformers of the Llama family, on the cpu, against a KV
-//! cache per sequence. Two architectures from `general.architecture`, one forward pass:
+//! cache per sequence. Four architectures from `general.architecture`, one forward pass:
 //! - `llama` (SmolLM2, Llama 2/3, TinyLlama): RMSNorm, RoPE with the file's base and rotary dims
 //!   (llama.cpp's "normal" layout: adjacent pairs, since the converter permuted Q/K into it),
 //!   grouped-query attention, SwiGLU, tied or untied output;
+//! - `qwen2` (Qwen2, Qwen2.5): `llama` with biases on the Q, K and V products and RoPE in the NeoX
+//!   layout (halves, not pairs: llama.cpp's `LLAMA_ROPE_TYPE_NEOX` for qwen2);
+//! - `qwen3`: `llama` with per-head RMSNorm of Q and K before RoPE (QK-norm, as Gemma 3), NeoX
+//!   RoPE, and heads of `attention.key_length` (Qwen3-0.6B: 16 heads of 128 on a width of 1024);
 //! - `gemma3`: the embedding scaled by √d, RMSNorm before *and* after attention and the MLP (the
 //!   file's norm weights already hold Gemma's `1 + w`: llama.cpp multiplies by them as stored),
 //!   per-head RMSNorm of Q and K (QK-norm), RoPE in the NeoX layout (halves, not pairs), GeGLU
@@ -33,10 +37,24 @@ use crate::EngineError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
     Llama,
+    Qwen2,
+    Qwen3,
     Gemma3,
 }
 
-const SUPPORTED_ARCHS: &str = "llama, gemma3";
+const SUPPORTED_ARCHS: &str = "llama, qwen2, qwen3, gemma3";
+
+impl Arch {
+    /// RoPE rotates the pairs (i, i + dims/2) instead of adjacent pairs: the architectures whose
+    /// converter keeps the checkpoint's Q/K order (llama.cpp's `llama_model_rope_type`).
+    fn neox_rope(self) -> bool {
+        matches!(self, Arch::Qwen2 | Arch::Qwen3 | Arch::Gemma3)
+    }
+    /// Per-head RMSNorm of Q and K before RoPE (`attn_q_norm`, `attn_k_norm`).
+    fn qk_norm(self) -> bool {
+        matches!(self, Arch::Qwen3 | Arch::Gemma3)
+    }
+}
 
 /// Hyperparameters from `<arch>.*` metadata.
 #[derive(Debug, Clone)]
@@ -74,7 +92,12 @@ struct Layer {
     k: TensorInfo,
     v: TensorInfo,
     o: TensorInfo,
-    /// QK-norm weights (`head_dim` each), Gemma 3.
+    /// Biases added to the Q, K and V products (Qwen2's; optional in every architecture, as
+    /// llama.cpp loads them).
+    q_bias: Option<Vec<f32>>,
+    k_bias: Option<Vec<f32>>,
+    v_bias: Option<Vec<f32>>,
+    /// QK-norm weights (`head_dim` each), Qwen3 and Gemma 3.
     q_norm: Option<Vec<f32>>,
     k_norm: Option<Vec<f32>>,
     /// Norms of the attention and MLP outputs before the residual add, Gemma 3.
@@ -109,6 +132,8 @@ impl LlamaModel {
         let arch_name = file.str("general.architecture")?.to_string();
         let arch = match arch_name.as_str() {
             "llama" => Arch::Llama,
+            "qwen2" => Arch::Qwen2,
+            "qwen3" => Arch::Qwen3,
             "gemma3" => Arch::Gemma3,
             other => {
                 return Err(bad(
@@ -172,6 +197,17 @@ impl LlamaModel {
             ));
         }
         let n_layer = u("block_count")?;
+        // Every layer has several tensors: a count beyond the table is corrupt, and would size
+        // per-layer buffers before any tensor is looked up.
+        if n_layer > file.tensors.len() {
+            return Err(bad(
+                key("block_count"),
+                format!(
+                    "{n_layer} layers but the file has {} tensors",
+                    file.tensors.len()
+                ),
+            ));
+        }
         let rope_base = f_opt("rope.freq_base")?.unwrap_or(10000.0);
         // Linear RoPE scaling applies to the global layers (llama.cpp: freq_scale = 1/factor).
         let rope_scale = match file.get(&key("rope.scaling.type")).and_then(Value::as_str) {
@@ -188,7 +224,7 @@ impl LlamaModel {
             }
         };
         let (sliding_window, local, rope_base_local, attn_scale, final_logit_softcap) = match arch {
-            Arch::Llama => (
+            Arch::Llama | Arch::Qwen2 | Arch::Qwen3 => (
                 None,
                 vec![false; n_layer],
                 rope_base,
@@ -270,14 +306,24 @@ impl LlamaModel {
             let t = |n: &str, dims: &[usize]| tensor(&file, &format!("blk.{l}.{n}.weight"), dims);
             let norm = |n: &str, len: usize| vector(&file, &format!("blk.{l}.{n}.weight"), len);
             let gemma_norm = |n: &str, len: usize| gemma.then(|| norm(n, len)).transpose();
+            let qk_norm = |n: &str| arch.qk_norm().then(|| norm(n, head_dim)).transpose();
+            let bias = |n: &str, len: usize| {
+                let name = format!("blk.{l}.{n}.bias");
+                file.tensor(&name)
+                    .map(|_| vector(&file, &name, len))
+                    .transpose()
+            };
             layers.push(Layer {
                 attn_norm: norm("attn_norm", d_model)?,
                 q: t("attn_q", &[d_model, qd])?,
                 k: t("attn_k", &[d_model, kv])?,
                 v: t("attn_v", &[d_model, kv])?,
                 o: t("attn_output", &[qd, d_model])?,
-                q_norm: gemma_norm("attn_q_norm", head_dim)?,
-                k_norm: gemma_norm("attn_k_norm", head_dim)?,
+                q_bias: bias("attn_q", qd)?,
+                k_bias: bias("attn_k", kv)?,
+                v_bias: bias("attn_v", kv)?,
+                q_norm: qk_norm("attn_q_norm")?,
+                k_norm: qk_norm("attn_k_norm")?,
                 post_attn_norm: gemma_norm("post_attention_norm", d_model)?,
                 ffn_norm: norm("ffn_norm", d_model)?,
                 gate: t("ffn_gate", &[d_model, c.d_ff])?,
@@ -315,6 +361,14 @@ impl LlamaModel {
             }
         }
         let out_norm = vector(&file, "output_norm.weight", d_model)?;
+        // llama.cpp's qwen2 would add it to the logits; no released file has one, so rather
+        // than carry an untested path, refuse.
+        if file.tensor("output.bias").is_some() {
+            return Err(bad(
+                "tensor `output.bias`",
+                "an output bias is not supported",
+            ));
+        }
         // No output matrix: the head is tied to the embedding.
         let output = match file.tensor("output.weight") {
             Some(_) => tensor(&file, "output.weight", &[d_model, vocab])?,
@@ -442,6 +496,7 @@ impl LlamaModel {
         let (d, hd, ff) = (c.d_model, c.head_dim, c.d_ff);
         let (qd, kvd) = (c.n_head * hd, c.n_kv_head * hd);
         let gemma = c.arch == Arch::Gemma3;
+        let neox = c.arch.neox_rope();
         let isa = QIsa::current();
         let mut x = vec![0f32; n * d];
         let rb = self.embd.ty.row_bytes(d);
@@ -517,6 +572,16 @@ impl LlamaModel {
             rmsnorm_rows(&x, &w.attn_norm, c.eps, &mut h);
             acts.quantize(&h, n, d);
             mm_many(&[&w.q, &w.k, &w.v], &acts, vec![&mut q, &mut k, &mut v]);
+            for (x, b) in [
+                (&mut q, &w.q_bias),
+                (&mut k, &w.k_bias),
+                (&mut v, &w.v_bias),
+            ] {
+                if let Some(b) = b {
+                    x.chunks_exact_mut(b.len())
+                        .for_each(|row| row.iter_mut().zip(b).for_each(|(x, b)| *x += b));
+                }
+            }
             for i in 0..n {
                 let qi = &mut q[i * qd..(i + 1) * qd];
                 let ki = &mut k[i * kvd..(i + 1) * kvd];
@@ -525,7 +590,7 @@ impl LlamaModel {
                     rmsnorm_rows_in_place(ki, kn, c.eps);
                 }
                 let cs = &rope_cs[i * half..(i + 1) * half];
-                if gemma {
+                if neox {
                     rope_neox(qi, hd, cs);
                     rope_neox(ki, hd, cs);
                 } else {

@@ -38,6 +38,9 @@ enum Command {
     Pretrain(Box<cmd::pretrain::PretrainArgs>),
     /// Sample continuations from a checkpoint (KV cache; temperature/top-k/top-p/min-p).
     Sample(cmd::sample::SampleArgs),
+    /// Perplexity of a text file under a GGUF model or a checkpoint, as llama.cpp's
+    /// llama-perplexity computes it (non-overlapping chunks, second halves scored).
+    Perplexity(cmd::perplexity::PerplexityArgs),
     /// Benchmarks against the PyTorch reference (shared/bench/torch_ref.py).
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
@@ -95,6 +98,10 @@ fn main() -> std::process::ExitCode {
         Command::Sample(a) => {
             let threads = cmd::engine_threads(a.threads);
             cmd::on_engine_pool(|| cmd::sample::run(a, threads))
+        }
+        Command::Perplexity(a) => {
+            let threads = cmd::engine_threads(a.threads);
+            cmd::on_engine_pool(|| cmd::perplexity::run(a, threads))
         }
         Command::Bench(c) => cmd::bench::run(c),
         Command::Sft(a) => {

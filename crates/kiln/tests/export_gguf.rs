@@ -8,7 +8,8 @@
 //!   which CI runs) and fails saying so rather than skipping;
 //! - llama.cpp itself (`scripts/llama-cpp.sh` builds it; CI does not, so the test prints why it
 //!   skips when it is missing): `llama-tokenize` gives kiln's ids, and `llama-completion` at
-//!   temperature 0 continues prompts with the same text as `kiln sample --temperature 0`;
+//!   temperature 0 continues prompts with the same text as `kiln sample --temperature 0`, and
+//!   `llama-perplexity` on the export gives the checkpoint's `kiln perplexity`;
 //! - kiln's `modern` architecture is refused with the reasons.
 
 use std::path::{Path, PathBuf};
@@ -380,6 +381,57 @@ fn llama_cpp_tokenizes_and_continues_greedily_like_kiln() {
             );
         }
     }
+}
+
+#[test]
+fn perplexity_of_the_checkpoint_equals_llama_perplexity_of_its_export() {
+    let Some(bin) = llama_cpp_bin() else {
+        eprintln!(
+            "skipped: llama.cpp is not built (run `bash scripts/llama-cpp.sh`, or set KILN_LLAMA_CPP_BIN to its build/bin)"
+        );
+        return;
+    };
+    let f = fixture();
+    let model = export("f32");
+    let text = f.dir.join("corpus.txt");
+    let text_s = text.to_str().unwrap();
+    // The model's context is 64 positions.
+    let out = ok(&[
+        "perplexity",
+        "--model",
+        &f.run,
+        "--file",
+        text_s,
+        "--ctx",
+        "64",
+        "--chunks",
+        "8",
+        "--threads",
+        "1",
+        "--json",
+    ]);
+    let ours = serde_json::from_str::<serde_json::Value>(&out).unwrap()["perplexity"]
+        .as_f64()
+        .unwrap();
+    let o = Command::new(bin.join("llama-perplexity"))
+        .args(["-m", model.to_str().unwrap(), "-f", text_s])
+        .args(["-c", "64", "--chunks", "8", "-t", "1"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "llama-perplexity: {log}");
+    let theirs: f64 = log
+        .split("Final estimate: PPL = ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no final estimate in llama-perplexity's output: {log}"));
+    eprintln!("kiln checkpoint {ours:.4}, llama-perplexity on its f32 export {theirs:.4}");
+    // f32 weights on both sides; ggml's GELU reads an f16 table, kiln computes tanh.
+    assert!(
+        (ours / theirs - 1.0).abs() < 1e-3,
+        "kiln {ours} vs llama-perplexity {theirs}"
+    );
 }
 
 #[test]

@@ -135,6 +135,17 @@ impl std::fmt::Debug for GgufFile {
 // a loop over billions of entries (allocation is separately bounded by the bytes that remain).
 const MAX_DIMS: u32 = 4;
 const MAX_ARRAY_DEPTH: u32 = 2;
+/// Items of one metadata array: 16× the largest vocabulary (Gemma 3's 262,144 tokens). Each item
+/// is a 32-byte [`Value`] in memory, so without this a flipped bit in the count of a byte array
+/// would let its items run through the tensor data: 32 bytes of memory per byte of the file.
+const MAX_ARRAY_LEN: usize = 1 << 22;
+/// Tensor names are shorter than ggml's `GGML_MAX_NAME` (llama.cpp refuses longer ones).
+const MAX_NAME: usize = 64;
+/// Tensors in one file (the largest models have tens of thousands).
+const MAX_TENSORS: usize = 1 << 20;
+/// Vectors sized by a count are reserved up to this many items and grown as items parse, so a
+/// corrupt count that the bytes fail to back costs nothing before its error.
+const MAX_RESERVE: usize = 4096;
 
 struct Cursor<'a> {
     b: &'a [u8],
@@ -190,6 +201,19 @@ impl<'a> Cursor<'a> {
         let s = self.take(n, field)?;
         String::from_utf8(s.to_vec()).map_err(|_| bad(field, "string is not valid UTF-8"))
     }
+    /// A tensor name: at most [`MAX_NAME`] bytes, as llama.cpp's reader requires.
+    fn name(&mut self, field: &str) -> Result<String, GgufError> {
+        let at = self.pos;
+        let n = self.u64(field)?;
+        if n >= MAX_NAME as u64 {
+            return Err(bad(
+                field,
+                format!("a name of {n} bytes (llama.cpp's limit: {})", MAX_NAME - 1),
+            ));
+        }
+        self.pos = at;
+        self.string(field)
+    }
     fn value(&mut self, ty: u32, field: &str, depth: u32) -> Result<Value, GgufError> {
         Ok(match ty {
             0 => Value::U8(self.arr::<1>(field)?[0]),
@@ -213,7 +237,13 @@ impl<'a> Cursor<'a> {
                 let min = min_value_size(item_ty)
                     .ok_or_else(|| bad(field, format!("unknown array item type {item_ty}")))?;
                 let n = self.count(field, min)?;
-                let mut items = Vec::with_capacity(n);
+                if n > MAX_ARRAY_LEN {
+                    return Err(bad(
+                        field,
+                        format!("an array of {n} items (at most {MAX_ARRAY_LEN})"),
+                    ));
+                }
+                let mut items = Vec::with_capacity(n.min(MAX_RESERVE));
                 for _ in 0..n {
                     items.push(self.value(item_ty, field, depth + 1)?);
                 }
@@ -299,9 +329,15 @@ impl GgufFile {
                 }
             },
         };
-        let mut raw = Vec::with_capacity(n_tensors);
+        if n_tensors > MAX_TENSORS {
+            return Err(bad(
+                "tensor_count",
+                format!("{n_tensors} tensors (at most {MAX_TENSORS})"),
+            ));
+        }
+        let mut raw = Vec::with_capacity(n_tensors.min(MAX_RESERVE));
         for i in 0..n_tensors {
-            let name = c.string(&format!("tensor #{i} name"))?;
+            let name = c.name(&format!("tensor #{i} name"))?;
             let field = |f: &str| format!("tensor `{name}` {f}");
             let n_dims = c.u32(&field("n_dims"))?;
             if n_dims == 0 || n_dims > MAX_DIMS {
@@ -608,6 +644,24 @@ pub(crate) mod tests {
         assert!(err(Builder::new().kv_raw("t", 9, &p).build()).contains("unknown array item type"));
         // Bool that is not 0/1.
         assert!(err(Builder::new().kv_raw("f", 7, &[2]).build()).contains("metadata `f`"));
+    }
+
+    #[test]
+    fn counts_past_the_caps_are_errors_before_any_allocation() {
+        // A byte array one item longer than the cap, every item present.
+        let mut p = 0u32.to_le_bytes().to_vec();
+        p.extend(((MAX_ARRAY_LEN + 1) as u64).to_le_bytes());
+        p.resize(p.len() + MAX_ARRAY_LEN + 1, 0);
+        let e = err(Builder::new().kv_raw("a", 9, &p).build());
+        assert!(e.contains("metadata `a`") && e.contains("at most"), "{e}");
+        // A tensor name as long as ggml's limit.
+        let long = "x".repeat(MAX_NAME);
+        let e = err(Builder::new().tensor(&long, &[4], 0, &[0; 16]).build());
+        assert!(e.contains("tensor #0 name") && e.contains("limit"), "{e}");
+        assert!(
+            GgufFile::from_bytes(Builder::new().tensor(&long[1..], &[4], 0, &[0; 16]).build())
+                .is_ok()
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod data;
 pub mod export;
 pub mod gguf;
 pub mod models;
+pub mod perplexity;
 pub mod pretrain;
 pub mod rl;
 pub mod rlhf;
