@@ -65,16 +65,29 @@ fn gemma3_config_and_sliding_window() {
     prompt.extend((0..18).map(|i| 1000 + 97 * i));
     let v = c.vocab;
     let (full_batch, full_one) = both_ways(&m, &prompt);
-    // One pass vs one at a time: the same but for f32 summation order, which the 8-bit
-    // re-quantization before every product grows to up to ~5% of the logits' range over 18
-    // layers (measured: 0.0–0.85 of ~15–22; see gguf_llama.rs for why).
+    // One pass vs one at a time: the same but for f32 summation order (one token takes the
+    // fused kernels, several the tiled ones; per product they agree to ~4e-7 of the range on
+    // AVX2 and VNNI alike, measured on layer 3's matrices), which the 8-bit re-quantization
+    // before every product grows over 18 layers: 0.2–0.9 of ~15–46 at most positions, and at
+    // one peaked position (range 43.7) 4.55 on AVX2 against 0.91 on VNNI (2026-12-03). So:
+    // within 12% of the range, and the same top token unless the top two are within twice the
+    // difference (a near-tie). A broken mask or RoPE moves logits by the whole range.
     for i in 0..prompt.len() {
         let (a, b) = (
             &full_batch[i * v..(i + 1) * v],
             &full_one[i * v..(i + 1) * v],
         );
         let range = b.iter().fold(0f32, |m, x| m.max(x.abs()));
-        assert!(max_diff(a, b) <= 0.08 * range, "position {i}");
+        let d = max_diff(a, b);
+        assert!(
+            d <= 0.12 * range,
+            "position {i}: max diff {d} of range {range}"
+        );
+        let (ta, tb) = (argmax(a), argmax(b));
+        assert!(
+            ta == tb || (b[tb] - b[ta]).abs() <= 2.0 * d,
+            "position {i}: top token {ta} vs {tb} (max diff {d})"
+        );
     }
     // " the" follows "The capital of France is" (llama.cpp's greedy pick too).
     assert_eq!(argmax(&full_one[5 * v..6 * v]), 506);
