@@ -109,6 +109,10 @@ pub struct Plan {
     #[serde(default)]
     pub eval_tools: usize,
     pub seconds_per_step: f64,
+    /// Seconds per step the pretraining loop actually ran at (evals and checkpoints included),
+    /// once it has: SFT, honesty and RL were re-sized from it ([`resize_after_pretraining`]).
+    #[serde(default)]
+    pub measured_seconds_per_step: Option<f64>,
     pub eval_mmlu: usize,
     pub eval_gsm8k: usize,
     pub eval_arith: usize,
@@ -137,6 +141,7 @@ pub fn base_plan(preset: Preset, minutes: f64) -> Plan {
         probe_questions: 120,
         eval_tools: 24,
         seconds_per_step: 0.0,
+        measured_seconds_per_step: None,
         eval_mmlu: 100,
         eval_gsm8k: 20,
         eval_arith: 50,
@@ -161,6 +166,31 @@ pub fn base_plan(preset: Preset, minutes: f64) -> Plan {
             ..p
         },
     }
+}
+
+/// Re-size the stages after pretraining (SFT, honesty, RL) from the pace pretraining actually
+/// ran at, so they fill their shares of the budget. The probe's bare step has read up to ~16%
+/// slow on a busy or cold start (0.437 s planned vs 0.378 s run, 2026-12-03), which left a fifth
+/// of a default run unused; a probe that read fast would overrun the guards instead. Bounded to
+/// ±40% of the plan, so one odd pretraining run cannot swing the rest far.
+fn resize_after_pretraining(plan: &mut Plan, measured_seconds_per_step: f64) {
+    let factor = (plan.seconds_per_step / measured_seconds_per_step).clamp(0.6, 1.4);
+    let scale = |steps: usize| ((steps as f64 * factor).round() as usize).max(1);
+    let before = (plan.sft_steps, plan.honesty_steps, plan.rl_steps);
+    plan.sft_steps = scale(plan.sft_steps);
+    plan.honesty_steps = scale(plan.honesty_steps);
+    plan.rl_steps = scale(plan.rl_steps);
+    plan.measured_seconds_per_step = Some(measured_seconds_per_step);
+    tracing::info!(
+        "pretraining ran at {measured_seconds_per_step:.3} s/step (probe {:.3}): SFT {} → {}, honesty {} → {}, RL {} → {} steps",
+        plan.seconds_per_step,
+        before.0,
+        plan.sft_steps,
+        before.1,
+        plan.honesty_steps,
+        before.2,
+        plan.rl_steps
+    );
 }
 
 /// Seconds of one training step of this shape on this machine (2 warm-up steps, 6 timed).
@@ -355,7 +385,7 @@ pub fn run(opts: &Options, announce: &mut dyn FnMut(usize, &str)) -> Result<Outc
     // (2026-12-03, idle: 55 s of 1,200) before the web stage, which adds ~1% (see
     // docs/benchmarks.md). Each stage also has a deadline a little past its share.
     let plan_path = run.join("plan.json");
-    let plan: Plan = if plan_path.exists() {
+    let mut plan: Plan = if plan_path.exists() {
         read_json(&plan_path)?
     } else {
         let mut p = base_plan(opts.preset, opts.minutes);
@@ -532,7 +562,12 @@ pub fn run(opts: &Options, announce: &mut dyn FnMut(usize, &str)) -> Result<Outc
             &base_marker,
             &json!({"step": s.step, "planned": plan.pretrain_steps}),
         )?;
-        timings.record("pretrain", t.elapsed().as_secs_f64(), false);
+        let seconds = t.elapsed().as_secs_f64();
+        timings.record("pretrain", seconds, false);
+        if !run.join("sft").exists() && s.step > 0 {
+            resize_after_pretraining(&mut plan, seconds / s.step as f64);
+            write_json(&plan_path, &plan)?;
+        }
     }
     drop(token_docs);
     drop(val_docs);
@@ -863,4 +898,27 @@ fn evaluate(
             "sft_val_loss": series(&sm, "val_loss", false),
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn later_stages_are_resized_to_the_pace_pretraining_ran_at() {
+        let mut p = base_plan(Preset::Default, 20.0);
+        (p.seconds_per_step, p.sft_steps, p.honesty_steps, p.rl_steps) = (0.437, 576, 82, 43);
+        // The probe read slow: pretraining ran at 0.378 s/step, so each stage gets 0.437/0.378
+        // times its steps and lasts its planned share.
+        resize_after_pretraining(&mut p, 0.378);
+        assert_eq!((p.sft_steps, p.honesty_steps, p.rl_steps), (666, 95, 50));
+        assert_eq!(p.measured_seconds_per_step, Some(0.378));
+        // A wild measurement moves the plan by at most 40% either way.
+        let mut q = base_plan(Preset::Default, 20.0);
+        (q.seconds_per_step, q.sft_steps, q.honesty_steps, q.rl_steps) = (0.4, 100, 10, 10);
+        resize_after_pretraining(&mut q, 4.0);
+        assert_eq!((q.sft_steps, q.honesty_steps, q.rl_steps), (60, 6, 6));
+        resize_after_pretraining(&mut q, 0.01);
+        assert_eq!(q.sft_steps, 84);
+    }
 }
