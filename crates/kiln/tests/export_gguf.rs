@@ -16,6 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+#[path = "common/llama_cpp.rs"]
+mod llama_cpp;
+
 use kiln_engine::gguf::{GgufFile, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kiln");
@@ -271,17 +274,6 @@ fn gguf_py_reads_what_kiln_writes_and_encodes_the_same_bytes() {
 }
 
 /// The folder with llama.cpp's binaries that scripts/llama-cpp.sh builds, if it was built.
-fn llama_cpp_bin() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("KILN_LLAMA_CPP_BIN") {
-        return Some(PathBuf::from(p));
-    }
-    let home = std::env::var_os("HOME")?;
-    ["avx512", "avx2"]
-        .iter()
-        .map(|isa| Path::new(&home).join(format!(".cache/kiln/llama.cpp-0.3.36-{isa}/build/bin")))
-        .find(|d| d.join("llama-completion").is_file() && d.join("llama-tokenize").is_file())
-}
-
 fn run_llama(bin: &Path, tool: &str, args: &[&str]) -> String {
     let o = Command::new(bin.join(tool)).args(args).output().unwrap();
     assert!(
@@ -294,10 +286,7 @@ fn run_llama(bin: &Path, tool: &str, args: &[&str]) -> String {
 
 #[test]
 fn llama_cpp_tokenizes_and_continues_greedily_like_kiln() {
-    let Some(bin) = llama_cpp_bin() else {
-        eprintln!(
-            "skipped: llama.cpp is not built (run `bash scripts/llama-cpp.sh`, or set KILN_LLAMA_CPP_BIN to its build/bin)"
-        );
+    let Some(bin) = llama_cpp::bin(&["llama-completion", "llama-tokenize"]) else {
         return;
     };
     let f = fixture();
@@ -385,10 +374,7 @@ fn llama_cpp_tokenizes_and_continues_greedily_like_kiln() {
 
 #[test]
 fn perplexity_of_the_checkpoint_equals_llama_perplexity_of_its_export() {
-    let Some(bin) = llama_cpp_bin() else {
-        eprintln!(
-            "skipped: llama.cpp is not built (run `bash scripts/llama-cpp.sh`, or set KILN_LLAMA_CPP_BIN to its build/bin)"
-        );
+    let Some(bin) = llama_cpp::bin(&["llama-perplexity"]) else {
         return;
     };
     let f = fixture();
@@ -413,19 +399,12 @@ fn perplexity_of_the_checkpoint_equals_llama_perplexity_of_its_export() {
     let ours = serde_json::from_str::<serde_json::Value>(&out).unwrap()["perplexity"]
         .as_f64()
         .unwrap();
-    let o = Command::new(bin.join("llama-perplexity"))
-        .args(["-m", model.to_str().unwrap(), "-f", text_s])
-        .args(["-c", "64", "--chunks", "8", "-t", "1"])
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "llama-perplexity: {log}");
-    let theirs: f64 = log
-        .split("Final estimate: PPL = ")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no final estimate in llama-perplexity's output: {log}"));
+    let theirs = llama_cpp::perplexity(
+        &bin,
+        model.to_str().unwrap(),
+        text_s,
+        &["-c", "64", "--chunks", "8", "-t", "1"],
+    );
     eprintln!("kiln checkpoint {ours:.4}, llama-perplexity on its f32 export {theirs:.4}");
     // f32 weights on both sides; ggml's GELU reads an f16 table, kiln computes tanh.
     assert!(

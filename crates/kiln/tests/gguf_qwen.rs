@@ -10,6 +10,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+#[path = "common/llama_cpp.rs"]
+mod llama_cpp;
+
 const BIN: &str = env!("CARGO_BIN_EXE_kiln");
 
 fn fixture(arch: &str) -> PathBuf {
@@ -41,23 +44,9 @@ fn text() -> String {
 }
 
 /// The folder with llama.cpp's binaries that scripts/llama-cpp.sh builds, if it was built.
-fn llama_cpp_bin() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("KILN_LLAMA_CPP_BIN") {
-        return Some(PathBuf::from(p));
-    }
-    let home = std::env::var_os("HOME")?;
-    ["avx512", "avx2"]
-        .iter()
-        .map(|isa| Path::new(&home).join(format!(".cache/kiln/llama.cpp-0.3.36-{isa}/build/bin")))
-        .find(|d| d.join("llama-perplexity").is_file())
-}
-
 #[test]
 fn perplexity_equals_llama_perplexity_on_tiny_qwen_models() {
-    let Some(bin) = llama_cpp_bin() else {
-        eprintln!(
-            "skipped: llama.cpp is not built (run `bash scripts/llama-cpp.sh`, or set KILN_LLAMA_CPP_BIN to its build/bin)"
-        );
+    let Some(bin) = llama_cpp::bin(&["llama-perplexity"]) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -87,21 +76,12 @@ fn perplexity_equals_llama_perplexity_on_tiny_qwen_models() {
             (k["chunks"].as_u64(), k["scored"].as_u64()),
             (Some(8), Some(8 * 63))
         );
-        let o = Command::new(bin.join("llama-perplexity"))
-            .args([
-                "-m", model, "-f", file, "-c", "128", "--chunks", "8", "-t", "1",
-            ])
-            .output()
-            .unwrap();
-        let log =
-            String::from_utf8_lossy(&o.stderr).into_owned() + &String::from_utf8_lossy(&o.stdout);
-        assert!(o.status.success(), "llama-perplexity: {log}");
-        let theirs: f64 = log
-            .split("Final estimate: PPL = ")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("no final estimate in llama-perplexity's output: {log}"));
+        let theirs = llama_cpp::perplexity(
+            &bin,
+            model,
+            file,
+            &["-c", "128", "--chunks", "8", "-t", "1"],
+        );
         let ours = k["perplexity"].as_f64().unwrap();
         eprintln!("{arch}: kiln {ours:.4}, llama.cpp {theirs:.4}");
         // llama.cpp rounds activations to f16 before F16 products; kiln keeps f32.
