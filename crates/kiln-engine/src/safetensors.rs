@@ -60,11 +60,21 @@ pub fn write(
     write_atomic(path, &bytes)
 }
 
-/// Write `bytes` to `path` atomically: a temp file in the same directory (so the rename stays on
-/// one filesystem), written and fsynced, then renamed over `path` (`tempfile`'s persist). A
-/// reader sees the old file or the new one, never a prefix; a crash leaves at most a
-/// `.{name}.tmp-…` file beside it.
+/// Write `bytes` to `path` atomically (see [`write_file_atomic`]).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
+    write_file_atomic(path, |f| f.write_all(bytes), EngineError::io)
+}
+
+/// The engine's atomic write (checkpoints, GGUF exports): `fill` writes into a temp file in the
+/// same directory (so the rename stays on one filesystem), which is fsynced, then renamed over
+/// `path` (`tempfile`'s persist). A reader sees the old file or the new one, never a prefix; a
+/// crash leaves at most a `.{name}.tmp-…` file beside it. `err` names the file an I/O error
+/// happened on, in the caller's error type.
+pub(crate) fn write_file_atomic<E>(
+    path: &Path,
+    fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+    err: impl Fn(&Path, std::io::Error) -> E,
+) -> Result<(), E> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -79,12 +89,11 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EngineError>
     // what `File::create` gives under the usual umask (tempfile's default is 0600)
     #[cfg(unix)]
     b.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
-    let mut f = b.tempfile_in(dir).map_err(|e| EngineError::io(dir, e))?;
-    f.write_all(bytes)
+    let mut f = b.tempfile_in(dir).map_err(|e| err(dir, e))?;
+    fill(f.as_file_mut())
         .and_then(|()| f.as_file().sync_all())
-        .map_err(|e| EngineError::io(f.path(), e))?;
-    f.persist(path)
-        .map_err(|e| EngineError::io(path, e.error))?;
+        .map_err(|e| err(f.path(), e))?;
+    f.persist(path).map_err(|e| err(path, e.error))?;
     Ok(())
 }
 

@@ -281,32 +281,21 @@ impl GgufWriter {
         v
     }
 
-    /// Write the file to `path` atomically: a temp file in the same folder, fsynced, renamed
-    /// over `path`. A crash leaves the old file (or none) and at most a `.{name}.tmp-…` file.
+    /// Write the file to `path` atomically (the engine's atomic write, as for checkpoints). A
+    /// crash leaves the old file (or none) and at most a `.{name}.tmp-…` file.
     pub fn write(&self, path: &Path) -> Result<(), GgufError> {
-        let io = |p: &Path, source| GgufError::Io {
-            path: p.display().to_string(),
-            source,
-        };
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let name = path
-            .file_name()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let mut b = tempfile::Builder::new();
-        let prefix = format!(".{name}.tmp-");
-        b.prefix(&prefix);
-        #[cfg(unix)]
-        b.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
-        let f = b.tempfile_in(dir).map_err(|e| io(dir, e))?;
-        let mut w = std::io::BufWriter::new(f);
-        self.write_to(&mut w).map_err(|e| io(path, e))?;
-        let f = w.into_inner().map_err(|e| io(path, e.into_error()))?;
-        f.as_file().sync_all().map_err(|e| io(f.path(), e))?;
-        f.persist(path).map_err(|e| io(path, e.error))?;
+        crate::safetensors::write_file_atomic(
+            path,
+            |f| {
+                let mut w = std::io::BufWriter::new(f);
+                self.write_to(&mut w)?;
+                w.flush()
+            },
+            |p, source| GgufError::Io {
+                path: p.display().to_string(),
+                source,
+            },
+        )?;
         Ok(())
     }
 }
