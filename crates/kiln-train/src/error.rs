@@ -39,9 +39,11 @@ pub enum TrainError {
     #[error("config: {0}")]
     Config(String),
     #[error(
-        "loss became {loss} at step {step}; stopped. The last good checkpoint is kept: {last_ckpt}"
+        "{what} became {loss} at step {step}; stopped. The last good checkpoint is kept: {last_ckpt}"
     )]
     NonFinite {
+        /// What went non-finite: "loss", or "the policy's entropy" (its logits) in RL rollouts.
+        what: &'static str,
         step: u64,
         loss: f32,
         last_ckpt: String,

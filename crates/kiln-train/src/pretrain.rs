@@ -353,6 +353,7 @@ pub fn pretrain_with<B: TrainBackend>(
             metrics
                 .write(&json!({"event": "nonfinite", "step": step + 1, "loss": bad.to_string()}))?;
             return Err(TrainError::NonFinite {
+                what: "loss",
                 step: step + 1,
                 loss: bad,
                 last_ckpt: last_ckpt

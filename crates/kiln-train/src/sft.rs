@@ -465,6 +465,7 @@ pub fn sft_with<B: TrainBackend>(
         tr.model.backend.synchronize(); // no-op on the cpu; timing on a GPU
         if !s.loss.is_finite() {
             return Err(TrainError::NonFinite {
+                what: "loss",
                 step: step + 1,
                 loss: s.loss,
                 last_ckpt: last_ckpt.display().to_string(),

@@ -66,6 +66,14 @@ pub struct RlConfig {
     /// correct one). Runs recorded before it existed resume with the old constant.
     #[serde(default = "default_format_reward")]
     pub format_reward: f32,
+    /// Most rounds of `prompts_per_step` prompts a step draws to find that many groups whose
+    /// rewards differ (DAPO's dynamic sampling); groups with equal rewards are never trained on.
+    #[serde(default = "one")]
+    pub rollout_rounds: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 fn default_format_reward() -> f32 {
@@ -103,6 +111,7 @@ impl Default for RlConfig {
             time_limit_s: None,
             tokenizer: None,
             format_reward: kiln_chat::tasks::FORMAT_REWARD,
+            rollout_rounds: 4,
         }
     }
 }
@@ -525,6 +534,8 @@ pub fn rl_hooked<B: TrainBackend, H: StepHook>(
         None
     };
     let base_dir = resolve_checkpoint(model_path)?;
+    // Where the stream of training prompts stands (rounds of dynamic sampling move it on).
+    let mut cursor = 0u64;
     let (ck, mut step) = match &resume_dir {
         Some(dir) => {
             let ck = load_checkpoint(dir)?;
@@ -535,6 +546,10 @@ pub fn rl_hooked<B: TrainBackend, H: StepHook>(
                 )));
             }
             let step = ck.train["step"].as_u64().unwrap_or(0);
+            // Checkpoints from before dynamic sampling drew one round per step.
+            cursor = ck.train["prompt_cursor"]
+                .as_u64()
+                .unwrap_or(step * cfg.prompts_per_step as u64);
             tracing::info!("resuming RL from {} (step {step})", dir.display());
             (ck, step)
         }
@@ -638,9 +653,9 @@ pub fn rl_hooked<B: TrainBackend, H: StepHook>(
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_position(step);
-    let save = |tr: &Trainer<B>, step: u64, pass1: Option<f64>| {
-        let state =
-            json!({"kind": "rl", "step": step, "pass1": pass1, "config": cfg, "base": base_dir});
+    let save = |tr: &Trainer<B>, step: u64, cursor: u64, pass1: Option<f64>| {
+        let state = json!({"kind": "rl", "step": step, "prompt_cursor": cursor, "pass1": pass1,
+            "config": cfg, "base": base_dir});
         save_step(&root, step, tr, &state, 2)
     };
     let mut last_ckpt = resume_dir.clone().unwrap_or_default();
@@ -653,59 +668,97 @@ pub fn rl_hooked<B: TrainBackend, H: StepHook>(
     let mut evals: Vec<(f64, f64)> = pass1_start.map(|p| (0.0, p)).into_iter().collect();
     while (step as usize) < cfg.steps {
         // ---- rollouts ----
+        // Rounds of `prompts_per_step` prompts until that many groups carry a signal or
+        // `rollout_rounds` rounds are spent (DAPO's dynamic sampling). A group whose rewards are
+        // all equal has advantage 0 on every sample: under a weak policy most groups are all
+        // wrong, and updating on them costs a forward and backward each for no gradient.
         let t0 = Instant::now();
         let mut samples: Vec<Sample> = Vec::with_capacity(rows);
+        let mut rewards_all: Vec<f32> = Vec::new();
+        let (mut n_gen_all, mut correct_all, mut formatted_all) = (0usize, 0usize, 0usize);
         let mut entropy = 0f64;
-        // All prompts of the step in one batched decode (one prefill per prompt, forked).
-        let ks: Vec<usize> = (0..cfg.prompts_per_step)
-            .map(|j| (step as usize * cfg.prompts_per_step + j) % data.train.len())
-            .collect();
-        let prompts: Vec<&[u32]> = ks
-            .iter()
-            .map(|&k| data.train[k].prompt.as_slice())
-            .collect();
-        let seeds: Vec<u64> = (0..cfg.prompts_per_step as u64)
-            .map(|j| {
-                cfg.seed
-                    ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                    ^ j.wrapping_mul(0xBF58_476D_1CE4_E5B9)
-            })
-            .collect();
-        let (outs, ent) = rollouts(
-            &tr.model,
-            &prompts,
-            &seeds,
-            cfg.group,
-            cfg.max_new,
-            &sp,
-            &data.stop,
-            true,
-        )?;
-        entropy += ent;
-        for (r, tokens) in outs.into_iter().enumerate() {
-            let k = ks[r / cfg.group];
-            let score = (data.train[k].score)(strip_stop(&tokens, &data.stop));
-            samples.push(Sample {
-                prompt: k,
-                tokens,
-                reward: score.reward,
-                score,
+        let mut rounds = 0;
+        let mut informative = 0;
+        while rounds < cfg.rollout_rounds.max(1) && informative < cfg.prompts_per_step {
+            rounds += 1;
+            // Prompts come from a cursor over the training problems; seeds from the prompt's
+            // position in that stream, so a resumed run draws what the uninterrupted one would.
+            let ks: Vec<u64> = (0..cfg.prompts_per_step as u64)
+                .map(|j| cursor + j)
+                .collect();
+            cursor += cfg.prompts_per_step as u64;
+            let prompts: Vec<&[u32]> = ks
+                .iter()
+                .map(|&k| data.train[k as usize % data.train.len()].prompt.as_slice())
+                .collect();
+            let seeds: Vec<u64> = ks
+                .iter()
+                .map(|&k| {
+                    cfg.seed ^ (k + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xBF58_476D_1CE4_E5B9
+                })
+                .collect();
+            let (outs, ent) = rollouts(
+                &tr.model,
+                &prompts,
+                &seeds,
+                cfg.group,
+                cfg.max_new,
+                &sp,
+                &data.stop,
+                true,
+            )?;
+            entropy += ent;
+            for (j, group) in outs.chunks(cfg.group).enumerate() {
+                let k = ks[j] as usize % data.train.len();
+                let scored: Vec<Sample> = group
+                    .iter()
+                    .map(|tokens| {
+                        let score = (data.train[k].score)(strip_stop(tokens, &data.stop));
+                        Sample {
+                            prompt: k,
+                            tokens: tokens.clone(),
+                            reward: score.reward,
+                            score,
+                        }
+                    })
+                    .collect();
+                if let Some(bad) = scored.iter().find(|s| !s.reward.is_finite()) {
+                    return Err(TrainError::Data(format!(
+                        "the verifier returned a reward of {} at step {}; rewards must be finite",
+                        bad.reward,
+                        step + 1
+                    )));
+                }
+                rewards_all.extend(scored.iter().map(|s| s.reward));
+                n_gen_all += scored.iter().map(|s| s.tokens.len()).sum::<usize>();
+                correct_all += scored.iter().filter(|s| s.score.correct).count();
+                formatted_all += scored.iter().filter(|s| s.score.formatted).count();
+                let signal = scored.iter().any(|s| s.reward != scored[0].reward);
+                if signal && informative < cfg.prompts_per_step {
+                    informative += 1;
+                    samples.extend(scored);
+                }
+            }
+        }
+        if !entropy.is_finite() {
+            // Non-finite logits: the last update broke the weights (a step with no informative
+            // group makes no update, so the loss check below may never see it).
+            return Err(TrainError::NonFinite {
+                what: "the policy's entropy",
+                step: step + 1,
+                loss: entropy as f32,
+                last_ckpt: last_ckpt.display().to_string(),
             });
         }
         tr.model.backend.synchronize();
         let rollout_s = t0.elapsed().as_secs_f64();
-        let n_gen: usize = samples.iter().map(|s| s.tokens.len()).sum();
-        gen_tokens += n_gen as f64;
+        gen_tokens += n_gen_all as f64;
         gen_s += rollout_s;
         let rewards: Vec<f32> = samples.iter().map(|s| s.reward).collect();
-        if let Some(bad) = rewards.iter().find(|r| !r.is_finite()) {
-            return Err(TrainError::Data(format!(
-                "the verifier returned a reward of {bad} at step {}; rewards must be finite",
-                step + 1
-            )));
-        }
         let adv = group_advantages(&rewards, cfg.group, cfg.std_scale);
         let lens: Vec<usize> = samples.iter().map(|s| s.tokens.len()).collect();
+        let n_gen: usize = lens.iter().sum();
+        let rows = samples.len();
 
         // ---- update ----
         let t1 = Instant::now();
@@ -746,7 +799,9 @@ pub fn rl_hooked<B: TrainBackend, H: StepHook>(
         };
         let mut old_logp: Option<Vec<f32>> = None;
         let (mut loss_v, mut kl_v, mut clip_v, mut gn) = (0f64, 0f64, 0f64, 0f32);
-        for u in 0..cfg.updates {
+        // A step with no informative group makes no update (there is no gradient to take).
+        let updates = if rows == 0 { 0 } else { cfg.updates };
+        for u in 0..updates {
             let cur = if need_logp {
                 logp_of(&mut tr, &mut x, &mut y)?
             } else {
@@ -792,6 +847,7 @@ pub fn rl_hooked<B: TrainBackend, H: StepHook>(
             gn = tr.clip_grad(tr.opt.cfg.grad_clip);
             if !(pl.loss.is_finite() && gn.is_finite()) {
                 return Err(TrainError::NonFinite {
+                    what: "loss",
                     step: step + 1,
                     loss: if pl.loss.is_finite() {
                         gn
@@ -806,28 +862,32 @@ pub fn rl_hooked<B: TrainBackend, H: StepHook>(
         }
         tr.model.backend.synchronize();
         let update_s = t1.elapsed().as_secs_f64();
-        train_tokens += (cfg.updates * micro.len() * bt) as f64;
+        train_tokens += (updates * micro.len() * bt) as f64;
         train_s += update_s;
         step += 1;
 
-        let n = rewards.len() as f64;
-        let mean = rewards.iter().map(|&r| r as f64).sum::<f64>() / n;
-        let std = (rewards
+        // The step's figures cover every rollout drawn, kept for the update or not.
+        let n = rewards_all.len() as f64;
+        let mean = rewards_all.iter().map(|&r| r as f64).sum::<f64>() / n;
+        let std = (rewards_all
             .iter()
             .map(|&r| (r as f64 - mean).powi(2))
             .sum::<f64>()
             / n)
             .sqrt();
-        let correct = samples.iter().filter(|s| s.score.correct).count() as f64 / n;
-        let formatted = samples.iter().filter(|s| s.score.formatted).count() as f64 / n;
-        let len_mean = n_gen as f64 / n;
+        let correct = correct_all as f64 / n;
+        let formatted = formatted_all as f64 / n;
+        let len_mean = n_gen_all as f64 / n;
         reward_first.get_or_insert(mean);
         reward_last = Some(mean);
         curves.push([step as f64, mean, len_mean]);
         let rec = json!({"step": step, "reward_mean": mean, "reward_std": std, "correct": correct,
-            "format": formatted, "len_mean": len_mean, "entropy": entropy / (n_gen.max(1) as f64),
-            "loss": loss_v, "kl": kl_v, "clip_frac": clip_v, "grad_norm": gn,
-            "rollout_s": rollout_s, "update_s": update_s, "gen_tok_per_s": n_gen as f64 / rollout_s.max(1e-9),
+            "format": formatted, "len_mean": len_mean, "entropy": entropy / (n_gen_all.max(1) as f64),
+            "rollout_rounds": rounds, "groups_updated": informative,
+            // No update, no loss: null rather than a 0 that reads as a measured value.
+            "loss": (updates > 0).then_some(loss_v), "kl": (updates > 0).then_some(kl_v),
+            "clip_frac": (updates > 0).then_some(clip_v), "grad_norm": (updates > 0).then_some(gn),
+            "rollout_s": rollout_s, "update_s": update_s, "gen_tok_per_s": n_gen_all as f64 / rollout_s.max(1e-9),
             "elapsed_s": start.elapsed().as_secs_f64()});
         metrics.write(&rec)?;
         let h = hook.after_step(step, &tr, &rec)?;
@@ -867,7 +927,7 @@ pub fn rl_hooked<B: TrainBackend, H: StepHook>(
             pass1.map(|p| format!(" pass@1 {p:.3}")).unwrap_or_default()
         ));
         if last || (cfg.ckpt_every > 0 && (step as usize).is_multiple_of(cfg.ckpt_every)) {
-            last_ckpt = save(&tr, step, pass1)?;
+            last_ckpt = save(&tr, step, cursor, pass1)?;
         }
         if out_of_time {
             tracing::info!("RL time limit reached at step {step}");
@@ -1015,9 +1075,76 @@ mod tests {
         let m = std::fs::read_to_string(dir.path().join("rl/metrics.jsonl")).unwrap();
         assert!(s.reward_last.unwrap() > 0.5, "{s:?}");
         assert_eq!(s.pass1, Some(1.0));
-        let last: serde_json::Value =
-            serde_json::from_str(m.lines().rfind(|l| l.contains("\"kl\"")).unwrap()).unwrap();
+        // The last step that made an update (once every sample is right, groups carry no signal
+        // and steps skip the update).
+        let last = m
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .rfind(|v| v["kl"].is_f64())
+            .unwrap();
         assert!(last["kl"].as_f64().unwrap() > 0.0, "{last}");
+    }
+
+    #[test]
+    fn groups_with_equal_rewards_are_not_trained_on_and_more_rounds_are_drawn() {
+        let dir = tempfile::tempdir().unwrap();
+        let (base, mut data) = toy(dir.path());
+        // The first prompt's replies all score the same; the second's differ (by the first
+        // token's parity: eight samples of a random model are almost never all odd or all even).
+        data.train[0].score = Arc::new(|_: &[u32]| Score {
+            correct: false,
+            formatted: false,
+            reward: 0.5,
+        });
+        data.train[1].score = Arc::new(|ids: &[u32]| Score {
+            correct: false,
+            formatted: false,
+            reward: (ids.first().copied().unwrap_or(0) % 2) as f32,
+        });
+        let mut c = cfg(3);
+        c.eval_problems = 0;
+        c.prompts_per_step = 1;
+        c.rollout_rounds = 3;
+        rl(&c, &base, &data, &dir.path().join("rl"), false, false).unwrap();
+        let steps: Vec<serde_json::Value> =
+            std::fs::read_to_string(dir.path().join("rl/metrics.jsonl"))
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .filter(|v| v.get("reward_mean").is_some())
+                .collect();
+        // Prompts alternate 0, 1, 0, 1, …: a step that starts on prompt 0 (uninformative) draws a
+        // second round and trains on prompt 1's group only.
+        let rounds: Vec<u64> = steps
+            .iter()
+            .map(|v| v["rollout_rounds"].as_u64().unwrap())
+            .collect();
+        assert_eq!(rounds, [2, 2, 2], "{steps:?}");
+        assert!(steps.iter().all(|v| v["groups_updated"] == 1));
+
+        // Every group uninformative: all rounds spent, no update, weights untouched.
+        let s = |_: &[u32]| Score {
+            correct: false,
+            formatted: false,
+            reward: 0.0,
+        };
+        data.train.iter_mut().for_each(|i| i.score = Arc::new(s));
+        let out = dir.path().join("flat");
+        let sum = rl(&c, &base, &data, &out, false, false).unwrap();
+        let before = load_checkpoint(&base).unwrap();
+        let after = load_checkpoint(&sum.last_ckpt).unwrap();
+        assert!(before.params == after.params, "no gradient, no update");
+        let last: serde_json::Value = serde_json::from_str(
+            std::fs::read_to_string(out.join("metrics.jsonl"))
+                .unwrap()
+                .lines()
+                .rfind(|l| l.contains("reward_mean"))
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(last["rollout_rounds"], 3);
+        assert_eq!(last["groups_updated"], 0);
+        assert!(last["loss"].is_null(), "{last}");
     }
 
     #[test]

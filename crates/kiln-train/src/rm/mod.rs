@@ -513,6 +513,7 @@ pub fn rm_train_with<B: TrainBackend>(
         let gn = rm.step();
         if !(loss.is_finite() && gn.is_finite()) {
             return Err(TrainError::NonFinite {
+                what: "loss",
                 step,
                 loss: loss as f32,
                 last_ckpt: last_ckpt.display().to_string(),

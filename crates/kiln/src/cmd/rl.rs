@@ -80,6 +80,11 @@ pub struct RlArgs {
     /// Divide advantages by the group's std [default: yes, except for dr-grpo].
     #[arg(long)]
     pub std_scale: Option<bool>,
+    /// Most rounds of --prompts-per-step prompts a step draws to find that many groups whose
+    /// rewards differ (DAPO's dynamic sampling: groups that are all right or all wrong give no
+    /// gradient and are not trained on); 1 = one round, whatever it holds.
+    #[arg(long, default_value_t = 4)]
+    pub rollout_rounds: usize,
     /// Optimizer steps per rollout batch.
     #[arg(long, default_value_t = 1)]
     pub updates: usize,
@@ -159,6 +164,7 @@ pub fn run(a: RlArgs, threads: usize) -> anyhow::Result<()> {
             time_limit_s: a.minutes.map(|m| m * 60.0),
             tokenizer: None,
             format_reward: a.format_reward,
+            rollout_rounds: a.rollout_rounds,
         },
     };
     let s = run_job(&job, &spec)?;

@@ -439,6 +439,8 @@ pub fn rlhf(a: RlhfArgs, threads: usize) -> anyhow::Result<()> {
             tokenizer: None,
             // Preference rewards come from the reward model, not a task's answer format.
             format_reward: 0.0,
+            // A reward model's scores almost never tie within a group: one round is enough.
+            rollout_rounds: 1,
         },
         guard: GuardConfig {
             eval_every: a.guard_every,
