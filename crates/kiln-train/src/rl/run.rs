@@ -4,10 +4,14 @@
 //! resume.
 //!
 //! Rollouts use the engine's [`BatchedDecoder`]: one prefill per prompt, its cache forked to the
-//! `group` rows, and every group of the step decoded together, one batched forward per token
-//! ([`rollouts`]). Sampling seeds derive from `(seed, step, prompt, sample)` and prompts from the
-//! step, so a resumed run draws what the uninterrupted one would have (model and optimizer come
-//! from the checkpoint).
+//! `group` rows, and every group of a round decoded together, one batched forward per token
+//! ([`rollouts`]). Prompts come from a cursor over the training problems (saved in checkpoints)
+//! and sampling seeds from `(seed, prompt's place in that stream, sample)`, so a resumed run draws
+//! what the uninterrupted one would have (model and optimizer come from the checkpoint).
+//!
+//! Dynamic sampling (DAPO): a group whose rewards are all equal has advantage 0 everywhere and
+//! is left out of the update; a step draws up to `rollout_rounds` rounds of `prompts_per_step`
+//! prompts until it has that many groups with a signal. A step with none makes no update.
 //!
 //! Each batch is used for `updates` optimizer steps. The first step is on-policy (ratio 1), so its
 //! weights need no extra forward; later steps (and the KL term) need current log-probs, which one
