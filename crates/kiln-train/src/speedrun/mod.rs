@@ -224,7 +224,9 @@ fn seconds_per_step(
 /// 2026-12-03 under load: 0.9–2.8 s of rollout beside 2.2–8 s of update per step); with the
 /// stage's held-out evals a step cost 2.0 × 64 × (prompt + max_new) / (batch × context)
 /// training steps in a default run on an idle machine (71 steps in 133 s; planned at 1.4×).
-/// (It was 3.5× while every group was decoded on its own.)
+/// (It was 3.5× while every group was decoded on its own.) Dynamic sampling (up to 4 rounds of
+/// rollouts per step, updates on the groups with a signal only) left the step at about that cost:
+/// 43 steps in 94 s where 2.0× planned 96 s (2026-12-03, session 9).
 const RL_PROMPTS: usize = 8;
 const RL_GROUP: usize = 8;
 const RL_MAX_NEW: usize = 48;

@@ -3,34 +3,6 @@
 use super::*;
 
 simd_fn! {
-    /// One query head of cached decode: `oh = softmax(scale · q·Kⱼ) · V` over the `sc.len()`
-    /// cached positions (K/V rows of `row_kv` floats, this head's slice at `off`).
-    pub(super) fn cached_head(
-        oh: &mut [f32],
-        sc: &mut [f32],
-        q: &[f32],
-        kb: &[f32],
-        vb: &[f32],
-        row_kv: usize,
-        off: usize,
-        scale: f32,
-    ) {
-        let hd = q.len();
-        for (j, s) in sc.iter_mut().enumerate() {
-            *s = dot(q, &kb[j * row_kv + off..j * row_kv + off + hd]) * scale;
-        }
-        let mx = vmath::max(sc);
-        let inv = 1.0 / vmath::exp_shift_sum(sc, mx);
-        oh.iter_mut().for_each(|v| *v = 0.0);
-        for (j, &s) in sc.iter().enumerate() {
-            let pj = s * inv;
-            let vr = &vb[j * row_kv + off..j * row_kv + off + hd];
-            oh.iter_mut().zip(vr).for_each(|(a, b)| *a += pj * b);
-        }
-    }
-}
-
-simd_fn! {
     /// One row of the fused loss + gradient: `z` (logits) becomes `ws·(softmax(z) - onehot)`;
     /// returns `logsumexp(z) - z[tgt]`.
     pub(super) fn ce_row_grad(z: &mut [f32], tgt: usize, ws: f32) -> f32 {
