@@ -27,6 +27,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use crate::batch::BatchDecoder;
+use crate::cpu::attn::{self, PANEL};
 use crate::cpu::quant::{qmatmul, qmatmul_many, QActs, QIsa, QJob};
 use crate::cpu::vmath;
 use crate::gguf::quant::dequantize_into;
@@ -389,10 +390,12 @@ impl LlamaModel {
         let c = &self.config;
         let len = max_len.min(c.context).max(1);
         let kv = c.n_kv_head * c.head_dim;
+        let panels = len.div_ceil(PANEL);
         LlamaSession {
-            k: vec![0.0; c.n_layer * len * kv],
+            k: vec![0.0; c.n_layer * panels * PANEL * kv],
             v: vec![0.0; c.n_layer * len * kv],
             max_len: len,
+            panels,
             pos: 0,
             logits: vec![0.0; c.vocab],
         }
@@ -498,6 +501,7 @@ impl LlamaModel {
         let gemma = c.arch == Arch::Gemma3;
         let neox = c.arch.neox_rope();
         let isa = QIsa::current();
+        let visa = vmath::isa();
         let mut x = vec![0f32; n * d];
         let rb = self.embd.ty.row_bytes(d);
         let bytes = self.file.tensor_bytes(&self.embd);
@@ -599,37 +603,92 @@ impl LlamaModel {
                 }
                 let s = &mut sessions[seq[i]];
                 let at = (l * s.max_len + pos[i]) * kvd;
-                s.k[at..at + kvd].copy_from_slice(&k[i * kvd..(i + 1) * kvd]);
                 s.v[at..at + kvd].copy_from_slice(&v[i * kvd..(i + 1) * kvd]);
+                let (p, lane) = (pos[i] / PANEL, pos[i] % PANEL);
+                for (kh, kr) in k[i * kvd..(i + 1) * kvd].chunks_exact(hd).enumerate() {
+                    let at = ((l * c.n_kv_head + kh) * s.panels + p) * hd * PANEL + lane;
+                    for (d, &x) in kr.iter().enumerate() {
+                        s.k[at + d * PANEL] = x;
+                    }
+                }
             }
             // Causal attention: token i sees its session's positions 0..=pos[i] (its own
             // earlier tokens in this batch were written to the cache above), a local layer
-            // only the last `sliding_window` of them.
-            let caches: Vec<(&[f32], &[f32])> = sessions
+            // only the last `sliding_window` of them. Tasks of a few rows; within one, the
+            // rows of a session and the heads of a KV group form tiles of query vectors
+            // (`attn::attend`, whose results do not depend on the tiling).
+            let caches: Vec<(&[f32], &[f32], usize)> = sessions
                 .iter()
                 .map(|s| {
+                    let kp = s.panels * PANEL * kvd;
                     let r = l * s.max_len * kvd..(l + 1) * s.max_len * kvd;
-                    (&s.k[r.clone()], &s.v[r])
+                    (&s.k[l * kp..(l + 1) * kp], &s.v[r], s.panels)
                 })
                 .collect();
             let window = c.sliding_window.filter(|_| local);
-            att.par_chunks_mut(qd).enumerate().for_each(|(i, out)| {
-                let (lk, lv) = caches[seq[i]];
-                let first = window.map_or(0, |w| (pos[i] + 1).saturating_sub(w));
-                let mut scores = vec![0f32; pos[i] + 1 - first];
-                for head in 0..c.n_head {
-                    let kh = first * kvd + (head / group) * hd;
-                    attend(
-                        &q[i * qd + head * hd..i * qd + (head + 1) * hd],
-                        &lk[kh..],
-                        &lv[kh..],
-                        kvd,
-                        c.attn_scale,
-                        &mut scores,
-                        &mut out[head * hd..(head + 1) * hd],
-                    );
-                }
-            });
+            let tile = attn::tile_vectors(visa);
+            let task_rows = (tile / group).max(1);
+            att.par_chunks_mut(task_rows * qd)
+                .enumerate()
+                .for_each(|(ti, out)| {
+                    vmath::with_isa_here(visa, || {
+                        let i0 = ti * task_rows;
+                        let rows = out.len() / qd;
+                        let mut a = 0;
+                        while a < rows {
+                            let sq = seq[i0 + a];
+                            let b = (a..rows).find(|&r| seq[i0 + r] != sq).unwrap_or(rows);
+                            let (lk, lv, panels) = caches[sq];
+                            for kh in 0..c.n_kv_head {
+                                let vecs: Vec<(usize, usize)> = (a..b)
+                                    .flat_map(|r| (0..group).map(move |g| (r, kh * group + g)))
+                                    .collect();
+                                for t in vecs.chunks(tile) {
+                                    let first = |r: usize| {
+                                        window.map_or(0, |w| (pos[i0 + r] + 1).saturating_sub(w))
+                                    };
+                                    let base = t.iter().map(|&(r, _)| first(r)).min().unwrap()
+                                        / PANEL
+                                        * PANEL;
+                                    let end =
+                                        t.iter().map(|&(r, _)| pos[i0 + r]).max().unwrap() + 1;
+                                    let (p0, p1) = (base / PANEL, end.div_ceil(PANEL));
+                                    let lo: Vec<usize> =
+                                        t.iter().map(|&(r, _)| first(r) - base).collect();
+                                    let hi: Vec<usize> =
+                                        t.iter().map(|&(r, _)| pos[i0 + r] + 1 - base).collect();
+                                    let qt: Vec<f32> = t
+                                        .iter()
+                                        .flat_map(|&(r, h)| {
+                                            let at = (i0 + r) * qd + h * hd;
+                                            q[at..at + hd].iter().copied()
+                                        })
+                                        .collect();
+                                    let ks = (kh * panels + p0) * hd * PANEL
+                                        ..(kh * panels + p1) * hd * PANEL;
+                                    let mut scores = vec![0f32; t.len() * (p1 - p0) * PANEL];
+                                    let mut o = vec![0f32; t.len() * hd];
+                                    attn::attend(
+                                        &qt,
+                                        &lk[ks],
+                                        &lv[base * kvd + kh * hd..],
+                                        kvd,
+                                        &lo,
+                                        &hi,
+                                        c.attn_scale,
+                                        &mut scores,
+                                        &mut o,
+                                    );
+                                    for (&(r, h), o) in t.iter().zip(o.chunks_exact(hd)) {
+                                        out[r * qd + h * hd..r * qd + (h + 1) * hd]
+                                            .copy_from_slice(o);
+                                    }
+                                }
+                            }
+                            a = b;
+                        }
+                    })
+                });
             acts.quantize(&att, n, qd);
             mm(&w.o, &acts, &mut proj);
             if let Some(pn) = &w.post_attn_norm {
@@ -676,6 +735,10 @@ pub struct LlamaSession {
     k: Vec<f32>,
     v: Vec<f32>,
     max_len: usize,
+    /// Key panels per layer and KV head (`max_len` rounded up to [`PANEL`]): the keys are
+    /// `[layer][kv head][panel][head dim][PANEL]` (`attn`'s layout), the values
+    /// `[layer][position][kv head × head dim]`.
+    panels: usize,
     pos: usize,
     logits: Vec<f32>,
 }
@@ -793,11 +856,16 @@ impl BatchDecoder for LlamaBatch<'_> {
                 (&b[0], &mut a[dst])
             };
             // Only the filled positions: the rest is never read.
-            let kvd = self.model.config.n_kv_head * self.model.config.head_dim;
-            for l in 0..self.model.config.n_layer {
+            let c = &self.model.config;
+            let kvd = c.n_kv_head * c.head_dim;
+            let used = s.pos.div_ceil(PANEL) * c.head_dim * PANEL;
+            for l in 0..c.n_layer {
                 let r = l * s.max_len * kvd..(l * s.max_len + s.pos) * kvd;
-                d.k[r.clone()].copy_from_slice(&s.k[r.clone()]);
                 d.v[r.clone()].copy_from_slice(&s.v[r]);
+                for kh in 0..c.n_kv_head {
+                    let at = (l * c.n_kv_head + kh) * s.panels * c.head_dim * PANEL;
+                    d.k[at..at + used].copy_from_slice(&s.k[at..at + used]);
+                }
             }
             d.pos = s.pos;
         }
@@ -912,50 +980,6 @@ vmath::simd_fn! {
             let t = SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x);
             let tanh = 1.0 - 2.0 / (vmath::exp(2.0 * t) + 1.0);
             *g = 0.5 * x * (1.0 + tanh) * u;
-        }
-    }
-}
-
-vmath::simd_fn! {
-    /// One head of one query: `out = softmax(scale · q·kₜ) · vₜ` over `t < scores.len()`, the
-    /// keys and values `stride` apart. One ISA dispatch per head, the loops inside vectorized
-    /// (per-score calls cost more than the arithmetic at head size 64: measured).
-    fn attend(
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        stride: usize,
-        scale: f32,
-        scores: &mut [f32],
-        out: &mut [f32],
-    ) {
-        let hd = q.len();
-        for (t, sc) in scores.iter_mut().enumerate() {
-            let k = &k[t * stride..t * stride + hd];
-            let mut acc = [0f32; vmath::LANES];
-            for (q, k) in q.chunks_exact(vmath::LANES).zip(k.chunks_exact(vmath::LANES)) {
-                for l in 0..vmath::LANES {
-                    acc[l] += q[l] * k[l];
-                }
-            }
-            let tail = hd / vmath::LANES * vmath::LANES;
-            let rest: f32 = q[tail..].iter().zip(&k[tail..]).map(|(a, b)| a * b).sum();
-            *sc = (vmath::hsum(&acc) + rest) * scale;
-        }
-        let m = vmath::max(scores);
-        let mut sum = 0f32;
-        for s in scores.iter_mut() {
-            *s = vmath::exp(*s - m);
-            sum += *s;
-        }
-        let inv = 1.0 / sum;
-        out.fill(0.0);
-        for (t, &p) in scores.iter().enumerate() {
-            let v = &v[t * stride..t * stride + hd];
-            let p = p * inv;
-            for (o, v) in out.iter_mut().zip(v) {
-                *o += p * v;
-            }
         }
     }
 }

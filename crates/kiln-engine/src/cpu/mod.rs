@@ -5,6 +5,7 @@
 //! chunks so no thread-local buffers are needed: nothing here allocates inside a training step
 //! except the attention-backward workspace, which grows once and is reused.
 
+pub mod attn;
 mod kernels;
 pub mod quant;
 pub mod sgemm;

@@ -469,11 +469,31 @@ fn quant_rows(
                 &mut b[i * g..(i + 1) * g],
             );
         }
-        for t in 0..x.rows {
+        let xr = |t: usize| {
             let mut xr = x.row(t);
             if q8_1 {
                 xr.s16 = xr.s32;
             }
+            xr
+        };
+        if isa == QIsa::Vnni {
+            vnni_rows(
+                isa,
+                &u,
+                &a,
+                &b,
+                cols,
+                tr,
+                x.rows,
+                xr,
+                int_offset(ty),
+                |t, i, y| out[t * rows + r0 + r + i] = y,
+            );
+            r += tr;
+            continue;
+        }
+        for t in 0..x.rows {
+            let xr = xr(t);
             let mut y = [0f32; TILE];
             if tr == TILE {
                 y = dot_tile(isa, &u, &a, &b, cols, xr, wide);
@@ -491,6 +511,110 @@ fn quant_rows(
         }
         r += tr;
     }
+}
+
+/// `C` when the unpacked codes of `ty` are the weights plus `C` (`b = -C·a` per group): the
+/// offset term is then `-C·Σq` in integers, folded into the dot's accumulator; 0 when `b` is
+/// free (Q4_1, Q4_K, Q5_K: a float offset term per group).
+fn int_offset(ty: GgmlType) -> u8 {
+    match ty {
+        GgmlType::Q4_0 => 8,
+        GgmlType::Q5_0 => 16,
+        GgmlType::Q6_K => 32,
+        GgmlType::Q8_0 => 128,
+        _ => 0,
+    }
+}
+
+/// Activation rows per VNNI tile call: the unpacked weight rows and their scales are loaded once
+/// for both, and the activations' offsets and scales once for the tile's weight rows.
+const VNNI_ACTS: usize = 2;
+
+/// The VNNI version of the unpacked product for a tile of `tr` weight rows (`u`, `a`, `b` as
+/// `unpack_row` fills them) and every activation row, two at a time: `put(t, i, y)` receives
+/// row `i`'s product with activation row `t`. Each output is formed by the same operations
+/// whatever the tile's shape (batch-invariant, as [`QActs::batch_invariant`] needs).
+#[allow(clippy::too_many_arguments)]
+fn vnni_rows<'x>(
+    isa: QIsa,
+    u: &[u8],
+    a: &[f32],
+    b: &[f32],
+    cols: usize,
+    tr: usize,
+    n: usize,
+    xr: impl Fn(usize) -> ActRow<'x>,
+    c: u8,
+    mut put: impl FnMut(usize, usize, f32),
+) {
+    let g = cols / 16;
+    let row = |i: usize| (&u[i * cols..], &a[i * g..], &b[i * g..]);
+    let mut t = 0;
+    while t < n {
+        let ta = (n - t).min(VNNI_ACTS);
+        if ta == VNNI_ACTS {
+            let xs = [xr(t), xr(t + 1)];
+            if tr == TILE {
+                let y = dot_vnni::<TILE, VNNI_ACTS>(isa, u, a, b, cols, xs, c);
+                for (k, y) in y.iter().enumerate() {
+                    for (i, &y) in y.iter().enumerate() {
+                        put(t + k, i, y);
+                    }
+                }
+            } else {
+                for i in 0..tr {
+                    let (ui, ai, bi) = row(i);
+                    let y = dot_vnni::<1, VNNI_ACTS>(isa, ui, ai, bi, cols, xs, c);
+                    for (k, y) in y.iter().enumerate() {
+                        put(t + k, i, y[0]);
+                    }
+                }
+            }
+        } else {
+            let xs = [xr(t)];
+            if tr == TILE {
+                let y = dot_vnni::<TILE, 1>(isa, u, a, b, cols, xs, c);
+                for (i, &y) in y[0].iter().enumerate() {
+                    put(t, i, y);
+                }
+            } else {
+                for i in 0..tr {
+                    let (ui, ai, bi) = row(i);
+                    put(t, i, dot_vnni::<1, 1>(isa, ui, ai, bi, cols, xs, c)[0][0]);
+                }
+            }
+        }
+        t += ta;
+    }
+}
+
+/// `R` unpacked rows · `T` activation rows with VNNI (see [`vnni_rows`]); `c`: [`int_offset`].
+fn dot_vnni<const R: usize, const T: usize>(
+    isa: QIsa,
+    u: &[u8],
+    a: &[f32],
+    b: &[f32],
+    cols: usize,
+    xs: [ActRow; T],
+    c: u8,
+) -> [[f32; R]; T] {
+    assert!(
+        u.len() >= R * cols && a.len() >= R * cols / 16 && b.len() >= R * cols / 16,
+        "tile shapes"
+    );
+    for x in &xs {
+        assert!(x.q.len() == cols && x.d16.len() == cols / 16 && x.s16.len() == cols / 16);
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        assert_eq!(isa, QIsa::Vnni);
+        // SAFETY: `QIsa::current`/`supported` only name versions this CPU runs; the slices hold
+        // `R` rows of `cols` codes and `cols/16` scales and offsets, and `T` activation rows of
+        // `cols` (asserted above).
+        unsafe { x86::dot_vnni_tile::<R, T>(u, a, b, cols, xs, c) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("VNNI is x86")
 }
 
 /// Up to this many activation rows, Q4_0/Q4_1/Q5_0/Q8_0 rows take the fused kernels.
@@ -885,6 +1009,81 @@ mod x86 {
         dot_512::<R, false>(u, a, b, cols, x, wide)
     }
 
+    /// `R` unpacked rows · `T` activation rows, 64 values per step: each weight row's codes and
+    /// lane scales are loaded once for the `T` activation rows, each activation row's codes, lane
+    /// scales and offset once for the `R` weight rows. `c` ≠ 0 ([`super::int_offset`]): the
+    /// dot's accumulator starts at `-c·Σq` per lane, so the weights' offset needs no float term
+    /// per group (the 16 four-value lanes of `vpdpbusd` sum within a group).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+    pub(super) unsafe fn dot_vnni_tile<const R: usize, const T: usize>(
+        u: &[u8],
+        a: &[f32],
+        b: &[f32],
+        cols: usize,
+        xs: [ActRow; T],
+        c: u8,
+    ) -> [[f32; R]; T] {
+        let g = cols / 16;
+        let mut acc = [[_mm512_setzero_ps(); R]; T];
+        let (up, ap) = (u.as_ptr(), a.as_ptr());
+        let idx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+        let cv = _mm512_set1_epi8(c as i8);
+        let zero = _mm512_setzero_si512();
+        let n64 = cols / 64;
+        for ch in 0..n64 {
+            let mut q = [zero; T];
+            let mut off = [zero; T];
+            let mut dx = [_mm512_setzero_ps(); T];
+            for t in 0..T {
+                q[t] = _mm512_loadu_si512(xs[t].q.as_ptr().add(64 * ch) as *const __m512i);
+                if c != 0 {
+                    off[t] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, cv, q[t]));
+                }
+                let d = _mm_loadu_ps(xs[t].d16.as_ptr().add(4 * ch));
+                dx[t] = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(d));
+            }
+            for r in 0..R {
+                let uv = _mm512_loadu_si512(up.add(r * cols + 64 * ch) as *const __m512i);
+                let av = _mm_loadu_ps(ap.add(r * g + 4 * ch));
+                let av = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(av));
+                for t in 0..T {
+                    let i = _mm512_dpbusd_epi32(off[t], uv, q[t]);
+                    let s = _mm512_mul_ps(av, dx[t]);
+                    acc[t][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), s, acc[t][r]);
+                }
+            }
+        }
+        let mut y = [[0f32; R]; T];
+        for t in 0..T {
+            for r in 0..R {
+                y[t][r] = _mm512_reduce_add_ps(acc[t][r]);
+                if c == 0 {
+                    y[t][r] += offsets(&b[r * g..(r + 1) * g], xs[t].s16);
+                }
+            }
+        }
+        if !cols.is_multiple_of(64) {
+            let ch = n64 * 2; // the one 32-value chunk left
+            let cv = _mm256_set1_epi8(c as i8);
+            let zero = _mm256_setzero_si256();
+            for t in 0..T {
+                let q = _mm256_loadu_si256(xs[t].q.as_ptr().add(32 * ch) as *const __m256i);
+                let off = if c != 0 {
+                    _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, cv, q))
+                } else {
+                    zero
+                };
+                for r in 0..R {
+                    let uv = _mm256_loadu_si256(up.add(r * cols + 32 * ch) as *const __m256i);
+                    let i = _mm256_dpbusd_epi32(off, uv, q);
+                    let s = scales_256(ap.add(r * g + 2 * ch), xs[t].d16.as_ptr().add(2 * ch));
+                    y[t][r] += hsum_256(_mm256_mul_ps(_mm256_cvtepi32_ps(i), s));
+                }
+            }
+        }
+        y
+    }
+
     /// A 32-value tail goes through the 256-bit code.
     #[inline(always)]
     unsafe fn dot_512<const R: usize, const VNNI: bool>(
@@ -1054,6 +1253,42 @@ mod tests {
                             reference[i]
                         );
                     }
+                }
+            }
+        }
+    }
+
+    /// With `batch_invariant` activations, each row's products are the same bits whether it is
+    /// multiplied alone or among others, on every kernel version (odd row counts: the VNNI
+    /// version's pairs of activation rows and its single rows; 9 weight rows: a partial tile).
+    #[test]
+    fn batch_invariant_rows_do_not_depend_on_the_batch() {
+        let mut rng = Rng::new(13);
+        let (rows, cols, n) = (9, 768, 5);
+        let xf = random_acts(n, cols, &mut rng);
+        for ty in TYPES {
+            if ty.block_elems() > 32 && !cols.is_multiple_of(256) {
+                continue;
+            }
+            let w: Vec<u8> = (0..rows)
+                .flat_map(|_| random_row(ty, cols, &mut rng))
+                .collect();
+            for isa in QIsa::supported() {
+                let mut x = QActs::new();
+                x.batch_invariant = true;
+                x.quantize(&xf, n, cols);
+                let mut all = vec![0f32; n * rows];
+                qmatmul(isa, ty, &w, rows, &x, &mut all);
+                for t in 0..n {
+                    x.quantize(&xf[t * cols..(t + 1) * cols], 1, cols);
+                    let mut one = vec![0f32; rows];
+                    qmatmul(isa, ty, &w, rows, &x, &mut one);
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&all[t * rows..(t + 1) * rows]),
+                        bits(&one),
+                        "{ty:?} {isa:?} row {t}"
+                    );
                 }
             }
         }
