@@ -3,27 +3,11 @@
 //! clear errors and nothing lost, metrics/plot outputs, cached == uncached sampling.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_kiln");
-
-fn kiln(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run kiln")
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = kiln(args);
-    assert!(
-        o.status.success(),
-        "kiln {args:?} failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+#[path = "common/cli.rs"]
+mod cli;
+use cli::{kiln, ok, BIN};
 
 fn fails(args: &[&str]) -> String {
     let o = kiln(args);

@@ -13,33 +13,17 @@
 //! - kiln's `modern` architecture is refused with the reasons.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::OnceLock;
+
+#[path = "common/cli.rs"]
+mod cli;
+use cli::{kiln, ok};
 
 #[path = "common/llama_cpp.rs"]
 mod llama_cpp;
 
 use kiln_engine::gguf::{GgufFile, Value};
-
-const BIN: &str = env!("CARGO_BIN_EXE_kiln");
-
-fn kiln(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run kiln")
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = kiln(args);
-    assert!(
-        o.status.success(),
-        "kiln {args:?} failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 const STORY: &[&str] = &[
     "The old lighthouse keeper climbed the stairs every evening to light the lamp.",

@@ -8,25 +8,18 @@
 //!   longer than the model's one naming both.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+
+#[path = "common/cli.rs"]
+mod cli;
+use cli::kiln;
 
 #[path = "common/llama_cpp.rs"]
 mod llama_cpp;
-
-const BIN: &str = env!("CARGO_BIN_EXE_kiln");
 
 fn fixture(arch: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../kiln-engine/tests/fixtures/qwen")
         .join(format!("{arch}-tiny.gguf"))
-}
-
-fn kiln(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run kiln")
 }
 
 /// A few kilobytes of plain English (the byte-level vocab makes ~1 token per byte).
