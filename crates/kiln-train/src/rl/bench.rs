@@ -3,8 +3,9 @@
 //!
 //! Both decode sides run [`rollouts`](super::run::rollouts), the path `kiln rl` uses (sampling at
 //! temperature 1 included, no stop token so every row generates the same number of tokens):
-//! batch 1 is one prompt with a group of 1; batched is `rows / group` prompts of different
-//! lengths, each prefilled once and forked to its group, all decoded together. The two alternate
+//! batch 1 is each of the `rows / group` prompts (of different lengths) decoded alone, one after
+//! another; batched is those prompts each prefilled once and forked to its group, all decoded
+//! together. The two alternate
 //! round by round, so on a shared machine both see the same load and the per-round ratio is what
 //! to compare; the median ratio is reported, from wall time and from the process's cpu time (on a
 //! machine shared with other work, cpu time does not count the time the threads were
@@ -109,13 +110,26 @@ pub fn bench_decode(model: Option<&Path>, o: &DecodeBench) -> Result<DecodeRepor
         let cpu = (cpu_seconds() - c0).max(0.01);
         Ok((n / t0.elapsed().as_secs_f64(), n / cpu))
     };
+    // Batch 1: every prompt decoded alone, one after another (the same prompts as the batched
+    // run, and enough tokens to time: one 96-token reply took ~60 ms, within the noise of this
+    // shared machine and 6 ticks of the cpu clock).
+    let alone = || -> Result<(f64, f64), TrainError> {
+        let (t0, c0) = (Instant::now(), cpu_seconds());
+        let mut n = 0usize;
+        for (p, sd) in refs.iter().zip(&seeds) {
+            let (out, _) = rollouts(&m, &[p], &[*sd], 1, o.tokens, &sp, &[], true)?;
+            n += out.iter().map(Vec::len).sum::<usize>();
+        }
+        let cpu = (cpu_seconds() - c0).max(0.01);
+        Ok((n as f64 / t0.elapsed().as_secs_f64(), n as f64 / cpu))
+    };
     // warm-up: page in the weights, grow the scratch
     run(&refs[..1], &seeds[..1], 1)?;
     run(&refs, &seeds, o.group)?;
     let (mut one, mut many, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     let (mut one_c, mut many_c, mut ratios_c) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..o.rounds.max(1) {
-        let (a, ac) = run(&refs[..1], &seeds[..1], 1)?;
+        let (a, ac) = alone()?;
         let (b, bc) = run(&refs, &seeds, o.group)?;
         tracing::info!(
             "batch 1 {a:.0} tok/s, {} rows {b:.0} tok/s: {:.2}× (per cpu-second {:.2}×)",
