@@ -478,9 +478,15 @@ fn check_config(cfg: &RlConfig, data: &RlData) -> Result<(), TrainError> {
             cfg.group
         )));
     }
-    if cfg.steps == 0 || cfg.prompts_per_step == 0 || cfg.max_new == 0 || cfg.updates == 0 {
+    if cfg.steps == 0
+        || cfg.prompts_per_step == 0
+        || cfg.max_new == 0
+        || cfg.updates == 0
+        || cfg.rollout_rounds == 0
+    {
         return Err(TrainError::Config(
-            "steps, prompts per step, max new tokens and updates must be positive".into(),
+            "steps, prompts per step, max new tokens, updates and rollout rounds must be positive"
+                .into(),
         ));
     }
     if cfg.micro_batch == 0 {
@@ -683,7 +689,7 @@ pub fn rl_hooked<B: TrainBackend, H: StepHook>(
         let mut entropy = 0f64;
         let mut rounds = 0;
         let mut informative = 0;
-        while rounds < cfg.rollout_rounds.max(1) && informative < cfg.prompts_per_step {
+        while rounds < cfg.rollout_rounds && informative < cfg.prompts_per_step {
             rounds += 1;
             // Prompts come from a cursor over the training problems; seeds from the prompt's
             // position in that stream, so a resumed run draws what the uninterrupted one would.
@@ -1185,6 +1191,13 @@ mod tests {
         c.group = 1;
         let e = rl(&c, &base, &data, &dir.path().join("a"), false, false).unwrap_err();
         assert!(e.to_string().contains("at least 2 samples"), "{e}");
+        let mut c = cfg(2);
+        c.rollout_rounds = 0;
+        let e = rl(&c, &base, &data, &dir.path().join("r"), false, false).unwrap_err();
+        assert!(
+            e.to_string().contains("rollout rounds must be positive"),
+            "{e}"
+        );
         data.train[0].score = Arc::new(|_: &[u32]| Score {
             correct: false,
             formatted: false,
