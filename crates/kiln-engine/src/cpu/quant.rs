@@ -494,11 +494,10 @@ fn quant_rows(
         }
         return;
     }
-    // Prompt passes on VNNI: the panel kernel, whose weight tile is reordered once per tile
-    // for all activation rows. Decode (one row, or a batch of slots) keeps the plain layout:
-    // with the panels at 3+ rows, `gguf_llama`'s batched-vs-sequential decode test drifted to
-    // 6.2% of the logits' range (its bound is 6%, from the same int8 requantization effect).
-    let panels = isa == QIsa::Vnni && x.batch_invariant;
+    // Many activation rows on VNNI (prompts, batched decode): the panel kernel, whose weight
+    // tile is reordered once per tile for all activation rows. Prompt passes always take it
+    // (batch invariance); a single decode row keeps the plain layout (no reordering per row).
+    let panels = isa == QIsa::Vnni && (x.batch_invariant || x.rows > FUSED_MAX_ROWS);
     let mut u = vec![0u8; TILE * cols];
     let mut ui = if panels {
         vec![0u8; TILE * cols]
