@@ -168,6 +168,12 @@ struct ActRow<'a> {
     s32: &'a [f32],
 }
 
+/// Activation rows from which products that need not be batch-invariant take the panel kernel.
+/// `gguf_batch_decode` Gemma-3-270M, 1 thread, tokens/s plain vs panels (2026-12-03): 4 rows
+/// 39–40 vs 32, 8 rows 51–59 vs 51–56 (the tile's reordering is not amortized); prompts of
+/// 512 rows gain ~45%.
+const PANEL_MIN_ROWS: usize = 16;
+
 /// Groups of 16 values per panel of the VNNI many-row kernel (one i32 lane each in a zmm).
 const PANEL: usize = 16;
 
@@ -180,6 +186,22 @@ const PANEL: usize = 16;
 fn interleave<T: Copy>(src: &[T], dst: &mut [T], cols: usize) {
     for (s, d) in src.chunks_exact(cols).zip(dst.chunks_exact_mut(cols)) {
         for (s, d) in s.chunks(16 * PANEL).zip(d.chunks_mut(16 * PANEL)) {
+            // Whole panels as fixed-size arrays: no bounds checks, so the copies compile to
+            // shuffles (batched decode reorders a tile per step; slice copies cost more than
+            // the dots there).
+            if let (Ok(s), Ok(d)) = (
+                <&[T; 16 * PANEL]>::try_from(s),
+                <&mut [T; 16 * PANEL]>::try_from(&mut *d),
+            ) {
+                for k in 0..4 {
+                    for j in 0..PANEL {
+                        for e in 0..4 {
+                            d[64 * k + 4 * j + e] = s[16 * j + 4 * k + e];
+                        }
+                    }
+                }
+                continue;
+            }
             let gn = s.len() / 16;
             for j in 0..gn {
                 for k in 0..4 {
@@ -494,10 +516,10 @@ fn quant_rows(
         }
         return;
     }
-    // Many activation rows on VNNI (prompts, batched decode): the panel kernel, whose weight
-    // tile is reordered once per tile for all activation rows. Prompt passes always take it
-    // (batch invariance); a single decode row keeps the plain layout (no reordering per row).
-    let panels = isa == QIsa::Vnni && (x.batch_invariant || x.rows > FUSED_MAX_ROWS);
+    // Many activation rows on VNNI: the panel kernel, whose weight tile is reordered once per
+    // tile for all activation rows. Prompt passes always take it (batch invariance); other
+    // products from `PANEL_MIN_ROWS` rows (batched decode of few slots keeps the plain layout).
+    let panels = isa == QIsa::Vnni && (x.batch_invariant || x.rows >= PANEL_MIN_ROWS);
     let mut u = vec![0u8; TILE * cols];
     let mut ui = if panels {
         vec![0u8; TILE * cols]
