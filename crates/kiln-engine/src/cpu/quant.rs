@@ -101,6 +101,10 @@ pub struct QActs {
     s16: Vec<f32>,
     s32: Vec<f32>,
     x: Vec<f32>,
+    /// The codes in the panel layout of [`interleave`] (VNNI many-row kernel), and per group
+    /// of 16 the negated integer sum `-Σq`.
+    qi: Vec<i8>,
+    nq: Vec<i32>,
 }
 
 impl QActs {
@@ -117,10 +121,13 @@ impl QActs {
         self.d16.resize(rows * cols / 16, 0.0);
         self.s16.resize(rows * cols / 16, 0.0);
         self.s32.resize(rows * cols / 16, 0.0);
+        self.qi.resize(rows * cols, 0);
+        self.nq.resize(rows * cols / 16, 0);
         self.x.clear();
         self.x.extend_from_slice(x);
         if rows < 8 {
             quantize_blocks(x, &mut self.q, &mut self.d16, &mut self.s16, &mut self.s32);
+            panel_acts(&self.q, &mut self.qi, &mut self.nq, cols);
             return;
         }
         // Prompts: split by rows over the pool (serial, it was ~4% of a 1-thread prefill,
@@ -134,8 +141,11 @@ impl QActs {
             .zip(self.d16.par_chunks_mut(rc * g))
             .zip(self.s16.par_chunks_mut(rc * g))
             .zip(self.s32.par_chunks_mut(rc * g))
-            .for_each(|((((x, q), d16), s16), s32)| {
-                vmath::with_isa_here(isa, || quantize_blocks(x, q, d16, s16, s32))
+            .zip(self.qi.par_chunks_mut(rc * cols))
+            .zip(self.nq.par_chunks_mut(rc * g))
+            .for_each(|((((((x, q), d16), s16), s32), qi), nq)| {
+                vmath::with_isa_here(isa, || quantize_blocks(x, q, d16, s16, s32));
+                panel_acts(q, qi, nq, cols);
             });
     }
 
@@ -156,6 +166,58 @@ struct ActRow<'a> {
     d16: &'a [f32],
     s16: &'a [f32],
     s32: &'a [f32],
+}
+
+/// Activation rows from which products that need not be batch-invariant take the panel kernel.
+/// `gguf_batch_decode` Gemma-3-270M, 1 thread, tokens/s plain vs panels (2026-12-03): 4 rows
+/// 39–40 vs 32, 8 rows 51–59 vs 51–56 (the tile's reordering is not amortized); prompts of
+/// 512 rows gain ~45%.
+const PANEL_MIN_ROWS: usize = 16;
+
+/// Groups of 16 values per panel of the VNNI many-row kernel (one i32 lane each in a zmm).
+const PANEL: usize = 16;
+
+/// Reorder rows of `cols` codes (groups of 16) into panels of [`PANEL`] groups: in the panel
+/// starting at group `16p`, with `G` groups (16, or fewer in the last), bytes `4k..4k+4` of
+/// group `j` go to `256p + 4G·k + 4j`. Four 64-byte loads then hold a whole panel with group
+/// `j` in lane `j`, so four `vpdpbusd` sum each group's 16 products in one lane and one
+/// int→float conversion, scale multiply and FMA serve 256 values — in the plain layout a lane
+/// holds 4 values and the float work was per 64 values, the larger part of the product.
+fn interleave<T: Copy>(src: &[T], dst: &mut [T], cols: usize) {
+    for (s, d) in src.chunks_exact(cols).zip(dst.chunks_exact_mut(cols)) {
+        for (s, d) in s.chunks(16 * PANEL).zip(d.chunks_mut(16 * PANEL)) {
+            // Whole panels as fixed-size arrays: no bounds checks, so the copies compile to
+            // shuffles (batched decode reorders a tile per step; slice copies cost more than
+            // the dots there).
+            if let (Ok(s), Ok(d)) = (
+                <&[T; 16 * PANEL]>::try_from(s),
+                <&mut [T; 16 * PANEL]>::try_from(&mut *d),
+            ) {
+                for k in 0..4 {
+                    for j in 0..PANEL {
+                        for e in 0..4 {
+                            d[64 * k + 4 * j + e] = s[16 * j + 4 * k + e];
+                        }
+                    }
+                }
+                continue;
+            }
+            let gn = s.len() / 16;
+            for j in 0..gn {
+                for k in 0..4 {
+                    d[4 * gn * k + 4 * j..][..4].copy_from_slice(&s[16 * j + 4 * k..][..4]);
+                }
+            }
+        }
+    }
+}
+
+/// The panel layout of activation rows and their negated group sums.
+fn panel_acts(q: &[i8], qi: &mut [i8], nq: &mut [i32], cols: usize) {
+    interleave(q, qi, cols);
+    for (q, n) in q.chunks_exact(16).zip(nq.iter_mut()) {
+        *n = -q.iter().map(|&v| v as i32).sum::<i32>();
+    }
 }
 
 vmath::simd_fn! {
@@ -454,7 +516,16 @@ fn quant_rows(
         }
         return;
     }
+    // Many activation rows on VNNI: the panel kernel, whose weight tile is reordered once per
+    // tile for all activation rows. Prompt passes always take it (batch invariance); other
+    // products from `PANEL_MIN_ROWS` rows (batched decode of few slots keeps the plain layout).
+    let panels = isa == QIsa::Vnni && (x.batch_invariant || x.rows >= PANEL_MIN_ROWS);
     let mut u = vec![0u8; TILE * cols];
+    let mut ui = if panels {
+        vec![0u8; TILE * cols]
+    } else {
+        Vec::new()
+    };
     let mut a = vec![0f32; TILE * g];
     let mut b = vec![0f32; TILE * g];
     let mut r = 0;
@@ -476,6 +547,27 @@ fn quant_rows(
             }
             xr
         };
+        if panels {
+            interleave(&u[..tr * cols], &mut ui[..tr * cols], cols);
+            let acts = PanelActs {
+                n: x.rows,
+                qi: &x.qi,
+                nq: &x.nq,
+                d16: &x.d16,
+                s16: if q8_1 { &x.s32 } else { &x.s16 },
+            };
+            let c = int_offset(ty);
+            if tr == TILE {
+                panel_rows::<TILE>(&ui, &a, &b, cols, acts, c, &mut out[r0 + r..], rows);
+            } else {
+                for i in 0..tr {
+                    let (ui, ai, bi) = (&ui[i * cols..], &a[i * g..], &b[i * g..]);
+                    panel_rows::<1>(ui, ai, bi, cols, acts, c, &mut out[r0 + r + i..], rows);
+                }
+            }
+            r += tr;
+            continue;
+        }
         if isa == QIsa::Vnni {
             vnni_rows(
                 isa,
@@ -612,6 +704,52 @@ fn dot_vnni<const R: usize, const T: usize>(
         // `R` rows of `cols` codes and `cols/16` scales and offsets, and `T` activation rows of
         // `cols` (asserted above).
         unsafe { x86::dot_vnni_tile::<R, T>(u, a, b, cols, xs, c) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("VNNI is x86")
+}
+
+/// Every activation row in [`interleave`]'s panel layout, for [`panel_rows`].
+#[derive(Clone, Copy)]
+struct PanelActs<'a> {
+    n: usize,
+    qi: &'a [i8],
+    nq: &'a [i32],
+    d16: &'a [f32],
+    /// `s16`, or `s32` for Q4_1 (as `quant_rows`).
+    s16: &'a [f32],
+}
+
+/// `out[t·stride + i] = W[i] · x[t]` for `R` weight rows in the panel layout (`u`: `R × cols`,
+/// `a`, `b`: `R × cols/16`) and every activation row, with the VNNI panel kernel. One call per
+/// weight tile: the loop over activation rows is inside the kernel, since at 640 columns a
+/// tile × row pair is only three panels and per-call work (slices, reductions) was as large.
+#[allow(clippy::too_many_arguments)]
+fn panel_rows<const R: usize>(
+    u: &[u8],
+    a: &[f32],
+    b: &[f32],
+    cols: usize,
+    x: PanelActs,
+    c: u8,
+    out: &mut [f32],
+    stride: usize,
+) {
+    let (g, n) = (cols / 16, x.n);
+    assert!(
+        u.len() >= R * cols && a.len() >= R * g && b.len() >= R * g,
+        "tile shapes"
+    );
+    assert!(x.qi.len() >= n * cols && x.nq.len() >= n * g);
+    assert!(x.d16.len() >= n * g && x.s16.len() >= n * g);
+    assert!(n == 0 || out.len() >= (n - 1) * stride + R);
+    assert!(c == 0 || c.is_power_of_two());
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: only called when the VNNI version was chosen (`QIsa::current`/`supported` name
+    // versions this CPU runs); the slices hold `R` weight rows and `n` activation rows of
+    // `cols` codes and `cols/16` scales, and `out` every `t·stride + i` (asserted above).
+    unsafe {
+        x86::dot_vnni_panels::<R>(u, a, b, cols, x, c, out, stride)
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("VNNI is x86")
@@ -1084,6 +1222,154 @@ mod x86 {
         y
     }
 
+    /// [`super::panel_rows`]: per panel of 16 groups (256 values) and (weight row, activation
+    /// row) pair, four `vpdpbusd` into one accumulator whose lane `j` is group `j`'s integer
+    /// dot, then one conversion, one scale multiply (weight group scale × activation group
+    /// scale, both loaded straight as 16 lanes) and one FMA — a quarter of the plain layout's
+    /// float work, and no lane permutes. The integer accumulator starts at `-c·Σq` per group
+    /// from the activations' precomputed sums (`c` a power of two: a shift); with `c = 0` the
+    /// float offsets `b·s16` are one more FMA per panel. A last panel of fewer groups is read
+    /// with masked loads (zero lanes add nothing). Activation rows go two at a time, a last one
+    /// alone; every output takes the same steps (and [`reduce8`]) whatever `R` and the pairing,
+    /// so prompt rows are batch-invariant.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn dot_vnni_panels<const R: usize>(
+        u: &[u8],
+        a: &[f32],
+        b: &[f32],
+        cols: usize,
+        x: super::PanelActs,
+        c: u8,
+        out: &mut [f32],
+        stride: usize,
+    ) {
+        let mut t = 0;
+        while t < x.n {
+            if t + 2 <= x.n {
+                let y = panels_step::<R, 2>(u, a, b, cols, x, t, c);
+                for k in 0..2 {
+                    for r in 0..R {
+                        *out.get_unchecked_mut((t + k) * stride + r) = y[k * R + r];
+                    }
+                }
+                t += 2;
+            } else {
+                let y = panels_step::<R, 1>(u, a, b, cols, x, t, c);
+                for r in 0..R {
+                    *out.get_unchecked_mut(t * stride + r) = y[r];
+                }
+                t += 1;
+            }
+        }
+    }
+
+    /// Outputs `[t][r]` (flattened, `T·R ≤ 8`) of activation rows `t0..t0+T`.
+    #[inline(always)]
+    unsafe fn panels_step<const R: usize, const T: usize>(
+        u: &[u8],
+        a: &[f32],
+        b: &[f32],
+        cols: usize,
+        x: super::PanelActs,
+        t0: usize,
+        c: u8,
+    ) -> [f32; 8] {
+        let g = cols / 16;
+        let mut acc = [_mm512_setzero_ps(); 8];
+        let (up, ap, bp) = (u.as_ptr(), a.as_ptr(), b.as_ptr());
+        let qp = x.qi.as_ptr().add(t0 * cols);
+        let (np, dp, sp) = (
+            x.nq.as_ptr().add(t0 * g),
+            x.d16.as_ptr().add(t0 * g),
+            x.s16.as_ptr().add(t0 * g),
+        );
+        let shift = _mm_cvtsi32_si128(c.trailing_zeros() as i32);
+        let zero = _mm512_setzero_si512();
+        for p in 0..g.div_ceil(16) {
+            let gn = (g - 16 * p).min(16);
+            let m: __mmask16 = if gn == 16 { 0xFFFF } else { (1u16 << gn) - 1 };
+            let base = 256 * p;
+            let mut q = [[zero; 4]; T];
+            let mut off = [zero; T];
+            let mut dx = [_mm512_setzero_ps(); T];
+            let mut sx = [_mm512_setzero_ps(); T];
+            for t in 0..T {
+                for k in 0..4 {
+                    let at = qp.add(t * cols + base + 4 * gn * k);
+                    q[t][k] = _mm512_maskz_loadu_epi32(m, at as *const i32);
+                }
+                if c != 0 {
+                    let n = _mm512_maskz_loadu_epi32(m, np.add(t * g + 16 * p));
+                    off[t] = _mm512_sll_epi32(n, shift);
+                } else {
+                    sx[t] = _mm512_maskz_loadu_ps(m, sp.add(t * g + 16 * p));
+                }
+                dx[t] = _mm512_maskz_loadu_ps(m, dp.add(t * g + 16 * p));
+            }
+            for r in 0..R {
+                let rp = up.add(r * cols + base);
+                let mut uv = [zero; 4];
+                for k in 0..4 {
+                    uv[k] = _mm512_maskz_loadu_epi32(m, rp.add(4 * gn * k) as *const i32);
+                }
+                let av = _mm512_maskz_loadu_ps(m, ap.add(r * g + 16 * p));
+                let bv = if c == 0 {
+                    _mm512_maskz_loadu_ps(m, bp.add(r * g + 16 * p))
+                } else {
+                    _mm512_setzero_ps()
+                };
+                for t in 0..T {
+                    let mut i = _mm512_dpbusd_epi32(off[t], uv[0], q[t][0]);
+                    i = _mm512_dpbusd_epi32(i, uv[1], q[t][1]);
+                    i = _mm512_dpbusd_epi32(i, uv[2], q[t][2]);
+                    i = _mm512_dpbusd_epi32(i, uv[3], q[t][3]);
+                    let s = _mm512_mul_ps(av, dx[t]);
+                    let o = t * R + r;
+                    acc[o] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), s, acc[o]);
+                    if c == 0 {
+                        acc[o] = _mm512_fmadd_ps(bv, sx[t], acc[o]);
+                    }
+                }
+            }
+        }
+        reduce8(acc)
+    }
+
+    /// The 16-lane sums of 8 vectors by a transpose-and-add tree (lanes `i`+`i+8`, then `+4`,
+    /// `+2`, `+1` within each vector's own lanes): about 3 operations per vector instead of
+    /// `_mm512_reduce_add_ps`'s 8, and each sum formed the same way whichever vectors share
+    /// the call (unused ones are zero).
+    #[inline(always)]
+    unsafe fn reduce8(v: [__m512; 8]) -> [f32; 8] {
+        // [v0 lanes i+8 | v1 lanes i+8] (8 lanes each), and so on.
+        let h = |x: __m512, y: __m512| {
+            _mm512_add_ps(
+                _mm512_shuffle_f32x4::<0b01_00_01_00>(x, y),
+                _mm512_shuffle_f32x4::<0b11_10_11_10>(x, y),
+            )
+        };
+        let (a01, a23, a45, a67) = (h(v[0], v[1]), h(v[2], v[3]), h(v[4], v[5]), h(v[6], v[7]));
+        // [v0 +4 | v1 +4 | v2 +4 | v3 +4] (4 lanes each).
+        let f = |x: __m512, y: __m512| {
+            _mm512_add_ps(
+                _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y),
+                _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y),
+            )
+        };
+        let (b0, b1) = (f(a01, a23), f(a45, a67));
+        // Per 128-bit block k: [vk +2 (2 lanes), v(k+4) +2 (2 lanes)].
+        let s = _mm512_add_ps(
+            _mm512_shuffle_ps::<0b01_00_01_00>(b0, b1),
+            _mm512_shuffle_ps::<0b11_10_11_10>(b0, b1),
+        );
+        // Lanes 4k (vk) and 4k+2 (v(k+4)).
+        let s = _mm512_add_ps(s, _mm512_movehdup_ps(s));
+        let mut l = [0f32; 16];
+        _mm512_storeu_ps(l.as_mut_ptr(), s);
+        [l[0], l[4], l[8], l[12], l[2], l[6], l[10], l[14]]
+    }
+
     /// A 32-value tail goes through the 256-bit code.
     #[inline(always)]
     unsafe fn dot_512<const R: usize, const VNNI: bool>(
@@ -1209,10 +1495,24 @@ mod tests {
         let mut rng = Rng::new(5);
         // 9 rows: two full tiles and a remainder; 544 columns: a 32-value tail after 64-chunks.
         // 1 activation row: the fused kernels (Q4_0/Q4_1/Q8_0); 3: the unpacked tiles.
-        for (cols, n) in [(512usize, 3), (544, 3), (512, 1), (544, 1)] {
+        // Batch-invariant (prompt) activations on VNNI: the panel kernel, where 544 and 640
+        // columns end in a partial panel and 1280 is whole ones.
+        let shapes = [
+            (512usize, 3),
+            (544, 3),
+            (512, 1),
+            (544, 1),
+            (640, 4),
+            (1280, 3),
+        ];
+        for (inv, (cols, n)) in [false, true]
+            .into_iter()
+            .flat_map(|inv| shapes.map(|s| (inv, s)))
+        {
             let rows = 9;
             let xf = random_acts(n, cols, &mut rng);
             let mut x = QActs::new();
+            x.batch_invariant = inv;
             x.quantize(&xf, n, cols);
             for ty in TYPES {
                 if ty.block_elems() > 32 && !cols.is_multiple_of(256) {
@@ -1264,15 +1564,19 @@ mod tests {
     #[test]
     fn batch_invariant_rows_do_not_depend_on_the_batch() {
         let mut rng = Rng::new(13);
-        let (rows, cols, n) = (9, 768, 5);
-        let xf = random_acts(n, cols, &mut rng);
+        for cols in [768, 544] {
+            batch_invariant_case(&mut rng, cols);
+        }
+    }
+
+    fn batch_invariant_case(rng: &mut Rng, cols: usize) {
+        let (rows, n) = (9, 5);
+        let xf = random_acts(n, cols, rng);
         for ty in TYPES {
             if ty.block_elems() > 32 && !cols.is_multiple_of(256) {
                 continue;
             }
-            let w: Vec<u8> = (0..rows)
-                .flat_map(|_| random_row(ty, cols, &mut rng))
-                .collect();
+            let w: Vec<u8> = (0..rows).flat_map(|_| random_row(ty, cols, rng)).collect();
             for isa in QIsa::supported() {
                 let mut x = QActs::new();
                 x.batch_invariant = true;
@@ -1289,6 +1593,27 @@ mod tests {
                         bits(&one),
                         "{ty:?} {isa:?} row {t}"
                     );
+                }
+            }
+        }
+    }
+
+    /// The panel layout puts bytes `4k..4k+4` of group `j` at lane `j` of 64-byte vector `k`,
+    /// a partial last panel packed to its own width.
+    #[test]
+    fn interleave_puts_each_group_in_its_lane() {
+        let cols = 544; // 34 groups: panels of 16, 16 and 2
+        let src: Vec<u16> = (0..2 * cols as u16).collect();
+        let mut dst = vec![0u16; 2 * cols];
+        interleave(&src, &mut dst, cols);
+        for row in 0..2 {
+            for grp in 0..cols / 16 {
+                let (p, j) = (grp / 16, grp % 16);
+                let gn = (cols / 16 - 16 * p).min(16);
+                for v in 0..16 {
+                    let (k, e) = (v / 4, v % 4);
+                    let at = row * cols + 256 * p + 4 * gn * k + 4 * j + e;
+                    assert_eq!(dst[at] as usize, row * cols + 16 * grp + v);
                 }
             }
         }
