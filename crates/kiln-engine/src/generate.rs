@@ -10,6 +10,7 @@
 
 use crate::backend::{Backend, View};
 use crate::batch::{check_slot, check_step, BatchDecoder};
+use crate::cpu::vmath;
 use crate::model::{check_ids, lin, Model};
 use crate::params::Slot;
 use crate::rng::Rng;
@@ -574,37 +575,48 @@ pub fn sample_token(logits: &[f32], sp: &SamplingParams, rng: &mut Rng) -> u32 {
     let mx = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     if sp.top_k == 0 && sp.top_p >= 1.0 {
         // No truncation by rank: draw straight from the weights in id order, no sort (sorting
-        // the whole vocabulary per token cost more than a small model's decode step).
-        let cut = sp.min_p.max(0.0); // the top token's weight is exp(0) = 1
-        let inv_t = 1.0 / sp.temperature;
-        // f32 exps, once per id (the weights are relative to the top one, in (0, 1])
-        let w: Vec<f32> = logits
-            .iter()
-            .map(|&x| {
-                let e = ((x - mx) * inv_t).exp();
-                if e >= cut {
-                    e
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        let sum: f64 = w.iter().map(|&e| e as f64).sum();
+        // the whole vocabulary per token cost more than a small model's decode step). The
+        // weights are relative to the top one, in (0, 1]; `min_p` cuts below `min_p · 1`.
+        let cut = sp.min_p.max(0.0);
+        let mut w = vec![0f32; logits.len()];
+        let mut blocks = vec![0f32; logits.len().div_ceil(vmath::LANES)];
+        sampling_weights(&mut w, &mut blocks, logits, mx, 1.0 / sp.temperature, cut);
+        let sum: f64 = blocks.iter().map(|&b| b as f64).sum();
         if !(sum.is_finite() && sum > 0.0) {
             return argmax();
         }
+        // The block holding the draw first (a sequential scan over every id was as slow as the
+        // exps), then the id inside it.
         let mut u = rng.uniform() * sum;
-        let mut last = 0;
-        for (i, &e) in w.iter().enumerate() {
-            if e > 0.0 {
-                last = i;
-                u -= e as f64;
-                if u <= 0.0 {
-                    return i as u32;
-                }
+        let mut last = None;
+        for (b, &bs) in blocks.iter().enumerate() {
+            if bs <= 0.0 {
+                continue;
             }
+            last = Some(b);
+            if u <= bs as f64 {
+                let ids = b * vmath::LANES..((b + 1) * vmath::LANES).min(w.len());
+                let mut pick = None;
+                for i in ids {
+                    if w[i] > 0.0 {
+                        pick = Some(i);
+                        u -= w[i] as f64;
+                        if u <= 0.0 {
+                            break;
+                        }
+                    }
+                }
+                return pick.map_or_else(argmax, |i| i as u32);
+            }
+            u -= bs as f64;
         }
-        return last as u32;
+        // Rounding left a sliver past the last block: its last weighted id.
+        let b = last.expect("a positive sum has a positive block");
+        let ids = b * vmath::LANES..((b + 1) * vmath::LANES).min(w.len());
+        return ids
+            .rev()
+            .find(|&i| w[i] > 0.0)
+            .map_or_else(argmax, |i| i as u32);
     }
     let mut cand: Vec<(u32, f64)> = logits
         .iter()
@@ -644,6 +656,83 @@ pub fn sample_token(logits: &[f32], sp: &SamplingParams, rng: &mut Rng) -> u32 {
         }
     }
     cand[cand.len() - 1].0
+}
+
+vmath::simd_fn! {
+    /// `w[i] = exp((x[i] - mx)·inv_t)`, 0 below `cut`, and each block of [`vmath::LANES`] ids'
+    /// sum in `blocks` (vectorized: libm's `expf` per id and a scan over every id were most of a
+    /// batched decode step's sampling).
+    fn sampling_weights(
+        w: &mut [f32],
+        blocks: &mut [f32],
+        x: &[f32],
+        mx: f32,
+        inv_t: f32,
+        cut: f32,
+    ) {
+        const L: usize = vmath::LANES;
+        let weigh = |x: f32| {
+            let v = vmath::exp((x - mx) * inv_t);
+            if v >= cut {
+                v
+            } else {
+                0.0
+            }
+        };
+        let full = x.len() / L;
+        for ((w, x), b) in w
+            .chunks_exact_mut(L)
+            .zip(x.chunks_exact(L))
+            .zip(blocks.iter_mut())
+        {
+            let mut e = [0f32; L];
+            for k in 0..L {
+                e[k] = weigh(x[k]);
+            }
+            w.copy_from_slice(&e);
+            *b = vmath::hsum(&e);
+        }
+        if full < blocks.len() {
+            let mut sum = 0.0;
+            for (w, &x) in w[full * L..].iter_mut().zip(&x[full * L..]) {
+                *w = weigh(x);
+                sum += *w;
+            }
+            blocks[full] = sum;
+        }
+    }
+}
+
+vmath::simd_fn! {
+    /// `(Σ e^(x−mx), Σ e^(x−mx)·(x−mx))` in [`vmath::LANES`] lanes.
+    fn exp_moments(x: &[f32], mx: f32) -> (f32, f32) {
+        const L: usize = vmath::LANES;
+        let (mut z, mut ez) = ([0f32; L], [0f32; L]);
+        let ch = x.chunks_exact(L);
+        let rem = ch.remainder();
+        for c in ch {
+            for k in 0..L {
+                let d = c[k] - mx;
+                let e = vmath::exp(d);
+                z[k] += e;
+                ez[k] += e * d;
+            }
+        }
+        for (k, &x) in rem.iter().enumerate() {
+            let d = x - mx;
+            let e = vmath::exp(d);
+            z[k] += e;
+            ez[k] += e * d;
+        }
+        (vmath::hsum(&z), vmath::hsum(&ez))
+    }
+}
+
+/// Entropy in nats of the softmax of `logits` (temperature 1), as RL logs it per sampled token.
+pub fn softmax_entropy(logits: &[f32]) -> f64 {
+    let mx = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let (z, ez) = exp_moments(logits, mx);
+    (z as f64).ln() - ez as f64 / z as f64
 }
 
 /// Options for [`generate`].
@@ -733,6 +822,38 @@ mod tests {
             n[sample_token(logits, sp, &mut rng) as usize] += 1.0 / 40_000.0;
         }
         n
+    }
+
+    /// A vocabulary that is not a whole number of blocks: the blockwise draw still follows
+    /// the softmax (weights spread over several blocks and the partial last one), and the
+    /// entropy matches an f64 reference.
+    #[test]
+    fn blockwise_sampling_follows_the_softmax_over_a_large_vocabulary() {
+        let n = 4096 + 7;
+        let mut l = vec![-30f32; n];
+        let hot = [3usize, 17, 500, 2047, 4095, 4096, 4102];
+        for (i, &h) in hot.iter().enumerate() {
+            l[h] = (1.0 + i as f32).ln();
+        }
+        let z: f64 = (1..=hot.len()).map(|i| i as f64).sum();
+        let f = freqs(&l, &SamplingParams::default());
+        for (i, &h) in hot.iter().enumerate() {
+            let want = (1 + i) as f64 / z;
+            assert!((f[h] - want).abs() < 0.01, "id {h}: {} vs {want}", f[h]);
+        }
+        let mut rng = Rng::new(4);
+        let l: Vec<f32> = (0..n).map(|_| rng.normal() as f32 * 3.0).collect();
+        let mx = l.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let zs: f64 = l.iter().map(|&x| (x as f64 - mx).exp()).sum();
+        let want: f64 = -l
+            .iter()
+            .map(|&x| {
+                let p = (x as f64 - mx).exp() / zs;
+                p * p.ln()
+            })
+            .sum::<f64>();
+        let got = softmax_entropy(&l);
+        assert!((got - want).abs() < 1e-5 * want, "{got} vs {want}");
     }
 
     #[test]

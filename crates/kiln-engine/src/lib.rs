@@ -32,7 +32,7 @@ pub use checkpoint::{load_checkpoint, resolve_checkpoint, save_checkpoint, Check
 pub use config::{Arch, ModelConfig};
 pub use cpu::CpuBackend;
 pub use error::EngineError;
-pub use generate::{sample_token, BatchedDecoder, Generator, SamplingParams};
+pub use generate::{sample_token, softmax_entropy, BatchedDecoder, Generator, SamplingParams};
 pub use model::Model;
 pub use optim::{OptimKind, OptimizerConfig};
 pub use rng::Rng;

@@ -24,8 +24,8 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln_chat::tasks::Score;
 use kiln_engine::{
-    load_checkpoint, resolve_checkpoint, sample_token, Backend, BatchDecoder, BatchedDecoder,
-    CpuBackend, Model, OptimizerConfig, Rng, SamplingParams, Trainer,
+    load_checkpoint, resolve_checkpoint, sample_token, softmax_entropy, Backend, BatchDecoder,
+    BatchedDecoder, CpuBackend, Model, OptimizerConfig, Rng, SamplingParams, Trainer,
 };
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -297,7 +297,11 @@ fn rollout_chunk<B: Backend>(
             .enumerate()
             .map(|(i, (r, rng))| {
                 let row = &logits[i * vs..(i + 1) * vs];
-                let e = if want_entropy { entropy_of(row) } else { 0.0 };
+                let e = if want_entropy {
+                    softmax_entropy(row)
+                } else {
+                    0.0
+                };
                 (*r, sample_token(row, sp, rng), e)
             })
             .collect();
@@ -317,20 +321,6 @@ fn rollout_chunk<B: Backend>(
         dec.step_into(&slots, &next, &mut logits)?;
     }
     Ok((out, entropy))
-}
-
-/// Entropy (nats) of softmax(logits): f32 exps (a metric; f64 ones were 4% of a rollout),
-/// f64 sums.
-fn entropy_of(logits: &[f32]) -> f64 {
-    let mx = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let (mut z, mut ez) = (0f64, 0f64);
-    for &x in logits {
-        let d = x - mx;
-        let e = d.exp();
-        z += e as f64;
-        ez += (e * d) as f64;
-    }
-    z.ln() - ez / z
 }
 
 /// Held-out scores: greedy pass@1, its format rate, pass@k (any of `k` samples at the rollout
