@@ -161,7 +161,7 @@ impl Guard {
         for (i, it) in self.items.iter().enumerate() {
             // The same seeds at every evaluation: differences come from the policy.
             let seed = 0x6A7D ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            let (outs, _) = rollouts(
+            let outs = rollouts(
                 model,
                 &[&it.prompt],
                 &[seed],
@@ -170,8 +170,9 @@ impl Guard {
                 &sp,
                 &self.stop,
                 false,
+                None,
             )?;
-            for (k, o) in outs.iter().enumerate() {
+            for (k, o) in outs.ids.iter().enumerate() {
                 let r = strip_stop(o, &self.stop);
                 rm += (it.rm)(r).reward as f64;
                 let j = (it.judge)(r);
@@ -334,8 +335,8 @@ pub fn win_rate<B: Backend>(
     for (i, it) in items.iter().enumerate() {
         let s = seed ^ (i as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         let prompt: &[&[u32]] = &[&it.prompt];
-        let (oa, _) = rollouts(a, prompt, &[s], samples, max_new, &sp, stop, false)?;
-        let (ob, _) = rollouts(b, prompt, &[s], samples, max_new, &sp, stop, false)?;
+        let oa = rollouts(a, prompt, &[s], samples, max_new, &sp, stop, false, None)?.ids;
+        let ob = rollouts(b, prompt, &[s], samples, max_new, &sp, stop, false, None)?.ids;
         let w: f64 = oa
             .iter()
             .zip(&ob)
@@ -550,6 +551,7 @@ pub fn run_job(job: &RlhfJob, spec: &DeviceSpec) -> Result<RlhfSummary, TrainErr
         train,
         held_out: Vec::new(),
         stop: tokens.stop_ids(),
+        tools: None,
     };
     std::fs::create_dir_all(&job.out).map_err(|e| TrainError::io(&job.out, e))?;
     let tok_abs = match std::fs::canonicalize(&tok_name) {
@@ -663,6 +665,7 @@ mod tests {
             train: vec![item(&[256, 104, 105, 257]), item(&[256, 111, 107, 257])],
             held_out: Vec::new(),
             stop: vec![END],
+            tools: None,
         };
         let guard = vec![GuardItem {
             text: "yo".into(),

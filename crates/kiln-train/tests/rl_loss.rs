@@ -101,6 +101,7 @@ fn loss_and_logit_gradients_match_pytorch() {
                 ref_logp: Some(&refp),
                 adv: &adv,
                 lens: &lens,
+                sampled: None,
             },
             &cfg,
         );

@@ -108,6 +108,24 @@ pub struct ToolTokens {
 }
 
 impl ToolTokens {
+    /// The tool whose call `id` opens, and the id that closes it.
+    pub fn opens(&self, id: u32) -> Option<(Tool, u32)> {
+        if let Some((_, end)) = self.python.filter(|&(s, _)| s == id) {
+            Some((Tool::Code, end))
+        } else {
+            let (_, end) = self.search.filter(|&(s, _)| s == id)?;
+            Some((Tool::Search, end))
+        }
+    }
+
+    /// The forced ids of a call's output: `<|output_start|> output <|output_end|>`.
+    pub fn output_ids(&self, codec: &dyn Codec, output: &str) -> Vec<u32> {
+        let mut ids = vec![self.output_start];
+        ids.extend(codec.encode_text(output));
+        ids.push(self.output_end);
+        ids
+    }
+
     /// The tool tokens of a chat vocabulary; `None` when it lacks the output pair (no tool can
     /// answer then).
     pub fn from_chat(t: &crate::format::ChatTokens) -> Option<ToolTokens> {
@@ -215,10 +233,8 @@ pub fn run_turn_streaming<D: Decoder>(
         on_token(id, false);
         match open {
             None => {
-                if let Some((_, e)) = tokens.python.filter(|&(s, _)| s == id) {
-                    open = Some((Tool::Code, e, turn.ids.len()));
-                } else if let Some((_, e)) = tokens.search.filter(|&(s, _)| s == id) {
-                    open = Some((Tool::Search, e, turn.ids.len()));
+                if let Some((tool, e)) = tokens.opens(id) {
+                    open = Some((tool, e, turn.ids.len()));
                 }
             }
             Some((tool, end, from)) if id == end => {
@@ -228,17 +244,8 @@ pub fn run_turn_streaming<D: Decoder>(
                     return Ok(turn);
                 }
                 let input = codec.decode_text(&turn.ids[from..turn.ids.len() - 1]);
-                let output = if turn.calls.len() >= limits.max_calls {
-                    format!(
-                        "error: tool call limit reached ({} per turn)\n",
-                        limits.max_calls
-                    )
-                } else {
-                    cut(tools.run(tool, &input), limits.max_output_chars)
-                };
-                let mut forced = vec![tokens.output_start];
-                forced.extend(codec.encode_text(&output));
-                forced.push(tokens.output_end);
+                let output = call_output(tools, tool, &input, turn.calls.len(), limits);
+                let forced = tokens.output_ids(codec, &output);
                 decoder.feed(&forced)?;
                 forced.iter().for_each(|&id| on_token(id, true));
                 turn.forced.extend(std::iter::repeat_n(true, forced.len()));
@@ -261,6 +268,25 @@ pub fn run_turn_streaming<D: Decoder>(
         });
     }
     Ok(turn)
+}
+
+/// What the model reads for a call: the tool's output cut to the limit, or an error once the
+/// turn has made `calls_made` calls of its `max_calls`.
+pub fn call_output(
+    tools: &mut dyn ToolRunner,
+    tool: Tool,
+    input: &str,
+    calls_made: usize,
+    limits: &TurnLimits,
+) -> String {
+    if calls_made >= limits.max_calls {
+        format!(
+            "error: tool call limit reached ({} per turn)\n",
+            limits.max_calls
+        )
+    } else {
+        cut(tools.run(tool, input), limits.max_output_chars)
+    }
 }
 
 /// Cut `text` to `max` characters, marking the cut.

@@ -22,14 +22,22 @@ impl ToolBox {
     }
 }
 
-impl ToolRunner for ToolBox {
-    fn run(&mut self, tool: Tool, input: &str) -> String {
+impl ToolBox {
+    /// What a call of `tool` on `input` returns (shared: the sandbox and the index are read-only,
+    /// so several calls may run at once, as RL rollouts do).
+    pub fn answer(&self, tool: Tool, input: &str) -> String {
         match (tool, &self.code, &self.search) {
             (Tool::Code, Some((sandbox, limits)), _) => sandbox.run(input.as_bytes(), limits).text,
             (Tool::Search, _, Some(index)) => index.answer(input, SEARCH_TOP_K),
             (Tool::Code, None, _) => "error: the code tool is not available here\n".into(),
             (Tool::Search, _, None) => "error: the search tool is not available here\n".into(),
         }
+    }
+}
+
+impl ToolRunner for ToolBox {
+    fn run(&mut self, tool: Tool, input: &str) -> String {
+        self.answer(tool, input)
     }
 }
 

@@ -105,8 +105,8 @@ pub fn bench_decode(model: Option<&Path>, o: &DecodeBench) -> Result<DecodeRepor
     // (wall tokens/s, cpu tokens/s)
     let run = |ps: &[&[u32]], sd: &[u64], g: usize| -> Result<(f64, f64), TrainError> {
         let (t0, c0) = (Instant::now(), cpu_seconds());
-        let (out, _) = rollouts(&m, ps, sd, g, o.tokens, &sp, &[], true)?;
-        let n = out.iter().map(Vec::len).sum::<usize>() as f64;
+        let out = rollouts(&m, ps, sd, g, o.tokens, &sp, &[], true, None)?;
+        let n = out.ids.iter().map(Vec::len).sum::<usize>() as f64;
         let cpu = (cpu_seconds() - c0).max(0.01);
         Ok((n / t0.elapsed().as_secs_f64(), n / cpu))
     };
@@ -117,8 +117,8 @@ pub fn bench_decode(model: Option<&Path>, o: &DecodeBench) -> Result<DecodeRepor
         let (t0, c0) = (Instant::now(), cpu_seconds());
         let mut n = 0usize;
         for (p, sd) in refs.iter().zip(&seeds) {
-            let (out, _) = rollouts(&m, &[p], &[*sd], 1, o.tokens, &sp, &[], true)?;
-            n += out.iter().map(Vec::len).sum::<usize>();
+            let out = rollouts(&m, &[p], &[*sd], 1, o.tokens, &sp, &[], true, None)?;
+            n += out.ids.iter().map(Vec::len).sum::<usize>();
         }
         let cpu = (cpu_seconds() - c0).max(0.01);
         Ok((n as f64 / t0.elapsed().as_secs_f64(), n as f64 / cpu))

@@ -90,6 +90,10 @@ pub struct PgBatch<'a> {
     pub adv: &'a [f32],
     /// Response tokens per sequence.
     pub lens: &'a [usize],
+    /// Per response token, whether the policy sampled it (`None`: all did). Tool outputs the
+    /// rollout forced into a response are `false`: no loss, no weight, not counted by the
+    /// normalisations.
+    pub sampled: Option<&'a [bool]>,
 }
 
 /// The loss and what the engine needs to back-propagate it.
@@ -106,23 +110,38 @@ pub struct PgLoss {
 
 /// The loss, its per-token weights, KL and clip fraction (module docs give the formulas).
 pub fn pg_loss(b: &PgBatch, cfg: &LossConfig) -> PgLoss {
-    let n: usize = b.lens.iter().sum();
-    assert_eq!(b.logp.len(), n, "logp covers every response token");
+    let total: usize = b.lens.iter().sum();
+    assert_eq!(b.logp.len(), total, "logp covers every response token");
     assert_eq!(b.adv.len(), b.lens.len(), "one advantage per sequence");
+    let sampled = |t: usize| b.sampled.is_none_or(|m| m[t]);
+    if let Some(m) = b.sampled {
+        assert_eq!(
+            m.len(),
+            total,
+            "the sampled mask covers every response token"
+        );
+    }
+    // Tokens the loss counts, in all and per sequence.
+    let n = (0..total).filter(|&t| sampled(t)).count();
     let seqs = b.lens.len().max(1) as f64;
     let (lo, hi) = (1.0 - cfg.clip as f64, 1.0 + cfg.clip as f64);
     let beta = cfg.kl as f64;
-    let mut weights = vec![0f32; n];
+    let mut weights = vec![0f32; total];
     let (mut loss, mut kl, mut clipped) = (0f64, 0f64, 0usize);
     let mut t = 0;
     for (s, &len) in b.lens.iter().enumerate() {
+        let own = (t..t + len).filter(|&i| sampled(i)).count();
         let f = match cfg.kind {
-            LossKind::Grpo => 1.0 / (seqs * len.max(1) as f64),
+            LossKind::Grpo => 1.0 / (seqs * own.max(1) as f64),
             LossKind::DrGrpo => 1.0 / (seqs * cfg.max_new.max(1) as f64),
             LossKind::Dapo => 1.0 / n.max(1) as f64,
         };
         let a = b.adv[s] as f64;
         for _ in 0..len {
+            if !sampled(t) {
+                t += 1;
+                continue;
+            }
             let lp = b.logp[t] as f64;
             let old = b.old_logp.map_or(lp, |o| o[t] as f64);
             let r = (lp - old).exp();
@@ -179,6 +198,7 @@ mod tests {
             ref_logp: None,
             adv: &[2.0, -1.0],
             lens: &[2, 1],
+            sampled: None,
         };
         let cfg = LossConfig {
             kind: LossKind::Dapo,
@@ -191,5 +211,42 @@ mod tests {
         assert_eq!(l.weights, vec![2.0 / 3.0, 2.0 / 3.0, -1.0 / 3.0]);
         assert!((l.loss - (-(2.0 + 2.0 - 1.0) / 3.0)).abs() < 1e-12);
         assert_eq!(l.clip_frac, 0.0);
+    }
+
+    /// Forced tokens (tool outputs) get no weight and leave every normalisation as if the
+    /// response were only its sampled tokens.
+    #[test]
+    fn forced_tokens_are_left_out_of_the_loss_and_its_normalisations() {
+        let cfg = |kind| LossConfig {
+            kind,
+            clip: 0.2,
+            kl: 0.1,
+            max_new: 4,
+        };
+        let (lp, rf) = ([-1.0, -9.0, -2.0, -0.5], [-1.5, -0.1, -2.5, -0.7]);
+        let masked = PgBatch {
+            logp: &lp,
+            old_logp: None,
+            ref_logp: Some(&rf),
+            adv: &[2.0, -1.0],
+            lens: &[3, 1],
+            sampled: Some(&[true, false, true, true]),
+        };
+        let (lp2, rf2) = ([-1.0, -2.0, -0.5], [-1.5, -2.5, -0.7]);
+        let plain = PgBatch {
+            logp: &lp2,
+            old_logp: None,
+            ref_logp: Some(&rf2),
+            adv: &[2.0, -1.0],
+            lens: &[2, 1],
+            sampled: None,
+        };
+        for kind in [LossKind::Grpo, LossKind::DrGrpo, LossKind::Dapo] {
+            let (m, p) = (pg_loss(&masked, &cfg(kind)), pg_loss(&plain, &cfg(kind)));
+            assert_eq!(m.weights[1], 0.0, "{kind:?}");
+            let kept = [m.weights[0], m.weights[2], m.weights[3]];
+            assert_eq!(kept.to_vec(), p.weights, "{kind:?}");
+            assert!((m.loss - p.loss).abs() < 1e-12 && (m.kl - p.kl).abs() < 1e-12);
+        }
     }
 }

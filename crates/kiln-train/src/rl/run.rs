@@ -22,7 +22,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
+use kiln_chat::format::Codec;
 use kiln_chat::tasks::Score;
+use kiln_chat::tools::runtime::{call_output, Tool, ToolRunner, ToolTokens, TurnLimits};
 use kiln_engine::{
     load_checkpoint, resolve_checkpoint, sample_token, softmax_entropy, Backend, BatchDecoder,
     BatchedDecoder, CpuBackend, Model, OptimizerConfig, Rng, SamplingParams, Trainer,
@@ -177,6 +179,52 @@ pub struct RlData {
     pub held_out: Vec<RlItem>,
     /// Ids that end a response (`<|assistant_end|>` first; the rest also stop it).
     pub stop: Vec<u32>,
+    /// Tools the policy may call in its rollouts and evals (`None`: no tools).
+    pub tools: Option<RlTools>,
+}
+
+/// Tools inside rollouts, as the tool runtime of `kiln chat` runs them
+/// ([`kiln_chat::tools::runtime`]): when a row closes a call, the tool runs on the call's text and
+/// `<|output_start|> output <|output_end|>` joins the row as forced tokens (its cache extended by
+/// them), which the loss leaves out; then the row samples on. Per response: at most
+/// `limits.max_calls` calls (later ones read an error), outputs cut at `limits.max_output_chars`;
+/// forced tokens count against `--max-new` like sampled ones.
+pub struct RlTools {
+    pub tokens: ToolTokens,
+    pub codec: Arc<dyn Codec + Send + Sync>,
+    /// Runs a call: `(tool, input) → output`. Shared, since the calls closed in one decode step
+    /// run in parallel.
+    pub run: Box<ToolFn>,
+    pub limits: TurnLimits,
+}
+
+/// A tool call as a shared function: `(tool, input) → what the model reads`.
+pub type ToolFn = dyn Fn(Tool, &str) -> String + Send + Sync;
+
+/// What [`rollouts`] sampled: per row the response ids (stop token included) and which of them
+/// a tool forced, and the summed entropy (nats) at the sampled positions.
+pub struct Rollouts {
+    pub ids: Vec<Vec<u32>>,
+    pub forced: Vec<Vec<bool>>,
+    pub entropy: f64,
+}
+
+/// Runs of forced ids: the tool outputs in a response.
+fn forced_runs(forced: &[bool]) -> usize {
+    forced
+        .iter()
+        .enumerate()
+        .filter(|&(i, &f)| f && (i == 0 || !forced[i - 1]))
+        .count()
+}
+
+/// The ids the policy wrote (tool outputs left out): what a verifier reads.
+fn own_ids(ids: &[u32], forced: &[bool]) -> Vec<u32> {
+    ids.iter()
+        .zip(forced)
+        .filter(|(_, &f)| !f)
+        .map(|(&id, _)| id)
+        .collect()
 }
 
 /// What an RL run did.
@@ -212,6 +260,8 @@ struct Sample {
     /// Index of its prompt in the step.
     prompt: usize,
     tokens: Vec<u32>,
+    /// Parallel to `tokens`: forced by a tool (no loss).
+    forced: Vec<bool>,
     reward: f32,
     score: Score,
 }
@@ -224,8 +274,9 @@ const MAX_ROWS: usize = 64;
 /// `j`): one [`BatchedDecoder`] for as many prompts as fit in [`MAX_ROWS`] rows, one prefill per
 /// prompt forked to its group, then one batched step per token over every unfinished row (a row
 /// that emits a stop token leaves the batch). Row `r` samples with its own generator seeded by
-/// `seeds[j]` and `g`, so the draws do not depend on how rows are batched. Returns the responses
-/// (stop token included) and, if `entropy`, the summed entropy (nats) at the sampled positions.
+/// `seeds[j]` and `g`, so the draws do not depend on how rows are batched. With `tools`, a row
+/// that closes a call is extended by the tool's output ([`RlTools`]) instead of stepping. The
+/// entropy is summed only if `entropy`.
 #[allow(clippy::too_many_arguments)]
 pub fn rollouts<B: Backend>(
     model: &Model<B>,
@@ -236,18 +287,26 @@ pub fn rollouts<B: Backend>(
     sp: &SamplingParams,
     stop: &[u32],
     entropy: bool,
-) -> Result<(Vec<Vec<u32>>, f64), TrainError> {
+    tools: Option<&RlTools>,
+) -> Result<Rollouts, TrainError> {
     assert_eq!(prompts.len(), seeds.len(), "one seed per prompt");
-    let mut out = Vec::with_capacity(prompts.len() * group);
-    let mut ent = 0f64;
+    let mut all = Rollouts {
+        ids: Vec::with_capacity(prompts.len() * group),
+        forced: Vec::with_capacity(prompts.len() * group),
+        entropy: 0.0,
+    };
     let per_chunk = (MAX_ROWS / group.max(1)).max(1);
     for (ps, ss) in prompts.chunks(per_chunk).zip(seeds.chunks(per_chunk)) {
-        let (o, e) = rollout_chunk(model, ps, ss, group, max_new, sp, stop, entropy)?;
-        out.extend(o);
-        ent += e;
+        let r = rollout_chunk(model, ps, ss, group, max_new, sp, stop, entropy, tools)?;
+        all.ids.extend(r.ids);
+        all.forced.extend(r.forced);
+        all.entropy += r.entropy;
     }
-    Ok((out, ent))
+    Ok(all)
 }
+
+/// A row's open tool call: the tool, the id that closes it and where its text starts.
+type OpenCall = Option<(Tool, u32, usize)>;
 
 #[allow(clippy::too_many_arguments)]
 fn rollout_chunk<B: Backend>(
@@ -259,12 +318,13 @@ fn rollout_chunk<B: Backend>(
     sp: &SamplingParams,
     stop: &[u32],
     want_entropy: bool,
-) -> Result<(Vec<Vec<u32>>, f64), TrainError> {
+    tools: Option<&RlTools>,
+) -> Result<Rollouts, TrainError> {
     let rows = prompts.len() * group;
     let vs = model.cfg.vocab_size;
     let longest = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
     let mut dec = BatchedDecoder::new(model, rows, longest + max_new)?;
-    // logits[i] belongs to the i-th unfinished row (all rows at first)
+    // logits[r]: row r's next-token logits.
     let mut logits = vec![0f32; rows * vs];
     for (j, p) in prompts.iter().enumerate() {
         let first = dec.prefill(j * group, p)?;
@@ -282,21 +342,31 @@ fn rollout_chunk<B: Backend>(
             )
         })
         .collect();
-    let mut out = vec![Vec::new(); rows];
+    let mut out = Rollouts {
+        ids: vec![Vec::new(); rows],
+        forced: vec![Vec::new(); rows],
+        entropy: 0.0,
+    };
     let mut done = vec![false; rows];
-    let mut entropy = 0f64;
-    for s in 0..max_new {
+    let mut open: Vec<OpenCall> = vec![None; rows];
+    let mut calls = vec![0usize; rows];
+    // Calls closed at this step: (row, tool, input, calls the row made before).
+    let mut pending: Vec<(usize, Tool, String, usize)> = Vec::new();
+    let mut stepped = Vec::new();
+    loop {
         // Sample every unfinished row in parallel (each row owns its generator).
         let mut live: Vec<(usize, &mut Rng)> = rngs
             .iter_mut()
             .enumerate()
             .filter(|(r, _)| !done[*r])
             .collect();
+        if live.is_empty() {
+            break;
+        }
         let picks: Vec<(usize, u32, f64)> = live
             .par_iter_mut()
-            .enumerate()
-            .map(|(i, (r, rng))| {
-                let row = &logits[i * vs..(i + 1) * vs];
+            .map(|(r, rng)| {
+                let row = &logits[*r * vs..(*r + 1) * vs];
                 let e = if want_entropy {
                     softmax_entropy(row)
                 } else {
@@ -307,20 +377,94 @@ fn rollout_chunk<B: Backend>(
             .collect();
         let (mut slots, mut next) = (Vec::new(), Vec::new());
         for (r, tok, e) in picks {
-            entropy += e;
-            out[r].push(tok);
-            done[r] = stop.contains(&tok);
-            if !done[r] {
-                slots.push(r);
-                next.push(tok);
+            out.entropy += e;
+            out.ids[r].push(tok);
+            out.forced[r].push(false);
+            done[r] = stop.contains(&tok) || out.ids[r].len() >= max_new;
+            if done[r] {
+                continue;
+            }
+            let call = match tools {
+                Some(t) => tool_call(t, &mut open[r], &out.ids[r], tok),
+                None => None,
+            };
+            match call {
+                None => {
+                    slots.push(r);
+                    next.push(tok);
+                }
+                Some((tool, input)) => {
+                    calls[r] += 1;
+                    pending.push((r, tool, input, calls[r] - 1));
+                }
             }
         }
-        if slots.is_empty() || s + 1 == max_new {
-            break;
+        if let Some(t) = tools.filter(|_| !pending.is_empty()) {
+            // The calls closed at this step run in parallel (a sandboxed program takes
+            // milliseconds, as long as many decode steps).
+            let outputs: Vec<Vec<u32>> = pending
+                .par_iter()
+                .map(|(_, tool, input, made)| {
+                    let output =
+                        call_output(&mut FnRunner(&*t.run), *tool, input, *made, &t.limits);
+                    t.tokens.output_ids(&*t.codec, &output)
+                })
+                .collect();
+            for ((r, ..), mut f) in pending.drain(..).zip(outputs) {
+                // The closing id and the output join the row's cache in one pass; what does not
+                // fit the budget is cut and ends the row.
+                let room = max_new - out.ids[r].len();
+                if f.len() >= room {
+                    f.truncate(room);
+                    done[r] = true;
+                }
+                out.ids[r].extend(&f);
+                out.forced[r].extend(std::iter::repeat_n(true, f.len()));
+                if !done[r] {
+                    let j = r / group;
+                    let history: Vec<u32> = prompts[j].iter().chain(&out.ids[r]).copied().collect();
+                    let keep = prompts[j].len() + out.ids[r].len() - f.len() - 1;
+                    let l = dec.prefill_reusing(r, keep, &history)?;
+                    logits[r * vs..(r + 1) * vs].copy_from_slice(&l);
+                }
+            }
         }
-        dec.step_into(&slots, &next, &mut logits)?;
+        if slots.is_empty() {
+            continue;
+        }
+        dec.step_into(&slots, &next, &mut stepped)?;
+        for (i, &r) in slots.iter().enumerate() {
+            logits[r * vs..(r + 1) * vs].copy_from_slice(&stepped[i * vs..(i + 1) * vs]);
+        }
     }
-    Ok((out, entropy))
+    Ok(out)
+}
+
+/// The tool runtime's state machine for one rollout row after it sampled `tok` (already in
+/// `ids`): opens a call on a call's first id; on its closing id returns the call to run.
+fn tool_call(t: &RlTools, open: &mut OpenCall, ids: &[u32], tok: u32) -> Option<(Tool, String)> {
+    match *open {
+        None => {
+            if let Some((tool, end)) = t.tokens.opens(tok) {
+                *open = Some((tool, end, ids.len()));
+            }
+            None
+        }
+        Some((tool, end, from)) if tok == end => {
+            *open = None;
+            Some((tool, t.codec.decode_text(&ids[from..ids.len() - 1])))
+        }
+        Some(_) => None,
+    }
+}
+
+/// A shared tool function as the runtime's [`ToolRunner`].
+struct FnRunner<'a>(&'a ToolFn);
+
+impl ToolRunner for FnRunner<'_> {
+    fn run(&mut self, tool: Tool, input: &str) -> String {
+        (self.0)(tool, input)
+    }
 }
 
 /// Held-out scores: greedy pass@1, its format rate, pass@k (any of `k` samples at the rollout
@@ -340,6 +484,7 @@ fn evaluate<B: Backend>(
     stop: &[u32],
     k: usize,
     sp: &SamplingParams,
+    tools: Option<&RlTools>,
 ) -> Result<Eval, TrainError> {
     let greedy = SamplingParams {
         temperature: 0.0,
@@ -348,17 +493,20 @@ fn evaluate<B: Backend>(
     // Every problem in one batched decode: greedy once, then k samples (fixed seeds).
     let prompts: Vec<&[u32]> = items.iter().map(|it| it.prompt.as_slice()).collect();
     let seeds: Vec<u64> = (0..items.len() as u64).collect();
-    let (greedy_out, _) = rollouts(model, &prompts, &seeds, 1, max_new, &greedy, stop, false)?;
-    let (sampled, _) = rollouts(model, &prompts, &seeds, k, max_new, sp, stop, false)?;
+    let greedy_out = rollouts(
+        model, &prompts, &seeds, 1, max_new, &greedy, stop, false, tools,
+    )?;
+    let sampled = rollouts(model, &prompts, &seeds, k, max_new, sp, stop, false, tools)?;
+    let score = |it: &RlItem, out: &Rollouts, row: usize| {
+        (it.score)(strip_stop(&own_ids(&out.ids[row], &out.forced[row]), stop))
+    };
     let (mut ok, mut fmt, mut any, mut samples_ok) = (0usize, 0usize, 0usize, 0usize);
     for (j, it) in items.iter().enumerate() {
-        let s = (it.score)(strip_stop(&greedy_out[j], stop));
+        let s = score(it, &greedy_out, j);
         ok += usize::from(s.correct);
         fmt += usize::from(s.formatted);
-        let outs = &sampled[j * k..(j + 1) * k];
-        let right = outs
-            .iter()
-            .filter(|o| (it.score)(strip_stop(o, stop)).correct)
+        let right = (j * k..(j + 1) * k)
+            .filter(|&row| score(it, &sampled, row).correct)
             .count();
         any += usize::from(right > 0);
         samples_ok += right;
@@ -620,6 +768,7 @@ pub fn rl_hooked<B: TrainBackend, H: StepHook>(
             &data.stop,
             cfg.group,
             &sp,
+            data.tools.as_ref(),
         )?;
         tracing::info!(
             "RL held-out pass@1 before training: {:.3} (format {:.3}, pass@{} {:.3})",
@@ -676,6 +825,8 @@ pub fn rl_hooked<B: TrainBackend, H: StepHook>(
         let mut samples: Vec<Sample> = Vec::with_capacity(rows);
         let mut rewards_all: Vec<f32> = Vec::new();
         let (mut n_gen_all, mut correct_all, mut formatted_all) = (0usize, 0usize, 0usize);
+        // Tool outputs forced into this step's rollouts (one per call the policy closed).
+        let mut tool_calls = 0usize;
         let mut entropy = 0f64;
         let mut rounds = 0;
         let mut informative = 0;
@@ -697,7 +848,7 @@ pub fn rl_hooked<B: TrainBackend, H: StepHook>(
                     cfg.seed ^ (k + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xBF58_476D_1CE4_E5B9
                 })
                 .collect();
-            let (outs, ent) = rollouts(
+            let outs = rollouts(
                 &tr.model,
                 &prompts,
                 &seeds,
@@ -706,17 +857,25 @@ pub fn rl_hooked<B: TrainBackend, H: StepHook>(
                 &sp,
                 &data.stop,
                 true,
+                data.tools.as_ref(),
             )?;
-            entropy += ent;
-            for (j, group) in outs.chunks(cfg.group).enumerate() {
+            entropy += outs.entropy;
+            for (j, rows) in (0..outs.ids.len())
+                .collect::<Vec<_>>()
+                .chunks(cfg.group)
+                .enumerate()
+            {
                 let k = ks[j] as usize % data.train.len();
-                let scored: Vec<Sample> = group
+                let scored: Vec<Sample> = rows
                     .iter()
-                    .map(|tokens| {
-                        let score = (data.train[k].score)(strip_stop(tokens, &data.stop));
+                    .map(|&row| {
+                        let (tokens, forced) = (&outs.ids[row], &outs.forced[row]);
+                        let own = own_ids(tokens, forced);
+                        let score = (data.train[k].score)(strip_stop(&own, &data.stop));
                         Sample {
                             prompt: k,
                             tokens: tokens.clone(),
+                            forced: forced.clone(),
                             reward: score.reward,
                             score,
                         }
@@ -732,6 +891,7 @@ pub fn rl_hooked<B: TrainBackend, H: StepHook>(
                 rewards_all.extend(scored.iter().map(|s| s.reward));
                 n_gen_all += scored.iter().map(|s| s.tokens.len()).sum::<usize>();
                 correct_all += scored.iter().filter(|s| s.score.correct).count();
+                tool_calls += scored.iter().map(|s| forced_runs(&s.forced)).sum::<usize>();
                 formatted_all += scored.iter().filter(|s| s.score.formatted).count();
                 let signal = scored.iter().any(|s| s.reward != scored[0].reward);
                 if signal && informative < cfg.prompts_per_step {
@@ -757,6 +917,10 @@ pub fn rl_hooked<B: TrainBackend, H: StepHook>(
         let rewards: Vec<f32> = samples.iter().map(|s| s.reward).collect();
         let adv = group_advantages(&rewards, cfg.group, cfg.std_scale);
         let lens: Vec<usize> = samples.iter().map(|s| s.tokens.len()).collect();
+        let sampled_mask: Vec<bool> = samples
+            .iter()
+            .flat_map(|s| s.forced.iter().map(|&f| !f))
+            .collect();
         let n_gen: usize = lens.iter().sum();
         let rows = samples.len();
 
@@ -815,6 +979,7 @@ pub fn rl_hooked<B: TrainBackend, H: StepHook>(
                     ref_logp: ref_logp.as_deref(),
                     adv: &adv,
                     lens: &lens,
+                    sampled: Some(&sampled_mask),
                 },
                 &cfg.loss,
             );
@@ -883,7 +1048,7 @@ pub fn rl_hooked<B: TrainBackend, H: StepHook>(
         curves.push([step as f64, mean, len_mean]);
         let rec = json!({"step": step, "reward_mean": mean, "reward_std": std, "correct": correct,
             "format": formatted, "len_mean": len_mean, "entropy": entropy / (n_gen_all.max(1) as f64),
-            "rollout_rounds": rounds, "groups_updated": informative,
+            "rollout_rounds": rounds, "groups_updated": informative, "tool_calls": tool_calls,
             // No update, no loss: null rather than a 0 that reads as a measured value.
             "loss": (updates > 0).then_some(loss_v), "kl": (updates > 0).then_some(kl_v),
             "clip_frac": (updates > 0).then_some(clip_v), "grad_norm": (updates > 0).then_some(gn),
@@ -912,6 +1077,7 @@ pub fn rl_hooked<B: TrainBackend, H: StepHook>(
                 &data.stop,
                 cfg.group,
                 &sp,
+                data.tools.as_ref(),
             )?;
             metrics.write(&json!({"event": "eval", "step": step, "pass1": e.pass1, "format": e.format, "pass_k": e.pass_k, "pass1_sampled": e.pass1_sampled, "k": cfg.group}))?;
             (pass1, pass_k) = (Some(e.pass1), Some(e.pass_k));
@@ -1014,6 +1180,7 @@ mod tests {
             train: vec![item(&[256, 104, 105, 257]), item(&[256, 111, 107, 257])],
             held_out: vec![item(&[256, 121, 111, 257])],
             stop: vec![END],
+            tools: None,
         };
         (base, data)
     }
@@ -1147,6 +1314,131 @@ mod tests {
         assert!(last["loss"].is_null(), "{last}");
     }
 
+    /// Text as ids 4..12 (ids 0..4 are the tool tokens) for the 12-id test model.
+    struct SmallCodec;
+
+    impl Codec for SmallCodec {
+        fn encode_text(&self, text: &str) -> Vec<u32> {
+            text.bytes().map(|b| 4 + u32::from(b % 8)).collect()
+        }
+        fn decode_text(&self, ids: &[u32]) -> String {
+            ids.iter()
+                .map(|&i| char::from(b'a' + (i % 26) as u8))
+                .collect()
+        }
+        fn special_id(&self, _: &str) -> Option<u32> {
+            None
+        }
+        fn vocab_size(&self) -> usize {
+            12
+        }
+    }
+
+    /// A random model over 12 ids opens (id 0) and closes (id 1) code calls often: each closed
+    /// call is followed by the tool's output as forced ids (the runtime's error once the row has
+    /// made its 2 calls; cut at the budget), the tool runs once per allowed call, and rows draw
+    /// the same with or without other rows in the batch (the forced ids extend only their row's
+    /// cache).
+    #[test]
+    fn tool_calls_in_rollouts_feed_the_output_and_do_not_depend_on_batching() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        let be = Arc::new(CpuBackend::new(2));
+        let model = Model::new(be, ModelConfig::gpt2(12, 2, 2, 32, 64), 5).unwrap();
+        let count = Arc::new(AtomicUsize::new(0));
+        let tools = RlTools {
+            tokens: ToolTokens {
+                python: Some((0, 1)),
+                search: None,
+                output_start: 2,
+                output_end: 3,
+            },
+            codec: Arc::new(SmallCodec),
+            run: {
+                let count = count.clone();
+                Box::new(move |_, _| {
+                    count.fetch_add(1, SeqCst);
+                    "ok\n".into()
+                })
+            },
+            limits: TurnLimits {
+                max_calls: 2,
+                ..Default::default()
+            },
+        };
+        let prompts: [&[u32]; 3] = [&[4, 5, 6], &[7], &[8, 9, 10, 11, 4]];
+        let seeds = [21, 22, 23];
+        let sp = SamplingParams::default();
+        let max_new = 40;
+        let all = rollouts(
+            &model,
+            &prompts,
+            &seeds,
+            4,
+            max_new,
+            &sp,
+            &[],
+            true,
+            Some(&tools),
+        )
+        .unwrap();
+        let ran = count.swap(0, SeqCst);
+        let (mut ids, mut forced) = (Vec::new(), Vec::new());
+        for (p, s) in prompts.iter().zip(seeds) {
+            let r = rollouts(&model, &[p], &[s], 4, max_new, &sp, &[], true, Some(&tools)).unwrap();
+            ids.extend(r.ids);
+            forced.extend(r.forced);
+        }
+        assert_eq!(all.ids, ids);
+        assert_eq!(all.forced, forced);
+        assert_eq!(count.load(SeqCst), ran);
+        let ok = tools.tokens.output_ids(&SmallCodec, "ok\n");
+        let limit = tools
+            .tokens
+            .output_ids(&SmallCodec, "error: tool call limit reached (2 per turn)\n");
+        let (mut closed, mut allowed) = (0, 0);
+        for (ids, forced) in all.ids.iter().zip(&all.forced) {
+            assert_eq!(ids.len(), max_new);
+            let (mut i, mut open, mut made) = (0, false, 0);
+            while i < ids.len() {
+                assert!(!forced[i], "a forced id where the model samples: {ids:?}");
+                let id = ids[i];
+                i += 1;
+                if !open && id == 0 {
+                    open = true;
+                } else if open && id == 1 {
+                    open = false;
+                    closed += 1;
+                    let want = if made < 2 { &ok } else { &limit };
+                    allowed += usize::from(made < 2);
+                    made += 1;
+                    let n = want.len().min(ids.len() - i);
+                    assert_eq!(ids[i..i + n], want[..n], "{ids:?}");
+                    assert!(forced[i..i + n].iter().all(|&f| f));
+                    i += n;
+                }
+            }
+        }
+        assert!(closed >= 4, "only {closed} calls closed");
+        assert_eq!(ran, allowed);
+        // Each row replayed one token at a time on a fresh cache: every sampled id is what the
+        // row's generator draws from the logits after everything before it, forced ids included
+        // (a row whose cache missed or misplaced its tool output would draw otherwise).
+        for (r, (ids, forced)) in all.ids.iter().zip(&all.forced).enumerate() {
+            let (j, g) = (r / 4, r % 4);
+            let mut rng = Rng::new(seeds[j] ^ ((g as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03)));
+            let mut dec = BatchedDecoder::new(&model, 1, prompts[j].len() + max_new).unwrap();
+            let mut logits = dec.prefill(0, prompts[j]).unwrap();
+            for (i, (&id, &f)) in ids.iter().zip(forced).enumerate() {
+                if !f {
+                    assert_eq!(sample_token(&logits, &sp, &mut rng), id, "row {r} at {i}");
+                }
+                if i + 1 < ids.len() {
+                    logits = dec.step(&[0], &[id]).unwrap();
+                }
+            }
+        }
+    }
+
     #[test]
     fn batched_rollouts_draw_what_each_prompt_draws_alone() {
         let be = Arc::new(CpuBackend::new(2));
@@ -1160,13 +1452,14 @@ mod tests {
         let sp = SamplingParams::default();
         // a fifth of the ids stop a row, so rows finish at different steps and leave the batch
         let stop: Vec<u32> = (0..60).chain([END]).collect();
-        let (all, e_all) = rollouts(&model, &prompts, &seeds, 4, 12, &sp, &stop, true).unwrap();
+        let r = rollouts(&model, &prompts, &seeds, 4, 12, &sp, &stop, true, None).unwrap();
+        let (all, e_all) = (r.ids, r.entropy);
         let mut alone = Vec::new();
         let mut e_alone = 0.0;
         for (p, s) in prompts.iter().zip(seeds) {
-            let (o, e) = rollouts(&model, &[p], &[s], 4, 12, &sp, &stop, true).unwrap();
-            alone.extend(o);
-            e_alone += e;
+            let r = rollouts(&model, &[p], &[s], 4, 12, &sp, &stop, true, None).unwrap();
+            alone.extend(r.ids);
+            e_alone += r.entropy;
         }
         assert_eq!(all, alone);
         assert!((e_all - e_alone).abs() < 1e-3 * e_alone.abs().max(1.0));

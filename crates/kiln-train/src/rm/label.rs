@@ -60,7 +60,18 @@ impl Sampler {
             min_p: 0.0,
         };
         let stop = self.tokens.stop_ids();
-        let (outs, _) = rollouts(&self.model, &[&ids], &[seed], n, max_new, &sp, &stop, false)?;
+        let outs = rollouts(
+            &self.model,
+            &[&ids],
+            &[seed],
+            n,
+            max_new,
+            &sp,
+            &stop,
+            false,
+            None,
+        )?
+        .ids;
         Ok(outs
             .iter()
             .map(|o| self.tok.decode_text(strip_stop(o, &stop)))

@@ -689,6 +689,7 @@ pub fn run(opts: &Options, announce: &mut dyn FnMut(usize, &str)) -> Result<Outc
             resume: true,
             progress: opts.progress,
             train: rl_config(&plan, threads),
+            tools: crate::rl::RlToolSet::default(),
         };
         let s = crate::rl::run_job(&job, &DeviceSpec::cpu())?;
         write_json(&rl_marker, &s)?;

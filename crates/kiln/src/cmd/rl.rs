@@ -9,8 +9,9 @@ use kiln_chat::tasks::TaskKind;
 use kiln_engine::OptimizerConfig;
 use kiln_train::device::Device;
 use kiln_train::rl::loss::{LossConfig, LossKind};
-use kiln_train::rl::{run_job, RlConfig, RlJob};
+use kiln_train::rl::{run_job, RlConfig, RlJob, RlToolSet};
 
+use super::chat::ToolName;
 use super::DeviceArgs;
 
 /// The verifiable tasks (kiln-chat's `tasks`).
@@ -111,6 +112,15 @@ pub struct RlArgs {
     pub threads: Option<usize>,
     #[arg(long)]
     pub no_progress: bool,
+    /// Tools the policy may call in rollouts and evals: `code` (sandboxed Python), `search`,
+    /// both (`code,search`) or `none`. The prompts then offer them as the SFT tool lessons do;
+    /// tool outputs join the response but not the loss.
+    #[arg(long, value_delimiter = ',', default_value = "none")]
+    pub tools: Vec<ToolName>,
+    /// Search index folder (`kiln index build`) [default: the generated world of places the
+    /// `tool_search` SFT lessons teach on].
+    #[arg(long)]
+    pub index: Option<PathBuf>,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -165,6 +175,11 @@ pub fn run(a: RlArgs, threads: usize) -> anyhow::Result<()> {
             tokenizer: None,
             format_reward: a.format_reward,
             rollout_rounds: a.rollout_rounds,
+        },
+        tools: RlToolSet {
+            code: a.tools.contains(&ToolName::Code),
+            search: a.tools.contains(&ToolName::Search),
+            index: a.index.clone(),
         },
     };
     let s = run_job(&job, &spec)?;
