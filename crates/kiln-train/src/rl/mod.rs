@@ -174,9 +174,11 @@ pub fn run_job(job: &RlJob, spec: &DeviceSpec) -> Result<RlSummary, TrainError> 
         Ok(p) => p.display().to_string(),
         Err(_) => tok_name.clone(),
     };
+    let tools = [("code", job.tools.code), ("search", job.tools.search)];
     let cfg = RlConfig {
         task: job.task.name().into(),
         tokenizer: Some(tok_abs),
+        tools: tools.iter().filter(|t| t.1).map(|t| t.0.into()).collect(),
         ..job.train.clone()
     };
     rl_on(

@@ -76,6 +76,10 @@ pub struct RlConfig {
     /// rewards differ (DAPO's dynamic sampling); groups with equal rewards are never trained on.
     #[serde(default = "one")]
     pub rollout_rounds: usize,
+    /// The tools offered in the prompts and run in rollouts (`code`, `search`; recorded, set by
+    /// [`run_job`](super::run_job) from the job).
+    #[serde(default)]
+    pub tools: Vec<String>,
 }
 
 fn one() -> usize {
@@ -118,6 +122,7 @@ impl Default for RlConfig {
             tokenizer: None,
             format_reward: kiln_chat::tasks::FORMAT_REWARD,
             rollout_rounds: 4,
+            tools: Vec::new(),
         }
     }
 }

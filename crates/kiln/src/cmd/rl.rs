@@ -175,6 +175,7 @@ pub fn run(a: RlArgs, threads: usize) -> anyhow::Result<()> {
             tokenizer: None,
             format_reward: a.format_reward,
             rollout_rounds: a.rollout_rounds,
+            tools: Vec::new(),
         },
         tools: RlToolSet {
             code: a.tools.contains(&ToolName::Code),

@@ -441,6 +441,7 @@ pub fn rlhf(a: RlhfArgs, threads: usize) -> anyhow::Result<()> {
             format_reward: 0.0,
             // A reward model's scores almost never tie within a group: one round is enough.
             rollout_rounds: 1,
+            tools: Vec::new(),
         },
         guard: GuardConfig {
             eval_every: a.guard_every,
