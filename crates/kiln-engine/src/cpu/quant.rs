@@ -20,6 +20,10 @@
 //! paid once per weight row for all activation rows. At batch 1 the extra pass runs over bytes
 //! already in L1 (the row tile is a few KiB); decode stays bound by reading the weights.
 //!
+//! Products of many activation rows (prompts, batched decode) reorder each unpacked weight tile
+//! into panels ([`interleave`]) so that one integer lane sums a whole group of 16: the float
+//! work (conversion, scale, FMA) is then paid per 16 values of 16 (VNNI) or 8 (AVX2) groups.
+//!
 //! The ISA comes from the cpu backend's one switch (`vmath::isa`, `KILN_SIMD=avx2|scalar`);
 //! VNNI is used when the AVX-512 version runs and the CPU has it. [`qmatmul`] reads the choice
 //! once on the calling thread and hands it to its rayon workers, so tests can force each path.
@@ -101,7 +105,7 @@ pub struct QActs {
     s16: Vec<f32>,
     s32: Vec<f32>,
     x: Vec<f32>,
-    /// The codes in the panel layout of [`interleave`] (VNNI many-row kernel), and per group
+    /// The codes in the panel layout of [`interleave`] (the many-row kernels), and per group
     /// of 16 the negated integer sum `-Σq`.
     qi: Vec<i8>,
     nq: Vec<i32>,
@@ -174,7 +178,8 @@ struct ActRow<'a> {
 /// 512 rows gain ~45%.
 const PANEL_MIN_ROWS: usize = 16;
 
-/// Groups of 16 values per panel of the VNNI many-row kernel (one i32 lane each in a zmm).
+/// Groups of 16 values per panel of the many-row kernels (one i32 lane each in a zmm; AVX2
+/// reads a panel as two halves of 8 lanes).
 const PANEL: usize = 16;
 
 /// Reorder rows of `cols` codes (groups of 16) into panels of [`PANEL`] groups: in the panel
@@ -516,10 +521,12 @@ fn quant_rows(
         }
         return;
     }
-    // Many activation rows on VNNI: the panel kernel, whose weight tile is reordered once per
+    // Many activation rows on VNNI or AVX2: the panel kernel, whose weight tile is reordered once per
     // tile for all activation rows. Prompt passes always take it (batch invariance); other
     // products from `PANEL_MIN_ROWS` rows (batched decode of few slots keeps the plain layout).
-    let panels = isa == QIsa::Vnni && (x.batch_invariant || x.rows >= PANEL_MIN_ROWS);
+    let panels = matches!(isa, QIsa::Vnni | QIsa::Avx2)
+        && (x.batch_invariant || x.rows >= PANEL_MIN_ROWS)
+        && (isa == QIsa::Vnni || *HAS_AVX2_PANELS);
     let mut u = vec![0u8; TILE * cols];
     let mut ui = if panels {
         vec![0u8; TILE * cols]
@@ -558,11 +565,12 @@ fn quant_rows(
             };
             let c = int_offset(ty);
             if tr == TILE {
-                panel_rows::<TILE>(&ui, &a, &b, cols, acts, c, &mut out[r0 + r..], rows);
+                panel_rows::<TILE>(isa, &ui, &a, &b, cols, acts, c, &mut out[r0 + r..], rows);
             } else {
                 for i in 0..tr {
                     let (ui, ai, bi) = (&ui[i * cols..], &a[i * g..], &b[i * g..]);
-                    panel_rows::<1>(ui, ai, bi, cols, acts, c, &mut out[r0 + r + i..], rows);
+                    let o = &mut out[r0 + r + i..];
+                    panel_rows::<1>(isa, ui, ai, bi, cols, acts, c, o, rows);
                 }
             }
             r += tr;
@@ -721,11 +729,13 @@ struct PanelActs<'a> {
 }
 
 /// `out[t·stride + i] = W[i] · x[t]` for `R` weight rows in the panel layout (`u`: `R × cols`,
-/// `a`, `b`: `R × cols/16`) and every activation row, with the VNNI panel kernel. One call per
-/// weight tile: the loop over activation rows is inside the kernel, since at 640 columns a
-/// tile × row pair is only three panels and per-call work (slices, reductions) was as large.
+/// `a`, `b`: `R × cols/16`) and every activation row, with the VNNI or AVX2 panel kernel. One
+/// call per weight tile: the loop over activation rows is inside the kernel, since at 640
+/// columns a tile × row pair is only three panels and per-call work (slices, reductions) was
+/// as large.
 #[allow(clippy::too_many_arguments)]
 fn panel_rows<const R: usize>(
+    isa: QIsa,
     u: &[u8],
     a: &[f32],
     b: &[f32],
@@ -744,15 +754,17 @@ fn panel_rows<const R: usize>(
     assert!(x.d16.len() >= n * g && x.s16.len() >= n * g);
     assert!(n == 0 || out.len() >= (n - 1) * stride + R);
     assert!(c == 0 || c.is_power_of_two());
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: only called when the VNNI version was chosen (`QIsa::current`/`supported` name
-    // versions this CPU runs); the slices hold `R` weight rows and `n` activation rows of
-    // `cols` codes and `cols/16` scales, and `out` every `t·stride + i` (asserted above).
-    unsafe {
-        x86::dot_vnni_panels::<R>(u, a, b, cols, x, c, out, stride)
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `QIsa::current`/`supported` only name versions this CPU runs; the slices hold
+        // `R` weight rows and `n` activation rows of `cols` codes and `cols/16` scales, and
+        // `out` every `t·stride + i` (asserted above).
+        QIsa::Vnni => unsafe { x86::dot_vnni_panels::<R>(u, a, b, cols, x, c, out, stride) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        QIsa::Avx2 => unsafe { x86::dot_avx2_panels::<R>(u, a, b, cols, x, c, out, stride) },
+        _ => unreachable!("the panel kernel is VNNI or AVX2"),
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("VNNI is x86")
 }
 
 /// Up to this many activation rows, Q4_0/Q4_1/Q5_0/Q8_0 rows take the fused kernels.
@@ -760,6 +772,17 @@ const FUSED_MAX_ROWS: usize = 2;
 /// Weight rows per fused call. Decode tokens per CPU-second on SmolLM2 (1 thread, loaded
 /// machine, 2026-12-03): 1 row 46, 2 rows 50–53, 4 rows 40–47 (register pressure).
 const FUSED_TILE: usize = 2;
+
+/// The AVX2 panel kernel also needs FMA (every AVX2 CPU kiln has met has it, but the ISA switch
+/// only checks AVX2 and FMA for the f32 code).
+static HAS_AVX2_PANELS: LazyLock<bool> = LazyLock::new(|| {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+});
 
 static HAS_F16C: LazyLock<bool> = LazyLock::new(|| {
     #[cfg(target_arch = "x86_64")]
@@ -1368,6 +1391,221 @@ mod x86 {
         let mut l = [0f32; 16];
         _mm512_storeu_ps(l.as_mut_ptr(), s);
         [l[0], l[4], l[8], l[12], l[2], l[6], l[10], l[14]]
+    }
+
+    /// The AVX2 form of [`dot_vnni_panels`], on the same layout: a panel of 16 groups is two
+    /// halves of 8, and in each half four 32-byte loads put bytes `4k..4k+4` of group `j` in
+    /// lane `j`. `pmaddubsw` sums products in pairs to 16 bits; for codes of at most 6 bits
+    /// (every type but Q8_0) two such vectors add without overflow (2·2·63·127 < 2¹⁵), so one
+    /// `pmaddwd` per two loads widens to each group's 32-bit sum; Q8_0's 8-bit codes are split
+    /// into nibbles. Then one conversion, scale multiply and FMA per 128 values (the plain
+    /// kernel paid them per 32, with a lane permute of the scales). Batch-invariant as the VNNI
+    /// one: every output takes the same steps whatever `R`, `T` and the pairing.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn dot_avx2_panels<const R: usize>(
+        u: &[u8],
+        a: &[f32],
+        b: &[f32],
+        cols: usize,
+        x: super::PanelActs,
+        c: u8,
+        out: &mut [f32],
+        stride: usize,
+    ) {
+        // The type's form as constants, so the inner loops hold no branches.
+        match c {
+            0 => panels_256::<R, false, false>(u, a, b, cols, x, c, out, stride),
+            128 => panels_256::<R, true, true>(u, a, b, cols, x, c, out, stride),
+            _ => panels_256::<R, false, true>(u, a, b, cols, x, c, out, stride),
+        }
+    }
+
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn panels_256<const R: usize, const WIDE: bool, const INT: bool>(
+        u: &[u8],
+        a: &[f32],
+        b: &[f32],
+        cols: usize,
+        x: super::PanelActs,
+        c: u8,
+        out: &mut [f32],
+        stride: usize,
+    ) {
+        let g = cols / 16;
+        let shift = _mm_cvtsi32_si128(c.trailing_zeros() as i32);
+        for t in 0..x.n {
+            let mut acc = [_mm256_setzero_ps(); R];
+            let at = Half {
+                u: u.as_ptr(),
+                a: a.as_ptr(),
+                b: b.as_ptr(),
+                q: x.qi.as_ptr().add(t * cols),
+                nq: x.nq.as_ptr().add(t * g),
+                d: x.d16.as_ptr().add(t * g),
+                s: x.s16.as_ptr().add(t * g),
+                cols,
+                g,
+                shift,
+            };
+            for p in 0..g / 16 {
+                for h in 0..2 {
+                    half_256::<R, WIDE, INT, true>(
+                        &mut acc,
+                        at,
+                        16,
+                        256 * p + 32 * h,
+                        16 * p + 8 * h,
+                        8,
+                    );
+                }
+            }
+            let (p, gn) = (g / 16, g % 16);
+            for h in 0..gn.div_ceil(8) {
+                let lanes = (gn - 8 * h).min(8);
+                let (base, sc) = (256 * p + 32 * h, 16 * p + 8 * h);
+                if lanes == 8 {
+                    half_256::<R, WIDE, INT, true>(&mut acc, at, gn, base, sc, 8);
+                } else {
+                    half_256::<R, WIDE, INT, false>(&mut acc, at, gn, base, sc, lanes);
+                }
+            }
+            let z = _mm256_setzero_ps();
+            let y = reduce4_256(std::array::from_fn(|r| if r < R { acc[r] } else { z }));
+            for r in 0..R {
+                *out.get_unchecked_mut(t * stride + r) = y[r];
+            }
+        }
+    }
+
+    /// Where one activation row's half panels are read from (see [`half_256`]).
+    #[derive(Clone, Copy)]
+    struct Half {
+        u: *const u8,
+        a: *const f32,
+        b: *const f32,
+        q: *const i8,
+        nq: *const i32,
+        d: *const f32,
+        s: *const f32,
+        cols: usize,
+        g: usize,
+        shift: __m128i,
+    }
+
+    /// One half panel (8 groups of a panel of `gn`, at code offset `base` and group `sc`) of
+    /// `R` weight rows against one activation row, into `acc`. `FULL`: all 8 lanes; otherwise
+    /// the first `lanes`, read with masked loads (the others are zero and add nothing).
+    #[inline(always)]
+    unsafe fn half_256<const R: usize, const WIDE: bool, const INT: bool, const FULL: bool>(
+        acc: &mut [__m256; R],
+        at: Half,
+        gn: usize,
+        base: usize,
+        sc: usize,
+        lanes: usize,
+    ) {
+        let m = if FULL {
+            _mm256_set1_epi32(-1)
+        } else {
+            lane_mask(lanes)
+        };
+        let qv =
+            [0, 1, 2, 3].map(|k| load_i_256::<FULL>(at.q.add(base + 4 * gn * k) as *const i32, m));
+        let dx = load_f_256::<FULL>(at.d.add(sc), m);
+        let off = if INT {
+            _mm256_sll_epi32(load_i_256::<FULL>(at.nq.add(sc), m), at.shift)
+        } else {
+            _mm256_setzero_si256()
+        };
+        let sx = if INT {
+            _mm256_setzero_ps()
+        } else {
+            load_f_256::<FULL>(at.s.add(sc), m)
+        };
+        for r in 0..R {
+            let rp = at.u.add(r * at.cols + base);
+            let uv = [0, 1, 2, 3].map(|k| load_i_256::<FULL>(rp.add(4 * gn * k) as *const i32, m));
+            let mut i = group_sums_256::<WIDE>(&uv, &qv);
+            if INT {
+                i = _mm256_add_epi32(i, off);
+            }
+            let s = _mm256_mul_ps(load_f_256::<FULL>(at.a.add(r * at.g + sc), m), dx);
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), s, acc[r]);
+            if !INT {
+                let bv = load_f_256::<FULL>(at.b.add(r * at.g + sc), m);
+                acc[r] = _mm256_fmadd_ps(bv, sx, acc[r]);
+            }
+        }
+    }
+
+    /// Lanes `0..n` of a 256-bit mask (`n` ≤ 8).
+    #[inline(always)]
+    unsafe fn lane_mask(n: usize) -> __m256i {
+        let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), idx)
+    }
+
+    #[inline(always)]
+    unsafe fn load_i_256<const FULL: bool>(ptr: *const i32, m: __m256i) -> __m256i {
+        if FULL {
+            _mm256_loadu_si256(ptr as *const __m256i)
+        } else {
+            _mm256_maskload_epi32(ptr, m)
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn load_f_256<const FULL: bool>(ptr: *const f32, m: __m256i) -> __m256 {
+        if FULL {
+            _mm256_loadu_ps(ptr)
+        } else {
+            _mm256_maskload_ps(ptr, m)
+        }
+    }
+
+    /// The 32-bit sums of each lane's 16 products of one half panel (`u`, `q`: the four
+    /// vectors `k`). `WIDE`: 8-bit codes, split into nibbles (each nibble's four pair sums fit
+    /// 16 bits: 4·2·15·127 < 2¹⁵).
+    #[inline(always)]
+    unsafe fn group_sums_256<const WIDE: bool>(u: &[__m256i; 4], q: &[__m256i; 4]) -> __m256i {
+        let ones = _mm256_set1_epi16(1);
+        if WIDE {
+            let m = _mm256_set1_epi8(0x0F);
+            let mut lo = _mm256_setzero_si256();
+            let mut hi = _mm256_setzero_si256();
+            for k in 0..4 {
+                let l = _mm256_and_si256(u[k], m);
+                let h = _mm256_and_si256(_mm256_srli_epi16(u[k], 4), m);
+                lo = _mm256_add_epi16(lo, _mm256_maddubs_epi16(l, q[k]));
+                hi = _mm256_add_epi16(hi, _mm256_maddubs_epi16(h, q[k]));
+            }
+            let lo = _mm256_madd_epi16(lo, ones);
+            let hi = _mm256_madd_epi16(hi, ones);
+            _mm256_add_epi32(lo, _mm256_slli_epi32(hi, 4))
+        } else {
+            let s01 = _mm256_add_epi16(
+                _mm256_maddubs_epi16(u[0], q[0]),
+                _mm256_maddubs_epi16(u[1], q[1]),
+            );
+            let s23 = _mm256_add_epi16(
+                _mm256_maddubs_epi16(u[2], q[2]),
+                _mm256_maddubs_epi16(u[3], q[3]),
+            );
+            _mm256_add_epi32(_mm256_madd_epi16(s01, ones), _mm256_madd_epi16(s23, ones))
+        }
+    }
+
+    /// The 8-lane sums of 4 vectors: pairwise `hadd`s keep each vector's lanes apart, so each
+    /// sum is formed the same way whichever vectors share the call.
+    #[inline(always)]
+    unsafe fn reduce4_256(v: [__m256; 4]) -> [f32; 4] {
+        let s = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+        let s = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+        let mut l = [0f32; 4];
+        _mm_storeu_ps(l.as_mut_ptr(), s);
+        l
     }
 
     /// A 32-value tail goes through the 256-bit code.
