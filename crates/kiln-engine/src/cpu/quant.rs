@@ -996,8 +996,12 @@ mod x86 {
     }
 
     /// Blocks ahead to prefetch in the fused kernels. Decode tokens per CPU-second (SmolLM2,
-    /// 1 thread, under load, 2026-12-03): none 53–55, 8 blocks 60–82, 16 blocks 67–68.
-    const PF: usize = 8;
+    /// 1 thread, under load, AVX-512 host, 2026-12-03): none 53–55, 8 blocks 60–82, 16 blocks
+    /// 67–68. On an AMD EPYC AVX2 host (idle, 3 interleaved rounds, tokens/s): SmolLM2 1 thread
+    /// 8 blocks 61–62, 16: 66–67, 32: 69–71, 64: 70–72, 128: 71–73; 2 threads 105–106 vs
+    /// 118–120 (32) and 118–121 (64); Gemma-3-270M (its Q8_0 head is most of the bytes) 1 thread
+    /// 26–27 vs 31–32 (32) and 30–31 (64), 2 threads 50 vs 57–58 (32) and 56–57 (64).
+    const PF: usize = 32;
 
     #[inline(always)]
     unsafe fn f16_at(p: *const u8) -> f32 {
