@@ -29,7 +29,8 @@ fn main() {
         let m = LlamaModel::new(file).expect("load");
         let vocab = m.config.vocab as u64;
         let mut rng = kiln_engine::Rng::new(1);
-        let mut dec = LlamaBatch::new(&m, rows, 64 + steps);
+        // The longest prompt (16 + 4·(rows − 1) tokens) plus every step must fit a slot.
+        let mut dec = LlamaBatch::new(&m, rows, 16 + 4 * rows + steps);
         let slots: Vec<usize> = (0..rows).collect();
         for &s in &slots {
             let prompt: Vec<u32> = (0..16 + 4 * s).map(|_| rng.below(vocab) as u32).collect();

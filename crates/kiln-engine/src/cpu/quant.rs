@@ -175,7 +175,8 @@ struct ActRow<'a> {
 /// Activation rows from which products that need not be batch-invariant take the panel kernel.
 /// `gguf_batch_decode` Gemma-3-270M, 1 thread, tokens/s plain vs panels (2026-12-03): 4 rows
 /// 39–40 vs 32, 8 rows 51–59 vs 51–56 (the tile's reordering is not amortized); prompts of
-/// 512 rows gain ~45%.
+/// 512 rows gain ~45%. The AVX2 panels (AMD EPYC, 1 thread, 2 runs each, panels vs plain):
+/// 4 rows 22 vs 31, 8 rows 36 vs 40, 12 rows 46 vs 46, 16 rows 54 vs 48, 32 rows 70 vs 52.
 const PANEL_MIN_ROWS: usize = 16;
 
 /// Groups of 16 values per panel of the many-row kernels (one i32 lane each in a zmm; AVX2
