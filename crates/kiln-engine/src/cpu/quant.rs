@@ -1405,7 +1405,7 @@ mod x86 {
     /// `pmaddwd` per two loads widens to each group's 32-bit sum; Q8_0's 8-bit codes are split
     /// into nibbles. Then one conversion, scale multiply and FMA per 128 values (the plain
     /// kernel paid them per 32, with a lane permute of the scales). Batch-invariant as the VNNI
-    /// one: every output takes the same steps whatever `R`, `T` and the pairing.
+    /// one: every output takes the same steps whatever `R` (one activation row per pass).
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn dot_avx2_panels<const R: usize>(
