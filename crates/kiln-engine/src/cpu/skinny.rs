@@ -16,6 +16,7 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
+use super::vmath::{isa, Isa};
 use super::Mat;
 
 /// Most activation rows this path takes; above it the packed sgemm wins (its packing is then
@@ -31,7 +32,11 @@ const TASK_COLS: usize = 64;
 /// the `gemm` crate's vector product, the batch-1 decode baseline (on a loaded machine the two
 /// measured within noise of each other).
 pub fn takes(m: usize, k: usize, a: Mat, b: Mat) -> bool {
-    (2..=MAX_ROWS).contains(&m) && k >= 16 && a.cs == 1 && b.rs == 1 && super::use_sgemm()
+    (2..=MAX_ROWS).contains(&m)
+        && k >= 16
+        && a.cs == 1
+        && b.rs == 1
+        && matches!(isa(), Isa::Avx512 | Isa::Avx2)
 }
 
 /// `c = alpha · a @ b + beta · c` (`beta == 0` never reads `c`), `c` row stride `c_rs`.
@@ -55,10 +60,18 @@ pub unsafe fn skinny(
     #[cfg(target_arch = "x86_64")]
     {
         let cp = CPtr(c);
+        let wide = isa() == Isa::Avx512;
         let run = |j0: usize| {
             let j1 = (j0 + TASK_COLS).min(n);
-            // SAFETY: each task writes columns j0..j1 of c only.
-            unsafe { block(m, j0, j1, k, alpha, a, b, beta, cp.get(), c_rs) };
+            // SAFETY: each task writes columns j0..j1 of c only; `takes` checked that the CPU
+            // runs the version picked.
+            unsafe {
+                if wide {
+                    block(m, j0, j1, k, alpha, a, b, beta, cp.get(), c_rs)
+                } else {
+                    block_v256(m, j0, j1, k, alpha, a, b, beta, cp.get(), c_rs)
+                }
+            };
         };
         if threads > 1 && n > TASK_COLS {
             (0..n.div_ceil(TASK_COLS))
@@ -71,7 +84,7 @@ pub unsafe fn skinny(
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = (m, n, k, alpha, a, b, beta, c, c_rs, threads);
-        unreachable!("skinny needs AVX-512 (see `takes`)");
+        unreachable!("skinny needs AVX-512 or AVX2 (see `takes`)");
     }
 }
 
@@ -245,21 +258,182 @@ unsafe fn tile<const MI: usize, const NJ: usize>(
     }
 }
 
+/// [`block`] for AVX2 + FMA: 2×4 tiles (8 ymm accumulators, 4 weight vectors and one activation
+/// vector: 13 of the 16 registers), then the leftover rows and columns. A 3×4 tile needs 17 with
+/// the compiler's temporaries: it spilled one accumulator to the stack inside the loop, and the
+/// store-to-load round trip on it held the kernel to a third of its speed (perf annotate).
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn block_v256(
+    m: usize,
+    j0: usize,
+    j1: usize,
+    k: usize,
+    alpha: f32,
+    a: Mat,
+    b: Mat,
+    beta: f32,
+    c: *mut f32,
+    c_rs: usize,
+) {
+    let (lda, ldb) = (a.rs as usize, b.cs as usize);
+    let mut j = j0;
+    while j < j1 {
+        let nj = (j1 - j).min(4);
+        let mut i = 0;
+        while i < m {
+            let mi = (m - i).min(2);
+            let ap = a.ptr.add(i * lda);
+            let bp = b.ptr.add(j * ldb);
+            let cp = c.add(i * c_rs + j);
+            // The next weight block, fetched while the first rows sweep this one (as in `block`).
+            let next = if i == 0 && j + 2 * nj <= j1 {
+                bp.add(nj * ldb)
+            } else {
+                std::ptr::null()
+            };
+            match (mi, nj) {
+                (2, 4) => tile_v256::<2, 4>(ap, lda, bp, ldb, k, alpha, beta, cp, c_rs, next),
+                (1, 4) => tile_v256::<1, 4>(ap, lda, bp, ldb, k, alpha, beta, cp, c_rs, next),
+                _ => {
+                    for q in 0..nj {
+                        let (bq, cq) = (bp.add(q * ldb), cp.add(q));
+                        match mi {
+                            2 => {
+                                tile_v256::<2, 1>(ap, lda, bq, ldb, k, alpha, beta, cq, c_rs, next)
+                            }
+                            _ => {
+                                tile_v256::<1, 1>(ap, lda, bq, ldb, k, alpha, beta, cq, c_rs, next)
+                            }
+                        }
+                    }
+                }
+            }
+            i += mi;
+        }
+        j += nj;
+    }
+}
+
+/// [`tile`] in 8-lane registers: `MI × NJ` dot products of length `k` (a scalar tail past the
+/// last multiple of 8); four weight rows' sums are reduced together by `hadd`s and stored as one
+/// 4-wide vector per activation row.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn tile_v256<const MI: usize, const NJ: usize>(
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    k: usize,
+    alpha: f32,
+    beta: f32,
+    c: *mut f32,
+    c_rs: usize,
+    next_b: *const f32,
+) {
+    let mut acc = [[_mm256_setzero_ps(); NJ]; MI];
+    // One 8-deep step of every dot product (a macro: a closure here was not inlined).
+    macro_rules! step {
+        ($p:expr) => {{
+            let p = $p;
+            let mut bv = [_mm256_setzero_ps(); NJ];
+            for (q, v) in bv.iter_mut().enumerate() {
+                *v = _mm256_loadu_ps(b.add(q * ldb + p));
+            }
+            for (r, row) in acc.iter_mut().enumerate() {
+                let av = _mm256_loadu_ps(a.add(r * lda + p));
+                for (q, s) in row.iter_mut().enumerate() {
+                    *s = _mm256_fmadd_ps(av, bv[q], *s);
+                }
+            }
+        }};
+    }
+    let mut p = 0;
+    // Two steps per turn: one 64-byte line of each weight row, and one prefetch per line.
+    while p + 16 <= k {
+        if !next_b.is_null() {
+            for q in 0..NJ {
+                _mm_prefetch::<_MM_HINT_T0>(next_b.add(q * ldb + p).cast());
+            }
+        }
+        step!(p);
+        step!(p + 8);
+        p += 16;
+    }
+    if p + 8 <= k {
+        step!(p);
+        p += 8;
+    }
+    let mut tail = [[0f32; NJ]; MI];
+    for pp in p..k {
+        for (r, row) in tail.iter_mut().enumerate() {
+            for (q, t) in row.iter_mut().enumerate() {
+                *t += *a.add(r * lda + pp) * *b.add(q * ldb + pp);
+            }
+        }
+    }
+    for r in 0..MI {
+        let out = c.add(r * c_rs);
+        if NJ == 4 {
+            // lanes: the sums of rows q = 0..4, each across both 128-bit halves
+            let x = _mm256_hadd_ps(
+                _mm256_hadd_ps(acc[r][0], acc[r][1]),
+                _mm256_hadd_ps(acc[r][2], acc[r][3]),
+            );
+            let s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps::<1>(x));
+            let s = _mm_add_ps(s, _mm_loadu_ps(tail[r].as_ptr()));
+            let mut v = _mm_mul_ps(_mm_set1_ps(alpha), s);
+            if beta != 0.0 {
+                v = _mm_fmadd_ps(_mm_set1_ps(beta), _mm_loadu_ps(out), v);
+            }
+            _mm_storeu_ps(out, v);
+        } else {
+            for q in 0..NJ {
+                let v = alpha * (hsum(acc[r][q]) + tail[r][q]);
+                let o = out.add(q);
+                *o = if beta == 0.0 { v } else { v + beta * *o };
+            }
+        }
+    }
+}
+
+/// The sum of the 8 lanes of `v`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<1>(s, s)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Both versions (AVX-512 and AVX2, where this CPU runs them) against an f64 product, on
+    /// shapes with leftover rows and columns for either tile and a `k` past the last full vector.
     #[test]
     fn matches_naive_on_awkward_shapes() {
-        if !super::super::use_sgemm() {
-            return; // the kernel needs AVX-512; `takes` keeps it off elsewhere
+        for isa in super::super::vmath::supported() {
+            if matches!(isa, Isa::Avx512 | Isa::Avx2) {
+                super::super::vmath::with_isa(isa, || matches_naive(isa));
+            }
         }
+    }
+
+    fn matches_naive(isa: Isa) {
         let mut rng = crate::Rng::new(1);
         for &(m, n, k) in &[
             (2, 1, 16),
             (3, 5, 17),
             (4, 4, 32),
             (9, 70, 70),
+            (7, 9, 23),
             (64, 130, 48),
         ] {
             for &(alpha, beta) in &[(1.0f32, 0.0f32), (0.5, 1.0)] {
@@ -289,7 +463,7 @@ mod tests {
                         let got = c[i * n + j] as f64;
                         assert!(
                             (got - want).abs() < 1e-4 * (1.0 + want.abs()),
-                            "{m}x{n}x{k} ({i},{j}): {got} vs {want}"
+                            "{isa:?} {m}x{n}x{k} ({i},{j}): {got} vs {want}"
                         );
                     }
                 }
