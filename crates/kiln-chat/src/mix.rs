@@ -5,6 +5,8 @@
 //! - `evals`: chat-format samples `{"input":[messages],"ideal":…}` from the OpenAI evals registry;
 //! - `identity`: conversations generated from a persona file ([`crate::identity`]);
 //! - `arithmetic`: generated problems with worked steps ([`crate::arith`]);
+//! - `task`: an RL task's training problems answered directly, a cold start before RL
+//!   ([`crate::tasks`]);
 //! - `tool_code`: questions answered by calling the code tool ([`crate::tools::lessons`]);
 //! - `tool_search`: questions about a generated world of places, answered by searching its
 //!   documents ([`crate::tools::lessons::FactWorld`]; the index is rebuilt from the same seed);
@@ -83,6 +85,13 @@ pub enum SourceConfig {
     Arithmetic {
         count: usize,
     },
+    /// An RL task's training problems answered directly (`The answer is X.`): a cold start
+    /// before RL ([`crate::tasks::TaskKind::cold_start_conversations`]).
+    Task {
+        /// A task name (`arith`, `arith-easy`, `word`, `countdown`).
+        task: String,
+        count: usize,
+    },
     #[serde(rename = "tool_code")]
     ToolCode {
         count: usize,
@@ -142,6 +151,7 @@ impl SourceConfig {
             SourceConfig::Evals { .. } => "evals",
             SourceConfig::Identity { .. } => "identity",
             SourceConfig::Arithmetic { .. } => "arithmetic",
+            SourceConfig::Task { .. } => "task",
             SourceConfig::ToolCode { .. } => "tool_code",
             SourceConfig::ToolSearch { .. } => "tool_search",
             SourceConfig::Jsonl { .. } => "jsonl",
@@ -246,6 +256,16 @@ impl MixConfig {
                 value: cfg.val_fraction,
             });
         }
+        for (i, src) in cfg.sources.iter().enumerate() {
+            if let SourceConfig::Task { task, .. } = src {
+                if let Err(e) = task.parse::<crate::tasks::TaskKind>() {
+                    return Err(MixError::Parse {
+                        path: path.to_path_buf(),
+                        message: format!("source {} (kind = \"task\"): {e}", i + 1),
+                    });
+                }
+            }
+        }
         Ok(cfg)
     }
 
@@ -312,6 +332,14 @@ impl MixConfig {
                 SourceConfig::Arithmetic { count } => {
                     for c in crate::arith::conversations(scaled(*count), seed) {
                         col.push(c, || "arithmetic".into())?;
+                    }
+                }
+                SourceConfig::Task { task, count } => {
+                    let kind: crate::tasks::TaskKind = task
+                        .parse()
+                        .map_err(|e: crate::tasks::UnknownTask| MixError::Source(e.to_string()))?;
+                    for c in kind.cold_start_conversations(scaled(*count), seed) {
+                        col.push(c, || format!("task {task}"))?;
                     }
                 }
                 SourceConfig::ToolCode { count } => {
@@ -664,6 +692,33 @@ mod tests {
         let p = dir.join("mix.toml");
         fs::write(&p, body).unwrap();
         p
+    }
+
+    #[test]
+    fn task_source_gives_cold_start_conversations_and_names_a_bad_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write_mix(
+            dir.path(),
+            "[[source]]\nkind = \"task\"\ntask = \"arith-easy\"\ncount = 200\n",
+        );
+        let mix = MixConfig::load(&p)
+            .unwrap()
+            .build(dir.path(), &no_fetched, 1.0, true)
+            .unwrap();
+        let all: Vec<_> = mix.train.iter().chain(&mix.val).collect();
+        assert_eq!(all.len(), 200);
+        assert!(all
+            .iter()
+            .all(|c| c.messages[1].content.text().starts_with("The answer is ")));
+        let bad = write_mix(
+            dir.path(),
+            "[[source]]\nkind = \"arithmetic\"\ncount = 5\n[[source]]\nkind = \"task\"\ntask = \"gsm9k\"\ncount = 5\n",
+        );
+        let e = MixConfig::load(&bad).unwrap_err().to_string();
+        assert!(
+            e.contains("mix.toml") && e.contains("source 2") && e.contains("arith-easy"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@ use std::str::FromStr;
 use kiln_engine::Rng;
 
 use crate::arith::last_integer;
+use crate::format::{Conversation, Message};
 
 /// Reward for putting an answer in the expected place (`The answer is X.`), right or wrong.
 pub const FORMAT_REWARD: f32 = 0.1;
@@ -83,6 +84,23 @@ impl TaskKind {
             }
         }
         out
+    }
+}
+
+impl TaskKind {
+    /// `count` training-split problems as conversations answered directly (`The answer is X.`):
+    /// a cold start before RL, as DeepSeek-R1 fine-tunes on a little task data before its RL. The
+    /// answer sits where the verifier reads it; no held-out problem is ever emitted.
+    pub fn cold_start_conversations(self, count: usize, seed: u64) -> Vec<Conversation> {
+        self.problems(count, seed, false)
+            .into_iter()
+            .map(|p| {
+                Conversation::new(vec![
+                    Message::user(p.question),
+                    Message::assistant(format!("The answer is {}.", p.solution)),
+                ])
+            })
+            .collect()
     }
 }
 
@@ -502,6 +520,30 @@ mod tests {
         );
         for t in TASKS {
             assert_eq!(t.name().parse::<TaskKind>().unwrap(), t);
+        }
+    }
+
+    /// Every cold-start reply is a correct, well-placed answer to a training-split problem, and
+    /// none of the task's held-out questions appears among them.
+    #[test]
+    fn cold_start_conversations_answer_training_problems_correctly() {
+        for t in TASKS {
+            let convs = t.cold_start_conversations(400, 3);
+            assert_eq!(convs.len(), 400);
+            let train = t.problems(400, 3, false);
+            let held: std::collections::HashSet<String> = t
+                .problems(200, 3, true)
+                .into_iter()
+                .map(|p| p.question)
+                .collect();
+            for (c, p) in convs.iter().zip(&train) {
+                c.validate(true).unwrap();
+                let (q, a) = (c.messages[0].content.text(), c.messages[1].content.text());
+                assert_eq!(q, p.question);
+                assert!(!held.contains(&q), "{t}: held-out {q:?}");
+                let s = p.score(&a);
+                assert!(s.correct && s.formatted, "{t}: {q:?} -> {a:?}");
+            }
         }
     }
 

@@ -385,7 +385,9 @@ fn markdown(i: &RunInfo) -> String {
             v.as_f64()
                 .map_or("–".into(), |x| format!("{:.1}%", 100.0 * x))
         };
-        for (model, key) in [("SFT", "pass1_start"), ("RL", "pass1")] {
+        // The reasoning preset's RL starts from its cold start, not from the SFT model.
+        let start = r["start"].as_str().unwrap_or("SFT");
+        for (model, key) in [(start, "pass1_start"), ("RL", "pass1")] {
             let _ = writeln!(
                 m,
                 "| RL task: arithmetic, small operands (arith-easy), held-out pass@1 (greedy) | {model} | {} | ≈0% |",
@@ -394,7 +396,7 @@ fn markdown(i: &RunInfo) -> String {
         }
         // The share of sampled replies that are right (DeepSeek-R1's pass@1): runs before it
         // existed have no such keys and no row.
-        for (model, key) in [("SFT", "pass1_sampled_start"), ("RL", "pass1_sampled")] {
+        for (model, key) in [(start, "pass1_sampled_start"), ("RL", "pass1_sampled")] {
             if r[key].is_number() {
                 let _ = writeln!(
                     m,

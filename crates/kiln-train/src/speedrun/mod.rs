@@ -48,6 +48,11 @@ pub enum Preset {
     Default,
     /// ≤ 3 minutes (what the tests run): 2 layers × 64 wide, vocab 512, context 128.
     Smoke,
+    /// The default model and stages plus a cold start before RL (SFT on the RL task's training
+    /// problems answered directly, as DeepSeek-R1 fine-tunes before its RL), ≤ 26 minutes: the
+    /// default's 20-minute SFT model answers ~1–2% of the task, too few for GRPO's groups to
+    /// carry a signal; after ~1 M tokens of the task it answers ~10% and RL lifts that.
+    Reasoning,
 }
 
 impl Preset {
@@ -56,6 +61,7 @@ impl Preset {
         match self {
             Preset::Default => "speedrun",
             Preset::Smoke => "smoke",
+            Preset::Reasoning => "reasoning",
         }
     }
 
@@ -64,6 +70,7 @@ impl Preset {
         match self {
             Preset::Default => 20.0,
             Preset::Smoke => 1.0,
+            Preset::Reasoning => 26.0,
         }
     }
 }
@@ -99,6 +106,9 @@ pub struct Plan {
     /// RL steps (0 in plans written before the RL stage: the stage is then skipped).
     #[serde(default)]
     pub rl_steps: usize,
+    /// Steps of the cold start before RL (the `reasoning` preset; 0: RL starts from the SFT model).
+    #[serde(default)]
+    pub cold_start_steps: usize,
     /// Steps of the honesty SFT after knowledge probing (0 in older plans: skipped).
     #[serde(default)]
     pub honesty_steps: usize,
@@ -137,6 +147,7 @@ pub fn base_plan(preset: Preset, minutes: f64) -> Plan {
         sft_batch: 8,
         sft_scale: 1.0,
         rl_steps: 0,
+        cold_start_steps: 0,
         honesty_steps: 0,
         probe_questions: 120,
         eval_tools: 24,
@@ -148,7 +159,7 @@ pub fn base_plan(preset: Preset, minutes: f64) -> Plan {
         gen_tokens: 64,
     };
     match preset {
-        Preset::Default => p,
+        Preset::Default | Preset::Reasoning => p,
         Preset::Smoke => Plan {
             corpus_bytes: 400_000,
             vocab: 512,
@@ -168,6 +179,45 @@ pub fn base_plan(preset: Preset, minutes: f64) -> Plan {
     }
 }
 
+/// Each stage's share of a preset's budget.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Shares {
+    pretrain: f64,
+    sft: f64,
+    honesty: f64,
+    cold_start: f64,
+    rl: f64,
+}
+
+impl Shares {
+    fn of(preset: Preset) -> Shares {
+        let default = Shares {
+            pretrain: 0.55,
+            sft: 0.21,
+            honesty: 0.03,
+            cold_start: 0.0,
+            rl: 0.08,
+        };
+        match preset {
+            Preset::Default | Preset::Smoke => default,
+            // The default's seconds for every stage (shares × 20/26 of the 26 minutes), and ~310
+            // s of cold start: ~740 steps of ~10 packed problems per row, about the 1.2 M tokens
+            // after which the default run's base model answered 10% of held-out `arith-easy`
+            // problems (docs/benchmarks.md, "What RL needs from its starting model").
+            Preset::Reasoning => {
+                let k = 20.0 / 26.0;
+                Shares {
+                    pretrain: default.pretrain * k,
+                    sft: default.sft * k,
+                    honesty: default.honesty * k,
+                    cold_start: 0.2,
+                    rl: default.rl * k,
+                }
+            }
+        }
+    }
+}
+
 /// Re-size the stages after pretraining (SFT, honesty, RL) from the pace pretraining actually
 /// ran at, so they fill their shares of the budget. The probe's bare step has read up to ~16%
 /// slow on a busy or cold start (0.437 s planned vs 0.378 s run, 2026-12-03), which left a fifth
@@ -180,6 +230,9 @@ fn resize_after_pretraining(plan: &mut Plan, measured_seconds_per_step: f64) {
     plan.sft_steps = scale(plan.sft_steps);
     plan.honesty_steps = scale(plan.honesty_steps);
     plan.rl_steps = scale(plan.rl_steps);
+    if plan.cold_start_steps > 0 {
+        plan.cold_start_steps = scale(plan.cold_start_steps);
+    }
     plan.measured_seconds_per_step = Some(measured_seconds_per_step);
     tracing::info!(
         "pretraining ran at {measured_seconds_per_step:.3} s/step (probe {:.3}): SFT {} → {}, honesty {} → {}, RL {} → {} steps",
@@ -365,7 +418,7 @@ pub fn run(opts: &Options, announce: &mut dyn FnMut(usize, &str)) -> Result<Outc
     // 1. data
     let t = Instant::now();
     let data_dir = kiln_data::fetch::data_dir();
-    let all_docs = opts.preset == Preset::Default;
+    let all_docs = opts.preset != Preset::Smoke;
     let needed: Vec<&str> = ["chitchat", "gsm8k", "python-wasm"]
         .into_iter()
         .chain(web::sources(all_docs))
@@ -394,11 +447,13 @@ pub fn run(opts: &Options, announce: &mut dyn FnMut(usize, &str)) -> Result<Outc
         let cfg = ModelConfig::gpt2(p.vocab, p.layers, p.heads, p.dim, p.context);
         let sps = seconds_per_step(&cfg, p.batch, p.context, threads)?;
         let secs = opts.minutes * 60.0;
+        let share = Shares::of(opts.preset);
         p.seconds_per_step = sps;
-        p.pretrain_steps = ((secs * 0.55 / sps) as usize).clamp(20, 200_000);
-        p.sft_steps = ((secs * 0.21 / sps) as usize).clamp(10, 50_000);
-        p.honesty_steps = ((secs * 0.03 / sps) as usize).clamp(5, 5_000);
-        p.rl_steps = ((secs * 0.08 / rl_step_seconds(&p, sps)) as usize).clamp(5, 2_000);
+        p.pretrain_steps = ((secs * share.pretrain / sps) as usize).clamp(20, 200_000);
+        p.sft_steps = ((secs * share.sft / sps) as usize).clamp(10, 50_000);
+        p.honesty_steps = ((secs * share.honesty / sps) as usize).clamp(5, 5_000);
+        p.cold_start_steps = (secs * share.cold_start / sps) as usize;
+        p.rl_steps = ((secs * share.rl / rl_step_seconds(&p, sps)) as usize).clamp(5, 2_000);
         write_json(&plan_path, &p)?;
         p
     };
@@ -669,8 +724,67 @@ pub fn run(opts: &Options, announce: &mut dyn FnMut(usize, &str)) -> Result<Outc
         timings.record("honesty", t.elapsed().as_secs_f64(), false);
     }
 
+    // 8a. cold start (the `reasoning` preset): SFT from the SFT model on the RL task's training
+    // problems answered directly, so RL starts from a model that gets some of them right.
+    let cold_dir = run.join("rl-cold-start");
+    let rl_start = if plan.cold_start_steps == 0 {
+        sft_dir.clone()
+    } else {
+        let cold_marker = cold_dir.join("DONE");
+        let t = Instant::now();
+        if cold_marker.exists() {
+            timings.record("rl cold start", 0.0, true);
+        } else {
+            announce(
+                8,
+                &format!(
+                    "RL cold start: {} SFT steps on arith-easy's training problems",
+                    plan.cold_start_steps
+                ),
+            );
+            let job = SftJob {
+                base: sft_dir.clone(),
+                mix: write_cold_start_mix(run, &plan)?,
+                out: cold_dir.clone(),
+                tokenizer: Some(tok_abs.clone()),
+                seq_len: None,
+                strict: true,
+                scale: 1.0,
+                resume: true,
+                progress: opts.progress,
+                train: SftConfig {
+                    steps: plan.cold_start_steps,
+                    batch: plan.sft_batch,
+                    // 2e-3: at 5e-4 the probe's model answered 7% after 300 steps; at 2e-3, 10%
+                    // after 600 and 33% after 900 (docs/benchmarks.md).
+                    optim: OptimizerConfig {
+                        lr: 2e-3,
+                        weight_decay: 0.0,
+                        ..Default::default()
+                    },
+                    warmup_steps: (plan.cold_start_steps / 20).max(3),
+                    eval_every: (plan.cold_start_steps / 4).max(10),
+                    eval_batches: 4,
+                    ckpt_every: (plan.cold_start_steps / 2).max(20),
+                    seed: 1,
+                    threads,
+                    time_limit_s: Some(plan.minutes * 60.0 * 0.24),
+                    ..Default::default()
+                },
+            };
+            let o = run_job(&job, &DeviceSpec::cpu())?;
+            write_json(
+                &cold_marker,
+                &json!({"step": o.summary.step, "val_loss": o.summary.val_loss}),
+            )?;
+            timings.record("rl cold start", t.elapsed().as_secs_f64(), false);
+        }
+        cold_dir.clone()
+    };
+
     // 8. RL: GRPO on the easy arithmetic task (the first rung: small operands, where a small
-    // SFT model gets some right) from the SFT model (held-out pass@1 before and after).
+    // SFT model gets some right) from the SFT model, or the cold start's (held-out pass@1
+    // before and after).
     let rl_dir = run.join("rl");
     let rl_marker = rl_dir.join("DONE");
     let t = Instant::now();
@@ -682,7 +796,7 @@ pub fn run(opts: &Options, announce: &mut dyn FnMut(usize, &str)) -> Result<Outc
             &format!("RL on arithmetic, small operands ({} steps)", plan.rl_steps),
         );
         let job = crate::rl::RlJob {
-            model: sft_dir.clone(),
+            model: rl_start,
             task: kiln_chat::tasks::TaskKind::ArithEasy,
             out: rl_dir.clone(),
             tokenizer: Some(tok_abs.clone()),
@@ -711,6 +825,11 @@ pub fn run(opts: &Options, announce: &mut dyn FnMut(usize, &str)) -> Result<Outc
         );
         let mut v = evaluate(&plan, &base, &sft_dir, &tok, threads)?;
         v["rl"] = read_json(&rl_marker).unwrap_or(Value::Null);
+        if plan.cold_start_steps > 0 && v["rl"].is_object() {
+            // RL's "before" is the cold start's model, not the SFT model.
+            v["rl"]["start"] = json!("cold start");
+            v["rl"]["cold_start"] = read_json(&cold_dir.join("DONE")).unwrap_or(Value::Null);
+        }
         if plan.eval_tools > 0 {
             v["tools"] = evaluate_tools(&plan, &sft_dir, &honesty_dir, &tok, threads)?;
             v["honesty"] = read_json(&honesty_marker).unwrap_or(Value::Null);
@@ -782,6 +901,20 @@ fn evaluate_tools(
         out[name] = serde_json::to_value(&scores).expect("scores serialize");
     }
     Ok(out)
+}
+
+/// The cold start's mix, `<run>/configs/rl-cold-start.toml`: `arith-easy`'s training problems,
+/// enough that the packed rows of every step hold fresh ones (~10 fit a row).
+fn write_cold_start_mix(run: &Path, plan: &Plan) -> Result<PathBuf, TrainError> {
+    let path = run.join("configs").join("rl-cold-start.toml");
+    let count = (plan.cold_start_steps * plan.sft_batch * 12).max(100);
+    let body = format!(
+        "# The reasoning preset's cold start before RL: the RL task's training problems, answered\n\
+         # directly (`The answer is X.`). Held-out problems are never generated.\n\
+         seed = 1\nval_fraction = 0.02\n\n[[source]]\nkind = \"task\"\ntask = \"arith-easy\"\ncount = {count}\n"
+    );
+    kiln_data::write_atomic(&path, body.as_bytes()).map_err(|e| TrainError::io(&path, e))?;
+    Ok(path)
 }
 
 /// Writes the compiled-in SFT mix, its persona, the base-model prompt and the web pipeline's
@@ -906,6 +1039,30 @@ fn evaluate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The reasoning preset gives every default stage the default's seconds and adds the cold
+    /// start; the others have none.
+    #[test]
+    fn reasoning_preset_keeps_the_default_seconds_and_adds_a_cold_start() {
+        let (d, r) = (Shares::of(Preset::Default), Shares::of(Preset::Reasoning));
+        let secs = |m: f64, s: f64| m * 60.0 * s;
+        let (dm, rm) = (
+            Preset::Default.default_minutes(),
+            Preset::Reasoning.default_minutes(),
+        );
+        for (a, b) in [
+            (d.pretrain, r.pretrain),
+            (d.sft, r.sft),
+            (d.honesty, r.honesty),
+            (d.rl, r.rl),
+        ] {
+            assert!((secs(dm, a) - secs(rm, b)).abs() < 1e-6);
+        }
+        assert_eq!(d.cold_start, 0.0);
+        assert!(secs(rm, r.cold_start) > 250.0);
+        let total = r.pretrain + r.sft + r.honesty + r.cold_start + r.rl;
+        assert!(total < 0.95, "{total}: room for data, evals and the report");
+    }
 
     #[test]
     fn later_stages_are_resized_to_the_pace_pretraining_ran_at() {

@@ -16,6 +16,9 @@ pub enum Preset {
     Default,
     /// ≤ 3 minutes (what the tests run): 2 layers × 64 wide, vocab 512, context 128.
     Smoke,
+    /// The default plus a cold start before RL (SFT on the RL task's training problems), ≤ 26
+    /// minutes: RL then starts from a model that gets some problems right.
+    Reasoning,
 }
 
 impl From<Preset> for speedrun::Preset {
@@ -23,6 +26,7 @@ impl From<Preset> for speedrun::Preset {
         match p {
             Preset::Default => speedrun::Preset::Default,
             Preset::Smoke => speedrun::Preset::Smoke,
+            Preset::Reasoning => speedrun::Preset::Reasoning,
         }
     }
 }
@@ -31,10 +35,10 @@ impl From<Preset> for speedrun::Preset {
 pub struct SpeedrunArgs {
     #[arg(long, value_enum, default_value_t = Preset::Default)]
     pub preset: Preset,
-    /// Total time budget in minutes [default: 20, smoke: 1]; scales training steps.
+    /// Total time budget in minutes [default: 20, smoke: 1, reasoning: 26]; scales training steps.
     #[arg(long)]
     pub minutes: Option<f64>,
-    /// Run name: outputs go to <runs>/<name>/ [default: speedrun, or smoke for --preset smoke].
+    /// Run name: outputs go to <runs>/<name>/ [default: speedrun, or the preset's name].
     #[arg(long)]
     pub name: Option<String>,
     /// Folder for runs.
