@@ -50,8 +50,8 @@ pub enum Preset {
     Smoke,
     /// The default model and stages plus a cold start before RL (SFT on the RL task's training
     /// problems answered directly, as DeepSeek-R1 fine-tunes before its RL), ≤ 26 minutes: the
-    /// default's 20-minute SFT model answers ~1–2% of the task, too few for GRPO's groups to
-    /// carry a signal; after ~1 M tokens of the task it answers ~10% and RL lifts that.
+    /// default's 20-minute SFT model answers ~1–3% of the task's held-out problems, too few for
+    /// GRPO's groups to carry a signal; after the cold start it answered 34% (2026-12-04).
     Reasoning,
 }
 
@@ -201,9 +201,10 @@ impl Shares {
         match preset {
             Preset::Default | Preset::Smoke => default,
             // The default's seconds for every stage (shares × 20/26 of the 26 minutes), and ~310
-            // s of cold start: ~740 steps of ~10 packed problems per row, about the 1.2 M tokens
-            // after which the default run's base model answered 10% of held-out `arith-easy`
-            // problems (docs/benchmarks.md, "What RL needs from its starting model").
+            // s of cold start: ~740 steps of ~10 packed problems per row (1.5 M tokens). From the
+            // default run's base model, 1.2 M such tokens gave 10% of held-out `arith-easy`, 1.8 M
+            // gave 33%; from the SFT model this stage gave 34% (docs/benchmarks.md, "What RL
+            // needs from its starting model").
             Preset::Reasoning => {
                 let k = 20.0 / 26.0;
                 Shares {
