@@ -643,40 +643,16 @@ pub fn run(opts: &Options, announce: &mut dyn FnMut(usize, &str)) -> Result<Outc
             6,
             &format!("SFT ({} steps, mix {})", plan.sft_steps, mix.display()),
         );
-        let job = SftJob {
-            base: base.clone(),
+        let stage = SftStage {
+            from: base.clone(),
             mix,
             out: sft_dir.clone(),
-            tokenizer: Some(tok_abs.clone()),
-            seq_len: None,
-            strict: false,
+            steps: plan.sft_steps,
+            lr: 1e-3,
             scale: plan.sft_scale,
-            resume: true,
-            progress: opts.progress,
-            train: SftConfig {
-                steps: plan.sft_steps,
-                batch: plan.sft_batch,
-                optim: OptimizerConfig {
-                    lr: 1e-3,
-                    weight_decay: 0.0,
-                    ..Default::default()
-                },
-                warmup_steps: (plan.sft_steps / 20).max(3),
-                eval_every: (plan.sft_steps / 5).max(10),
-                eval_batches: 8,
-                ckpt_every: (plan.sft_steps / 2).max(20),
-                seed: 1,
-                threads,
-                // A guard in case the machine is slower than measured (other work running).
-                time_limit_s: Some(plan.minutes * 60.0 * 0.25),
-                ..Default::default()
-            },
+            guard: 0.25,
         };
-        let o = run_job(&job, &DeviceSpec::cpu())?;
-        write_json(
-            &sft_marker,
-            &json!({"step": o.summary.step, "val_loss": o.summary.val_loss}),
-        )?;
+        stage.run(&plan, &tok_abs, threads, opts.progress)?;
         timings.record("sft", t.elapsed().as_secs_f64(), false);
     }
 
@@ -743,41 +719,18 @@ pub fn run(opts: &Options, announce: &mut dyn FnMut(usize, &str)) -> Result<Outc
                     plan.cold_start_steps
                 ),
             );
-            let job = SftJob {
-                base: sft_dir.clone(),
+            let stage = SftStage {
+                from: sft_dir.clone(),
                 mix: write_cold_start_mix(run, &plan)?,
                 out: cold_dir.clone(),
-                tokenizer: Some(tok_abs.clone()),
-                seq_len: None,
-                strict: true,
+                steps: plan.cold_start_steps,
+                // 2e-3: at 5e-4 the probe's model answered 7% after 300 steps; at 2e-3, 10%
+                // after 600 and 33% after 900 (docs/benchmarks.md).
+                lr: 2e-3,
                 scale: 1.0,
-                resume: true,
-                progress: opts.progress,
-                train: SftConfig {
-                    steps: plan.cold_start_steps,
-                    batch: plan.sft_batch,
-                    // 2e-3: at 5e-4 the probe's model answered 7% after 300 steps; at 2e-3, 10%
-                    // after 600 and 33% after 900 (docs/benchmarks.md).
-                    optim: OptimizerConfig {
-                        lr: 2e-3,
-                        weight_decay: 0.0,
-                        ..Default::default()
-                    },
-                    warmup_steps: (plan.cold_start_steps / 20).max(3),
-                    eval_every: (plan.cold_start_steps / 4).max(10),
-                    eval_batches: 4,
-                    ckpt_every: (plan.cold_start_steps / 2).max(20),
-                    seed: 1,
-                    threads,
-                    time_limit_s: Some(plan.minutes * 60.0 * 0.24),
-                    ..Default::default()
-                },
+                guard: 0.24,
             };
-            let o = run_job(&job, &DeviceSpec::cpu())?;
-            write_json(
-                &cold_marker,
-                &json!({"step": o.summary.step, "val_loss": o.summary.val_loss}),
-            )?;
+            stage.run(&plan, &tok_abs, threads, opts.progress)?;
             timings.record("rl cold start", t.elapsed().as_secs_f64(), false);
         }
         cold_dir.clone()
@@ -902,6 +855,65 @@ fn evaluate_tools(
         out[name] = serde_json::to_value(&scores).expect("scores serialize");
     }
     Ok(out)
+}
+
+/// One SFT stage of the speedrun (the chat SFT, the cold start before RL): `steps` from `from` on
+/// `mix` at `lr` (no weight decay, 5% warm-up), five evals, a checkpoint at the half and the end,
+/// and a time guard at `guard` of the budget in case the machine is slower than measured. Writes
+/// `<out>/DONE` (step and validation loss) when it finishes.
+struct SftStage {
+    from: PathBuf,
+    mix: PathBuf,
+    out: PathBuf,
+    steps: usize,
+    lr: f32,
+    scale: f64,
+    guard: f64,
+}
+
+impl SftStage {
+    fn run(
+        self,
+        plan: &Plan,
+        tokenizer: &str,
+        threads: usize,
+        progress: bool,
+    ) -> Result<(), TrainError> {
+        let marker = self.out.join("DONE");
+        let job = SftJob {
+            base: self.from,
+            mix: self.mix,
+            out: self.out,
+            tokenizer: Some(tokenizer.to_string()),
+            seq_len: None,
+            strict: false,
+            scale: self.scale,
+            resume: true,
+            progress,
+            train: SftConfig {
+                steps: self.steps,
+                batch: plan.sft_batch,
+                optim: OptimizerConfig {
+                    lr: self.lr,
+                    weight_decay: 0.0,
+                    ..Default::default()
+                },
+                warmup_steps: (self.steps / 20).max(3),
+                eval_every: (self.steps / 5).max(10),
+                eval_batches: 8,
+                ckpt_every: (self.steps / 2).max(20),
+                seed: 1,
+                threads,
+                time_limit_s: Some(plan.minutes * 60.0 * self.guard),
+                ..Default::default()
+            },
+        };
+        let o = run_job(&job, &DeviceSpec::cpu())?;
+        write_json(
+            &marker,
+            &json!({"step": o.summary.step, "val_loss": o.summary.val_loss}),
+        )
+    }
 }
 
 /// The cold start's mix, `<run>/configs/rl-cold-start.toml`: `arith-easy`'s training problems,
