@@ -941,13 +941,7 @@ mod x86 {
         _mm256_permutevar8x32_ps(s, _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1))
     }
 
-    #[inline(always)]
-    unsafe fn hsum_256(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        _mm_cvtss_f32(s)
-    }
+    use crate::cpu::vmath::hsum256 as hsum_256;
 
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn dot_256<const R: usize>(

@@ -393,22 +393,12 @@ unsafe fn tile_v256<const MI: usize, const NJ: usize>(
             _mm_storeu_ps(out, v);
         } else {
             for q in 0..NJ {
-                let v = alpha * (hsum(acc[r][q]) + tail[r][q]);
+                let v = alpha * (super::vmath::hsum256(acc[r][q]) + tail[r][q]);
                 let o = out.add(q);
                 *o = if beta == 0.0 { v } else { v + beta * *o };
             }
         }
     }
-}
-
-/// The sum of the 8 lanes of `v`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-unsafe fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<1>(s, s)))
 }
 
 #[cfg(test)]

@@ -135,6 +135,21 @@ macro_rules! simd_fn {
 }
 pub(crate) use simd_fn;
 
+/// The sum of the 8 lanes of `v`: the horizontal sum of the AVX2 kernels (quant, skinny,
+/// attention). Inlined into its `target_feature` callers.
+///
+/// # Safety
+/// The CPU has AVX (every caller is an AVX2 function).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn hsum256(v: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
 /// Lanes of the fixed-width reductions (one AVX-512 register of f32).
 pub(crate) const LANES: usize = 16;
 

@@ -210,7 +210,7 @@ unsafe fn head_v256<const NV: usize>(
                 a,
             );
         }
-        sc[j] = hsum256(a) * scale;
+        sc[j] = vmath::hsum256(a) * scale;
         j += 1;
     }
     let mx = vmath::max(sc);
@@ -241,16 +241,6 @@ unsafe fn sum8(v: &[std::arch::x86_64::__m256; 8]) -> std::arch::x86_64::__m256 
         _mm256_permute2f128_ps::<0x20>(x, y),
         _mm256_permute2f128_ps::<0x31>(x, y),
     )
-}
-
-/// The sum of the 8 lanes of `v`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn hsum256(v: std::arch::x86_64::__m256) -> f32 {
-    use std::arch::x86_64::*;
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<1>(s, s)))
 }
 
 /// Lane `l` of the result is the sum of the 16 lanes of `v[l]`: a transpose-and-add tree
