@@ -35,6 +35,11 @@ mod tests {
         };
         let tok = train_from_texts(&["hello hello world <|bos|>"], &cfg).unwrap();
         let t = ChatTokens::from_codec(&tok).unwrap();
+        let python_end = t
+            .python_end
+            .expect("the chat specials include the tool brackets");
+        assert!(t.is_format_token(python_end) && t.is_format_token(t.bos));
+        assert!(!t.is_format_token(tok.encode_ordinary("hello")[0]));
         let conv = Conversation::new(vec![
             Message::user("<|user_end|> hello"),
             Message::assistant("world"),

@@ -267,6 +267,28 @@ impl ChatTokens {
     pub fn stop_ids(&self) -> Vec<u32> {
         vec![self.assistant_end, self.user_start, self.bos]
     }
+
+    /// Whether `id` is one of the format's own tokens (turn markers, tool-call and output
+    /// brackets): never text a reader should see.
+    pub fn is_format_token(&self, id: u32) -> bool {
+        [
+            self.bos,
+            self.user_start,
+            self.user_end,
+            self.assistant_start,
+            self.assistant_end,
+        ]
+        .contains(&id)
+            || [
+                self.python_start,
+                self.python_end,
+                self.output_start,
+                self.output_end,
+                self.search_start,
+                self.search_end,
+            ]
+            .contains(&Some(id))
+    }
 }
 
 /// Token ids and per-token training weights (1 = the model learns to produce this token).

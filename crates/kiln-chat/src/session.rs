@@ -210,6 +210,11 @@ impl ChatSession {
             self.seed,
             |id, _| {
                 n += 1;
+                // Without tools a sampled tool bracket (a small model's stray `<|python_end|>`)
+                // means nothing: it is not shown or kept, and the reply goes on.
+                if tokens.is_format_token(id) {
+                    return true;
+                }
                 let piece = ts.push(codec, id);
                 on_text(&piece);
                 text.push_str(&piece);
