@@ -1,6 +1,7 @@
 //! Verifiable tasks for reinforcement learning: seeded problem generators, verifiers and a format
-//! reward. Four tasks: multi-digit arithmetic (`arith`), its first rung (`arith-easy`: small
+//! reward. Five tasks: multi-digit arithmetic (`arith`), its first rung (`arith-easy`: small
 //! operands, where a small SFT model already gets some right, so GRPO groups have a signal),
+//! sums of two two-digit numbers whose cold start works them column by column (`two-digit-sums`),
 //! GSM-style templated word problems (`word`) and countdown (reach a target with given numbers,
 //! `countdown`).
 //!
@@ -32,6 +33,8 @@ pub enum TaskKind {
     Arith,
     /// The same questions with small operands: + and - up to 20, one-digit products.
     ArithEasy,
+    /// Sums of two two-digit numbers, worked column by column (its cold start shows the steps).
+    TwoDigitSums,
     /// GSM-style word problems from templates (two or three operations).
     Word,
     /// Countdown: combine the given numbers with + - * / to reach the target.
@@ -39,9 +42,10 @@ pub enum TaskKind {
 }
 
 /// Every task, in `--help` order.
-pub const TASKS: [TaskKind; 4] = [
+pub const TASKS: [TaskKind; 5] = [
     TaskKind::Arith,
     TaskKind::ArithEasy,
+    TaskKind::TwoDigitSums,
     TaskKind::Word,
     TaskKind::Countdown,
 ];
@@ -58,6 +62,7 @@ impl TaskKind {
         match self {
             TaskKind::Arith => "arith",
             TaskKind::ArithEasy => "arith-easy",
+            TaskKind::TwoDigitSums => "two-digit-sums",
             TaskKind::Word => "word",
             TaskKind::Countdown => "countdown",
         }
@@ -68,6 +73,7 @@ impl TaskKind {
         match self {
             TaskKind::Arith => arith_problem(rng),
             TaskKind::ArithEasy => arith_easy_problem(rng),
+            TaskKind::TwoDigitSums => two_digit_sum_problem(rng),
             TaskKind::Word => word_problem(rng),
             TaskKind::Countdown => countdown_problem(rng),
         }
@@ -97,7 +103,7 @@ impl TaskKind {
             .map(|p| {
                 Conversation::new(vec![
                     Message::user(p.question),
-                    Message::assistant(format!("The answer is {}.", p.solution)),
+                    Message::assistant(p.demonstration),
                 ])
             })
             .collect()
@@ -136,6 +142,8 @@ pub struct TaskProblem {
     pub expected: Expected,
     /// A correct reply's answer (the integer, or one countdown expression that reaches the target).
     pub solution: String,
+    /// The reply a cold start trains on: `The answer is X.`, or worked steps ending with it.
+    pub demonstration: String,
     /// Canonical identity for the train/held-out split (not the phrasing).
     key: String,
 }
@@ -270,8 +278,23 @@ fn arith_question(rng: &mut Rng, a: i64, op: char, b: i64) -> TaskProblem {
         question,
         expected: Expected::Integer(ans),
         solution: ans.to_string(),
+        demonstration: format!("The answer is {ans}."),
         key: arith_key(a, op, b),
     }
+}
+
+fn two_digit_sum_problem(rng: &mut Rng) -> TaskProblem {
+    let (a, b) = (range(rng, 10, 99), range(rng, 10, 99));
+    let mut p = arith_question(rng, a, '+', b);
+    // The SFT arithmetic data's worked form: a column at a time, each step a one-digit sum that
+    // every training problem's columns cover, so a held-out sum is new steps in a known order.
+    p.demonstration = crate::arith::Problem {
+        a: a as u64,
+        op: crate::arith::Op::Add,
+        b: b as u64,
+    }
+    .worked();
+    p
 }
 
 const NAMES: [&str; 8] = [
@@ -334,6 +357,7 @@ fn word_problem(rng: &mut Rng) -> TaskProblem {
         question,
         expected: Expected::Integer(ans),
         solution: ans.to_string(),
+        demonstration: format!("The answer is {ans}."),
         key: format!("word {template} {nums:?}"),
     }
 }
@@ -366,6 +390,7 @@ fn countdown_problem(rng: &mut Rng) -> TaskProblem {
         question: format!(
             "Using the numbers {list}, each at most once, and + - * / with parentheses, make {acc}. End with: The answer is <expression>."
         ),
+        demonstration: format!("The answer is {witness}."),
         solution: witness,
         key: format!("countdown {sorted:?} {acc}"),
         expected: Expected::Countdown {
@@ -516,7 +541,7 @@ mod tests {
         let e = "gsm9k".parse::<TaskKind>().unwrap_err();
         assert_eq!(
             e.to_string(),
-            "unknown task \"gsm9k\"; the tasks are: arith, arith-easy, word, countdown"
+            "unknown task \"gsm9k\"; the tasks are: arith, arith-easy, two-digit-sums, word, countdown"
         );
         for t in TASKS {
             assert_eq!(t.name().parse::<TaskKind>().unwrap(), t);
@@ -544,6 +569,22 @@ mod tests {
                 let s = p.score(&a);
                 assert!(s.correct && s.formatted, "{t}: {q:?} -> {a:?}");
             }
+        }
+    }
+
+    #[test]
+    fn two_digit_sums_are_demonstrated_column_by_column() {
+        for p in TaskKind::TwoDigitSums.problems(200, 5, false) {
+            assert!(
+                p.demonstration.starts_with("Add column by column. ones: "),
+                "{}",
+                p.demonstration
+            );
+            let Expected::Integer(n) = p.expected else {
+                panic!("{:?}", p.expected)
+            };
+            assert!((20..=198).contains(&n), "{}", p.question);
+            assert!(p.demonstration.ends_with(&format!("The answer is {n}.")));
         }
     }
 
@@ -604,6 +645,7 @@ mod tests {
                 target: 37,
             },
             solution: String::new(),
+            demonstration: String::new(),
             key: String::new(),
         };
         assert!(p.score("The answer is 25 + 3 * 4.").correct);

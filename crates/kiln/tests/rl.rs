@@ -125,7 +125,7 @@ fn rl_bad_inputs_fail_clearly() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
     assert!(
-        err.contains("gsm9k") && err.contains("arith, arith-easy, word, countdown"),
+        err.contains("gsm9k") && err.contains("arith, arith-easy, two-digit-sums, word, countdown"),
         "{err}"
     );
     // A group of 1.

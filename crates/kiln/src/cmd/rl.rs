@@ -1,4 +1,4 @@
-//! `kiln rl --model <sft checkpoint> --task arith|arith-easy|word|countdown`: flags →
+//! `kiln rl --model <sft checkpoint> --task arith|arith-easy|two-digit-sums|word|countdown`: flags →
 //! [`kiln_train::rl::RlJob`] (render the task's problems with the model's tokenizer, run the GRPO
 //! loop), then a summary.
 
@@ -21,6 +21,8 @@ pub enum TaskChoice {
     Arith,
     /// The same with small operands (+ and - up to 20, one-digit products): a first rung.
     ArithEasy,
+    /// Sums of two two-digit numbers (its cold start works them column by column).
+    TwoDigitSums,
     /// GSM-style templated word problems.
     Word,
     /// Reach a target with the given numbers and + - * /.
@@ -135,6 +137,7 @@ pub fn run(a: RlArgs, threads: usize) -> anyhow::Result<()> {
     let task = match a.task {
         TaskChoice::Arith => TaskKind::Arith,
         TaskChoice::ArithEasy => TaskKind::ArithEasy,
+        TaskChoice::TwoDigitSums => TaskKind::TwoDigitSums,
         TaskChoice::Word => TaskKind::Word,
         TaskChoice::Countdown => TaskKind::Countdown,
     };
