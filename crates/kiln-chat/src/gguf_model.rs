@@ -130,7 +130,7 @@ pub fn vocab_from(file: &GgufFile) -> Result<GgufVocab, GgufChatError> {
 
 impl GgufChatModel {
     pub fn load(path: &Path) -> Result<GgufChatModel, GgufChatError> {
-        let file = Arc::new(GgufFile::open(path).map_err(EngineError::from)?);
+        let file = Arc::new(GgufFile::load(path).map_err(EngineError::from)?);
         let vocab = vocab_from(&file)?;
         let tok = GgufTokenizer::new(&vocab)?;
         let model = LlamaModel::new(file.clone())?;

@@ -37,9 +37,16 @@ fn peak_rss_mb() -> f64 {
 }
 
 /// Read-bandwidth probe: sum a buffer far larger than the caches, split over the pool's
-/// threads (as the decode's rows are); best of `reps`, in bytes/s.
+/// threads (as the decode's rows are); best of `reps`, in bytes/s. The buffer asks for huge
+/// pages as `GgufFile::load`'s weights do, so the probe reads at least as fast as the weights can.
 fn bandwidth(bytes: usize, reps: usize) -> f64 {
-    let v: Vec<u64> = (0..bytes / 8).map(|i| i as u64).collect();
+    let mut map = memmap2::MmapOptions::new()
+        .len(bytes)
+        .map_anon()
+        .expect("probe buffer");
+    let _ = map.advise(memmap2::Advice::HugePage);
+    let v: &mut [u64] = bytemuck_u64(&mut map);
+    v.iter_mut().enumerate().for_each(|(i, x)| *x = i as u64);
     let mut best = 0f64;
     for _ in 0..reps {
         let t = Instant::now();
@@ -52,6 +59,13 @@ fn bandwidth(bytes: usize, reps: usize) -> f64 {
         best = best.max(bytes as f64 / secs);
     }
     best
+}
+
+/// The probe buffer as u64s (an anonymous map is page-aligned).
+fn bytemuck_u64(map: &mut memmap2::MmapMut) -> &mut [u64] {
+    let n = map.len() / 8;
+    // SAFETY: the map is page-aligned, at least `8n` bytes, and every bit pattern is a u64.
+    unsafe { std::slice::from_raw_parts_mut(map.as_mut_ptr().cast::<u64>(), n) }
 }
 
 fn main() {
@@ -70,7 +84,7 @@ fn main() {
         .unwrap();
     pool.install(|| {
         let t0 = Instant::now();
-        let file = Arc::new(GgufFile::open(std::path::Path::new(path)).expect("open"));
+        let file = Arc::new(GgufFile::load(std::path::Path::new(path)).expect("open"));
         let m = LlamaModel::new(file).expect("load");
         let load_s = t0.elapsed().as_secs_f64();
         let vocab = m.config.vocab as u64;

@@ -78,7 +78,7 @@ impl Value {
 
 /// One tensor of the table: name, shape (GGUF order: `dims[0]` is the contiguous row length),
 /// type, and where its bytes are (absolute offset into the file).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TensorInfo {
     pub name: String,
     pub dims: Vec<u64>,
@@ -270,7 +270,8 @@ fn min_value_size(ty: u32) -> Option<usize> {
 }
 
 impl GgufFile {
-    /// Memory-map and parse `path`.
+    /// Memory-map and parse `path`: instant, for reading metadata and tensors a few times (for
+    /// inference, [`load`](Self::load)).
     pub fn open(path: &Path) -> Result<GgufFile, GgufError> {
         let io = |source| GgufError::Io {
             path: path.display().to_string(),
@@ -281,6 +282,36 @@ impl GgufFile {
         // truncated by another process underneath would fault, as with every mmap reader.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
         Self::parse(Bytes::Map(map))
+    }
+
+    /// Read `path` into memory for inference: the whole file, in memory the kernel is asked to
+    /// back with 2 MiB pages (transparent huge pages). Decode streams every weight once per
+    /// token; from a file mapping's 4 KiB pages Gemma-3-270M decoded at 32.3–32.9 tokens/s on
+    /// one thread (AVX2 host, interleaved runs), from huge pages at 36.0–36.5 (2 threads:
+    /// 55.2–55.3 → 62.2–62.4): a TLB miss and a stop of the hardware prefetcher at every 4 KiB
+    /// page cost that much. The price is reading the file up front (0.3 s for its 290 MB).
+    ///
+    /// Falls back to [`open`](Self::open)'s map where the kernel offers no huge pages, off
+    /// Linux, or when the file is larger than half the available memory (a model bigger than
+    /// RAM still runs, paged in from the file).
+    pub fn load(path: &Path) -> Result<GgufFile, GgufError> {
+        let io = |source| GgufError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        let fits = resident::available_bytes().is_some_and(|avail| len <= avail / 2);
+        if len == 0 || !fits || !resident::huge_pages_offered() {
+            return Self::open(path);
+        }
+        let Ok(mut mem) = memmap2::MmapOptions::new().len(len as usize).map_anon() else {
+            return Self::open(path);
+        };
+        // Advice only: without it the bytes are still right, just on small pages.
+        let _ = mem.advise(memmap2::Advice::HugePage);
+        resident::read_all(&file, &mut mem).map_err(io)?;
+        Self::parse(Bytes::Map(mem.make_read_only().map_err(io)?))
     }
 
     /// Parse a GGUF held in memory (tests build small files byte by byte).
@@ -591,6 +622,42 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn load_reads_what_open_maps() {
+        let dir = tempfile::tempdir().unwrap();
+        // An odd length (the parallel read splits it unevenly) and over a MiB of tensor data.
+        let big: Vec<u8> = (0..(1 << 20) + 12u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
+        let bytes = sample()
+            .tensor("big", &[big.len() as u64 / 4], 0, &big)
+            .build();
+        let path = dir.path().join("m.gguf");
+        std::fs::write(&path, &bytes).unwrap();
+        let (mapped, loaded) = (
+            GgufFile::open(&path).unwrap(),
+            GgufFile::load(&path).unwrap(),
+        );
+        assert_eq!(loaded.metadata, mapped.metadata);
+        assert_eq!(loaded.tensors, mapped.tensors);
+        assert_eq!(loaded.bytes.slice(), &bytes[..]);
+        assert_eq!(loaded.tensor_bytes(loaded.tensor("big").unwrap()), &big[..]);
+
+        let mut buf = vec![0u8; bytes.len()];
+        resident::read_all(&std::fs::File::open(&path).unwrap(), &mut buf).unwrap();
+        assert_eq!(buf, bytes);
+
+        // A truncated file fails the same way whichever way it is read.
+        std::fs::write(&path, &bytes[..bytes.len() - 100]).unwrap();
+        let (a, b) = (GgufFile::open(&path), GgufFile::load(&path));
+        assert_eq!(a.unwrap_err().to_string(), b.unwrap_err().to_string());
+        std::fs::write(&path, b"").unwrap();
+        assert!(GgufFile::load(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("magic"));
+    }
+
+    #[test]
     fn a_file_without_tensors_needs_no_padding() {
         let b = Builder::new()
             .kv_str("tokenizer.ggml.model", "gpt2")
@@ -693,5 +760,52 @@ pub(crate) mod tests {
         // A bad alignment value.
         let e = err(Builder::new().kv_u32("general.alignment", 3).build());
         assert!(e.contains("general.alignment"), "{e}");
+    }
+}
+
+/// What [`GgufFile::load`] asks of the OS: whether huge pages are on offer, how much memory is
+/// free, and a parallel read of the file into the buffer.
+mod resident {
+    use std::fs::File;
+
+    /// `/sys/kernel/mm/transparent_hugepage/enabled` reads `[always]` or `[madvise]`.
+    pub(super) fn huge_pages_offered() -> bool {
+        cfg!(target_os = "linux")
+            && std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+                .is_ok_and(|s| s.contains("[always]") || s.contains("[madvise]"))
+    }
+
+    /// `MemAvailable` from `/proc/meminfo`, in bytes.
+    pub(super) fn available_bytes() -> Option<u64> {
+        let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+
+    /// Fill `buf` from the start of `file`, a few threads each reading its own range (one
+    /// thread spends as long faulting in and zeroing the fresh pages as copying into them).
+    #[cfg(unix)]
+    pub(super) fn read_all(file: &File, buf: &mut [u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        let chunk = buf.len().div_ceil(threads).max(1);
+        std::thread::scope(|s| {
+            let parts: Vec<_> = buf
+                .chunks_mut(chunk)
+                .enumerate()
+                .map(|(i, part)| s.spawn(move || file.read_exact_at(part, (i * chunk) as u64)))
+                .collect();
+            parts
+                .into_iter()
+                .try_for_each(|h| h.join().expect("a reader thread panicked"))
+        })
+    }
+
+    #[cfg(not(unix))]
+    pub(super) fn read_all(file: &File, buf: &mut [u8]) -> std::io::Result<()> {
+        use std::io::Read;
+        let mut file = file;
+        file.read_exact(buf)
     }
 }
