@@ -101,10 +101,8 @@ impl TaskKind {
         self.problems(count, seed, false)
             .into_iter()
             .map(|p| {
-                Conversation::new(vec![
-                    Message::user(p.question),
-                    Message::assistant(p.demonstration),
-                ])
+                let reply = p.demonstration();
+                Conversation::new(vec![Message::user(p.question), Message::assistant(reply)])
             })
             .collect()
     }
@@ -142,8 +140,8 @@ pub struct TaskProblem {
     pub expected: Expected,
     /// A correct reply's answer (the integer, or one countdown expression that reaches the target).
     pub solution: String,
-    /// The reply a cold start trains on: `The answer is X.`, or worked steps ending with it.
-    pub demonstration: String,
+    /// Worked steps ending with `The answer is X.`, for tasks whose cold start shows them.
+    worked: Option<String>,
     /// Canonical identity for the train/held-out split (not the phrasing).
     key: String,
 }
@@ -161,6 +159,14 @@ impl TaskProblem {
     /// About one problem in ten is held out (by a hash of its canonical key).
     pub fn is_held_out(&self) -> bool {
         key_is_held_out(&self.key)
+    }
+
+    /// The reply a cold start trains on: the worked steps where the task has them, else the
+    /// answer alone (`The answer is X.`).
+    pub fn demonstration(&self) -> String {
+        self.worked
+            .clone()
+            .unwrap_or_else(|| format!("The answer is {}.", self.solution))
     }
 
     /// Verify `reply` (the assistant text): correctness, format and the reward.
@@ -278,7 +284,7 @@ fn arith_question(rng: &mut Rng, a: i64, op: char, b: i64) -> TaskProblem {
         question,
         expected: Expected::Integer(ans),
         solution: ans.to_string(),
-        demonstration: format!("The answer is {ans}."),
+        worked: None,
         key: arith_key(a, op, b),
     }
 }
@@ -288,12 +294,14 @@ fn two_digit_sum_problem(rng: &mut Rng) -> TaskProblem {
     let mut p = arith_question(rng, a, '+', b);
     // The SFT arithmetic data's worked form: a column at a time, each step a one-digit sum that
     // every training problem's columns cover, so a held-out sum is new steps in a known order.
-    p.demonstration = crate::arith::Problem {
-        a: a as u64,
-        op: crate::arith::Op::Add,
-        b: b as u64,
-    }
-    .worked();
+    p.worked = Some(
+        crate::arith::Problem {
+            a: a as u64,
+            op: crate::arith::Op::Add,
+            b: b as u64,
+        }
+        .worked(),
+    );
     p
 }
 
@@ -357,7 +365,7 @@ fn word_problem(rng: &mut Rng) -> TaskProblem {
         question,
         expected: Expected::Integer(ans),
         solution: ans.to_string(),
-        demonstration: format!("The answer is {ans}."),
+        worked: None,
         key: format!("word {template} {nums:?}"),
     }
 }
@@ -390,7 +398,7 @@ fn countdown_problem(rng: &mut Rng) -> TaskProblem {
         question: format!(
             "Using the numbers {list}, each at most once, and + - * / with parentheses, make {acc}. End with: The answer is <expression>."
         ),
-        demonstration: format!("The answer is {witness}."),
+        worked: None,
         solution: witness,
         key: format!("countdown {sorted:?} {acc}"),
         expected: Expected::Countdown {
@@ -576,15 +584,16 @@ mod tests {
     fn two_digit_sums_are_demonstrated_column_by_column() {
         for p in TaskKind::TwoDigitSums.problems(200, 5, false) {
             assert!(
-                p.demonstration.starts_with("Add column by column. ones: "),
+                p.demonstration()
+                    .starts_with("Add column by column. ones: "),
                 "{}",
-                p.demonstration
+                p.demonstration()
             );
             let Expected::Integer(n) = p.expected else {
                 panic!("{:?}", p.expected)
             };
             assert!((20..=198).contains(&n), "{}", p.question);
-            assert!(p.demonstration.ends_with(&format!("The answer is {n}.")));
+            assert!(p.demonstration().ends_with(&format!("The answer is {n}.")));
         }
     }
 
@@ -645,7 +654,7 @@ mod tests {
                 target: 37,
             },
             solution: String::new(),
-            demonstration: String::new(),
+            worked: None,
             key: String::new(),
         };
         assert!(p.score("The answer is 25 + 3 * 4.").correct);

@@ -45,7 +45,7 @@ fn bandwidth(bytes: usize, reps: usize) -> f64 {
         .map_anon()
         .expect("probe buffer");
     let _ = map.advise(memmap2::Advice::HugePage);
-    let v: &mut [u64] = bytemuck_u64(&mut map);
+    let v: &mut [u64] = as_u64s(&mut map);
     v.iter_mut().enumerate().for_each(|(i, x)| *x = i as u64);
     let mut best = 0f64;
     for _ in 0..reps {
@@ -62,7 +62,7 @@ fn bandwidth(bytes: usize, reps: usize) -> f64 {
 }
 
 /// The probe buffer as u64s (an anonymous map is page-aligned).
-fn bytemuck_u64(map: &mut memmap2::MmapMut) -> &mut [u64] {
+fn as_u64s(map: &mut memmap2::MmapMut) -> &mut [u64] {
     let n = map.len() / 8;
     // SAFETY: the map is page-aligned, at least `8n` bytes, and every bit pattern is a u64.
     unsafe { std::slice::from_raw_parts_mut(map.as_mut_ptr().cast::<u64>(), n) }
