@@ -18,6 +18,8 @@ pub mod cuda;
 mod error;
 pub mod generate;
 pub mod gguf;
+#[cfg(target_os = "linux")]
+mod hugemem;
 pub mod llama;
 mod model;
 mod optim;

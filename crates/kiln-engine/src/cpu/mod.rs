@@ -28,9 +28,10 @@ pub struct CpuBuf {
 
 enum Origin {
     Boxed,
-    /// An anonymous mapping (base, bytes) with transparent huge pages requested.
+    /// An anonymous mapping with transparent huge pages requested, held for its drop (which
+    /// unmaps it); `ptr` points into it.
     #[cfg(target_os = "linux")]
-    Mapped(*mut libc::c_void, usize),
+    Mapped(#[allow(dead_code)] crate::hugemem::HugeMem),
 }
 
 // SAFETY: the buffer is plain memory; concurrent access is governed by the ops, which only ever
@@ -44,8 +45,6 @@ unsafe impl Sync for CpuBuf {}
 /// (~2.5% of a `cpu-small` step in an interleaved A/B). Where mmap fails, the heap.
 #[cfg(target_os = "linux")]
 const HUGE_PAGE_MIN_BYTES: usize = 4 << 20;
-#[cfg(target_os = "linux")]
-const HUGE_PAGE: usize = 2 << 20;
 
 impl CpuBuf {
     fn new(len: usize) -> CpuBuf {
@@ -63,37 +62,16 @@ impl CpuBuf {
         }
     }
 
-    /// A zeroed anonymous mapping with a 2 MiB-aligned start, huge pages requested (a hint: the
-    /// kernel may still use small pages). None if mmap fails (the caller falls back to the heap).
+    /// A zeroed mapping on huge pages ([`crate::hugemem`]); None if mmap fails (the caller
+    /// falls back to the heap).
     #[cfg(target_os = "linux")]
     fn mapped(len: usize) -> Option<CpuBuf> {
-        let bytes = len * 4 + HUGE_PAGE;
-        // SAFETY: a fresh private anonymous mapping; nothing else refers to it.
-        unsafe {
-            let base = libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            );
-            if base == libc::MAP_FAILED {
-                return None;
-            }
-            let start = (base as usize).next_multiple_of(HUGE_PAGE);
-            let ptr = start as *mut f32;
-            libc::madvise(
-                ptr as *mut libc::c_void,
-                (len * 4).next_multiple_of(4096),
-                libc::MADV_HUGEPAGE,
-            );
-            Some(CpuBuf {
-                ptr,
-                len,
-                origin: Origin::Mapped(base, bytes),
-            })
-        }
+        let mem = crate::hugemem::HugeMem::new(len.checked_mul(4)?)?;
+        Some(CpuBuf {
+            ptr: mem.as_mut_ptr() as *mut f32,
+            len,
+            origin: Origin::Mapped(mem),
+        })
     }
 }
 
@@ -106,11 +84,9 @@ impl Drop for CpuBuf {
                     self.ptr, self.len,
                 )))
             },
-            // SAFETY: the mapping made in `mapped`, unmapped once.
+            // The mapping unmaps itself.
             #[cfg(target_os = "linux")]
-            Origin::Mapped(base, bytes) => unsafe {
-                libc::munmap(base, bytes);
-            },
+            Origin::Mapped(_) => {}
         }
     }
 }
@@ -1043,7 +1019,7 @@ mod tests {
             #[cfg(target_os = "linux")]
             if len * 4 >= HUGE_PAGE_MIN_BYTES {
                 assert!(matches!(b.origin, Origin::Mapped(..)));
-                assert_eq!(b.ptr as usize % HUGE_PAGE, 0);
+                assert_eq!(b.ptr as usize % crate::hugemem::HUGE_PAGE, 0);
             }
             let v = View::new(&b, 0, len);
             assert!(r(v).iter().all(|&x| x == 0.0));

@@ -96,6 +96,9 @@ impl TensorInfo {
 
 enum Bytes {
     Map(memmap2::Mmap),
+    /// The file read into memory on huge pages ([`GgufFile::load`]).
+    #[cfg(target_os = "linux")]
+    Resident(crate::hugemem::HugeMem),
     #[cfg(test)]
     Vec(Vec<u8>),
 }
@@ -104,6 +107,8 @@ impl Bytes {
     fn slice(&self) -> &[u8] {
         match self {
             Bytes::Map(m) => m,
+            #[cfg(target_os = "linux")]
+            Bytes::Resident(m) => m.bytes(),
             #[cfg(test)]
             Bytes::Vec(v) => v,
         }
@@ -294,6 +299,7 @@ impl GgufFile {
     /// Falls back to [`open`](Self::open)'s map where the kernel offers no huge pages, off
     /// Linux, or when the file is larger than half the available memory (a model bigger than
     /// RAM still runs, paged in from the file).
+    #[cfg(target_os = "linux")]
     pub fn load(path: &Path) -> Result<GgufFile, GgufError> {
         let io = |source| GgufError::Io {
             path: path.display().to_string(),
@@ -302,16 +308,20 @@ impl GgufFile {
         let file = std::fs::File::open(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
         let fits = resident::available_bytes().is_some_and(|avail| len <= avail / 2);
-        if len == 0 || !fits || !resident::huge_pages_offered() {
+        if len == 0 || !fits || !crate::hugemem::offered() {
             return Self::open(path);
         }
-        let Ok(mut mem) = memmap2::MmapOptions::new().len(len as usize).map_anon() else {
+        let Some(mut mem) = crate::hugemem::HugeMem::new(len as usize) else {
             return Self::open(path);
         };
-        // Advice only: without it the bytes are still right, just on small pages.
-        let _ = mem.advise(memmap2::Advice::HugePage);
-        resident::read_all(&file, &mut mem).map_err(io)?;
-        Self::parse(Bytes::Map(mem.make_read_only().map_err(io)?))
+        resident::read_all(&file, mem.bytes_mut()).map_err(io)?;
+        Self::parse(Bytes::Resident(mem))
+    }
+
+    /// [`open`](Self::open) off Linux.
+    #[cfg(not(target_os = "linux"))]
+    pub fn load(path: &Path) -> Result<GgufFile, GgufError> {
+        Self::open(path)
     }
 
     /// Parse a GGUF held in memory (tests build small files byte by byte).
@@ -642,9 +652,12 @@ pub(crate) mod tests {
         assert_eq!(loaded.bytes.slice(), &bytes[..]);
         assert_eq!(loaded.tensor_bytes(loaded.tensor("big").unwrap()), &big[..]);
 
-        let mut buf = vec![0u8; bytes.len()];
-        resident::read_all(&std::fs::File::open(&path).unwrap(), &mut buf).unwrap();
-        assert_eq!(buf, bytes);
+        #[cfg(target_os = "linux")]
+        {
+            let mut buf = vec![0u8; bytes.len()];
+            resident::read_all(&std::fs::File::open(&path).unwrap(), &mut buf).unwrap();
+            assert_eq!(buf, bytes);
+        }
 
         // A truncated file fails the same way whichever way it is read.
         std::fs::write(&path, &bytes[..bytes.len() - 100]).unwrap();
@@ -763,17 +776,11 @@ pub(crate) mod tests {
     }
 }
 
-/// What [`GgufFile::load`] asks of the OS: whether huge pages are on offer, how much memory is
-/// free, and a parallel read of the file into the buffer.
+/// What [`GgufFile::load`] asks of the OS: how much memory is free, and a parallel read of the
+/// file into the buffer.
+#[cfg(target_os = "linux")]
 mod resident {
     use std::fs::File;
-
-    /// `/sys/kernel/mm/transparent_hugepage/enabled` reads `[always]` or `[madvise]`.
-    pub(super) fn huge_pages_offered() -> bool {
-        cfg!(target_os = "linux")
-            && std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
-                .is_ok_and(|s| s.contains("[always]") || s.contains("[madvise]"))
-    }
 
     /// `MemAvailable` from `/proc/meminfo`, in bytes.
     pub(super) fn available_bytes() -> Option<u64> {
@@ -785,7 +792,6 @@ mod resident {
 
     /// Fill `buf` from the start of `file`, a few threads each reading its own range (one
     /// thread spends as long faulting in and zeroing the fresh pages as copying into them).
-    #[cfg(unix)]
     pub(super) fn read_all(file: &File, buf: &mut [u8]) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
@@ -800,12 +806,5 @@ mod resident {
                 .into_iter()
                 .try_for_each(|h| h.join().expect("a reader thread panicked"))
         })
-    }
-
-    #[cfg(not(unix))]
-    pub(super) fn read_all(file: &File, buf: &mut [u8]) -> std::io::Result<()> {
-        use std::io::Read;
-        let mut file = file;
-        file.read_exact(buf)
     }
 }
