@@ -37,16 +37,21 @@ fn peak_rss_mb() -> f64 {
 }
 
 /// Read-bandwidth probe: sum a buffer far larger than the caches, split over the pool's
-/// threads (as the decode's rows are); best of `reps`, in bytes/s. The buffer asks for huge
-/// pages as `GgufFile::load`'s weights do, so the probe reads at least as fast as the weights can.
+/// threads (as the decode's rows are); best of `reps`, in bytes/s. The buffer is on huge pages
+/// as `GgufFile::load`'s weights are (the same `hugemem`), so the probe reads at least as fast
+/// as the weights can.
 fn bandwidth(bytes: usize, reps: usize) -> f64 {
-    let mut map = memmap2::MmapOptions::new()
-        .len(bytes)
-        .map_anon()
-        .expect("probe buffer");
-    let _ = map.advise(memmap2::Advice::HugePage);
-    let v: &mut [u64] = as_u64s(&mut map);
+    #[cfg(target_os = "linux")]
+    let mut mem = kiln_engine::hugemem::HugeMem::new(bytes).expect("probe buffer");
+    #[cfg(target_os = "linux")]
+    // SAFETY: every bit pattern is a u64; align_to_mut leaves misaligned ends outside `v`.
+    let (_, v, _) = unsafe { mem.bytes_mut().align_to_mut::<u64>() };
+    #[cfg(not(target_os = "linux"))]
+    let mut owned = vec![0u64; bytes / 8];
+    #[cfg(not(target_os = "linux"))]
+    let v = &mut owned[..];
     v.iter_mut().enumerate().for_each(|(i, x)| *x = i as u64);
+    let bytes = v.len() * 8;
     let mut best = 0f64;
     for _ in 0..reps {
         let t = Instant::now();
@@ -59,13 +64,6 @@ fn bandwidth(bytes: usize, reps: usize) -> f64 {
         best = best.max(bytes as f64 / secs);
     }
     best
-}
-
-/// The probe buffer as u64s (an anonymous map is page-aligned).
-fn as_u64s(map: &mut memmap2::MmapMut) -> &mut [u64] {
-    let n = map.len() / 8;
-    // SAFETY: the map is page-aligned, at least `8n` bytes, and every bit pattern is a u64.
-    unsafe { std::slice::from_raw_parts_mut(map.as_mut_ptr().cast::<u64>(), n) }
 }
 
 fn main() {

@@ -1,12 +1,13 @@
 //! Anonymous memory on 2 MiB pages where the kernel allows it (transparent huge pages in
-//! `madvise` or `always` mode). Two users: the CPU backend's large buffers, whose GEMM packing
+//! `madvise` or `always` mode). Two users (and the `gguf_speed` bandwidth probe, so that it reads
+//! memory laid out as the weights are): the CPU backend's large buffers, whose GEMM packing
 //! walks rows kilobytes apart, and GGUF weights read in for inference, streamed once per decoded
 //! token. With 4 KiB pages both miss the TLB on nearly every page, and a hardware prefetcher
 //! stops at every page boundary.
 
 /// A zeroed private anonymous mapping whose start is 2 MiB aligned, huge pages requested (a
 /// hint: the kernel may still use small pages). Unmapped on drop.
-pub(crate) struct HugeMem {
+pub struct HugeMem {
     base: *mut libc::c_void,
     mapped: usize,
     start: *mut u8,
@@ -23,7 +24,7 @@ pub(crate) const HUGE_PAGE: usize = 2 << 20;
 
 impl HugeMem {
     /// `len` zeroed bytes; None if mmap fails (callers fall back to the heap or a file map).
-    pub(crate) fn new(len: usize) -> Option<HugeMem> {
+    pub fn new(len: usize) -> Option<HugeMem> {
         let mapped = len.checked_add(HUGE_PAGE)?;
         // SAFETY: a fresh private anonymous mapping; nothing else refers to it.
         unsafe {
@@ -57,12 +58,12 @@ impl HugeMem {
         self.start
     }
 
-    pub(crate) fn bytes(&self) -> &[u8] {
+    pub fn bytes(&self) -> &[u8] {
         // SAFETY: `len` bytes from `start` lie inside the mapping, which lives as long as self.
         unsafe { std::slice::from_raw_parts(self.start, self.len) }
     }
 
-    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
         // SAFETY: as in `bytes`, and `&mut self` makes this the only view.
         unsafe { std::slice::from_raw_parts_mut(self.start, self.len) }
     }

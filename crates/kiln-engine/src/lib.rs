@@ -19,7 +19,7 @@ mod error;
 pub mod generate;
 pub mod gguf;
 #[cfg(target_os = "linux")]
-mod hugemem;
+pub mod hugemem;
 pub mod llama;
 mod model;
 mod optim;

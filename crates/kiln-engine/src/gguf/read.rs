@@ -283,9 +283,18 @@ impl GgufFile {
             source,
         };
         let file = std::fs::File::open(path).map_err(io)?;
+        Self::map(&file, path)
+    }
+
+    /// The map behind [`open`](Self::open), of a file already open.
+    fn map(file: &std::fs::File, path: &Path) -> Result<GgufFile, GgufError> {
+        let io = |source| GgufError::Io {
+            path: path.display().to_string(),
+            source,
+        };
         // SAFETY: the map is read-only; kiln never writes to the file while it is mapped. A file
         // truncated by another process underneath would fault, as with every mmap reader.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+        let map = unsafe { memmap2::Mmap::map(file) }.map_err(io)?;
         Self::parse(Bytes::Map(map))
     }
 
@@ -309,10 +318,10 @@ impl GgufFile {
         let len = file.metadata().map_err(io)?.len();
         let fits = resident::available_bytes().is_some_and(|avail| len <= avail / 2);
         if len == 0 || !fits || !crate::hugemem::offered() {
-            return Self::open(path);
+            return Self::map(&file, path);
         }
         let Some(mut mem) = crate::hugemem::HugeMem::new(len as usize) else {
-            return Self::open(path);
+            return Self::map(&file, path);
         };
         resident::read_all(&file, mem.bytes_mut()).map_err(io)?;
         Self::parse(Bytes::Resident(mem))
