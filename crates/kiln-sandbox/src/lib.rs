@@ -245,7 +245,19 @@ impl Compiled {
                 start.call(&mut store, ())
             });
         let fuel_used = limits.fuel - store.get_fuel().unwrap_or(0);
-        let host = store.into_data();
+        let mut host = store.into_data();
+        // `sys.exit(3)`, `raise SystemExit(3)`, `os._exit(3)`: Python prints nothing, so say
+        // what happened rather than leave the model an empty error.
+        if let Some(code) = result
+            .as_ref()
+            .err()
+            .and_then(|e| e.i32_exit_status())
+            .filter(|&c| c != 0)
+        {
+            if host.stderr.iter().all(u8::is_ascii_whitespace) {
+                host.stderr = format!("exited with status {code}\n").into_bytes();
+            }
+        }
         let status = match result {
             Ok(()) => Status::Ok,
             Err(e) => match e.i32_exit_status() {

@@ -71,6 +71,25 @@ fn python_errors_show_the_traceback_end() {
 }
 
 #[test]
+fn exit_statuses_are_named() {
+    // A zero status is a normal end; any other, which Python reports with no message, is named.
+    ok("print('done')\nimport sys\nsys.exit(0)", "done\n");
+    for (src, code) in [
+        ("import sys\nsys.exit(3)", 3),
+        ("raise SystemExit(2)", 2),
+        ("import os\nos._exit(5)", 5),
+    ] {
+        let out = run(src);
+        assert_eq!(out.status, Status::PythonError, "{src}");
+        assert_eq!(out.text, format!("exited with status {code}\n"), "{src}");
+    }
+    // sys.exit with a message prints it (status 1); the message is what the model sees.
+    let out = run("import sys\nsys.exit('bad input')");
+    assert_eq!(out.status, Status::PythonError);
+    assert_eq!(out.text, "bad input\n");
+}
+
+#[test]
 fn invalid_python_is_a_syntax_error() {
     let out = run("def (");
     assert_eq!(out.status, Status::PythonError);
