@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 
 use crate::error::ApiError;
 use crate::model::ChatMessage;
+use crate::scheduler::Penalties;
 use kiln_engine::SamplingParams;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +43,7 @@ pub struct GenRequest {
     pub include_usage: bool,
     /// `Some(k)`: return each token's log-probability and its `k` most likely alternatives.
     pub logprobs: Option<usize>,
+    pub penalties: Penalties,
 }
 
 /// What a request may ask for on this server.
@@ -51,6 +53,8 @@ pub struct Limits {
     pub max_n: usize,
     /// Tokens per slot: no reply can be longer.
     pub context: usize,
+    /// The model's vocabulary size (`logit_bias` ids must be below it).
+    pub vocab: usize,
 }
 
 /// Most stop strings (as OpenAI).
@@ -133,10 +137,6 @@ impl<'a> Fields<'a> {
             _ => Ok(()),
         }
     }
-}
-
-fn is_zero(v: &Value) -> bool {
-    v.as_f64() == Some(0.0)
 }
 
 /// Message content: a string, or an array of `{"type": "text", "text": ...}` parts.
@@ -268,9 +268,6 @@ pub fn parse(endpoint: Endpoint, body: &Value, limits: &Limits) -> Result<GenReq
         v.as_array()
             .is_some_and(|a| a.iter().all(|m| m.as_str() == Some("text")))
     })?;
-    f.unsupported("presence_penalty", is_zero)?;
-    f.unsupported("frequency_penalty", is_zero)?;
-    f.unsupported("logit_bias", |v| v.as_object().is_some_and(Map::is_empty))?;
     f.unsupported("echo", |v| v.as_bool() == Some(false))?;
     f.unsupported("suffix", |v| v.as_str() == Some(""))?;
     f.unsupported("best_of", |v| v.as_u64() == Some(1))?;
@@ -358,6 +355,11 @@ pub fn parse(endpoint: Endpoint, body: &Value, limits: &Limits) -> Result<GenReq
             .int("logprobs", 0, MAX_TOP_LOGPROBS_COMPLETIONS)?
             .map(|k| k as usize),
     };
+    let penalties = Penalties {
+        presence: f.number("presence_penalty", -2.0, 2.0)?.unwrap_or(0.0) as f32,
+        frequency: f.number("frequency_penalty", -2.0, 2.0)?.unwrap_or(0.0) as f32,
+        bias: logit_bias(&f, limits.vocab)?,
+    };
     Ok(GenRequest {
         endpoint,
         model,
@@ -370,7 +372,47 @@ pub fn parse(endpoint: Endpoint, body: &Value, limits: &Limits) -> Result<GenReq
         stream,
         include_usage,
         logprobs,
+        penalties,
     })
+}
+
+/// `logit_bias`: an object from token ids (as strings, OpenAI's form) to biases in -100..=100.
+fn logit_bias(f: &Fields, vocab: usize) -> Result<Vec<(u32, f32)>, ApiError> {
+    let map = match f.get("logit_bias") {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Object(m)) => m,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "logit_bias",
+                "`logit_bias` must be an object from token ids to numbers",
+            ))
+        }
+    };
+    let mut bias = Vec::with_capacity(map.len());
+    for (k, v) in map {
+        let id = k
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|&id| (id as usize) < vocab)
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "logit_bias",
+                    format!("`logit_bias` key {k:?} is not a token id of this model (0..{vocab})"),
+                )
+            })?;
+        let b = v
+            .as_f64()
+            .filter(|b| (-100.0..=100.0).contains(b))
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "logit_bias",
+                    format!("`logit_bias` for token {id} must be a number between -100 and 100, got {v}"),
+                )
+            })?;
+        bias.push((id, b as f32));
+    }
+    Ok(bias)
 }
 
 #[cfg(test)]
@@ -381,6 +423,7 @@ mod tests {
     const L: Limits = Limits {
         max_n: 4,
         context: 100,
+        vocab: 50,
     };
 
     fn err(endpoint: Endpoint, body: Value) -> ApiError {
@@ -443,8 +486,25 @@ mod tests {
             ),
             (json!({"messages": msgs, "tools": []}), "tools"),
             (
-                json!({"messages": msgs, "logit_bias": {"1": 5}}),
+                json!({"messages": msgs, "logit_bias": {"50": 5}}),
                 "logit_bias",
+            ),
+            (
+                json!({"messages": msgs, "logit_bias": {"one": 5}}),
+                "logit_bias",
+            ),
+            (
+                json!({"messages": msgs, "logit_bias": {"1": 101}}),
+                "logit_bias",
+            ),
+            (json!({"messages": msgs, "logit_bias": [1]}), "logit_bias"),
+            (
+                json!({"messages": msgs, "presence_penalty": 2.5}),
+                "presence_penalty",
+            ),
+            (
+                json!({"messages": msgs, "frequency_penalty": "x"}),
+                "frequency_penalty",
             ),
             (json!({"messages": msgs, "top_logprobs": 2}), "top_logprobs"),
             (json!({"messages": msgs, "stream": "yes"}), "stream"),
@@ -473,5 +533,24 @@ mod tests {
         let e = err(Endpoint::Completions, json!({"prompt": "a", "echo": true}));
         assert_eq!(e.param.as_deref(), Some("echo"));
         assert_eq!(err(Endpoint::Chat, json!([1])).param, None);
+    }
+
+    #[test]
+    fn penalties_and_logit_bias_parse() {
+        let msgs = json!([{"role": "user", "content": "hi"}]);
+        let r = parse(
+            Endpoint::Chat,
+            &json!({"messages": msgs, "presence_penalty": 0.5, "frequency_penalty": -1,
+                    "logit_bias": {"3": -100, " 49": 2.5}}),
+            &L,
+        )
+        .unwrap();
+        assert_eq!(r.penalties.presence, 0.5);
+        assert_eq!(r.penalties.frequency, -1.0);
+        let mut bias = r.penalties.bias.clone();
+        bias.sort_by_key(|b| b.0);
+        assert_eq!(bias, vec![(3, -100.0), (49, 2.5)]);
+        let r = parse(Endpoint::Chat, &json!({"messages": msgs}), &L).unwrap();
+        assert!(r.penalties.is_off());
     }
 }

@@ -204,6 +204,7 @@ async fn admit(
     let limits = Limits {
         max_n: app.queue.slots(),
         context: capacity,
+        vocab: app.model.vocab(),
     };
     let req = api::parse(endpoint, &value, &limits)?;
     if let Some(m) = &req.model {
@@ -250,6 +251,7 @@ async fn admit(
         seed: req.seed.unwrap_or_else(fresh_seed),
         n: req.n,
         logprobs: req.logprobs,
+        penalties: req.penalties.clone(),
         events: tx,
         accepted,
         deadline: accepted + app.timeout,

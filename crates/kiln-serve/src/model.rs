@@ -45,6 +45,14 @@ impl ServedModel {
         }
     }
 
+    /// Logits per token (the vocabulary the sampler draws from).
+    pub fn vocab(&self) -> usize {
+        match self {
+            ServedModel::Kiln { model, .. } => model.cfg.vocab_size,
+            ServedModel::Gguf(m) => m.model.config.vocab,
+        }
+    }
+
     /// Bytes of KV cache one token takes in one slot: keys and values of every layer, f32 (what
     /// the sequential decoders allocate; a batched one may store less).
     pub fn kv_bytes_per_token(&self) -> usize {

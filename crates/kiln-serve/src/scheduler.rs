@@ -21,6 +21,7 @@
 //! with `n > 1` that needs more slots than are free waits at the head, ahead of the others, so
 //! it cannot starve).
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
@@ -59,10 +60,46 @@ pub struct Job {
     pub n: usize,
     /// `Some(k)`: log-probabilities with the `k` most likely alternatives.
     pub logprobs: Option<usize>,
+    /// Presence and frequency penalties and logit bias (all off by default).
+    pub penalties: Penalties,
     pub events: UnboundedSender<Event>,
     /// When the HTTP side accepted it (time to first token counts from here).
     pub accepted: Instant,
     pub deadline: Instant,
+}
+
+/// OpenAI's `presence_penalty`, `frequency_penalty` and `logit_bias`, applied to a choice's
+/// logits before each draw: `logit[j] += bias[j] - frequency·c[j] - presence·[c[j] > 0]`, where
+/// `c[j]` counts token `j` in the reply so far (not the prompt). The draw, and the logprobs
+/// reported with it, come from the adjusted logits.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Penalties {
+    pub presence: f32,
+    pub frequency: f32,
+    /// `(token id, bias)`; ids are checked against the vocabulary when the request is parsed.
+    pub bias: Vec<(u32, f32)>,
+}
+
+impl Penalties {
+    pub fn is_off(&self) -> bool {
+        self.presence == 0.0 && self.frequency == 0.0 && self.bias.is_empty()
+    }
+
+    /// Adjust `logits` for a reply whose tokens so far are counted in `counts`.
+    pub fn apply(&self, logits: &mut [f32], counts: &HashMap<u32, u32>) {
+        for &(id, b) in &self.bias {
+            if let Some(l) = logits.get_mut(id as usize) {
+                *l += b;
+            }
+        }
+        if self.presence != 0.0 || self.frequency != 0.0 {
+            for (&id, &c) in counts {
+                if let Some(l) = logits.get_mut(id as usize) {
+                    *l -= self.frequency * c as f32 + self.presence;
+                }
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -302,6 +339,8 @@ struct Seq {
     /// Logits for the next token.
     logits: Vec<f32>,
     generated: usize,
+    /// How often each token occurs in the reply so far (kept only when penalties are on).
+    counts: HashMap<u32, u32>,
     text: TextOut,
     done: bool,
 }
@@ -498,6 +537,7 @@ impl Scheduler<'_, '_> {
                 rng: Rng::new(job.seed.wrapping_add(index as u64)),
                 logits: logits.clone(),
                 generated: 0,
+                counts: HashMap::new(),
                 text: TextOut::default(),
                 done: false,
             })
@@ -535,6 +575,9 @@ impl Scheduler<'_, '_> {
                 if s.done {
                     continue;
                 }
+                if !r.job.penalties.is_off() {
+                    r.job.penalties.apply(&mut s.logits, &s.counts);
+                }
                 let tok = sample_token(&s.logits, &r.job.sampling, &mut s.rng);
                 let mut finish = None;
                 if r.job.stop_ids.contains(&tok) {
@@ -554,6 +597,9 @@ impl Scheduler<'_, '_> {
                             .observe_ttft(r.job.accepted.elapsed().as_secs_f64());
                     }
                     s.generated += 1;
+                    if !r.job.penalties.is_off() {
+                        *s.counts.entry(tok).or_default() += 1;
+                    }
                     r.completion_tokens += 1;
                     generated += 1;
                     let lp = r
@@ -693,6 +739,21 @@ mod tests {
         }
         out.push_str(&t.flush());
         (out, false)
+    }
+
+    #[test]
+    fn penalties_follow_openais_formula() {
+        let p = Penalties {
+            presence: 0.5,
+            frequency: 0.25,
+            bias: vec![(0, 3.0), (9, 1.0)],
+        };
+        let mut logits = vec![1.0f32; 4];
+        let counts = HashMap::from([(1, 2), (2, 1), (7, 4)]);
+        p.apply(&mut logits, &counts);
+        // id 0: bias only; 1: twice so far; 2: once; 3: untouched; 7 and 9 are outside the logits.
+        assert_eq!(logits, vec![4.0, 1.0 - 0.5 - 0.5, 1.0 - 0.25 - 0.5, 1.0]);
+        assert!(Penalties::default().is_off() && !p.is_off());
     }
 
     #[test]

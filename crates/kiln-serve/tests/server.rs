@@ -454,6 +454,69 @@ fn n_choices_are_forks_sampled_with_their_own_seeds() {
     srv.shutdown().unwrap();
 }
 
+/// `logit_bias` and the presence/frequency penalties reach the sampler: two ids lifted by +100
+/// take every greedy step, the same one each time without penalties; with presence + frequency
+/// penalty 2 each use costs a token 2 more (plus 2 once), so every pair of steps takes both
+/// (on equal counts the model's own logits decide). A bias of -100 on the greedy reply's
+/// first token removes it.
+#[test]
+fn logit_bias_and_penalties_steer_the_draws() {
+    let srv = start(served(false, 256), opts(2), make_decoder);
+    let a = srv.addr();
+    let tok = tokenizer(false);
+    // Merged pieces (ids from 256), so their text tells them apart.
+    let (x, y) = (260u32, 270u32);
+    let name = |id: u32| String::from_utf8_lossy(&tok.decode_bytes(&[id])).into_owned();
+    let tokens = |extra: Value| -> Vec<String> {
+        let mut b = json!({"prompt": "hello kiln", "max_tokens": 6, "temperature": 0,
+                           "logprobs": 1});
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        let v = post(a, "/v1/completions", &b).json();
+        v["choices"][0]["logprobs"]["tokens"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{v}"))
+            .iter()
+            .map(|t| t.as_str().unwrap().to_string())
+            .collect()
+    };
+    let bias = json!({x.to_string(): 100, y.to_string(): 100});
+    let plain = tokens(json!({"logit_bias": bias}));
+    assert!(plain.iter().all(|t| *t == plain[0]), "{plain:?}");
+    assert!(plain[0] == name(x) || plain[0] == name(y), "{plain:?}");
+    let other = if plain[0] == name(x) {
+        name(y)
+    } else {
+        name(x)
+    };
+    let penalised =
+        tokens(json!({"logit_bias": bias, "presence_penalty": 2, "frequency_penalty": 2}));
+    // Counts even after every second step, so each pair of steps uses both (which one first is
+    // then up to the model's own logits).
+    for pair in penalised.chunks(2) {
+        let mut p = pair.to_vec();
+        p.sort();
+        let mut both = vec![plain[0].clone(), other.clone()];
+        both.sort();
+        assert_eq!(p, both, "{penalised:?}");
+    }
+    // -100 on what greedy picks first: something else comes first.
+    let free = tokens(json!({}));
+    let first = (0..300u32).find(|&id| name(id) == free[0]).unwrap();
+    let banned = tokens(json!({"logit_bias": {first.to_string(): -100}}));
+    assert_ne!(banned[0], free[0]);
+    // An id past the vocabulary is a 400 naming the field.
+    let r = post(
+        a,
+        "/v1/completions",
+        &json!({"prompt": "hi", "logit_bias": {"300": 1}}),
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["param"], "logit_bias");
+    srv.shutdown().unwrap();
+}
+
 #[test]
 fn stop_strings_end_the_reply_before_them_streamed_or_not() {
     let srv = start(served(false, 256), opts(2), make_decoder);
