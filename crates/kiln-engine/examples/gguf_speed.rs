@@ -6,7 +6,8 @@
 //! this process on the same threads, with decode as a fraction of it
 //! (weight bytes per token × tokens/s ÷ probe bytes/s).
 //!
-//! usage: cargo run --release -p kiln-engine --example gguf_speed -- MODEL.gguf THREADS [PP] [TG] [REPS]
+//! usage: cargo run --release -p kiln-engine --example gguf_speed -- MODEL.gguf THREADS [PP] [TG] [REPS] [DEPTH]
+//! (DEPTH: the decode starts after a prompt of that many tokens, as llama-bench's `-d`.)
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -69,13 +70,13 @@ fn bandwidth(bytes: usize, reps: usize) -> f64 {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 3 {
-        eprintln!("usage: gguf_speed MODEL.gguf THREADS [PP=512] [TG=128] [REPS=2]");
+        eprintln!("usage: gguf_speed MODEL.gguf THREADS [PP=512] [TG=128] [REPS=2] [DEPTH=0]");
         std::process::exit(2);
     }
     let path = &args[1];
     let threads: usize = args[2].parse().expect("THREADS");
     let arg = |i: usize, d: usize| args.get(i).map_or(d, |v| v.parse().expect("a number"));
-    let (pp, tg, reps) = (arg(3, 512), arg(4, 128), arg(5, 2));
+    let (pp, tg, reps, depth) = (arg(3, 512), arg(4, 128), arg(5, 2), arg(6, 0));
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
@@ -99,7 +100,14 @@ fn main() {
                 pp_best = pp_best.max(pp as f64 / t.elapsed().as_secs_f64());
             }
             if tg > 0 {
-                let mut s = m.session(tg);
+                // DEPTH: decode after a prompt of that many tokens (llama-bench's `-d`), where
+                // reading the KV cache is a real part of each token.
+                let mut s = m.session(depth + tg);
+                if depth > 0 {
+                    let p: Vec<u32> = (0..depth).map(|_| rng.below(vocab) as u32).collect();
+                    m.forward_batch(&mut [&mut s], &vec![0; depth], &p, &[depth - 1])
+                        .expect("prefill");
+                }
                 let mut tok = 1u32;
                 let t = Instant::now();
                 let c = cpu_s();

@@ -621,9 +621,9 @@ impl LlamaModel {
             }
             // Causal attention: token i sees its session's positions 0..=pos[i] (its own
             // earlier tokens in this batch were written to the cache above), a local layer
-            // only the last `sliding_window` of them. Tasks of a few rows; within one, the
-            // rows of a session and the heads of a KV group form tiles of query vectors
-            // (`attn::attend`, whose results do not depend on the tiling).
+            // only the last `sliding_window` of them. Tasks of a few rows and one KV head; within
+            // one, the rows of a session and the heads of the KV group form tiles of query
+            // vectors (`attn::attend`, whose results do not depend on the tiling).
             let caches: Vec<(&[f32], &[f32], usize)> = sessions
                 .iter()
                 .map(|s| {
@@ -635,67 +635,79 @@ impl LlamaModel {
             let window = c.sliding_window.filter(|_| local);
             let tile = attn::tile_vectors(visa);
             let task_rows = (tile / group).max(1);
-            att.par_chunks_mut(task_rows * qd)
-                .enumerate()
-                .for_each(|(ti, out)| {
+            // One task per (rows, KV head): a decode step has one row, and with tasks per row
+            // only, its whole attention ran on one thread while the others waited (at 2k
+            // positions SmolLM2 reads as many K/V bytes per token as weight bytes). Each task
+            // returns its heads' outputs, placed after the parallel loop (no shared writes).
+            let chunks = n.div_ceil(task_rows);
+            let parts: Vec<(usize, usize, Vec<f32>)> = (0..chunks * c.n_kv_head)
+                .into_par_iter()
+                .map(|task| {
+                    let (ti, kh) = (task / c.n_kv_head, task % c.n_kv_head);
+                    let i0 = ti * task_rows;
+                    let rows = task_rows.min(n - i0);
+                    // rows × the group's query heads × head size
+                    let mut out = vec![0f32; rows * group * hd];
                     vmath::with_isa_here(visa, || {
-                        let i0 = ti * task_rows;
-                        let rows = out.len() / qd;
                         let mut a = 0;
                         while a < rows {
                             let sq = seq[i0 + a];
                             let b = (a..rows).find(|&r| seq[i0 + r] != sq).unwrap_or(rows);
                             let (lk, lv, panels) = caches[sq];
-                            for kh in 0..c.n_kv_head {
-                                let vecs: Vec<(usize, usize)> = (a..b)
-                                    .flat_map(|r| (0..group).map(move |g| (r, kh * group + g)))
+                            let vecs: Vec<(usize, usize)> = (a..b)
+                                .flat_map(|r| (0..group).map(move |g| (r, kh * group + g)))
+                                .collect();
+                            for t in vecs.chunks(tile) {
+                                let first = |r: usize| {
+                                    window.map_or(0, |w| (pos[i0 + r] + 1).saturating_sub(w))
+                                };
+                                let base =
+                                    t.iter().map(|&(r, _)| first(r)).min().unwrap() / PANEL * PANEL;
+                                let end = t.iter().map(|&(r, _)| pos[i0 + r]).max().unwrap() + 1;
+                                let (p0, p1) = (base / PANEL, end.div_ceil(PANEL));
+                                let lo: Vec<usize> =
+                                    t.iter().map(|&(r, _)| first(r) - base).collect();
+                                let hi: Vec<usize> =
+                                    t.iter().map(|&(r, _)| pos[i0 + r] + 1 - base).collect();
+                                let qt: Vec<f32> = t
+                                    .iter()
+                                    .flat_map(|&(r, h)| {
+                                        let at = (i0 + r) * qd + h * hd;
+                                        q[at..at + hd].iter().copied()
+                                    })
                                     .collect();
-                                for t in vecs.chunks(tile) {
-                                    let first = |r: usize| {
-                                        window.map_or(0, |w| (pos[i0 + r] + 1).saturating_sub(w))
-                                    };
-                                    let base = t.iter().map(|&(r, _)| first(r)).min().unwrap()
-                                        / PANEL
-                                        * PANEL;
-                                    let end =
-                                        t.iter().map(|&(r, _)| pos[i0 + r]).max().unwrap() + 1;
-                                    let (p0, p1) = (base / PANEL, end.div_ceil(PANEL));
-                                    let lo: Vec<usize> =
-                                        t.iter().map(|&(r, _)| first(r) - base).collect();
-                                    let hi: Vec<usize> =
-                                        t.iter().map(|&(r, _)| pos[i0 + r] + 1 - base).collect();
-                                    let qt: Vec<f32> = t
-                                        .iter()
-                                        .flat_map(|&(r, h)| {
-                                            let at = (i0 + r) * qd + h * hd;
-                                            q[at..at + hd].iter().copied()
-                                        })
-                                        .collect();
-                                    let ks = (kh * panels + p0) * hd * PANEL
-                                        ..(kh * panels + p1) * hd * PANEL;
-                                    let mut scores = vec![0f32; t.len() * (p1 - p0) * PANEL];
-                                    let mut o = vec![0f32; t.len() * hd];
-                                    attn::attend(
-                                        &qt,
-                                        &lk[ks],
-                                        &lv[base * kvd + kh * hd..],
-                                        kvd,
-                                        &lo,
-                                        &hi,
-                                        c.attn_scale,
-                                        &mut scores,
-                                        &mut o,
-                                    );
-                                    for (&(r, h), o) in t.iter().zip(o.chunks_exact(hd)) {
-                                        out[r * qd + h * hd..r * qd + (h + 1) * hd]
-                                            .copy_from_slice(o);
-                                    }
+                                let ks = (kh * panels + p0) * hd * PANEL
+                                    ..(kh * panels + p1) * hd * PANEL;
+                                let mut scores = vec![0f32; t.len() * (p1 - p0) * PANEL];
+                                let mut o = vec![0f32; t.len() * hd];
+                                attn::attend(
+                                    &qt,
+                                    &lk[ks],
+                                    &lv[base * kvd + kh * hd..],
+                                    kvd,
+                                    &lo,
+                                    &hi,
+                                    c.attn_scale,
+                                    &mut scores,
+                                    &mut o,
+                                );
+                                for (&(r, h), o) in t.iter().zip(o.chunks_exact(hd)) {
+                                    let at = (r * group + h - kh * group) * hd;
+                                    out[at..at + hd].copy_from_slice(o);
                                 }
                             }
                             a = b;
                         }
-                    })
-                });
+                    });
+                    (i0, kh, out)
+                })
+                .collect();
+            for (i0, kh, out) in parts {
+                for (r, heads) in out.chunks_exact(group * hd).enumerate() {
+                    let at = (i0 + r) * qd + kh * group * hd;
+                    att[at..at + group * hd].copy_from_slice(heads);
+                }
+            }
             acts.quantize(&att, n, qd);
             mm(&w.o, &acts, &mut proj);
             if let Some(pn) = &w.post_attn_norm {
