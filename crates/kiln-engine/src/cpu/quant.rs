@@ -990,13 +990,18 @@ mod x86 {
         fused::<false, R>(ty, rows, x)
     }
 
-    /// Blocks ahead to prefetch in the fused kernels. Decode tokens per CPU-second (SmolLM2,
-    /// 1 thread, under load, AVX-512 host, 2026-12-03): none 53–55, 8 blocks 60–82, 16 blocks
-    /// 67–68. On an AMD EPYC AVX2 host (idle, 3 interleaved rounds, tokens/s): SmolLM2 1 thread
-    /// 8 blocks 61–62, 16: 66–67, 32: 69–71, 64: 70–72, 128: 71–73; 2 threads 105–106 vs
-    /// 118–120 (32) and 118–121 (64); Gemma-3-270M (its Q8_0 head is most of the bytes) 1 thread
-    /// 26–27 vs 31–32 (32) and 30–31 (64), 2 threads 50 vs 57–58 (32) and 56–57 (64).
-    const PF: usize = 32;
+    /// Blocks ahead to prefetch in the fused kernels' AVX2 form. On an AMD EPYC AVX2 host (idle,
+    /// 3 interleaved rounds, tokens/s): SmolLM2 1 thread 8 blocks 61–62, 16: 66–67, 32: 69–71,
+    /// 64: 70–72, 128: 71–73; 2 threads 105–106 vs 118–120 (32) and 118–121 (64);
+    /// Gemma-3-270M (its Q8_0 head is most of the bytes) 1 thread 26–27 vs 31–32 (32) and
+    /// 30–31 (64), 2 threads 50 vs 57–58 (32) and 56–57 (64).
+    const PF_AVX2: usize = 32;
+    /// The same for the VNNI form, which runs on AVX-512 hosts, where shorter is better. Intel
+    /// (SmolLM2, 1 thread, tokens per CPU-second, under load, 2026-12-03): none 53–55, 8 blocks
+    /// 60–82, 16 blocks 67–68. AMD Zen 4 (1 thread, interleaved medians of 6–8 pairs,
+    /// 2026-12-04): Gemma 16 vs 32 blocks +9%, 8 vs 32 +22%, 16 vs 8 equal, 64 vs 32 −15%, 128
+    /// vs 32 −21%; SmolLM2 16 vs 32 +5%, 16 vs 8 +7%.
+    const PF_VNNI: usize = 16;
 
     /// `R` rows of Q4_0, Q4_1, Q5_0 or Q8_0 blocks · 8-bit activations, one block (32 values)
     /// per step: nibbles split in registers (low nibbles are values 0–15, high 16–31, as the
@@ -1083,8 +1088,9 @@ mod x86 {
                 };
                 for r in 0..R {
                     let p = rows[r].as_ptr().add(b * bb);
-                    if PF > 0 {
-                        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PF * bb) as *const i8);
+                    let pf = if VNNI { PF_VNNI } else { PF_AVX2 };
+                    if pf > 0 {
+                        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(pf * bb) as *const i8);
                     }
                     let i = if ty == GgmlType::Q8_0 {
                         let w = _mm256_loadu_si256(p.add(2) as *const __m256i);
