@@ -191,7 +191,16 @@ impl Sandbox {
         if src.contains('\0') {
             return python_error("SyntaxError: source code cannot contain null bytes");
         }
-        let stopped = |reason| finish(Vec::new(), Vec::new(), Status::Stopped(reason), 0, limits);
+        let stopped = |reason| {
+            finish(
+                Vec::new(),
+                Vec::new(),
+                Status::Stopped(reason),
+                None,
+                0,
+                limits,
+            )
+        };
         // The program runs on its own thread so that the caller gets an answer by `limits.wall`.
         let (tx, rx) = mpsc::channel();
         let compiled = Arc::clone(&self.inner);
@@ -245,19 +254,8 @@ impl Compiled {
                 start.call(&mut store, ())
             });
         let fuel_used = limits.fuel - store.get_fuel().unwrap_or(0);
-        let mut host = store.into_data();
-        // `sys.exit(3)`, `raise SystemExit(3)`, `os._exit(3)`: Python prints nothing, so say
-        // what happened rather than leave the model an empty error.
-        if let Some(code) = result
-            .as_ref()
-            .err()
-            .and_then(|e| e.i32_exit_status())
-            .filter(|&c| c != 0)
-        {
-            if host.stderr.iter().all(u8::is_ascii_whitespace) {
-                host.stderr = format!("exited with status {code}\n").into_bytes();
-            }
-        }
+        let host = store.into_data();
+        let exit = result.as_ref().err().and_then(|e| e.i32_exit_status());
         let status = match result {
             Ok(()) => Status::Ok,
             Err(e) => match e.i32_exit_status() {
@@ -284,7 +282,7 @@ impl Compiled {
                 }),
             },
         };
-        finish(host.stdout, host.stderr, status, fuel_used, limits)
+        finish(host.stdout, host.stderr, status, exit, fuel_used, limits)
     }
 }
 
@@ -297,11 +295,12 @@ fn python_error(line: &str) -> ToolOutput {
 }
 
 /// Assemble what the model sees: stdout (cut and marked at the limit), then the traceback's last
-/// lines or `stopped: <reason>`.
+/// lines or `stopped: <reason>`. `exit`: the program's exit status, when it called `proc_exit`.
 fn finish(
     stdout: Vec<u8>,
     stderr: Vec<u8>,
     status: Status,
+    exit: Option<i32>,
     fuel_used: u64,
     limits: &Limits,
 ) -> ToolOutput {
@@ -320,7 +319,7 @@ fn finish(
     }
     let tail = match &status {
         Status::Ok => None,
-        Status::PythonError => Some(traceback_tail(&String::from_utf8_lossy(&stderr))),
+        Status::PythonError => Some(traceback_tail(&String::from_utf8_lossy(&stderr), exit)),
         Status::Stopped(reason) => Some(format!("stopped: {reason}\n")),
     };
     if let Some(tail) = tail {
@@ -336,11 +335,15 @@ fn finish(
     }
 }
 
-/// The traceback's header and last lines (the error and where it was raised).
-fn traceback_tail(stderr: &str) -> String {
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.is_empty()).collect();
+/// The traceback's header and last lines (the error and where it was raised); with nothing on
+/// stderr (`sys.exit(3)`, `os._exit(3)`: Python prints nothing), the exit status.
+fn traceback_tail(stderr: &str, exit: Option<i32>) -> String {
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     if lines.is_empty() {
-        return "error: the program failed without a message\n".into();
+        return match exit {
+            Some(code) => format!("exited with status {code}\n"),
+            None => "error: the program failed without a message\n".into(),
+        };
     }
     let mut out = String::new();
     if lines.len() > TRACEBACK_KEEP + 2 {
@@ -379,11 +382,11 @@ mod tests {
     #[test]
     fn traceback_keeps_header_and_last_lines() {
         let tb = "Traceback (most recent call last):\n  File \"a\", line 1\n  File \"a\", line 2\n  File \"a\", line 3\n  File \"a\", line 4\n  File \"a\", line 5\nRecursionError: x\n";
-        let t = traceback_tail(tb);
+        let t = traceback_tail(tb, Some(1));
         assert!(t.starts_with("Traceback (most recent call last):\n  ...\n"));
         assert!(t.ends_with("line 5\nRecursionError: x\n"));
         assert_eq!(
-            traceback_tail("ZeroDivisionError: divide by zero\n"),
+            traceback_tail("ZeroDivisionError: divide by zero\n", Some(1)),
             "ZeroDivisionError: divide by zero\n"
         );
     }
@@ -398,6 +401,7 @@ mod tests {
             b"hello".to_vec(),
             vec![],
             Status::Stopped(StopReason::OutputLimit),
+            None,
             0,
             &limits,
         );
