@@ -379,7 +379,7 @@ pub fn parse(endpoint: Endpoint, body: &Value, limits: &Limits) -> Result<GenReq
 /// `logit_bias`: an object from token ids (as strings, OpenAI's form) to biases in -100..=100.
 fn logit_bias(f: &Fields, vocab: usize) -> Result<Vec<(u32, f32)>, ApiError> {
     let map = match f.get("logit_bias") {
-        None | Some(Value::Null) => return Ok(Vec::new()),
+        None => return Ok(Vec::new()),
         Some(Value::Object(m)) => m,
         Some(_) => {
             return Err(ApiError::invalid(
