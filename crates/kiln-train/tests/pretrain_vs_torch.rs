@@ -35,7 +35,7 @@ fn documents() -> Vec<Vec<u32>> {
             let mut prev = 1 + (rng.next_u64() % (VOCAB as u64 - 1)) as u32;
             for _ in 0..len {
                 doc.push(prev);
-                prev = if rng.next_u64() % 5 == 0 {
+                prev = if rng.next_u64().is_multiple_of(5) {
                     1 + (rng.next_u64() % (VOCAB as u64 - 1)) as u32
                 } else {
                     1 + (prev * 7 + 3) % (VOCAB as u32 - 1)
