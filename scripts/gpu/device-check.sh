@@ -158,6 +158,23 @@ for r in full part cpu; do
 done
 cp "$P/full/curves.svg" "$OUT/pretrain/" 2>/dev/null
 
+# ---- (6) the GPU speedrun: every stage of `kiln speedrun` with a GPT-2-124M-class model --------
+# The run folder after `--data-only` and the data the later stages read come from
+# scripts/gpu/speedrun-data.sh (the raw web sources do not fit the carry); 3 minutes of budget
+# (pretraining stops at 4 passes over the ~1.5 M-token web text anyway).
+if [ "$DEV" = cuda ] && [ -e "$D/speedrun-run.tar.xz" ]; then
+  SR=/tmp/kiln-speedrun
+  rm -rf "$SR" && mkdir -p "$SR/runs" "$SR/data" "$OUT/speedrun"
+  untar() { python3 -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" "$1" "$2"; }
+  untar "$D/speedrun-run.tar.xz" "$SR/runs" && untar "$D/speedrun-data.tar.xz" "$SR/data"
+  (cd "$SR" && KILN_DATA_DIR="$SR/data" stage speedrun_gpu 240 speedrun.log \
+    "$K" speedrun --preset gpt2-small --device cuda --minutes 3 --runs "$SR/runs" --no-progress)
+  G="$SR/runs/gpt2-small"
+  for f in report.md eval.json plan.json timings.json; do cp "$G/$f" "$OUT/speedrun/" 2>/dev/null; done
+  cp "$G/base/metrics.jsonl" "$OUT/speedrun/base-metrics.json-lines" 2>/dev/null
+  cp "$G/rl/metrics.jsonl" "$OUT/speedrun/rl-metrics.json-lines" 2>/dev/null
+fi
+
 # ---- the peer with torch.compile (slowest to start), then the summary --------------------------
 RESERVE=0
 [ "$DEV" = cuda ] && stage bench_torch_compile 150 bench.jsonl python3 scripts/gpu/torch_peak.py "$D/torch_ref.py" gpu --compile

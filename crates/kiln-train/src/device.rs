@@ -24,6 +24,16 @@ pub enum Device {
     Cuda,
 }
 
+impl Device {
+    /// As `--device` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+        }
+    }
+}
+
 impl std::str::FromStr for Device {
     type Err = TrainError;
     fn from_str(s: &str) -> Result<Self, TrainError> {

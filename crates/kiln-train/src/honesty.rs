@@ -8,11 +8,12 @@
 //! problems (big numbers, counting) and small arithmetic (which a speedrun model partly knows).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Serialize;
 
 use crate::checkpoint::write_json;
-use crate::device::DeviceSpec;
+use crate::device::{with_backend, DeviceSpec, OnBackend, TrainBackend};
 use crate::sft::{run_job as sft_job, SftConfig, SftJob, SftOutcome};
 use crate::TrainError;
 use kiln_chat::arith::last_integer;
@@ -21,6 +22,38 @@ use kiln_chat::session::ChatSession;
 use kiln_chat::tools::lessons::{
     code_problems, probe_conversations, FactWorld, DEFAULT_PLACES, DEFAULT_WORLD_SEED,
 };
+use kiln_engine::Model;
+
+/// Probing on the job's device: the model answers every question `samples` times.
+struct Probe<'a>(&'a HonestyJob);
+
+impl OnBackend for Probe<'_> {
+    type Output = (
+        Vec<kiln_chat::tools::lessons::Probe>,
+        Vec<kiln_chat::format::Conversation>,
+    );
+    fn run<B: TrainBackend>(self, be: Arc<B>) -> Result<Self::Output, TrainError> {
+        let job = self.0;
+        let l = load_model(&job.model, job.tokenizer.as_deref(), job.train.threads)?;
+        let model = Model::from_host(be, l.model.cfg.clone(), &l.model.params_host())?;
+        let tokens = chat_tokens(&l.tok, &l.dir.display().to_string())?;
+        let questions = probe_questions(job.questions, job.train.seed);
+        probe_conversations(
+            &questions,
+            job.samples,
+            |q, i| -> Result<String, TrainError> {
+                let mut s = ChatSession::new(0.8, 48, job.train.seed.wrapping_add(i as u64));
+                match s.reply(&model, &l.tok, &tokens, q, |_| {}) {
+                    Ok(r) => Ok(r.text),
+                    // A question longer than a tiny model's context gets no answer: wrong.
+                    Err(kiln_chat::session::SessionError::TooLong { .. }) => Ok(String::new()),
+                    Err(e) => Err(e.into()),
+                }
+            },
+            is_correct,
+        )
+    }
+}
 
 /// What a probing + SFT run needs.
 pub struct HonestyJob {
@@ -106,23 +139,7 @@ pub fn run_job(job: &HonestyJob, spec: &DeviceSpec) -> Result<HonestySummary, Tr
         if lessons_path.exists() && probe_path.exists() {
             crate::checkpoint::read_json(&probe_path)?
         } else {
-            let l = load_model(&job.model, job.tokenizer.as_deref(), job.train.threads)?;
-            let tokens = chat_tokens(&l.tok, &l.dir.display().to_string())?;
-            let questions = probe_questions(job.questions, job.train.seed);
-            let (probes, convs) = probe_conversations(
-                &questions,
-                job.samples,
-                |q, i| -> Result<String, TrainError> {
-                    let mut s = ChatSession::new(0.8, 48, job.train.seed.wrapping_add(i as u64));
-                    match s.reply(&l.model, &l.tok, &tokens, q, |_| {}) {
-                        Ok(r) => Ok(r.text),
-                        // A question longer than a tiny model's context gets no answer: wrong.
-                        Err(kiln_chat::session::SessionError::TooLong { .. }) => Ok(String::new()),
-                        Err(e) => Err(e.into()),
-                    }
-                },
-                is_correct,
-            )?;
+            let (probes, convs) = with_backend(spec, job.train.threads, Probe(job))?;
             let mut text = String::new();
             for c in &convs {
                 text.push_str(&serde_json::to_string(c).expect("conversations serialize"));

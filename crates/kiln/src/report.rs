@@ -348,6 +348,22 @@ fn data_section(m: &mut String, w: &Value, run: &std::path::Path) {
     }
 }
 
+/// Pretraining's model FLOPs utilization on a GPU run (the formula torch_ref.py and
+/// `kiln bench train` use); `None` on the cpu, which has no such peak to quote.
+fn pretrain_mfu(plan: &Value, eval: &Value) -> Option<f64> {
+    if plan["device"].as_str() != Some("cuda") {
+        return None;
+    }
+    let n = eval["base"]["params"].as_f64()?;
+    let (l, t, c) = (
+        plan["layers"].as_f64()?,
+        plan["context"].as_f64()?,
+        plan["dim"].as_f64()?,
+    );
+    let flops_per_token = 6.0 * n + 12.0 * l * t * c;
+    Some(eval["base"]["tok_per_s"].as_f64()? * flops_per_token / 989e12)
+}
+
 fn markdown(i: &RunInfo) -> String {
     let e = &i.eval;
     let p = &i.plan;
@@ -355,8 +371,9 @@ fn markdown(i: &RunInfo) -> String {
     let _ = writeln!(m, "# kiln report card: `{}`\n", i.name);
     let _ = writeln!(
         m,
-        "Model: gpt2 {}L × {}d, {} heads, context {}, vocab {} ({} parameters). Pretraining text: {} documents, {} tokens. Budget {} min ({:?} preset).\n",
-        p["layers"], p["dim"], p["heads"], p["context"], p["vocab"], e["base"]["params"], i.corpus_docs, i.corpus_tokens, p["minutes"], p["preset"].as_str().unwrap_or("?")
+        "Model: gpt2 {}L × {}d, {} heads, context {}, vocab {} ({} parameters). Pretraining text: {} documents, {} tokens. Budget {} min ({:?} preset) on {}.\n",
+        p["layers"], p["dim"], p["heads"], p["context"], p["vocab"], e["base"]["params"], i.corpus_docs, i.corpus_tokens, p["minutes"], p["preset"].as_str().unwrap_or("?"),
+        p["device"].as_str().unwrap_or("cpu")
     );
     let _ = writeln!(m, "## Evals\n\nTiny models score low; the point is a pipeline that measures. Chance level is shown beside each score.\n");
     let _ = writeln!(m, "| eval | model | score | chance |\n|---|---|---|---|");
@@ -415,6 +432,13 @@ fn markdown(i: &RunInfo) -> String {
         num(&e["base"]["tok_per_s"], 0),
         num(&e["sft"]["tok_per_s"], 0)
     );
+    if let Some(mfu) = pretrain_mfu(p, e) {
+        let _ = writeln!(
+            m,
+            "| pretrain MFU: (6N + 12·L·T·C) FLOPs per token × tokens/s ÷ 989 TFLOP/s (bf16 dense, H100/H200) | {:.1}% |",
+            100.0 * mfu
+        );
+    }
     if r.is_object() {
         let _ = writeln!(
             m,

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kiln_chat::evals::{self, EngineScores};
-use kiln_engine::{CpuBackend, Model, ModelConfig, OptimizerConfig, SamplingParams, Trainer};
+use kiln_engine::{Model, ModelConfig, OptimizerConfig, SamplingParams, Trainer};
 use kiln_tokenizer::shards::{read_token_shard, ShardEncoder};
 use kiln_tokenizer::{Tokenizer, TrainConfig};
 use serde::{Deserialize, Serialize};
@@ -24,8 +24,9 @@ use serde_json::{json, Value};
 
 use crate::checkpoint::{read_json, write_json};
 use crate::device::DeviceSpec;
+use crate::device::{with_backend, OnBackend, TrainBackend};
 use crate::error::TrainError;
-use crate::pretrain::{pretrain, Hooks, PretrainConfig};
+use crate::pretrain::{pretrain_on, Hooks, PretrainConfig};
 use crate::sft::{run_job, SftConfig, SftJob};
 use kiln_chat::load::{chat_tokens, load_model};
 
@@ -53,6 +54,10 @@ pub enum Preset {
     /// default's 20-minute SFT model answers ~1–3% of the task's held-out problems, too few for
     /// GRPO's groups to carry a signal; after the cold start it answered 34% (2026-12-04).
     Reasoning,
+    /// The same stages on a GPU (`--device cuda`) with a GPT-2-124M-class model: 12 layers × 768
+    /// wide, context 1024, vocab 8192, batch 16 × 1024; ≤ 5 minutes. Pretraining stops at 4
+    /// passes over the web text (~1.6 M tokens: more would only memorize it).
+    Gpt2Small,
 }
 
 impl Preset {
@@ -62,6 +67,7 @@ impl Preset {
             Preset::Default => "speedrun",
             Preset::Smoke => "smoke",
             Preset::Reasoning => "reasoning",
+            Preset::Gpt2Small => "gpt2-small",
         }
     }
 
@@ -71,6 +77,15 @@ impl Preset {
             Preset::Default => 20.0,
             Preset::Smoke => 1.0,
             Preset::Reasoning => 26.0,
+            Preset::Gpt2Small => 5.0,
+        }
+    }
+
+    /// Passes over the training text pretraining may make (`None`: as many as the budget allows).
+    fn max_pretrain_epochs(self) -> Option<f64> {
+        match self {
+            Preset::Gpt2Small => Some(4.0),
+            _ => None,
         }
     }
 }
@@ -85,6 +100,11 @@ pub struct Options {
     pub mix: Option<PathBuf>,
     pub threads: usize,
     pub progress: bool,
+    /// Where the training stages, the probing and the evals run (the data stages are cpu work).
+    pub device: DeviceSpec,
+    /// Stop after the data stages (fetch, web text, tokenizer, tokens): the run folder then
+    /// moves to a machine without the raw data (a GPU box) and the same command resumes there.
+    pub data_only: bool,
 }
 
 /// Sizes and limits of one preset, with the step counts measured for this machine.
@@ -118,6 +138,18 @@ pub struct Plan {
     /// Held-out problems per tool eval (code, and facts).
     #[serde(default)]
     pub eval_tools: usize,
+    /// Multiplier on every stage's learning rate (1 for the small models; the 124M model takes
+    /// GPT-2 small's 6e-4 where the 4M one takes 3e-3).
+    #[serde(default = "one")]
+    pub lr_scale: f32,
+    /// Checkpoints written along pretraining (each of the 124M model's is ~1.5 GB with its
+    /// optimizer state).
+    #[serde(default = "ten")]
+    pub pretrain_checkpoints: usize,
+    /// The device the step counts were measured on (`cpu`, `cuda`).
+    #[serde(default = "cpu_name")]
+    pub device: String,
+    /// Seconds per training step measured on `device` (0 until measured, after the data stages).
     pub seconds_per_step: f64,
     /// Seconds per step the pretraining loop actually ran at (evals and checkpoints included),
     /// once it has: SFT, honesty and RL were re-sized from it ([`resize_after_pretraining`]).
@@ -127,6 +159,16 @@ pub struct Plan {
     pub eval_gsm8k: usize,
     pub eval_arith: usize,
     pub gen_tokens: usize,
+}
+
+fn one() -> f32 {
+    1.0
+}
+fn ten() -> usize {
+    10
+}
+fn cpu_name() -> String {
+    "cpu".into()
 }
 
 /// A preset's sizes and limits before the step counts are measured.
@@ -151,6 +193,9 @@ pub fn base_plan(preset: Preset, minutes: f64) -> Plan {
         honesty_steps: 0,
         probe_questions: 120,
         eval_tools: 24,
+        lr_scale: 1.0,
+        pretrain_checkpoints: 10,
+        device: cpu_name(),
         seconds_per_step: 0.0,
         measured_seconds_per_step: None,
         eval_mmlu: 100,
@@ -176,6 +221,17 @@ pub fn base_plan(preset: Preset, minutes: f64) -> Plan {
             eval_tools: 4,
             ..p
         },
+        Preset::Gpt2Small => Plan {
+            vocab: 8192,
+            layers: 12,
+            heads: 12,
+            dim: 768,
+            context: 1024,
+            batch: 16,
+            lr_scale: 0.2,
+            pretrain_checkpoints: 2,
+            ..p
+        },
     }
 }
 
@@ -199,7 +255,7 @@ impl Shares {
             rl: 0.08,
         };
         match preset {
-            Preset::Default | Preset::Smoke => default,
+            Preset::Default | Preset::Smoke | Preset::Gpt2Small => default,
             // The default's seconds for every stage (shares × 20/26 of the 26 minutes), and ~310
             // s of cold start: ~740 steps of ~10 packed problems per row (1.5 M tokens). From the
             // default run's base model, 1.2 M such tokens gave 10% of held-out `arith-easy`, 1.8 M
@@ -247,30 +303,69 @@ fn resize_after_pretraining(plan: &mut Plan, measured_seconds_per_step: f64) {
     );
 }
 
-/// Seconds of one training step of this shape on this machine (2 warm-up steps, 6 timed).
+/// Seconds of one training step of this shape on the run's device (2 warm-up steps, 6 timed).
 fn seconds_per_step(
     cfg: &ModelConfig,
     b: usize,
     t: usize,
     threads: usize,
+    spec: &DeviceSpec,
 ) -> Result<f64, TrainError> {
-    let be = Arc::new(CpuBackend::new(threads));
-    let model = Model::new(be, cfg.clone(), 0)?;
-    let mut tr = Trainer::new(model, b, t, OptimizerConfig::default())?;
-    let ids: Vec<u32> = (0..b * t)
-        .map(|i| (i * 7 % cfg.vocab_size) as u32)
-        .collect();
-    for _ in 0..2 {
-        tr.train_step(&ids, &ids, None, 1.0)?;
+    struct Probe<'a> {
+        cfg: &'a ModelConfig,
+        b: usize,
+        t: usize,
     }
-    let t0 = Instant::now();
-    for _ in 0..6 {
-        tr.train_step(&ids, &ids, None, 1.0)?;
+    impl OnBackend for Probe<'_> {
+        type Output = f64;
+        fn run<B: TrainBackend>(self, be: Arc<B>) -> Result<f64, TrainError> {
+            let (cfg, b, t) = (self.cfg, self.b, self.t);
+            be.check_fits(cfg.train_bytes(b))?;
+            let model = Model::new(be.clone(), cfg.clone(), 0)?;
+            let mut tr = Trainer::new(model, b, t, OptimizerConfig::default())?;
+            let ids: Vec<u32> = (0..b * t)
+                .map(|i| (i * 7 % cfg.vocab_size) as u32)
+                .collect();
+            for _ in 0..2 {
+                tr.train_step(&ids, &ids, None, 1.0)?;
+            }
+            be.synchronize();
+            let t0 = Instant::now();
+            for _ in 0..6 {
+                tr.train_step(&ids, &ids, None, 1.0)?;
+            }
+            be.synchronize();
+            // ×1.05 for the loops' evals, checkpoints and data packing: on an idle machine
+            // (default preset, 2026-12-03) the pretraining loop ran at 0.371 s/step with all of
+            // them, this probe's bare step read 0.353 s. (It was ×1.2, which with a slow probe
+            // left 40% of a run unused.)
+            Ok(t0.elapsed().as_secs_f64() / 6.0 * 1.05)
+        }
     }
-    // ×1.05 for the loops' evals, checkpoints and data packing: on an idle machine (default
-    // preset, 2026-12-03) the pretraining loop ran at 0.371 s/step with all of them, this probe's
-    // bare step read 0.353 s. (It was ×1.2, which with a slow probe left 40% of a run unused.)
-    Ok(t0.elapsed().as_secs_f64() / 6.0 * 1.05)
+    with_backend(spec, threads, Probe { cfg, b, t })
+}
+
+/// The step counts of `plan` from a probe of its model on the run's device: each stage's share
+/// of the budget at the measured pace; pretraining capped at the preset's passes over the
+/// `train_tokens` of the training text.
+fn plan_steps(plan: &mut Plan, opts: &Options, train_tokens: usize) -> Result<(), TrainError> {
+    let cfg = ModelConfig::gpt2(plan.vocab, plan.layers, plan.heads, plan.dim, plan.context);
+    let sps = seconds_per_step(&cfg, plan.batch, plan.context, opts.threads, &opts.device)?;
+    let secs = opts.minutes * 60.0;
+    let share = Shares::of(opts.preset);
+    plan.device = opts.device.device.name().to_string();
+    plan.seconds_per_step = sps;
+    plan.pretrain_steps = ((secs * share.pretrain / sps) as usize).clamp(20, 200_000);
+    if let Some(epochs) = opts.preset.max_pretrain_epochs() {
+        let per_step = (plan.batch * plan.context) as f64;
+        let cap = (epochs * train_tokens as f64 / per_step).ceil() as usize;
+        plan.pretrain_steps = plan.pretrain_steps.min(cap.max(20));
+    }
+    plan.sft_steps = ((secs * share.sft / sps) as usize).clamp(10, 50_000);
+    plan.honesty_steps = ((secs * share.honesty / sps) as usize).clamp(5, 5_000);
+    plan.cold_start_steps = (secs * share.cold_start / sps) as usize;
+    plan.rl_steps = ((secs * share.rl / rl_step_seconds(plan, sps)) as usize).clamp(5, 2_000);
+    Ok(())
 }
 
 /// RL sizes: 8 prompts × 8 samples, short answers. With batched rollouts (all 64 rows decoded
@@ -313,7 +408,7 @@ fn rl_config(plan: &Plan, threads: usize) -> crate::rl::RlConfig {
     // onto "The answer is N." with a fixed N (reward exactly 0.1, entropy 1.3 → 0.2, held-out
     // pass@8 17% → 0%); correctness alone at 3e-4 keeps pass@8 at 13–17% over 3 seeds
     // (docs/benchmarks.md, "The format reward and the default speedrun's SFT model").
-    c.optim.lr = 3e-4;
+    c.optim.lr = 3e-4 * plan.lr_scale;
     c.format_reward = 0.0;
     c
 }
@@ -333,7 +428,7 @@ pub fn pretrain_config(
         seq_len: plan.context,
         model: ModelConfig::gpt2(vocab, plan.layers, plan.heads, plan.dim, plan.context),
         optim: OptimizerConfig {
-            lr: 3e-3,
+            lr: 3e-3 * plan.lr_scale,
             ..Default::default()
         },
         batch: plan.batch,
@@ -347,7 +442,7 @@ pub fn pretrain_config(
         sample_every: 0,
         sample_tokens: 32,
         // Checkpoints along the way so an interrupted speedrun resumes near where it stopped.
-        ckpt_every: (plan.pretrain_steps / 10).max(10),
+        ckpt_every: (plan.pretrain_steps / plan.pretrain_checkpoints.max(1)).max(10),
         keep_ckpts: 1,
         seed: 1337,
         // Unused: the web stage holds validation documents out itself.
@@ -407,7 +502,11 @@ pub struct Outcome {
 
 /// Run (or resume) every stage under `opts.run`. `announce(i, text)` is called when stage `i` of
 /// [`STAGES`] starts real work (skipped stages are silent).
-pub fn run(opts: &Options, announce: &mut dyn FnMut(usize, &str)) -> Result<Outcome, TrainError> {
+/// `Ok(None)` when `opts.data_only` stopped it after the data stages.
+pub fn run(
+    opts: &Options,
+    announce: &mut dyn FnMut(usize, &str),
+) -> Result<Option<Outcome>, TrainError> {
     let t_all = Instant::now();
     let run = &opts.run;
     std::fs::create_dir_all(run).map_err(|e| TrainError::io(run, e))?;
@@ -420,10 +519,13 @@ pub fn run(opts: &Options, announce: &mut dyn FnMut(usize, &str)) -> Result<Outc
     let t = Instant::now();
     let data_dir = kiln_data::fetch::data_dir();
     let all_docs = opts.preset != Preset::Smoke;
-    let needed: Vec<&str> = ["chitchat", "gsm8k", "python-wasm"]
-        .into_iter()
-        .chain(web::sources(all_docs))
-        .collect();
+    // The web sources only until the web stage has run (a run folder prepared with `data_only`
+    // trains on a machine that has only what the later stages read).
+    let web_done = web::WebPaths::new(run).summary().exists();
+    let mut needed: Vec<&str> = vec!["chitchat", "gsm8k", "python-wasm", "evals"];
+    if !web_done {
+        needed.extend(web::sources(all_docs).into_iter().filter(|s| *s != "evals"));
+    }
     let missing: Vec<&str> = needed
         .into_iter()
         .filter(|s| kiln_data::fetch::source_dir_in(&data_dir, s).is_err())
@@ -439,36 +541,16 @@ pub fn run(opts: &Options, announce: &mut dyn FnMut(usize, &str)) -> Result<Outc
     // plan: ~55% of the budget pretraining, ~21% SFT, ~3% honesty SFT, ~8% RL; the rest is
     // the web stage, tokenizer, probing, evals and report, which took 5% of a default run
     // (2026-12-03, idle: 55 s of 1,200) before the web stage, which adds ~1% (see
-    // docs/benchmarks.md). Each stage also has a deadline a little past its share.
+    // docs/benchmarks.md). Each stage also has a deadline a little past its share. The sizes are
+    // fixed here; the step counts once the data stages are done, on the device that trains.
     let plan_path = run.join("plan.json");
     let mut plan: Plan = if plan_path.exists() {
         read_json(&plan_path)?
     } else {
-        let mut p = base_plan(opts.preset, opts.minutes);
-        let cfg = ModelConfig::gpt2(p.vocab, p.layers, p.heads, p.dim, p.context);
-        let sps = seconds_per_step(&cfg, p.batch, p.context, threads)?;
-        let secs = opts.minutes * 60.0;
-        let share = Shares::of(opts.preset);
-        p.seconds_per_step = sps;
-        p.pretrain_steps = ((secs * share.pretrain / sps) as usize).clamp(20, 200_000);
-        p.sft_steps = ((secs * share.sft / sps) as usize).clamp(10, 50_000);
-        p.honesty_steps = ((secs * share.honesty / sps) as usize).clamp(5, 5_000);
-        p.cold_start_steps = (secs * share.cold_start / sps) as usize;
-        p.rl_steps = ((secs * share.rl / rl_step_seconds(&p, sps)) as usize).clamp(5, 2_000);
+        let p = base_plan(opts.preset, opts.minutes);
         write_json(&plan_path, &p)?;
         p
     };
-    tracing::info!(
-        "plan: gpt2 {}L×{}d ctx {} vocab {}; {:.3} s/step → {} pretrain + {} SFT + {} RL steps",
-        plan.layers,
-        plan.dim,
-        plan.context,
-        plan.vocab,
-        plan.seconds_per_step,
-        plan.pretrain_steps,
-        plan.sft_steps,
-        plan.rl_steps
-    );
 
     // 2. web data: the pipeline over the web-like sources, the kept text split into training and
     // held-out validation documents.
@@ -576,10 +658,30 @@ pub fn run(opts: &Options, announce: &mut dyn FnMut(usize, &str)) -> Result<Outc
         timings.record("tokenize", t.elapsed().as_secs_f64(), false);
     }
     drop(train_cache);
+    if opts.data_only {
+        write_json(&timings_path, &timings)?;
+        return Ok(None);
+    }
     let token_docs = read_token_shard(&shard)?;
     let val_docs = read_token_shard(&val_shard)?;
     let corpus_docs = token_docs.len();
     let corpus_tokens = token_docs.iter().map(Vec::len).sum();
+    if plan.seconds_per_step == 0.0 {
+        plan_steps(&mut plan, opts, corpus_tokens)?;
+        write_json(&plan_path, &plan)?;
+    }
+    tracing::info!(
+        "plan: gpt2 {}L×{}d ctx {} vocab {}; {:.3} s/step on {} → {} pretrain + {} SFT + {} RL steps",
+        plan.layers,
+        plan.dim,
+        plan.context,
+        plan.vocab,
+        plan.seconds_per_step,
+        plan.device,
+        plan.pretrain_steps,
+        plan.sft_steps,
+        plan.rl_steps
+    );
 
     // 5. pretrain: one loop with a deadline; a rerun resumes from its last checkpoint.
     let base = run.join("base");
@@ -608,7 +710,7 @@ pub fn run(opts: &Options, announce: &mut dyn FnMut(usize, &str)) -> Result<Outc
             .join("latest")
             .exists()
             .then_some(base.as_path());
-        let s = pretrain(&cfg, &token_docs, &base, resume, &hooks)?;
+        let s = pretrain_on(&opts.device, &cfg, &token_docs, &base, resume, &hooks)?;
         if (s.step as usize) < plan.pretrain_steps {
             tracing::info!(
                 "pretraining stopped by the time guard at step {} of {} (this machine is slower than measured)",
@@ -652,7 +754,7 @@ pub fn run(opts: &Options, announce: &mut dyn FnMut(usize, &str)) -> Result<Outc
             scale: plan.sft_scale,
             guard: 0.25,
         };
-        stage.run(&plan, &tok_abs, threads, opts.progress)?;
+        stage.run(&plan, &tok_abs, opts)?;
         timings.record("sft", t.elapsed().as_secs_f64(), false);
     }
 
@@ -682,7 +784,7 @@ pub fn run(opts: &Options, announce: &mut dyn FnMut(usize, &str)) -> Result<Outc
                 steps: plan.honesty_steps,
                 batch: plan.sft_batch,
                 optim: OptimizerConfig {
-                    lr: 5e-4,
+                    lr: 5e-4 * plan.lr_scale,
                     weight_decay: 0.0,
                     ..Default::default()
                 },
@@ -696,7 +798,7 @@ pub fn run(opts: &Options, announce: &mut dyn FnMut(usize, &str)) -> Result<Outc
                 ..Default::default()
             },
         };
-        let s = crate::honesty::run_job(&job, &DeviceSpec::cpu())?;
+        let s = crate::honesty::run_job(&job, &opts.device)?;
         write_json(&honesty_marker, &s)?;
         timings.record("honesty", t.elapsed().as_secs_f64(), false);
     }
@@ -730,7 +832,7 @@ pub fn run(opts: &Options, announce: &mut dyn FnMut(usize, &str)) -> Result<Outc
                 scale: 1.0,
                 guard: 0.24,
             };
-            stage.run(&plan, &tok_abs, threads, opts.progress)?;
+            stage.run(&plan, &tok_abs, opts)?;
             timings.record("rl cold start", t.elapsed().as_secs_f64(), false);
         }
         cold_dir.clone()
@@ -759,7 +861,7 @@ pub fn run(opts: &Options, announce: &mut dyn FnMut(usize, &str)) -> Result<Outc
             train: rl_config(&plan, threads),
             tools: crate::rl::RlToolSet::default(),
         };
-        let s = crate::rl::run_job(&job, &DeviceSpec::cpu())?;
+        let s = crate::rl::run_job(&job, &opts.device)?;
         write_json(&rl_marker, &s)?;
         timings.record("rl", t.elapsed().as_secs_f64(), false);
     }
@@ -777,15 +879,23 @@ pub fn run(opts: &Options, announce: &mut dyn FnMut(usize, &str)) -> Result<Outc
                 plan.eval_mmlu, plan.eval_gsm8k, plan.eval_arith, plan.eval_tools
             ),
         );
-        let mut v = evaluate(&plan, &base, &sft_dir, &tok, threads)?;
+        let evals = Evals {
+            plan: &plan,
+            base: &base,
+            sft: &sft_dir,
+            honesty: &honesty_dir,
+            tok: &tok,
+            threads,
+        };
+        let (mut v, tools) = with_backend(&opts.device, threads, evals)?;
         v["rl"] = read_json(&rl_marker).unwrap_or(Value::Null);
         if plan.cold_start_steps > 0 && v["rl"].is_object() {
             // RL's "before" is the cold start's model, not the SFT model.
             v["rl"]["start"] = json!("cold start");
             v["rl"]["cold_start"] = read_json(&cold_dir.join("DONE")).unwrap_or(Value::Null);
         }
-        if plan.eval_tools > 0 {
-            v["tools"] = evaluate_tools(&plan, &sft_dir, &honesty_dir, &tok, threads)?;
+        if let Some(tools) = tools {
+            v["tools"] = tools;
             v["honesty"] = read_json(&honesty_marker).unwrap_or(Value::Null);
         }
         write_json(&eval_path, &v)?;
@@ -798,7 +908,7 @@ pub fn run(opts: &Options, announce: &mut dyn FnMut(usize, &str)) -> Result<Outc
         false,
     );
     write_json(&timings_path, &timings)?;
-    Ok(Outcome {
+    Ok(Some(Outcome {
         eval: read_json(&eval_path)?,
         mix: read_json(&sft_dir.join("mix.json")).unwrap_or(Value::Null),
         plan,
@@ -808,12 +918,54 @@ pub fn run(opts: &Options, announce: &mut dyn FnMut(usize, &str)) -> Result<Outc
         web: web_summary,
         base,
         sft: sft_dir,
-    })
+    }))
+}
+
+/// Stage 9 on the run's device: [`evaluate`], then [`evaluate_tools`] when the plan has tool evals.
+struct Evals<'a> {
+    plan: &'a Plan,
+    base: &'a Path,
+    sft: &'a Path,
+    honesty: &'a Path,
+    tok: &'a Tokenizer,
+    threads: usize,
+}
+
+impl OnBackend for Evals<'_> {
+    type Output = (Value, Option<Value>);
+    fn run<B: TrainBackend>(self, be: Arc<B>) -> Result<Self::Output, TrainError> {
+        let v = evaluate(&be, self.plan, self.base, self.sft, self.tok, self.threads)?;
+        let tools = if self.plan.eval_tools > 0 {
+            Some(evaluate_tools(
+                &be,
+                self.plan,
+                self.sft,
+                self.honesty,
+                self.tok,
+                self.threads,
+            )?)
+        } else {
+            None
+        };
+        Ok((v, tools))
+    }
+}
+
+/// A trained model (checkpoint or run folder) and its tokenizer, on `be`.
+fn load_on<B: TrainBackend>(
+    be: &Arc<B>,
+    dir: &Path,
+    threads: usize,
+) -> Result<(Model<B>, Tokenizer), TrainError> {
+    let m = load_model(dir, None, threads)?;
+    let model = Model::from_host(be.clone(), m.model.cfg.clone(), &m.model.params_host())?;
+    Ok((model, m.tok))
 }
 
 /// Tool use and honesty on held-out problems: the SFT model (tools were in its mix) and, after the
 /// honesty stage, the probed-and-tuned model; each with and without tools.
-fn evaluate_tools(
+fn evaluate_tools<B: TrainBackend>(
+    be: &Arc<B>,
     plan: &Plan,
     sft: &Path,
     honesty: &Path,
@@ -842,10 +994,10 @@ fn evaluate_tools(
         if !dir.join("DONE").exists() {
             continue;
         }
-        let m = load_model(dir, None, threads)?;
+        let (model, mtok) = load_on(be, dir, threads)?;
         let scores = kiln_chat::tools::evals::run_tool_evals(
-            &m.model,
-            &m.tok,
+            &model,
+            &mtok,
             &tokens,
             &mut tools,
             &code,
@@ -872,13 +1024,7 @@ struct SftStage {
 }
 
 impl SftStage {
-    fn run(
-        self,
-        plan: &Plan,
-        tokenizer: &str,
-        threads: usize,
-        progress: bool,
-    ) -> Result<(), TrainError> {
+    fn run(self, plan: &Plan, tokenizer: &str, opts: &Options) -> Result<(), TrainError> {
         let marker = self.out.join("DONE");
         let job = SftJob {
             base: self.from,
@@ -889,12 +1035,12 @@ impl SftStage {
             strict: false,
             scale: self.scale,
             resume: true,
-            progress,
+            progress: opts.progress,
             train: SftConfig {
                 steps: self.steps,
                 batch: plan.sft_batch,
                 optim: OptimizerConfig {
-                    lr: self.lr,
+                    lr: self.lr * plan.lr_scale,
                     weight_decay: 0.0,
                     ..Default::default()
                 },
@@ -903,12 +1049,12 @@ impl SftStage {
                 eval_batches: 8,
                 ckpt_every: (self.steps / 2).max(20),
                 seed: 1,
-                threads,
+                threads: opts.threads,
                 time_limit_s: Some(plan.minutes * 60.0 * self.guard),
                 ..Default::default()
             },
         };
-        let o = run_job(&job, &DeviceSpec::cpu())?;
+        let o = run_job(&job, &opts.device)?;
         write_json(
             &marker,
             &json!({"step": o.summary.step, "val_loss": o.summary.val_loss}),
@@ -962,7 +1108,8 @@ const BASE_DOC: &str = "The following is a conversation between a user and a hel
 
 /// Base: validation bpb (from its metrics) + samples. SFT: chat val loss, MMLU, GSM8K, arithmetic
 /// + samples.
-fn evaluate(
+fn evaluate<B: TrainBackend>(
+    be: &Arc<B>,
     plan: &Plan,
     base: &Path,
     sft: &Path,
@@ -970,8 +1117,8 @@ fn evaluate(
     threads: usize,
 ) -> Result<Value, TrainError> {
     let tokens = chat_tokens(tok, "speedrun")?;
-    let b = load_model(base, None, threads)?;
-    let s = load_model(sft, None, threads)?;
+    let (base_model, base_tok) = load_on(be, base, threads)?;
+    let (sft_model, sft_tok) = load_on(be, sft, threads)?;
     let sampling = SamplingParams {
         temperature: 0.0,
         top_k: 0,
@@ -981,8 +1128,8 @@ fn evaluate(
     let mut samples = Vec::new();
     for (i, p) in SAMPLE_PROMPTS.iter().enumerate() {
         let base_reply = kiln_chat::session::base_model_reply(
-            &b.model,
-            &b.tok,
+            &base_model,
+            &base_tok,
             Some(tokens.bos),
             BASE_DOC,
             p,
@@ -993,7 +1140,7 @@ fn evaluate(
             |_| {},
         )?;
         let mut sess = kiln_chat::session::ChatSession::new(0.0, plan.gen_tokens, i as u64);
-        let sft_reply = sess.reply(&s.model, &s.tok, &tokens, p, |_| {})?.text;
+        let sft_reply = sess.reply(&sft_model, &sft_tok, &tokens, p, |_| {})?.text;
         samples.push(json!({"prompt": p, "base": base_reply, "sft": sft_reply}));
     }
     let data = kiln_data::fetch::data_dir();
@@ -1007,8 +1154,8 @@ fn evaluate(
     )?;
     let arith = evals::arithmetic_problems(plan.eval_arith, 4242);
     let scores: EngineScores = evals::run_all(
-        &s.model,
-        &s.tok,
+        &sft_model,
+        &sft_tok,
         &tokens,
         &mmlu[..plan.eval_mmlu.min(mmlu.len())],
         &gsm[..plan.eval_gsm8k.min(gsm.len())],
@@ -1036,7 +1183,7 @@ fn evaluate(
     };
     Ok(json!({
         "base": {"val_bpb": last(&bm, "val_bpb"), "val_loss": last(&bm, "val_loss"), "train_loss": last(&bm, "loss"),
-                 "params": b.model.num_params(), "tok_per_s": mean_tok_s(&bm)},
+                 "params": base_model.num_params(), "tok_per_s": mean_tok_s(&bm)},
         "sft": {"chat_val_loss_base": first_eval, "chat_val_loss": last(&sm, "val_loss"), "train_loss": last(&sm, "loss"),
                 "tok_per_s": mean_tok_s(&sm), "scores": [scores.mmlu, scores.gsm8k, scores.arithmetic]},
         "samples": samples,

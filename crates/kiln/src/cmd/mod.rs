@@ -74,11 +74,7 @@ pub struct DeviceArgs {
 impl DeviceArgs {
     /// The device to use, `default` when `--device` is not given.
     pub fn spec(&self, default: Device) -> anyhow::Result<DeviceSpec> {
-        let device = match self.device {
-            Some(DeviceChoice::Cpu) => Device::Cpu,
-            Some(DeviceChoice::Cuda) => Device::Cuda,
-            None => default,
-        };
+        let device = self.named(default);
         let precision = self
             .precision
             .map(|p| match p {
@@ -91,6 +87,15 @@ impl DeviceArgs {
         let s = DeviceSpec { device, precision };
         s.check_built()?;
         Ok(s)
+    }
+
+    /// The device named, `default` when none, whether or not this build can run on it.
+    pub fn named(&self, default: Device) -> Device {
+        match self.device {
+            Some(DeviceChoice::Cpu) => Device::Cpu,
+            Some(DeviceChoice::Cuda) => Device::Cuda,
+            None => default,
+        }
     }
 }
 

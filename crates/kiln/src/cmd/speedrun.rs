@@ -8,7 +8,9 @@ use anyhow::bail;
 use clap::{Args, ValueEnum};
 use kiln_train::speedrun::{self, Options, STAGES};
 
+use super::DeviceArgs;
 use crate::report;
+use kiln_train::device::{Device, DeviceSpec};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Preset {
@@ -19,6 +21,9 @@ pub enum Preset {
     /// The default plus a cold start before RL (SFT on the RL task's training problems), ≤ 26
     /// minutes: RL then starts from a model that gets some problems right.
     Reasoning,
+    /// The same stages with a GPT-2-124M-class model on a GPU (`--device cuda`), ≤ 5 minutes.
+    #[value(name = "gpt2-small")]
+    Gpt2Small,
 }
 
 impl From<Preset> for speedrun::Preset {
@@ -27,6 +32,7 @@ impl From<Preset> for speedrun::Preset {
             Preset::Default => speedrun::Preset::Default,
             Preset::Smoke => speedrun::Preset::Smoke,
             Preset::Reasoning => speedrun::Preset::Reasoning,
+            Preset::Gpt2Small => speedrun::Preset::Gpt2Small,
         }
     }
 }
@@ -35,7 +41,8 @@ impl From<Preset> for speedrun::Preset {
 pub struct SpeedrunArgs {
     #[arg(long, value_enum, default_value_t = Preset::Default)]
     pub preset: Preset,
-    /// Total time budget in minutes [default: 20, smoke: 1, reasoning: 26]; scales training steps.
+    /// Total time budget in minutes [default: 20, smoke: 1, reasoning: 26, gpt2-small: 5];
+    /// scales training steps.
     #[arg(long)]
     pub minutes: Option<f64>,
     /// Run name: outputs go to <runs>/<name>/ [default: speedrun, or the preset's name].
@@ -52,6 +59,14 @@ pub struct SpeedrunArgs {
     pub threads: Option<usize>,
     #[arg(long)]
     pub no_progress: bool,
+    /// Where training, probing and the evals run [default: cpu; cuda for gpt2-small].
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Stop after the data stages (fetch, web text, tokenizer, tokens). The run folder then holds
+    /// all the training stages read from the web sources: copy it (and the data folder's chitchat,
+    /// gsm8k, python-wasm and evals) to a GPU machine and run the same command there.
+    #[arg(long)]
+    pub data_only: bool,
 }
 
 pub fn run(a: SpeedrunArgs, threads: usize) -> anyhow::Result<()> {
@@ -65,6 +80,26 @@ pub fn run(a: SpeedrunArgs, threads: usize) -> anyhow::Result<()> {
     if minutes.is_nan() || minutes <= 0.0 {
         bail!("--minutes must be positive");
     }
+    let default_device = if preset == speedrun::Preset::Gpt2Small {
+        Device::Cuda
+    } else {
+        Device::Cpu
+    };
+    // The data stages run on the cpu: a build without cuda prepares a GPU run's data.
+    let device = if a.data_only {
+        DeviceSpec {
+            device: a.device.named(default_device),
+            precision: None,
+        }
+    } else {
+        a.device.spec(default_device)?
+    };
+    if !a.data_only && preset == speedrun::Preset::Gpt2Small && device.device == Device::Cpu {
+        bail!(
+            "--preset gpt2-small trains a 124M-parameter model: it is sized for --device cuda \
+             (on the cpu one step takes tens of seconds); `--data-only` prepares its data here"
+        );
+    }
     let opts = Options {
         preset,
         minutes,
@@ -72,13 +107,24 @@ pub fn run(a: SpeedrunArgs, threads: usize) -> anyhow::Result<()> {
         mix: a.mix.clone(),
         threads,
         progress: !a.no_progress,
+        device,
+        data_only: a.data_only,
     };
     println!(
-        "kiln speedrun: preset {:?}, budget {minutes} min, {threads} threads, output {}",
+        "kiln speedrun: preset {:?}, budget {minutes} min, {threads} threads, {}, output {}",
         a.preset,
+        device.device.name(),
         opts.run.display()
     );
-    let o = speedrun::run(&opts, &mut |i, what| println!("[{i}/{STAGES}] {what}"))?;
+    let Some(o) = speedrun::run(&opts, &mut |i, what| println!("[{i}/{STAGES}] {what}"))? else {
+        println!(
+            "data stages done in {:.1} s: {} holds the web text, tokenizer and tokens; run the same \
+             command without --data-only to train (on another machine: copy the folder there)",
+            t_all.elapsed().as_secs_f64(),
+            opts.run.display()
+        );
+        return Ok(());
+    };
 
     println!("[{STAGES}/{STAGES}] report card");
     let info = report::RunInfo {
