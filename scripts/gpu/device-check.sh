@@ -9,12 +9,18 @@
 #   (1) parity with the cpu backend (the test binary tests/cuda_parity.rs, run with --ignored)
 #   (2) `kiln bench train --preset gpu-gpt2-124m --device cuda` (+ cuda_check's per-op profile),
 #       the PyTorch peer eager (torch.compile last: slowest to start); peak GPU memory both sides
-#   (3) decode tokens/s at batch 1 and 32 on the 124M shape (cuda_check decode)
+#   (3) decode tokens/s at batch 1 and 32 on the 124M shape (cuda_check decode); with
+#       dist/gpu/kiln-base.xz (a previous build) also the train bench with both, alternating
+#   (4) learning parity: kiln-cuda and PyTorch on the same batches of real text, GPT-2-124M shape,
+#       300 steps; PyTorch from kiln's initial parameters and from two seeds of its own (the
+#       noise); learning.jsonl + learning/curves.svg (scripts/gpu/parity_report.py)
 #   (5) `kiln pretrain --device cuda`: 300 steps on the fetched Shakespeare (BPE 1024, gpt2 6×384,
 #       ctx 256, batch 32), checkpoint at 150; a second run SIGKILLed after its step-150 checkpoint
 #       and resumed; losses compared (GPU atomics: not bitwise); the cuda checkpoint resumed on the
 #       cpu and that cpu checkpoint resumed on cuda (interchangeable formats); `kiln sample
 #       --device cuda` at 1 and 32 samples (tokens/s) and greedy f32 cuda vs cpu text.
+#   (6) `kiln speedrun --preset gpt2-small --device cuda` from the run folder and data that
+#       scripts/gpu/speedrun-data.sh prepared (report card, eval.json, plan into speedrun/)
 # Env: KILN_CHECK_DEVICE=cpu runs stage (5) on the cpu (a dry run of the script's logic without a
 # GPU, with e.g. KILN_CHECK_STEPS=20 KILN_CHECK_BATCH=2); KILN_CHECK_NO_PREFLIGHT=1 skips the GPU
 # preflight (then every GPU stage fails on its own, fast).
@@ -78,6 +84,19 @@ if [ "$DEV" = cuda ]; then
   stage bench_kiln_profile 40 bench.jsonl "$CHECK" bench 16 1024 10 bf16
   stage bench_torch 75 bench.jsonl python3 scripts/gpu/torch_peak.py "$D/torch_ref.py" gpu
   stage decode 30 decode.jsonl "$CHECK" decode 1,32 128
+  # A/B of one change, when prepare.sh's caller left the previous build as dist/gpu/kiln-base.xz:
+  # the same bench with both binaries, alternating (new, base, new, base)
+  if [ -e "$D/kiln-base.xz" ]; then
+    python3 -c "import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" \
+      "$D/kiln-base.xz" /tmp/kiln-base && chmod +x /tmp/kiln-base
+    for round in 1 2; do
+      for which in new base; do
+        bin=$K; [ $which = base ] && bin=/tmp/kiln-base
+        echo "{\"ab\": \"$which\", \"round\": $round}" >>"$OUT/bench_ab.jsonl"
+        stage bench_ab_$which 45 bench_ab.jsonl "$bin" bench train --preset gpu-gpt2-124m --device cuda --precision bf16
+      done
+    done
+  fi
 fi
 
 # ---- (4) learning parity: kiln-cuda (default precision) and PyTorch on the same batches -------

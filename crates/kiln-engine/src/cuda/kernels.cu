@@ -76,6 +76,37 @@ extern "C" __global__ void k_col_grads(float* dw, float* db, const float* dout, 
     }
 }
 
+// db[c] += Σ_r dout[r, c] over a bf16 `dout` (rows × cols, cols even, 4-byte aligned), read as
+// pairs: the fc bias gradient beside cuBLASLt's DGELU epilogue, which writes dpre as bf16
+// (matmul_act_backward). Each thread sums two adjacent columns over up to RPB rows with one
+// 4-byte load per row, 8 row lanes per block. (The epilogue's own BGRAD variant took 0.49 ms per
+// call where the plain DGELU GEMM of that shape takes ~0.15: scripts/gpu/NOTES.md.)
+extern "C" __global__ void k_col_sum_bf16(float* db, const unsigned int* dout2, int rows, int cols) {
+    __shared__ float s0[8][33];
+    __shared__ float s1[8][33];
+    int pairs = cols >> 1;
+    int cp = blockIdx.x * 32 + threadIdx.x;
+    int r0 = blockIdx.y * RPB;
+    int r1 = min(rows, r0 + RPB);
+    float a0 = 0.f, a1 = 0.f;
+    if (cp < pairs) {
+        for (int r = r0 + threadIdx.y; r < r1; r += 8) {
+            unsigned int v = dout2[(i64)r * pairs + cp];
+            a0 += __uint_as_float(v << 16);           // column 2cp: the low half (little-endian)
+            a1 += __uint_as_float(v & 0xffff0000u);   // column 2cp + 1
+        }
+    }
+    s0[threadIdx.y][threadIdx.x] = a0;
+    s1[threadIdx.y][threadIdx.x] = a1;
+    __syncthreads();
+    if (threadIdx.y == 0 && cp < pairs) {
+        float t0 = 0.f, t1 = 0.f;
+        for (int k = 0; k < 8; k++) { t0 += s0[k][threadIdx.x]; t1 += s1[k][threadIdx.x]; }
+        atomicAdd(&db[2 * cp], t0);
+        atomicAdd(&db[2 * cp + 1], t1);
+    }
+}
+
 // ---- embedding ---------------------------------------------------------------------------
 extern "C" __global__ void k_embed_fwd(float* out, const float* wte, const float* wpe, const unsigned* ids,
                                        i64 rows, int t, int pos0, int c) {

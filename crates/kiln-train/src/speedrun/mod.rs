@@ -353,6 +353,8 @@ fn plan_steps(plan: &mut Plan, opts: &Options, train_tokens: usize) -> Result<()
     let sps = seconds_per_step(&cfg, plan.batch, plan.context, opts.threads, &opts.device)?;
     let secs = opts.minutes * 60.0;
     let share = Shares::of(opts.preset);
+    // the budget is this invocation's (a `data_only` run may have written the sizes with another)
+    plan.minutes = opts.minutes;
     plan.device = opts.device.device.name().to_string();
     plan.seconds_per_step = sps;
     plan.pretrain_steps = ((secs * share.pretrain / sps) as usize).clamp(20, 200_000);
