@@ -23,7 +23,9 @@
 #       scripts/gpu/speedrun-data.sh prepared (report card, eval.json, plan into speedrun/)
 # Env: KILN_CHECK_DEVICE=cpu runs stage (5) on the cpu (a dry run of the script's logic without a
 # GPU, with e.g. KILN_CHECK_STEPS=20 KILN_CHECK_BATCH=2); KILN_CHECK_NO_PREFLIGHT=1 skips the GPU
-# preflight (then every GPU stage fails on its own, fast).
+# preflight (then every GPU stage fails on its own, fast). A rerun inside what is left of a lease:
+# KILN_CHECK_SKIP=name,name skips those stages (`pretrain` skips all of (5)), KILN_CHECK_AB_ROUNDS
+# (2) sets the A/B rounds, KILN_CHECK_SPEEDRUN_MINUTES (3) the GPU speedrun's budget.
 set -u
 cd "$(dirname "$0")/../.."
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}
@@ -61,11 +63,17 @@ fi
 
 START=$(date +%s)
 BUDGET="${KILN_CHECK_BUDGET:-540}"
+skip() { [[ ",${KILN_CHECK_SKIP:-}," == *",$1,"* ]]; }
 RESERVE=120 # seconds kept for the last stage (torch.compile)
+skip bench_torch_compile && RESERVE=0
 left() { echo $((BUDGET - ($(date +%s) - START) - RESERVE)); }
 stage() { # name limit_s outfile cmd...   (limit cut to the budget left; skipped under 5 s)
   local name=$1 lim=$2 out=$3; shift 3
   local t0=$(date +%s.%N) l=$(left)
+  if skip "$name"; then
+    echo "{\"stage\": \"$name\", \"skipped\": \"KILN_CHECK_SKIP\"}" | tee -a "$OUT/stages.jsonl"
+    return 0
+  fi
   [ "$lim" -gt "$l" ] && lim=$l
   if [ "$lim" -lt 5 ]; then
     echo "{\"stage\": \"$name\", \"rc\": 124, \"skipped\": \"out of time budget\", \"seconds\": 0}" | tee -a "$OUT/stages.jsonl"
@@ -89,7 +97,7 @@ if [ "$DEV" = cuda ]; then
   if [ -e "$D/kiln-base.xz" ]; then
     python3 -c "import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" \
       "$D/kiln-base.xz" /tmp/kiln-base && chmod +x /tmp/kiln-base
-    for round in 1 2; do
+    for round in $(seq 1 "${KILN_CHECK_AB_ROUNDS:-2}"); do
       for which in new base; do
         bin=$K; [ $which = base ] && bin=/tmp/kiln-base
         echo "{\"ab\": \"$which\", \"round\": $round}" >>"$OUT/bench_ab.jsonl"
@@ -127,6 +135,7 @@ if [ "$DEV" = cuda ]; then
 fi
 
 # ---- (5) pretrain with checkpoints, SIGKILL + resume, cross-device resume, sampling -----------
+if ! skip pretrain; then
 P=/tmp/kiln-pretrain
 rm -rf "$P" && mkdir -p "$P" "$OUT/pretrain"
 # model, data and schedule (shared by every run); eval/sample/checkpoint cadence per run
@@ -176,6 +185,7 @@ for r in full part cpu; do
   cp "$P/$r/metrics.jsonl" "$OUT/pretrain/$r-metrics.json-lines" 2>/dev/null
 done
 cp "$P/full/curves.svg" "$OUT/pretrain/" 2>/dev/null
+fi
 
 # ---- (6) the GPU speedrun: every stage of `kiln speedrun` with a GPT-2-124M-class model --------
 # The run folder after `--data-only` and the data the later stages read come from
@@ -187,7 +197,7 @@ if [ "$DEV" = cuda ] && [ -e "$D/speedrun-run.tar.xz" ]; then
   untar() { python3 -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" "$1" "$2"; }
   untar "$D/speedrun-run.tar.xz" "$SR/runs" && untar "$D/speedrun-data.tar.xz" "$SR/data"
   (cd "$SR" && KILN_DATA_DIR="$SR/data" stage speedrun_gpu 240 speedrun.log \
-    "$K" speedrun --preset gpt2-small --device cuda --minutes 3 --runs "$SR/runs" --no-progress)
+    "$K" speedrun --preset gpt2-small --device cuda --minutes "${KILN_CHECK_SPEEDRUN_MINUTES:-3}" --runs "$SR/runs" --no-progress)
   G="$SR/runs/gpt2-small"
   for f in report.md eval.json plan.json timings.json; do cp "$G/$f" "$OUT/speedrun/" 2>/dev/null; done
   cp "$G/base/metrics.jsonl" "$OUT/speedrun/base-metrics.json-lines" 2>/dev/null

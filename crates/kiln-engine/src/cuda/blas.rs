@@ -72,14 +72,10 @@ pub(super) enum LtEpi {
     /// bf16 C/D `= gelu_tanh(acc + bias)` and bf16 `aux = acc + bias` (`[m, n]` row-major, ld
     /// `n`), `bias` bf16 (`GELU_AUX_BIAS`; `GELU_AUX` without one).
     GeluAux { bias: u64, aux: u64 },
-    /// bf16 C/D `= acc * gelu_tanh'(aux)` (`DGELU`), aux as written by [`LtEpi::GeluAux`];
-    /// with `bgrad`, also `bgrad[j] = Σ_rows D[., j]` (`DGELU_BGRAD`), f32 if `bgrad_f32` else
-    /// bf16 (cuBLASLt's default: D's type).
-    DGelu {
-        aux: u64,
-        bgrad: u64,
-        bgrad_f32: bool,
-    },
+    /// bf16 C/D `= acc * gelu_tanh'(aux)` (`DGELU`), aux as written by [`LtEpi::GeluAux`].
+    /// (Not `DGELU_BGRAD`: its bias-gradient reduction made the call ~3× slower than the plain
+    /// epilogue on H100 and H200; `k_col_sum_bf16` sums the bias gradient after it.)
+    DGelu { aux: u64 },
 }
 
 impl LtEpi {
@@ -87,8 +83,7 @@ impl LtEpi {
         match self {
             LtEpi::Bias(b) => (b != 0) as u8,
             LtEpi::GeluAux { bias, .. } => 2 + (bias != 0) as u8,
-            LtEpi::DGelu { bgrad: 0, .. } => 4,
-            LtEpi::DGelu { bgrad_f32, .. } => 5 + bgrad_f32 as u8,
+            LtEpi::DGelu { .. } => 4,
         }
     }
     /// D (and C) are bf16.
@@ -100,7 +95,7 @@ impl LtEpi {
         match self {
             LtEpi::Bias(b) => [b, 0],
             LtEpi::GeluAux { bias, aux } => [bias, aux],
-            LtEpi::DGelu { aux, bgrad, .. } => [aux, bgrad],
+            LtEpi::DGelu { aux } => [aux, 0],
         }
     }
 }
@@ -363,8 +358,7 @@ impl CudaBackend {
             LtEpi::Bias(b) => (Some(E::CUBLASLT_EPILOGUE_BIAS), b, 0),
             LtEpi::GeluAux { bias: 0, aux } => (Some(E::CUBLASLT_EPILOGUE_GELU_AUX), 0, aux),
             LtEpi::GeluAux { bias, aux } => (Some(E::CUBLASLT_EPILOGUE_GELU_AUX_BIAS), bias, aux),
-            LtEpi::DGelu { aux, bgrad: 0, .. } => (Some(E::CUBLASLT_EPILOGUE_DGELU), 0, aux),
-            LtEpi::DGelu { aux, bgrad, .. } => (Some(E::CUBLASLT_EPILOGUE_DGELU_BGRAD), bgrad, aux),
+            LtEpi::DGelu { aux } => (Some(E::CUBLASLT_EPILOGUE_DGELU), 0, aux),
         };
         if let Some(kind) = kind {
             set(
@@ -378,17 +372,6 @@ impl CudaBackend {
                 DA::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
                 &bias as *const u64 as _,
                 8,
-            )?;
-        }
-        if let LtEpi::DGelu {
-            bgrad_f32: true, ..
-        } = epi
-        {
-            let t = f;
-            set(
-                DA::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
-                &t as *const _ as _,
-                std::mem::size_of_val(&t),
             )?;
         }
         if aux != 0 {
@@ -763,37 +746,15 @@ mod tests {
                 bias: 512,
                 aux: 256,
             },
-            LtEpi::DGelu {
-                aux: 256,
-                bgrad: 0,
-                bgrad_f32: false,
-            },
-            LtEpi::DGelu {
-                aux: 256,
-                bgrad: 512,
-                bgrad_f32: false,
-            },
-            LtEpi::DGelu {
-                aux: 256,
-                bgrad: 512,
-                bgrad_f32: true,
-            },
+            LtEpi::DGelu { aux: 256 },
         ];
         let codes: Vec<u8> = epis.iter().map(|e| e.code()).collect();
-        assert_eq!(codes, [0, 1, 2, 3, 4, 5, 6]);
+        assert_eq!(codes, [0, 1, 2, 3, 4]);
         assert_eq!(
             epis.iter().map(|e| e.bf16_out()).collect::<Vec<_>>(),
-            [false, false, true, true, true, true, true]
+            [false, false, true, true, true]
         );
-        assert_eq!(
-            LtEpi::DGelu {
-                aux: 16,
-                bgrad: 48,
-                bgrad_f32: true
-            }
-            .extra_ptrs(),
-            [16, 48]
-        );
+        assert_eq!(LtEpi::DGelu { aux: 16 }.extra_ptrs(), [16, 0]);
     }
 
     #[test]
@@ -809,7 +770,7 @@ mod tests {
     #[test]
     fn the_bf16_conversion_kernel_is_in_the_base_module() {
         assert!(BASE_KERNELS.contains(&"k_to_bf16"));
-        for k in ["k_from_bf16", "k_axpy_bf16"] {
+        for k in ["k_from_bf16", "k_col_sum_bf16"] {
             assert!(BASE_KERNELS.contains(&k));
             assert!(BASE_SOURCE.contains(&format!("void {k}(")));
         }

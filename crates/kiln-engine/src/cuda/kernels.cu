@@ -546,11 +546,6 @@ extern "C" __global__ void k_from_bf16(float* dst, const unsigned short* src, i6
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
         dst[i] = __uint_as_float(((unsigned int)src[i]) << 16);
 }
-// y[i] += f32(x[i]) with x bf16 (a bias gradient from the DGELU_BGRAD epilogue).
-extern "C" __global__ void k_axpy_bf16(float* y, const unsigned short* x, i64 n) {
-    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
-        y[i] += __uint_as_float(((unsigned int)x[i]) << 16);
-}
 
 // ---- AdamW over consecutive parameter groups in one launch (cuda/mod.rs: adamw_groups) --------
 // Elements [off0, off0 + n) of the parameter layout; group j covers up to tab[2j] (exclusive,

@@ -360,11 +360,7 @@ impl Backend for CudaBackend {
         };
         // DGELU without the epilogue's bias gradient (its BGRAD variant ran at a third of the
         // plain GEMM's speed), then the fc bias gradient summed from the bf16 result
-        let epi = LtEpi::DGelu {
-            aux: paux,
-            bgrad: 0,
-            bgrad_f32: false,
-        };
+        let epi = LtEpi::DGelu { aux: paux };
         if self.lt_try(d, 1.0, 0.0, pa, pb, pd, pd, epi) {
             self.commit_bf16_result(&dpre, mn);
             drop(p);
