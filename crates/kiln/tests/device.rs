@@ -104,6 +104,8 @@ fn cuda_without_the_feature_fails_fast_and_says_how_to_build() {
             "--device",
             "cuda",
         ],
+        // the GPU preset defaults to cuda
+        vec!["speedrun", "--preset", "gpt2-small", "--runs", "nowhere"],
     ];
     for args in checks {
         let err = fails(&args);
@@ -124,6 +126,28 @@ fn cuda_without_a_gpu_is_a_clean_error() {
     }
     let err = fails(&["bench", "train", "--preset", "tiny", "--device", "cuda"]);
     assert!(err.contains("cuda"), "{err}");
+}
+
+/// The GPU speedrun preset refuses the cpu before any work (its data stages run anywhere with
+/// `--data-only`, tested with the smoke preset in tests/speedrun.rs).
+#[test]
+fn gpt2_small_speedrun_on_the_cpu_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let e = fails(&[
+        "speedrun",
+        "--preset",
+        "gpt2-small",
+        "--device",
+        "cpu",
+        "--runs",
+        runs.to_str().unwrap(),
+    ]);
+    assert!(
+        e.contains("--device cuda") && e.contains("--data-only"),
+        "{e}"
+    );
+    assert!(!runs.exists(), "nothing written");
 }
 
 #[test]

@@ -62,6 +62,63 @@ fn smoke() -> &'static Path {
     .1
 }
 
+/// `--data-only` stops after the data stages; the same command then finishes the run on a data
+/// folder that holds only what the later stages read (chitchat, gsm8k, python-wasm, evals: no web
+/// sources), as on a GPU machine without the corpora.
+#[test]
+fn data_only_then_train_without_the_web_sources() {
+    require_data();
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let run = |data: &Path, extra: &[&str]| {
+        let out = kiln()
+            .current_dir(dir.path())
+            .env("KILN_DATA_DIR", data)
+            .args(["speedrun", "--preset", "smoke", "--no-progress", "--runs"])
+            .arg(&runs)
+            .args(extra)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "speedrun {extra:?} failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let full = kiln_data::fetch::data_dir();
+    let stdout = run(&full, &["--data-only"]);
+    assert!(stdout.contains("data stages done"), "{stdout}");
+    let smoke = runs.join("smoke");
+    assert!(smoke.join("tokens/train.parquet").is_file());
+    assert!(!smoke.join("base").exists(), "no training yet");
+    let plan: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(smoke.join("plan.json")).unwrap()).unwrap();
+    assert_eq!(
+        plan["seconds_per_step"], 0.0,
+        "steps are planned where it trains"
+    );
+
+    // a data folder with the four later-stage sources only (links to the fetched ones)
+    let pruned = dir.path().join("data");
+    std::fs::create_dir_all(pruned.join("raw")).unwrap();
+    for source in ["chitchat", "gsm8k", "python-wasm", "evals"] {
+        std::os::unix::fs::symlink(
+            kiln_data::fetch::source_dir(source).unwrap(),
+            pruned.join("raw").join(source),
+        )
+        .unwrap();
+    }
+    let stdout = run(&pruned, &[]);
+    assert!(stdout.contains("report card"), "{stdout}");
+    assert!(smoke.join("report.md").is_file());
+    let plan: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(smoke.join("plan.json")).unwrap()).unwrap();
+    assert!(plan["pretrain_steps"].as_u64().unwrap() >= 20, "{plan}");
+    assert_eq!(plan["device"], "cpu");
+}
+
 #[test]
 fn smoke_speedrun_writes_report_card_and_reruns_skip() {
     require_data();

@@ -345,6 +345,13 @@ fn seconds_per_step(
     with_backend(spec, threads, Probe { cfg, b, t })
 }
 
+/// The most pretraining steps the preset allows on `train_tokens` of training text (at least 20).
+fn pretrain_step_cap(preset: Preset, plan: &Plan, train_tokens: usize) -> Option<usize> {
+    let epochs = preset.max_pretrain_epochs()?;
+    let per_step = (plan.batch * plan.context) as f64;
+    Some(((epochs * train_tokens as f64 / per_step).ceil() as usize).max(20))
+}
+
 /// The step counts of `plan` from a probe of its model on the run's device: each stage's share
 /// of the budget at the measured pace; pretraining capped at the preset's passes over the
 /// `train_tokens` of the training text.
@@ -358,10 +365,8 @@ fn plan_steps(plan: &mut Plan, opts: &Options, train_tokens: usize) -> Result<()
     plan.device = opts.device.device.name().to_string();
     plan.seconds_per_step = sps;
     plan.pretrain_steps = ((secs * share.pretrain / sps) as usize).clamp(20, 200_000);
-    if let Some(epochs) = opts.preset.max_pretrain_epochs() {
-        let per_step = (plan.batch * plan.context) as f64;
-        let cap = (epochs * train_tokens as f64 / per_step).ceil() as usize;
-        plan.pretrain_steps = plan.pretrain_steps.min(cap.max(20));
+    if let Some(cap) = pretrain_step_cap(opts.preset, plan, train_tokens) {
+        plan.pretrain_steps = plan.pretrain_steps.min(cap);
     }
     plan.sft_steps = ((secs * share.sft / sps) as usize).clamp(10, 50_000);
     plan.honesty_steps = ((secs * share.honesty / sps) as usize).clamp(5, 5_000);
@@ -1201,6 +1206,22 @@ fn evaluate<B: TrainBackend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The GPU preset stops pretraining at 4 passes over the text; the cpu presets only at the
+    /// budget.
+    #[test]
+    fn gpt2_small_pretrains_at_most_four_passes() {
+        let p = base_plan(Preset::Gpt2Small, 5.0);
+        assert_eq!((p.layers, p.dim, p.context, p.batch), (12, 768, 1024, 16));
+        // 1.38 M tokens (the web text) / 16,384 per step × 4 = 336.3 → 337
+        assert_eq!(
+            pretrain_step_cap(Preset::Gpt2Small, &p, 1_377_671),
+            Some(337)
+        );
+        assert_eq!(pretrain_step_cap(Preset::Gpt2Small, &p, 1_000), Some(20));
+        let d = base_plan(Preset::Default, 20.0);
+        assert_eq!(pretrain_step_cap(Preset::Default, &d, 1_377_671), None);
+    }
 
     /// The reasoning preset gives every default stage the default's seconds and adds the cold
     /// start; the others have none.
