@@ -5,9 +5,11 @@
 //! sources; [`web`]) → train a tokenizer on the kept text → tokenize → pretrain (validation on
 //! held-out web text) → SFT → honesty → RL (GRPO on the arithmetic task, small operands) → evaluate.
 //!
-//! Each stage is skipped when its output exists. Step counts come from a time budget: a few timed
-//! steps of the chosen model size measure seconds per step on this machine, and the plan is saved
-//! (`plan.json`) so a rerun resumes the same run. Pretraining, SFT and RL each run as one loop with a
+//! Each stage is skipped when its output exists. Step counts come from a time budget: after the
+//! data stages, a few timed steps of the chosen model size measure seconds per step on the device
+//! that trains (`Options::device`: cpu, or cuda for the `gpt2-small` preset), and the plan is saved
+//! (`plan.json`) so a rerun resumes the same run; `Options::data_only` stops before that, so the
+//! data stages can run where the corpora are and training where the GPU is. Pretraining, SFT and RL each run as one loop with a
 //! deadline, so a machine slower than measured ends a stage early, with a checkpoint, instead of
 //! overrunning the budget. The `kiln` binary renders the report card from [`Outcome`].
 
@@ -23,8 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::checkpoint::{read_json, write_json};
-use crate::device::DeviceSpec;
-use crate::device::{with_backend, OnBackend, TrainBackend};
+use crate::device::{with_backend, DeviceSpec, OnBackend, TrainBackend};
 use crate::error::TrainError;
 use crate::pretrain::{pretrain_on, Hooks, PretrainConfig};
 use crate::sft::{run_job, SftConfig, SftJob};
@@ -56,7 +57,7 @@ pub enum Preset {
     Reasoning,
     /// The same stages on a GPU (`--device cuda`) with a GPT-2-124M-class model: 12 layers × 768
     /// wide, context 1024, vocab 8192, batch 16 × 1024; ≤ 5 minutes. Pretraining stops at 4
-    /// passes over the web text (~1.6 M tokens: more would only memorize it).
+    /// passes over the web text (~1.4 M tokens: more would only memorize it).
     Gpt2Small,
 }
 
