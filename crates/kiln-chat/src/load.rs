@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use kiln_engine::{load_checkpoint, resolve_checkpoint, CpuBackend, EngineError, Model};
+use kiln_engine::{load_checkpoint, resolve_checkpoint, Backend, CpuBackend, EngineError, Model};
 use kiln_tokenizer::{Tokenizer, TokenizerError};
 
 use crate::format::ChatTokens;
@@ -25,9 +25,9 @@ pub enum LoadError {
     Mismatch(String),
 }
 
-/// A checkpoint on the cpu with its tokenizer.
-pub struct LoadedModel {
-    pub model: Model<CpuBackend>,
+/// A checkpoint on a backend (the cpu unless loaded with [`load_model_on`]) with its tokenizer.
+pub struct LoadedModel<B: Backend = CpuBackend> {
+    pub model: Model<B>,
     pub tok: Tokenizer,
     /// The checkpoint folder it came from.
     pub dir: PathBuf,
@@ -40,6 +40,15 @@ pub fn load_model(
     tokenizer: Option<&str>,
     threads: usize,
 ) -> Result<LoadedModel, LoadError> {
+    load_model_on(Arc::new(CpuBackend::new(threads)), ckpt, tokenizer)
+}
+
+/// [`load_model`] onto `backend` (the speedrun's probing and evals run where it trained).
+pub fn load_model_on<B: Backend>(
+    backend: Arc<B>,
+    ckpt: &Path,
+    tokenizer: Option<&str>,
+) -> Result<LoadedModel<B>, LoadError> {
     let dir = resolve_checkpoint(ckpt)?;
     let ck = load_checkpoint(&dir)?;
     let name = match (tokenizer, ck.train["config"]["tokenizer"].as_str()) {
@@ -62,7 +71,7 @@ pub fn load_model(
             ck.config.vocab_size
         )));
     }
-    let model = ck.into_model(Arc::new(CpuBackend::new(threads)))?;
+    let model = ck.into_model(backend)?;
     Ok(LoadedModel { model, tok, dir })
 }
 

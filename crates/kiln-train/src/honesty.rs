@@ -17,12 +17,11 @@ use crate::device::{with_backend, DeviceSpec, OnBackend, TrainBackend};
 use crate::sft::{run_job as sft_job, SftConfig, SftJob, SftOutcome};
 use crate::TrainError;
 use kiln_chat::arith::last_integer;
-use kiln_chat::load::{chat_tokens, load_model};
+use kiln_chat::load::{chat_tokens, load_model_on};
 use kiln_chat::session::ChatSession;
 use kiln_chat::tools::lessons::{
     code_problems, probe_conversations, FactWorld, DEFAULT_PLACES, DEFAULT_WORLD_SEED,
 };
-use kiln_engine::Model;
 
 /// Probing on the job's device: the model answers every question `samples` times.
 struct Probe<'a>(&'a HonestyJob);
@@ -34,8 +33,7 @@ impl OnBackend for Probe<'_> {
     );
     fn run<B: TrainBackend>(self, be: Arc<B>) -> Result<Self::Output, TrainError> {
         let job = self.0;
-        let l = load_model(&job.model, job.tokenizer.as_deref(), job.train.threads)?;
-        let model = Model::from_host(be, l.model.cfg.clone(), &l.model.params_host())?;
+        let l = load_model_on(be, &job.model, job.tokenizer.as_deref())?;
         let tokens = chat_tokens(&l.tok, &l.dir.display().to_string())?;
         let questions = probe_questions(job.questions, job.train.seed);
         probe_conversations(
@@ -43,7 +41,7 @@ impl OnBackend for Probe<'_> {
             job.samples,
             |q, i| -> Result<String, TrainError> {
                 let mut s = ChatSession::new(0.8, 48, job.train.seed.wrapping_add(i as u64));
-                match s.reply(&model, &l.tok, &tokens, q, |_| {}) {
+                match s.reply(&l.model, &l.tok, &tokens, q, |_| {}) {
                     Ok(r) => Ok(r.text),
                     // A question longer than a tiny model's context gets no answer: wrong.
                     Err(kiln_chat::session::SessionError::TooLong { .. }) => Ok(String::new()),

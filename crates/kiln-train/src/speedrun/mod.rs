@@ -29,7 +29,7 @@ use crate::device::{with_backend, DeviceSpec, OnBackend, TrainBackend};
 use crate::error::TrainError;
 use crate::pretrain::{pretrain_on, Hooks, PretrainConfig};
 use crate::sft::{run_job, SftConfig, SftJob};
-use kiln_chat::load::{chat_tokens, load_model};
+use kiln_chat::load::{chat_tokens, load_model_on};
 
 pub mod web;
 
@@ -893,7 +893,6 @@ pub fn run(
             sft: &sft_dir,
             honesty: &honesty_dir,
             tok: &tok,
-            threads,
         };
         let (mut v, tools) = with_backend(&opts.device, threads, evals)?;
         v["rl"] = read_json(&rl_marker).unwrap_or(Value::Null);
@@ -936,13 +935,12 @@ struct Evals<'a> {
     sft: &'a Path,
     honesty: &'a Path,
     tok: &'a Tokenizer,
-    threads: usize,
 }
 
 impl OnBackend for Evals<'_> {
     type Output = (Value, Option<Value>);
     fn run<B: TrainBackend>(self, be: Arc<B>) -> Result<Self::Output, TrainError> {
-        let v = evaluate(&be, self.plan, self.base, self.sft, self.tok, self.threads)?;
+        let v = evaluate(&be, self.plan, self.base, self.sft, self.tok)?;
         let tools = if self.plan.eval_tools > 0 {
             Some(evaluate_tools(
                 &be,
@@ -950,24 +948,12 @@ impl OnBackend for Evals<'_> {
                 self.sft,
                 self.honesty,
                 self.tok,
-                self.threads,
             )?)
         } else {
             None
         };
         Ok((v, tools))
     }
-}
-
-/// A trained model (checkpoint or run folder) and its tokenizer, on `be`.
-fn load_on<B: TrainBackend>(
-    be: &Arc<B>,
-    dir: &Path,
-    threads: usize,
-) -> Result<(Model<B>, Tokenizer), TrainError> {
-    let m = load_model(dir, None, threads)?;
-    let model = Model::from_host(be.clone(), m.model.cfg.clone(), &m.model.params_host())?;
-    Ok((model, m.tok))
 }
 
 /// Tool use and honesty on held-out problems: the SFT model (tools were in its mix) and, after the
@@ -978,7 +964,6 @@ fn evaluate_tools<B: TrainBackend>(
     sft: &Path,
     honesty: &Path,
     tok: &Tokenizer,
-    threads: usize,
 ) -> Result<Value, TrainError> {
     use kiln_chat::tools::lessons::{code_problems, FactWorld, DEFAULT_PLACES, DEFAULT_WORLD_SEED};
     let tokens = chat_tokens(tok, "speedrun")?;
@@ -1002,10 +987,10 @@ fn evaluate_tools<B: TrainBackend>(
         if !dir.join("DONE").exists() {
             continue;
         }
-        let (model, mtok) = load_on(be, dir, threads)?;
+        let m = load_model_on(be.clone(), dir, None)?;
         let scores = kiln_chat::tools::evals::run_tool_evals(
-            &model,
-            &mtok,
+            &m.model,
+            &m.tok,
             &tokens,
             &mut tools,
             &code,
@@ -1122,11 +1107,10 @@ fn evaluate<B: TrainBackend>(
     base: &Path,
     sft: &Path,
     tok: &Tokenizer,
-    threads: usize,
 ) -> Result<Value, TrainError> {
     let tokens = chat_tokens(tok, "speedrun")?;
-    let (base_model, base_tok) = load_on(be, base, threads)?;
-    let (sft_model, sft_tok) = load_on(be, sft, threads)?;
+    let b = load_model_on(be.clone(), base, None)?;
+    let s = load_model_on(be.clone(), sft, None)?;
     let sampling = SamplingParams {
         temperature: 0.0,
         top_k: 0,
@@ -1136,8 +1120,8 @@ fn evaluate<B: TrainBackend>(
     let mut samples = Vec::new();
     for (i, p) in SAMPLE_PROMPTS.iter().enumerate() {
         let base_reply = kiln_chat::session::base_model_reply(
-            &base_model,
-            &base_tok,
+            &b.model,
+            &b.tok,
             Some(tokens.bos),
             BASE_DOC,
             p,
@@ -1148,7 +1132,7 @@ fn evaluate<B: TrainBackend>(
             |_| {},
         )?;
         let mut sess = kiln_chat::session::ChatSession::new(0.0, plan.gen_tokens, i as u64);
-        let sft_reply = sess.reply(&sft_model, &sft_tok, &tokens, p, |_| {})?.text;
+        let sft_reply = sess.reply(&s.model, &s.tok, &tokens, p, |_| {})?.text;
         samples.push(json!({"prompt": p, "base": base_reply, "sft": sft_reply}));
     }
     let data = kiln_data::fetch::data_dir();
@@ -1162,8 +1146,8 @@ fn evaluate<B: TrainBackend>(
     )?;
     let arith = evals::arithmetic_problems(plan.eval_arith, 4242);
     let scores: EngineScores = evals::run_all(
-        &sft_model,
-        &sft_tok,
+        &s.model,
+        &s.tok,
         &tokens,
         &mmlu[..plan.eval_mmlu.min(mmlu.len())],
         &gsm[..plan.eval_gsm8k.min(gsm.len())],
@@ -1191,7 +1175,7 @@ fn evaluate<B: TrainBackend>(
     };
     Ok(json!({
         "base": {"val_bpb": last(&bm, "val_bpb"), "val_loss": last(&bm, "val_loss"), "train_loss": last(&bm, "loss"),
-                 "params": base_model.num_params(), "tok_per_s": mean_tok_s(&bm)},
+                 "params": b.model.num_params(), "tok_per_s": mean_tok_s(&bm)},
         "sft": {"chat_val_loss_base": first_eval, "chat_val_loss": last(&sm, "val_loss"), "train_loss": last(&sm, "loss"),
                 "tok_per_s": mean_tok_s(&sm), "scores": [scores.mmlu, scores.gsm8k, scores.arithmetic]},
         "samples": samples,
