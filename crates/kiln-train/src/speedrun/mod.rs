@@ -304,22 +304,35 @@ fn resize_after_pretraining(plan: &mut Plan, measured_seconds_per_step: f64) {
     );
 }
 
-/// Seconds of one training step of this shape on the run's device (2 warm-up steps, 6 timed).
+/// What the step probe measured on the run's device.
+struct Pace {
+    /// Seconds per training step.
+    train: f64,
+    /// Seconds of one RL step's rollouts (all [`RL_PROMPTS`] × [`RL_GROUP`] rows decoded
+    /// together), measured off the cpu only: there the training step predicts it (see
+    /// [`rl_step_seconds`]).
+    rollout: Option<f64>,
+}
+
+/// Seconds of one training step of this shape on the run's device (2 warm-up steps, 6 timed) and,
+/// with `time_rollouts` (off the cpu), of one RL step's rollouts (one warm-up, one timed).
 fn seconds_per_step(
     cfg: &ModelConfig,
     b: usize,
     t: usize,
     threads: usize,
     spec: &DeviceSpec,
-) -> Result<f64, TrainError> {
+    time_rollouts: bool,
+) -> Result<Pace, TrainError> {
     struct Probe<'a> {
         cfg: &'a ModelConfig,
         b: usize,
         t: usize,
+        rollout: bool,
     }
     impl OnBackend for Probe<'_> {
-        type Output = f64;
-        fn run<B: TrainBackend>(self, be: Arc<B>) -> Result<f64, TrainError> {
+        type Output = Pace;
+        fn run<B: TrainBackend>(self, be: Arc<B>) -> Result<Pace, TrainError> {
             let (cfg, b, t) = (self.cfg, self.b, self.t);
             be.check_fits(cfg.train_bytes(b))?;
             let model = Model::new(be.clone(), cfg.clone(), 0)?;
@@ -340,10 +353,43 @@ fn seconds_per_step(
             // (default preset, 2026-12-03) the pretraining loop ran at 0.371 s/step with all of
             // them, this probe's bare step read 0.353 s. (It was ×1.2, which with a slow probe
             // left 40% of a run unused.)
-            Ok(t0.elapsed().as_secs_f64() / 6.0 * 1.05)
+            let train = t0.elapsed().as_secs_f64() / 6.0 * 1.05;
+            let rollout = if self.rollout {
+                let prompt: Vec<u32> = ids[..RL_PROMPT.min(t)].to_vec();
+                let prompts: Vec<&[u32]> = vec![&prompt[..]; RL_PROMPTS];
+                let seeds: Vec<u64> = (0..RL_PROMPTS as u64).collect();
+                let sp = SamplingParams {
+                    temperature: 1.0,
+                    top_k: 0,
+                    top_p: 1.0,
+                    min_p: 0.0,
+                };
+                let mut timed = 0.0;
+                for _ in 0..2 {
+                    let t0 = Instant::now();
+                    crate::rl::run::rollouts(
+                        &tr.model,
+                        &prompts,
+                        &seeds,
+                        RL_GROUP,
+                        RL_MAX_NEW,
+                        &sp,
+                        &[],
+                        false,
+                        None,
+                    )?;
+                    be.synchronize();
+                    timed = t0.elapsed().as_secs_f64();
+                }
+                Some(timed)
+            } else {
+                None
+            };
+            Ok(Pace { train, rollout })
         }
     }
-    with_backend(spec, threads, Probe { cfg, b, t })
+    let rollout = time_rollouts;
+    with_backend(spec, threads, Probe { cfg, b, t, rollout })
 }
 
 /// The most pretraining steps the preset allows on `train_tokens` of training text (at least 20).
@@ -358,7 +404,16 @@ fn pretrain_step_cap(preset: Preset, plan: &Plan, train_tokens: usize) -> Option
 /// `train_tokens` of the training text.
 fn plan_steps(plan: &mut Plan, opts: &Options, train_tokens: usize) -> Result<(), TrainError> {
     let cfg = ModelConfig::gpt2(plan.vocab, plan.layers, plan.heads, plan.dim, plan.context);
-    let sps = seconds_per_step(&cfg, plan.batch, plan.context, opts.threads, &opts.device)?;
+    let off_cpu = opts.device.device != crate::device::Device::Cpu;
+    let pace = seconds_per_step(
+        &cfg,
+        plan.batch,
+        plan.context,
+        opts.threads,
+        &opts.device,
+        off_cpu,
+    )?;
+    let sps = pace.train;
     let secs = opts.minutes * 60.0;
     let share = Shares::of(opts.preset);
     // the budget is this invocation's (a `data_only` run may have written the sizes with another)
@@ -372,7 +427,8 @@ fn plan_steps(plan: &mut Plan, opts: &Options, train_tokens: usize) -> Result<()
     plan.sft_steps = ((secs * share.sft / sps) as usize).clamp(10, 50_000);
     plan.honesty_steps = ((secs * share.honesty / sps) as usize).clamp(5, 5_000);
     plan.cold_start_steps = (secs * share.cold_start / sps) as usize;
-    plan.rl_steps = ((secs * share.rl / rl_step_seconds(plan, sps)) as usize).clamp(5, 2_000);
+    let rl_step = rl_step_seconds(plan, sps, pace.rollout);
+    plan.rl_steps = ((secs * share.rl / rl_step) as usize).clamp(5, 2_000);
     Ok(())
 }
 
@@ -384,13 +440,25 @@ fn plan_steps(plan: &mut Plan, opts: &Options, train_tokens: usize) -> Result<()
 /// (It was 3.5× while every group was decoded on its own.) Dynamic sampling (up to 4 rounds of
 /// rollouts per step, updates on the groups with a signal only) left the step at about that cost:
 /// 43 steps in 94 s where 2.0× planned 96 s (2026-12-03, session 9).
+/// On a GPU the training step says little about a rollout, which is a chain of small decode
+/// steps (the H200 run of session 15: 5,279 generated tokens/s, 0.6 s per step's rollouts, where
+/// the training-step estimate gave the whole RL step 0.02 s and planned 258 steps; the time guard
+/// stopped it at 6, ~1.8 s each, about 3× the rollouts: DAPO's dynamic sampling draws up to 4
+/// rounds while few groups carry a signal). So off the cpu the probe times the rollouts
+/// themselves and a step is planned at 3× that plus its update.
 const RL_PROMPTS: usize = 8;
 const RL_GROUP: usize = 8;
 const RL_MAX_NEW: usize = 48;
+/// Prompt length the estimate assumes (the task's prompts are about this long).
+const RL_PROMPT: usize = 32;
 
-fn rl_step_seconds(p: &Plan, sps: f64) -> f64 {
-    let tokens = (RL_PROMPTS * RL_GROUP * (32 + RL_MAX_NEW)) as f64;
-    sps * 2.0 * tokens / (p.batch * p.context) as f64
+fn rl_step_seconds(p: &Plan, sps: f64, rollout: Option<f64>) -> f64 {
+    let tokens = (RL_PROMPTS * RL_GROUP * (RL_PROMPT + RL_MAX_NEW)) as f64;
+    let update = sps * tokens / (p.batch * p.context) as f64;
+    match rollout {
+        None => 2.0 * update,
+        Some(r) => 3.0 * r + update,
+    }
 }
 
 fn rl_config(plan: &Plan, threads: usize) -> crate::rl::RlConfig {
@@ -1191,6 +1259,21 @@ fn evaluate<B: TrainBackend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The RL step estimate: twice the update on the cpu (as before the GPU preset), three times
+    /// the measured rollouts plus the update elsewhere; the rollout probe runs (here on the cpu).
+    #[test]
+    fn rl_steps_are_planned_from_rollouts_off_the_cpu() {
+        let p = base_plan(Preset::Default, 20.0);
+        let update = 0.3 * (8 * 8 * 80) as f64 / (8 * 256) as f64;
+        assert!((rl_step_seconds(&p, 0.3, None) - 2.0 * update).abs() < 1e-12);
+        assert!((rl_step_seconds(&p, 0.3, Some(0.5)) - (1.5 + update)).abs() < 1e-12);
+        let cfg = ModelConfig::gpt2(64, 1, 2, 16, 96);
+        let pace = seconds_per_step(&cfg, 2, 96, 1, &DeviceSpec::cpu(), true).unwrap();
+        assert!(pace.train > 0.0 && pace.rollout.is_some_and(|r| r > 0.0));
+        let pace = seconds_per_step(&cfg, 2, 96, 1, &DeviceSpec::cpu(), false).unwrap();
+        assert!(pace.rollout.is_none());
+    }
 
     /// The GPU preset stops pretraining at 4 passes over the text; the cpu presets only at the
     /// budget.
