@@ -140,6 +140,15 @@ impl AttnDims {
     }
 }
 
+/// Where a KV-cache slot's first positions are stored: positions `0..len` of the slot are read
+/// from slot `slot` (a sample forked from a prompt's slot shares the prompt's K/V instead of a
+/// copy; a slot may name itself). `len == 0`: none shared.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SharedPrefix {
+    pub slot: usize,
+    pub len: usize,
+}
+
 /// Per-head query/key preparation for the `modern` architecture ([`Backend::qk_prep_forward`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct QkPrep {
@@ -182,6 +191,11 @@ pub trait Backend: Send + Sync {
     }
     /// Block until all queued work is done (timing); a synchronous backend returns at once.
     fn synchronize(&self) {}
+    /// Whether [`Backend::attention_rows`] reads shared prefixes ([`SharedPrefix`]); without
+    /// it a decoder copies a forked slot's cache instead.
+    fn shares_kv_prefix(&self) -> bool {
+        false
+    }
     /// Peak bytes of device memory held by this backend so far (`None` on host memory: see the
     /// process's peak RSS instead).
     fn peak_device_bytes(&self) -> Option<u64> {
@@ -507,7 +521,11 @@ pub trait Backend: Send + Sync {
     }
     /// [`Backend::attention_cached`] for `d.b` rows of one token each (`d.t == 1`): row `i` writes
     /// its k/v into cache slot `slots[i]` (of `[slots, max_t, n_kv, hd]`) at position `pos[i]`
-    /// and attends over that slot's positions `0..=pos[i]`. Slots are distinct.
+    /// and attends over positions `0..=pos[i]`, those below `prefix[i].len` stored in slot
+    /// `prefix[i].slot` (`prefix` empty, or only on a backend that [`shares_kv_prefix`]: every
+    /// row reads its own slot). Slots are distinct.
+    ///
+    /// [`shares_kv_prefix`]: Backend::shares_kv_prefix
     #[allow(clippy::too_many_arguments)]
     fn attention_rows(
         &self,
@@ -518,8 +536,14 @@ pub trait Backend: Send + Sync {
         d: AttnDims,
         slots: &[usize],
         pos: &[usize],
+        prefix: &[SharedPrefix],
         max_t: usize,
     ) {
+        assert!(
+            prefix.iter().all(|p| p.len == 0),
+            "{}: attention_rows does not read shared prefixes",
+            self.name()
+        );
         attention_per_row(self, out, qkv, k_cache, v_cache, d, slots, pos, max_t)
     }
 

@@ -347,6 +347,83 @@ mod tests {
         assert!(crate::BatchedDecoder::new(&model, 1, model.cfg.context + 1).is_err());
     }
 
+    /// Forked slots read their source's prompt instead of a copy (cpu): through forks of forks,
+    /// steps that group a prompt's samples (prompts longer than a chunk of blocks), a tool's
+    /// output appended to a sample, and the source rewritten below what its samples share, every
+    /// logit still equals the sequential decoder's.
+    #[test]
+    fn forked_slots_share_the_prompt_and_match_the_sequential_one() {
+        let be = Arc::new(CpuBackend::new(2));
+        assert!(be.shares_kv_prefix());
+        let cfg = ModelConfig::modern(40, 2, 4, 2, 32, 160);
+        let vs = cfg.vocab_size;
+        let model = Model::new(be, cfg, 3).unwrap();
+        let mut a = crate::BatchedDecoder::new(&model, 6, 150).unwrap();
+        let mut b = SequentialDecoder::new(&model, 6, 150).unwrap();
+        let mut rng = crate::Rng::new(9);
+        let mut toks =
+            |n: usize| -> Vec<u32> { (0..n).map(|_| rng.below(vs as u64) as u32).collect() };
+        let both = |a: &mut dyn BatchDecoder,
+                    b: &mut dyn BatchDecoder,
+                    op: &dyn Fn(&mut dyn BatchDecoder) -> Vec<f32>| {
+            let (x, y) = (op(a), op(b));
+            assert!(max_diff(&x, &y) < 1e-4, "max diff {}", max_diff(&x, &y));
+            for s in 0..a.slots() {
+                assert_eq!(a.len(s), b.len(s), "slot {s}");
+            }
+        };
+        let (long, short) = (toks(70), toks(20));
+        // what each slot holds, to rebuild prompts for prefill_reusing
+        let mut hist = vec![
+            long.clone(),
+            long.clone(),
+            long.clone(),
+            long.clone(),
+            short.clone(),
+        ];
+        hist.push(short.clone());
+        both(&mut a, &mut b, &|d| d.prefill(0, &long).unwrap());
+        both(&mut a, &mut b, &|d| d.prefill(4, &short).unwrap());
+        both(&mut a, &mut b, &|d| {
+            for dst in 1..4 {
+                d.fork(0, dst).unwrap();
+            }
+            d.fork(4, 5).unwrap();
+            Vec::new()
+        });
+        for round in 0..8 {
+            let t = toks(6);
+            both(&mut a, &mut b, &|d| {
+                d.step(&[0, 1, 2, 3, 4, 5], &t).unwrap()
+            });
+            hist.iter_mut().zip(&t).for_each(|(h, &x)| h.push(x));
+            match round {
+                // a sample forked from a sample: shares the prompt, copies its own tokens
+                2 => {
+                    both(&mut a, &mut b, &|d| {
+                        d.fork(2, 3).unwrap();
+                        Vec::new()
+                    });
+                    hist[3] = hist[2].clone();
+                }
+                // a tool's output appended to a sample where it stands
+                3 => {
+                    let at = hist[1].len();
+                    hist[1].extend(toks(5));
+                    let seq = hist[1].clone();
+                    both(&mut a, &mut b, &|d| d.prefill_reusing(1, at, &seq).unwrap());
+                }
+                // the source rewritten from position 30: its samples keep their prompt
+                5 => {
+                    hist[0] = [&long[..30], &toks(10)[..]].concat();
+                    let seq = hist[0].clone();
+                    both(&mut a, &mut b, &|d| d.prefill_reusing(0, 30, &seq).unwrap());
+                }
+                _ => {}
+            }
+        }
+    }
+
     #[test]
     fn batched_decoder_matches_the_sequential_one_gpt2() {
         batched_matches_sequential(ModelConfig::gpt2(50, 2, 2, 16, 64));
@@ -398,6 +475,7 @@ mod tests {
             d,
             &slots,
             &pos,
+            &[],
             max_t,
         );
         bk::attention_per_row(

@@ -8,7 +8,7 @@
 //! reading the weights); only the position-dependent ops (position embedding, RoPE, attention
 //! over the slot's own cache) run per row, through the backend's `*_rows` ops.
 
-use crate::backend::{Backend, View};
+use crate::backend::{Backend, SharedPrefix, View};
 use crate::batch::{check_slot, check_step, BatchDecoder};
 use crate::cpu::vmath;
 use crate::model::{check_ids, lin, Model};
@@ -46,10 +46,12 @@ enum Rows<'a> {
         t: usize,
         pos0: usize,
     },
-    /// One token for each of `slots`, slot `slots[i]` at position `pos[i]`.
+    /// One token for each of `slots`, slot `slots[i]` at position `pos[i]`, its positions below
+    /// `prefix[i].len` stored in slot `prefix[i].slot` (`prefix` empty: none shared).
     Ragged {
         slots: &'a [usize],
         pos: &'a [usize],
+        prefix: &'a [SharedPrefix],
     },
 }
 
@@ -64,6 +66,11 @@ pub struct BatchedDecoder<'m, B: Backend> {
     v: Vec<B::Buf>,
     /// Tokens in each slot's cache.
     lens: Vec<usize>,
+    /// Per slot: the first positions it reads from another slot instead of its own rows (set by
+    /// [`BatchDecoder::fork`] on a backend that [`shares_kv_prefix`](Backend::shares_kv_prefix):
+    /// a prompt's samples read the prompt's K/V from one copy). A slot that others read from
+    /// never has one itself.
+    prefix: Vec<SharedPrefix>,
     scratch: Option<Scratch<B::Buf>>,
 }
 
@@ -90,6 +97,7 @@ impl<'m, B: Backend> BatchedDecoder<'m, B> {
             k,
             v,
             lens: vec![0; slots],
+            prefix: vec![SharedPrefix::default(); slots],
             scratch: None,
         })
     }
@@ -101,6 +109,65 @@ impl<'m, B: Backend> BatchedDecoder<'m, B> {
     /// Floats of one slot's cache in one layer.
     fn per_slot(&self) -> usize {
         self.capacity * self.model.cfg.n_kv_head * self.model.cfg.head_dim()
+    }
+
+    /// Copy positions `p0..p1` of slot `src`'s cache rows (every layer, K and V) to slot `dst`.
+    fn copy_positions(&self, src: usize, dst: usize, p0: usize, p1: usize) {
+        if p1 <= p0 {
+            return;
+        }
+        let be = &*self.model.backend;
+        let per_slot = self.per_slot();
+        let row = self.model.cfg.n_kv_head * self.model.cfg.head_dim();
+        let (at, n) = (p0 * row, (p1 - p0) * row);
+        for cache in self.k.iter().chain(&self.v) {
+            be.copy(
+                View::new(cache, dst * per_slot + at, n),
+                View::new(cache, src * per_slot + at, n),
+            );
+        }
+    }
+
+    /// Give `slot` its own copy of the positions it reads from another slot.
+    fn materialize(&mut self, slot: usize) {
+        let sp = std::mem::take(&mut self.prefix[slot]);
+        if sp.slot != slot {
+            self.copy_positions(sp.slot, slot, 0, sp.len);
+        }
+    }
+
+    /// Before `slot` is written from position `from` on: the slots reading positions at or past
+    /// `from` of it take their own copies first.
+    fn release(&mut self, slot: usize, from: usize) {
+        for d in 0..self.prefix.len() {
+            let sp = self.prefix[d];
+            if d != slot && sp.slot == slot && sp.len > from {
+                self.materialize(d);
+            }
+        }
+    }
+
+    /// The kernel's per-row prefixes for a ragged step over `slots` (empty when nothing is
+    /// shared): a forked slot names its source; a source names itself with its samples' shared
+    /// length, so it joins their group and the shared rows are read once for all of them.
+    fn step_prefixes(&self, slots: &[usize]) -> Vec<SharedPrefix> {
+        if self.prefix.iter().all(|p| p.len == 0) {
+            return Vec::new();
+        }
+        let mut own = vec![0usize; self.prefix.len()];
+        for sp in self.prefix.iter().filter(|p| p.len > 0) {
+            own[sp.slot] = own[sp.slot].max(sp.len);
+        }
+        slots
+            .iter()
+            .map(|&s| match self.prefix[s] {
+                sp if sp.len > 0 => sp,
+                _ => SharedPrefix {
+                    slot: s,
+                    len: own[s].min(self.lens[s]),
+                },
+            })
+            .collect()
     }
 
     fn scratch(&mut self, n: usize) -> Result<(), EngineError> {
@@ -215,7 +282,7 @@ impl<'m, B: Backend> BatchedDecoder<'m, B> {
                     pos0,
                     self.capacity,
                 ),
-                Rows::Ragged { slots, pos } => {
+                Rows::Ragged { slots, pos, prefix } => {
                     let all = self.lens.len() * per_slot;
                     be.attention_rows(
                         vw(&s.att, n * wo),
@@ -225,6 +292,7 @@ impl<'m, B: Backend> BatchedDecoder<'m, B> {
                         d,
                         slots,
                         pos,
+                        prefix,
                         self.capacity,
                     )
                 }
@@ -335,6 +403,9 @@ impl<'m, B: Backend> BatchedDecoder<'m, B> {
         }
         check_ids(tokens, self.model.cfg.vocab_size)?;
         self.check_room(slot, tokens.len())?;
+        // The block forward reads and writes this slot's own rows only.
+        self.release(slot, self.lens[slot]);
+        self.materialize(slot);
         let t = tokens.len();
         let rows = Rows::Block {
             slot0: slot,
@@ -370,10 +441,20 @@ impl<'m, B: Backend> BatchedDecoder<'m, B> {
             out.clear();
             return Ok(());
         }
+        for &s in slots {
+            self.release(s, self.lens[s]);
+        }
         let pos: Vec<usize> = slots.iter().map(|&s| self.lens[s]).collect();
-        // Consecutive slots at one position are one block: the backend's plain cached attention
-        // (one launch on a device) instead of per-row ops.
-        let block = slots.windows(2).all(|w| w[1] == w[0] + 1) && pos.iter().all(|&p| p == pos[0]);
+        // Consecutive slots at one position, each reading only its own rows, are one block: the
+        // backend's plain cached attention (one launch on a device) instead of per-row ops.
+        let block = slots.windows(2).all(|w| w[1] == w[0] + 1)
+            && pos.iter().all(|&p| p == pos[0])
+            && slots.iter().all(|&s| self.prefix[s].len == 0);
+        let prefix = if block {
+            Vec::new()
+        } else {
+            self.step_prefixes(slots)
+        };
         let rows = if block {
             Rows::Block {
                 slot0: slots[0],
@@ -382,7 +463,11 @@ impl<'m, B: Backend> BatchedDecoder<'m, B> {
                 pos0: pos[0],
             }
         } else {
-            Rows::Ragged { slots, pos: &pos }
+            Rows::Ragged {
+                slots,
+                pos: &pos,
+                prefix: &prefix,
+            }
         };
         self.run(tokens, rows)?;
         for &s in slots {
@@ -407,6 +492,10 @@ impl<'m, B: Backend> BatchedDecoder<'m, B> {
                 self.lens.len(),
                 self.capacity
             )));
+        }
+        for s in 0..b {
+            self.release(s, 0);
+            self.prefix[s] = SharedPrefix::default();
         }
         let rows = Rows::Block {
             slot0: 0,
@@ -439,6 +528,7 @@ impl<B: Backend> BatchDecoder for BatchedDecoder<'_, B> {
             return Err(EngineError::Shape("empty prompt".into()));
         }
         self.lens[slot] = 0;
+        self.prefix[slot] = SharedPrefix::default();
         self.extend(slot, prompt)
     }
     fn prefill_reusing(
@@ -463,22 +553,27 @@ impl<B: Backend> BatchDecoder for BatchedDecoder<'_, B> {
         if src == dst {
             return Ok(());
         }
-        let be = &*self.model.backend;
-        let per_slot = self.per_slot();
-        let used = self.lens[src] * self.model.cfg.n_kv_head * self.model.cfg.head_dim();
-        if used > 0 {
-            for cache in self.k.iter().chain(&self.v) {
-                be.copy(
-                    View::new(cache, dst * per_slot, used),
-                    View::new(cache, src * per_slot, used),
-                );
-            }
-        }
-        self.lens[dst] = self.lens[src];
+        // dst is rewritten from position 0: whoever reads it takes a copy first (src included,
+        // so src's own prefix below is final).
+        self.release(dst, 0);
+        let len = self.lens[src];
+        let sp = self.prefix[src];
+        self.prefix[dst] = if !self.model.backend.shares_kv_prefix() || len == 0 {
+            self.copy_positions(src, dst, 0, len);
+            SharedPrefix::default()
+        } else if sp.len > 0 {
+            // src reads from a third slot: share that too, copy src's own rows
+            self.copy_positions(src, dst, sp.len, len);
+            sp
+        } else {
+            SharedPrefix { slot: src, len }
+        };
+        self.lens[dst] = len;
         Ok(())
     }
     fn clear(&mut self, slot: usize) {
         self.lens[slot] = 0;
+        self.prefix[slot] = SharedPrefix::default();
     }
 }
 

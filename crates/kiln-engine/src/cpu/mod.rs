@@ -14,7 +14,9 @@ pub(crate) mod vmath;
 
 use std::sync::Mutex;
 
-use crate::backend::{Act, AdamHyper, AttnDims, Backend, MatDims, NormKind, QkPrep, View};
+use crate::backend::{
+    Act, AdamHyper, AttnDims, Backend, MatDims, NormKind, QkPrep, SharedPrefix, View,
+};
 use crate::EngineError;
 
 /// A cpu buffer of f32s. Written through shared references (like a device pointer): the ops
@@ -382,6 +384,10 @@ impl Backend for CpuBackend {
 
     fn name(&self) -> &'static str {
         "cpu"
+    }
+
+    fn shares_kv_prefix(&self) -> bool {
+        true
     }
 
     fn label(&self) -> String {
@@ -794,10 +800,21 @@ impl Backend for CpuBackend {
         d: AttnDims,
         slots: &[usize],
         pos: &[usize],
+        prefix: &[SharedPrefix],
         max_t: usize,
     ) {
         check(&[out, k_cache, v_cache], &[qkv]);
-        kernels::attention_rows(w(out), r(qkv), w(k_cache), w(v_cache), d, slots, pos, max_t);
+        kernels::attention_rows(
+            w(out),
+            r(qkv),
+            w(k_cache),
+            w(v_cache),
+            d,
+            slots,
+            pos,
+            prefix,
+            max_t,
+        );
     }
 
     fn cross_entropy(

@@ -135,6 +135,43 @@ macro_rules! simd_fn {
 }
 pub(crate) use simd_fn;
 
+/// Lane `l` of the result is the sum of the 16 lanes of `v[l]`: a transpose-and-add tree
+/// (pairs within 128-bit lanes, then pairs of pairs, then across 128-bit lanes).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn sum16(v: &[std::arch::x86_64::__m512; 16]) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    // 16 → 8: t[i] holds, per 128-bit lane, partial sums of v[2i] and v[2i+1] interleaved.
+    let mut t = [_mm512_setzero_ps(); 8];
+    for (i, t) in t.iter_mut().enumerate() {
+        let (a, b) = (v[2 * i], v[2 * i + 1]);
+        *t = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+    }
+    // 8 → 4: u[i] holds, per 128-bit lane, one partial sum of each of v[4i..4i+4], in order.
+    let mut u = [_mm512_setzero_ps(); 4];
+    for (i, u) in u.iter_mut().enumerate() {
+        let (a, b) = (_mm512_castps_pd(t[2 * i]), _mm512_castps_pd(t[2 * i + 1]));
+        // Pairs of floats move as doubles; the sum is of floats.
+        *u = _mm512_add_ps(
+            _mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+            _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)),
+        );
+    }
+    // 4 → 1: the four 128-bit lanes of u[i] summed, into 128-bit lane i.
+    let x01 = _mm512_add_ps(
+        _mm512_shuffle_f32x4::<0b10_00_10_00>(u[0], u[1]),
+        _mm512_shuffle_f32x4::<0b11_01_11_01>(u[0], u[1]),
+    );
+    let x23 = _mm512_add_ps(
+        _mm512_shuffle_f32x4::<0b10_00_10_00>(u[2], u[3]),
+        _mm512_shuffle_f32x4::<0b11_01_11_01>(u[2], u[3]),
+    );
+    _mm512_add_ps(
+        _mm512_shuffle_f32x4::<0b10_00_10_00>(x01, x23),
+        _mm512_shuffle_f32x4::<0b11_01_11_01>(x01, x23),
+    )
+}
+
 /// The sum of the 8 lanes of `v`: the horizontal sum of the AVX2 kernels (quant, skinny,
 /// attention). Inlined into its `target_feature` callers.
 ///

@@ -2,117 +2,267 @@
 //! sgemm products per (batch, head), and the KV-cache decode step.
 
 use super::*;
+use crate::backend::SharedPrefix;
 
-/// One query head of cached decode: `oh = softmax(scale · q·Kⱼ) · V` over the `sc.len()`
-/// cached positions (K/V rows of `row_kv` floats, this head's slice at `off`).
-///
-/// On AVX-512 with a head size that is a multiple of 16 (up to 256) this is
-/// [`cached_head_v512`]: the portable form's one dot product and horizontal sum per cached
-/// position was 28% of a 64-row rollout step (perf, 2026-12-03), as much as all its matmuls. On
-/// AVX2 (head size a multiple of 8) it is [`cached_head_v256`].
-#[allow(clippy::too_many_arguments)]
-fn cached_head(
-    oh: &mut [f32],
-    sc: &mut [f32],
-    q: &[f32],
-    kb: &[f32],
-    vb: &[f32],
+/// One row's cached K/V for one KV head: position `j`'s row lies in the row's own cache slot, or,
+/// for `j < shared`, in the slot it was forked from (a group of samples reads its prompt's K/V
+/// from one copy instead of one copy per sample). Built by [`HeadCache::new`], which checks that
+/// every position below `n` lies inside the slices, so the kernels may read them unchecked.
+#[derive(Clone, Copy)]
+struct HeadCache<'a> {
+    own_k: &'a [f32],
+    own_v: &'a [f32],
+    src_k: &'a [f32],
+    src_v: &'a [f32],
+    shared: usize,
     row_kv: usize,
     off: usize,
-    scale: f32,
-) {
-    let (hd, n) = (q.len(), sc.len());
-    #[cfg(target_arch = "x86_64")]
-    if vmath::isa() == vmath::Isa::Avx512 && hd % 16 == 0 && (16..=256).contains(&hd) && n > 0 {
-        let end = (n - 1) * row_kv + off + hd;
-        assert!(oh.len() == hd && kb.len() >= end && vb.len() >= end);
-        // SAFETY: AVX-512 is present (isa); every K/V row read lies below `end` (checked).
-        unsafe { cached_head_v512(oh, sc, q, kb, vb, row_kv, off, scale) };
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if vmath::isa() == vmath::Isa::Avx2 && hd % 8 == 0 && (8..=256).contains(&hd) && n > 0 {
-        let end = (n - 1) * row_kv + off + hd;
-        assert!(oh.len() == hd && kb.len() >= end && vb.len() >= end);
-        // SAFETY: AVX2 and FMA are present (isa); every K/V row read lies below `end` (checked).
-        unsafe { cached_head_v256(oh, sc, q, kb, vb, row_kv, off, scale) };
-        return;
-    }
-    cached_head_portable(oh, sc, q, kb, vb, row_kv, off, scale);
 }
 
-/// [`cached_head`] in AVX-512 registers: 16 cached positions at a time, each position's
-/// `hd / 16` products summed lane-wise into one vector, then the 16 vectors reduced together by a
-/// transpose-and-add tree (45 shuffles and adds for 16 scores instead of 16 horizontal sums);
-/// the weighted sum of V rows accumulates in registers.
-///
-/// # Safety
-/// AVX-512F; `hd = q.len()` a multiple of 16 in 16..=256; `oh.len() == hd`; `kb` and `vb` hold
-/// `(sc.len() - 1) · row_kv + off + hd` floats.
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx512f")]
-unsafe fn cached_head_v512(
-    oh: &mut [f32],
-    sc: &mut [f32],
-    q: &[f32],
-    kb: &[f32],
-    vb: &[f32],
-    row_kv: usize,
-    off: usize,
-    scale: f32,
-) {
-    // One instance per register count, so the per-position loops unroll and q and the output
-    // stay in registers (a runtime count spilled both to the stack).
-    macro_rules! by_width {
-        ($($nv:literal)*) => {
-            match q.len() / 16 {
-                $($nv => head_v512::<$nv>(oh, sc, q, kb, vb, row_kv, off, scale),)*
-                _ => unreachable!("head size checked by the caller"),
+impl<'a> HeadCache<'a> {
+    /// A cache of `n` positions of `hd` floats at offset `off` in rows of `row_kv` floats, the
+    /// first `shared` of them in `src_*` (the rest, and all when `shared == 0`, in `own_*`).
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        own: (&'a [f32], &'a [f32]),
+        src: (&'a [f32], &'a [f32]),
+        shared: usize,
+        n: usize,
+        hd: usize,
+        row_kv: usize,
+        off: usize,
+    ) -> Self {
+        assert!(off + hd <= row_kv && shared <= n);
+        let end = |rows: usize| {
+            if rows == 0 {
+                0
+            } else {
+                (rows - 1) * row_kv + off + hd
             }
         };
+        assert!(
+            own.0.len() >= end(n) && own.1.len() >= end(n),
+            "cache slot too short"
+        );
+        assert!(
+            src.0.len() >= end(shared) && src.1.len() >= end(shared),
+            "shared cache slot too short"
+        );
+        HeadCache {
+            own_k: own.0,
+            own_v: own.1,
+            src_k: src.0,
+            src_v: src.1,
+            shared,
+            row_kv,
+            off,
+        }
     }
-    by_width!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
+
+    /// Start of position `j`'s K row; in bounds for `j < n` of [`HeadCache::new`].
+    #[inline(always)]
+    fn k(&self, j: usize) -> *const f32 {
+        let base = if j < self.shared {
+            self.src_k
+        } else {
+            self.own_k
+        };
+        // SAFETY (of the later reads): `new` checked `(n - 1) · row_kv + off + hd` floats.
+        base.as_ptr().wrapping_add(j * self.row_kv + self.off)
+    }
+
+    #[inline(always)]
+    fn v(&self, j: usize) -> *const f32 {
+        let base = if j < self.shared {
+            self.src_v
+        } else {
+            self.own_v
+        };
+        base.as_ptr().wrapping_add(j * self.row_kv + self.off)
+    }
+
+    fn k_row(&self, j: usize, hd: usize) -> &'a [f32] {
+        let base = if j < self.shared {
+            self.src_k
+        } else {
+            self.own_k
+        };
+        &base[j * self.row_kv + self.off..j * self.row_kv + self.off + hd]
+    }
+
+    fn v_row(&self, j: usize, hd: usize) -> &'a [f32] {
+        let base = if j < self.shared {
+            self.src_v
+        } else {
+            self.own_v
+        };
+        &base[j * self.row_kv + self.off..j * self.row_kv + self.off + hd]
+    }
 }
 
-/// [`cached_head_v512`] for a head of `NV` registers (`16 · NV` floats).
+/// Positions per block of the register kernels' score loops (16 on AVX-512, 8 on AVX2); a
+/// range split at a multiple of this computes every score exactly as the unsplit range does.
+const SCORE_BLOCK: usize = 16;
+
+/// Which register kernel a head of `hd` floats takes on this CPU.
+#[derive(Clone, Copy, PartialEq)]
+enum HeadIsa {
+    V512,
+    V256,
+    Portable,
+}
+
+fn head_isa(hd: usize) -> HeadIsa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if vmath::isa() == vmath::Isa::Avx512 && hd.is_multiple_of(16) && (16..=256).contains(&hd) {
+            return HeadIsa::V512;
+        }
+        if vmath::isa() == vmath::Isa::Avx2 && hd.is_multiple_of(8) && (8..=256).contains(&hd) {
+            return HeadIsa::V256;
+        }
+    }
+    let _ = hd;
+    HeadIsa::Portable
+}
+
+/// `sc[j] = scale · q·Kⱼ` for `j` in `j0..j1`. Whole blocks of [`SCORE_BLOCK`] positions from
+/// `j0`, then single positions: so `j0` must be a block multiple and, for the scores to equal
+/// those of one call over `0..n`, `j1` a block multiple or `n`.
+///
+/// On AVX-512 with a head size that is a multiple of 16 (up to 256) this is [`scores_v512`]: the
+/// portable form's one dot product and horizontal sum per cached position was 28% of a 64-row
+/// rollout step (perf, 2026-12-03), as much as all its matmuls. On AVX2 (head size a multiple of
+/// 8) it is [`scores_v256`].
+fn head_scores(sc: &mut [f32], j0: usize, j1: usize, q: &[f32], c: &HeadCache, scale: f32) {
+    debug_assert!(j0.is_multiple_of(SCORE_BLOCK) && j1 <= sc.len());
+    match head_isa(q.len()) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512 is present (head_isa); positions below sc.len() = n are in bounds
+        // (HeadCache::new).
+        HeadIsa::V512 => unsafe {
+            macro_rules! by_width {
+                ($($nv:literal)*) => {
+                    match q.len() / 16 {
+                        $($nv => scores_v512::<$nv>(sc, j0, j1, q, c, scale),)*
+                        _ => unreachable!("head size checked by head_isa"),
+                    }
+                };
+            }
+            by_width!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 and FMA are present (head_isa); positions in bounds as above.
+        HeadIsa::V256 => unsafe {
+            macro_rules! by_width {
+                ($($nv:literal)*) => {
+                    match q.len() / 8 {
+                        $($nv => scores_v256::<$nv>(sc, j0, j1, q, c, scale),)*
+                        _ => unreachable!("head size checked by head_isa"),
+                    }
+                };
+            }
+            by_width!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32)
+        },
+        _ => scores_portable(sc, j0, j1, q, c, scale),
+    }
+}
+
+/// `oh += Σⱼ (p[j] · inv) · Vⱼ` for `j` in `j0..j1`, in order of `j` (so consecutive ranges
+/// accumulate exactly as one range does).
+fn head_weighted(oh: &mut [f32], p: &[f32], inv: f32, j0: usize, j1: usize, c: &HeadCache) {
+    debug_assert!(j1 <= p.len());
+    match head_isa(oh.len()) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512 is present; positions below p.len() = n are in bounds.
+        HeadIsa::V512 => unsafe {
+            macro_rules! by_width {
+                ($($nv:literal)*) => {
+                    match oh.len() / 16 {
+                        $($nv => weighted_v512::<$nv>(oh, p, inv, j0, j1, c),)*
+                        _ => unreachable!("head size checked by head_isa"),
+                    }
+                };
+            }
+            by_width!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2 and FMA are present; positions in bounds as above.
+        HeadIsa::V256 => unsafe {
+            macro_rules! by_width {
+                ($($nv:literal)*) => {
+                    match oh.len() / 8 {
+                        $($nv => weighted_v256::<$nv>(oh, p, inv, j0, j1, c),)*
+                        _ => unreachable!("head size checked by head_isa"),
+                    }
+                };
+            }
+            by_width!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32)
+        },
+        _ => weighted_portable(oh, p, inv, j0, j1, c),
+    }
+}
+
+/// In-place softmax of a row of scores; returns `1 / Σ exp` (the scores become the exps).
+fn softmax_inv(sc: &mut [f32]) -> f32 {
+    let mx = vmath::max(sc);
+    1.0 / vmath::exp_shift_sum(sc, mx)
+}
+
+/// One query head of cached decode: `oh = softmax(scale · q·Kⱼ) · V` over the `sc.len()`
+/// cached positions of `c`.
+fn cached_head(oh: &mut [f32], sc: &mut [f32], q: &[f32], c: &HeadCache, scale: f32) {
+    let n = sc.len();
+    head_scores(sc, 0, n, q, c, scale);
+    let inv = softmax_inv(sc);
+    oh.fill(0.0);
+    head_weighted(oh, sc, inv, 0, n, c);
+}
+
+/// [`head_scores`] in AVX-512 registers for a head of `NV` registers: 16 cached positions at a
+/// time, each position's `hd / 16` products summed lane-wise into one vector, then the 16
+/// vectors reduced together by a transpose-and-add tree (45 shuffles and adds for 16 scores
+/// instead of 16 horizontal sums). One instance per register count, so the loops unroll and q
+/// stays in registers (a runtime count spilled it to the stack).
+///
+/// # Safety
+/// AVX-512F; `q.len() == 16 · NV`; positions below `j1` in bounds of `c`.
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+#[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx512f")]
-unsafe fn head_v512<const NV: usize>(
-    oh: &mut [f32],
+unsafe fn scores_v512<const NV: usize>(
     sc: &mut [f32],
+    j0: usize,
+    j1: usize,
     q: &[f32],
-    kb: &[f32],
-    vb: &[f32],
-    row_kv: usize,
-    off: usize,
+    c: &HeadCache,
     scale: f32,
 ) {
     use std::arch::x86_64::*;
-    let n = sc.len();
     let mut qv = [_mm512_setzero_ps(); NV];
     for i in 0..NV {
         qv[i] = _mm512_loadu_ps(q.as_ptr().add(16 * i));
     }
-    let kp = kb.as_ptr().add(off);
     let vscale = _mm512_set1_ps(scale);
-    let mut j = 0;
-    while j + 16 <= n {
+    let mut j = j0;
+    while j + 16 <= j1 {
         let mut acc = [_mm512_setzero_ps(); 16];
         for l in 0..16 {
-            let row = kp.add((j + l) * row_kv);
+            let row = c.k(j + l);
             let mut a = _mm512_mul_ps(qv[0], _mm512_loadu_ps(row));
             for i in 1..NV {
                 a = _mm512_fmadd_ps(qv[i], _mm512_loadu_ps(row.add(16 * i)), a);
             }
             acc[l] = a;
         }
-        _mm512_storeu_ps(sc.as_mut_ptr().add(j), _mm512_mul_ps(sum16(&acc), vscale));
+        _mm512_storeu_ps(
+            sc.as_mut_ptr().add(j),
+            _mm512_mul_ps(vmath::sum16(&acc), vscale),
+        );
         j += 16;
     }
-    while j < n {
-        let row = kp.add(j * row_kv);
+    while j < j1 {
+        let row = c.k(j);
         let mut a = _mm512_mul_ps(qv[0], _mm512_loadu_ps(row));
         for i in 1..NV {
             a = _mm512_fmadd_ps(qv[i], _mm512_loadu_ps(row.add(16 * i)), a);
@@ -120,15 +270,33 @@ unsafe fn head_v512<const NV: usize>(
         sc[j] = _mm512_reduce_add_ps(a) * scale;
         j += 1;
     }
-    let mx = vmath::max(sc);
-    let inv = 1.0 / vmath::exp_shift_sum(sc, mx);
+}
+
+/// [`head_weighted`] in AVX-512 registers: the output accumulates in `NV` registers.
+///
+/// # Safety
+/// AVX-512F; `oh.len() == 16 · NV`; positions below `j1` in bounds of `c`.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::needless_range_loop)]
+#[target_feature(enable = "avx512f")]
+unsafe fn weighted_v512<const NV: usize>(
+    oh: &mut [f32],
+    p: &[f32],
+    inv: f32,
+    j0: usize,
+    j1: usize,
+    c: &HeadCache,
+) {
+    use std::arch::x86_64::*;
     let mut o = [_mm512_setzero_ps(); NV];
-    let vp = vb.as_ptr().add(off);
-    for (jj, &s) in sc.iter().enumerate() {
-        let p = _mm512_set1_ps(s * inv);
-        let row = vp.add(jj * row_kv);
+    for i in 0..NV {
+        o[i] = _mm512_loadu_ps(oh.as_ptr().add(16 * i));
+    }
+    for (j, &s) in p.iter().enumerate().take(j1).skip(j0) {
+        let pj = _mm512_set1_ps(s * inv);
+        let row = c.v(j);
         for i in 0..NV {
-            o[i] = _mm512_fmadd_ps(p, _mm512_loadu_ps(row.add(16 * i)), o[i]);
+            o[i] = _mm512_fmadd_ps(pj, _mm512_loadu_ps(row.add(16 * i)), o[i]);
         }
     }
     for i in 0..NV {
@@ -136,72 +304,42 @@ unsafe fn head_v512<const NV: usize>(
     }
 }
 
-/// [`cached_head`] in AVX2 registers, the form of [`cached_head_v512`] for 8-lane vectors: 8
-/// cached positions at a time, reduced together by `hadd`s (the portable form was 25% of a
-/// 64-row rollout step on an AVX2-only AMD EPYC, perf 2026-12-03).
+/// [`head_scores`] in AVX2 registers for a head of `NV` registers (`8 · NV` floats): 8 positions
+/// at a time, reduced together by `hadd`s. The loop walks the head's registers in the outer loop
+/// and the 8 positions in the inner one, so each q register is loaded once per block and the 8
+/// accumulators plus q fit the 16 ymm registers (the portable form was 25% of a 64-row rollout
+/// step on an AVX2-only AMD EPYC, perf 2026-12-03).
 ///
 /// # Safety
-/// AVX2 and FMA; `hd = q.len()` a multiple of 8 in 8..=256; `oh.len() == hd`; `kb` and `vb` hold
-/// `(sc.len() - 1) · row_kv + off + hd` floats.
+/// AVX2 and FMA; `q.len() == 8 · NV`; positions below `j1` in bounds of `c`.
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn cached_head_v256(
-    oh: &mut [f32],
+unsafe fn scores_v256<const NV: usize>(
     sc: &mut [f32],
+    j0: usize,
+    j1: usize,
     q: &[f32],
-    kb: &[f32],
-    vb: &[f32],
-    row_kv: usize,
-    off: usize,
-    scale: f32,
-) {
-    macro_rules! by_width {
-        ($($nv:literal)*) => {
-            match q.len() / 8 {
-                $($nv => head_v256::<$nv>(oh, sc, q, kb, vb, row_kv, off, scale),)*
-                _ => unreachable!("head size checked by the caller"),
-            }
-        };
-    }
-    by_width!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32);
-}
-
-/// [`cached_head_v256`] for a head of `NV` registers (`8 · NV` floats). The scores loop walks the
-/// head's registers in the outer loop and the 8 positions in the inner one, so each q register is
-/// loaded once per block and the 8 accumulators plus q fit the 16 ymm registers.
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn head_v256<const NV: usize>(
-    oh: &mut [f32],
-    sc: &mut [f32],
-    q: &[f32],
-    kb: &[f32],
-    vb: &[f32],
-    row_kv: usize,
-    off: usize,
+    c: &HeadCache,
     scale: f32,
 ) {
     use std::arch::x86_64::*;
-    let n = sc.len();
-    let (qp, kp) = (q.as_ptr(), kb.as_ptr().add(off));
+    let qp = q.as_ptr();
     let vscale = _mm256_set1_ps(scale);
-    let mut j = 0;
-    while j + 8 <= n {
+    let mut j = j0;
+    while j + 8 <= j1 {
         let mut acc = [_mm256_setzero_ps(); 8];
         for i in 0..NV {
             let qi = _mm256_loadu_ps(qp.add(8 * i));
-            for l in 0..8 {
-                let row = kp.add((j + l) * row_kv + 8 * i);
-                acc[l] = _mm256_fmadd_ps(qi, _mm256_loadu_ps(row), acc[l]);
+            for (l, a) in acc.iter_mut().enumerate() {
+                let row = c.k(j + l).add(8 * i);
+                *a = _mm256_fmadd_ps(qi, _mm256_loadu_ps(row), *a);
             }
         }
         _mm256_storeu_ps(sc.as_mut_ptr().add(j), _mm256_mul_ps(sum8(&acc), vscale));
         j += 8;
     }
-    while j < n {
-        let row = kp.add(j * row_kv);
+    while j < j1 {
+        let row = c.k(j);
         let mut a = _mm256_setzero_ps();
         for i in 0..NV {
             a = _mm256_fmadd_ps(
@@ -213,15 +351,33 @@ unsafe fn head_v256<const NV: usize>(
         sc[j] = vmath::hsum256(a) * scale;
         j += 1;
     }
-    let mx = vmath::max(sc);
-    let inv = 1.0 / vmath::exp_shift_sum(sc, mx);
+}
+
+/// [`head_weighted`] in AVX2 registers.
+///
+/// # Safety
+/// AVX2 and FMA; `oh.len() == 8 · NV`; positions below `j1` in bounds of `c`.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::needless_range_loop)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn weighted_v256<const NV: usize>(
+    oh: &mut [f32],
+    p: &[f32],
+    inv: f32,
+    j0: usize,
+    j1: usize,
+    c: &HeadCache,
+) {
+    use std::arch::x86_64::*;
     let mut o = [_mm256_setzero_ps(); NV];
-    let vp = vb.as_ptr().add(off);
-    for (jj, &s) in sc.iter().enumerate() {
-        let p = _mm256_set1_ps(s * inv);
-        let row = vp.add(jj * row_kv);
+    for i in 0..NV {
+        o[i] = _mm256_loadu_ps(oh.as_ptr().add(8 * i));
+    }
+    for (j, &s) in p.iter().enumerate().take(j1).skip(j0) {
+        let pj = _mm256_set1_ps(s * inv);
+        let row = c.v(j);
         for i in 0..NV {
-            o[i] = _mm256_fmadd_ps(p, _mm256_loadu_ps(row.add(8 * i)), o[i]);
+            o[i] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(row.add(8 * i)), o[i]);
         }
     }
     for i in 0..NV {
@@ -243,66 +399,23 @@ unsafe fn sum8(v: &[std::arch::x86_64::__m256; 8]) -> std::arch::x86_64::__m256 
     )
 }
 
-/// Lane `l` of the result is the sum of the 16 lanes of `v[l]`: a transpose-and-add tree
-/// (pairs within 128-bit lanes, then pairs of pairs, then across 128-bit lanes).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn sum16(v: &[std::arch::x86_64::__m512; 16]) -> std::arch::x86_64::__m512 {
-    use std::arch::x86_64::*;
-    // 16 → 8: t[i] holds, per 128-bit lane, partial sums of v[2i] and v[2i+1] interleaved.
-    let mut t = [_mm512_setzero_ps(); 8];
-    for (i, t) in t.iter_mut().enumerate() {
-        let (a, b) = (v[2 * i], v[2 * i + 1]);
-        *t = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+simd_fn! {
+    /// [`head_scores`] for any CPU and head size.
+    fn scores_portable(sc: &mut [f32], j0: usize, j1: usize, q: &[f32], c: &HeadCache, scale: f32) {
+        let hd = q.len();
+        for (j, s) in sc.iter_mut().enumerate().take(j1).skip(j0) {
+            *s = dot(q, c.k_row(j, hd)) * scale;
+        }
     }
-    // 8 → 4: u[i] holds, per 128-bit lane, one partial sum of each of v[4i..4i+4], in order.
-    let mut u = [_mm512_setzero_ps(); 4];
-    for (i, u) in u.iter_mut().enumerate() {
-        let (a, b) = (_mm512_castps_pd(t[2 * i]), _mm512_castps_pd(t[2 * i + 1]));
-        // Pairs of floats move as doubles; the sum is of floats.
-        *u = _mm512_add_ps(
-            _mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
-            _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)),
-        );
-    }
-    // 4 → 1: the four 128-bit lanes of u[i] summed, into 128-bit lane i.
-    let x01 = _mm512_add_ps(
-        _mm512_shuffle_f32x4::<0b10_00_10_00>(u[0], u[1]),
-        _mm512_shuffle_f32x4::<0b11_01_11_01>(u[0], u[1]),
-    );
-    let x23 = _mm512_add_ps(
-        _mm512_shuffle_f32x4::<0b10_00_10_00>(u[2], u[3]),
-        _mm512_shuffle_f32x4::<0b11_01_11_01>(u[2], u[3]),
-    );
-    _mm512_add_ps(
-        _mm512_shuffle_f32x4::<0b10_00_10_00>(x01, x23),
-        _mm512_shuffle_f32x4::<0b11_01_11_01>(x01, x23),
-    )
 }
 
 simd_fn! {
-    /// [`cached_head`] for any CPU and head size.
-    fn cached_head_portable(
-        oh: &mut [f32],
-        sc: &mut [f32],
-        q: &[f32],
-        kb: &[f32],
-        vb: &[f32],
-        row_kv: usize,
-        off: usize,
-        scale: f32,
-    ) {
-        let hd = q.len();
-        for (j, s) in sc.iter_mut().enumerate() {
-            *s = dot(q, &kb[j * row_kv + off..j * row_kv + off + hd]) * scale;
-        }
-        let mx = vmath::max(sc);
-        let inv = 1.0 / vmath::exp_shift_sum(sc, mx);
-        oh.iter_mut().for_each(|v| *v = 0.0);
-        for (j, &s) in sc.iter().enumerate() {
+    /// [`head_weighted`] for any CPU and head size.
+    fn weighted_portable(oh: &mut [f32], p: &[f32], inv: f32, j0: usize, j1: usize, c: &HeadCache) {
+        let hd = oh.len();
+        for (j, &s) in p.iter().enumerate().take(j1).skip(j0) {
             let pj = s * inv;
-            let vr = &vb[j * row_kv + off..j * row_kv + off + hd];
-            oh.iter_mut().zip(vr).for_each(|(a, b)| *a += pj * b);
+            oh.iter_mut().zip(c.v_row(j, hd)).for_each(|(a, b)| *a += pj * b);
         }
     }
 }
@@ -787,10 +900,15 @@ pub fn attention_cached(
     let grp = nh / nkv;
     let scale = 1.0 / (hd as f32).sqrt();
     let row_kv = nkv * hd;
+    let per_slot = max_t * row_kv;
+    assert!(
+        kc.len().min(vc.len()) >= d.b * per_slot,
+        "cache shorter than its rows"
+    );
     // 1) append new k, v
-    kc[..d.b * max_t * row_kv]
-        .par_chunks_mut(max_t * row_kv)
-        .zip(vc[..d.b * max_t * row_kv].par_chunks_mut(max_t * row_kv))
+    kc[..d.b * per_slot]
+        .par_chunks_mut(per_slot)
+        .zip(vc[..d.b * per_slot].par_chunks_mut(per_slot))
         .enumerate()
         .for_each(|(b, (kb, vb))| {
             for i in 0..t {
@@ -810,20 +928,36 @@ pub fn attention_cached(
             let (b, i) = (r / t, r % t);
             let n = pos0 + i + 1;
             let mut sc = vec![0f32; n];
-            let kb = &kc[b * max_t * row_kv..];
-            let vb = &vc[b * max_t * row_kv..];
+            let slot = (
+                &kc[b * per_slot..(b + 1) * per_slot],
+                &vc[b * per_slot..(b + 1) * per_slot],
+            );
             for h in 0..nh {
-                let kvh = h / grp;
+                let cache = HeadCache::new(slot, slot, 0, n, hd, row_kv, (h / grp) * hd);
                 let q = &qkv[r * wq + h * hd..r * wq + (h + 1) * hd];
-                let oh = &mut o[h * hd..(h + 1) * hd];
-                cached_head(oh, &mut sc, q, kb, vb, row_kv, kvh * hd, scale);
+                cached_head(&mut o[h * hd..(h + 1) * hd], &mut sc, q, &cache, scale);
             }
         });
 }
 
+/// Cached positions per chunk of a group's shared prefix: one KV head's K (or V) rows of a chunk
+/// (64 × 256 B at head size 64) stay in L1 while every row of the group reads them.
+const SHARED_CHUNK: usize = 64;
+
 /// Ragged cached attention, one token per row: row `r` appends its k/v to cache slot `slots[r]`
-/// (`[slots, max_t, n_kv, hd]`) at position `pos[r]`, then attends over that slot's positions
-/// `0..=pos[r]`. Slots are distinct (the caller checks), so each row writes its own cache rows.
+/// (`[slots, max_t, n_kv, hd]`) at position `pos[r]`, then attends over positions `0..=pos[r]`,
+/// those below `prefix[r].len` read from slot `prefix[r].slot` (an empty `prefix`: each row
+/// reads its own slot only). Slots are distinct (the caller checks), so each row writes its own
+/// cache rows.
+///
+/// Rows naming the same prefix (a prompt's samples, and the row they were forked from naming its
+/// own slot) are one task per KV head that walks the shared positions in chunks, every row and
+/// query head of the group against a chunk while it is in L1: the prompt's K/V is read from
+/// memory once per group instead of once per sample (each row reading its own copy was ~40 MB
+/// per 64-row rollout step of the speedrun's model, more than the hosts' L3, and 22–32% of the
+/// step in perf on AMD Zen 4). Every score and output is formed exactly as for the row alone
+/// (chunks split at block multiples, outputs accumulated in position order), so grouping never
+/// changes a result.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_rows(
     out: &mut [f32],
@@ -833,22 +967,37 @@ pub fn attention_rows(
     d: AttnDims,
     slots: &[usize],
     pos: &[usize],
+    prefix: &[SharedPrefix],
     max_t: usize,
 ) {
     let (hd, nh, nkv) = (d.head_dim, d.n_head, d.n_kv);
     assert!(d.t == 1 && slots.len() == d.b && pos.len() == d.b);
+    assert!(
+        prefix.is_empty() || prefix.len() == d.b,
+        "one prefix per row"
+    );
     let wq = d.qkv_width();
     let wo = d.out_width();
     let grp = nh / nkv;
     let scale = 1.0 / (hd as f32).sqrt();
     let row_kv = nkv * hd;
     let per_slot = max_t * row_kv;
-    for (&s, &p) in slots.iter().zip(pos) {
+    let room = kc.len().min(vc.len());
+    for (r, (&s, &p)) in slots.iter().zip(pos).enumerate() {
         assert!(p < max_t, "KV cache overflow: {} > {max_t}", p + 1);
-        assert!(
-            (s + 1) * per_slot <= kc.len().min(vc.len()),
-            "slot {s} outside the cache"
-        );
+        assert!((s + 1) * per_slot <= room, "slot {s} outside the cache");
+        if let Some(sp) = prefix.get(r) {
+            assert!(
+                sp.len <= p,
+                "row {r}: shared prefix {} past position {p}",
+                sp.len
+            );
+            assert!(
+                sp.len == 0 || (sp.slot + 1) * per_slot <= room,
+                "shared slot {} outside the cache",
+                sp.slot
+            );
+        }
     }
     // 1) append: a few hundred floats per row, cheaper inline than as parallel tasks
     for (r, (&s, &p)) in slots.iter().zip(pos).enumerate() {
@@ -858,22 +1007,100 @@ pub fn attention_rows(
         vc[at..at + row_kv].copy_from_slice(&src[(nh + nkv) * hd..]);
     }
     let (kc, vc) = (&*kc, &*vc);
-    // 2) attend: one task per row
-    out[..d.b * wo]
-        .par_chunks_mut(wo)
-        .enumerate()
-        .for_each(|(r, o)| {
-            let n = pos[r] + 1;
-            let mut sc = vec![0f32; n];
-            let kb = &kc[slots[r] * per_slot..];
-            let vb = &vc[slots[r] * per_slot..];
-            for h in 0..nh {
-                let kvh = h / grp;
-                let q = &qkv[r * wq + h * hd..r * wq + (h + 1) * hd];
-                let oh = &mut o[h * hd..(h + 1) * hd];
-                cached_head(oh, &mut sc, q, kb, vb, row_kv, kvh * hd, scale);
+    // 2) groups: rows sharing a prefix of at least one chunk of blocks, the others alone
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut by_prefix: Vec<((usize, usize), usize)> = Vec::new();
+    for r in 0..d.b {
+        match prefix.get(r).filter(|sp| sp.len >= SCORE_BLOCK) {
+            Some(sp) => match by_prefix.iter().find(|(k, _)| *k == (sp.slot, sp.len)) {
+                Some(&(_, g)) => groups[g].push(r),
+                None => {
+                    by_prefix.push(((sp.slot, sp.len), groups.len()));
+                    groups.push(vec![r]);
+                }
+            },
+            None => groups.push(vec![r]),
+        }
+    }
+    let slot_of = |s: usize| {
+        (
+            &kc[s * per_slot..(s + 1) * per_slot],
+            &vc[s * per_slot..(s + 1) * per_slot],
+        )
+    };
+    // 3) attend: one task per (group, KV head), each returning its rows' heads
+    let tasks: Vec<(usize, usize)> = (0..groups.len())
+        .flat_map(|g| (0..nkv).map(move |kvh| (g, kvh)))
+        .collect();
+    let heads: Vec<Vec<f32>> = tasks
+        .par_iter()
+        .map(|&(g, kvh)| {
+            let rows = &groups[g];
+            let shared = |r: usize| prefix.get(r).map_or(0, |sp| sp.len);
+            let caches: Vec<HeadCache> = rows
+                .iter()
+                .map(|&r| {
+                    let src = prefix.get(r).map_or(slots[r], |sp| sp.slot);
+                    let (own, src) = (slot_of(slots[r]), slot_of(src));
+                    HeadCache::new(own, src, shared(r), pos[r] + 1, hd, row_kv, kvh * hd)
+                })
+                .collect();
+            // Chunks cover the shared prefix's whole blocks (every row has more positions).
+            let chunked = if rows.len() > 1 {
+                shared(rows[0]) / SCORE_BLOCK * SCORE_BLOCK
+            } else {
+                0
+            };
+            let n = |i: usize| pos[rows[i]] + 1;
+            let q = |i: usize, hh: usize| {
+                let at = rows[i] * wq + (kvh * grp + hh) * hd;
+                &qkv[at..at + hd]
+            };
+            let mut sc: Vec<Vec<f32>> = (0..rows.len() * grp)
+                .map(|k| vec![0f32; n(k / grp)])
+                .collect();
+            let mut oh = vec![0f32; rows.len() * grp * hd];
+            let chunks = || {
+                (0..chunked)
+                    .step_by(SHARED_CHUNK)
+                    .map(move |c| (c, (c + SHARED_CHUNK).min(chunked)))
+            };
+            for (c0, c1) in chunks() {
+                for hh in 0..grp {
+                    for (i, cache) in caches.iter().enumerate() {
+                        head_scores(&mut sc[i * grp + hh], c0, c1, q(i, hh), cache, scale);
+                    }
+                }
             }
-        });
+            let mut inv = vec![0f32; rows.len() * grp];
+            for (k, s) in sc.iter_mut().enumerate() {
+                let (i, hh) = (k / grp, k % grp);
+                head_scores(s, chunked, n(i), q(i, hh), &caches[i], scale);
+                inv[k] = softmax_inv(s);
+            }
+            for (c0, c1) in chunks() {
+                for hh in 0..grp {
+                    for (i, cache) in caches.iter().enumerate() {
+                        let k = i * grp + hh;
+                        let o = &mut oh[k * hd..(k + 1) * hd];
+                        head_weighted(o, &sc[k], inv[k], c0, c1, cache);
+                    }
+                }
+            }
+            for (k, s) in sc.iter().enumerate() {
+                let i = k / grp;
+                let o = &mut oh[k * hd..(k + 1) * hd];
+                head_weighted(o, s, inv[k], chunked, n(i), &caches[i]);
+            }
+            oh
+        })
+        .collect();
+    for (&(g, kvh), oh) in tasks.iter().zip(&heads) {
+        for (i, &r) in groups[g].iter().enumerate() {
+            let at = r * wo + kvh * grp * hd;
+            out[at..at + grp * hd].copy_from_slice(&oh[i * grp * hd..(i + 1) * grp * hd]);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -881,6 +1108,84 @@ mod tests {
     use super::*;
     use crate::cpu::vmath::{supported, with_isa};
     use crate::rng::Rng;
+
+    /// Rows reading a shared prefix from another slot give exactly (bit for bit) what they give
+    /// reading their own copy of it, on every ISA: groups of several rows (a source naming
+    /// itself among them), a row alone with a prefix, prefixes shorter than a block, of whole
+    /// blocks and longer than a chunk, GQA (2 query heads per KV head) and head sizes on and off
+    /// the register kernels.
+    #[test]
+    fn shared_prefixes_read_exactly_like_copies() {
+        let mut rng = Rng::new(11);
+        for &(hd, nh, nkv) in &[(64usize, 4usize, 4usize), (32, 4, 2), (24, 2, 1)] {
+            for &plen in &[5usize, 16, 37, 64, 150] {
+                let max_t = plen + 40;
+                let d = AttnDims {
+                    b: 6,
+                    t: 1,
+                    n_head: nh,
+                    n_kv: nkv,
+                    head_dim: hd,
+                };
+                let (wq, wo, row_kv) = (d.qkv_width(), d.out_width(), nkv * hd);
+                let per_slot = max_t * row_kv;
+                // slots: 0 the source (prompt + its own tokens), 1..4 its samples, 5 a row
+                // sharing 0's prompt alone in its own group (a shorter prefix), 6 unrelated
+                let slots = [0usize, 1, 2, 3, 5, 6];
+                let pos = [plen + 7, plen + 3, plen + 9, plen, plen + 1, plen + 20];
+                let mut kc: Vec<f32> = (0..7 * per_slot).map(|_| rng.normal() as f32).collect();
+                let mut vc: Vec<f32> = (0..7 * per_slot).map(|_| rng.normal() as f32).collect();
+                let qkv: Vec<f32> = (0..d.b * wq).map(|_| rng.normal() as f32).collect();
+                let sp = |slot, len| SharedPrefix { slot, len };
+                let short = plen.min(3);
+                let prefix = [
+                    sp(0, plen),
+                    sp(0, plen),
+                    sp(0, plen),
+                    sp(0, plen),
+                    sp(0, short),
+                    SharedPrefix::default(),
+                ];
+                // the copies: each sample's shared positions written into its own slot
+                let (mut kcopy, mut vcopy) = (kc.clone(), vc.clone());
+                for (&s, p) in slots.iter().zip(&prefix) {
+                    if p.len > 0 && p.slot != s {
+                        let n = p.len * row_kv;
+                        let (from, to) = (p.slot * per_slot, s * per_slot);
+                        kcopy.copy_within(from..from + n, to);
+                        vcopy.copy_within(from..from + n, to);
+                    }
+                }
+                // what the samples' own slots hold below the prefix must not be read
+                for (&s, p) in slots.iter().zip(&prefix) {
+                    if p.slot != s {
+                        kc[s * per_slot..s * per_slot + p.len * row_kv].fill(f32::NAN);
+                        vc[s * per_slot..s * per_slot + p.len * row_kv].fill(f32::NAN);
+                    }
+                }
+                for isa in supported() {
+                    let (mut a, mut b) = (vec![0f32; d.b * wo], vec![0f32; d.b * wo]);
+                    let (mut k1, mut v1) = (kc.clone(), vc.clone());
+                    let (mut k2, mut v2) = (kcopy.clone(), vcopy.clone());
+                    with_isa(isa, || {
+                        attention_rows(
+                            &mut a, &qkv, &mut k1, &mut v1, d, &slots, &pos, &prefix, max_t,
+                        );
+                        attention_rows(&mut b, &qkv, &mut k2, &mut v2, d, &slots, &pos, &[], max_t);
+                    });
+                    assert!(
+                        a.iter().all(|x| x.is_finite()),
+                        "{isa:?}: a masked row was read"
+                    );
+                    assert_eq!(
+                        a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                        b.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                        "{isa:?} hd {hd} heads {nh}/{nkv} prefix {plen}"
+                    );
+                }
+            }
+        }
+    }
 
     /// Every version of [`cached_head`] on this CPU (the AVX-512 register kernel where it runs)
     /// against an f64 softmax-attention, for head sizes the fast path takes and one it does not,
@@ -916,7 +1221,8 @@ mod tests {
                     let mut oh = vec![f32::NAN; hd];
                     let mut sc = vec![0f32; n];
                     with_isa(isa, || {
-                        cached_head(&mut oh, &mut sc, &q, &kb, &vb, row_kv, off, scale)
+                        let cache = HeadCache::new((&kb, &vb), (&kb, &vb), 0, n, hd, row_kv, off);
+                        cached_head(&mut oh, &mut sc, &q, &cache, scale)
                     });
                     for (d, (&g, &w)) in oh.iter().zip(&want).enumerate() {
                         assert!(
