@@ -174,6 +174,18 @@ fn op_parity(tw: &mut Twin) {
     compare(tw, "embedding_forward", &out, tol);
     compare(tw, "embedding_backward wte", &dwte, 1e-5);
     compare(tw, "embedding_backward wpe", &dwpe, 1e-5);
+    // the same table per row at each row's own position (ragged decode)
+    let row_pos: Vec<usize> = (0..bb).map(|i| (i * 5) % (t + 5)).collect();
+    let out_rows = both(tw, &vec![0f32; bb * c]);
+    on_both!(tw, [wte, wpe, out_rows], |be| be.embedding_rows(
+        out_rows,
+        wte,
+        Some(wpe),
+        &ids[..bb],
+        &row_pos,
+        c
+    ));
+    compare(tw, "embedding_rows", &out_rows, tol);
     // norms
     for kind in [NormKind::LayerNorm, NormKind::RmsNorm] {
         let (rows, cols) = (97, 200);
@@ -285,6 +297,28 @@ fn op_parity(tw: &mut Twin) {
         compare(tw, &format!("attention_cached prefill {tag}"), &o1, 1e-5);
         compare(tw, &format!("attention_cached step {tag}"), &o2b, 1e-5);
         drop(o2);
+        // ragged decode: rows in slots out of order, each at its own position (the first and
+        // the last position of the cache among them), over random caches of 4 slots
+        let (slots, pos) = ([2usize, 0, 3], [5usize, 0, max_t - 1]);
+        let dr = AttnDims { b: 3, t: 1, ..d };
+        let kr = both(tw, &rand_vec(&mut r, 4 * max_t * nkv * hd, 1.0));
+        let vr = both(tw, &rand_vec(&mut r, 4 * max_t * nkv * hd, 1.0));
+        let qr = both(tw, &rand_vec(&mut r, 3 * wq, 1.0));
+        let or = both(tw, &vec![0f32; 3 * d.out_width()]);
+        on_both!(tw, [kr, vr, qr, or], |be| be.attention_rows(
+            or,
+            qr,
+            kr,
+            vr,
+            dr,
+            &slots,
+            &pos,
+            &[],
+            max_t
+        ));
+        compare(tw, &format!("attention_rows {tag}"), &or, 1e-5);
+        compare(tw, &format!("attention_rows k cache {tag}"), &kr, 0.0);
+        compare(tw, &format!("attention_rows v cache {tag}"), &vr, 0.0);
     }
     // cross-entropy with weights, with and without soft-cap
     for cap in [None, Some(15.0f32)] {

@@ -25,7 +25,7 @@ pub const ATTN_SOURCE: &str = concat!(
 pub const ATTN_HEAD_DIMS: [usize; 5] = [8, 16, 32, 64, 128];
 
 /// Entry points of [`BASE_SOURCE`].
-pub const BASE_KERNELS: [&str; 23] = [
+pub const BASE_KERNELS: [&str; 26] = [
     "k_fill",
     "k_axpy",
     "k_scale",
@@ -43,6 +43,9 @@ pub const BASE_KERNELS: [&str; 23] = [
     "k_qk_prep_bwd",
     "k_kv_append",
     "k_attn_cached",
+    "k_kv_append_rows",
+    "k_attn_rows",
+    "k_embed_rows",
     "k_cross_entropy",
     "k_cross_entropy_bf16",
     "k_adamw",

@@ -315,20 +315,10 @@ extern "C" __global__ void k_kv_append(float* kc, float* vc, const float* qkv, i
         vc[dst] = qkv[r * wq + (nh + nkv) * hd + e];
     }
 }
-// One block (128 threads) per (token row, head); scores in dynamic shared memory (max_t floats).
-extern "C" __global__ void k_attn_cached(float* out, const float* qkv, const float* kc, const float* vc, int t,
-                                         int nh, int nkv, int hd, int pos0, int max_t, float scale) {
-    extern __shared__ float sc[];
-    __shared__ float red[32];
-    int r = blockIdx.x, h = blockIdx.y;
-    int b = r / t, i = r % t;
-    int n = pos0 + i + 1;
-    int kvh = h / (nh / nkv);
-    int row_kv = nkv * hd;
-    int wq = (nh + 2 * nkv) * hd;
-    const float* q = qkv + (i64)r * wq + h * hd;
-    const float* kb = kc + (i64)b * max_t * row_kv + kvh * hd;
-    const float* vb = vc + (i64)b * max_t * row_kv + kvh * hd;
+// One query head over n cached positions (K/V rows of row_kv floats from kb/vb, this head's
+// slice already applied), by the whole block: scores in `sc` (dynamic shared memory, n floats).
+__device__ void attend_cached(float* o, const float* q, const float* kb, const float* vb, int n, int hd,
+                              int row_kv, float scale, float* sc, float* red) {
     float lm = NEG_INF;
     for (int j = threadIdx.x; j < n; j += blockDim.x) {
         float s = 0.f;
@@ -356,11 +346,64 @@ extern "C" __global__ void k_attn_cached(float* out, const float* qkv, const flo
     float sum = 0.f;
     for (int w = 0; w < nw; w++) sum += red[w];
     float inv = 1.f / sum;
-    float* o = out + (i64)r * nh * hd + h * hd;
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float acc = 0.f;
         for (int j = 0; j < n; j++) acc += sc[j] * vb[(i64)j * row_kv + d];
         o[d] = acc * inv;
+    }
+}
+// One block (128 threads) per (token row, head); scores in dynamic shared memory (max_t floats).
+extern "C" __global__ void k_attn_cached(float* out, const float* qkv, const float* kc, const float* vc, int t,
+                                         int nh, int nkv, int hd, int pos0, int max_t, float scale) {
+    extern __shared__ float sc[];
+    __shared__ float red[32];
+    int r = blockIdx.x, h = blockIdx.y;
+    int b = r / t, i = r % t;
+    int kvh = h / (nh / nkv);
+    int row_kv = nkv * hd;
+    int wq = (nh + 2 * nkv) * hd;
+    attend_cached(out + (i64)r * nh * hd + h * hd, qkv + (i64)r * wq + h * hd,
+                  kc + (i64)b * max_t * row_kv + kvh * hd, vc + (i64)b * max_t * row_kv + kvh * hd,
+                  pos0 + i + 1, hd, row_kv, scale, sc, red);
+}
+// Ragged decode, one token per row: row r's slot and position are rows[r] and rows[B + r].
+// Append each row's new k/v at its slot's position (cache [slots, max_t, nkv, hd]).
+extern "C" __global__ void k_kv_append_rows(float* kc, float* vc, const float* qkv, const unsigned* rows, int B,
+                                            int nh, int nkv, int hd, int max_t) {
+    int row_kv = nkv * hd;
+    int wq = (nh + 2 * nkv) * hd;
+    i64 n = (i64)B * row_kv;
+    for (i64 idx = blockIdx.x * (i64)blockDim.x + threadIdx.x; idx < n; idx += (i64)gridDim.x * blockDim.x) {
+        int r = (int)(idx / row_kv), e = (int)(idx % row_kv);
+        i64 dst = ((i64)rows[r] * max_t + rows[B + r]) * row_kv + e;
+        kc[dst] = qkv[(i64)r * wq + nh * hd + e];
+        vc[dst] = qkv[(i64)r * wq + (nh + nkv) * hd + e];
+    }
+}
+// One block per (row, head): row r attends over its slot's positions 0..=rows[B + r].
+extern "C" __global__ void k_attn_rows(float* out, const float* qkv, const float* kc, const float* vc,
+                                       const unsigned* rows, int B, int nh, int nkv, int hd, int max_t,
+                                       float scale) {
+    extern __shared__ float sc[];
+    __shared__ float red[32];
+    int r = blockIdx.x, h = blockIdx.y;
+    int kvh = h / (nh / nkv);
+    int row_kv = nkv * hd;
+    int wq = (nh + 2 * nkv) * hd;
+    i64 slot = rows[r];
+    attend_cached(out + (i64)r * nh * hd + h * hd, qkv + (i64)r * wq + h * hd,
+                  kc + slot * max_t * row_kv + kvh * hd, vc + slot * max_t * row_kv + kvh * hd,
+                  (int)rows[B + r] + 1, hd, row_kv, scale, sc, red);
+}
+// Embeddings of B tokens, token r at position ids_pos[B + r] (ids in ids_pos[0..B]).
+extern "C" __global__ void k_embed_rows(float* out, const float* wte, const float* wpe, const unsigned* ids_pos,
+                                        int B, int c) {
+    i64 n = (i64)B * c;
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        int r = (int)(i / c), k = (int)(i % c);
+        float v = wte[(i64)ids_pos[r] * c + k];
+        if (wpe) v += wpe[(i64)ids_pos[B + r] * c + k];
+        out[i] = v;
     }
 }
 

@@ -45,7 +45,9 @@ use cudarc::driver::{
     result as drv, CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg,
 };
 
-use crate::backend::{Act, AdamHyper, AttnDims, Backend, MatDims, NormKind, QkPrep, View};
+use crate::backend::{
+    Act, AdamHyper, AttnDims, Backend, MatDims, NormKind, QkPrep, SharedPrefix, View,
+};
 use crate::EngineError;
 
 pub use crate::backend::Precision;
@@ -75,6 +77,8 @@ fn derr(what: &str, e: impl std::fmt::Debug) -> EngineError {
 struct Scratch {
     ids: (u64, usize),
     ids2: (u64, usize),
+    /// Per-row slots and positions of a ragged decode step.
+    rows: (u64, usize),
     wts: (u64, usize),
     /// bf16 operand scratch (A, B) for operands whose shadow could not be allocated.
     bf: [(u64, usize); 2],
@@ -256,6 +260,7 @@ impl CudaBackend {
             scratch: Mutex::new(Scratch {
                 ids: (0, 0),
                 ids2: (0, 0),
+                rows: (0, 0),
                 wts: (0, 0),
                 bf: [(0, 0); 2],
                 red,
@@ -399,7 +404,7 @@ impl Drop for CudaBackend {
         // SAFETY: idle after synchronize; these pointers are owned here.
         unsafe {
             for p in [
-                sc.ids.0, sc.ids2.0, sc.wts.0, sc.bf[0].0, sc.bf[1].0, sc.red,
+                sc.ids.0, sc.ids2.0, sc.rows.0, sc.wts.0, sc.bf[0].0, sc.bf[1].0, sc.red,
             ] {
                 if p != 0 {
                     let _ = drv::free_sync(p);

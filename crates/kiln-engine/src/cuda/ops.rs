@@ -418,6 +418,30 @@ impl Backend for CudaBackend {
             ptr(&out), ptr(&wte), optr(&wpe), idp, ids.len() as i64, t as i32, pos0 as i32, c as i32);
     }
 
+    fn embedding_rows(
+        &self,
+        out: View<CudaBuf>,
+        wte: View<CudaBuf>,
+        wpe: Option<View<CudaBuf>>,
+        ids: &[u32],
+        pos: &[usize],
+        c: usize,
+    ) {
+        let b = ids.len();
+        assert!(pos.len() == b && out.len >= b * c);
+        let _p = self.op("embedding_rows");
+        dirty(&out);
+        // One launch for the step's rows (the default ran one per row).
+        let tab: Vec<u32> = ids
+            .iter()
+            .copied()
+            .chain(pos.iter().map(|&p| p as u32))
+            .collect();
+        let tp = self.upload_u32(|s| &mut s.rows, &tab);
+        launch!(self, "k_embed_rows", self.grid1(b * c), (256, 1, 1), 0;
+            ptr(&out), ptr(&wte), optr(&wpe), tp, b as i32, c as i32);
+    }
+
     fn embedding_backward(
         &self,
         dwte: View<CudaBuf>,
@@ -626,6 +650,54 @@ impl Backend for CudaBackend {
         launch!(self, "k_attn_cached", ((d.b * d.t) as u32, d.n_head as u32, 1), (128, 1, 1), smem;
             ptr(&out), ptr(&qkv), ptr(&k_cache), ptr(&v_cache), d.t as i32, d.n_head as i32, d.n_kv as i32,
             d.head_dim as i32, pos0 as i32, max_t as i32, scale);
+    }
+
+    fn attention_rows(
+        &self,
+        out: View<CudaBuf>,
+        qkv: View<CudaBuf>,
+        k_cache: View<CudaBuf>,
+        v_cache: View<CudaBuf>,
+        d: AttnDims,
+        slots: &[usize],
+        pos: &[usize],
+        prefix: &[SharedPrefix],
+        max_t: usize,
+    ) {
+        assert!(d.t == 1 && slots.len() == d.b && pos.len() == d.b);
+        assert!(
+            prefix.iter().all(|p| p.len == 0),
+            "cuda: attention_rows does not read shared prefixes"
+        );
+        let row_kv = d.n_kv * d.head_dim;
+        for (&s, &p) in slots.iter().zip(pos) {
+            assert!(p < max_t, "KV cache overflow: {} > {max_t}", p + 1);
+            assert!(
+                (s + 1) * max_t * row_kv <= k_cache.len.min(v_cache.len),
+                "slot {s} outside the cache"
+            );
+        }
+        let _p = self.op("attention_rows");
+        dirty(&out);
+        dirty(&k_cache);
+        dirty(&v_cache);
+        // Two launches for the step's rows, where the default ran two per row (64 rows × 12
+        // layers: ~1,500 launches per rollout step of the GPT-2-small preset).
+        let tab: Vec<u32> = slots.iter().chain(pos).map(|&x| x as u32).collect();
+        let tp = self.upload_u32(|s| &mut s.rows, &tab);
+        launch!(self, "k_kv_append_rows", self.grid1(d.b * row_kv), (256, 1, 1), 0;
+            ptr(&k_cache), ptr(&v_cache), ptr(&qkv), tp, d.b as i32, d.n_head as i32, d.n_kv as i32,
+            d.head_dim as i32, max_t as i32);
+        let longest = pos.iter().max().map_or(0, |&p| p + 1);
+        let smem = (longest * 4) as u32;
+        assert!(
+            smem <= 48 * 1024,
+            "cuda decode: {longest} cached positions exceed the 12288 supported"
+        );
+        let scale = 1.0 / (d.head_dim as f32).sqrt();
+        launch!(self, "k_attn_rows", (d.b as u32, d.n_head as u32, 1), (128, 1, 1), smem;
+            ptr(&out), ptr(&qkv), ptr(&k_cache), ptr(&v_cache), tp, d.b as i32, d.n_head as i32,
+            d.n_kv as i32, d.head_dim as i32, max_t as i32, scale);
     }
 
     fn cross_entropy(
