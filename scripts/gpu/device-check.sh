@@ -9,7 +9,8 @@
 #   (1) parity with the cpu backend (the test binary tests/cuda_parity.rs, run with --ignored)
 #   (2) `kiln bench train --preset gpu-gpt2-124m --device cuda` (+ cuda_check's per-op profile),
 #       the PyTorch peer eager (torch.compile last: slowest to start); peak GPU memory both sides
-#   (3) decode tokens/s at batch 1 and 32 on the 124M shape (cuda_check decode); with
+#   (3) decode tokens/s at batch 1 and 32 on the 124M shape (cuda_check decode); RL rollouts
+#       (`kiln bench decode`, 64 ragged rows) on the GPU and its CPU twin; with
 #       dist/gpu/kiln-base.xz (a previous build) also the train bench with both, alternating
 #   (4) learning parity: kiln-cuda and PyTorch on the same batches of real text, GPT-2-124M shape,
 #       300 steps; PyTorch from kiln's initial parameters and from two seeds of its own (the
@@ -92,6 +93,10 @@ if [ "$DEV" = cuda ]; then
   stage bench_kiln_profile 40 bench.jsonl "$CHECK" bench 16 1024 10 bf16
   stage bench_torch 75 bench.jsonl python3 scripts/gpu/torch_peak.py "$D/torch_ref.py" gpu
   stage decode 30 decode.jsonl "$CHECK" decode 1,32 128
+  # RL rollouts (64 rows: 8 ragged prompts x 8 samples, 96 tokens each) against batch 1, on the
+  # GPU and on its CPU twin (2 threads, as the CPU speedrun), the speedrun's default shape
+  stage rollouts_cuda 40 rollouts.jsonl "$K" bench decode --device cuda --rows 64 --group 8 --tokens 96 --rounds 3
+  stage rollouts_cpu 40 rollouts.jsonl "$K" bench decode --device cpu --rows 64 --group 8 --tokens 96 --rounds 3 --threads 2
   # A/B of one change, when prepare.sh's caller left the previous build as dist/gpu/kiln-base.xz:
   # the same bench with both binaries, alternating (new, base, new, base)
   if [ -e "$D/kiln-base.xz" ]; then

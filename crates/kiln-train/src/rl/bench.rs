@@ -15,11 +15,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use kiln_engine::{load_checkpoint, resolve_checkpoint, CpuBackend, Model, ModelConfig, Rng};
+use kiln_engine::{load_checkpoint, resolve_checkpoint, Model, ModelConfig, Rng};
 use kiln_engine::{OptimizerConfig, SamplingParams, Trainer};
 use serde::Serialize;
 
 use super::run::rollouts;
+use crate::device::{with_backend, DeviceSpec, OnBackend, TrainBackend};
 use crate::error::TrainError;
 
 /// What to measure.
@@ -38,6 +39,8 @@ pub struct DecodeBench {
 #[derive(Clone, Debug, Serialize)]
 pub struct DecodeReport {
     pub model: String,
+    /// The backend, as its label reads (`cpu (f32 matmuls)`, `cuda (bf16 matmuls)`).
+    pub device: String,
     pub params: usize,
     pub rows: usize,
     pub group: usize,
@@ -59,15 +62,35 @@ pub struct DecodeReport {
 }
 
 /// Run the benchmark on `model` (a checkpoint), or on a random model of the speedrun's default
-/// shape (vocab 4096, 4 layers × 4 heads × 256, context 256) when `None`.
-pub fn bench_decode(model: Option<&Path>, o: &DecodeBench) -> Result<DecodeReport, TrainError> {
+/// shape (vocab 4096, 4 layers × 4 heads × 256, context 256) when `None`, on the device `spec`
+/// names (sampling stays on the host either way, as in `kiln rl`).
+pub fn bench_decode(
+    spec: &DeviceSpec,
+    model: Option<&Path>,
+    o: &DecodeBench,
+) -> Result<DecodeReport, TrainError> {
     if o.group == 0 || o.rows == 0 || !o.rows.is_multiple_of(o.group) || o.tokens == 0 {
         return Err(TrainError::Config(format!(
             "--rows {} must be a positive multiple of --group {} (and --tokens positive)",
             o.rows, o.group
         )));
     }
-    let be = Arc::new(CpuBackend::new(o.threads));
+    struct Run<'a>(Option<&'a Path>, &'a DecodeBench);
+    impl OnBackend for Run<'_> {
+        type Output = DecodeReport;
+        fn run<B: TrainBackend>(self, be: Arc<B>) -> Result<DecodeReport, TrainError> {
+            bench_on(be, self.0, self.1)
+        }
+    }
+    with_backend(spec, o.threads, Run(model, o))
+}
+
+fn bench_on<B: TrainBackend>(
+    be: Arc<B>,
+    model: Option<&Path>,
+    o: &DecodeBench,
+) -> Result<DecodeReport, TrainError> {
+    let device = be.label();
     let (m, name) = match model {
         Some(p) => {
             let ck = load_checkpoint(&resolve_checkpoint(p)?)?;
@@ -106,6 +129,7 @@ pub fn bench_decode(model: Option<&Path>, o: &DecodeBench) -> Result<DecodeRepor
     let run = |ps: &[&[u32]], sd: &[u64], g: usize| -> Result<(f64, f64), TrainError> {
         let (t0, c0) = (Instant::now(), cpu_seconds());
         let out = rollouts(&m, ps, sd, g, o.tokens, &sp, &[], true, None)?;
+        m.backend.synchronize();
         let n = out.ids.iter().map(Vec::len).sum::<usize>() as f64;
         let cpu = (cpu_seconds() - c0).max(0.01);
         Ok((n / t0.elapsed().as_secs_f64(), n / cpu))
@@ -159,9 +183,11 @@ pub fn bench_decode(model: Option<&Path>, o: &DecodeBench) -> Result<DecodeRepor
     for _ in 0..steps {
         tr.train_step(&ids, &ids, None, 1.0)?;
     }
+    tr.model.backend.synchronize();
     let train_tok_s = (steps * b * t) as f64 / t0.elapsed().as_secs_f64();
     Ok(DecodeReport {
         model: name,
+        device,
         params,
         rows: o.rows,
         group: o.group,

@@ -5,7 +5,7 @@
 
 use anyhow::bail;
 use clap::{Subcommand, ValueEnum};
-use kiln_train::device::DeviceSpec;
+use kiln_train::device::{Device, DeviceSpec};
 
 use super::DeviceArgs;
 
@@ -75,6 +75,8 @@ pub enum BenchCommand {
         /// CPU threads.
         #[arg(long, default_value_t = 2)]
         threads: usize,
+        #[command(flatten)]
+        device: DeviceArgs,
     },
 }
 
@@ -123,7 +125,9 @@ pub fn run(c: BenchCommand) -> anyhow::Result<()> {
             tokens,
             rounds,
             threads,
+            device,
         } => {
+            let spec: DeviceSpec = device.spec(Device::Cpu)?;
             let _ = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .build_global();
@@ -135,7 +139,7 @@ pub fn run(c: BenchCommand) -> anyhow::Result<()> {
                 threads,
             };
             let r = super::on_engine_pool(|| {
-                kiln_train::rl::bench::bench_decode(model.as_deref(), &o)
+                kiln_train::rl::bench::bench_decode(&spec, model.as_deref(), &o)
             })?;
             println!("{}", serde_json::to_string(&r)?);
             Ok(())
