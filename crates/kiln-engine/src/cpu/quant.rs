@@ -1377,12 +1377,15 @@ mod x86 {
         let mut scales = [[0f32; 8]; R];
         for r in 0..R {
             let p = rows[r].add(b0 * bb);
-            let d = f16x8::<FULL>(p, bb, n);
-            _mm256_storeu_ps(scales[r].as_mut_ptr(), _mm256_mul_ps(d, dx));
             if K == K_Q4_1 {
+                let (d, m) = f16_pairs8(p, bb, n);
+                _mm256_storeu_ps(scales[r].as_mut_ptr(), _mm256_mul_ps(d, dx));
                 // Σ_b m_b·s_b with q8_1's f16 block sums, as llama.cpp.
                 let s = _mm256_loadu_ps(x.m32.as_ptr().add(b0));
-                min_acc[r] = _mm256_fmadd_ps(f16x8::<FULL>(p.add(2), bb, n), s, min_acc[r]);
+                min_acc[r] = _mm256_fmadd_ps(m, s, min_acc[r]);
+            } else {
+                let d = f16x8(p, bb, n);
+                _mm256_storeu_ps(scales[r].as_mut_ptr(), _mm256_mul_ps(d, dx));
             }
             // The lines `PF` blocks ahead, every 64 bytes over the group's length.
             let ahead = p.wrapping_add(if VNNI { PF_VNNI } else { PF_AVX2 } * bb);
@@ -1455,24 +1458,64 @@ mod x86 {
         }
     }
 
-    /// The `n` (≤ 8) f16 values `stride` bytes apart from `p`, as f32 (lanes from `n` on
-    /// repeat lane `n - 1`: valid numbers, which the callers multiply by zero or never read).
+    /// The `n` (≤ 8) f16 values `stride` bytes apart from `p`, as f32, zero from lane `n` on.
+    /// Inserted in registers (eight 2-byte stores read back as one 16-byte load would miss
+    /// store forwarding), only the `n` that exist: a partial group (the last of every row of
+    /// 576 or 640 columns) converted eight clamped copies before, as many inserts as a whole
+    /// group for two or four blocks.
     #[inline(always)]
-    unsafe fn f16x8<const FULL: bool>(p: *const u8, stride: usize, n: usize) -> __m256 {
-        // `FULL` (n = 8): constant offsets, no clamping.
-        let last = if FULL { 7 } else { n - 1 };
-        let at = |k: usize| i32::from((p.add(k.min(last) * stride) as *const u16).read_unaligned());
-        // Inserted in registers: eight 2-byte stores read back as one 16-byte load would miss
-        // store forwarding.
+    unsafe fn f16x8(p: *const u8, stride: usize, n: usize) -> __m256 {
+        let at = |k: usize| i32::from((p.add(k * stride) as *const u16).read_unaligned());
         let mut v = _mm_cvtsi32_si128(at(0));
-        v = _mm_insert_epi16::<1>(v, at(1));
-        v = _mm_insert_epi16::<2>(v, at(2));
-        v = _mm_insert_epi16::<3>(v, at(3));
-        v = _mm_insert_epi16::<4>(v, at(4));
-        v = _mm_insert_epi16::<5>(v, at(5));
-        v = _mm_insert_epi16::<6>(v, at(6));
-        v = _mm_insert_epi16::<7>(v, at(7));
+        macro_rules! lane {
+            ($k:literal) => {
+                if n > $k {
+                    v = _mm_insert_epi16::<$k>(v, at($k));
+                }
+            };
+        }
+        lane!(1);
+        lane!(2);
+        lane!(3);
+        lane!(4);
+        lane!(5);
+        lane!(6);
+        lane!(7);
         _mm256_cvtph_ps(v)
+    }
+
+    /// Q4_1's `(d, m)` of `n` (≤ 8) blocks `stride` bytes apart from `p` (the two f16 at the
+    /// start of each block), as two f32 vectors, zero from lane `n` on: one 32-bit insert per
+    /// block instead of two 16-bit ones, then the pairs converted and split.
+    #[inline(always)]
+    unsafe fn f16_pairs8(p: *const u8, stride: usize, n: usize) -> (__m256, __m256) {
+        let at = |k: usize| (p.add(k * stride) as *const i32).read_unaligned();
+        let mut lo = _mm_cvtsi32_si128(at(0));
+        let mut hi = _mm_setzero_si128();
+        macro_rules! lane {
+            ($v:ident, $k:literal, $i:literal) => {
+                if n > $k {
+                    $v = _mm_insert_epi32::<$i>($v, at($k));
+                }
+            };
+        }
+        lane!(lo, 1, 1);
+        lane!(lo, 2, 2);
+        lane!(lo, 3, 3);
+        lane!(hi, 4, 0);
+        lane!(hi, 5, 1);
+        lane!(hi, 6, 2);
+        lane!(hi, 7, 3);
+        // [d0 m0 … d3 m3] and [d4 m4 … d7 m7]: the even lanes of both, then the odd, come
+        // out as blocks 0 1 4 5 | 2 3 6 7; the 64-bit permute puts them in order.
+        let (a, b) = (_mm256_cvtph_ps(lo), _mm256_cvtph_ps(hi));
+        let order = |v: __m256| {
+            _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(v)))
+        };
+        (
+            order(_mm256_shuffle_ps::<0b10_00_10_00>(a, b)),
+            order(_mm256_shuffle_ps::<0b11_01_11_01>(a, b)),
+        )
     }
 
     /// `Σ_g b_g·s_g`, 8 lanes.
