@@ -813,7 +813,10 @@ fn panel_rows<const R: usize>(
 /// Up to this many activation rows, Q4_0/Q4_1/Q5_0/Q8_0/Q4_K/Q6_K rows take the fused kernels.
 const FUSED_MAX_ROWS: usize = 2;
 /// Weight rows per fused call. Decode tokens per CPU-second on SmolLM2 (1 thread, loaded
-/// machine, 2026-12-03): 1 row 46, 2 rows 50–53, 4 rows 40–47 (register pressure).
+/// machine, 2026-12-03): 1 row 46, 2 rows 50–53, 4 rows 40–47 (register pressure). Again with
+/// the row loop inside the kernel (`qmatvec_bench`, 640 columns, 1 thread, AMD Zen 4, GB/s over
+/// three interleaved rounds, 2026-12-04): cold Q8_0 2 rows 18–21, 4 rows 9–13 (more streams
+/// than the prefetchers follow), 1 row 18–21; hot Q4_1 2 rows 15–21, 1 row 13–14.
 const FUSED_TILE: usize = 2;
 
 /// The AVX2 panel kernel also needs FMA (every AVX2 CPU kiln has met has it, but the ISA switch
