@@ -17,8 +17,9 @@
 //!
 //! Why unpack instead of llama.cpp's fused per-type kernels: one hand-written kernel per ISA
 //! instead of seven, and in a matrix–matrix product (prefill, batched decode) the unpacking is
-//! paid once per weight row for all activation rows. At batch 1 the extra pass runs over bytes
-//! already in L1 (the row tile is a few KiB); decode stays bound by reading the weights.
+//! paid once per weight row for all activation rows. At one or two activation rows (decode)
+//! it is not amortized, and the weight types released models use (Q4_0, Q4_1, Q5_0, Q8_0, Q4_K,
+//! Q6_K) take fused kernels that decode the blocks in registers ([`dot_fused`]).
 //!
 //! Products of many activation rows (prompts, batched decode) reorder each unpacked weight tile
 //! into panels ([`interleave`]) so that one integer lane sums a whole group of 16: the float
@@ -109,6 +110,15 @@ pub struct QActs {
     /// of 16 the negated integer sum `-Σq`.
     qi: Vec<i8>,
     nq: Vec<i32>,
+    /// Per four codes (one i32 lane of a byte dot product) the negated sum `-Σq`: the fused
+    /// kernels start each block's integer dot from `c` times it, so a weight offset `-c`
+    /// (Q4_0's 8, Q5_0's 16, Q8_0's 128 in its unsigned form) costs no float work.
+    nq4: Vec<i32>,
+    /// Per block of 32 the scale (`d32`) and q8_1's f16 sum (`m32`, for Q4_1), each row padded
+    /// with zeros to a whole number of eight-block groups ([`fused_groups`]): the fused kernels
+    /// load eight of them at once, and a partial last group's extra lanes then add nothing.
+    d32: Vec<f32>,
+    m32: Vec<f32>,
 }
 
 impl QActs {
@@ -127,11 +137,14 @@ impl QActs {
         self.s32.resize(rows * cols / 16, 0.0);
         self.qi.resize(rows * cols, 0);
         self.nq.resize(rows * cols / 16, 0);
+        self.nq4.resize(rows * cols / 4, 0);
         self.x.clear();
         self.x.extend_from_slice(x);
         if rows < 8 {
             quantize_blocks(x, &mut self.q, &mut self.d16, &mut self.s16, &mut self.s32);
             panel_acts(&self.q, &mut self.qi, &mut self.nq, cols);
+            lane_sums(&self.q, &mut self.nq4);
+            self.block_scales();
             return;
         }
         // Prompts: split by rows over the pool (serial, it was ~4% of a 1-thread prefill,
@@ -147,10 +160,28 @@ impl QActs {
             .zip(self.s32.par_chunks_mut(rc * g))
             .zip(self.qi.par_chunks_mut(rc * cols))
             .zip(self.nq.par_chunks_mut(rc * g))
-            .for_each(|((((((x, q), d16), s16), s32), qi), nq)| {
+            .zip(self.nq4.par_chunks_mut(rc * cols / 4))
+            .for_each(|(((((((x, q), d16), s16), s32), qi), nq), nq4)| {
                 vmath::with_isa_here(isa, || quantize_blocks(x, q, d16, s16, s32));
                 panel_acts(q, qi, nq, cols);
+                lane_sums(q, nq4);
             });
+        self.block_scales();
+    }
+
+    /// `d32` and `m32` from the quantized rows.
+    fn block_scales(&mut self) {
+        let (rows, cols) = (self.rows, self.cols);
+        let padded = fused_groups(cols) * 8;
+        self.d32.clear();
+        self.m32.clear();
+        for t in 0..rows {
+            let g = t * cols / 16..(t + 1) * cols / 16;
+            self.d32.extend(self.d16[g.clone()].iter().step_by(2));
+            self.d32.resize((t + 1) * padded, 0.0);
+            self.m32.extend(self.s32[g].iter().step_by(2));
+            self.m32.resize((t + 1) * padded, 0.0);
+        }
     }
 
     fn row(&self, t: usize) -> ActRow<'_> {
@@ -160,6 +191,9 @@ impl QActs {
             d16: &self.d16[t * g..(t + 1) * g],
             s16: &self.s16[t * g..(t + 1) * g],
             s32: &self.s32[t * g..(t + 1) * g],
+            nq4: &self.nq4[t * c / 4..(t + 1) * c / 4],
+            d32: &self.d32[t * fused_groups(c) * 8..(t + 1) * fused_groups(c) * 8],
+            m32: &self.m32[t * fused_groups(c) * 8..(t + 1) * fused_groups(c) * 8],
         }
     }
 }
@@ -170,6 +204,14 @@ struct ActRow<'a> {
     d16: &'a [f32],
     s16: &'a [f32],
     s32: &'a [f32],
+    nq4: &'a [i32],
+    d32: &'a [f32],
+    m32: &'a [f32],
+}
+
+/// Groups of eight blocks of 32 (the last one partial) in a row of `cols` values.
+fn fused_groups(cols: usize) -> usize {
+    cols.div_ceil(256)
 }
 
 /// Activation rows from which products that need not be batch-invariant take the panel kernel.
@@ -222,6 +264,13 @@ fn interleave<T: Copy>(src: &[T], dst: &mut [T], cols: usize) {
 fn panel_acts(q: &[i8], qi: &mut [i8], nq: &mut [i32], cols: usize) {
     interleave(q, qi, cols);
     for (q, n) in q.chunks_exact(16).zip(nq.iter_mut()) {
+        *n = -q.iter().map(|&v| v as i32).sum::<i32>();
+    }
+}
+
+/// `nq4[k] = -(q[4k] + … + q[4k+3])` (see [`QActs::nq4`]).
+fn lane_sums(q: &[i8], nq4: &mut [i32]) {
+    for (q, n) in q.chunks_exact(4).zip(nq4.iter_mut()) {
         *n = -q.iter().map(|&v| v as i32).sum::<i32>();
     }
 }
@@ -496,7 +545,7 @@ fn quant_rows(
     let wide = ty == GgmlType::Q8_0;
     // Q4_1's offsets against q8_1's f16 block sums, as llama.cpp (and the fused kernel).
     let q8_1 = ty == GgmlType::Q4_1;
-    // Few activation rows (decode): the 32-value types are dotted straight from their blocks,
+    // Few activation rows (decode): most types are dotted straight from their blocks,
     // since unpacking a row costs more than one dot with it; more rows amortize the unpacking.
     if x.rows <= FUSED_MAX_ROWS
         && !x.batch_invariant
@@ -504,21 +553,14 @@ fn quant_rows(
         && isa != QIsa::Scalar
         && *HAS_F16C
     {
-        let row = |r: usize| &w[r * rb..(r + 1) * rb];
-        let mut r = 0;
-        while r < nr {
-            for t in 0..x.rows {
-                if r + FUSED_TILE <= nr {
-                    let rs = std::array::from_fn(|i| row(r + i));
-                    let y = dot_fused::<FUSED_TILE>(isa, ty, rs, x.row(t));
-                    out[t * rows + r0 + r..][..FUSED_TILE].copy_from_slice(&y);
-                } else {
-                    for i in r..nr {
-                        out[t * rows + r0 + i] = dot_fused(isa, ty, [row(i)], x.row(t))[0];
-                    }
-                }
-            }
-            r += FUSED_TILE;
+        for t in 0..x.rows {
+            dot_fused(
+                isa,
+                ty,
+                &w[..nr * rb],
+                x.row(t),
+                &mut out[t * rows + r0..][..nr],
+            );
         }
         return;
     }
@@ -768,10 +810,13 @@ fn panel_rows<const R: usize>(
     }
 }
 
-/// Up to this many activation rows, Q4_0/Q4_1/Q5_0/Q8_0 rows take the fused kernels.
+/// Up to this many activation rows, Q4_0/Q4_1/Q5_0/Q8_0/Q4_K/Q6_K rows take the fused kernels.
 const FUSED_MAX_ROWS: usize = 2;
 /// Weight rows per fused call. Decode tokens per CPU-second on SmolLM2 (1 thread, loaded
-/// machine, 2026-12-03): 1 row 46, 2 rows 50–53, 4 rows 40–47 (register pressure).
+/// machine, 2026-12-03): 1 row 46, 2 rows 50–53, 4 rows 40–47 (register pressure). Again with
+/// the row loop inside the kernel (`qmatvec_bench`, 640 columns, 1 thread, AMD Zen 4, GB/s over
+/// three interleaved rounds, 2026-12-04): cold Q8_0 2 rows 18–21, 4 rows 9–13 (more streams
+/// than the prefetchers follow), 1 row 18–21; hot Q4_1 2 rows 15–21, 1 row 13–14.
 const FUSED_TILE: usize = 2;
 
 /// The AVX2 panel kernel also needs FMA (every AVX2 CPU kiln has met has it, but the ISA switch
@@ -797,23 +842,31 @@ static HAS_F16C: LazyLock<bool> = LazyLock::new(|| {
 fn fused_type(ty: GgmlType) -> bool {
     matches!(
         ty,
-        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q8_0
+        GgmlType::Q4_0
+            | GgmlType::Q4_1
+            | GgmlType::Q5_0
+            | GgmlType::Q8_0
+            | GgmlType::Q4_K
+            | GgmlType::Q6_K
     )
 }
 
-/// `R` Q4_0/Q4_1/Q5_0/Q8_0 rows · one activation row, decoding the blocks in registers.
-fn dot_fused<const R: usize>(isa: QIsa, ty: GgmlType, rows: [&[u8]; R], x: ActRow) -> [f32; R] {
-    assert!(fused_type(ty) && rows.iter().all(|r| r.len() >= ty.row_bytes(x.q.len())));
-    assert!(x.d16.len() == x.q.len() / 16 && x.s16.len() == x.q.len() / 16);
-    assert!(x.s32.len() == x.q.len() / 16);
+/// `out[r] = W[r] · x` for the `out.len()` Q4_0/Q4_1/Q5_0/Q8_0/Q4_K/Q6_K rows of `w`,
+/// decoding the blocks in registers.
+fn dot_fused(isa: QIsa, ty: GgmlType, w: &[u8], x: ActRow, out: &mut [f32]) {
+    let cols = x.q.len();
+    assert!(fused_type(ty) && w.len() >= out.len() * ty.row_bytes(cols));
+    assert!(x.nq4.len() == cols / 4);
+    assert!(x.d32.len() == fused_groups(cols) * 8 && x.m32.len() == x.d32.len());
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the ISA is one this CPU runs (and F16C was checked by the caller); the rows
-        // hold whole blocks for `x.q.len()` values (asserted above).
-        QIsa::Vnni => unsafe { x86::fused_vnni(ty, rows, x) },
+        // SAFETY: the ISA is one this CPU runs (and F16C was checked by the caller); `w` holds
+        // whole blocks for `cols` values in each of `out.len()` rows, and the activations' block
+        // arrays cover the row's eight-block groups (asserted above).
+        QIsa::Vnni => unsafe { x86::fused_vnni(ty, w, x, out) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        QIsa::Avx512 | QIsa::Avx2 => unsafe { x86::fused_avx2(ty, rows, x) },
+        QIsa::Avx512 | QIsa::Avx2 => unsafe { x86::fused_avx2(ty, w, x, out) },
         _ => unreachable!("the scalar version unpacks"),
     }
 }
@@ -972,22 +1025,72 @@ mod x86 {
         y
     }
 
+    /// The fused kernels' weight types, as const parameters (each type gets its own loop, with
+    /// no type tests inside it).
+    pub(super) const K_Q4_0: u8 = 0;
+    pub(super) const K_Q4_1: u8 = 1;
+    pub(super) const K_Q5_0: u8 = 2;
+    pub(super) const K_Q8_0: u8 = 3;
+    pub(super) const K_Q4_K: u8 = 4;
+    pub(super) const K_Q6_K: u8 = 5;
+
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    pub(super) unsafe fn fused_vnni<const R: usize>(
-        ty: GgmlType,
-        rows: [&[u8]; R],
-        x: ActRow,
-    ) -> [f32; R] {
-        fused::<true, R>(ty, rows, x)
+    pub(super) unsafe fn fused_vnni(ty: GgmlType, w: &[u8], x: ActRow, out: &mut [f32]) {
+        match ty {
+            GgmlType::Q4_0 => fused_rows::<true, K_Q4_0>(w, x, out),
+            GgmlType::Q4_1 => fused_rows::<true, K_Q4_1>(w, x, out),
+            GgmlType::Q5_0 => fused_rows::<true, K_Q5_0>(w, x, out),
+            GgmlType::Q4_K => fused_rows::<true, K_Q4_K>(w, x, out),
+            GgmlType::Q6_K => fused_rows::<true, K_Q6_K>(w, x, out),
+            _ => fused_rows::<true, K_Q8_0>(w, x, out),
+        }
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn fused_avx2<const R: usize>(
-        ty: GgmlType,
-        rows: [&[u8]; R],
-        x: ActRow,
-    ) -> [f32; R] {
-        fused::<false, R>(ty, rows, x)
+    pub(super) unsafe fn fused_avx2(ty: GgmlType, w: &[u8], x: ActRow, out: &mut [f32]) {
+        match ty {
+            GgmlType::Q4_0 => fused_rows::<false, K_Q4_0>(w, x, out),
+            GgmlType::Q4_1 => fused_rows::<false, K_Q4_1>(w, x, out),
+            GgmlType::Q5_0 => fused_rows::<false, K_Q5_0>(w, x, out),
+            GgmlType::Q4_K => fused_rows::<false, K_Q4_K>(w, x, out),
+            GgmlType::Q6_K => fused_rows::<false, K_Q6_K>(w, x, out),
+            _ => fused_rows::<false, K_Q8_0>(w, x, out),
+        }
+    }
+
+    /// Every row of `w` (`out.len()` of them), [`super::FUSED_TILE`] at a time. The loop over
+    /// rows is here, inside the type's own instantiation: one call per product, not per row
+    /// pair (at 640 columns the per-call work was a third of the time per row).
+    #[inline(always)]
+    unsafe fn fused_rows<const VNNI: bool, const K: u8>(w: &[u8], x: ActRow, out: &mut [f32]) {
+        const T: usize = super::FUSED_TILE;
+        let rb = match K {
+            K_Q4_K => x.q.len() / 256 * 144,
+            K_Q6_K => x.q.len() / 256 * 210,
+            _ => x.q.len() / 32 * block_layout(K).0,
+        };
+        let wp = w.as_ptr();
+        let nr = out.len();
+        let mut r = 0;
+        while r + T <= nr {
+            let rows = std::array::from_fn(|i| wp.add((r + i) * rb));
+            let y = if K == K_Q4_K || K == K_Q6_K {
+                fused_k::<VNNI, T, K>(rows, x)
+            } else {
+                fused::<VNNI, T, K>(rows, x)
+            };
+            out[r..r + T].copy_from_slice(&y);
+            r += T;
+        }
+        while r < nr {
+            let row = [wp.add(r * rb)];
+            out[r] = if K == K_Q4_K || K == K_Q6_K {
+                fused_k::<VNNI, 1, K>(row, x)[0]
+            } else {
+                fused::<VNNI, 1, K>(row, x)[0]
+            };
+            r += 1;
+        }
     }
 
     /// Blocks ahead to prefetch in the fused kernels' AVX2 form. On an AMD EPYC AVX2 host (idle,
@@ -1003,35 +1106,263 @@ mod x86 {
     /// vs 32 −21%; SmolLM2 16 vs 32 +5%, 16 vs 8 +7%.
     const PF_VNNI: usize = 16;
 
-    /// `R` rows of Q4_0, Q4_1, Q5_0 or Q8_0 blocks · 8-bit activations, one block (32 values)
-    /// per step: nibbles split in registers (low nibbles are values 0–15, high 16–31, as the
-    /// activations are laid out; Q5_0's fifth bits spread from its 32-bit mask to 0x10 in each
-    /// byte), one integer dot, one FMA with the product of the two scales; the offset term
-    /// (`-8d`, `-16d`, `m`) per block against the activations' block sum. Q5_0 was the unpacked
-    /// path's: 41% of Gemma-3-270M's decode time in `unpack_row` (perf, 1 thread). Several rows
-    /// share the activation loads and give the FMA chains independent work (see `FUSED_TILE`).
+    /// `R` rows of Q4_0, Q4_1, Q5_0 or Q8_0 blocks (`K`) · 8-bit activations, eight blocks
+    /// (256 values) per group. Per group and row the eight weight scales are converted from f16
+    /// at once and multiplied by the activations' scales in one vector op (Q4_1's minimums too,
+    /// with one FMA against the activations' block sums for its offset term); per block and row
+    /// the nibbles are split in registers (low nibbles are values 0–15, high 16–31, as the
+    /// activations are laid out), one integer dot, one conversion and one FMA with the block's
+    /// scale from a broadcast load. Several rows share the activation loads (see `FUSED_TILE`).
     ///
-    /// Converting the scales eight blocks at a time (below) took decode from 78.7–78.9 to
-    /// 81.4–82.4 tokens/s on SmolLM2 and 36.7–36.8 to 37.5–37.6 on Gemma-3-270M (1 thread, AMD
-    /// EPYC AVX2, interleaved pairs; 2 threads within their 110–140 run-to-run swing). Summing
-    /// the offsets as vectors too was 2–3 points faster still, but it reorders the sum and moved
-    /// a three-way near-tie in Gemma's greedy check against llama.cpp; as written the result is
-    /// the one-block kernel's to the bit.
+    /// Q4_0, Q5_0 and Q8_0 (VNNI) weights are their unsigned codes minus `c` = 8, 16, 128: the
+    /// integer dot starts from `c·nq4` (the activations' negated sums per lane), so the offset is
+    /// exact integer work and the float work per block is one conversion and one FMA.
+    ///
+    /// Two accumulators per row, alternating by block: with one, each block's FMA waited for
+    /// the previous one's (4 cycles on Zen 4), which bounded a row pair to 2 cycles per block.
     #[inline(always)]
-    unsafe fn fused<const VNNI: bool, const R: usize>(
-        ty: GgmlType,
-        rows: [&[u8]; R],
+    unsafe fn fused<const VNNI: bool, const R: usize, const K: u8>(
+        rows: [*const u8; R],
         x: ActRow,
     ) -> [f32; R] {
         let nb = x.q.len() / 32;
-        let (bb, at) = match ty {
-            GgmlType::Q4_0 => (18, 2),
-            GgmlType::Q4_1 => (20, 4),
-            GgmlType::Q5_0 => (22, 6),
-            _ => (34, 2),
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        let mut min_acc = [_mm256_setzero_ps(); R];
+        let mut b0 = 0;
+        while b0 + 8 <= nb {
+            fused_group::<VNNI, R, K, true>(&rows, x, b0, 8, &mut acc, &mut min_acc);
+            b0 += 8;
+        }
+        if b0 < nb {
+            fused_group::<VNNI, R, K, false>(&rows, x, b0, nb - b0, &mut acc, &mut min_acc);
+        }
+        let mut y = [0f32; R];
+        for r in 0..R {
+            let sum = _mm256_add_ps(acc[r][0], acc[r][1]);
+            y[r] = hsum_256(if K == K_Q4_1 {
+                _mm256_add_ps(sum, min_acc[r])
+            } else {
+                sum
+            });
+        }
+        y
+    }
+
+    /// `R` rows of Q4_K or Q6_K super-blocks (`K`) · 8-bit activations, one super-block (256
+    /// values) per step. The activations' blocks of 32 line up with Q4_K's sub-blocks and with
+    /// pairs of Q6_K's groups of 16, so each 32 values are one integer dot, one conversion and
+    /// one FMA, as in [`fused`]; the scales are decoded once per super-block and row.
+    ///
+    /// Q4_K: `w = d·sc_j·u − dmin·m_j` per sub-block `j` of 32. The eight 6-bit scales and
+    /// minimums are unpacked with 32-bit integer ops (llama.cpp's `utmp` shuffle); the minimums'
+    /// term is one FMA per super-block against the activations' exact sums per 32.
+    ///
+    /// Q6_K: `w = d·sc_g·(u − 32)` per group `g` of 16. The `−32` is folded into the integer
+    /// dot as in [`fused`]; the lanes of a 32-value dot are four per group, so its scales are a
+    /// vector `[s_2c ×4, s_2c+1 ×4]`, one permute of the super-block's sixteen.
+    ///
+    /// Before these, decode took Gemma-3-270M's Q4_K and Q6_K rows (9% of its bytes) through
+    /// `unpack_row` and the unpacked tile kernel: about a fifth of its 1-thread decode time.
+    #[inline(always)]
+    unsafe fn fused_k<const VNNI: bool, const R: usize, const K: u8>(
+        rows: [*const u8; R],
+        x: ActRow,
+    ) -> [f32; R] {
+        let bb = if K == K_Q4_K { 144 } else { 210 };
+        let m4 = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        let mut min_acc = [_mm256_setzero_ps(); R];
+        // The integer dot of unsigned codes `u` with the activations' 32 codes `q`, starting
+        // from `start` (the folded offset).
+        let dot = |u: __m256i, q: __m256i, start: __m256i| {
+            if VNNI {
+                _mm256_dpbusd_epi32(start, u, q)
+            } else {
+                _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(u, q), ones), start)
+            }
         };
-        // Q5_0's mask bit j → byte j (llama.cpp's bytes_from_bits_32): broadcast, pick the
-        // mask byte holding bit j into byte j, set every other bit, compare with all-ones.
+        for sb in 0..x.q.len() / 256 {
+            let qp = x.q.as_ptr().add(256 * sb);
+            let pf = PF_K_BYTES;
+            for r in 0..R {
+                let ahead = rows[r].add(sb * bb).wrapping_add(pf);
+                for line in 0..bb.div_ceil(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line) as *const i8);
+                }
+            }
+            if K == K_Q4_K {
+                let dx = _mm256_loadu_ps(x.d32.as_ptr().add(8 * sb));
+                // The exact `d·Σq` per 32: adjacent pairs of the per-16 sums.
+                let s16 = x.s16.as_ptr().add(16 * sb);
+                let pairs = _mm256_hadd_ps(_mm256_loadu_ps(s16), _mm256_loadu_ps(s16.add(8)));
+                let sums = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(
+                    _mm256_castps_pd(pairs),
+                ));
+                let mut scales = [[0f32; 8]; R];
+                for r in 0..R {
+                    let p = rows[r].add(sb * bb);
+                    let dd = _mm_cvtph_ps(_mm_cvtsi32_si128((p as *const i32).read_unaligned()));
+                    let d = _mm256_broadcastss_ps(dd);
+                    let dmin = _mm256_broadcastss_ps(_mm_movehdup_ps(dd));
+                    let s = p.add(4) as *const u32;
+                    let (u0, u1, u2) = (
+                        s.read_unaligned(),
+                        s.add(1).read_unaligned(),
+                        s.add(2).read_unaligned(),
+                    );
+                    const LOW6: u32 = 0x3f3f_3f3f;
+                    const LOW4: u32 = 0x0f0f_0f0f;
+                    const TOP2: u32 = 0x0303_0303;
+                    let sc = (u0 & LOW6) as u64
+                        | (((u2 & LOW4) | (((u0 >> 6) & TOP2) << 4)) as u64) << 32;
+                    let mn = (u1 & LOW6) as u64
+                        | ((((u2 >> 4) & LOW4) | (((u1 >> 6) & TOP2) << 4)) as u64) << 32;
+                    let bytes_f32 = |v: u64| {
+                        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v as i64)))
+                    };
+                    let scale = _mm256_mul_ps(_mm256_mul_ps(bytes_f32(sc), d), dx);
+                    _mm256_storeu_ps(scales[r].as_mut_ptr(), scale);
+                    let mins = _mm256_mul_ps(bytes_f32(mn), dmin);
+                    min_acc[r] = _mm256_fmadd_ps(mins, sums, min_acc[r]);
+                }
+                // Broadcast loads folded into the FMAs (see `fused_group`).
+                let scales = std::hint::black_box(&scales);
+                for c in 0..4 {
+                    let q0 = _mm256_loadu_si256(qp.add(64 * c) as *const __m256i);
+                    let q1 = _mm256_loadu_si256(qp.add(64 * c + 32) as *const __m256i);
+                    for r in 0..R {
+                        let p = rows[r].add(sb * bb + 16 + 32 * c);
+                        let v = _mm256_loadu_si256(p as *const __m256i);
+                        let lo = _mm256_and_si256(v, m4);
+                        let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                        let zero = _mm256_setzero_si256();
+                        let (i0, i1) = (dot(lo, q0, zero), dot(hi, q1, zero));
+                        let s0 = _mm256_broadcast_ss(&scales[r][2 * c]);
+                        let s1 = _mm256_broadcast_ss(&scales[r][2 * c + 1]);
+                        acc[r][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i0), s0, acc[r][0]);
+                        acc[r][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i1), s1, acc[r][1]);
+                    }
+                }
+            } else {
+                let d16 = x.d16.as_ptr().add(16 * sb);
+                let (dx_lo, dx_hi) = (_mm256_loadu_ps(d16), _mm256_loadu_ps(d16.add(8)));
+                // Per row the sixteen group scales `d·sc_g·dx`, groups 0–7 and 8–15.
+                let mut scales = [[_mm256_setzero_ps(); 2]; R];
+                for r in 0..R {
+                    let p = rows[r].add(sb * bb);
+                    let d = _mm256_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
+                        i32::from((p.add(208) as *const u16).read_unaligned()),
+                    ))));
+                    let sc = _mm_loadu_si128(p.add(192) as *const __m128i);
+                    let lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc));
+                    let hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(sc, sc)));
+                    scales[r][0] = _mm256_mul_ps(_mm256_mul_ps(lo, d), dx_lo);
+                    scales[r][1] = _mm256_mul_ps(_mm256_mul_ps(hi, d), dx_hi);
+                }
+                for h in 0..2 {
+                    let c0 = 4 * h;
+                    let q: [__m256i; 4] = std::array::from_fn(|k| {
+                        _mm256_loadu_si256(qp.add(32 * (c0 + k)) as *const __m256i)
+                    });
+                    // −32·Σq per lane: Q6_K's codes are the weights plus 32.
+                    let start: [__m256i; 4] = std::array::from_fn(|k| {
+                        let nq = x.nq4.as_ptr().add(64 * sb + 8 * (c0 + k));
+                        _mm256_slli_epi32::<5>(_mm256_loadu_si256(nq as *const __m256i))
+                    });
+                    for r in 0..R {
+                        let p = rows[r].add(sb * bb);
+                        let ql0 = _mm256_loadu_si256(p.add(64 * h) as *const __m256i);
+                        let ql1 = _mm256_loadu_si256(p.add(64 * h + 32) as *const __m256i);
+                        let qh = _mm256_loadu_si256(p.add(128 + 32 * h) as *const __m256i);
+                        // Values 32k + l of the half: low or high nibble of ql, bits 2k, 2k+1
+                        // of qh as bits 4 and 5 (16-bit shifts: the masks drop what crosses
+                        // bytes).
+                        let u = [
+                            _mm256_or_si256(
+                                _mm256_and_si256(ql0, m4),
+                                _mm256_slli_epi16::<4>(_mm256_and_si256(qh, _mm256_set1_epi8(3))),
+                            ),
+                            _mm256_or_si256(
+                                _mm256_and_si256(ql1, m4),
+                                _mm256_slli_epi16::<2>(_mm256_and_si256(qh, _mm256_set1_epi8(12))),
+                            ),
+                            _mm256_or_si256(
+                                _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
+                                _mm256_and_si256(qh, _mm256_set1_epi8(0x30)),
+                            ),
+                            _mm256_or_si256(
+                                _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
+                                _mm256_srli_epi16::<2>(_mm256_and_si256(
+                                    qh,
+                                    _mm256_set1_epi8(0xC0u8 as i8),
+                                )),
+                            ),
+                        ];
+                        for k in 0..4 {
+                            // Chunk c0 + k: groups 2(c0 + k) and 2(c0 + k) + 1, four lanes each.
+                            let g = 2 * k as i32;
+                            let pick = _mm256_setr_epi32(g, g, g, g, g + 1, g + 1, g + 1, g + 1);
+                            let s = _mm256_permutevar8x32_ps(scales[r][h], pick);
+                            let i = dot(u[k], q[k], start[k]);
+                            acc[r][k % 2] =
+                                _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), s, acc[r][k % 2]);
+                        }
+                    }
+                }
+            }
+        }
+        let mut y = [0f32; R];
+        for r in 0..R {
+            let sum = _mm256_add_ps(acc[r][0], acc[r][1]);
+            y[r] = hsum_256(if K == K_Q4_K {
+                _mm256_sub_ps(sum, min_acc[r])
+            } else {
+                sum
+            });
+        }
+        y
+    }
+
+    /// Bytes ahead to prefetch in the Q4_K/Q6_K kernels. Cold 192 MB matrices of 2048
+    /// columns, one thread, AMD Zen 4, GB/s over three interleaved rounds (2026-12-04): Q6_K
+    /// 512 bytes 6.6–7.1, 1024: 6.5–7.6, 2048: 8.8–10.6, 4096: 8.8–10.6; Q4_K 8.9–9.4,
+    /// 9.0–10.5, 10.2–11.3, 9.9–10.7.
+    const PF_K_BYTES: usize = 2048;
+
+    /// Bytes per block of the fused kernels' types, and where its codes start.
+    const fn block_layout(k: u8) -> (usize, usize) {
+        match k {
+            K_Q4_0 => (18, 2),
+            K_Q4_1 => (20, 4),
+            K_Q5_0 => (22, 6),
+            _ => (34, 2),
+        }
+    }
+
+    /// Blocks `b0..b0 + n` (`n ≤ 8`; `FULL`: `n == 8`, so the loops unroll with constant
+    /// offsets) of [`fused`].
+    #[inline(always)]
+    unsafe fn fused_group<const VNNI: bool, const R: usize, const K: u8, const FULL: bool>(
+        rows: &[*const u8; R],
+        x: ActRow,
+        b0: usize,
+        n: usize,
+        acc: &mut [[__m256; 2]; R],
+        min_acc: &mut [__m256; R],
+    ) {
+        let n = if FULL { 8 } else { n };
+        let (bb, at) = block_layout(K);
+        // log2 of the code offset folded into the integer dot (0: none).
+        let offset_shift = match K {
+            K_Q4_0 => 3,
+            K_Q5_0 => 4,
+            K_Q8_0 if VNNI => 7,
+            _ => 0,
+        };
+        // Q5_0's mask bit j → byte j without AVX-512 (llama.cpp's bytes_from_bits_32):
+        // broadcast, pick the mask byte holding bit j into byte j, set every other bit,
+        // compare with all-ones.
         let bit_shuffle = _mm256_set_epi64x(
             0x0303_0303_0303_0303,
             0x0202_0202_0202_0202,
@@ -1041,144 +1372,153 @@ mod x86 {
         let bit_others = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe);
         let m4 = _mm256_set1_epi8(0x0F);
         let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); R];
-        // The offset terms, added block by block in order (as the one-block-at-a-time kernel
-        // did: the same sums to the bit, so greedy picks at near-ties do not move).
-        let mut off = [0f32; R];
-        let mut offsets = [[0f32; 8]; R];
-        let qp = x.q.as_ptr();
-        // Eight blocks at a time: their weight scales (and Q4_1's minimums) are converted from
-        // f16 eight at once and multiplied by the activations' scales in one vector op, and each
-        // block then reads its product with one broadcast load. One block at a time each took a
-        // load, an insert, a conversion, a multiply and a broadcast per row.
+        // High nibbles to the upper 128 bits: the 16 code bytes are loaded into both halves and
+        // the upper half shifted (a 64-bit shift drags the next byte's low bits into each byte's
+        // high nibble, which the mask clears).
+        let nibble_shift = _mm256_setr_epi64x(0, 0, 4, 4);
+        let dx = _mm256_loadu_ps(x.d32.as_ptr().add(b0));
         let mut scales = [[0f32; 8]; R];
-        for b0 in (0..nb).step_by(8) {
-            let n = (nb - b0).min(8);
-            let dx = lanes8(x.d16.as_ptr().add(2 * b0), n, 0);
-            // Q4_0: the exact Σq (its -8 is integer in llama.cpp); Q4_1: q8_1's f16 sum.
-            let sum = if ty == GgmlType::Q4_1 {
-                lanes8(x.s32.as_ptr().add(2 * b0), n, 0)
+        for r in 0..R {
+            let p = rows[r].add(b0 * bb);
+            if K == K_Q4_1 {
+                let (d, m) = f16_pairs8(p, bb, n);
+                _mm256_storeu_ps(scales[r].as_mut_ptr(), _mm256_mul_ps(d, dx));
+                // Σ_b m_b·s_b with q8_1's f16 block sums, as llama.cpp.
+                let s = _mm256_loadu_ps(x.m32.as_ptr().add(b0));
+                min_acc[r] = _mm256_fmadd_ps(m, s, min_acc[r]);
             } else {
-                _mm256_add_ps(
-                    lanes8(x.s16.as_ptr().add(2 * b0), n, 0),
-                    lanes8(x.s16.as_ptr().add(2 * b0), n, 1),
-                )
-            };
-            for r in 0..R {
-                let p = rows[r].as_ptr().add(b0 * bb);
                 let d = f16x8(p, bb, n);
                 _mm256_storeu_ps(scales[r].as_mut_ptr(), _mm256_mul_ps(d, dx));
-                let per_block = match ty {
-                    GgmlType::Q4_0 => _mm256_mul_ps(sum, _mm256_mul_ps(_mm256_set1_ps(-8.0), d)),
-                    GgmlType::Q5_0 => _mm256_mul_ps(sum, _mm256_mul_ps(_mm256_set1_ps(-16.0), d)),
-                    GgmlType::Q4_1 => _mm256_mul_ps(sum, f16x8(p.add(2), bb, n)),
-                    _ => _mm256_setzero_ps(),
-                };
-                _mm256_storeu_ps(offsets[r].as_mut_ptr(), per_block);
             }
-            for j in 0..n {
-                let b = b0 + j;
-                let q = _mm256_loadu_si256(qp.add(32 * b) as *const __m256i);
-                // Q8_0 with VNNI: 128·Σq per lane, subtracted in integers (exact, as llama.cpp's
-                // signed products are).
-                let q128 = if VNNI && ty == GgmlType::Q8_0 {
-                    _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(-128), q)
-                } else {
-                    _mm256_setzero_si256()
-                };
-                for r in 0..R {
-                    let p = rows[r].as_ptr().add(b * bb);
-                    let pf = if VNNI { PF_VNNI } else { PF_AVX2 };
-                    if pf > 0 {
-                        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(pf * bb) as *const i8);
-                    }
-                    let i = if ty == GgmlType::Q8_0 {
-                        let w = _mm256_loadu_si256(p.add(2) as *const __m256i);
-                        if VNNI {
-                            let u = _mm256_xor_si256(w, _mm256_set1_epi8(-128));
-                            let i = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, q);
-                            _mm256_sub_epi32(i, q128)
-                        } else {
-                            // |w| · (q with w's sign): pmaddubsw's pairs stay within i16.
-                            let aw = _mm256_sign_epi8(w, w);
-                            let sq = _mm256_sign_epi8(q, w);
-                            _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sq), ones)
-                        }
+            // The lines `PF` blocks ahead, every 64 bytes over the group's length.
+            let ahead = p.wrapping_add(if VNNI { PF_VNNI } else { PF_AVX2 } * bb);
+            for line in 0..(8 * bb).div_ceil(64) {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line) as *const i8);
+            }
+        }
+        // Read back from memory: each block's scale is then a broadcast load folded into its
+        // FMA. LLVM otherwise keeps the eight scales in a register and broadcasts each with
+        // two shuffles, on the pipes the dot products need.
+        let scales = std::hint::black_box(&scales);
+        let qp = x.q.as_ptr();
+        for j in 0..n {
+            let b = b0 + j;
+            let q = _mm256_loadu_si256(qp.add(32 * b) as *const __m256i);
+            let start = if offset_shift > 0 {
+                let nq = _mm256_loadu_si256(x.nq4.as_ptr().add(8 * b) as *const __m256i);
+                _mm256_sll_epi32(nq, _mm_cvtsi32_si128(offset_shift))
+            } else {
+                _mm256_setzero_si256()
+            };
+            for r in 0..R {
+                let p = rows[r].add(b * bb);
+                let i = if K == K_Q8_0 {
+                    let w = _mm256_loadu_si256(p.add(at) as *const __m256i);
+                    if VNNI {
+                        let u = _mm256_xor_si256(w, _mm256_set1_epi8(-128));
+                        _mm256_dpbusd_epi32(start, u, q)
                     } else {
-                        let v = _mm_loadu_si128(p.add(at) as *const __m128i);
-                        let mut u = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), m4);
-                        if ty == GgmlType::Q5_0 {
-                            let qh = (p.add(2) as *const i32).read_unaligned();
-                            let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(qh), bit_shuffle);
+                        // |w| · (q with w's sign): pmaddubsw's pairs stay within i16.
+                        let aw = _mm256_sign_epi8(w, w);
+                        let sq = _mm256_sign_epi8(q, w);
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sq), ones)
+                    }
+                } else {
+                    let v = _mm256_broadcastsi128_si256(_mm_loadu_si128(p.add(at) as *const _));
+                    let mut u = _mm256_and_si256(_mm256_srlv_epi64(v, nibble_shift), m4);
+                    if K == K_Q5_0 {
+                        let qh = (p.add(2) as *const u32).read_unaligned();
+                        if VNNI {
+                            // Mask bit j sets bit 4 of byte j.
+                            u = _mm256_mask_add_epi8(u, qh, u, _mm256_set1_epi8(0x10));
+                        } else {
+                            let bytes =
+                                _mm256_shuffle_epi8(_mm256_set1_epi32(qh as i32), bit_shuffle);
                             let set = _mm256_cmpeq_epi8(
                                 _mm256_or_si256(bytes, bit_others),
                                 _mm256_set1_epi64x(-1),
                             );
                             u = _mm256_or_si256(u, _mm256_and_si256(set, _mm256_set1_epi8(0x10)));
                         }
-                        if VNNI {
-                            _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, q)
-                        } else {
-                            _mm256_madd_epi16(_mm256_maddubs_epi16(u, q), ones)
-                        }
-                    };
-                    let s = _mm256_broadcast_ss(scales[r].get_unchecked(j));
-                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), s, acc[r]);
-                    if ty != GgmlType::Q8_0 {
-                        off[r] += *offsets[r].get_unchecked(j);
                     }
-                }
+                    if VNNI {
+                        _mm256_dpbusd_epi32(start, u, q)
+                    } else {
+                        let i = _mm256_madd_epi16(_mm256_maddubs_epi16(u, q), ones);
+                        if offset_shift > 0 {
+                            _mm256_add_epi32(i, start)
+                        } else {
+                            i
+                        }
+                    }
+                };
+                let s = _mm256_broadcast_ss(scales[r].get_unchecked(j));
+                // A runtime index (the partial group's loop) would keep the accumulators in
+                // memory: that group uses the first alone.
+                let slot = if FULL { j % 2 } else { 0 };
+                acc[r][slot] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), s, acc[r][slot]);
             }
         }
-        let mut y = [0f32; R];
-        for r in 0..R {
-            y[r] = hsum_256(acc[r]) + off[r];
-        }
-        y
     }
 
-    /// Lanes `2k + odd` of the 16 floats at `p` (`k < n`; lanes from `n` on repeat lane
-    /// `n - 1`, which the callers never read): the per-32 entries of the activations' per-16
-    /// arrays.
-    #[inline(always)]
-    unsafe fn lanes8(p: *const f32, n: usize, odd: usize) -> __m256 {
-        if n == 8 {
-            let (a, b) = (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)));
-            // Within each 128-bit half: a's two picks, then b's; then halves reordered.
-            let v = if odd == 0 {
-                _mm256_shuffle_ps::<0b10_00_10_00>(a, b)
-            } else {
-                _mm256_shuffle_ps::<0b11_01_11_01>(a, b)
-            };
-            _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(v)))
-        } else {
-            // The last group of a row whose block count is not a multiple of 8 (every row of a
-            // 576- or 640-wide matrix). Built in registers from clamped indices: a loop filling
-            // lanes below `n` compiled, with AVX-512 enabled, to gathers and a masked store
-            // read back at once, a store-forwarding stall that made the VNNI kernel 8% slower
-            // than the AVX2 one on SmolLM2 (AMD Zen 4, 2026-12-04).
-            let at = |k: usize| *p.add(2 * k.min(n - 1) + odd);
-            _mm256_setr_ps(at(0), at(1), at(2), at(3), at(4), at(5), at(6), at(7))
-        }
-    }
-
-    /// The `n` (≤ 8) f16 values `stride` bytes apart from `p`, as f32 (lanes from `n` on
-    /// repeat lane `n - 1`, as in [`lanes8`]).
+    /// The `n` (≤ 8) f16 values `stride` bytes apart from `p`, as f32, zero from lane `n` on.
+    /// Inserted in registers (eight 2-byte stores read back as one 16-byte load would miss
+    /// store forwarding), only the `n` that exist: a partial group (the last of every row of
+    /// 576 or 640 columns) converted eight clamped copies before, as many inserts as a whole
+    /// group for two or four blocks.
     #[inline(always)]
     unsafe fn f16x8(p: *const u8, stride: usize, n: usize) -> __m256 {
-        let at =
-            |k: usize| i32::from((p.add(k.min(n - 1) * stride) as *const u16).read_unaligned());
-        // Inserted in registers: eight 2-byte stores read back as one 16-byte load would miss
-        // store forwarding.
+        let at = |k: usize| i32::from((p.add(k * stride) as *const u16).read_unaligned());
         let mut v = _mm_cvtsi32_si128(at(0));
-        v = _mm_insert_epi16::<1>(v, at(1));
-        v = _mm_insert_epi16::<2>(v, at(2));
-        v = _mm_insert_epi16::<3>(v, at(3));
-        v = _mm_insert_epi16::<4>(v, at(4));
-        v = _mm_insert_epi16::<5>(v, at(5));
-        v = _mm_insert_epi16::<6>(v, at(6));
-        v = _mm_insert_epi16::<7>(v, at(7));
+        macro_rules! lane {
+            ($k:literal) => {
+                if n > $k {
+                    v = _mm_insert_epi16::<$k>(v, at($k));
+                }
+            };
+        }
+        lane!(1);
+        lane!(2);
+        lane!(3);
+        lane!(4);
+        lane!(5);
+        lane!(6);
+        lane!(7);
         _mm256_cvtph_ps(v)
+    }
+
+    /// Q4_1's `(d, m)` of `n` (≤ 8) blocks `stride` bytes apart from `p` (the two f16 at the
+    /// start of each block), as two f32 vectors, zero from lane `n` on: one 32-bit insert per
+    /// block instead of two 16-bit ones, then the pairs converted and split.
+    #[inline(always)]
+    unsafe fn f16_pairs8(p: *const u8, stride: usize, n: usize) -> (__m256, __m256) {
+        let at = |k: usize| (p.add(k * stride) as *const i32).read_unaligned();
+        let mut lo = _mm_cvtsi32_si128(at(0));
+        let mut hi = _mm_setzero_si128();
+        macro_rules! lane {
+            ($v:ident, $k:literal, $i:literal) => {
+                if n > $k {
+                    $v = _mm_insert_epi32::<$i>($v, at($k));
+                }
+            };
+        }
+        lane!(lo, 1, 1);
+        lane!(lo, 2, 2);
+        lane!(lo, 3, 3);
+        lane!(hi, 4, 0);
+        lane!(hi, 5, 1);
+        lane!(hi, 6, 2);
+        lane!(hi, 7, 3);
+        // [d0 m0 … d3 m3] and [d4 m4 … d7 m7]: the even lanes of both, then the odd, come
+        // out as blocks 0 1 4 5 | 2 3 6 7; the 64-bit permute puts them in order.
+        let (a, b) = (_mm256_cvtph_ps(lo), _mm256_cvtph_ps(hi));
+        let order = |v: __m256| {
+            _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(v)))
+        };
+        (
+            order(_mm256_shuffle_ps::<0b10_00_10_00>(a, b)),
+            order(_mm256_shuffle_ps::<0b11_01_11_01>(a, b)),
+        )
     }
 
     /// `Σ_g b_g·s_g`, 8 lanes.
@@ -1937,8 +2277,9 @@ mod tests {
             return;
         }
         let mut rng = Rng::new(11);
-        // Block counts 8, 17, 18, 20 and 23: whole groups of eight and every kind of last group.
-        for cols in [256, 544, 576, 640, 736] {
+        // Block counts 8, 17, 18, 20 and 23: whole groups of eight and every kind of last group;
+        // Q4_K and Q6_K at 1, 2 and 3 super-blocks.
+        for cols in [256, 544, 576, 640, 736, 512, 768] {
             let xf = random_acts(1, cols, &mut rng);
             let mut x = QActs::new();
             x.quantize(&xf, 1, cols);
@@ -1947,23 +2288,30 @@ mod tests {
                 GgmlType::Q4_1,
                 GgmlType::Q5_0,
                 GgmlType::Q8_0,
+                GgmlType::Q4_K,
+                GgmlType::Q6_K,
             ] {
-                let (w0, w1) = (
-                    random_row(ty, cols, &mut rng),
-                    random_row(ty, cols, &mut rng),
-                );
-                let mut want = [0f32; 2];
+                if !cols.is_multiple_of(ty.block_elems()) {
+                    continue;
+                }
+                // 5 rows: two whole tiles and a single row.
+                let rows = 5;
+                let w: Vec<u8> = (0..rows)
+                    .flat_map(|_| random_row(ty, cols, &mut rng))
+                    .collect();
                 // Two activation rows would also fuse; the scalar version always unpacks.
-                qmatmul(QIsa::Scalar, ty, &w0, 1, &x, &mut want[..1]);
-                qmatmul(QIsa::Scalar, ty, &w1, 1, &x, &mut want[1..]);
+                let mut want = vec![0f32; rows];
+                qmatmul(QIsa::Scalar, ty, &w, rows, &x, &mut want);
                 for isa in QIsa::supported().into_iter().filter(|&i| i != QIsa::Scalar) {
-                    let one = dot_fused(isa, ty, [&w0[..]], x.row(0));
-                    let two = dot_fused(isa, ty, [&w0[..], &w1[..]], x.row(0));
-                    for (got, want) in [(one[0], want[0]), (two[0], want[0]), (two[1], want[1])] {
-                        assert!(
-                            (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                            "{ty:?} {isa:?} cols {cols}: {got} vs scalar {want}"
-                        );
+                    for n in [1, 2, rows] {
+                        let mut got = vec![0f32; n];
+                        dot_fused(isa, ty, &w, x.row(0), &mut got);
+                        for (got, want) in got.iter().zip(&want) {
+                            assert!(
+                                (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                                "{ty:?} {isa:?} cols {cols} rows {n}: {got} vs scalar {want}"
+                            );
+                        }
                     }
                 }
             }
