@@ -816,7 +816,10 @@ const FUSED_MAX_ROWS: usize = 2;
 /// machine, 2026-12-03): 1 row 46, 2 rows 50–53, 4 rows 40–47 (register pressure). Again with
 /// the row loop inside the kernel (`qmatvec_bench`, 640 columns, 1 thread, AMD Zen 4, GB/s over
 /// three interleaved rounds, 2026-12-04): cold Q8_0 2 rows 18–21, 4 rows 9–13 (more streams
-/// than the prefetchers follow), 1 row 18–21; hot Q4_1 2 rows 15–21, 1 row 13–14.
+/// than the prefetchers follow), 1 row 18–21; hot Q4_1 2 rows 15–21, 1 row 13–14. With a
+/// pass's rows `span` apart (separate streams, `fused_rows`), 4 rows against 2 (3 interleaved
+/// rounds): cold Q8_0 23.9–24.6 vs 22.9–25.9, Q6_K (2048 columns) 23.4–23.7 vs 26.1–26.4, hot Q8_0
+/// 32.1–32.8 vs 30.7–36.5: 2 stays.
 const FUSED_TILE: usize = 2;
 
 /// The AVX2 panel kernel also needs FMA (every AVX2 CPU kiln has met has it, but the ISA switch
