@@ -1116,8 +1116,13 @@ mod x86 {
     /// (SmolLM2, 1 thread, tokens per CPU-second, under load, 2026-12-03): none 53–55, 8 blocks
     /// 60–82, 16 blocks 67–68. AMD Zen 4 (1 thread, interleaved medians of 6–8 pairs,
     /// 2026-12-04): Gemma 16 vs 32 blocks +9%, 8 vs 32 +22%, 16 vs 8 equal, 64 vs 32 −15%, 128
-    /// vs 32 −21%; SmolLM2 16 vs 32 +5%, 16 vs 8 +7%.
-    const PF_VNNI: usize = 16;
+    /// vs 32 −21%; SmolLM2 16 vs 32 +5%, 16 vs 8 +7%. Since a pass's two rows are separate
+    /// streams (`fused_rows`), 8 again (Zen 4, one thread, 3 interleaved rounds): `qmatvec_bench`
+    /// cold Q8_0 4 blocks 25–31 GB/s, 8: 25–31, 12: 25–28, 16: 23–24, 32: 27–29 (Q5_0 at 4:
+    /// 15–19, at 8: 18–20); `gguf_speed` decode, 8 vs 16, better in every pair: Gemma 1 thread
+    /// 78–88 vs 66–76 tok/s, 2 threads 93–110 vs 85–97; SmolLM2 148–154 vs 101–137, 169–179 vs
+    /// 129–175.
+    const PF_VNNI: usize = 8;
 
     /// `R` rows of Q4_0, Q4_1, Q5_0 or Q8_0 blocks (`K`) · 8-bit activations, eight blocks
     /// (256 values) per group. Per group and row the eight weight scales are converted from f16
