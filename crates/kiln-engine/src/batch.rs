@@ -249,6 +249,19 @@ mod tests {
             .fold(0.0, f32::max)
     }
 
+    /// Run `op` on both decoders: the same logits (within 1e-4) and slot lengths after it.
+    fn both(
+        a: &mut dyn BatchDecoder,
+        b: &mut dyn BatchDecoder,
+        op: &dyn Fn(&mut dyn BatchDecoder) -> Vec<f32>,
+    ) {
+        let (x, y) = (op(a), op(b));
+        assert!(max_diff(&x, &y) < 1e-4, "max diff {}", max_diff(&x, &y));
+        for s in 0..a.slots() {
+            assert_eq!(a.len(s), b.len(s), "slot {s}");
+        }
+    }
+
     #[test]
     fn slots_at_different_positions_match_their_own_forward() {
         let be = Arc::new(CpuBackend::new(1));
@@ -285,15 +298,6 @@ mod tests {
         let mut rng = crate::Rng::new(5);
         let mut toks =
             |n: usize| -> Vec<u32> { (0..n).map(|_| rng.below(vs as u64) as u32).collect() };
-        let both = |a: &mut dyn BatchDecoder,
-                    b: &mut dyn BatchDecoder,
-                    op: &dyn Fn(&mut dyn BatchDecoder) -> Vec<f32>| {
-            let (x, y) = (op(a), op(b));
-            assert!(max_diff(&x, &y) < 1e-4, "max diff {}", max_diff(&x, &y));
-            for s in 0..a.slots() {
-                assert_eq!(a.len(s), b.len(s), "slot {s}");
-            }
-        };
         let (p0, p2, p4) = (toks(3), toks(7), toks(1));
         both(&mut a, &mut b, &|d| d.prefill(0, &p0).unwrap());
         both(&mut a, &mut b, &|d| d.prefill(2, &p2).unwrap());
@@ -363,15 +367,6 @@ mod tests {
         let mut rng = crate::Rng::new(9);
         let mut toks =
             |n: usize| -> Vec<u32> { (0..n).map(|_| rng.below(vs as u64) as u32).collect() };
-        let both = |a: &mut dyn BatchDecoder,
-                    b: &mut dyn BatchDecoder,
-                    op: &dyn Fn(&mut dyn BatchDecoder) -> Vec<f32>| {
-            let (x, y) = (op(a), op(b));
-            assert!(max_diff(&x, &y) < 1e-4, "max diff {}", max_diff(&x, &y));
-            for s in 0..a.slots() {
-                assert_eq!(a.len(s), b.len(s), "slot {s}");
-            }
-        };
         let (long, short) = (toks(70), toks(20));
         // what each slot holds, to rebuild prompts for prefill_reusing
         let mut hist = vec![

@@ -126,6 +126,26 @@ fn head_isa(hd: usize) -> HeadIsa {
     HeadIsa::Portable
 }
 
+/// `$f::<NV>($args)` for the register count `NV` of a head of `$hd` floats in `$lanes`-float
+/// registers: one instance per count, so the kernels' loops unroll and q and the output stay in
+/// registers (a runtime count spilled both to the stack).
+#[cfg(target_arch = "x86_64")]
+macro_rules! by_head_width {
+    ($hd:expr, 16, $f:ident $args:tt) => {
+        by_head_width!(@ $hd / 16, $f $args, 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
+    };
+    ($hd:expr, 8, $f:ident $args:tt) => {
+        by_head_width!(@ $hd / 8, $f $args,
+            1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32)
+    };
+    (@ $n:expr, $f:ident $args:tt, $($nv:literal)*) => {
+        match $n {
+            $($nv => $f::<$nv> $args,)*
+            _ => unreachable!("head size checked by head_isa"),
+        }
+    };
+}
+
 /// `sc[j] = scale · q·Kⱼ` for `j` in `j0..j1`. Whole blocks of [`SCORE_BLOCK`] positions from
 /// `j0`, then single positions: so `j0` must be a block multiple and, for the scores to equal
 /// those of one call over `0..n`, `j1` a block multiple or `n`.
@@ -141,28 +161,12 @@ fn head_scores(sc: &mut [f32], j0: usize, j1: usize, q: &[f32], c: &HeadCache, s
         // SAFETY: AVX-512 is present (head_isa); positions below sc.len() = n are in bounds
         // (HeadCache::new).
         HeadIsa::V512 => unsafe {
-            macro_rules! by_width {
-                ($($nv:literal)*) => {
-                    match q.len() / 16 {
-                        $($nv => scores_v512::<$nv>(sc, j0, j1, q, c, scale),)*
-                        _ => unreachable!("head size checked by head_isa"),
-                    }
-                };
-            }
-            by_width!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
+            by_head_width!(q.len(), 16, scores_v512(sc, j0, j1, q, c, scale))
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2 and FMA are present (head_isa); positions in bounds as above.
         HeadIsa::V256 => unsafe {
-            macro_rules! by_width {
-                ($($nv:literal)*) => {
-                    match q.len() / 8 {
-                        $($nv => scores_v256::<$nv>(sc, j0, j1, q, c, scale),)*
-                        _ => unreachable!("head size checked by head_isa"),
-                    }
-                };
-            }
-            by_width!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32)
+            by_head_width!(q.len(), 8, scores_v256(sc, j0, j1, q, c, scale))
         },
         _ => scores_portable(sc, j0, j1, q, c, scale),
     }
@@ -176,28 +180,12 @@ fn head_weighted(oh: &mut [f32], p: &[f32], inv: f32, j0: usize, j1: usize, c: &
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX-512 is present; positions below p.len() = n are in bounds.
         HeadIsa::V512 => unsafe {
-            macro_rules! by_width {
-                ($($nv:literal)*) => {
-                    match oh.len() / 16 {
-                        $($nv => weighted_v512::<$nv>(oh, p, inv, j0, j1, c),)*
-                        _ => unreachable!("head size checked by head_isa"),
-                    }
-                };
-            }
-            by_width!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
+            by_head_width!(oh.len(), 16, weighted_v512(oh, p, inv, j0, j1, c))
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2 and FMA are present; positions in bounds as above.
         HeadIsa::V256 => unsafe {
-            macro_rules! by_width {
-                ($($nv:literal)*) => {
-                    match oh.len() / 8 {
-                        $($nv => weighted_v256::<$nv>(oh, p, inv, j0, j1, c),)*
-                        _ => unreachable!("head size checked by head_isa"),
-                    }
-                };
-            }
-            by_width!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32)
+            by_head_width!(oh.len(), 8, weighted_v256(oh, p, inv, j0, j1, c))
         },
         _ => weighted_portable(oh, p, inv, j0, j1, c),
     }
@@ -222,8 +210,7 @@ fn cached_head(oh: &mut [f32], sc: &mut [f32], q: &[f32], c: &HeadCache, scale: 
 /// [`head_scores`] in AVX-512 registers for a head of `NV` registers: 16 cached positions at a
 /// time, each position's `hd / 16` products summed lane-wise into one vector, then the 16
 /// vectors reduced together by a transpose-and-add tree (45 shuffles and adds for 16 scores
-/// instead of 16 horizontal sums). One instance per register count, so the loops unroll and q
-/// stays in registers (a runtime count spilled it to the stack).
+/// instead of 16 horizontal sums).
 ///
 /// # Safety
 /// AVX-512F; `q.len() == 16 · NV`; positions below `j1` in bounds of `c`.
