@@ -640,12 +640,7 @@ impl Backend for CudaBackend {
         launch!(self, "k_kv_append", self.grid1(n), (256, 1, 1), 0;
             ptr(&k_cache), ptr(&v_cache), ptr(&qkv), d.b as i32, d.t as i32, d.n_head as i32, d.n_kv as i32,
             d.head_dim as i32, pos0 as i32, max_t as i32);
-        let smem = ((pos0 + d.t) * 4) as u32;
-        assert!(
-            smem <= 48 * 1024,
-            "cuda decode: {} cached positions exceed the 12288 supported",
-            pos0 + d.t
-        );
+        let smem = decode_scores_smem(pos0 + d.t);
         let scale = 1.0 / (d.head_dim as f32).sqrt();
         launch!(self, "k_attn_cached", ((d.b * d.t) as u32, d.n_head as u32, 1), (128, 1, 1), smem;
             ptr(&out), ptr(&qkv), ptr(&k_cache), ptr(&v_cache), d.t as i32, d.n_head as i32, d.n_kv as i32,
@@ -688,12 +683,7 @@ impl Backend for CudaBackend {
         launch!(self, "k_kv_append_rows", self.grid1(d.b * row_kv), (256, 1, 1), 0;
             ptr(&k_cache), ptr(&v_cache), ptr(&qkv), tp, d.b as i32, d.n_head as i32, d.n_kv as i32,
             d.head_dim as i32, max_t as i32);
-        let longest = pos.iter().max().map_or(0, |&p| p + 1);
-        let smem = (longest * 4) as u32;
-        assert!(
-            smem <= 48 * 1024,
-            "cuda decode: {longest} cached positions exceed the 12288 supported"
-        );
+        let smem = decode_scores_smem(pos.iter().max().map_or(0, |&p| p + 1));
         let scale = 1.0 / (d.head_dim as f32).sqrt();
         launch!(self, "k_attn_rows", (d.b as u32, d.n_head as u32, 1), (128, 1, 1), smem;
             ptr(&out), ptr(&qkv), ptr(&k_cache), ptr(&v_cache), tp, d.b as i32, d.n_head as i32,
@@ -810,4 +800,14 @@ impl Backend for CudaBackend {
             base[0], base[1], base[2], base[3], tp, groups.len() as i32, off0 as i64, n as i64,
             h.beta1, h.beta2, h.eps, step_size, bc2_sqrt);
     }
+}
+
+/// Dynamic shared memory of the cached-decode kernels (`attend_cached`): one f32 score per cached
+/// position, within the 48 KiB a launch gets without opting in.
+fn decode_scores_smem(positions: usize) -> u32 {
+    assert!(
+        positions * 4 <= 48 * 1024,
+        "cuda decode: {positions} cached positions exceed the 12288 supported"
+    );
+    (positions * 4) as u32
 }
