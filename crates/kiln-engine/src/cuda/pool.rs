@@ -72,9 +72,13 @@ impl Drop for Pool {
     }
 }
 
-/// A device buffer of f32s (returned to the backend's pool on drop).
+/// A device buffer of f32s (returned to the backend's pool on drop). Its f32 memory is taken
+/// from the pool, zeroed, on the first [`ptr`] to it, not at allocation: buffers that only ever
+/// hold bf16-only results (the GELU epilogues' `fch`/`fcg`, the bf16 logits and their
+/// gradients) never get one, which is most of what kept peak memory above PyTorch's.
 pub struct CudaBuf {
-    pub(super) ptr: u64,
+    /// The f32 allocation; 0 until first used ([`CudaBuf::f32_ptr`]).
+    pub(super) ptr: std::sync::atomic::AtomicU64,
     pub(super) len: usize,
     pub(super) pool: Arc<Pool>,
     /// bf16 copy of matmul-operand regions ([`Bf16Gemm::Bf16Cached`]).
@@ -110,9 +114,47 @@ pub(super) struct Shadow {
 /// weight matrix: 4 per layer plus the head).
 pub(super) const SHADOW_REGIONS: usize = 512;
 
+impl CudaBuf {
+    /// The f32 allocation, taken from the pool and zeroed (on the stream, ahead of any use) the
+    /// first time it is asked for. Out of device memory here is a panic naming the size: the
+    /// ops that reach this cannot return an error.
+    pub(super) fn f32_ptr(&self) -> u64 {
+        use std::sync::atomic::Ordering;
+        let p = self.ptr.load(Ordering::Acquire);
+        if p != 0 || self.len == 0 {
+            return p;
+        }
+        // the shadow's lock serialises the first use (`materialize`, which holds it already,
+        // calls `f32_ptr_locked`)
+        let _guard = self.shadow.lock().unwrap_or_else(|e| e.into_inner());
+        self.f32_ptr_locked()
+    }
+
+    /// [`Self::f32_ptr`] for a caller that holds `self.shadow`'s lock.
+    pub(super) fn f32_ptr_locked(&self) -> u64 {
+        use std::sync::atomic::Ordering;
+        let p = self.ptr.load(Ordering::Acquire);
+        if p != 0 || self.len == 0 {
+            return p;
+        }
+        let p = self
+            .pool
+            .get(self.len)
+            .unwrap_or_else(|e| panic!("cuda: a buffer of {} f32s: {e}", self.len));
+        // SAFETY: p is valid for len f32s; enqueued on the stream before any use of it.
+        unsafe { drv::memset_d8_async(p, 0, self.len * 4, self.mat.stream.cu_stream()) }
+            .unwrap_or_else(|e| panic!("cuda: memset: {e:?}"));
+        self.ptr.store(p, Ordering::Release);
+        p
+    }
+}
+
 impl Drop for CudaBuf {
     fn drop(&mut self) {
-        self.pool.put(self.len, self.ptr);
+        let p = *self.ptr.get_mut();
+        if p != 0 {
+            self.pool.put(self.len, p);
+        }
         let sh = self.shadow.get_mut().unwrap_or_else(|e| e.into_inner());
         if sh.ptr != 0 {
             self.pool.put(self.len.div_ceil(2), sh.ptr);
@@ -144,7 +186,7 @@ pub(super) fn ptr(v: &View<CudaBuf>) -> u64 {
     if v.buf.has_stale.load(std::sync::atomic::Ordering::Acquire) {
         materialize(v.buf, v.off, v.len, false);
     }
-    v.buf.ptr + (v.off * 4) as u64
+    v.buf.f32_ptr() + (v.off * 4) as u64
 }
 
 /// Write back (bf16 → f32) every stale region of `buf` overlapping `[off, off + len)`
@@ -152,7 +194,7 @@ pub(super) fn ptr(v: &View<CudaBuf>) -> u64 {
 pub(super) fn materialize(buf: &CudaBuf, off: usize, len: usize, partial_only: bool) {
     let mut sh = buf.shadow.lock().unwrap_or_else(|e| e.into_inner());
     for (o, l) in take_stale(&mut sh.stale, off, len, partial_only) {
-        let (dst, src) = (buf.ptr + 4 * o as u64, sh.ptr + 2 * o as u64);
+        let (dst, src) = (buf.f32_ptr_locked() + 4 * o as u64, sh.ptr + 2 * o as u64);
         let f = &buf.mat.from_bf16;
         let mut b = buf.mat.stream.launch_builder(f);
         let n = l as i64;
