@@ -22,6 +22,7 @@
 #       --device cuda` at 1 and 32 samples (tokens/s) and greedy f32 cuda vs cpu text.
 #   (6) `kiln speedrun --preset gpt2-small --device cuda` from the run folder and data that
 #       scripts/gpu/speedrun-data.sh prepared (report card, eval.json, plan into speedrun/)
+#   (7) `kiln rl --device cuda` for KILN_CHECK_RL_MINUTES (2) from that run's SFT model
 # Env: KILN_CHECK_DEVICE=cpu runs stage (5) on the cpu (a dry run of the script's logic without a
 # GPU, with e.g. KILN_CHECK_STEPS=20 KILN_CHECK_BATCH=2); KILN_CHECK_NO_PREFLIGHT=1 skips the GPU
 # preflight (then every GPU stage fails on its own, fast). A rerun inside what is left of a lease:
@@ -207,6 +208,20 @@ if [ "$DEV" = cuda ] && [ -e "$D/speedrun-run.tar.xz" ]; then
   for f in report.md eval.json plan.json timings.json; do cp "$G/$f" "$OUT/speedrun/" 2>/dev/null; done
   cp "$G/base/metrics.jsonl" "$OUT/speedrun/base-metrics.json-lines" 2>/dev/null
   cp "$G/rl/metrics.jsonl" "$OUT/speedrun/rl-metrics.json-lines" 2>/dev/null
+
+  # (7) a short RL round on that larger model (issue 16): GRPO on arith-easy from the GPU
+  # speedrun's SFT checkpoint, 32 prompts x 8 samples per step, for KILN_CHECK_RL_MINUTES (2);
+  # the stage's lr (3e-4 x the preset's 0.2), correctness reward only, 300 held-out problems.
+  # Its CPU twin is the CPU speedrun's RL stage (docs/benchmarks.md).
+  if [ -d "$G/sft" ]; then
+    RM="${KILN_CHECK_RL_MINUTES:-2}"
+    stage rl_gpu $(awk "BEGIN{print int($RM * 60 + 60)}") rl.log "$K" rl --model "$G/sft" --task arith-easy \
+      --device cuda --prompts-per-step 32 --group 8 --max-new 48 --lr 6e-5 --format-reward 0 \
+      --eval-every 15 --eval-problems 300 --minutes "$RM" --steps 10000 --seed 1 --no-progress \
+      --out "$SR/rl-round"
+    cp "$SR/rl-round/metrics.jsonl" "$OUT/speedrun/rl-round-metrics.json-lines" 2>/dev/null
+    cp "$SR/rl-round/rl.svg" "$OUT/speedrun/rl-round.svg" 2>/dev/null
+  fi
 fi
 
 # ---- the peer with torch.compile (slowest to start), then the summary --------------------------

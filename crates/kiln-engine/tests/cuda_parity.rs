@@ -159,6 +159,12 @@ fn op_parity(tw: &mut Twin) {
     });
     compare(tw, "add_bias", &o, tol);
     compare(tw, "bias_backward", &db, 1e-4);
+    // 4-aligned widths take the float4 column sums
+    let (rows, cols) = (1001, 132);
+    let o = both(tw, &rand_vec(&mut r, rows * cols, 1.0));
+    let db = both(tw, &rand_vec(&mut r, cols, 1.0));
+    on_both!(tw, [o, db], |be| be.bias_backward(db, o, rows, cols));
+    compare(tw, "bias_backward 1001x132", &db, 1e-4);
     // embedding
     let (vocab, c, t, bb) = (50, 24, 7, 3);
     let ids: Vec<u32> = (0..bb * t).map(|_| r.below(vocab as u64) as u32).collect();
@@ -187,8 +193,15 @@ fn op_parity(tw: &mut Twin) {
     ));
     compare(tw, "embedding_rows", &out_rows, tol);
     // norms
-    for kind in [NormKind::LayerNorm, NormKind::RmsNorm] {
-        let (rows, cols) = (97, 200);
+    // (200 wide: the per-lane kernels; 768 and 128 wide: the float4 ones, 3,001 rows being more
+    // than one wave of the backward's warps, so each warp sums gradients over several rows)
+    for (kind, rows, cols) in [
+        (NormKind::LayerNorm, 97, 200),
+        (NormKind::RmsNorm, 97, 200),
+        (NormKind::LayerNorm, 97, 768),
+        (NormKind::RmsNorm, 97, 768),
+        (NormKind::LayerNorm, 3001, 128),
+    ] {
         let inp = both(tw, &rand_vec(&mut r, rows * cols, 2.0));
         let w = both(tw, &rand_vec(&mut r, cols, 1.0));
         let b = both(tw, &rand_vec(&mut r, cols, 1.0));
@@ -213,10 +226,11 @@ fn op_parity(tw: &mut Twin) {
                 cols,
             )
         });
-        compare(tw, &format!("norm_forward {kind:?}"), &out, tol);
-        compare(tw, &format!("norm_backward dx {kind:?}"), &dinp, 1e-5);
-        compare(tw, &format!("norm_backward dw {kind:?}"), &dw, 1e-4);
-        compare(tw, &format!("norm_backward db {kind:?}"), &dbb, 1e-4);
+        let at = format!("{kind:?} {rows}x{cols}");
+        compare(tw, &format!("norm_forward {at}"), &out, tol);
+        compare(tw, &format!("norm_backward dx {at}"), &dinp, 1e-5);
+        compare(tw, &format!("norm_backward dw {at}"), &dw, 1e-4);
+        compare(tw, &format!("norm_backward db {at}"), &dbb, 1e-4);
     }
     // activations
     for act in [Act::GeluTanh, Act::ReluSq] {
@@ -490,6 +504,8 @@ fn tc_parity(tw: &mut Twin) {
 fn model_parity(tw: &mut Twin, arch: &str, opt: OptimKind) -> Res<()> {
     let cfg = match arch {
         "gpt2" => ModelConfig::gpt2(211, 2, 4, 64, 64),
+        // rows 128 floats wide: the float4 norm kernels (bf16-only normed rows in bf16)
+        "gpt2-wide" => ModelConfig::gpt2(211, 2, 4, 128, 64),
         _ => ModelConfig::modern(211, 2, 4, 2, 64, 64),
     };
     let (b, t) = (3, 48);
@@ -592,6 +608,7 @@ fn cuda_matches_cpu() {
                 "runs_hd16": tw.gpu.attention_for(16).name(), "runs_hd64": tw.gpu.attention_for(64).name()})
         );
         model_parity(&mut tw, "gpt2", OptimKind::AdamW).unwrap();
+        model_parity(&mut tw, "gpt2-wide", OptimKind::AdamW).unwrap();
         model_parity(&mut tw, "modern", OptimKind::Muon).unwrap();
         println!(
             "{}",

@@ -25,7 +25,7 @@ pub const ATTN_SOURCE: &str = concat!(
 pub const ATTN_HEAD_DIMS: [usize; 5] = [8, 16, 32, 64, 128];
 
 /// Entry points of [`BASE_SOURCE`].
-pub const BASE_KERNELS: [&str; 26] = [
+pub const BASE_KERNELS: [&str; 29] = [
     "k_fill",
     "k_axpy",
     "k_scale",
@@ -33,10 +33,13 @@ pub const BASE_KERNELS: [&str; 26] = [
     "k_add_bias",
     "k_col_grads",
     "k_col_sum_bf16",
+    "k_col_sum_v4",
     "k_embed_fwd",
     "k_embed_bwd",
     "k_norm_fwd",
     "k_norm_bwd_dx",
+    "k_norm_fwd_v4",
+    "k_norm_bwd_v4",
     "k_act_fwd",
     "k_act_bwd",
     "k_qk_prep_fwd",
@@ -174,7 +177,14 @@ mod tests {
         let defined: Vec<&str> = BASE_SOURCE
             .split("extern \"C\" __global__ void ")
             .skip(1)
-            .map(|rest| rest.split('(').next().unwrap_or("").trim())
+            .map(|rest| {
+                // past an optional `__launch_bounds__(N)`
+                let rest = match rest.strip_prefix("__launch_bounds__(") {
+                    Some(r) => r.split_once(')').map_or("", |(_, after)| after),
+                    None => rest,
+                };
+                rest.split('(').next().unwrap_or("").trim()
+            })
             .collect();
         let mut listed: Vec<&str> = BASE_KERNELS.to_vec();
         let mut found = defined.clone();

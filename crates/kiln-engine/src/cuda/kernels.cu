@@ -107,6 +107,38 @@ extern "C" __global__ void k_col_sum_bf16(float* db, const unsigned int* dout2, 
     }
 }
 
+// db[c] += Σ_r dout[r, c] over f32 rows with cols % 4 == 0 (dout 16-byte aligned): the bias
+// gradients of the linear layers. As k_col_grads, but each thread sums four adjacent columns
+// with one 16-byte load per row, so a warp reads 512 contiguous bytes of a row, not 128.
+extern "C" __global__ void k_col_sum_v4(float* db, const float4* dout4, int rows, int cols) {
+    __shared__ float4 s[8][33];
+    int q = cols >> 2;
+    int cq = blockIdx.x * 32 + threadIdx.x;
+    int r0 = blockIdx.y * RPB;
+    int r1 = min(rows, r0 + RPB);
+    float4 a = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (cq < q) {
+#pragma unroll 4
+        for (int r = r0 + threadIdx.y; r < r1; r += 8) {
+            float4 v = dout4[(i64)r * q + cq];
+            a.x += v.x; a.y += v.y; a.z += v.z; a.w += v.w;
+        }
+    }
+    s[threadIdx.y][threadIdx.x] = a;
+    __syncthreads();
+    if (threadIdx.y == 0 && cq < q) {
+        float4 t = make_float4(0.f, 0.f, 0.f, 0.f);
+        for (int k = 0; k < 8; k++) {
+            float4 v = s[k][threadIdx.x];
+            t.x += v.x; t.y += v.y; t.z += v.z; t.w += v.w;
+        }
+        atomicAdd(&db[4 * cq], t.x);
+        atomicAdd(&db[4 * cq + 1], t.y);
+        atomicAdd(&db[4 * cq + 2], t.z);
+        atomicAdd(&db[4 * cq + 3], t.w);
+    }
+}
+
 // ---- embedding ---------------------------------------------------------------------------
 extern "C" __global__ void k_embed_fwd(float* out, const float* wte, const float* wpe, const unsigned* ids,
                                        i64 rows, int t, int pos0, int c) {
@@ -186,6 +218,130 @@ extern "C" __global__ void k_norm_bwd_dx(float* dinp, const float* dout, const f
         float y = di[i] + (dn - m_dn - norm * m_dnn) * rstd;
         di[i] = y;
         if (bf) bf[(i64)row * cols + i] = (unsigned short)f2bf(y);
+    }
+}
+
+// ---- normalization of rows 128·k floats wide, k ≤ 8 (GPT-2 small's 768, ...): float4 loads -----
+// The forward keeps the row in registers (one read of the input, not three) and may write only
+// the bf16 copy (`out` null: the next readers are bf16 matmuls). The backward adds each warp's
+// weight and bias gradients over its rows in registers and each block's once, so the gradients
+// need no second pass over dout and inp (k_col_grads). One warp per row; every pointer 16-byte
+// aligned, bf 8-byte (the host checks). Grid-stride over rows in the backward (one wave).
+#define NV_MAX 8
+__device__ __forceinline__ void store_bf4(unsigned short* bf, i64 at, float4 y) {
+    uint2 u;
+    u.x = f2bf(y.x) | (f2bf(y.y) << 16);
+    u.y = f2bf(y.z) | (f2bf(y.w) << 16);
+    *(uint2*)(bf + at) = u;
+}
+extern "C" __global__ void __launch_bounds__(256) k_norm_fwd_v4(float* out, float* stats, const float* inp,
+                                                              const float* w, const float* b, int rows,
+                                                              int cols, float eps, int is_ln,
+                                                              unsigned short* bf) {
+    int row = blockIdx.x * 8 + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    int nv = cols >> 7;
+    const float4* x = (const float4*)(inp + (i64)row * cols);
+    float4 xv[NV_MAX];
+    float s = 0.f;
+#pragma unroll
+    for (int j = 0; j < NV_MAX; j++)
+        if (j < nv) {
+            xv[j] = x[lane + 32 * j];
+            s += (xv[j].x + xv[j].y) + (xv[j].z + xv[j].w);
+        }
+    float mean = is_ln ? warp_sum(s) / cols : 0.f;
+    float v = 0.f;
+#pragma unroll
+    for (int j = 0; j < NV_MAX; j++)
+        if (j < nv) {
+            float a = xv[j].x - mean, c = xv[j].y - mean, d = xv[j].z - mean, e = xv[j].w - mean;
+            v += (a * a + c * c) + (d * d + e * e);
+        }
+    float rstd = 1.0f / sqrtf(warp_sum(v) / cols + eps);
+    if (lane == 0) { stats[2 * row] = mean; stats[2 * row + 1] = rstd; }
+#pragma unroll
+    for (int j = 0; j < NV_MAX; j++)
+        if (j < nv) {
+            int k = lane + 32 * j;
+            float4 y = make_float4((xv[j].x - mean) * rstd, (xv[j].y - mean) * rstd,
+                                   (xv[j].z - mean) * rstd, (xv[j].w - mean) * rstd);
+            if (w) { float4 g = ((const float4*)w)[k]; y.x *= g.x; y.y *= g.y; y.z *= g.z; y.w *= g.w; }
+            if (b) { float4 c = ((const float4*)b)[k]; y.x += c.x; y.y += c.y; y.z += c.z; y.w += c.w; }
+            if (out) ((float4*)(out + (i64)row * cols))[k] = y;
+            if (bf) store_bf4(bf, (i64)row * cols + 4 * k, y);
+        }
+}
+// dinp += (dn - mean(dn) - norm * mean(dn * norm)) * rstd, dn = dout * w (as k_norm_bwd_dx), and
+// dw[c] += Σ dout * norm, db[c] += Σ dout (as k_col_grads; either may be null).
+extern "C" __global__ void __launch_bounds__(256) k_norm_bwd_v4(float* dinp, float* dw, float* db,
+                                                              const float* dout, const float* inp,
+                                                              const float* stats, const float* w,
+                                                              int rows, int cols, int is_ln,
+                                                              unsigned short* bf) {
+    __shared__ float sw[32 * 4 * NV_MAX];
+    __shared__ float sb[32 * 4 * NV_MAX];
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int nv = cols >> 7;
+    bool grads = dw || db;
+    for (int i = threadIdx.x; i < cols; i += 256) { sw[i] = 0.f; sb[i] = 0.f; }
+    float4 aw[NV_MAX], ab[NV_MAX];
+#pragma unroll
+    for (int j = 0; j < NV_MAX; j++) { aw[j] = make_float4(0.f, 0.f, 0.f, 0.f); ab[j] = aw[j]; }
+    for (int row = blockIdx.x * 8 + warp; row < rows; row += gridDim.x * 8) {
+        const float4* x = (const float4*)(inp + (i64)row * cols);
+        const float4* d = (const float4*)(dout + (i64)row * cols);
+        float mean = stats[2 * row], rstd = stats[2 * row + 1];
+        float s_dn = 0.f, s_dnn = 0.f;
+#pragma unroll
+        for (int j = 0; j < NV_MAX; j++)
+            if (j < nv) {
+                int k = lane + 32 * j;
+                float4 xv = x[k], dv = d[k];
+                float4 g = w ? ((const float4*)w)[k] : make_float4(1.f, 1.f, 1.f, 1.f);
+                float n0 = (xv.x - mean) * rstd, n1 = (xv.y - mean) * rstd;
+                float n2 = (xv.z - mean) * rstd, n3 = (xv.w - mean) * rstd;
+                float d0 = dv.x * g.x, d1 = dv.y * g.y, d2 = dv.z * g.z, d3 = dv.w * g.w;
+                s_dn += (d0 + d1) + (d2 + d3);
+                s_dnn += (d0 * n0 + d1 * n1) + (d2 * n2 + d3 * n3);
+                aw[j].x += dv.x * n0; aw[j].y += dv.y * n1; aw[j].z += dv.z * n2; aw[j].w += dv.w * n3;
+                ab[j].x += dv.x; ab[j].y += dv.y; ab[j].z += dv.z; ab[j].w += dv.w;
+            }
+        s_dn = warp_sum(s_dn);
+        s_dnn = warp_sum(s_dnn);
+        float m_dn = is_ln ? s_dn / cols : 0.f;
+        float m_dnn = s_dnn / cols;
+        float4* di = (float4*)(dinp + (i64)row * cols);
+#pragma unroll
+        for (int j = 0; j < NV_MAX; j++)
+            if (j < nv) {
+                int k = lane + 32 * j;
+                float4 xv = x[k], dv = d[k], y = di[k];
+                float4 g = w ? ((const float4*)w)[k] : make_float4(1.f, 1.f, 1.f, 1.f);
+                y.x += (dv.x * g.x - m_dn - (xv.x - mean) * rstd * m_dnn) * rstd;
+                y.y += (dv.y * g.y - m_dn - (xv.y - mean) * rstd * m_dnn) * rstd;
+                y.z += (dv.z * g.z - m_dn - (xv.z - mean) * rstd * m_dnn) * rstd;
+                y.w += (dv.w * g.w - m_dn - (xv.w - mean) * rstd * m_dnn) * rstd;
+                di[k] = y;
+                if (bf) store_bf4(bf, (i64)row * cols + 4 * k, y);
+            }
+    }
+    if (!grads) return;
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < NV_MAX; j++)
+        if (j < nv) {
+            int c = 4 * (lane + 32 * j);
+            atomicAdd(&sw[c], aw[j].x); atomicAdd(&sw[c + 1], aw[j].y);
+            atomicAdd(&sw[c + 2], aw[j].z); atomicAdd(&sw[c + 3], aw[j].w);
+            atomicAdd(&sb[c], ab[j].x); atomicAdd(&sb[c + 1], ab[j].y);
+            atomicAdd(&sb[c + 2], ab[j].z); atomicAdd(&sb[c + 3], ab[j].w);
+        }
+    __syncthreads();
+    for (int i = threadIdx.x; i < cols; i += 256) {
+        if (dw) atomicAdd(&dw[i], sw[i]);
+        if (db) atomicAdd(&db[i], sb[i]);
     }
 }
 

@@ -389,8 +389,14 @@ impl Backend for CudaBackend {
         assert!(dout.len >= rows * cols && dbias.len >= cols);
         let _p = self.op("bias_backward");
         dirty(&dbias);
+        let pd = ptr(&dout);
+        if cols.is_multiple_of(4) && pd.is_multiple_of(16) {
+            let grid = ((cols / 4).div_ceil(32) as u32, rows.div_ceil(256) as u32, 1);
+            launch!(self, "k_col_sum_v4", grid, (32, 8, 1), 0; ptr(&dbias), pd, rows as i32, cols as i32);
+            return;
+        }
         let grid = (cols.div_ceil(32) as u32, rows.div_ceil(256) as u32, 1);
-        launch!(self, "k_col_grads", grid, (32, 8, 1), 0; 0u64, ptr(&dbias), ptr(&dout), 0u64, 0u64, rows as i32, cols as i32);
+        launch!(self, "k_col_grads", grid, (32, 8, 1), 0; 0u64, ptr(&dbias), pd, 0u64, 0u64, rows as i32, cols as i32);
     }
 
     fn embedding_forward(
@@ -472,9 +478,35 @@ impl Backend for CudaBackend {
         dirty(&out);
         dirty(&stats);
         let is_ln = (kind == NormKind::LayerNorm) as i32;
-        let bf = self.shadow_out(&out, rows * cols);
-        launch!(self, "k_norm_fwd", (rows.div_ceil(8) as u32, 1, 1), (256, 1, 1), 0;
-            ptr(&out), ptr(&stats), ptr(&inp), optr(&weight), optr(&bias), rows as i32, cols as i32, eps, is_ln, bf);
+        let n = rows * cols;
+        let grid = (rows.div_ceil(8) as u32, 1, 1);
+        let (pi, pw, pb) = (ptr(&inp), optr(&weight), optr(&bias));
+        if !norm_rows_fit_v4(cols, &[pi, pw, pb]) {
+            let bf = self.shadow_out(&out, n);
+            launch!(self, "k_norm_fwd", grid, (256, 1, 1), 0;
+                ptr(&out), ptr(&stats), pi, pw, pb, rows as i32, cols as i32, eps, is_ln, bf);
+            return;
+        }
+        // With cached bf16 operands the normed rows are read only by bf16 matmuls: write them
+        // only in bf16 (a bf16-only result, written back to f32 should anything read that).
+        if self.fused_bf16() && n > 0 {
+            if let Some(bf) = self
+                .bf16_result_slot(&out, n)
+                .filter(|p| p.is_multiple_of(8))
+            {
+                launch!(self, "k_norm_fwd_v4", grid, (256, 1, 1), 0;
+                    0u64, ptr(&stats), pi, pw, pb, rows as i32, cols as i32, eps, is_ln, bf);
+                self.commit_bf16_result(&out, n);
+                return;
+            }
+        }
+        let bf = self.shadow_out(&out, n);
+        let bf = if bf.is_multiple_of(8) { bf } else { 0 };
+        launch!(self, "k_norm_fwd_v4", grid, (256, 1, 1), 0;
+            ptr(&out), ptr(&stats), pi, pw, pb, rows as i32, cols as i32, eps, is_ln, bf);
+        if bf == 0 {
+            dirty(&out);
+        }
     }
 
     fn norm_backward(
@@ -496,6 +528,23 @@ impl Backend for CudaBackend {
         odirty(&dweight);
         odirty(&dbias);
         let is_ln = (kind == NormKind::LayerNorm) as i32;
+        let (pd, po, pi, pw) = (ptr(&dinp), ptr(&dout), ptr(&inp), optr(&weight));
+        if norm_rows_fit_v4(cols, &[pd, po, pi, pw]) {
+            let bf = self.shadow_out(&dinp, rows * cols);
+            let bf = if bf.is_multiple_of(8) { bf } else { 0 };
+            // one wave of two 256-thread blocks per SM, each warp over every (8·grid)-th row
+            let grid = (
+                rows.div_ceil(8).clamp(1, 2 * self.sms as usize) as u32,
+                1,
+                1,
+            );
+            launch!(self, "k_norm_bwd_v4", grid, (256, 1, 1), 0;
+                pd, optr(&dweight), optr(&dbias), po, pi, ptr(&stats), pw, rows as i32, cols as i32, is_ln, bf);
+            if bf == 0 {
+                dirty(&dinp);
+            }
+            return;
+        }
         let bf = self.shadow_out(&dinp, rows * cols);
         launch!(self, "k_norm_bwd_dx", (rows.div_ceil(8) as u32, 1, 1), (256, 1, 1), 0;
             ptr(&dinp), ptr(&dout), ptr(&inp), ptr(&stats), optr(&weight), rows as i32, cols as i32, is_ln, bf);
@@ -798,6 +847,16 @@ impl Backend for CudaBackend {
 
 /// Dynamic shared memory of the cached-decode kernels (`attend_cached`): one f32 score per cached
 /// position, within the 48 KiB a launch gets without opting in.
+/// Can the float4 norm kernels (`k_norm_fwd_v4`, `k_norm_bwd_v4`) take rows of `cols` floats with
+/// these device pointers (0: absent)? Rows a multiple of 128 floats up to 1024 wide (a warp's
+/// lanes hold at most 8 float4 each), every pointer 16-byte aligned.
+fn norm_rows_fit_v4(cols: usize, ptrs: &[u64]) -> bool {
+    cols > 0
+        && cols.is_multiple_of(128)
+        && cols <= 1024
+        && ptrs.iter().all(|p| p.is_multiple_of(16))
+}
+
 fn decode_scores_smem(positions: usize) -> u32 {
     assert!(
         positions * 4 <= 48 * 1024,
