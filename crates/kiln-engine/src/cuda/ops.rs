@@ -500,13 +500,9 @@ impl Backend for CudaBackend {
                 return;
             }
         }
-        let bf = self.shadow_out(&out, n);
-        let bf = if bf.is_multiple_of(8) { bf } else { 0 };
+        let bf = self.shadow_out_aligned(&out, n, 8);
         launch!(self, "k_norm_fwd_v4", grid, (256, 1, 1), 0;
             ptr(&out), ptr(&stats), pi, pw, pb, rows as i32, cols as i32, eps, is_ln, bf);
-        if bf == 0 {
-            dirty(&out);
-        }
     }
 
     fn norm_backward(
@@ -530,8 +526,7 @@ impl Backend for CudaBackend {
         let is_ln = (kind == NormKind::LayerNorm) as i32;
         let (pd, po, pi, pw) = (ptr(&dinp), ptr(&dout), ptr(&inp), optr(&weight));
         if norm_rows_fit_v4(cols, &[pd, po, pi, pw]) {
-            let bf = self.shadow_out(&dinp, rows * cols);
-            let bf = if bf.is_multiple_of(8) { bf } else { 0 };
+            let bf = self.shadow_out_aligned(&dinp, rows * cols, 8);
             // one wave of two 256-thread blocks per SM, each warp over every (8·grid)-th row
             let grid = (
                 rows.div_ceil(8).clamp(1, 2 * self.sms as usize) as u32,
@@ -540,9 +535,6 @@ impl Backend for CudaBackend {
             );
             launch!(self, "k_norm_bwd_v4", grid, (256, 1, 1), 0;
                 pd, optr(&dweight), optr(&dbias), po, pi, ptr(&stats), pw, rows as i32, cols as i32, is_ln, bf);
-            if bf == 0 {
-                dirty(&dinp);
-            }
             return;
         }
         let bf = self.shadow_out(&dinp, rows * cols);
@@ -845,8 +837,6 @@ impl Backend for CudaBackend {
     }
 }
 
-/// Dynamic shared memory of the cached-decode kernels (`attend_cached`): one f32 score per cached
-/// position, within the 48 KiB a launch gets without opting in.
 /// Can the float4 norm kernels (`k_norm_fwd_v4`, `k_norm_bwd_v4`) take rows of `cols` floats with
 /// these device pointers (0: absent)? Rows a multiple of 128 floats up to 1024 wide (a warp's
 /// lanes hold at most 8 float4 each), every pointer 16-byte aligned.
@@ -857,6 +847,8 @@ fn norm_rows_fit_v4(cols: usize, ptrs: &[u64]) -> bool {
         && ptrs.iter().all(|p| p.is_multiple_of(16))
 }
 
+/// Dynamic shared memory of the cached-decode kernels (`attend_cached`): one f32 score per cached
+/// position, within the 48 KiB a launch gets without opting in.
 fn decode_scores_smem(positions: usize) -> u32 {
     assert!(
         positions * 4 <= 48 * 1024,

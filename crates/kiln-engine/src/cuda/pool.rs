@@ -388,6 +388,18 @@ impl CudaBackend {
         sh.ptr + 2 * v.off as u64
     }
 
+    /// [`Self::shadow_out`] for a kernel that writes its bf16 copy `align` bytes at a time: 0 when
+    /// the shadow address is not so aligned (the kernel then writes only f32, and the region is
+    /// left not current).
+    pub(super) fn shadow_out_aligned(&self, v: &View<CudaBuf>, n: usize, align: u64) -> u64 {
+        let bf = self.shadow_out(v, n);
+        if bf.is_multiple_of(align) {
+            return bf;
+        }
+        dirty(v);
+        0
+    }
+
     /// Enqueue `dst[..n] = bf16(src[..n])` (device pointers; `dst` holds bf16s).
     pub(super) fn to_bf16(&self, dst: u64, src: u64, n: usize) {
         if n == 0 {
