@@ -59,6 +59,8 @@ fn panel(svg: &mut String, s: &Series, color: &str, x0: f64, y0: f64, w: f64, h:
     }
     let px = |x: f64| l + (x - xmin) / (xmax - xmin) * (r - l);
     let py = |y: f64| b - (y - ymin) / (ymax - ymin) * (b - t);
+    // steps are whole numbers: over a short run two ticks can round to the same one, labelled once
+    let mut last_x_label = String::new();
     for i in 0..=4 {
         let fy = ymin + (ymax - ymin) * i as f64 / 4.0;
         let fx = xmin + (xmax - xmin) * i as f64 / 4.0;
@@ -69,13 +71,16 @@ fn panel(svg: &mut String, s: &Series, color: &str, x0: f64, y0: f64, w: f64, h:
             py(fy) + 3.0,
             fy
         );
-        let _ = write!(
-            svg,
-            r##"<text x="{}" y="{}" font-size="10" text-anchor="middle">{:.0}</text>"##,
-            px(fx),
-            b + 14.0,
-            fx
-        );
+        let x_label = format!("{fx:.0}");
+        if x_label != last_x_label {
+            let _ = write!(
+                svg,
+                r##"<text x="{}" y="{}" font-size="10" text-anchor="middle">{x_label}</text>"##,
+                px(fx),
+                b + 14.0,
+            );
+            last_x_label = x_label;
+        }
         let _ = write!(
             svg,
             r##"<line x1="{l}" x2="{r}" y1="{0}" y2="{0}" stroke="#eee"/>"##,
@@ -152,6 +157,25 @@ pub fn write_svg(path: &Path, panels: &[Series]) -> Result<(), TrainError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[test]
+    fn a_short_run_labels_each_step_once() {
+        let mut svg = String::new();
+        let pts = [(1.0, 0.5), (2.0, 0.4), (3.0, 0.3), (4.0, 0.2)];
+        let s = Series {
+            title: "reward",
+            points: &pts,
+        };
+        panel(&mut svg, &s, "#000", 0.0, 0.0, 420.0, 300.0);
+        // ticks at 1, 1.75, 2.5, 3.25, 4 round to 1 2 2 3 4 (2 would be labelled twice)
+        let labels: Vec<&str> = svg
+            .split(r#"text-anchor="middle">"#)
+            .skip(1)
+            .map(|t| t.split('<').next().unwrap_or(""))
+            .filter(|t| t.parse::<f64>().is_ok())
+            .collect();
+        assert_eq!(labels, ["1", "2", "3", "4"], "{svg}");
+    }
+
     #[test]
     fn writes_valid_looking_svg() {
         let dir = tempfile::tempdir().unwrap();

@@ -819,7 +819,12 @@ pub fn rl_hooked<B: TrainBackend, H: StepHook>(
     let bt = mb * t;
     let (mut x, mut y, mut w) = (vec![0u32; bt], vec![0u32; bt], vec![0f32; bt]);
     let mut curves: Vec<[f64; 3]> = Vec::new();
-    let mut evals: Vec<(f64, f64)> = pass1_start.map(|p| (0.0, p)).into_iter().collect();
+    // (step, greedy pass@1, sampled pass@1) per held-out eval
+    let mut evals: Vec<[f64; 3]> = pass1_start
+        .zip(pass1_sampled_start)
+        .map(|(p, ps)| [0.0, p, ps])
+        .into_iter()
+        .collect();
     while (step as usize) < cfg.steps {
         // ---- rollouts ----
         // Rounds of `prompts_per_step` prompts until that many groups carry a signal or
@@ -1087,7 +1092,7 @@ pub fn rl_hooked<B: TrainBackend, H: StepHook>(
             metrics.write(&json!({"event": "eval", "step": step, "pass1": e.pass1, "format": e.format, "pass_k": e.pass_k, "pass1_sampled": e.pass1_sampled, "k": cfg.group}))?;
             (pass1, pass_k) = (Some(e.pass1), Some(e.pass_k));
             pass1_sampled = Some(e.pass1_sampled);
-            evals.push((step as f64, e.pass1));
+            evals.push([step as f64, e.pass1, e.pass1_sampled]);
         }
         if last || (cfg.eval_every > 0 && (step as usize).is_multiple_of(cfg.eval_every)) {
             plot(&out.join("rl.svg"), &curves, &evals)?;
@@ -1130,11 +1135,14 @@ pub fn rl_hooked<B: TrainBackend, H: StepHook>(
     })
 }
 
-/// The R1 curves: mean reward and response length per step, held-out pass@1 per eval (this
+/// The R1 curves: mean reward and response length per step; held-out pass@1 per eval, sampled
+/// (DeepSeek-R1's pass@1: the mean over samples at the rollout temperature) and greedy (this
 /// process's steps; the full history is in metrics.jsonl).
-fn plot(path: &Path, curves: &[[f64; 3]], evals: &[(f64, f64)]) -> Result<(), TrainError> {
+fn plot(path: &Path, curves: &[[f64; 3]], evals: &[[f64; 3]]) -> Result<(), TrainError> {
     let reward: Vec<(f64, f64)> = curves.iter().map(|c| (c[0], c[1])).collect();
     let len: Vec<(f64, f64)> = curves.iter().map(|c| (c[0], c[2])).collect();
+    let greedy: Vec<(f64, f64)> = evals.iter().map(|e| (e[0], e[1])).collect();
+    let sampled: Vec<(f64, f64)> = evals.iter().map(|e| (e[0], e[2])).collect();
     write_svg(
         path,
         &[
@@ -1143,8 +1151,12 @@ fn plot(path: &Path, curves: &[[f64; 3]], evals: &[(f64, f64)]) -> Result<(), Tr
                 points: &reward,
             },
             Series {
-                title: "held-out pass@1",
-                points: evals,
+                title: "held-out pass@1, sampled",
+                points: &sampled,
+            },
+            Series {
+                title: "held-out pass@1, greedy",
+                points: &greedy,
             },
             Series {
                 title: "mean response length (tokens)",
@@ -1226,7 +1238,7 @@ mod tests {
         assert!(p0 < 0.2 && p1 > 0.6, "sampled pass@1 {p0} -> {p1}");
         assert!(std::fs::read_to_string(out.join("rl.svg"))
             .unwrap()
-            .contains("held-out pass@1"));
+            .contains("held-out pass@1, sampled"));
         // Resume continues from the last checkpoint (step 40), not from scratch.
         let s2 = rl(&cfg(42), &base, &data, &out, true, false).unwrap();
         assert_eq!(s2.step, 42);
