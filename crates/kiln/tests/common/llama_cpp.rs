@@ -29,6 +29,7 @@ pub fn bin(tools: &[&str]) -> Option<PathBuf> {
 
 /// `llama-perplexity`'s final estimate for `model` on `text` (`args`: its context, chunks,
 /// threads…).
+///
 /// llama.cpp writes its log from a worker thread, and a process that exits right after the last
 /// line can lose it: once in CI the run printed 7 of 8 chunks, no final estimate, and exited 0.
 /// Such a run is repeated (up to 3 tries); a failed run or a third miss fails the test.
