@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The cuda backend's device check, in one call (issue 6). Needs dist/gpu from scripts/gpu/prepare.sh
-# (carry it). Writes JSON lines to $OUT (default /tmp/kiln-gpu-out): parity.jsonl, bench.jsonl,
+# (carry it). Writes JSON lines (packed into $OUT at the end, see below): parity.jsonl, bench.jsonl,
 # decode.jsonl, train.jsonl, stages.jsonl, summary.json, plus pretrain/ (the runs' metrics with the
 # live samples, curves.svg, sample texts). Each stage has its own time limit so a slow stage cannot
 # eat the others, and all of them share one budget (KILN_CHECK_BUDGET, 360 s; 120 s of it kept for
@@ -33,8 +33,19 @@ cd "$(dirname "$0")/../.."
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}
 export CUDA_PATH=/usr/local/cuda
 export PYTHONUNBUFFERED=1
-OUT="${OUT:-/tmp/kiln-gpu-out}"
-mkdir -p "$OUT"
+# Results are written to a work folder and packed into $OUT at the end (the device tool returns at
+# most 8 files): $OUT/summary.json, $OUT/stages.jsonl and everything in $OUT/kiln-gpu-out.tgz.
+# Unpack with `tar -xzf kiln-gpu-out.tgz -C scripts/gpu/results/<date>-<device>-<run>/`.
+PACK="${OUT:-/tmp/kiln-gpu-pack}"
+OUT=/tmp/kiln-gpu-out
+rm -rf "$OUT"
+mkdir -p "$OUT" "$PACK"
+pack() {
+  cp "$OUT/stages.jsonl" "$PACK/" 2>/dev/null
+  cp "$OUT/summary.json" "$PACK/" 2>/dev/null
+  tar -czf "$PACK/kiln-gpu-out.tgz" -C "$OUT" .
+}
+trap pack EXIT
 D=dist/gpu
 DEV="${KILN_CHECK_DEVICE:-cuda}"
 STEPS="${KILN_CHECK_STEPS:-300}"
