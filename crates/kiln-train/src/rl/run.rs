@@ -80,6 +80,11 @@ pub struct RlConfig {
     /// [`run_job`](super::run_job) from the job).
     #[serde(default)]
     pub tools: Vec<String>,
+    /// DAPO's overlong filtering: a response cut at `max_new` (no stop token) is left out of the
+    /// loss, since its reward says little about the reply it would have ended with. Its reward
+    /// still counts in its group's advantages.
+    #[serde(default)]
+    pub overlong_filter: bool,
 }
 
 fn one() -> usize {
@@ -123,6 +128,7 @@ impl Default for RlConfig {
             format_reward: kiln_chat::tasks::FORMAT_REWARD,
             rollout_rounds: 4,
             tools: Vec::new(),
+            overlong_filter: false,
         }
     }
 }
@@ -264,6 +270,8 @@ pub struct RlSummary {
 struct Sample {
     /// Index of its prompt in the step.
     prompt: usize,
+    /// Cut at the length limit (or by a tool output's budget) before a stop token.
+    truncated: bool,
     tokens: Vec<u32>,
     /// Parallel to `tokens`: forced by a tool (no loss).
     forced: Vec<bool>,
@@ -835,6 +843,7 @@ pub fn rl_hooked<B: TrainBackend, H: StepHook>(
         let mut samples: Vec<Sample> = Vec::with_capacity(rows);
         let mut rewards_all: Vec<f32> = Vec::new();
         let (mut n_gen_all, mut correct_all, mut formatted_all) = (0usize, 0usize, 0usize);
+        let mut truncated_all = 0usize;
         // Tool outputs forced into this step's rollouts (one per call the policy closed).
         let mut tool_calls = 0usize;
         let mut entropy = 0f64;
@@ -884,6 +893,7 @@ pub fn rl_hooked<B: TrainBackend, H: StepHook>(
                         let score = (data.train[k].score)(strip_stop(&own, &data.stop));
                         Sample {
                             prompt: k,
+                            truncated: tokens.last().is_none_or(|t| !data.stop.contains(t)),
                             tokens: tokens.clone(),
                             forced: forced.clone(),
                             reward: score.reward,
@@ -903,6 +913,7 @@ pub fn rl_hooked<B: TrainBackend, H: StepHook>(
                 correct_all += scored.iter().filter(|s| s.score.correct).count();
                 tool_calls += scored.iter().map(|s| forced_runs(&s.forced)).sum::<usize>();
                 formatted_all += scored.iter().filter(|s| s.score.formatted).count();
+                truncated_all += scored.iter().filter(|s| s.truncated).count();
                 let signal = scored.iter().any(|s| s.reward != scored[0].reward);
                 if signal && informative < cfg.prompts_per_step {
                     informative += 1;
@@ -927,9 +938,14 @@ pub fn rl_hooked<B: TrainBackend, H: StepHook>(
         let rewards: Vec<f32> = samples.iter().map(|s| s.reward).collect();
         let adv = group_advantages(&rewards, cfg.group, cfg.std_scale);
         let lens: Vec<usize> = samples.iter().map(|s| s.tokens.len()).collect();
+        // The tokens the loss counts: those the policy sampled (not a tool's output), and with
+        // overlong filtering none of a truncated response's.
         let sampled_mask: Vec<bool> = samples
             .iter()
-            .flat_map(|s| s.forced.iter().map(|&f| !f))
+            .flat_map(|s| {
+                let kept = !(cfg.overlong_filter && s.truncated);
+                s.forced.iter().map(move |&f| kept && !f)
+            })
             .collect();
         let n_gen: usize = lens.iter().sum();
         let rows = samples.len();
@@ -1057,7 +1073,7 @@ pub fn rl_hooked<B: TrainBackend, H: StepHook>(
         reward_last = Some(mean);
         curves.push([step as f64, mean, len_mean]);
         let rec = json!({"step": step, "reward_mean": mean, "reward_std": std, "correct": correct,
-            "format": formatted, "len_mean": len_mean, "entropy": entropy / (n_gen_all.max(1) as f64),
+            "format": formatted, "len_mean": len_mean, "truncated": truncated_all as f64 / n, "entropy": entropy / (n_gen_all.max(1) as f64),
             "rollout_rounds": rounds, "groups_updated": informative, "tool_calls": tool_calls,
             // No update, no loss: null rather than a 0 that reads as a measured value.
             "loss": (updates > 0).then_some(loss_v), "kl": (updates > 0).then_some(kl_v),
@@ -1329,6 +1345,44 @@ mod tests {
         assert_eq!(last["rollout_rounds"], 3);
         assert_eq!(last["groups_updated"], 0);
         assert!(last["loss"].is_null(), "{last}");
+    }
+
+    #[test]
+    fn overlong_filtering_leaves_truncated_responses_out_of_the_loss() {
+        let dir = tempfile::tempdir().unwrap();
+        let (base, mut data) = toy(dir.path());
+        // Rewards that differ within every group (the first token's parity), so each step
+        // updates; with 4 new tokens of 301 a random model almost never ends a reply.
+        for item in &mut data.train {
+            item.score = Arc::new(|ids: &[u32]| Score {
+                correct: false,
+                formatted: false,
+                reward: (ids.first().copied().unwrap_or(0) % 2) as f32,
+            });
+        }
+        let mut c = cfg(2);
+        c.eval_problems = 0;
+        let run = |c: &RlConfig, name: &str| {
+            let s = rl(c, &base, &data, &dir.path().join(name), false, false).unwrap();
+            let truncated: Vec<f64> =
+                std::fs::read_to_string(dir.path().join(name).join("metrics.jsonl"))
+                    .unwrap()
+                    .lines()
+                    .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                    .filter_map(|v| v["truncated"].as_f64())
+                    .collect();
+            (load_checkpoint(&s.last_ckpt).unwrap().params, truncated)
+        };
+        let before = load_checkpoint(&base).unwrap().params;
+        let (plain, truncated) = run(&c, "plain");
+        assert_eq!(truncated, [1.0, 1.0], "every response cut at max_new");
+        assert!(
+            plain != before,
+            "without the filter the cut responses are trained on"
+        );
+        c.overlong_filter = true;
+        let (filtered, _) = run(&c, "filtered");
+        assert!(filtered == before, "with it nothing is left to train on");
     }
 
     /// Text as ids 4..12 (ids 0..4 are the tool tokens) for the 12-id test model.

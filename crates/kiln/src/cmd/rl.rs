@@ -88,6 +88,10 @@ pub struct RlArgs {
     /// gradient and are not trained on); 1 = one round, whatever it holds.
     #[arg(long, default_value_t = 4)]
     pub rollout_rounds: usize,
+    /// Leave responses cut at --max-new (no end token) out of the loss (DAPO's overlong
+    /// filtering); their rewards still count in their groups' advantages.
+    #[arg(long)]
+    pub overlong_filter: bool,
     /// Optimizer steps per rollout batch.
     #[arg(long, default_value_t = 1)]
     pub updates: usize,
@@ -179,6 +183,7 @@ pub fn run(a: RlArgs, threads: usize) -> anyhow::Result<()> {
             format_reward: a.format_reward,
             rollout_rounds: a.rollout_rounds,
             tools: Vec::new(),
+            overlong_filter: a.overlong_filter,
         },
         tools: RlToolSet {
             code: a.tools.contains(&ToolName::Code),

@@ -442,6 +442,7 @@ pub fn rlhf(a: RlhfArgs, threads: usize) -> anyhow::Result<()> {
             // A reward model's scores almost never tie within a group: one round is enough.
             rollout_rounds: 1,
             tools: Vec::new(),
+            overlong_filter: false,
         },
         guard: GuardConfig {
             eval_every: a.guard_every,
