@@ -4,7 +4,6 @@
 //! loop over the KV cache. Callers pass a path; resolving catalogue names is kiln-data's job.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use kiln_engine::gguf::{GgufFile, Value};
 use kiln_engine::llama::{Arch, LlamaModel};
@@ -130,10 +129,10 @@ pub fn vocab_from(file: &GgufFile) -> Result<GgufVocab, GgufChatError> {
 
 impl GgufChatModel {
     pub fn load(path: &Path) -> Result<GgufChatModel, GgufChatError> {
-        let file = Arc::new(GgufFile::load(path).map_err(EngineError::from)?);
+        let model = LlamaModel::load(path)?;
+        let file = model.file().clone();
         let vocab = vocab_from(&file)?;
         let tok = GgufTokenizer::new(&vocab)?;
-        let model = LlamaModel::new(file.clone())?;
         let template = file
             .get("tokenizer.chat_template")
             .and_then(Value::as_str)

@@ -9,10 +9,8 @@
 //! usage: cargo run --release -p kiln-engine --example gguf_speed -- MODEL.gguf THREADS [PP] [TG] [REPS] [DEPTH]
 //! (DEPTH: the decode starts after a prompt of that many tokens, as llama-bench's `-d`.)
 
-use std::sync::Arc;
 use std::time::Instant;
 
-use kiln_engine::gguf::GgufFile;
 use kiln_engine::llama::LlamaModel;
 use rayon::prelude::*;
 
@@ -83,8 +81,7 @@ fn main() {
         .unwrap();
     pool.install(|| {
         let t0 = Instant::now();
-        let file = Arc::new(GgufFile::load(std::path::Path::new(path)).expect("open"));
-        let m = LlamaModel::new(file).expect("load");
+        let m = LlamaModel::load(std::path::Path::new(path)).expect("load");
         let load_s = t0.elapsed().as_secs_f64();
         let vocab = m.config.vocab as u64;
         // Token ids as llama-bench uses them: arbitrary, from a fixed generator.

@@ -11,11 +11,53 @@ use kiln_engine::gguf::GgufFile;
 use kiln_engine::llama::{LlamaBatch, LlamaModel};
 use kiln_engine::BatchDecoder;
 
-fn model() -> LlamaModel {
-    let p = kiln_data::models::resolve_model("smollm2-135m")
+fn path() -> std::path::PathBuf {
+    kiln_data::models::resolve_model("smollm2-135m")
         .unwrap_or_else(|e| panic!("{e}"))
-        .expect("smollm2-135m: run `kiln models fetch smollm2-135m`");
-    LlamaModel::new(Arc::new(GgufFile::open(&p).unwrap())).unwrap()
+        .expect("smollm2-135m: run `kiln models fetch smollm2-135m`")
+}
+
+/// The model as `kiln chat` loads it: read into memory, its Q4_1 matrices repacked for decode.
+fn model() -> LlamaModel {
+    LlamaModel::load(&path()).unwrap()
+}
+
+/// The same file read through its map, every matrix in the file's layout.
+fn model_as_filed() -> LlamaModel {
+    LlamaModel::new(Arc::new(GgufFile::open(&path()).unwrap())).unwrap()
+}
+
+/// Where huge pages (and so memory kiln owns) are offered, loading repacks the 210 layer
+/// matrices; prompts then give exactly the file layout's logits (their rows are restored for
+/// the batch-invariant kernels) and decode steps agree within `close`.
+#[test]
+fn the_repacked_model_computes_what_the_file_does() {
+    let mut file = GgufFile::load(&path()).unwrap();
+    let n = kiln_engine::llama::repack_weights(&mut file);
+    let repacked = LlamaModel::new(Arc::new(file)).unwrap();
+    if n == 0 {
+        eprintln!("no huge pages here: the file stays mapped and nothing is repacked");
+        return;
+    }
+    assert_eq!(
+        n,
+        30 * 7,
+        "every layer matrix (the head is the tied embedding)"
+    );
+    let filed = model_as_filed();
+    let prompt = [1u32, 504, 3458, 282, 4649, 314, 30, 2, 17, 905];
+    let (mut a, mut b) = (
+        LlamaBatch::new(&repacked, 1, 32),
+        LlamaBatch::new(&filed, 1, 32),
+    );
+    assert_eq!(
+        a.prefill(0, &prompt).unwrap(),
+        b.prefill(0, &prompt).unwrap()
+    );
+    for t in [77u32, 1300, 9] {
+        let (x, y) = (a.step(&[0], &[t]).unwrap(), b.step(&[0], &[t]).unwrap());
+        close(&x, &y, &format!("step {t}"));
+    }
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -26,7 +68,7 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-/// Logits of two runs that differ only in f32 summation order (one token takes the fused
+/// Logits of two runs that differ only in f32 summation order (one token takes the decode
 /// kernels, several the unpacked ones: per product they agree to ~1e-5, measured). The 8-bit
 /// re-quantization of activations before every product turns such differences into occasional
 /// one-step code changes, which 30 layers grow to ~1–5% of the logits' range (as between any two
@@ -34,13 +76,16 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 /// with per-score attention, 5.2% with the tiled one, whose bits do not depend on the batch —
 /// under `KILN_SIMD=scalar`, where no path fuses, the two runs are equal; with the VNNI panel
 /// kernel for prompts, whose rounding differs again, the batched-decoder test's fourth call
-/// reached 6.2%). So: within 7% of the range, and the same top token unless the top two are
-/// within twice the largest difference (a near-tie).
-fn close(a: &[f32], b: &[f32], what: &str) {
+/// reached 6.2%). The repacked Q4_1 decode kernel rounds once per block where the file layout's
+/// rounded per four values: over the 42 positions the median is the same (2.5% vs 2.6% of the
+/// range, VNNI and AVX2) and the worst 8.4–8.9% (6.0–6.1%). So: within 10% of the range, the
+/// same top token unless the top two are within twice the largest difference (a near-tie), and
+/// the returned fraction for tests that bound the typical difference.
+fn close(a: &[f32], b: &[f32], what: &str) -> f32 {
     let range = b.iter().fold(0f32, |m, v| m.max(v.abs()));
     let d = max_diff(a, b);
     assert!(
-        d <= 0.07 * range,
+        d <= 0.10 * range,
         "{what}: max diff {d}, max |logit| {range}"
     );
     let top = argmax(b);
@@ -50,6 +95,7 @@ fn close(a: &[f32], b: &[f32], what: &str) {
     if b[top] - second > 2.0 * d {
         assert_eq!(argmax(a), top, "{what}: top token");
     }
+    d / range
 }
 
 fn argmax(x: &[f32]) -> usize {
@@ -72,9 +118,12 @@ fn prefill_in_one_pass_equals_token_by_token() {
         .forward_batch(&mut [&mut s2], &vec![0; prompt.len()], &prompt, &all)
         .unwrap();
     let v = m.config.vocab;
-    for (i, want) in one.iter().enumerate() {
-        close(&batch[i * v..(i + 1) * v], want, &format!("position {i}"));
-    }
+    let mut diffs: Vec<f32> = (one.iter().enumerate())
+        .map(|(i, want)| close(&batch[i * v..(i + 1) * v], want, &format!("position {i}")))
+        .collect();
+    diffs.sort_by(f32::total_cmp);
+    let median = diffs[diffs.len() / 2];
+    assert!(median <= 0.04, "median difference {median} of the range");
     assert_eq!(s2.pos(), prompt.len());
     // Then both continue the same.
     let a = m.forward(&mut s, 42).unwrap().to_vec();

@@ -85,6 +85,9 @@ impl QIsa {
     }
 }
 
+#[path = "quant_x8.rs"]
+pub mod x8;
+
 /// Weight rows unpacked together; activation loads are shared by the tile's rows.
 pub const TILE: usize = 4;
 
@@ -114,6 +117,8 @@ pub struct QActs {
     /// kernels start each block's integer dot from `c` times it, so a weight offset `-c`
     /// (Q4_0's 8, Q5_0's 16, Q8_0's 128 in its unsigned form) costs no float work.
     nq4: Vec<i32>,
+    /// Per block of 32 the negated sum `-Σq` (the repacked Q4_0 kernel's offset term).
+    nq32: Vec<i32>,
     /// Per block of 32 the scale (`d32`) and q8_1's f16 sum (`m32`, for Q4_1), each row padded
     /// with zeros to a whole number of eight-block groups ([`fused_groups`]): the fused kernels
     /// load eight of them at once, and a partial last group's extra lanes then add nothing.
@@ -171,6 +176,9 @@ impl QActs {
 
     /// `d32` and `m32` from the quantized rows.
     fn block_scales(&mut self) {
+        self.nq32.clear();
+        self.nq32
+            .extend(self.nq4.chunks_exact(8).map(|l| l.iter().sum::<i32>()));
         let (rows, cols) = (self.rows, self.cols);
         let padded = fused_groups(cols) * 8;
         self.d32.clear();
@@ -192,6 +200,7 @@ impl QActs {
             s16: &self.s16[t * g..(t + 1) * g],
             s32: &self.s32[t * g..(t + 1) * g],
             nq4: &self.nq4[t * c / 4..(t + 1) * c / 4],
+            nq32: &self.nq32[t * c / 32..(t + 1) * c / 32],
             d32: &self.d32[t * fused_groups(c) * 8..(t + 1) * fused_groups(c) * 8],
             m32: &self.m32[t * fused_groups(c) * 8..(t + 1) * fused_groups(c) * 8],
         }
@@ -205,6 +214,7 @@ struct ActRow<'a> {
     s16: &'a [f32],
     s32: &'a [f32],
     nq4: &'a [i32],
+    nq32: &'a [i32],
     d32: &'a [f32],
     m32: &'a [f32],
 }
@@ -462,6 +472,9 @@ vmath::simd_fn! {
             GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {
                 unreachable!("float rows are not unpacked")
             }
+            GgmlType::Q4_0R8 | GgmlType::Q4_1R8 => {
+                unreachable!("repacked rows are restored to the file's layout first")
+            }
         }
     }
 }
@@ -495,7 +508,13 @@ pub fn qmatmul_many(isa: QIsa, jobs: &mut [QJob], x: &QActs) {
     for (j, job) in jobs.iter_mut().enumerate() {
         let rb = job.ty.row_bytes(cols);
         assert!(job.w.len() >= job.rows * rb && job.out.len() == n * job.rows);
-        let chunk = job.rows.div_ceil(threads * 8).div_ceil(TILE).max(4) * TILE;
+        // Whole tiles, and whole groups of a repacked matrix.
+        let unit = if job.ty.file_type() != job.ty {
+            x8::GROUP
+        } else {
+            TILE
+        };
+        let chunk = job.rows.div_ceil(threads * 8).div_ceil(unit).max(4) * unit;
         for r0 in (0..job.rows).step_by(chunk) {
             tasks.push((j, r0, (r0 + chunk).min(job.rows)));
         }
@@ -539,6 +558,10 @@ fn quant_rows(
     x: &QActs,
     out: &mut [f32],
 ) {
+    if ty.file_type() != ty {
+        repacked_rows(isa, ty.file_type(), w, r0, nr, rows, x, out);
+        return;
+    }
     let cols = x.cols;
     let rb = ty.row_bytes(cols);
     let g = cols / 16;
@@ -653,6 +676,54 @@ fn quant_rows(
             }
         }
         r += tr;
+    }
+}
+
+/// [`quant_rows`] for a matrix repacked by [`x8::repack`] (`ty` its file type; `w` whole groups,
+/// `r0` a group's first row). Few activation rows that need not be batch-invariant (decode)
+/// take the repacked kernel, which reads each group once for all of them; prompts and larger
+/// batches restore each group's rows to the file's layout and take the file type's kernels,
+/// so their results are exactly those of the file's matrix.
+#[allow(clippy::too_many_arguments)]
+fn repacked_rows(
+    isa: QIsa,
+    ty: GgmlType,
+    w: &[u8],
+    r0: usize,
+    nr: usize,
+    rows: usize,
+    x: &QActs,
+    out: &mut [f32],
+) {
+    let cols = x.cols;
+    let rb = ty.row_bytes(cols);
+    assert!(x8::repackable(ty, nr, cols) && r0.is_multiple_of(x8::GROUP));
+    assert!(w.len() >= nr * rb);
+    if x.rows < PANEL_MIN_ROWS && !x.batch_invariant {
+        let xs: Vec<ActRow> = (0..x.rows).map(|t| x.row(t)).collect();
+        let out = &mut out[r0..];
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the ISA is one this CPU runs (F16C checked here); `w` holds `nr` rows of
+            // whole groups and `out` every activation row's `rows` outputs (asserted above).
+            QIsa::Vnni if *HAS_F16C => unsafe { x8::x86::rows_vnni(ty, w, nr, &xs, out, rows) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            QIsa::Avx512 | QIsa::Avx2 if *HAS_F16C => unsafe {
+                x8::x86::rows_avx2(ty, w, nr, &xs, out, rows)
+            },
+            _ => x8::rows_scalar(ty, w, nr, &xs, out, rows),
+        }
+        return;
+    }
+    let gb = x8::GROUP * rb;
+    let mut restored = vec![0u8; gb];
+    for (g, group) in w[..nr * rb].chunks_exact(gb).enumerate() {
+        for (lane, row) in restored.chunks_exact_mut(rb).enumerate() {
+            x8::row_of_group(ty, group, lane, cols, row);
+        }
+        let r = r0 + g * x8::GROUP;
+        quant_rows(isa, ty, &restored, r, x8::GROUP, rows, x, out);
     }
 }
 
@@ -2339,6 +2410,84 @@ mod tests {
                         let mut one = [0f32];
                         dot_fused(isa, ty, &w[r * rb..(r + 1) * rb], x.row(0), &mut one);
                         assert_eq!(v.to_bits(), one[0].to_bits(), "{ty:?} {isa:?} row {r}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Repacking eight rows at a time keeps every byte: each row comes back exactly.
+    #[test]
+    fn repacked_groups_restore_every_row() {
+        let mut rng = Rng::new(21);
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1] {
+            let (rows, cols) = (16, 576);
+            let file: Vec<u8> = (0..rows)
+                .flat_map(|_| random_row(ty, cols, &mut rng))
+                .collect();
+            let mut w = file.clone();
+            x8::repack(ty, &mut w, rows, cols, &mut Vec::new());
+            assert_ne!(w, file, "{ty:?}: the layout changed");
+            let rb = ty.row_bytes(cols);
+            let mut row = vec![0u8; rb];
+            for r in 0..rows {
+                let group = &w[r / 8 * 8 * rb..(r / 8 + 1) * 8 * rb];
+                x8::row_of_group(ty, group, r % 8, cols, &mut row);
+                assert_eq!(row, file[r * rb..(r + 1) * rb], "{ty:?} row {r}");
+            }
+        }
+        assert!(!x8::repackable(GgmlType::Q4_1, 12, 576), "not whole groups");
+        assert!(!x8::repackable(GgmlType::Q8_0, 16, 576), "no repacked Q8_0");
+    }
+
+    /// The repacked matrices' products: decode (a few activation rows) takes the repacked
+    /// kernel, whose vector versions give the scalar version's bits and agree with the file
+    /// layout's kernels to f32 rounding; prompts (batch-invariant) and batches of 16 rows or
+    /// more restore the rows and give exactly the file layout's bits.
+    #[test]
+    fn repacked_products_match_the_file_layout() {
+        let mut rng = Rng::new(23);
+        // 24 rows: three groups, split over two chunks by qmatmul's tasks at 2+ threads.
+        let rows = 24;
+        for (cols, n, inv) in [
+            (576, 1, false),
+            (544, 2, false),
+            (1536, 3, false),
+            (576, 16, false),
+            (544, 3, true),
+        ] {
+            let xf = random_acts(n, cols, &mut rng);
+            let mut x = QActs::new();
+            x.batch_invariant = inv;
+            x.quantize(&xf, n, cols);
+            for ty in [GgmlType::Q4_0, GgmlType::Q4_1] {
+                let file: Vec<u8> = (0..rows)
+                    .flat_map(|_| random_row(ty, cols, &mut rng))
+                    .collect();
+                let mut w = file.clone();
+                x8::repack(ty, &mut w, rows, cols, &mut Vec::new());
+                let r8 = ty.rows8().unwrap();
+                let mut scalar = vec![0f32; n * rows];
+                qmatmul(QIsa::Scalar, r8, &w, rows, &x, &mut scalar);
+                for isa in QIsa::supported() {
+                    let mut want = vec![0f32; n * rows];
+                    qmatmul(isa, ty, &file, rows, &x, &mut want);
+                    let mut got = vec![0f32; n * rows];
+                    qmatmul(isa, r8, &w, rows, &x, &mut got);
+                    let what = format!("{ty:?} {isa:?} cols {cols} rows {n} invariant {inv}");
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    if inv || n >= PANEL_MIN_ROWS {
+                        assert_eq!(bits(&got), bits(&want), "{what}: restored rows");
+                        continue;
+                    }
+                    if *HAS_F16C || isa == QIsa::Scalar {
+                        assert_eq!(bits(&got), bits(&scalar), "{what}: against scalar");
+                    }
+                    for (g, w) in got.iter().zip(&want) {
+                        assert!(
+                            (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                            "{what}: {g} vs the file layout's {w}"
+                        );
                     }
                 }
             }

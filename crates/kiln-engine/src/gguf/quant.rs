@@ -22,6 +22,11 @@ pub enum GgmlType {
     Q5_K,
     Q6_K,
     BF16,
+    /// Q4_0 and Q4_1 rows repacked eight at a time in memory for batch-1 decode
+    /// ([`crate::cpu::quant::x8`]): kiln's own layout of the same bytes, never read from or
+    /// written to a file, and not addressable row by row.
+    Q4_0R8,
+    Q4_1R8,
 }
 
 const SUPPORTED: &str = "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q4_K, Q5_K, Q6_K";
@@ -53,6 +58,7 @@ impl GgmlType {
         match self {
             GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => 1,
             GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q8_0 => 32,
+            GgmlType::Q4_0R8 | GgmlType::Q4_1R8 => 32,
             GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => 256,
         }
     }
@@ -62,13 +68,31 @@ impl GgmlType {
         match self {
             GgmlType::F32 => 4,
             GgmlType::F16 | GgmlType::BF16 => 2,
-            GgmlType::Q4_0 => 18,  // d: f16, qs: 16 × two 4-bit
-            GgmlType::Q4_1 => 20,  // d, m: f16, qs: 16
-            GgmlType::Q5_0 => 22,  // d: f16, qh: u32 (5th bits), qs: 16
-            GgmlType::Q8_0 => 34,  // d: f16, qs: 32 × i8
+            GgmlType::Q4_0 | GgmlType::Q4_0R8 => 18, // d: f16, qs: 16 × two 4-bit
+            GgmlType::Q4_1 | GgmlType::Q4_1R8 => 20, // d, m: f16, qs: 16
+            GgmlType::Q5_0 => 22,                    // d: f16, qh: u32 (5th bits), qs: 16
+            GgmlType::Q8_0 => 34,                    // d: f16, qs: 32 × i8
             GgmlType::Q4_K => 144, // d, dmin: f16, scales: 12 (6-bit packed), qs: 128
             GgmlType::Q5_K => 176, // d, dmin, scales: 12, qh: 32, qs: 128
             GgmlType::Q6_K => 210, // ql: 128, qh: 64, scales: 16 × i8, d: f16
+        }
+    }
+
+    /// The repacked in-memory form of a file type, where kiln has one.
+    pub fn rows8(self) -> Option<GgmlType> {
+        match self {
+            GgmlType::Q4_0 => Some(GgmlType::Q4_0R8),
+            GgmlType::Q4_1 => Some(GgmlType::Q4_1R8),
+            _ => None,
+        }
+    }
+
+    /// The file type whose blocks a repacked type holds (`self` for file types).
+    pub fn file_type(self) -> GgmlType {
+        match self {
+            GgmlType::Q4_0R8 => GgmlType::Q4_0,
+            GgmlType::Q4_1R8 => GgmlType::Q4_1,
+            t => t,
         }
     }
 
@@ -98,6 +122,11 @@ pub fn dequantize_into(ty: GgmlType, src: &[u8], out: &mut [f32]) -> Result<(), 
             "{ty:?}: {n} elements need whole blocks of {be} and {} bytes, got {}",
             n / be * bb,
             src.len()
+        ));
+    }
+    if ty.file_type() != ty {
+        return Err(format!(
+            "{ty:?}: rows repacked eight at a time are read by the matrix kernels only"
         ));
     }
     let blocks = src[..n / be * bb]
@@ -198,6 +227,7 @@ pub fn dequantize_into(ty: GgmlType, src: &[u8], out: &mut [f32]) -> Result<(), 
                 }
             }
         }),
+        GgmlType::Q4_0R8 | GgmlType::Q4_1R8 => unreachable!("refused above"),
     }
     Ok(())
 }

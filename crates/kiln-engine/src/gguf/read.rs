@@ -113,6 +113,17 @@ impl Bytes {
             Bytes::Vec(v) => v,
         }
     }
+
+    /// The bytes, where they are kiln's own memory (not a read-only map of the file).
+    fn slice_mut(&mut self) -> Option<&mut [u8]> {
+        match self {
+            Bytes::Map(_) => None,
+            #[cfg(target_os = "linux")]
+            Bytes::Resident(m) => Some(m.bytes_mut()),
+            #[cfg(test)]
+            Bytes::Vec(v) => Some(v),
+        }
+    }
 }
 
 /// An open GGUF file: metadata, tensor table, and the mapped bytes.
@@ -486,6 +497,39 @@ impl GgufFile {
     /// The raw bytes of a tensor (bounds were checked at open).
     pub fn tensor_bytes(&self, t: &TensorInfo) -> &[u8] {
         &self.all_bytes()[t.start..t.start + t.n_bytes]
+    }
+
+    /// Repack the 2-D Q4_0 and Q4_1 tensors that `pick` chooses into kiln's decode layout
+    /// ([`crate::cpu::quant::x8`]), in place: their type becomes the repacked one and the
+    /// matrix kernels read them from then on. Only a file read into memory
+    /// ([`load`](Self::load)) is changed (a file map is read-only); returns how many were
+    /// repacked. Pick only tensors used as matrices, never ones read row by row (embeddings).
+    pub fn repack_rows8(&mut self, pick: impl Fn(&TensorInfo) -> bool) -> usize {
+        use crate::cpu::quant::x8;
+        let Some(bytes) = self.bytes.slice_mut() else {
+            return 0;
+        };
+        let mut scratch = Vec::new();
+        let mut n = 0;
+        for t in self.tensors.iter_mut() {
+            let (Some(r8), &[cols, rows]) = (t.ty.rows8(), &t.dims[..]) else {
+                continue;
+            };
+            let (rows, cols) = (rows as usize, cols as usize);
+            if !x8::repackable(t.ty, rows, cols) || !pick(t) {
+                continue;
+            }
+            x8::repack(
+                t.ty,
+                &mut bytes[t.start..t.start + t.n_bytes],
+                rows,
+                cols,
+                &mut scratch,
+            );
+            t.ty = r8;
+            n += 1;
+        }
+        n
     }
 
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {

@@ -119,6 +119,7 @@ fn ggml_type_id(ty: GgmlType) -> u32 {
         GgmlType::Q5_K => 13,
         GgmlType::Q6_K => 14,
         GgmlType::BF16 => 30,
+        GgmlType::Q4_0R8 | GgmlType::Q4_1R8 => unreachable!("refused by add_tensor"),
     }
 }
 
@@ -180,6 +181,12 @@ impl GgufWriter {
         }
         if self.tensors.iter().any(|t| t.name == name) {
             return Err(bad(field("name"), "appears twice"));
+        }
+        if ty.file_type() != ty {
+            return Err(bad(
+                field("type"),
+                format!("{ty:?} is kiln's in-memory layout, not a GGUF type"),
+            ));
         }
         if !dims[0].is_multiple_of(ty.block_elems() as u64) {
             return Err(bad(
