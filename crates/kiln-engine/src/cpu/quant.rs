@@ -500,9 +500,15 @@ pub struct QJob<'a> {
 /// (211 per SmolLM2 token as single products).
 pub fn qmatmul_many(isa: QIsa, jobs: &mut [QJob], x: &QActs) {
     let (cols, n) = (x.cols, x.rows);
-    // Enough chunks that a thread slowed by other load is covered by the others (work
-    // stealing), few enough that each one amortizes its scratch.
+    // Prompts and batches: enough chunks that a thread slowed by other load is covered by the
+    // others (work stealing), few enough that each one amortizes its scratch. Decode (one or
+    // two activation rows): one chunk per thread and matrix, each a single run of rows. At
+    // batch 1 a product lasts microseconds, and eight chunks per thread cost more in tasks and
+    // broken streams than balancing won (AMD Zen 4, 2 threads, tg128 tokens/s, 3 interleaved
+    // rounds: SmolLM2 Q4_1 233–277 with eight, 256–267 with two, 287–308 with one; Gemma-3
+    // 270M 106–111, 117–118, 119–126).
     let threads = rayon::current_num_threads();
+    let per_thread = if n <= FUSED_MAX_ROWS { 1 } else { 8 };
     let mut tasks = Vec::new();
     let mut ptrs = Vec::with_capacity(jobs.len());
     for (j, job) in jobs.iter_mut().enumerate() {
@@ -514,7 +520,12 @@ pub fn qmatmul_many(isa: QIsa, jobs: &mut [QJob], x: &QActs) {
         } else {
             TILE
         };
-        let chunk = job.rows.div_ceil(threads * 8).div_ceil(unit).max(4) * unit;
+        let chunk = job
+            .rows
+            .div_ceil(threads * per_thread)
+            .div_ceil(unit)
+            .max(4)
+            * unit;
         for r0 in (0..job.rows).step_by(chunk) {
             tasks.push((j, r0, (r0 + chunk).min(job.rows)));
         }
