@@ -3,7 +3,10 @@
 //! then `STEPS` steps of all of them. Prints `N tokens/s` (generated tokens, all rows) for
 //! `scripts/ab_binaries.py`, which interleaves two builds of it.
 //!
-//! usage: cargo run --release -p kiln-engine --example gguf_batch_decode -- MODEL.gguf THREADS [ROWS=8] [STEPS=64]
+//! usage: cargo run --release -p kiln-engine --example gguf_batch_decode -- MODEL.gguf THREADS [ROWS=8] [STEPS=64] [LAYOUT=repacked|file]
+//!
+//! `LAYOUT`: the model as `kiln serve` loads it (`LlamaModel::load`: in memory, Q4_0/Q4_1
+//! matrices repacked), or read into memory the same way with every matrix in the file's layout.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,7 +18,7 @@ use kiln_engine::BatchDecoder;
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 3 {
-        eprintln!("usage: gguf_batch_decode MODEL.gguf THREADS [ROWS=8] [STEPS=64]");
+        eprintln!("usage: gguf_batch_decode MODEL.gguf THREADS [ROWS=8] [STEPS=64] [LAYOUT]");
         std::process::exit(2);
     }
     let arg = |i: usize, d: usize| args.get(i).map_or(d, |v| v.parse().expect("a number"));
@@ -25,8 +28,12 @@ fn main() {
         .build()
         .unwrap();
     pool.install(|| {
-        let file = Arc::new(GgufFile::open(std::path::Path::new(&args[1])).expect("open"));
-        let m = LlamaModel::new(file).expect("load");
+        let path = std::path::Path::new(&args[1]);
+        let m = match args.get(5).map_or("repacked", |s| s.as_str()) {
+            "repacked" => LlamaModel::load(path).expect("load"),
+            "file" => LlamaModel::new(Arc::new(GgufFile::load(path).expect("open"))).expect("load"),
+            other => panic!("LAYOUT {other}: repacked or file"),
+        };
         let vocab = m.config.vocab as u64;
         let mut rng = kiln_engine::Rng::new(1);
         // The longest prompt (16 + 4·(rows − 1) tokens) plus every step must fit a slot.
