@@ -504,19 +504,22 @@ impl GgufFile {
     /// matrix kernels read them from then on. Only a file read into memory
     /// ([`load`](Self::load)) is changed (a file map is read-only); returns how many were
     /// repacked. Pick only tensors used as matrices, never ones read row by row (embeddings).
+    /// A tensor whose bytes overlap another's (no writer makes such a file, but the format
+    /// allows it) is left as it is: repacking it would rewrite the other's bytes.
     pub fn repack_rows8(&mut self, pick: impl Fn(&TensorInfo) -> bool) -> usize {
         use crate::cpu::quant::x8;
+        let shared = overlapping(&self.tensors);
         let Some(bytes) = self.bytes.slice_mut() else {
             return 0;
         };
         let mut scratch = Vec::new();
         let mut n = 0;
-        for t in self.tensors.iter_mut() {
+        for (t, shared) in self.tensors.iter_mut().zip(shared) {
             let (Some(r8), &[cols, rows]) = (t.ty.rows8(), &t.dims[..]) else {
                 continue;
             };
             let (rows, cols) = (rows as usize, cols as usize);
-            if !x8::repackable(t.ty, rows, cols) || !pick(t) {
+            if shared || !x8::repackable(t.ty, rows, cols) || !pick(t) {
                 continue;
             }
             x8::repack(
@@ -563,6 +566,31 @@ impl GgufFile {
             .as_f64()
             .ok_or_else(|| bad(key, "is not a number"))
     }
+}
+
+/// For each tensor, whether its bytes overlap another tensor's.
+fn overlapping(tensors: &[TensorInfo]) -> Vec<bool> {
+    let mut order: Vec<usize> = (0..tensors.len())
+        .filter(|&i| tensors[i].n_bytes > 0)
+        .collect();
+    order.sort_by_key(|&i| tensors[i].start);
+    let mut shared = vec![false; tensors.len()];
+    // The furthest end so far, and which tensor reaches it.
+    let mut reach: Option<(usize, usize)> = None;
+    for i in order {
+        let t = &tensors[i];
+        if let Some((end, j)) = reach {
+            if t.start < end {
+                shared[i] = true;
+                shared[j] = true;
+            }
+        }
+        let end = t.start + t.n_bytes;
+        if reach.is_none_or(|(e, _)| end > e) {
+            reach = Some((end, i));
+        }
+    }
+    shared
 }
 
 #[cfg(test)]
@@ -660,6 +688,35 @@ pub(crate) mod tests {
             .kv_raw("eps", 6, &1e-5f32.to_le_bytes())
             .tensor("w", &[3, 2], 0, &data)
             .tensor("v", &[2], 0, &data[..8])
+    }
+
+    /// Repacking leaves alone a tensor whose bytes another tensor also names.
+    #[test]
+    fn tensors_sharing_bytes_are_not_repacked() {
+        let (rows, cols) = (8u64, 64u64);
+        let q4_1: Vec<u8> = (0..rows * cols / 32 * 20).map(|i| i as u8).collect();
+        let mut b = Builder::new().tensor("a", &[cols, rows], 3, &q4_1).tensor(
+            "c",
+            &[cols, rows],
+            3,
+            &q4_1,
+        );
+        // "b" names "a"'s bytes: the second tensor info, pointing at offset 0.
+        Builder::s(&mut b.infos, "b");
+        b.infos.extend(2u32.to_le_bytes());
+        b.infos.extend(cols.to_le_bytes());
+        b.infos.extend(rows.to_le_bytes());
+        b.infos.extend(3u32.to_le_bytes());
+        b.infos.extend(0u64.to_le_bytes());
+        b.n_tensors += 1;
+        let mut g = GgufFile::from_bytes(b.build()).unwrap();
+        let a_bytes = g.tensor_bytes(g.tensor("a").unwrap()).to_vec();
+        assert_eq!(g.repack_rows8(|_| true), 1);
+        let ty = |g: &GgufFile, n: &str| g.tensor(n).unwrap().ty;
+        assert_eq!(ty(&g, "a"), GgmlType::Q4_1);
+        assert_eq!(ty(&g, "b"), GgmlType::Q4_1);
+        assert_eq!(ty(&g, "c"), GgmlType::Q4_1R8);
+        assert_eq!(g.tensor_bytes(g.tensor("a").unwrap()), &a_bytes[..]);
     }
 
     fn err(b: Vec<u8>) -> String {
