@@ -713,19 +713,18 @@ fn repacked_rows(
     assert!(x8::repackable(ty, nr, cols) && r0.is_multiple_of(x8::GROUP));
     assert!(w.len() >= nr * rb);
     if !x.batch_invariant {
-        let xs: Vec<ActRow> = (0..x.rows).map(|t| x.row(t)).collect();
         let out = &mut out[r0..];
         match isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the ISA is one this CPU runs (F16C checked here); `w` holds `nr` rows of
             // whole groups and `out` every activation row's `rows` outputs (asserted above).
-            QIsa::Vnni if *HAS_F16C => unsafe { x8::x86::rows_vnni(ty, w, nr, &xs, out, rows) },
+            QIsa::Vnni if *HAS_F16C => unsafe { x8::x86::rows_vnni(ty, w, nr, x, out, rows) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
             QIsa::Avx512 | QIsa::Avx2 if *HAS_F16C => unsafe {
-                x8::x86::rows_avx2(ty, w, nr, &xs, out, rows)
+                x8::x86::rows_avx2(ty, w, nr, x, out, rows)
             },
-            _ => x8::rows_scalar(ty, w, nr, &xs, out, rows),
+            _ => x8::rows_scalar(ty, w, nr, x, out, rows),
         }
         return;
     }

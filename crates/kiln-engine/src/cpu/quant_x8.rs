@@ -108,13 +108,14 @@ pub(super) fn rows_scalar(
     ty: GgmlType,
     w: &[u8],
     n: usize,
-    xs: &[super::ActRow],
+    xs: &super::QActs,
     out: &mut [f32],
     stride: usize,
 ) {
     let bb = ty.block_bytes();
     let hb = head_bytes(ty);
-    for (t, x) in xs.iter().enumerate() {
+    for t in 0..xs.rows {
+        let x = xs.row(t);
         let nb = x.q.len() / 32;
         let gb = GROUP * nb * bb;
         for g in 0..n / GROUP {
@@ -156,7 +157,7 @@ pub(super) fn rows_scalar(
 
 #[cfg(target_arch = "x86_64")]
 pub(super) mod x86 {
-    use super::super::ActRow;
+    use super::super::QActs;
     use super::GROUP;
     use crate::gguf::GgmlType;
     use std::arch::x86_64::*;
@@ -166,7 +167,7 @@ pub(super) mod x86 {
         ty: GgmlType,
         w: &[u8],
         n: usize,
-        xs: &[ActRow],
+        xs: &QActs,
         out: &mut [f32],
         stride: usize,
     ) {
@@ -182,7 +183,7 @@ pub(super) mod x86 {
         ty: GgmlType,
         w: &[u8],
         n: usize,
-        xs: &[ActRow],
+        xs: &QActs,
         out: &mut [f32],
         stride: usize,
     ) {
@@ -201,11 +202,11 @@ pub(super) mod x86 {
     unsafe fn rows<const VNNI: bool, const MIN: bool>(
         w: &[u8],
         n: usize,
-        xs: &[ActRow],
+        xs: &QActs,
         out: &mut [f32],
         stride: usize,
     ) {
-        let nb = xs[0].q.len() / 32;
+        let nb = xs.cols / 32;
         let bb = if MIN { 20 } else { 18 };
         let hb = if MIN { 32 } else { 16 };
         let gb = GROUP * nb * bb;
@@ -220,7 +221,8 @@ pub(super) mod x86 {
         };
         for g in 0..n / GROUP {
             let gp = w.as_ptr().add(g * gb);
-            for (t, x) in xs.iter().enumerate() {
+            for t in 0..xs.rows {
+                let x = xs.row(t);
                 let qp = x.q.as_ptr();
                 let mut acc = [_mm256_setzero_ps(); 2];
                 let mut macc = _mm256_setzero_ps();
