@@ -717,7 +717,8 @@ fn repacked_rows(
         match isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the ISA is one this CPU runs (F16C checked here); `w` holds `nr` rows of
-            // whole groups and `out` every activation row's `rows` outputs (asserted above).
+            // whole groups (asserted above), and `out` holds every activation row's `rows`
+            // outputs with `r0 + nr <= rows` (asserted by `qmatmul_many`, which makes the tasks).
             QIsa::Vnni if *HAS_F16C => unsafe { x8::x86::rows_vnni(ty, w, nr, x, out, rows) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
