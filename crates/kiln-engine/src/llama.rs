@@ -28,7 +28,7 @@ use rayon::prelude::*;
 
 use crate::batch::BatchDecoder;
 use crate::cpu::attn::{self, PANEL};
-use crate::cpu::quant::{qmatmul, qmatmul_many, QActs, QIsa, QJob};
+use crate::cpu::quant::{qmatmul, qmatmul_many, x8, QActs, QIsa, QJob};
 use crate::cpu::vmath;
 use crate::gguf::quant::dequantize_into;
 use crate::gguf::{GgufError, GgufFile, TensorInfo, Value};
@@ -120,13 +120,16 @@ pub struct LlamaModel {
     output: TensorInfo,
 }
 
-/// Repack the weight matrices of the layers (`blk.*`) and a separate output head into the
-/// decode layout of [`crate::cpu::quant::x8`] where their type has one (Q4_0, Q4_1): 1.4–2.8×
-/// the 4-bit kernel's rate on one thread (AMD Zen 4, `qmatvec_bench`). The token embedding is
-/// read row by row, so it keeps the file's layout (and with it a head tied to it). Returns how
-/// many matrices were repacked (none for a file map, which is read-only).
+/// Repack the weight matrices of the layers (`blk.*`), the output head and the token embedding
+/// into the decode layout of [`crate::cpu::quant::x8`] where their type has one (Q4_0, Q4_1,
+/// Q8_0): 1.4–2.8× the 4-bit kernels' rate on one thread, 2× Q8_0's hot (AMD Zen 4,
+/// `qmatvec_bench`), and each group read once for all rows of a batched decode step. The
+/// embedding's rows are read back through the group layout ([`LlamaModel::forward_batch`]).
+/// Returns how many matrices were repacked (none for a file map, which is read-only).
 pub fn repack_weights(file: &mut GgufFile) -> usize {
-    file.repack_rows8(|t| t.name.starts_with("blk.") || t.name == "output.weight")
+    file.repack_rows8(|t| {
+        t.name.starts_with("blk.") || t.name == "output.weight" || t.name == "token_embd.weight"
+    })
 }
 
 fn bad(field: impl Into<String>, msg: impl Into<String>) -> EngineError {
@@ -535,9 +538,27 @@ impl LlamaModel {
         let mut x = vec![0f32; n * d];
         let rb = self.embd.ty.row_bytes(d);
         let bytes = self.file.tensor_bytes(&self.embd);
+        // A repacked embedding (it is also the tied head) gives each token's row back in the
+        // file's layout first.
+        let file_ty = self.embd.ty.file_type();
+        let mut row = Vec::new();
         for (x, &t) in x.chunks_exact_mut(d).zip(tokens) {
-            dequantize_into(self.embd.ty, &bytes[t as usize * rb..], x)
-                .map_err(EngineError::Backend)?;
+            let t = t as usize;
+            let src = if file_ty != self.embd.ty {
+                let (g, group) = (t / x8::GROUP, x8::GROUP * rb);
+                row.resize(rb, 0);
+                x8::row_of_group(
+                    file_ty,
+                    &bytes[g * group..][..group],
+                    t % x8::GROUP,
+                    d,
+                    &mut row,
+                );
+                &row[..]
+            } else {
+                &bytes[t * rb..]
+            };
+            dequantize_into(file_ty, src, x).map_err(EngineError::Backend)?;
         }
         if gemma {
             let s = (d as f32).sqrt();

@@ -472,7 +472,7 @@ vmath::simd_fn! {
             GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {
                 unreachable!("float rows are not unpacked")
             }
-            GgmlType::Q4_0R8 | GgmlType::Q4_1R8 => {
+            GgmlType::Q4_0R8 | GgmlType::Q4_1R8 | GgmlType::Q8_0R8 => {
                 unreachable!("repacked rows are restored to the file's layout first")
             }
         }
@@ -2433,7 +2433,7 @@ mod tests {
     #[test]
     fn repacked_groups_restore_every_row() {
         let mut rng = Rng::new(21);
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1] {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
             let (rows, cols) = (16, 576);
             let file: Vec<u8> = (0..rows)
                 .flat_map(|_| random_row(ty, cols, &mut rng))
@@ -2450,7 +2450,7 @@ mod tests {
             }
         }
         assert!(!x8::repackable(GgmlType::Q4_1, 12, 576), "not whole groups");
-        assert!(!x8::repackable(GgmlType::Q8_0, 16, 576), "no repacked Q8_0");
+        assert!(!x8::repackable(GgmlType::Q5_0, 16, 576), "no repacked Q5_0");
     }
 
     /// The repacked matrices' products: decode (activation rows that need not be
@@ -2473,7 +2473,7 @@ mod tests {
             let mut x = QActs::new();
             x.batch_invariant = inv;
             x.quantize(&xf, n, cols);
-            for ty in [GgmlType::Q4_0, GgmlType::Q4_1] {
+            for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
                 let file: Vec<u8> = (0..rows)
                     .flat_map(|_| random_row(ty, cols, &mut rng))
                     .collect();

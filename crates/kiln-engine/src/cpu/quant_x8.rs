@@ -1,4 +1,4 @@
-//! Q4_0 and Q4_1 matrices repacked eight rows at a time for batch-1 decode.
+//! Q4_0, Q4_1 and Q8_0 matrices repacked eight rows at a time for decode.
 //!
 //! In a GGUF file each row is a run of 32-value blocks (`[d, (m,) 16 code bytes]`). Dotting one
 //! row with one activation row costs, per block, an integer dot of 32 products and then float
@@ -9,26 +9,28 @@
 //! 4-bit model's decode was bound by arithmetic, not by memory.
 //!
 //! Repacked, the same bytes hold eight rows' block `b` together: their eight scales (and Q4_1's
-//! eight minimums) as one 16-byte vector, then their code bytes in four chunks of 32, chunk `k`
-//! holding bytes `4k..4k+4` of each row's block in row order. A 32-byte load of a chunk then
-//! has row `r`'s codes for values `4k..4k+4` (low nibbles) and `16+4k..16+4k+4` (high) in lane
-//! `r`, so `vpdpbusd` against the activations' four bytes broadcast to every lane sums each
-//! row's products in its own lane. Eight such dots finish block `b` for all eight rows, and one
+//! eight minimums) as one 16-byte vector, then their code bytes in chunks of 32 (four for the
+//! 4-bit types, eight for Q8_0), chunk `k` holding bytes `4k..4k+4` of each row's block in row
+//! order. A 32-byte load of a chunk then has row `r`'s codes for values `4k..4k+4` (Q8_0's
+//! bytes, or the low nibbles; the high nibbles are values `16+4k..16+4k+4`) in lane `r`, so
+//! `vpdpbusd` against the activations' four bytes broadcast to every lane sums each row's
+//! products in its own lane. Eight such dots finish block `b` for all eight rows, and one
 //! conversion and one FMA with the eight scales do the float work of eight blocks. No
 //! horizontal sums: lane `r` is row `r`'s result.
 //!
 //! The repacked matrix is the same size as the file's (the weights are already copied out of the
-//! file map at load), so memory use is unchanged. The many-row kernels read it through
-//! [`unpack_row`], which restores a row's blocks.
+//! file map at load), so memory use is unchanged. Prompt passes read it through
+//! [`row_of_group`], which restores a row's blocks, as does the embedding lookup.
 
 use crate::gguf::GgmlType;
 
 /// Rows per repacked group.
 pub const GROUP: usize = 8;
 
-/// Whether a `ty` matrix of `rows × cols` can be repacked: Q4_0 or Q4_1, whole groups of rows.
+/// Whether a `ty` matrix of `rows × cols` can be repacked: Q4_0, Q4_1 or Q8_0, whole groups of
+/// rows.
 pub fn repackable(ty: GgmlType, rows: usize, cols: usize) -> bool {
-    matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1)
+    matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
         && rows.is_multiple_of(GROUP)
         && cols.is_multiple_of(32)
         && rows > 0
@@ -40,6 +42,16 @@ fn head_bytes(ty: GgmlType) -> usize {
         32
     } else {
         16
+    }
+}
+
+/// Chunks of 32 bytes (four code bytes of each row) per group block: Q8_0's 32 code bytes make
+/// eight, the 4-bit types' 16 four.
+fn chunks(ty: GgmlType) -> usize {
+    if ty == GgmlType::Q8_0 {
+        8
+    } else {
+        4
     }
 }
 
@@ -73,7 +85,7 @@ pub fn repack(ty: GgmlType, w: &mut [u8], rows: usize, cols: usize, scratch: &mu
                 if let Some(sm) = sm {
                     dst[16 + 2 * r..16 + 2 * r + 2].copy_from_slice(&blk[sm..sm + 2]);
                 }
-                for k in 0..4 {
+                for k in 0..chunks(ty) {
                     dst[hb + 32 * k + 4 * r..][..4].copy_from_slice(&blk[sc + 4 * k..][..4]);
                 }
             }
@@ -95,7 +107,7 @@ pub fn row_of_group(ty: GgmlType, group: &[u8], lane: usize, cols: usize, out: &
         if let Some(sm) = sm {
             blk[sm..sm + 2].copy_from_slice(&src[16 + 2 * lane..16 + 2 * lane + 2]);
         }
-        for k in 0..4 {
+        for k in 0..chunks(ty) {
             blk[sc + 4 * k..][..4].copy_from_slice(&src[hb + 32 * k + 4 * lane..][..4]);
         }
     }
@@ -130,11 +142,15 @@ pub(super) fn rows_scalar(
                 for r in 0..GROUP {
                     let d = half::f16::from_le_bytes([src[2 * r], src[2 * r + 1]]).to_f32();
                     let mut i = 0i32;
-                    for k in 0..4 {
+                    for k in 0..chunks(ty) {
                         for e in 0..4 {
                             let c = src[hb + 32 * k + 4 * r + e];
-                            i += (c & 15) as i32 * q[4 * k + e] as i32;
-                            i += (c >> 4) as i32 * q[16 + 4 * k + e] as i32;
+                            if ty == GgmlType::Q8_0 {
+                                i += c as i8 as i32 * q[4 * k + e] as i32;
+                            } else {
+                                i += (c & 15) as i32 * q[4 * k + e] as i32;
+                                i += (c >> 4) as i32 * q[16 + 4 * k + e] as i32;
+                            }
                         }
                     }
                     if ty == GgmlType::Q4_0 {
@@ -162,6 +178,10 @@ pub(super) mod x86 {
     use crate::gguf::GgmlType;
     use std::arch::x86_64::*;
 
+    const K_Q4_0: u8 = 0;
+    const K_Q4_1: u8 = 1;
+    const K_Q8_0: u8 = 3;
+
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     pub(in super::super) unsafe fn rows_vnni(
         ty: GgmlType,
@@ -171,10 +191,10 @@ pub(super) mod x86 {
         out: &mut [f32],
         stride: usize,
     ) {
-        if ty == GgmlType::Q4_1 {
-            rows::<true, true>(w, n, xs, out, stride)
-        } else {
-            rows::<true, false>(w, n, xs, out, stride)
+        match ty {
+            GgmlType::Q4_1 => rows::<true, K_Q4_1>(w, n, xs, out, stride),
+            GgmlType::Q8_0 => rows::<true, K_Q8_0>(w, n, xs, out, stride),
+            _ => rows::<true, K_Q4_0>(w, n, xs, out, stride),
         }
     }
 
@@ -187,19 +207,22 @@ pub(super) mod x86 {
         out: &mut [f32],
         stride: usize,
     ) {
-        if ty == GgmlType::Q4_1 {
-            rows::<false, true>(w, n, xs, out, stride)
-        } else {
-            rows::<false, false>(w, n, xs, out, stride)
+        match ty {
+            GgmlType::Q4_1 => rows::<false, K_Q4_1>(w, n, xs, out, stride),
+            GgmlType::Q8_0 => rows::<false, K_Q8_0>(w, n, xs, out, stride),
+            _ => rows::<false, K_Q4_0>(w, n, xs, out, stride),
         }
     }
 
-    /// [`super::rows_scalar`]'s products with vectors of eight lanes, one per row of a group.
-    /// `MIN`: Q4_1 (a minimum per block), else Q4_0 (codes offset by 8, folded into the
-    /// integer dot's start). The activation rows are the inner loop, so a group's weights are
-    /// read from memory once for all of them.
+    /// [`super::rows_scalar`]'s products with vectors of eight lanes, one per row of a group,
+    /// for the type `K`. Q4_0's and Q8_0's code offsets (8; VNNI's unsigned Q8_0 codes, 128) are
+    /// folded into the integer dot's start; Q4_1's minimums are one FMA per block for the group.
+    /// The activation rows are the inner loop, so a group's weights are read from memory once
+    /// for all of them. (No software prefetch: one sequential stream per group, which the
+    /// hardware follows; 512 or 4,096 bytes ahead read 29–31 GB/s cold on Zen 4, 1,024 26–27,
+    /// none 31.)
     #[inline(always)]
-    unsafe fn rows<const VNNI: bool, const MIN: bool>(
+    unsafe fn rows<const VNNI: bool, const K: u8>(
         w: &[u8],
         n: usize,
         xs: &QActs,
@@ -207,8 +230,11 @@ pub(super) mod x86 {
         stride: usize,
     ) {
         let nb = xs.cols / 32;
-        let bb = if MIN { 20 } else { 18 };
-        let hb = if MIN { 32 } else { 16 };
+        let (bb, hb) = match K {
+            K_Q4_1 => (20, 32),
+            K_Q8_0 => (34, 16),
+            _ => (18, 16),
+        };
         let gb = GROUP * nb * bb;
         let m4 = _mm256_set1_epi8(0x0F);
         let ones = _mm256_set1_epi16(1);
@@ -230,27 +256,45 @@ pub(super) mod x86 {
                     let p = gp.add(b * GROUP * bb);
                     let d = _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i));
                     let s = _mm256_mul_ps(d, _mm256_broadcast_ss(x.d32.get_unchecked(b)));
-                    if MIN {
+                    if K == K_Q4_1 {
                         let m = _mm256_cvtph_ps(_mm_loadu_si128(p.add(16) as *const __m128i));
                         macc =
                             _mm256_fmadd_ps(m, _mm256_broadcast_ss(x.m32.get_unchecked(b)), macc);
                     }
-                    // Two chains of four dots (the chunks' low and high nibbles), so each waits
-                    // on four, not eight.
+                    // Two chains of dots, so each waits on half of them. Σ(u − c)·q = Σu·q −
+                    // c·Σq (`nq32` holds −Σq per block).
                     let mut i = [_mm256_setzero_si256(); 2];
-                    if !MIN {
-                        // Σ(u − 8)·q = Σu·q − 8·Σq (`nq32` holds −Σq per block).
-                        i[0] = _mm256_set1_epi32(8 * *x.nq32.get_unchecked(b));
+                    let nq = *x.nq32.get_unchecked(b);
+                    if K == K_Q4_0 {
+                        i[0] = _mm256_set1_epi32(8 * nq);
+                    } else if K == K_Q8_0 && VNNI {
+                        i[0] = _mm256_set1_epi32(128 * nq);
                     }
                     let qb = qp.add(32 * b) as *const i32;
-                    for k in 0..4 {
-                        let c = _mm256_loadu_si256(p.add(hb + 32 * k) as *const __m256i);
-                        let lo = _mm256_and_si256(c, m4);
-                        let hi = _mm256_and_si256(_mm256_srli_epi16(c, 4), m4);
-                        let ql = _mm256_set1_epi32(qb.add(k).read_unaligned());
-                        let qh = _mm256_set1_epi32(qb.add(4 + k).read_unaligned());
-                        i[0] = dot(i[0], lo, ql);
-                        i[1] = dot(i[1], hi, qh);
+                    if K == K_Q8_0 {
+                        for k in 0..8 {
+                            let c = _mm256_loadu_si256(p.add(hb + 32 * k) as *const __m256i);
+                            let q = _mm256_set1_epi32(qb.add(k).read_unaligned());
+                            i[k % 2] = if VNNI {
+                                // Signed codes as unsigned ones plus 128.
+                                let u = _mm256_xor_si256(c, _mm256_set1_epi8(-128));
+                                _mm256_dpbusd_epi32(i[k % 2], u, q)
+                            } else {
+                                // |c| · (q with c's sign): pmaddubsw's pairs stay within i16.
+                                let (ac, sq) = (_mm256_sign_epi8(c, c), _mm256_sign_epi8(q, c));
+                                dot(i[k % 2], ac, sq)
+                            };
+                        }
+                    } else {
+                        for k in 0..4 {
+                            let c = _mm256_loadu_si256(p.add(hb + 32 * k) as *const __m256i);
+                            let lo = _mm256_and_si256(c, m4);
+                            let hi = _mm256_and_si256(_mm256_srli_epi16(c, 4), m4);
+                            let ql = _mm256_set1_epi32(qb.add(k).read_unaligned());
+                            let qh = _mm256_set1_epi32(qb.add(4 + k).read_unaligned());
+                            i[0] = dot(i[0], lo, ql);
+                            i[1] = dot(i[1], hi, qh);
+                        }
                     }
                     let iv = _mm256_add_epi32(i[0], i[1]);
                     acc[b % 2] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(iv), s, acc[b % 2]);

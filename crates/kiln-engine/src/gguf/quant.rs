@@ -22,11 +22,12 @@ pub enum GgmlType {
     Q5_K,
     Q6_K,
     BF16,
-    /// Q4_0 and Q4_1 rows repacked eight at a time in memory for batch-1 decode
+    /// Q4_0, Q4_1 and Q8_0 rows repacked eight at a time in memory for batch-1 decode
     /// ([`crate::cpu::quant::x8`]): kiln's own layout of the same bytes, never read from or
     /// written to a file, and not addressable row by row.
     Q4_0R8,
     Q4_1R8,
+    Q8_0R8,
 }
 
 const SUPPORTED: &str = "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q4_K, Q5_K, Q6_K";
@@ -58,7 +59,7 @@ impl GgmlType {
         match self {
             GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => 1,
             GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q8_0 => 32,
-            GgmlType::Q4_0R8 | GgmlType::Q4_1R8 => 32,
+            GgmlType::Q4_0R8 | GgmlType::Q4_1R8 | GgmlType::Q8_0R8 => 32,
             GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => 256,
         }
     }
@@ -71,7 +72,7 @@ impl GgmlType {
             GgmlType::Q4_0 | GgmlType::Q4_0R8 => 18, // d: f16, qs: 16 × two 4-bit
             GgmlType::Q4_1 | GgmlType::Q4_1R8 => 20, // d, m: f16, qs: 16
             GgmlType::Q5_0 => 22,                    // d: f16, qh: u32 (5th bits), qs: 16
-            GgmlType::Q8_0 => 34,                    // d: f16, qs: 32 × i8
+            GgmlType::Q8_0 | GgmlType::Q8_0R8 => 34, // d: f16, qs: 32 × i8
             GgmlType::Q4_K => 144, // d, dmin: f16, scales: 12 (6-bit packed), qs: 128
             GgmlType::Q5_K => 176, // d, dmin, scales: 12, qh: 32, qs: 128
             GgmlType::Q6_K => 210, // ql: 128, qh: 64, scales: 16 × i8, d: f16
@@ -83,6 +84,7 @@ impl GgmlType {
         match self {
             GgmlType::Q4_0 => Some(GgmlType::Q4_0R8),
             GgmlType::Q4_1 => Some(GgmlType::Q4_1R8),
+            GgmlType::Q8_0 => Some(GgmlType::Q8_0R8),
             _ => None,
         }
     }
@@ -92,6 +94,7 @@ impl GgmlType {
         match self {
             GgmlType::Q4_0R8 => GgmlType::Q4_0,
             GgmlType::Q4_1R8 => GgmlType::Q4_1,
+            GgmlType::Q8_0R8 => GgmlType::Q8_0,
             t => t,
         }
     }
@@ -227,7 +230,7 @@ pub fn dequantize_into(ty: GgmlType, src: &[u8], out: &mut [f32]) -> Result<(), 
                 }
             }
         }),
-        GgmlType::Q4_0R8 | GgmlType::Q4_1R8 => unreachable!("refused above"),
+        GgmlType::Q4_0R8 | GgmlType::Q4_1R8 | GgmlType::Q8_0R8 => unreachable!("refused above"),
     }
     Ok(())
 }

@@ -119,7 +119,9 @@ fn ggml_type_id(ty: GgmlType) -> u32 {
         GgmlType::Q5_K => 13,
         GgmlType::Q6_K => 14,
         GgmlType::BF16 => 30,
-        GgmlType::Q4_0R8 | GgmlType::Q4_1R8 => unreachable!("refused by add_tensor"),
+        GgmlType::Q4_0R8 | GgmlType::Q4_1R8 | GgmlType::Q8_0R8 => {
+            unreachable!("refused by add_tensor")
+        }
     }
 }
 
