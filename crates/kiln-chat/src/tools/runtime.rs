@@ -23,6 +23,8 @@ pub trait Decoder {
     type Error;
     fn next(&mut self) -> Result<u32, Self::Error>;
     fn feed(&mut self, ids: &[u32]) -> Result<(), Self::Error>;
+    /// How many more ids the context can take (sampled or forced); the turn ends when it is 0.
+    fn room(&self) -> usize;
 }
 
 /// [`Decoder`] over kiln-engine's KV-cache generator: the prompt is prefilled once; sampled and
@@ -83,6 +85,10 @@ impl<B: Backend> Decoder for EngineDecoder<'_, B> {
     }
     fn feed(&mut self, ids: &[u32]) -> Result<(), EngineError> {
         ids.iter().try_for_each(|&id| self.advance(id))
+    }
+    fn room(&self) -> usize {
+        // `advance` steps an id in while the cache keeps one free position.
+        self.context.saturating_sub(self.generator.pos() + 1)
     }
 }
 
@@ -176,6 +182,9 @@ pub enum TurnEnd {
     MaxTokens,
     /// The wall-time limit passed before a call could run.
     WallTime,
+    /// The context window filled up (the reply so far is kept; a tool output that did not fit
+    /// is recorded in [`Turn::calls`] but not read by the model).
+    ContextFull,
 }
 
 /// A generated assistant turn.
@@ -223,6 +232,10 @@ pub fn run_turn_streaming<D: Decoder>(
     // The open call: its tool, closing token, and where its text starts in `ids`.
     let mut open: Option<(Tool, u32, usize)> = None;
     for _ in 0..limits.max_new_tokens {
+        if decoder.room() == 0 {
+            turn.end = TurnEnd::ContextFull;
+            break;
+        }
         let id = decoder.next()?;
         if stop.contains(&id) {
             turn.end = TurnEnd::Stop(id);
@@ -246,6 +259,15 @@ pub fn run_turn_streaming<D: Decoder>(
                 let input = codec.decode_text(&turn.ids[from..turn.ids.len() - 1]);
                 let output = call_output(tools, tool, &input, turn.calls.len(), limits);
                 let forced = tokens.output_ids(codec, &output);
+                if forced.len() > decoder.room() {
+                    turn.calls.push(ToolCall {
+                        tool,
+                        input,
+                        output,
+                    });
+                    turn.end = TurnEnd::ContextFull;
+                    return Ok(turn);
+                }
                 decoder.feed(&forced)?;
                 forced.iter().for_each(|&id| on_token(id, true));
                 turn.forced.extend(std::iter::repeat_n(true, forced.len()));
@@ -311,18 +333,25 @@ mod tests {
     struct Scripted {
         script: std::vec::IntoIter<u32>,
         fed: Vec<Vec<u32>>,
+        /// Context positions left; going past it is an error, as in the engine's decoder.
+        room: usize,
     }
 
     impl Decoder for Scripted {
         type Error = String;
         fn next(&mut self) -> Result<u32, String> {
+            self.room = self.room.checked_sub(1).ok_or("context full")?;
             self.script
                 .next()
                 .ok_or_else(|| "script ran out".to_string())
         }
         fn feed(&mut self, ids: &[u32]) -> Result<(), String> {
+            self.room = self.room.checked_sub(ids.len()).ok_or("context full")?;
             self.fed.push(ids.to_vec());
             Ok(())
+        }
+        fn room(&self) -> usize {
+            self.room
         }
     }
 
@@ -342,7 +371,49 @@ mod tests {
         Scripted {
             script: parts.concat().into_iter(),
             fed: Vec::new(),
+            room: usize::MAX,
         }
+    }
+
+    /// A full context ends the turn with what was generated, whether it fills while sampling or
+    /// when a tool's output would not fit; neither is an error.
+    #[test]
+    fn a_full_context_ends_the_turn_without_an_error() {
+        let codec = ByteCodec {
+            with_specials: true,
+        };
+        let mut model = script(&[&ids("The answer is 44444444")]);
+        model.room = 10;
+        let mut tools = Echo(Vec::new());
+        let turn = run_turn(
+            &mut model,
+            &codec,
+            &tokens(),
+            &[END],
+            &mut tools,
+            &TurnLimits::default(),
+        )
+        .unwrap();
+        assert_eq!(turn.end, TurnEnd::ContextFull);
+        assert_eq!(codec.decode_text(&turn.ids), "The answer");
+
+        // The search output (52 forced ids) does not fit in what is left after the call.
+        let call = [&[SEARCH.0][..], &ids("kiwi"), &[SEARCH.1], &ids("ok")].concat();
+        let mut model = script(&[&call]);
+        model.room = 30;
+        let turn = run_turn(
+            &mut model,
+            &codec,
+            &tokens(),
+            &[END],
+            &mut tools,
+            &TurnLimits::default(),
+        )
+        .unwrap();
+        assert_eq!(turn.end, TurnEnd::ContextFull);
+        assert_eq!(turn.calls.len(), 1, "the call ran and is recorded");
+        assert!(model.fed.is_empty(), "nothing fed past the context");
+        assert!(turn.forced.iter().all(|f| !f));
     }
 
     fn ids(s: &str) -> Vec<u32> {
