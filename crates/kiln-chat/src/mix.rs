@@ -88,7 +88,7 @@ pub enum SourceConfig {
     /// An RL task's training problems answered directly (`The answer is X.`): a cold start
     /// before RL ([`crate::tasks::TaskKind::cold_start_conversations`]).
     Task {
-        /// A task name (`arith`, `arith-easy`, `two-digit-sums`, `word`, `countdown`).
+        /// A task name (`arith`, `arith-easy`, `two-digit-sums`, `word`, `countdown`, `count-items`).
         task: String,
         count: usize,
     },

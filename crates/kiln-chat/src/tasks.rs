@@ -2,8 +2,8 @@
 //! reward. Five tasks: multi-digit arithmetic (`arith`), its first rung (`arith-easy`: small
 //! operands, where a small SFT model already gets some right, so GRPO groups have a signal),
 //! sums of two two-digit numbers whose cold start works them column by column (`two-digit-sums`),
-//! GSM-style templated word problems (`word`) and countdown (reach a target with given numbers,
-//! `countdown`).
+//! GSM-style templated word problems (`word`), countdown (reach a target with given numbers,
+//! `countdown`) and counting the items of a list (`count-items`: "models can't count").
 //!
 //! Every problem has a canonical key; a hash of the key puts about one in ten on the held-out side,
 //! and the generators for training never emit a held-out problem, so held-out pass@1 measures
@@ -39,15 +39,18 @@ pub enum TaskKind {
     Word,
     /// Countdown: combine the given numbers with + - * / to reach the target.
     Countdown,
+    /// How many items a list of 3 to 15 words holds.
+    CountItems,
 }
 
 /// Every task, in `--help` order.
-pub const TASKS: [TaskKind; 5] = [
+pub const TASKS: [TaskKind; 6] = [
     TaskKind::Arith,
     TaskKind::ArithEasy,
     TaskKind::TwoDigitSums,
     TaskKind::Word,
     TaskKind::Countdown,
+    TaskKind::CountItems,
 ];
 
 /// A task name that does not exist.
@@ -65,6 +68,7 @@ impl TaskKind {
             TaskKind::TwoDigitSums => "two-digit-sums",
             TaskKind::Word => "word",
             TaskKind::Countdown => "countdown",
+            TaskKind::CountItems => "count-items",
         }
     }
 
@@ -76,6 +80,7 @@ impl TaskKind {
             TaskKind::TwoDigitSums => two_digit_sum_problem(rng),
             TaskKind::Word => word_problem(rng),
             TaskKind::Countdown => countdown_problem(rng),
+            TaskKind::CountItems => count_items_problem(rng),
         }
     }
 
@@ -370,6 +375,39 @@ fn word_problem(rng: &mut Rng) -> TaskProblem {
     }
 }
 
+/// Everyday words for the lists of `count-items` (some split into several tokens, so counting
+/// tokens is not counting items).
+const LIST_WORDS: [&str; 32] = [
+    "apple", "pear", "plum", "kiwi", "grape", "melon", "chair", "table", "lamp", "clock", "spoon",
+    "cup", "book", "pencil", "shoe", "hat", "coat", "ring", "key", "coin", "stone", "shell",
+    "leaf", "rose", "tulip", "daisy", "cat", "dog", "horse", "rabbit", "bottle", "window",
+];
+
+/// The fewest and most items of a `count-items` list.
+pub const COUNT_ITEMS_RANGE: (usize, usize) = (3, 15);
+
+fn count_items_problem(rng: &mut Rng) -> TaskProblem {
+    // The length is uniform over the range, so a fixed guess is right 1 time in 13.
+    let (lo, hi) = COUNT_ITEMS_RANGE;
+    let n = range(rng, lo as i64, hi as i64) as usize;
+    let items: Vec<&str> = (0..n)
+        .map(|_| LIST_WORDS[rng.below(LIST_WORDS.len() as u64) as usize])
+        .collect();
+    let list = items.join(", ");
+    let question = match rng.below(3) {
+        0 => format!("How many items are in this list: {list}?"),
+        1 => format!("Count the words in this list: {list}."),
+        _ => format!("How many things are listed here: {list}?"),
+    };
+    TaskProblem {
+        question,
+        expected: Expected::Integer(n as i64),
+        solution: n.to_string(),
+        worked: None,
+        key: format!("count-items {list}"),
+    }
+}
+
 fn countdown_problem(rng: &mut Rng) -> TaskProblem {
     // Build the target from the numbers so every problem has a solution: fold the numbers left to
     // right with random operations, keeping every intermediate a positive integer.
@@ -549,7 +587,7 @@ mod tests {
         let e = "gsm9k".parse::<TaskKind>().unwrap_err();
         assert_eq!(
             e.to_string(),
-            "unknown task \"gsm9k\"; the tasks are: arith, arith-easy, two-digit-sums, word, countdown"
+            "unknown task \"gsm9k\"; the tasks are: arith, arith-easy, two-digit-sums, word, countdown, count-items"
         );
         for t in TASKS {
             assert_eq!(t.name().parse::<TaskKind>().unwrap(), t);
@@ -641,6 +679,40 @@ mod tests {
                 assert_eq!(p.score_with(&right, 0.0).reward, 1.0);
                 let wrong = format!("The answer is {}.", n + 1);
                 assert_eq!(p.score_with(&wrong, 0.0).reward, 0.0);
+            }
+        }
+    }
+
+    /// The answer is the number of items in the question's list, every length of the range
+    /// comes up about equally often (so no fixed guess does better than chance), and the
+    /// verifier reads the count.
+    #[test]
+    fn count_items_answers_the_lists_length_uniformly() {
+        let (lo, hi) = COUNT_ITEMS_RANGE;
+        let mut seen = vec![0usize; hi + 1];
+        let problems = TaskKind::CountItems.problems(2600, 3, false);
+        for p in &problems {
+            let list = p
+                .question
+                .split(": ")
+                .nth(1)
+                .unwrap()
+                .trim_end_matches(['?', '.']);
+            let n = list.split(", ").count();
+            assert_eq!(p.expected, Expected::Integer(n as i64), "{}", p.question);
+            seen[n] += 1;
+            assert!(p.score(&format!("The answer is {n}.")).correct);
+            assert!(!p.score(&format!("The answer is {}.", n + 1)).correct);
+        }
+        let per = problems.len() / (hi - lo + 1);
+        for (n, &c) in seen.iter().enumerate() {
+            if (lo..=hi).contains(&n) {
+                assert!(
+                    c > per * 3 / 4 && c < per * 5 / 4,
+                    "{n} items: {c} of {per}"
+                );
+            } else {
+                assert_eq!(c, 0);
             }
         }
     }

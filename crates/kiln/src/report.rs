@@ -169,6 +169,18 @@ fn score_rows(eval: &Value) -> Vec<(String, String, String, String)> {
         .unwrap_or_default()
 }
 
+/// What the report calls an RL task, and what a guess scores on it.
+fn rl_task_row(task: &str) -> (String, &'static str) {
+    match task {
+        "arith-easy" => ("arithmetic, small operands (arith-easy)".into(), "≈0%"),
+        "count-items" => (
+            "counting the items of a list (count-items)".into(),
+            "7.7% (one fixed guess in 3–15)",
+        ),
+        other => (other.to_string(), "–"),
+    }
+}
+
 /// Tool use and honesty on held-out problems: the SFT model and the honesty-tuned one, with and
 /// without tools (from `eval.json`'s `tools` and `honesty`).
 fn tools_section(m: &mut String, e: &Value) {
@@ -395,19 +407,22 @@ fn markdown(i: &RunInfo) -> String {
     for (name, acc, ct, chance) in score_rows(e) {
         let _ = writeln!(m, "| {name} ({ct}) | SFT | {acc} | {chance} |");
     }
-    // The RL stage (GRPO on arith-easy): its held-out pass@1 before and after.
+    // The RL stage (GRPO on the plan's task): its held-out pass@1 before and after.
     let r = &e["rl"];
     if r.is_object() {
         let pct = |v: &Value| {
             v.as_f64()
                 .map_or("–".into(), |x| format!("{:.1}%", 100.0 * x))
         };
+        // Runs from before the task was recorded trained on arith-easy.
+        let task = r["task"].as_str().unwrap_or("arith-easy");
+        let (what, chance) = rl_task_row(task);
         // The reasoning preset's RL starts from its cold start, not from the SFT model.
         let start = r["start"].as_str().unwrap_or("SFT");
         for (model, key) in [(start, "pass1_start"), ("RL", "pass1")] {
             let _ = writeln!(
                 m,
-                "| RL task: arithmetic, small operands (arith-easy), held-out pass@1 (greedy) | {model} | {} | ≈0% |",
+                "| RL task: {what}, held-out pass@1 (greedy) | {model} | {} | {chance} |",
                 pct(&r[key])
             );
         }
@@ -417,7 +432,7 @@ fn markdown(i: &RunInfo) -> String {
             if r[key].is_number() {
                 let _ = writeln!(
                     m,
-                    "| RL task: arith-easy, held-out pass@1 (sampled, T = 1) | {model} | {} | ≈0% |",
+                    "| RL task: {task}, held-out pass@1 (sampled, T = 1) | {model} | {} | {chance} |",
                     pct(&r[key])
                 );
             }
@@ -620,7 +635,7 @@ mod tests {
                 "sft": {"chat_val_loss_base": 4.0, "chat_val_loss": 3.25, "tok_per_s": 4000.0,
                         "scores": [{"name": "MMLU", "correct": 11, "total": 40, "chance": 0.25}]},
                 "samples": [{"prompt": "Who are you?", "base": "a <b>", "sft": "I am Kiln."}],
-                "rl": {"pass1_start": 0.1, "pass1": 0.25, "pass1_sampled_start": 0.05, "pass1_sampled": 0.125, "rollout_tok_s": 900.0, "train_tok_s": 3000.0},
+                "rl": {"task": "count-items", "pass1_start": 0.1, "pass1": 0.25, "pass1_sampled_start": 0.05, "pass1_sampled": 0.125, "rollout_tok_s": 900.0, "train_tok_s": 3000.0},
                 "curves": {"pretrain_loss": [[1, 5.0], [2, 4.0]], "pretrain_val_bpb": [], "sft_loss": [[1, 3.0]], "sft_val_loss": []}
             }),
             mix: json!({"sources": [{"kind": "identity", "train": 9, "val": 1, "malformed": 0, "rejected": 0, "too_long": 0}], "truncated": 2, "dropped": 1}),
@@ -666,7 +681,7 @@ mod tests {
         assert!(md.contains("| MMLU (11/40) | SFT | 27.5% | 25% |"));
         assert!(md.contains("| tokenizer | skipped (output existed) |"));
         assert!(
-            md.contains("held-out pass@1 (greedy) | RL | 25.0% |"),
+            md.contains("| RL task: counting the items of a list (count-items), held-out pass@1 (greedy) | RL | 25.0% | 7.7% (one fixed guess in 3–15) |"),
             "{md}"
         );
         assert!(

@@ -1,4 +1,4 @@
-//! `kiln rl --model <sft checkpoint> --task arith|arith-easy|two-digit-sums|word|countdown`: flags →
+//! `kiln rl --model <sft checkpoint> --task arith|arith-easy|two-digit-sums|word|countdown|count-items`: flags →
 //! [`kiln_train::rl::RlJob`] (render the task's problems with the model's tokenizer, run the GRPO
 //! loop), then a summary.
 
@@ -27,6 +27,8 @@ pub enum TaskChoice {
     Word,
     /// Reach a target with the given numbers and + - * /.
     Countdown,
+    /// Count the items of a list (3 to 15 words).
+    CountItems,
 }
 
 /// How per-token losses are averaged.
@@ -144,6 +146,7 @@ pub fn run(a: RlArgs, threads: usize) -> anyhow::Result<()> {
         TaskChoice::TwoDigitSums => TaskKind::TwoDigitSums,
         TaskChoice::Word => TaskKind::Word,
         TaskChoice::Countdown => TaskKind::Countdown,
+        TaskChoice::CountItems => TaskKind::CountItems,
     };
     let job = RlJob {
         model: a.model.clone(),
