@@ -468,15 +468,28 @@ fn plan_steps(plan: &mut Plan, opts: &Options, train_tokens: usize) -> Result<()
 const RL_PROMPTS: usize = 8;
 const RL_GROUP: usize = 8;
 const RL_MAX_NEW: usize = 48;
+
+/// New tokens per RL answer for `task`: `count-items` answers in ~6 (`The answer is 12.`), and its
+/// lists take up to 85 of the smoke preset's 128 positions; arithmetic keeps [`RL_MAX_NEW`] for
+/// worked steps.
+fn rl_max_new(task: &str) -> usize {
+    if task == TaskKind::CountItems.name() {
+        24
+    } else {
+        RL_MAX_NEW
+    }
+}
 /// Prompt length the estimate assumes (the task's prompts are about this long).
 const RL_PROMPT: usize = 32;
 
 fn rl_step_seconds(p: &Plan, sps: f64, rollout: Option<f64>) -> f64 {
-    let tokens = (RL_PROMPTS * RL_GROUP * (RL_PROMPT + RL_MAX_NEW)) as f64;
+    let max_new = rl_max_new(&p.rl_task);
+    let tokens = (RL_PROMPTS * RL_GROUP * (RL_PROMPT + max_new)) as f64;
     let update = sps * tokens / (p.batch * p.context) as f64;
     match rollout {
         None => 2.0 * update,
-        Some(r) => 3.0 * r + update,
+        // The probe timed rollouts of RL_MAX_NEW tokens.
+        Some(r) => 3.0 * r * max_new as f64 / RL_MAX_NEW as f64 + update,
     }
 }
 
@@ -487,7 +500,7 @@ fn rl_config(plan: &Plan, threads: usize) -> crate::rl::RlConfig {
         steps,
         prompts_per_step: RL_PROMPTS,
         group: RL_GROUP,
-        max_new: RL_MAX_NEW,
+        max_new: rl_max_new(&plan.rl_task),
         eval_every: (steps / 4).max(5),
         eval_problems: plan.eval_arith * 2,
         ckpt_every: (steps / 2).max(5),
@@ -497,7 +510,7 @@ fn rl_config(plan: &Plan, threads: usize) -> crate::rl::RlConfig {
         time_limit_s: Some(plan.minutes * 60.0 * 0.09),
         ..Default::default()
     };
-    c.loss.max_new = RL_MAX_NEW;
+    c.loss.max_new = c.max_new;
     // Small models take larger steps than the 1e-5 suited to large ones. On the default run's
     // SFT model (2026-12-03, 71 steps) lr 1e-3 with the 0.1 format reward collapsed the policy
     // onto "The answer is N." with a fixed N (reward exactly 0.1, entropy 1.3 → 0.2, held-out
@@ -1286,10 +1299,17 @@ mod tests {
     /// the measured rollouts plus the update elsewhere; the rollout probe runs (here on the cpu).
     #[test]
     fn rl_steps_are_planned_from_rollouts_off_the_cpu() {
-        let p = base_plan(Preset::Default, 20.0);
+        // The reasoning preset's arith-easy: 48 new tokens, as the probe's rollouts.
+        let p = base_plan(Preset::Reasoning, 26.0);
         let update = 0.3 * (8 * 8 * 80) as f64 / (8 * 256) as f64;
         assert!((rl_step_seconds(&p, 0.3, None) - 2.0 * update).abs() < 1e-12);
         assert!((rl_step_seconds(&p, 0.3, Some(0.5)) - (1.5 + update)).abs() < 1e-12);
+        // The default's count-items: 24 new tokens, half the probe's rollout.
+        let p = base_plan(Preset::Default, 20.0);
+        assert_eq!(rl_config(&p, 2).max_new, 24);
+        let update = 0.3 * (8 * 8 * 56) as f64 / (8 * 256) as f64;
+        assert!((rl_step_seconds(&p, 0.3, None) - 2.0 * update).abs() < 1e-12);
+        assert!((rl_step_seconds(&p, 0.3, Some(0.5)) - (0.75 + update)).abs() < 1e-12);
         let cfg = ModelConfig::gpt2(64, 1, 2, 16, 96);
         let pace = seconds_per_step(&cfg, 2, 96, 1, &DeviceSpec::cpu(), true).unwrap();
         assert!(pace.train > 0.0 && pace.rollout.is_some_and(|r| r > 0.0));
