@@ -382,37 +382,31 @@ mod tests {
         let codec = ByteCodec {
             with_specials: true,
         };
-        let mut model = script(&[&ids("The answer is 44444444")]);
-        model.room = 10;
         let mut tools = Echo(Vec::new());
-        let turn = run_turn(
-            &mut model,
-            &codec,
-            &tokens(),
-            &[END],
-            &mut tools,
-            &TurnLimits::default(),
-        )
-        .unwrap();
+        let mut turn_in = |ids: &[u32], room: usize| {
+            let mut model = script(&[ids]);
+            model.room = room;
+            let turn = run_turn(
+                &mut model,
+                &codec,
+                &tokens(),
+                &[END],
+                &mut tools,
+                &TurnLimits::default(),
+            )
+            .unwrap();
+            (turn, model.fed)
+        };
+        let (turn, _) = turn_in(&ids("The answer is 44444444"), 10);
         assert_eq!(turn.end, TurnEnd::ContextFull);
         assert_eq!(codec.decode_text(&turn.ids), "The answer");
 
         // The search output (52 forced ids) does not fit in what is left after the call.
         let call = [&[SEARCH.0][..], &ids("kiwi"), &[SEARCH.1], &ids("ok")].concat();
-        let mut model = script(&[&call]);
-        model.room = 30;
-        let turn = run_turn(
-            &mut model,
-            &codec,
-            &tokens(),
-            &[END],
-            &mut tools,
-            &TurnLimits::default(),
-        )
-        .unwrap();
+        let (turn, fed) = turn_in(&call, 30);
         assert_eq!(turn.end, TurnEnd::ContextFull);
         assert_eq!(turn.calls.len(), 1, "the call ran and is recorded");
-        assert!(model.fed.is_empty(), "nothing fed past the context");
+        assert!(fed.is_empty(), "nothing fed past the context");
         assert!(turn.forced.iter().all(|f| !f));
     }
 
