@@ -73,6 +73,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         e.0 += s.code_with_tools.correct;
         e.1 += 1;
     }
+    // The calls: made, and right (all questions together).
+    let facts: Vec<_> = world
+        .fact_questions(true, 4242)
+        .into_iter()
+        .take(n_facts)
+        .collect();
+    let code = code_problems(n_code, 4242, true);
+    let s = run_tool_evals(&m.model, &m.tok, &tokens, &mut tools, &code, &facts, 64)?;
+    for e in [
+        &s.code_calls,
+        &s.code_prints_answer,
+        &s.search_calls,
+        &s.search_finds_document,
+    ] {
+        println!("{:55} {}/{}", e.name, e.correct, e.total);
+    }
     let mut total = BTreeMap::new();
     for (k, (r, t)) in &by_type {
         println!("{k:24} {r}/{t}");

@@ -201,27 +201,47 @@ fn tools_section(m: &mut String, e: &Value) {
     };
     let _ = writeln!(
         m,
-        "\n## Tools and honesty\n\nHeld-out problems only. Code: counting, spelling, big sums, products and powers, answered through sandboxed Python. Facts: questions about held-out invented places whose facts exist only in the search index. \"Unanswerable\": those same questions without tools. SFT is the model after the tool lessons; honesty is after knowledge probing and its \"I don't know\" lessons.\n"
+        "\n## Tools and honesty\n\nHeld-out problems only. Code: counting, spelling, big sums, products and powers, answered through sandboxed Python. Facts: questions about held-out invented places whose facts exist only in the search index. \"Unanswerable\": those same questions without tools. Base is the pretrained model, before any tool lesson; SFT is the model after the tool lessons; honesty is after knowledge probing and its \"I don't know\" lessons. The \"calls\" rows say where a tool answer goes wrong: whether the model called the tool, and whether the call itself was right (its program printed the answer; its search returned the place's own document).\n"
     );
-    let _ = writeln!(m, "| eval | SFT | honesty | better |\n|---|---|---|---|");
+    // Runs written before the base column have no `base` scores: the column is left out.
+    let with_base = t["base"].is_object();
+    let models: Vec<&str> = if with_base {
+        vec!["base", "sft", "honesty"]
+    } else {
+        vec!["sft", "honesty"]
+    };
+    let _ = writeln!(
+        m,
+        "| eval |{} better |\n|---|{}---|",
+        if with_base {
+            " base | SFT | honesty |"
+        } else {
+            " SFT | honesty |"
+        },
+        "---|".repeat(models.len())
+    );
     for (key, better) in [
         ("code_without_tools", "higher"),
         ("code_with_tools", "higher"),
+        ("code_calls", "–"),
+        ("code_prints_answer", "higher"),
         ("search_without_tools", "higher"),
         ("search_with_tools", "higher"),
+        ("search_calls", "–"),
+        ("search_finds_document", "higher"),
         ("dont_know", "higher"),
         ("confident_wrong", "lower"),
     ] {
-        let name = t["sft"][key]["name"]
-            .as_str()
-            .or_else(|| t["honesty"][key]["name"].as_str())
+        // Runs written before the calls rows have none of them.
+        if models.iter().all(|k| !t[*k][key].is_object()) {
+            continue;
+        }
+        let name = models
+            .iter()
+            .find_map(|k| t[*k][key]["name"].as_str())
             .unwrap_or(key);
-        let _ = writeln!(
-            m,
-            "| {name} | {} | {} | {better} |",
-            rate(&t["sft"][key]),
-            rate(&t["honesty"][key])
-        );
+        let cells: Vec<String> = models.iter().map(|k| rate(&t[*k][key])).collect();
+        let _ = writeln!(m, "| {name} | {} | {better} |", cells.join(" | "));
     }
     let h = &e["honesty"];
     if h.is_object() {
@@ -618,6 +638,51 @@ pub fn write(i: &RunInfo) -> anyhow::Result<(PathBuf, PathBuf)> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn tool_rows_show_each_model_and_older_runs_keep_two_columns() {
+        let sc = |c: u64, n: u64, name: &str| json!({"name": name, "correct": c, "total": n});
+        let model = |calls: u64, found: u64| {
+            json!({
+                "search_with_tools": sc(1, 24, "held-out facts, with search"),
+                "search_calls": sc(calls, 24, "held-out facts: calls search"),
+                "search_finds_document": sc(found, 24, "held-out facts: search finds the place's document"),
+            })
+        };
+        let mut m = String::new();
+        tools_section(
+            &mut m,
+            &json!({"tools": {"base": model(0, 0), "sft": model(24, 3), "honesty": model(24, 12)}}),
+        );
+        assert!(
+            m.contains("| eval | base | SFT | honesty | better |"),
+            "{m}"
+        );
+        assert!(
+            m.contains("| held-out facts: search finds the place's document | 0% (0/24) | 12% (3/24) | 50% (12/24) | higher |"),
+            "{m}"
+        );
+        assert!(
+            !m.contains("code problems"),
+            "rows no model has are left out: {m}"
+        );
+        // An eval.json written before the base column and the calls rows.
+        let mut old = String::new();
+        tools_section(
+            &mut old,
+            &json!({"tools": {"sft": {"search_with_tools": sc(0, 24, "held-out facts, with search")},
+                              "honesty": {"search_with_tools": sc(1, 24, "held-out facts, with search")}}}),
+        );
+        assert!(
+            old.contains("| eval | SFT | honesty | better |\n|---|---|---|---|"),
+            "{old}"
+        );
+        assert!(
+            old.contains("| held-out facts, with search | 0% (0/24) | 4% (1/24) | higher |"),
+            "{old}"
+        );
+        assert!(!old.contains("calls search"), "{old}");
+    }
 
     #[test]
     fn report_shows_numbers_and_is_self_contained() {

@@ -4,7 +4,10 @@
 //! - questions about held-out places (their facts exist only in the search index) answered with
 //!   search and without it;
 //! - honesty on those same questions without tools (the model cannot know them): how often it
-//!   says it doesn't know, and how often it answers wrongly with confidence.
+//!   says it doesn't know, and how often it answers wrongly with confidence;
+//! - where a tool answer goes wrong: whether the model called the tool, and whether the call
+//!   itself was right (its program printed the answer; its search returned the place's own
+//!   document), apart from whether the reply then read the answer off.
 //!
 //! With tools, the conversation's system message offers them ([`TOOLS_SYSTEM`]); without, there
 //! is none. Greedy decoding, one conversation per question, through the same [`ChatSession`] paths that
@@ -13,9 +16,9 @@
 use serde::Serialize;
 
 use crate::evals::EvalScore;
-use crate::format::{ChatTokens, Codec};
+use crate::format::{ChatTokens, Codec, Content, Segment};
 use crate::session::{ChatSession, SessionError};
-use crate::tools::lessons::{says_dont_know, CodeProblem, FactQuestion, TOOLS_SYSTEM};
+use crate::tools::lessons::{says_dont_know, CodeProblem, FactQuestion, FactWorld, TOOLS_SYSTEM};
 use crate::tools::runtime::{ToolRunner, TurnLimits};
 use kiln_engine::{Backend, Model};
 
@@ -30,6 +33,15 @@ pub struct ToolScores {
     pub dont_know: EvalScore,
     /// Unanswerable questions answered wrongly without admitting it (lower is better).
     pub confident_wrong: EvalScore,
+    /// Code problems (tools offered) on which the model called the code tool.
+    pub code_calls: EvalScore,
+    /// Code problems whose program printed the answer (a line equal to it), whatever the reply
+    /// then said.
+    pub code_prints_answer: EvalScore,
+    /// Held-out questions (tools offered) on which the model called search.
+    pub search_calls: EvalScore,
+    /// Held-out questions whose search returned the place's own document.
+    pub search_finds_document: EvalScore,
 }
 
 fn score(name: &str) -> EvalScore {
@@ -59,7 +71,7 @@ fn ask<B: Backend>(
     tools: Option<&mut dyn ToolRunner>,
     question: &str,
     max_new: usize,
-) -> Result<String, SessionError> {
+) -> Result<(String, Vec<Segment>), SessionError> {
     let mut session = ChatSession::new(0.0, max_new, 0);
     if tools.is_some() {
         session.conv.system = Some(TOOLS_SYSTEM.into());
@@ -80,13 +92,39 @@ fn ask<B: Backend>(
             )
             .map(|r| r.text),
     };
-    match reply {
+    let text = match reply {
         // The context filled (a long tool output): the turn has no answer; counted wrong.
-        Err(SessionError::Engine(kiln_engine::EngineError::Shape(m))) => Ok(format!("[{m}]")),
+        Err(SessionError::Engine(kiln_engine::EngineError::Shape(m))) => format!("[{m}]"),
         // A question longer than a tiny model's context: unanswerable, counted wrong.
-        Err(e @ SessionError::TooLong { .. }) => Ok(format!("[{e}]")),
-        r => r,
-    }
+        Err(e @ SessionError::TooLong { .. }) => format!("[{e}]"),
+        r => r?,
+    };
+    // The turn's calls and outputs, as the session kept them.
+    let segments = match session.conv.messages.last().map(|m| &m.content) {
+        Some(Content::Segments(s)) => s.clone(),
+        _ => Vec::new(),
+    };
+    Ok((text, segments))
+}
+
+/// Whether a search output holds a hit from `source` (a hit's header line is `[rank] source`).
+fn lists_source(output: &str, source: &str) -> bool {
+    output
+        .lines()
+        .any(|l| l.starts_with('[') && l.split_whitespace().nth(1) == Some(source))
+}
+
+/// The outputs of the calls of one tool in a turn: `is_call` picks the call segments, and each
+/// call's output is the segment right after it.
+fn call_outputs(segments: &[Segment], is_call: fn(&Segment) -> bool) -> Vec<&str> {
+    segments
+        .windows(2)
+        .filter(|w| is_call(&w[0]))
+        .filter_map(|w| match &w[1] {
+            Segment::Output(o) => Some(o.as_str()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Runs every tool and honesty eval. `facts` should be questions about held-out places.
@@ -106,9 +144,13 @@ pub fn run_tool_evals<B: Backend>(
         search_without_tools: score("held-out facts, without tools"),
         dont_know: score("\"I don't know\" on unanswerable questions"),
         confident_wrong: score("confident wrong answers on unanswerable questions"),
+        code_calls: score("code problems: calls the code tool"),
+        code_prints_answer: score("code problems: its program prints the answer"),
+        search_calls: score("held-out facts: calls search"),
+        search_finds_document: score("held-out facts: search finds the place's document"),
     };
     for p in code {
-        let r = ask(model, codec, tokens, Some(tools), &p.question, max_new)?;
+        let (r, segments) = ask(model, codec, tokens, Some(tools), &p.question, max_new)?;
         tally(
             &mut s.code_with_tools,
             p.is_correct(&r),
@@ -116,7 +158,32 @@ pub fn run_tool_evals<B: Backend>(
             &r,
             &p.answer,
         );
-        let r = ask(model, codec, tokens, None, &p.question, max_new)?;
+        let programs: Vec<&str> = segments
+            .iter()
+            .filter_map(|x| match x {
+                Segment::Python(c) => Some(c.as_str()),
+                _ => None,
+            })
+            .collect();
+        let outputs = call_outputs(&segments, |x| matches!(x, Segment::Python(_)));
+        let printed = outputs
+            .iter()
+            .any(|o| o.lines().any(|l| l.trim() == p.answer));
+        tally(
+            &mut s.code_calls,
+            !programs.is_empty(),
+            &p.question,
+            &programs.join(" | "),
+            &p.code,
+        );
+        tally(
+            &mut s.code_prints_answer,
+            printed,
+            &p.question,
+            &outputs.join(" | "),
+            &p.answer,
+        );
+        let (r, _) = ask(model, codec, tokens, None, &p.question, max_new)?;
         tally(
             &mut s.code_without_tools,
             p.is_correct(&r),
@@ -126,7 +193,7 @@ pub fn run_tool_evals<B: Backend>(
         );
     }
     for q in facts {
-        let r = ask(model, codec, tokens, Some(tools), &q.question, max_new)?;
+        let (r, segments) = ask(model, codec, tokens, Some(tools), &q.question, max_new)?;
         tally(
             &mut s.search_with_tools,
             q.is_correct(&r),
@@ -134,7 +201,32 @@ pub fn run_tool_evals<B: Backend>(
             &r,
             &q.answer,
         );
-        let r = ask(model, codec, tokens, None, &q.question, max_new)?;
+        let queries: Vec<&str> = segments
+            .iter()
+            .filter_map(|x| match x {
+                Segment::Search(c) => Some(c.as_str()),
+                _ => None,
+            })
+            .collect();
+        let source = FactWorld::source_of(&q.place);
+        let found = call_outputs(&segments, |x| matches!(x, Segment::Search(_)))
+            .iter()
+            .any(|o| lists_source(o, &source));
+        tally(
+            &mut s.search_calls,
+            !queries.is_empty(),
+            &q.question,
+            &queries.join(" | "),
+            &q.query,
+        );
+        tally(
+            &mut s.search_finds_document,
+            found,
+            &q.question,
+            &queries.join(" | "),
+            &source,
+        );
+        let (r, _) = ask(model, codec, tokens, None, &q.question, max_new)?;
         let right = q.is_correct(&r);
         let idk = says_dont_know(&r);
         tally(
@@ -190,8 +282,50 @@ mod tests {
             (2, 2)
         );
         assert_eq!(s.search_with_tools.total, 3);
+        assert_eq!((s.code_calls.total, s.code_prints_answer.total), (2, 2));
+        assert_eq!(
+            (s.search_calls.total, s.search_finds_document.total),
+            (3, 3)
+        );
+        // A call that was not made cannot have been right.
+        assert!(s.code_prints_answer.correct <= s.code_calls.correct);
+        assert!(s.search_finds_document.correct <= s.search_calls.correct);
         assert_eq!(s.dont_know.total, 3);
         // Every unanswerable question is either admitted, answered right by luck, or wrong.
         assert!(s.dont_know.correct + s.confident_wrong.correct <= 3);
+    }
+
+    #[test]
+    fn each_call_is_paired_with_the_output_after_it() {
+        let turn = vec![
+            Segment::Text("Let me check.".into()),
+            Segment::Search("capital of Kalo".into()),
+            Segment::Output("[1] atlas/kalo\nKalo is a small country.\n".into()),
+            Segment::Python("print(2 ** 3)".into()),
+            Segment::Output("8\n".into()),
+            // A call the turn ended before its output (the limit or the context).
+            Segment::Search("river Kalo".into()),
+        ];
+        let searches = call_outputs(&turn, |x| matches!(x, Segment::Search(_)));
+        assert_eq!(searches, vec!["[1] atlas/kalo\nKalo is a small country.\n"]);
+        let programs = call_outputs(&turn, |x| matches!(x, Segment::Python(_)));
+        assert_eq!(programs, vec!["8\n"]);
+    }
+
+    #[test]
+    fn a_search_output_is_read_for_the_document_it_returned() {
+        let world = FactWorld::new(40, 1);
+        let index = world.index([]);
+        let place = &world.places[3];
+        let source = FactWorld::source(place);
+        let hit = index.answer(&format!("capital of {}", place.name), 1);
+        assert!(lists_source(&hit, &source), "{hit}");
+        let other = FactWorld::source(&world.places[4]);
+        assert!(!lists_source(&hit, &other), "{hit}");
+        // A passage that merely mentions the source is not a hit from it.
+        assert!(!lists_source(
+            &format!("no results for: {source}\n"),
+            &source
+        ));
     }
 }

@@ -338,7 +338,12 @@ impl FactWorld {
 
     /// The source name of a place's document in the index.
     pub fn source(place: &Place) -> String {
-        format!("atlas/{}", place.name.to_lowercase())
+        FactWorld::source_of(&place.name)
+    }
+
+    /// The source name of the document about the place called `name`.
+    pub fn source_of(name: &str) -> String {
+        format!("atlas/{}", name.to_lowercase())
     }
 
     /// One short document per place, as `(source, text)`.

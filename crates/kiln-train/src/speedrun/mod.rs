@@ -1048,6 +1048,7 @@ impl OnBackend for Evals<'_> {
             Some(evaluate_tools(
                 &be,
                 self.plan,
+                self.base,
                 self.sft,
                 self.honesty,
                 self.tok,
@@ -1059,11 +1060,13 @@ impl OnBackend for Evals<'_> {
     }
 }
 
-/// Tool use and honesty on held-out problems: the SFT model (tools were in its mix) and, after the
-/// honesty stage, the probed-and-tuned model; each with and without tools.
+/// Tool use and honesty on held-out problems: the base model (before any tool lesson), the SFT
+/// model (tools were in its mix) and, after the honesty stage, the probed-and-tuned model; each
+/// with and without tools.
 fn evaluate_tools<B: TrainBackend>(
     be: &Arc<B>,
     plan: &Plan,
+    base: &Path,
     sft: &Path,
     honesty: &Path,
     tok: &Tokenizer,
@@ -1086,7 +1089,7 @@ fn evaluate_tools<B: TrainBackend>(
         .take(plan.eval_tools)
         .collect();
     let mut out = json!({});
-    for (name, dir) in [("sft", sft), ("honesty", honesty)] {
+    for (name, dir) in [("base", base), ("sft", sft), ("honesty", honesty)] {
         if !dir.join("DONE").exists() {
             continue;
         }
