@@ -57,6 +57,11 @@ const HARD_SKIP_TAGS: &[&str] = &[
     "textarea", "iframe", "object", "embed", "canvas", "video", "audio", "map",
 ];
 
+/// Start tags that may appear inside `<head>`; any other start tag closes an open head.
+const HEAD_CONTENT_TAGS: &[&str] = &[
+    "html", "head", "title", "meta", "link", "style", "script", "noscript", "base", "template",
+];
+
 /// Elements that are boilerplate unless the page's main content sits inside them.
 const SOFT_SKIP_TAGS: &[&str] = &["nav", "footer", "aside", "form", "header", "menu", "dialog"];
 
@@ -645,6 +650,23 @@ impl Extractor<'_> {
         }
     }
 
+    /// Pops an open `<head>` and everything above it. `</head>` is optional in HTML: any start
+    /// tag that cannot live in the head (`<body>`, `<p>`, `<div>`, …) ends it implicitly. Inside
+    /// a `<template>` the head's rules do not apply, so the head stays open there. A head
+    /// sits at the root or under `<html>`, so only the first two open elements are looked at.
+    fn close_open_head(&mut self) {
+        let Some(at) = self.stack.iter().take(2).position(|o| o.name == "head") else {
+            return;
+        };
+        if self.stack[at..].iter().any(|o| o.name == "template") {
+            return;
+        }
+        while self.stack.len() > at {
+            let open = self.stack.pop().expect("non-empty");
+            self.close(open);
+        }
+    }
+
     fn mark(name: &str, a: &Attrs<'_>) -> Mark {
         let role = a.role.map(|r| r.to_ascii_lowercase());
         let role = role.as_deref();
@@ -705,6 +727,9 @@ impl Sink for Extractor<'_> {
             }
             return false;
         }
+        if !HEAD_CONTENT_TAGS.contains(&name) {
+            self.close_open_head();
+        }
         if VOID_TAGS.contains(&name) || tag.self_closing {
             return false;
         }
@@ -762,6 +787,12 @@ impl Sink for Extractor<'_> {
     }
 
     fn text(&mut self, text: &str) {
+        // HTML's "in head" insertion mode: text that is not whitespace ends the head.
+        if self.stack.last().is_some_and(|o| o.name == "head")
+            && !text.bytes().all(|b| b.is_ascii_whitespace())
+        {
+            self.close_open_head();
+        }
         if self.state.hard_skip {
             return;
         }
@@ -1100,6 +1131,23 @@ mod tests {
         assert_eq!(
             ex(r#"<p>foo<span class="share">Share</span>bar</p>"#),
             "foo bar"
+        );
+    }
+
+    #[test]
+    fn a_head_left_open_is_closed_by_body_content() {
+        let page = r#"<!DOCTYPE html><html><head><meta charset="utf-8"><title>T</title>
+            <link rel="stylesheet" href="a.css"><body><p>Kept one.</p><p>Kept two.</p>"#;
+        assert_eq!(ex(page), "Kept one.\nKept two.");
+        // No <body> tag either: the first flow element ends the head.
+        let page = "<html><head><meta charset=utf-8><title>x</title>\n<p>Body text.</p>";
+        assert_eq!(ex(page), "Body text.");
+        // Nor any tag: text that is not whitespace ends the head.
+        assert_eq!(ex("<head><title>x</title>Bare text"), "Bare text");
+        // What lives in the head is still not text.
+        assert_eq!(
+            ex("<head><style>p{}</style><script>x</script><noscript><link></noscript><p>Body</p>"),
+            "Body"
         );
     }
 
