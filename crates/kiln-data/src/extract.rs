@@ -62,6 +62,42 @@ const HEAD_CONTENT_TAGS: &[&str] = &[
     "html", "head", "title", "meta", "link", "style", "script", "noscript", "base", "template",
 ];
 
+/// Start tags that close an open `<p>` (HTML's "close a p element" step for flow content).
+const P_CLOSING_TAGS: &[&str] = &[
+    "p",
+    "div",
+    "address",
+    "article",
+    "aside",
+    "blockquote",
+    "center",
+    "details",
+    "dialog",
+    "dir",
+    "dl",
+    "fieldset",
+    "figcaption",
+    "figure",
+    "footer",
+    "header",
+    "hgroup",
+    "main",
+    "menu",
+    "nav",
+    "ol",
+    "ul",
+    "search",
+    "section",
+    "summary",
+    "pre",
+    "listing",
+    "form",
+    "table",
+    "hr",
+    "xmp",
+    "plaintext",
+];
+
 /// Elements that are boilerplate unless the page's main content sits inside them.
 const SOFT_SKIP_TAGS: &[&str] = &["nav", "footer", "aside", "form", "header", "menu", "dialog"];
 
@@ -667,6 +703,108 @@ impl Extractor<'_> {
         }
     }
 
+    /// Where the stack is cut (everything from this index up is closed) before the start tag
+    /// `name` opens, following HTML's optional end tags: without them, pages that leave
+    /// `</td>`, `</li>`, `</p>`, `</dd>` out nest one level per row or item and soon look
+    /// deeper than `max_depth`.
+    fn implied_end(&self, name: &str) -> Option<usize> {
+        // Walks down from the current node: `Some(true)` closes up to and including that
+        // element, `Some(false)` stops the search (a scope boundary).
+        let find = |verdict: &dyn Fn(&str) -> Option<bool>| {
+            for (i, open) in self.stack.iter().enumerate().rev() {
+                match verdict(open.name.as_str()) {
+                    Some(true) => return Some(i),
+                    Some(false) => return None,
+                    None => {}
+                }
+            }
+            None
+        };
+        match name {
+            // A new row ends the open cell and row, not beyond its table (section).
+            "tr" => find(&|n| match n {
+                "tr" => Some(true),
+                "table" | "thead" | "tbody" | "tfoot" => Some(false),
+                _ => None,
+            }),
+            // A new cell ends the open cell of the same row.
+            "td" | "th" => find(&|n| match n {
+                "td" | "th" => Some(true),
+                "tr" | "table" => Some(false),
+                _ => None,
+            }),
+            // A new table section ends whatever of the previous section is open.
+            "thead" | "tbody" | "tfoot" => {
+                let table = self.stack.iter().rposition(|o| o.name == "table")?;
+                (table + 1 < self.stack.len()).then_some(table + 1)
+            }
+            // "li" and "dd"/"dt" close the nearest open item of their kind, searching past
+            // inline elements and div/p/address but no other block (a nested list's own item
+            // is not closed by an item of the outer list).
+            "li" => find(&|n| match n {
+                "li" => Some(true),
+                _ if Self::is_list_scope_boundary(n) => Some(false),
+                _ => None,
+            })
+            .or_else(|| self.open_p_in_button_scope()),
+            "dd" | "dt" => find(&|n| match n {
+                "dd" | "dt" => Some(true),
+                _ if Self::is_list_scope_boundary(n) => Some(false),
+                _ => None,
+            })
+            .or_else(|| self.open_p_in_button_scope()),
+            "option" | "optgroup" => find(&|n| match n {
+                "option" => Some(true),
+                _ => Some(false),
+            }),
+            // A heading directly inside a heading ends it (a parse error the spec repairs so).
+            "h1" | "h2" | "h3" | "h4" | "h5" | "h6" => self
+                .stack
+                .last()
+                .is_some_and(|o| matches!(o.name.as_str(), "h1" | "h2" | "h3" | "h4" | "h5" | "h6"))
+                .then(|| self.stack.len() - 1)
+                .or_else(|| self.open_p_in_button_scope()),
+            _ if P_CLOSING_TAGS.contains(&name) => self.open_p_in_button_scope(),
+            _ => None,
+        }
+    }
+
+    /// An open `<p>` that a block start tag closes: the spec's "has a p element in button
+    /// scope" (tables, cells, buttons and embedded objects are the boundaries).
+    fn open_p_in_button_scope(&self) -> Option<usize> {
+        for (i, open) in self.stack.iter().enumerate().rev() {
+            match open.name.as_str() {
+                "p" => return Some(i),
+                "html" | "table" | "td" | "th" | "caption" | "object" | "template" | "button"
+                | "marquee" | "applet" | "svg" | "math" => return None,
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// The "special" elements that stop the search for an open `<li>`/`<dd>`/`<dt>`, less
+    /// address, div and p, which the spec lets the search pass.
+    fn is_list_scope_boundary(name: &str) -> bool {
+        !matches!(name, "div" | "p" | "address")
+            && (BLOCK_TAGS.contains(&name)
+                || matches!(
+                    name,
+                    "td" | "th"
+                        | "nav"
+                        | "aside"
+                        | "header"
+                        | "footer"
+                        | "form"
+                        | "menu"
+                        | "button"
+                        | "object"
+                        | "template"
+                        | "svg"
+                        | "math"
+                ))
+    }
+
     fn mark(name: &str, a: &Attrs<'_>) -> Mark {
         let role = a.role.map(|r| r.to_ascii_lowercase());
         let role = role.as_deref();
@@ -733,14 +871,11 @@ impl Sink for Extractor<'_> {
         if VOID_TAGS.contains(&name) || tag.self_closing {
             return false;
         }
-        // Implicitly closed elements: a new <p>/<li> closes an open one of the same kind.
-        if matches!(
-            name,
-            "p" | "li" | "dt" | "dd" | "tr" | "td" | "th" | "option"
-        ) && self.stack.last().is_some_and(|o| o.name == name)
-        {
-            let open = self.stack.pop().expect("non-empty");
-            self.close(open);
+        if let Some(at) = self.implied_end(name) {
+            while self.stack.len() > at {
+                let open = self.stack.pop().expect("non-empty");
+                self.close(open);
+            }
         }
         if self.stack.len() >= self.config.max_depth {
             self.too_deep = true;
@@ -1148,6 +1283,45 @@ mod tests {
         assert_eq!(
             ex("<head><style>p{}</style><script>x</script><noscript><link></noscript><p>Body</p>"),
             "Body"
+        );
+    }
+
+    #[test]
+    fn optional_end_tags_do_not_nest() {
+        let rows = "<tr><td>Item<td>3 kg".repeat(600);
+        assert_eq!(
+            ex(&format!("<table>{rows}</table><p>After</p>"))
+                .lines()
+                .count(),
+            601
+        );
+        let text = ex(&format!(
+            "<table><tr><td>a<td>b{}</table>",
+            "<tr><th>c<td>d"
+        ));
+        assert_eq!(text, "a b\nc d");
+        let glossary = "<dt>Term<dd>Meaning".repeat(600);
+        let text = ex(&format!("<dl>{glossary}</dl>"));
+        assert_eq!(text.lines().count(), 1200, "{}", &text[..80]);
+        let items = "<li><p>Point".repeat(600);
+        assert_eq!(ex(&format!("<ul>{items}</ul>")).lines().count(), 600);
+        let paras = "<p><font face=Arial>Para".repeat(600);
+        assert_eq!(ex(&paras).lines().count(), 600);
+        // A nested list's item does not close the outer item; the outer item's next one does.
+        assert_eq!(
+            ex("<ul><li>a<ul><li>a1<li>a2</ul><li>b</ul>"),
+            "- a\n- a1\n- a2\n- b"
+        );
+        // A cell's nested table keeps its own rows.
+        assert_eq!(
+            ex("<table><tr><td>x<table><tr><td>in1<tr><td>in2</table><td>y<tr><td>z</table>"),
+            "x\nin1\nin2\ny\nz"
+        );
+        // Really nested input is still refused.
+        let deep = "<div>".repeat(10_000) + "x";
+        assert_eq!(
+            extract(&deep, &ExtractConfig::default()),
+            Err(ExtractError::TooDeep(512))
         );
     }
 
