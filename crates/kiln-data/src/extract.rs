@@ -370,34 +370,29 @@ fn scan(html: &str, sink: &mut dyn Sink) {
         }
         let end_tag = rest.len() > 1 && rest[1] == b'/';
         let name_start = lt + 1 + end_tag as usize;
+        // HTML's tokenizer opens a tag only when a letter follows `<` or `</`: `I <3 you`,
+        // `x < 5`, `<-- here` are text.
+        if !bytes.get(name_start).is_some_and(u8::is_ascii_alphabetic) {
+            if end_tag {
+                // `</>` is dropped and `</` + anything else is a bogus comment up to `>`.
+                pos = memchr::memchr(b'>', rest).map_or(n, |e| lt + e + 1);
+            } else {
+                sink.text(&html[lt..lt + 1]);
+                pos = lt + 1;
+            }
+            continue;
+        }
         let mut i = name_start;
         while i < n && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'-' || bytes[i] == b':') {
             i += 1;
         }
-        if i == name_start {
-            // A lone '<' is text.
-            sink.text(&html[lt..lt + 1]);
-            pos = lt + 1;
-            continue;
-        }
         let name = html[name_start..i].to_ascii_lowercase();
-        // Find the closing '>' outside quotes.
-        let mut j = i;
-        let mut quote = 0u8;
-        while j < n {
-            let b = bytes[j];
-            if quote != 0 {
-                if b == quote {
-                    quote = 0;
-                }
-            } else if b == b'"' || b == b'\'' {
-                quote = b;
-            } else if b == b'>' {
-                break;
-            }
-            j += 1;
-        }
-        let self_closing = j > i && bytes[j - 1] == b'/';
+        let j = tag_end(bytes, i);
+        // `/>` self-closes unless the slash ends a bare attribute value (`<a href=/>`).
+        let self_closing = j > i
+            && j <= n
+            && bytes[j - 1] == b'/'
+            && (j - 1 == i || matches!(bytes[j - 2], b'"' | b'\'' | b' ' | b'\t' | b'\n' | b'\r'));
         let attrs = &bytes[i..j.min(n)];
         let raw = !end_tag && RAW_TAGS.contains(&name.as_str());
         let wants_raw_text = sink.tag(Tag {
@@ -441,6 +436,35 @@ fn scan(html: &str, sink: &mut dyn Sink) {
             });
         }
     }
+}
+
+/// The index of the `>` that ends a tag whose attributes start at `from` (`bytes.len()` when
+/// none does). A quote opens a quoted value only right after `=` (and optional whitespace), as in
+/// HTML's attribute-value states: an apostrophe inside a bare value or name (`ALT=Joe's`) is
+/// just a character.
+fn tag_end(bytes: &[u8], from: usize) -> usize {
+    let mut j = from;
+    let mut quote = 0u8;
+    let mut after_equals = false;
+    while j < bytes.len() {
+        let b = bytes[j];
+        if quote != 0 {
+            if b == quote {
+                quote = 0;
+            }
+        } else if b == b'>' {
+            break;
+        } else if after_equals && (b == b'"' || b == b'\'') {
+            quote = b;
+            after_equals = false;
+        } else if b == b'=' {
+            after_equals = true;
+        } else if !b.is_ascii_whitespace() {
+            after_equals = false;
+        }
+        j += 1;
+    }
+    j
 }
 
 /// Decode HTML character references (`&amp;`, `&#233;`, `&#x2014;`, common named ones).
@@ -1323,6 +1347,31 @@ mod tests {
             extract(&deep, &ExtractConfig::default()),
             Err(ExtractError::TooDeep(512))
         );
+    }
+
+    #[test]
+    fn a_less_than_sign_not_followed_by_a_letter_is_text() {
+        assert_eq!(
+            ex("<p>I <3 my cat and she <3s me. It's true.</p><p>Click <-- here, or x<5 and y>2.</p><p>a <: b < c</p>"),
+            "I <3 my cat and she <3s me. It's true.\nClick <-- here, or x<5 and y>2.\na <: b < c"
+        );
+        // `</` + a non-letter is a bogus comment, `</>` nothing.
+        assert_eq!(ex("<p>a</>b</ 3 x>c</p>"), "abc");
+    }
+
+    #[test]
+    fn an_apostrophe_in_a_bare_attribute_value_does_not_open_a_quote() {
+        assert_eq!(
+            ex("<p>Welcome to <IMG SRC=logo.gif ALT=Joe's> our shop.</p><p>Open daily.</p>"),
+            "Welcome to our shop.\nOpen daily."
+        );
+        // A slash that ends a bare value does not self-close the tag.
+        assert_eq!(
+            ex("<div><A HREF=/>Home</A> <A HREF=/a/>About</A></div><p>Prose here.</p>"),
+            "Prose here."
+        );
+        // Quoted values still hide their '>' and the other quote.
+        assert_eq!(ex(r#"<p title="a > b" data-x = 'it"s'>Text</p>"#), "Text");
     }
 
     #[test]
