@@ -79,6 +79,13 @@ pub fn decode(bytes: &[u8], content_type: Option<&str>) -> Decoded {
             replacements: 0,
         };
     }
+    // UTF-8 with a stray invalid byte or two (a truncated or spliced-in sequence) is still
+    // UTF-8: decoding it as a legacy charset would garble every other non-ASCII character. Its
+    // replacement characters are counted, so the caller's replacement-ratio limit still applies.
+    let declared_utf8 = declared == Some(UTF_8);
+    if let Some(text) = mostly_utf8(bytes, declared_utf8) {
+        return finish(text, UTF_8, !declared_utf8, true);
+    }
     if let Some(enc) = declared.filter(|&d| d != UTF_8) {
         let (text, had_errors) = enc.decode_without_bom_handling(bytes);
         if !had_errors {
@@ -90,6 +97,34 @@ pub fn decode(bytes: &[u8], content_type: Option<&str>) -> Decoded {
     let enc = detector.guess(None, true);
     let (text, had_errors) = enc.decode_without_bom_handling(bytes);
     finish(text.into_owned(), enc, true, had_errors)
+}
+
+/// How many valid non-ASCII characters per invalid sequence make undeclared bytes UTF-8.
+/// Legacy-encoded text (windows-1252, Shift_JIS, GBK) almost never forms valid multi-byte
+/// UTF-8 sequences, and where it does by chance, far more of its bytes are invalid.
+const UTF8_VALID_PER_INVALID: usize = 5;
+
+/// `bytes` (not valid UTF-8) decoded as UTF-8 with replacement characters, when they are
+/// UTF-8 all the same: declared so and holding more valid non-ASCII characters than invalid
+/// sequences, or undeclared and holding [`UTF8_VALID_PER_INVALID`] times as many.
+fn mostly_utf8(bytes: &[u8], declared_utf8: bool) -> Option<String> {
+    let (text, _) = UTF_8.decode_without_bom_handling(bytes);
+    let literal_replacements = memchr::memmem::find_iter(bytes, "\u{FFFD}".as_bytes()).count();
+    let (mut valid, mut replaced) = (0usize, 0usize);
+    for c in text.chars().filter(|c| !c.is_ascii()) {
+        if c == '\u{FFFD}' {
+            replaced += 1;
+        } else {
+            valid += 1;
+        }
+    }
+    let invalid = replaced.saturating_sub(literal_replacements);
+    let is_utf8 = if declared_utf8 {
+        valid > invalid
+    } else {
+        valid >= UTF8_VALID_PER_INVALID * invalid
+    };
+    is_utf8.then(|| text.into_owned())
 }
 
 fn finish(text: String, enc: &'static Encoding, detected: bool, had_errors: bool) -> Decoded {
@@ -135,6 +170,31 @@ mod tests {
         );
         assert!(d.text.contains("élèves") && d.detected, "{d:?}");
         assert_eq!(d.replacements, 0);
+    }
+
+    #[test]
+    fn one_bad_byte_does_not_turn_utf8_into_windows_1252() {
+        let mut page =
+            "<meta charset=\"utf-8\"><p>Résumé of José Müller, “quoted” — fine.</p><p>5 "
+                .as_bytes()
+                .to_vec();
+        page.extend_from_slice(b"\xa3 only.</p>");
+        let d = decode(&page, None);
+        assert!(
+            d.text.contains("Résumé of José Müller, “quoted” — fine."),
+            "{d:?}"
+        );
+        assert_eq!(
+            (d.encoding, d.replacements, d.detected),
+            ("UTF-8", 1, false)
+        );
+        // Undeclared, the valid sequences still outnumber the bad byte fivefold.
+        let undeclared = &page["<meta charset=\"utf-8\">".len()..];
+        let d = decode(undeclared, None);
+        assert_eq!((d.encoding, d.replacements), ("UTF-8", 1), "{d:?}");
+        // A legacy page with no valid multi-byte sequence still goes to detection.
+        let d = decode(b"<p>caf\xe9 na\xefve \x93quoted\x94</p>", None);
+        assert!(d.text.contains("café naïve “quoted”"), "{d:?}");
     }
 
     #[test]
