@@ -606,18 +606,27 @@ impl Out {
         }
         // `split` yields "" after trailing whitespace, so pending_space is already set.
     }
+    /// Preformatted text goes out as it is: spaces (also whole whitespace-only text nodes
+    /// between highlighter spans), indentation and blank lines; CR and CRLF become LF.
     fn push_pre(&mut self, s: &str) {
+        let normalized;
+        let s = if s.contains('\r') {
+            normalized = s.replace("\r\n", "\n").replace('\r', "\n");
+            normalized.as_str()
+        } else {
+            s
+        };
         for (i, line) in s.split('\n').enumerate() {
             if i > 0 {
-                self.line_has_text = true;
-                self.block_break();
+                self.text.push('\n');
+                self.line_has_text = false;
             }
-            let line = line.trim_end();
             if !line.is_empty() {
                 self.text.push_str(line);
                 self.line_has_text = true;
             }
         }
+        self.pending_space = false;
     }
 }
 
@@ -663,6 +672,11 @@ struct Extractor<'c> {
     stack: Vec<Open>,
     state: State,
     pre_depth: usize,
+    /// Just after a `<pre>` start tag, where HTML drops one leading newline.
+    pre_just_opened: bool,
+    /// Output ranges of the outermost `<pre>` blocks, in document order: their lines keep
+    /// their indentation and inner blank lines.
+    pre_blocks: Vec<(usize, usize)>,
     link_depth: usize,
     too_deep: bool,
     out: Out,
@@ -697,6 +711,9 @@ impl Extractor<'_> {
             end: self.out.text.len(),
             links: self.link_bytes - open.links_at_open,
         };
+        if open.name == "pre" && self.pre_depth == 0 && span.len() > 0 {
+            self.pre_blocks.push((span.start, span.end));
+        }
         if span.len() == 0 {
             return;
         }
@@ -869,6 +886,7 @@ impl Extractor<'_> {
 
 impl Sink for Extractor<'_> {
     fn tag(&mut self, tag: Tag<'_>) -> bool {
+        self.pre_just_opened = false;
         let name = tag.name.as_str();
         let block = BLOCK_TAGS.contains(&name);
         if tag.end {
@@ -911,7 +929,9 @@ impl Sink for Extractor<'_> {
             let a = attrs(tag.attrs);
             if HARD_SKIP_TAGS.contains(&name) || a.hidden || a.style.is_some_and(hides) {
                 self.state.hard_skip = true;
-            } else {
+            } else if self.pre_depth == 0 {
+                // Inside <pre>, class names are syntax highlighting (`hljs-comment`,
+                // `token comment`), not page structure.
                 mark = Self::mark(name, &a);
             }
         }
@@ -919,7 +939,10 @@ impl Sink for Extractor<'_> {
             self.out.block_break();
         }
         match name {
-            "pre" => self.pre_depth += 1,
+            "pre" => {
+                self.pre_depth += 1;
+                self.pre_just_opened = true;
+            }
             "a" => self.link_depth += 1,
             _ => {}
         }
@@ -955,6 +978,14 @@ impl Sink for Extractor<'_> {
         if self.state.hard_skip {
             return;
         }
+        let mut text = text;
+        if std::mem::take(&mut self.pre_just_opened) {
+            // A newline right after `<pre>` is not content (HTML's "in body" rule for pre).
+            text = text
+                .strip_prefix("\r\n")
+                .or_else(|| text.strip_prefix(['\n', '\r']))
+                .unwrap_or(text);
+        }
         let decoded = decode_entities(text);
         let before = self.out.text.len();
         if self.pre_depth > 0 {
@@ -983,6 +1014,8 @@ pub fn extract(html: &str, config: &ExtractConfig) -> Result<String, ExtractErro
         stack: Vec::with_capacity(64),
         state: State { hard_skip: false },
         pre_depth: 0,
+        pre_just_opened: false,
+        pre_blocks: Vec::new(),
         link_depth: 0,
         too_deep: false,
         out: Out {
@@ -1006,25 +1039,61 @@ pub fn extract(html: &str, config: &ExtractConfig) -> Result<String, ExtractErro
     let dropped = dropped_ranges(&ex, config);
     let text = &ex.out.text;
     // Copy what is kept; a cut inside a line becomes one space.
+    // The kept pieces as (offset in `text`, offset in `kept`, length), to find the pre blocks.
     let mut kept = String::with_capacity(text.len());
+    let mut pieces: Vec<(usize, usize, usize)> = Vec::new();
     let mut at = 0;
     for (start, end) in dropped {
         if start > at {
-            push_piece(&mut kept, &text[at..start]);
+            let to = push_piece(&mut kept, &text[at..start]);
+            pieces.push((at, to, start - at));
         }
         at = at.max(end);
     }
     if at < text.len() {
-        push_piece(&mut kept, &text[at..]);
+        let to = push_piece(&mut kept, &text[at..]);
+        pieces.push((at, to, text.len() - at));
     }
-    // Drop bullet-only lines left by empty list items; non-breaking spaces become spaces.
+    let pre_blocks = kept_ranges(&ex.pre_blocks, &pieces);
+    // Lines are trimmed, and blank and bullet-only lines (empty list items) dropped, except
+    // inside a pre block, whose lines keep their indentation and whose blank lines between
+    // two lines of the block stay. Non-breaking spaces become spaces.
     let mut result = String::with_capacity(kept.len());
-    for line in kept.lines() {
+    let mut pre_at = 0;
+    let mut line_start = 0;
+    // The pre block of the last line written, and blank lines of it not yet written.
+    let mut last_pre: Option<usize> = None;
+    let mut blank_pre_lines = 0;
+    for line in kept.split('\n') {
+        let offset = line_start;
+        line_start += line.len() + 1;
+        while pre_at < pre_blocks.len() && pre_blocks[pre_at].1 <= offset {
+            pre_at += 1;
+        }
+        let in_pre =
+            (pre_at < pre_blocks.len() && pre_blocks[pre_at].0 <= offset).then_some(pre_at);
         let line = line.replace('\u{a0}', " ");
+        if in_pre.is_some() {
+            let code = line.trim_end();
+            if code.is_empty() {
+                blank_pre_lines += 1;
+                continue;
+            }
+            if last_pre == in_pre {
+                result.extend(std::iter::repeat_n('\n', blank_pre_lines));
+            }
+            blank_pre_lines = 0;
+            result.push_str(code);
+            result.push('\n');
+            last_pre = in_pre;
+            continue;
+        }
         let t = line.trim();
         if t.is_empty() || t == "-" {
             continue;
         }
+        blank_pre_lines = 0;
+        last_pre = None;
         result.push_str(t);
         result.push('\n');
     }
@@ -1032,7 +1101,9 @@ pub fn extract(html: &str, config: &ExtractConfig) -> Result<String, ExtractErro
     Ok(result)
 }
 
-fn push_piece(out: &mut String, piece: &str) {
+/// Appends a kept piece of the output, with a space where a cut falls inside a line; returns
+/// where the piece starts in `out`.
+fn push_piece(out: &mut String, piece: &str) -> usize {
     if !out.is_empty()
         && !out.ends_with(char::is_whitespace)
         && !piece.starts_with(char::is_whitespace)
@@ -1040,6 +1111,29 @@ fn push_piece(out: &mut String, piece: &str) {
         out.push(' ');
     }
     out.push_str(piece);
+    out.len() - piece.len()
+}
+
+/// `ranges` of the scanned output (sorted, disjoint) mapped onto the kept text, given the kept
+/// `pieces` as (offset in the output, offset in the kept text, length), in order.
+fn kept_ranges(ranges: &[(usize, usize)], pieces: &[(usize, usize, usize)]) -> Vec<(usize, usize)> {
+    let mut mapped = Vec::new();
+    let mut p = 0;
+    for &(start, end) in ranges {
+        while p < pieces.len() && pieces[p].0 + pieces[p].2 <= start {
+            p += 1;
+        }
+        let mut q = p;
+        while q < pieces.len() && pieces[q].0 < end {
+            let (from, to, len) = pieces[q];
+            let (s, e) = (start.max(from), end.min(from + len));
+            if s < e {
+                mapped.push((to + s - from, to + e - from));
+            }
+            q += 1;
+        }
+    }
+    mapped
 }
 
 /// The marked main regions that hold the page's content: the largest, and every other that is
@@ -1182,7 +1276,7 @@ mod tests {
         let html = r#"<body><div>Outside text</div><div role="main"><ul><li>one<li>two</ul>
             <pre>code
   indented</pre></div><div>After</div></body>"#;
-        assert_eq!(ex(html), "- one\n- two\ncode\nindented");
+        assert_eq!(ex(html), "- one\n- two\ncode\n  indented");
     }
 
     #[test]
@@ -1372,6 +1466,21 @@ mod tests {
         );
         // Quoted values still hide their '>' and the other quote.
         assert_eq!(ex(r#"<p title="a > b" data-x = 'it"s'>Text</p>"#), "Text");
+    }
+
+    #[test]
+    fn preformatted_code_keeps_its_spaces_indentation_and_blank_lines() {
+        let html = "<p>Run:</p><pre><code class=\"language-python\"><span class=\"kn\">import</span> <span class=\"nn\">os</span>\n\n<span class=\"k\">def</span> <span class=\"nf\">main</span>():\n    <span class=\"k\">for</span> x <span class=\"ow\">in</span> y:  <span class=\"c1\"># note</span>\n\n\n</code></pre><p>Then:</p><pre class=\"language-js\"><code>a &amp;&amp; b; <span class=\"hljs-comment\">// short</span> <span class=\"token comment\">// one</span></code></pre>";
+        assert_eq!(
+            ex(html),
+            "Run:\nimport os\n\ndef main():\n    for x in y:  # note\nThen:\na && b; // short // one"
+        );
+        // CR and CRLF become LF; one newline right after <pre> is dropped; leading blank lines
+        // of the block are not kept, tabs are.
+        assert_eq!(
+            ex("<pre>\r\nline one\rline two\r    three\r\rafter blank</pre><pre>\n\n\tTabbed</pre>"),
+            "line one\nline two\n    three\n\nafter blank\n\tTabbed"
+        );
     }
 
     #[test]
