@@ -23,13 +23,16 @@
 mod wasi;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use wasmi::{
-    errors::{ErrorKind, InstantiationError},
-    Config, Engine, Linker, Module, Store, StoreLimits, StoreLimitsBuilder, TrapCode,
+    errors::{ErrorKind, InstantiationError, MemoryError, TableError},
+    Config, Engine, Linker, Module, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder,
+    TrapCode, TypedResumableCall,
 };
+use wasmi_core::LimiterError;
 
 /// Folder name of the fetched interpreter under `<data>/raw/` (kiln-data's catalogue).
 pub const SOURCE_NAME: &str = "python-wasm";
@@ -50,9 +53,8 @@ pub struct Limits {
     /// 2-core machine, a `while True: pass` burns ~450 G fuel/s (wasmi charges a block's fuel on
     /// entry, and CPython's dispatch leaves its blocks early) while a loop of 10 MB string
     /// concatenations burns ~2.6 G fuel/s — 50 G fuel took 0.1 s for one and 18 s for the other.
-    /// Past this bound the call returns `stopped: time limit`; the program's thread is left to run
-    /// out of fuel on its own (wasmi cannot interrupt it from outside), so fuel still bounds the
-    /// CPU it can take.
+    /// Past this bound the call returns `stopped: time limit`, and the program's thread stops at
+    /// its next slice of fuel ([`FUEL_SLICE`]), well under a second later.
     pub wall: Duration,
 }
 
@@ -132,6 +134,102 @@ pub enum SandboxError {
     Link(String),
 }
 
+/// Fuel handed to a program at a time. Between slices the worker checks whether the caller has
+/// stopped waiting (the wall-clock limit), so a program stopped for time does not run on in the
+/// background to the end of its fuel (measured: up to ~30 s for big-integer work, taking a core
+/// from the next call). At the slowest measured rate (~1.7 G fuel/s) a slice is ~0.6 s.
+pub const FUEL_SLICE: u64 = 1_000_000_000;
+
+/// Denied memory growths a program may survive (each is a `MemoryError` Python can catch). The
+/// interpreter's failed `memory.grow` costs some host stack that is not given back (wasmi 2.0's
+/// tail-call dispatch, release builds): a loop catching ~11,000 of them overflowed the worker's
+/// stack and aborted the whole process. Past this many, the program is stopped at the memory
+/// limit instead.
+const MAX_DENIED_GROWTHS: u32 = 256;
+
+/// Stack of the thread a program runs on: room above what the denied growths can take.
+const WORKER_STACK: usize = 8 << 20;
+
+/// Programs whose worker thread has not finished yet (see [`programs_running`]).
+static RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+/// How many programs are still running on their worker threads, across every sandbox of the
+/// process: ones being waited for, and ones past their time limit that have not yet reached
+/// their next fuel slice.
+pub fn programs_running() -> usize {
+    RUNNING.load(Ordering::SeqCst)
+}
+
+/// The guest's memory limits ([`StoreLimits`]) plus a count of denied growths, which ends the
+/// program once it passes [`MAX_DENIED_GROWTHS`].
+pub(crate) struct GrowthLimiter {
+    limits: StoreLimits,
+    denied: u32,
+}
+
+impl ResourceLimiter for GrowthLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> Result<bool, LimiterError> {
+        let allowed = self.limits.memory_growing(current, desired, maximum)?;
+        if !allowed {
+            self.denied += 1;
+            if self.denied > MAX_DENIED_GROWTHS {
+                return Err(LimiterError::ResourceLimiterDeniedAllocation);
+            }
+        }
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> Result<bool, LimiterError> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn memory_grow_failed(&mut self, error: &MemoryError) -> Result<(), LimiterError> {
+        self.limits.memory_grow_failed(error)
+    }
+
+    fn table_grow_failed(&mut self, error: &TableError) -> Result<(), LimiterError> {
+        self.limits.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
+}
+
+/// Counts a worker in [`RUNNING`] while it lives (also when it panics).
+struct RunningGuard;
+
+impl RunningGuard {
+    fn enter() -> RunningGuard {
+        RUNNING.fetch_add(1, Ordering::SeqCst);
+        RunningGuard
+    }
+}
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        RUNNING.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// A compiled interpreter, reusable across calls (and threads: each call has its own store).
 #[derive(Clone)]
 pub struct Sandbox {
@@ -205,11 +303,17 @@ impl Sandbox {
         let (tx, rx) = mpsc::channel();
         let compiled = Arc::clone(&self.inner);
         let (src, worker_limits) = (src.to_string(), *limits);
+        // Set when the caller stops waiting: the worker stops at its next fuel slice.
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let worker_cancelled = Arc::clone(&cancelled);
+        let guard = RunningGuard::enter();
         let spawned = std::thread::Builder::new()
             .name("kiln-sandbox".into())
+            .stack_size(WORKER_STACK)
             .spawn(move || {
+                let _guard = guard;
                 let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    compiled.run(&src, &worker_limits)
+                    compiled.run(&src, &worker_limits, &worker_cancelled)
                 }));
                 let _ = tx.send(out);
             });
@@ -219,7 +323,10 @@ impl Sandbox {
         match rx.recv_timeout(limits.wall) {
             Ok(Ok(out)) => out,
             Ok(Err(_)) => stopped(StopReason::Crash("host panic".into())),
-            Err(mpsc::RecvTimeoutError::Timeout) => stopped(StopReason::TimeLimit),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                cancelled.store(true, Ordering::SeqCst);
+                stopped(StopReason::TimeLimit)
+            }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 stopped(StopReason::Crash("host panic".into()))
             }
@@ -227,63 +334,113 @@ impl Sandbox {
     }
 }
 
+/// How the program's `_start` ended.
+enum Ended {
+    Finished,
+    /// A trap, a host error (`proc_exit`, the output limit) or a failed instantiation, read
+    /// (see [`classify`]).
+    Error(Status, Option<i32>),
+    OutOfFuel,
+    /// The caller stopped waiting (its wall-clock limit); what it reported stands.
+    Cancelled,
+}
+
 impl Compiled {
-    fn run(&self, src: &str, limits: &Limits) -> ToolOutput {
+    fn run(&self, src: &str, limits: &Limits, cancelled: &AtomicBool) -> ToolOutput {
         let host = wasi::Host::new(
             vec![b"python".to_vec(), b"-c".to_vec(), src.as_bytes().to_vec()],
             limits.output_bytes,
             STDERR_KEEP,
-            StoreLimitsBuilder::new()
-                .memory_size(limits.memory_bytes)
-                .instances(1)
-                .memories(1)
-                .tables(8)
-                .table_elements(100_000)
-                .build(),
+            GrowthLimiter {
+                limits: StoreLimitsBuilder::new()
+                    .memory_size(limits.memory_bytes)
+                    .instances(1)
+                    .memories(1)
+                    .tables(8)
+                    .table_elements(100_000)
+                    .build(),
+                denied: 0,
+            },
         );
         let mut store = Store::new(&self.engine, host);
-        store.limiter(|h| &mut h.limits as &mut StoreLimits);
-        if store.set_fuel(limits.fuel).is_err() {
+        store.limiter(|h| &mut h.limits as &mut dyn ResourceLimiter);
+        // Fuel goes in slices; `given` is what the program has had so far.
+        let mut given = FUEL_SLICE.min(limits.fuel);
+        if store.set_fuel(given).is_err() {
             unreachable!("fuel metering is enabled in Sandbox::from_bytes");
         }
-        let result = self
+        let mut call = self
             .linker
             .instantiate_and_start(&mut store, &self.module)
             .and_then(|instance| {
                 let start = instance.get_typed_func::<(), ()>(&store, "_start")?;
-                start.call(&mut store, ())
+                start.call_resumable(&mut store, ())
             });
-        let fuel_used = limits.fuel - store.get_fuel().unwrap_or(0);
-        let host = store.into_data();
-        let exit = result.as_ref().err().and_then(|e| e.i32_exit_status());
-        let status = match result {
-            Ok(()) => Status::Ok,
-            Err(e) => match e.i32_exit_status() {
-                Some(0) => Status::Ok,
-                Some(_) => Status::PythonError,
-                None if host.output_overflow => Status::Stopped(StopReason::OutputLimit),
-                // Instantiation needs the module's initial memory (CPython: under 32 MiB).
-                None if matches!(
-                    e.kind(),
-                    ErrorKind::Memory(_)
-                        | ErrorKind::Instantiation(InstantiationError::FailedToInstantiateMemory(
-                            _
-                        ))
-                ) =>
-                {
-                    Status::Stopped(StopReason::MemoryLimit)
+        let ended = loop {
+            match call {
+                Ok(TypedResumableCall::Finished(())) => break Ended::Finished,
+                Ok(TypedResumableCall::HostTrap(trap)) => {
+                    let (status, exit) = classify(trap.host_error(), store.data().output_overflow);
+                    break Ended::Error(status, exit);
                 }
-                None => Status::Stopped(match e.as_trap_code() {
-                    Some(TrapCode::OutOfFuel) => StopReason::CpuLimit,
-                    Some(TrapCode::StackOverflow) => StopReason::StackLimit,
-                    Some(TrapCode::GrowthOperationLimited) => StopReason::MemoryLimit,
-                    Some(code) => StopReason::Crash(code.to_string()),
-                    None => StopReason::Crash(e.to_string()),
-                }),
-            },
+                Ok(TypedResumableCall::OutOfFuel(paused)) => {
+                    if cancelled.load(Ordering::SeqCst) {
+                        break Ended::Cancelled;
+                    }
+                    let slice = FUEL_SLICE.min(limits.fuel - given);
+                    if slice == 0 || slice < paused.required_fuel() {
+                        break Ended::OutOfFuel;
+                    }
+                    given += slice;
+                    if store.set_fuel(slice).is_err() {
+                        unreachable!("fuel metering is enabled in Sandbox::from_bytes");
+                    }
+                    call = paused.resume(&mut store);
+                }
+                Err(e) => {
+                    let (status, exit) = classify(&e, store.data().output_overflow);
+                    break Ended::Error(status, exit);
+                }
+            }
+        };
+        let fuel_used = given - store.get_fuel().unwrap_or(0);
+        let host = store.into_data();
+        let (status, exit) = match ended {
+            Ended::Finished => (Status::Ok, None),
+            Ended::OutOfFuel => (Status::Stopped(StopReason::CpuLimit), None),
+            Ended::Cancelled => (Status::Stopped(StopReason::TimeLimit), None),
+            Ended::Error(status, exit) => (status, exit),
         };
         finish(host.stdout, host.stderr, status, exit, fuel_used, limits)
     }
+}
+
+/// What an error ending the program means: its status, and the exit status when it called
+/// `proc_exit`. `output_overflow`: stdout reached its limit (the write that passed it fails).
+fn classify(e: &wasmi::Error, output_overflow: bool) -> (Status, Option<i32>) {
+    let exit = e.i32_exit_status();
+    let status = match exit {
+        Some(0) => Status::Ok,
+        Some(_) => Status::PythonError,
+        None if output_overflow => Status::Stopped(StopReason::OutputLimit),
+        // Instantiation needs the module's initial memory (CPython: under 32 MiB).
+        None if matches!(
+            e.kind(),
+            ErrorKind::Memory(_)
+                | ErrorKind::Instantiation(InstantiationError::FailedToInstantiateMemory(_))
+        ) =>
+        {
+            Status::Stopped(StopReason::MemoryLimit)
+        }
+        None => Status::Stopped(match e.as_trap_code() {
+            Some(TrapCode::OutOfFuel) => StopReason::CpuLimit,
+            Some(TrapCode::StackOverflow) => StopReason::StackLimit,
+            Some(TrapCode::GrowthOperationLimited) => StopReason::MemoryLimit,
+            Some(code) => StopReason::Crash(code.to_string()),
+            None => StopReason::Crash(e.to_string()),
+        }),
+    };
+    (status, exit)
 }
 
 fn python_error(line: &str) -> ToolOutput {

@@ -9,7 +9,7 @@
 //! that returns ENOSYS / zero — instantiation never fails on a missing import, and nothing reaches
 //! the host.
 
-use wasmi::{Caller, Engine, Error, Extern, ExternType, Linker, Module, StoreLimits, Val, ValType};
+use wasmi::{Caller, Engine, Error, Extern, ExternType, Linker, Module, Val, ValType};
 
 const WASI: &str = "wasi_snapshot_preview1";
 const ESUCCESS: i32 = 0;
@@ -26,7 +26,7 @@ pub struct Host {
     stderr_keep: usize,
     /// Set when stdout reached `output_limit` and the program was stopped there.
     pub output_overflow: bool,
-    pub limits: StoreLimits,
+    pub limits: crate::GrowthLimiter,
     rng: u64,
 }
 
@@ -35,7 +35,7 @@ impl Host {
         args: Vec<Vec<u8>>,
         output_limit: usize,
         stderr_keep: usize,
-        limits: StoreLimits,
+        limits: crate::GrowthLimiter,
     ) -> Self {
         Host {
             args,
@@ -128,16 +128,18 @@ fn env_of(_: &Host) -> &[Vec<u8>] {
     &[]
 }
 
-/// Gather an iovec list from guest memory.
-fn gather(data: &[u8], iovs: i32, n: i32) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    for i in 0..(n as u32 as usize).min(1024) {
-        let iov = slice(data, iovs.wrapping_add(8 * i as i32), 8)?;
-        let ptr = i32::from_le_bytes(iov[0..4].try_into().ok()?);
-        let len = u32::from_le_bytes(iov[4..8].try_into().ok()?) as usize;
-        out.extend_from_slice(slice(data, ptr, len)?);
-    }
-    Some(out)
+/// The buffers of an iovec list in guest memory (at most 1024, as POSIX's `IOV_MAX`), borrowed:
+/// nothing is copied until the caller knows how much of it it keeps. (Copying them all into one
+/// buffer first let one `writev` of 1024 views of a 1 MB string make the host allocate 1 GB.)
+fn iov_slices(data: &[u8], iovs: i32, n: i32) -> Option<Vec<&[u8]>> {
+    (0..(n as u32 as usize).min(1024))
+        .map(|i| {
+            let iov = slice(data, iovs.wrapping_add(8 * i as i32), 8)?;
+            let ptr = i32::from_le_bytes(iov[0..4].try_into().ok()?);
+            let len = u32::from_le_bytes(iov[4..8].try_into().ok()?) as usize;
+            slice(data, ptr, len)
+        })
+        .collect()
 }
 
 fn fd_write(
@@ -151,30 +153,38 @@ fn fd_write(
         return Ok(EFAULT);
     };
     let (data, host) = mem.data_and_store_mut(&mut caller);
-    let Some(bytes) = gather(data, iovs, n) else {
+    let Some(parts) = iov_slices(data, iovs, n) else {
         return Ok(EFAULT);
     };
+    let total: usize = parts.iter().map(|p| p.len()).sum();
     match fd {
         1 => {
-            let room = host.output_limit.saturating_sub(host.stdout.len());
-            host.stdout
-                .extend_from_slice(&bytes[..bytes.len().min(room)]);
-            if bytes.len() > room {
-                // Stop here rather than let the program burn its fuel printing what nobody reads.
-                host.output_overflow = true;
-                return Err(Error::new("output limit"));
+            for part in &parts {
+                let room = host.output_limit.saturating_sub(host.stdout.len());
+                host.stdout.extend_from_slice(&part[..part.len().min(room)]);
+                if part.len() > room {
+                    // Stop here rather than let the program burn its fuel printing what nobody
+                    // reads.
+                    host.output_overflow = true;
+                    return Err(Error::new("output limit"));
+                }
             }
         }
         2 => {
-            host.stderr.extend_from_slice(&bytes);
-            if host.stderr.len() > host.stderr_keep {
-                let cut = host.stderr.len() - host.stderr_keep;
-                host.stderr.drain(..cut);
+            // Only the tail is kept: copy at most that much of each buffer.
+            for part in &parts {
+                let keep = &part[part.len().saturating_sub(host.stderr_keep)..];
+                host.stderr.extend_from_slice(keep);
+                if host.stderr.len() > host.stderr_keep {
+                    let cut = host.stderr.len() - host.stderr_keep;
+                    host.stderr.drain(..cut);
+                }
             }
         }
         _ => return Ok(EBADF),
     }
-    if !put(data, nwritten, &(bytes.len() as u32).to_le_bytes()) {
+    let written = u32::try_from(total).unwrap_or(u32::MAX);
+    if !put(data, nwritten, &written.to_le_bytes()) {
         return Ok(EFAULT);
     }
     Ok(ESUCCESS)
