@@ -311,11 +311,46 @@ pub fn call_output(
     }
 }
 
-/// Cut `text` to `max` characters, marking the cut.
+/// Last lines of a long output kept after the cut, within half the budget.
+const TAIL_LINES: usize = 3;
+
+/// Cut `text` to about `max` characters, marking the cut. The end of a multi-line output is kept
+/// too (up to [`TAIL_LINES`] lines in half the budget): the sandbox ends its output with the
+/// Python error or why it stopped the program, which a cut keeping only the start threw away
+/// (`print('a' * 3000); 1 / 0` read as 2,000 `a`s and no error).
 fn cut(text: String, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        None => text,
-        Some((at, _)) => format!("{}\n[output truncated at {max} characters]\n", &text[..at]),
+    let total = text.chars().count();
+    if total <= max {
+        return text;
+    }
+    let lines: Vec<&str> = text.trim_end_matches('\n').lines().collect();
+    let mut tail = String::new();
+    if lines.len() > 1 {
+        for line in lines.iter().rev().take(TAIL_LINES) {
+            let longer = format!("{line}\n{tail}");
+            if longer.chars().count() > max / 2 {
+                break;
+            }
+            tail = longer;
+        }
+    }
+    let tail_chars = tail.chars().count();
+    let head_chars = max - tail_chars;
+    let head_end = text
+        .char_indices()
+        .nth(head_chars)
+        .map_or(text.len(), |(at, _)| at);
+    if tail.is_empty() {
+        format!(
+            "{}\n[output truncated at {max} characters]\n",
+            &text[..head_end]
+        )
+    } else {
+        let dropped = total - head_chars - tail_chars;
+        format!(
+            "{}\n[output truncated: {dropped} characters cut]\n{tail}",
+            &text[..head_end]
+        )
     }
 }
 
@@ -500,6 +535,32 @@ mod tests {
             turn.calls[1].output,
             "error: tool call limit reached (1 per turn)\n"
         );
+    }
+
+    #[test]
+    fn a_cut_output_keeps_the_error_at_its_end() {
+        let out = format!(
+            "{}\nTraceback (most recent call last):\n  File \"<string>\", line 1, in <module>\nZeroDivisionError: division by zero\n",
+            "a".repeat(3000)
+        );
+        let cut_out = cut(out, 200);
+        assert!(
+            cut_out.ends_with("ZeroDivisionError: division by zero\n"),
+            "{cut_out}"
+        );
+        assert!(cut_out.starts_with(&"a".repeat(50)), "{cut_out}");
+        assert!(cut_out.contains("characters cut]"), "{cut_out}");
+        assert!(cut_out.chars().count() < 200 + 50, "{}", cut_out.len());
+        // Short outputs are left alone; one long line keeps its start.
+        assert_eq!(cut("ok\n".into(), 200), "ok\n");
+        assert_eq!(
+            cut("é".repeat(12), 10),
+            format!("{}\n[output truncated at 10 characters]\n", "é".repeat(10))
+        );
+        // A last line longer than half the budget is not kept whole: the start is.
+        let long_tail = format!("{}\n{}\n", "a".repeat(300), "b".repeat(300));
+        let c = cut(long_tail, 100);
+        assert!(c.starts_with(&"a".repeat(100)) && !c.contains('b'), "{c}");
     }
 
     #[test]
