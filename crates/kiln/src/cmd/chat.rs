@@ -134,7 +134,11 @@ pub fn run(a: ChatArgs, threads: usize) -> anyhow::Result<()> {
                 a.max_tokens,
                 seed,
                 |piece| {
-                    let _ = write!(out, "{piece}");
+                    if std::io::IsTerminal::is_terminal(&*out) {
+                        let _ = write!(out, "{}", super::for_terminal(piece));
+                    } else {
+                        let _ = write!(out, "{piece}");
+                    }
                     let _ = out.flush();
                 },
             )?;
@@ -179,17 +183,26 @@ pub fn run(a: ChatArgs, threads: usize) -> anyhow::Result<()> {
         (false, s) => s.map(str::to_string),
     };
     session.conv.system = system_of(a.system.as_deref());
-    // Dim tool calls and outputs on a terminal; plain text into a pipe or file.
-    let (dim, reset) = if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+    // Dim tool calls and outputs on a terminal, and show control characters in what the model
+    // and its tools wrote as escapes; plain text into a pipe or file.
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let (dim, reset) = if terminal {
         ("\x1b[2m", "\x1b[0m")
     } else {
         ("", "")
+    };
+    let shown = move |piece: &str| -> String {
+        if terminal {
+            super::for_terminal(piece).into_owned()
+        } else {
+            piece.to_string()
+        }
     };
     let mut say =
         |session: &mut ChatSession, msg: &str, out: &mut std::io::Stdout| -> anyhow::Result<()> {
             let info = match tools.as_mut() {
                 None => session.reply(&l.model, &l.tok, &tokens, msg.trim(), |piece| {
-                    let _ = write!(out, "{piece}");
+                    let _ = write!(out, "{}", shown(piece));
                     let _ = out.flush();
                 })?,
                 Some(tb) => session.reply_with_tools(
@@ -201,12 +214,14 @@ pub fn run(a: ChatArgs, threads: usize) -> anyhow::Result<()> {
                     msg.trim(),
                     |piece, kind| {
                         let _ = match kind {
-                            PieceKind::Answer => write!(out, "{piece}"),
+                            PieceKind::Answer => write!(out, "{}", shown(piece)),
                             PieceKind::ToolName => write!(out, "\n{dim}[{piece}] "),
-                            PieceKind::ToolCall => write!(out, "{piece}"),
-                            PieceKind::ToolOutput => {
-                                write!(out, "{reset}\n{dim}[output] {}{reset}\n", piece.trim_end())
-                            }
+                            PieceKind::ToolCall => write!(out, "{}", shown(piece)),
+                            PieceKind::ToolOutput => write!(
+                                out,
+                                "{reset}\n{dim}[output] {}{reset}\n",
+                                shown(piece.trim_end())
+                            ),
                         };
                         let _ = out.flush();
                     },

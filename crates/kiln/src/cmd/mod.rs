@@ -1,6 +1,8 @@
 //! One module per subcommand family, plus the flag groups several subcommands share (one name and
 //! one default per concept: `--device`, `--precision`, `--temperature`/`--top-k`/`--top-p`/`--min-p`).
 
+use std::borrow::Cow;
+
 use clap::{Args, ValueEnum};
 use kiln_engine::SamplingParams;
 use kiln_train::device::{Device, DeviceSpec};
@@ -124,5 +126,40 @@ impl SamplingArgs {
             top_p: self.top_p,
             min_p: self.min_p,
         }
+    }
+}
+
+/// Text for a terminal: control characters other than newline and tab become visible escapes
+/// (`\x1b`), so what a program printed or a model wrote cannot clear the screen, move the cursor,
+/// retitle the window or set the clipboard (OSC 52), and `\r` cannot hide a line behind another.
+/// Output into a pipe or a file stays byte for byte what the model saw.
+pub fn for_terminal(text: &str) -> Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !text.chars().any(unsafe_char) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.push_str(&format!("\\x{:02x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_text_shows_control_characters_as_escapes() {
+        assert_eq!(for_terminal("plain\ttext\n"), "plain\ttext\n");
+        assert_eq!(
+            for_terminal("\x1b[2J\x1b]52;c;aGk=\x07safe\rDANGER\u{9b}"),
+            "\\x1b[2J\\x1b]52;c;aGk=\\x07safe\\x0dDANGER\\x9b"
+        );
+        assert!(matches!(for_terminal("héllo"), Cow::Borrowed(_)));
     }
 }

@@ -128,7 +128,13 @@ fn code(a: CodeArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let mut stdout = std::io::stdout().lock();
-    stdout.write_all(out.text.as_bytes())?;
+    // Exactly what the model reads, except on a terminal, where control characters the program
+    // printed are shown as escapes instead of acting on the terminal.
+    if std::io::IsTerminal::is_terminal(&stdout) {
+        stdout.write_all(super::for_terminal(&out.text).as_bytes())?;
+    } else {
+        stdout.write_all(out.text.as_bytes())?;
+    }
     stdout.flush()?;
     Ok(match out.status {
         Status::Ok => ExitCode::SUCCESS,
