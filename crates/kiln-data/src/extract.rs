@@ -477,18 +477,25 @@ pub fn decode_entities(s: &str) -> std::borrow::Cow<'_, str> {
     while let Some(amp) = rest.find('&') {
         out.push_str(&rest[..amp]);
         rest = &rest[amp..];
-        let end = rest[1..]
+        let mut end = rest[1..]
             .find(|c: char| !(c.is_ascii_alphanumeric() || c == '#'))
             .map(|e| e + 1)
             .unwrap_or(rest.len());
         let name = &rest[1..end];
         let decoded = if let Some(num) = name.strip_prefix('#') {
-            let code = if let Some(hex) = num.strip_prefix(['x', 'X']) {
-                u32::from_str_radix(hex, 16).ok()
-            } else {
-                num.parse::<u32>().ok()
+            let (digits, radix) = match num.strip_prefix(['x', 'X']) {
+                Some(hex) => (hex, 16),
+                None => (num, 10),
             };
-            code.map(|c| char::from_u32(c).unwrap_or('\u{FFFD}'))
+            // The reference is the run of digits (`&#8217s` is ’ then "s").
+            let len = digits
+                .find(|c: char| !c.is_digit(radix))
+                .unwrap_or(digits.len());
+            end -= digits.len() - len;
+            (len > 0).then(|| {
+                // Too many digits for a u32 is out of range too.
+                u32::from_str_radix(&digits[..len], radix).map_or('\u{FFFD}', numeric_entity)
+            })
         } else {
             named_entity(name)
         };
@@ -512,61 +519,82 @@ pub fn decode_entities(s: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// Named character references: the HTML 4 set (all of Latin-1, Greek letters, general
+/// punctuation, arrows, math symbols and the Latin Extended letters Œ, Š, Ÿ, ƒ), `&apos;` and
+/// the upper-case spellings HTML accepts for a few, sorted by name for a binary search. The
+/// full HTML5 table (2,231 names) was not taken: no small maintained crate providing it was
+/// reachable from this build, and the HTML5 additions are rare on real pages.
+#[rustfmt::skip]
+const NAMED_ENTITIES: &[(&str, char)] = &[
+    ("AElig", 'Æ'), ("AMP", '&'), ("Aacute", 'Á'), ("Acirc", 'Â'), ("Agrave", 'À'), ("Alpha", 'Α'),
+    ("Aring", 'Å'), ("Atilde", 'Ã'), ("Auml", 'Ä'), ("Beta", 'Β'), ("COPY", '©'), ("Ccedil", 'Ç'),
+    ("Chi", 'Χ'), ("Dagger", '‡'), ("Delta", 'Δ'), ("ETH", 'Ð'), ("Eacute", 'É'), ("Ecirc", 'Ê'),
+    ("Egrave", 'È'), ("Epsilon", 'Ε'), ("Eta", 'Η'), ("Euml", 'Ë'), ("GT", '>'), ("Gamma", 'Γ'),
+    ("Iacute", 'Í'), ("Icirc", 'Î'), ("Igrave", 'Ì'), ("Iota", 'Ι'), ("Iuml", 'Ï'), ("Kappa", 'Κ'),
+    ("LT", '<'), ("Lambda", 'Λ'), ("Mu", 'Μ'), ("Ntilde", 'Ñ'), ("Nu", 'Ν'), ("OElig", 'Œ'),
+    ("Oacute", 'Ó'), ("Ocirc", 'Ô'), ("Ograve", 'Ò'), ("Omega", 'Ω'), ("Omicron", 'Ο'),
+    ("Oslash", 'Ø'), ("Otilde", 'Õ'), ("Ouml", 'Ö'), ("Phi", 'Φ'), ("Pi", 'Π'), ("Prime", '″'),
+    ("Psi", 'Ψ'), ("QUOT", '"'), ("REG", '®'), ("Rho", 'Ρ'), ("Scaron", 'Š'), ("Sigma", 'Σ'),
+    ("THORN", 'Þ'), ("Tau", 'Τ'), ("Theta", 'Θ'), ("Uacute", 'Ú'), ("Ucirc", 'Û'), ("Ugrave", 'Ù'),
+    ("Upsilon", 'Υ'), ("Uuml", 'Ü'), ("Xi", 'Ξ'), ("Yacute", 'Ý'), ("Yuml", 'Ÿ'), ("Zeta", 'Ζ'),
+    ("aacute", 'á'), ("acirc", 'â'), ("acute", '´'), ("aelig", 'æ'), ("agrave", 'à'),
+    ("alefsym", 'ℵ'), ("alpha", 'α'), ("amp", '&'), ("and", '∧'), ("ang", '∠'), ("apos", '\u{27}'),
+    ("aring", 'å'), ("asymp", '≈'), ("atilde", 'ã'), ("auml", 'ä'), ("bdquo", '„'), ("beta", 'β'),
+    ("brvbar", '¦'), ("bull", '•'), ("cap", '∩'), ("ccedil", 'ç'), ("cedil", '¸'), ("cent", '¢'),
+    ("chi", 'χ'), ("circ", 'ˆ'), ("clubs", '♣'), ("cong", '≅'), ("copy", '©'), ("crarr", '↵'),
+    ("cup", '∪'), ("curren", '¤'), ("dArr", '⇓'), ("dagger", '†'), ("darr", '↓'), ("deg", '°'),
+    ("delta", 'δ'), ("diams", '♦'), ("divide", '÷'), ("eacute", 'é'), ("ecirc", 'ê'),
+    ("egrave", 'è'), ("empty", '∅'), ("emsp", '\u{2003}'), ("ensp", '\u{2002}'), ("epsilon", 'ε'),
+    ("equiv", '≡'), ("eta", 'η'), ("eth", 'ð'), ("euml", 'ë'), ("euro", '€'), ("exist", '∃'),
+    ("fnof", 'ƒ'), ("forall", '∀'), ("frac12", '½'), ("frac14", '¼'), ("frac34", '¾'),
+    ("frasl", '⁄'), ("gamma", 'γ'), ("ge", '≥'), ("gt", '>'), ("hArr", '⇔'), ("harr", '↔'),
+    ("hearts", '♥'), ("hellip", '…'), ("iacute", 'í'), ("icirc", 'î'), ("iexcl", '¡'),
+    ("igrave", 'ì'), ("image", 'ℑ'), ("infin", '∞'), ("int", '∫'), ("iota", 'ι'), ("iquest", '¿'),
+    ("isin", '∈'), ("iuml", 'ï'), ("kappa", 'κ'), ("lArr", '⇐'), ("lambda", 'λ'), ("lang", '〈'),
+    ("laquo", '«'), ("larr", '←'), ("lceil", '⌈'), ("ldquo", '“'), ("le", '≤'), ("lfloor", '⌊'),
+    ("lowast", '∗'), ("loz", '◊'), ("lrm", '\u{200e}'), ("lsaquo", '‹'), ("lsquo", '‘'),
+    ("lt", '<'), ("macr", '¯'), ("mdash", '—'), ("micro", 'µ'), ("middot", '·'), ("minus", '−'),
+    ("mu", 'μ'), ("nabla", '∇'), ("nbsp", '\u{a0}'), ("ndash", '–'), ("ne", '≠'), ("ni", '∋'),
+    ("not", '¬'), ("notin", '∉'), ("nsub", '⊄'), ("ntilde", 'ñ'), ("nu", 'ν'), ("oacute", 'ó'),
+    ("ocirc", 'ô'), ("oelig", 'œ'), ("ograve", 'ò'), ("oline", '‾'), ("omega", 'ω'),
+    ("omicron", 'ο'), ("oplus", '⊕'), ("or", '∨'), ("ordf", 'ª'), ("ordm", 'º'), ("oslash", 'ø'),
+    ("otilde", 'õ'), ("otimes", '⊗'), ("ouml", 'ö'), ("para", '¶'), ("part", '∂'), ("permil", '‰'),
+    ("perp", '⊥'), ("phi", 'φ'), ("pi", 'π'), ("piv", 'ϖ'), ("plusmn", '±'), ("pound", '£'),
+    ("prime", '′'), ("prod", '∏'), ("prop", '∝'), ("psi", 'ψ'), ("quot", '"'), ("rArr", '⇒'),
+    ("radic", '√'), ("rang", '〉'), ("raquo", '»'), ("rarr", '→'), ("rceil", '⌉'), ("rdquo", '”'),
+    ("real", 'ℜ'), ("reg", '®'), ("rfloor", '⌋'), ("rho", 'ρ'), ("rlm", '\u{200f}'),
+    ("rsaquo", '›'), ("rsquo", '’'), ("sbquo", '‚'), ("scaron", 'š'), ("sdot", '⋅'), ("sect", '§'),
+    ("shy", '\u{ad}'), ("sigma", 'σ'), ("sigmaf", 'ς'), ("sim", '∼'), ("spades", '♠'),
+    ("sub", '⊂'), ("sube", '⊆'), ("sum", '∑'), ("sup", '⊃'), ("sup1", '¹'), ("sup2", '²'),
+    ("sup3", '³'), ("supe", '⊇'), ("szlig", 'ß'), ("tau", 'τ'), ("there4", '∴'), ("theta", 'θ'),
+    ("thetasym", 'ϑ'), ("thinsp", '\u{2009}'), ("thorn", 'þ'), ("tilde", '˜'), ("times", '×'),
+    ("trade", '™'), ("uArr", '⇑'), ("uacute", 'ú'), ("uarr", '↑'), ("ucirc", 'û'), ("ugrave", 'ù'),
+    ("uml", '¨'), ("upsih", 'ϒ'), ("upsilon", 'υ'), ("uuml", 'ü'), ("weierp", '℘'), ("xi", 'ξ'),
+    ("yacute", 'ý'), ("yen", '¥'), ("yuml", 'ÿ'), ("zeta", 'ζ'), ("zwj", '\u{200d}'),
+    ("zwnj", '\u{200c}'),
+];
+
 fn named_entity(name: &str) -> Option<char> {
-    Some(match name {
-        "amp" | "AMP" => '&',
-        "lt" | "LT" => '<',
-        "gt" | "GT" => '>',
-        "quot" | "QUOT" => '"',
-        "apos" => '\'',
-        "nbsp" => '\u{a0}',
-        "copy" => '©',
-        "reg" => '®',
-        "trade" => '™',
-        "mdash" => '—',
-        "ndash" => '–',
-        "hellip" => '…',
-        "lsquo" => '‘',
-        "rsquo" => '’',
-        "ldquo" => '“',
-        "rdquo" => '”',
-        "laquo" => '«',
-        "raquo" => '»',
-        "middot" => '·',
-        "bull" => '•',
-        "para" => '¶',
-        "sect" => '§',
-        "times" => '×',
-        "divide" => '÷',
-        "deg" => '°',
-        "plusmn" => '±',
-        "euro" => '€',
-        "pound" => '£',
-        "yen" => '¥',
-        "cent" => '¢',
-        "shy" => '\u{ad}',
-        "zwj" => '\u{200d}',
-        "zwnj" => '\u{200c}',
-        "thinsp" => '\u{2009}',
-        "ensp" => '\u{2002}',
-        "emsp" => '\u{2003}',
-        "rarr" => '→',
-        "larr" => '←',
-        "uarr" => '↑',
-        "darr" => '↓',
-        "harr" => '↔',
-        "eacute" => 'é',
-        "egrave" => 'è',
-        "aacute" => 'á',
-        "agrave" => 'à',
-        "ouml" => 'ö',
-        "uuml" => 'ü',
-        "auml" => 'ä',
-        "szlig" => 'ß',
-        "ccedil" => 'ç',
-        "ntilde" => 'ñ',
-        _ => return None,
-    })
+    NAMED_ENTITIES
+        .binary_search_by(|(n, _)| (*n).cmp(name))
+        .ok()
+        .map(|i| NAMED_ENTITIES[i].1)
+}
+
+/// What a numeric character reference stands for, as HTML decodes it: 0, surrogates and
+/// numbers past U+10FFFF become U+FFFD, and 128–159 are read as windows-1252 bytes (pages
+/// written on Windows put `&#146;` for ’).
+fn numeric_entity(code: u32) -> char {
+    const WINDOWS_1252_80_9F: [char; 32] = [
+        '€', '\u{81}', '‚', 'ƒ', '„', '…', '†', '‡', 'ˆ', '‰', 'Š', '‹', 'Œ', '\u{8d}', 'Ž',
+        '\u{8f}', '\u{90}', '‘', '’', '“', '”', '•', '–', '—', '˜', '™', 'š', '›', 'œ', '\u{9d}',
+        'ž', 'Ÿ',
+    ];
+    match code {
+        0x80..=0x9F => WINDOWS_1252_80_9F[(code - 0x80) as usize],
+        0 => '\u{FFFD}',
+        _ => char::from_u32(code).unwrap_or('\u{FFFD}'),
+    }
 }
 
 /// Output builder: blocks separated by "\n", inline whitespace collapsed, `<pre>` kept verbatim.
@@ -1481,6 +1509,26 @@ mod tests {
             ex("<pre>\r\nline one\rline two\r    three\r\rafter blank</pre><pre>\n\n\tTabbed</pre>"),
             "line one\nline two\n    three\n\nafter blank\n\tTabbed"
         );
+    }
+
+    #[test]
+    fn named_and_numeric_references_follow_html() {
+        assert_eq!(
+            decode_entities(
+                "&Eacute; &oacute; &iacute; &iquest; &bdquo; &Uuml; &oslash; &aring; &frac12; &sup2; &micro; &le; &ne; &alpha; &Omega; &lrm;&rlm; &AMP; &copy"
+            ),
+            "É ó í ¿ „ Ü ø å ½ ² µ ≤ ≠ α Ω \u{200e}\u{200f} & ©"
+        );
+        assert_eq!(
+            decode_entities("&#146;s &#128; &#x96; &#129; &#0; &#xD800; &#x110000; &#99999999999; &#; &#x; &#65 it&#8217s &#x41g"),
+            "’s € – \u{81} \u{FFFD} \u{FFFD} \u{FFFD} \u{FFFD} &#; &#x; A it’s Ag"
+        );
+        // Unknown names and case mismatches stay literal.
+        assert_eq!(
+            decode_entities("&bogus; &EACUTE; &Nbsp;"),
+            "&bogus; &EACUTE; &Nbsp;"
+        );
+        assert!(NAMED_ENTITIES.windows(2).all(|w| w[0].0 < w[1].0));
     }
 
     #[test]
