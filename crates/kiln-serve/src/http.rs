@@ -318,7 +318,9 @@ fn completion_logprobs(lps: &[TokenLogprob], mut offset: usize) -> Value {
     let mut offsets = Vec::with_capacity(lps.len());
     for t in lps {
         offsets.push(offset);
-        offset += lossy(&t.bytes).chars().count();
+        if !t.control {
+            offset += lossy(&t.bytes).chars().count();
+        }
     }
     json!({
         "tokens": lps.iter().map(|t| lossy(&t.bytes)).collect::<Vec<_>>(),

@@ -69,11 +69,33 @@ impl ServedModel {
         2 * layers * kv * std::mem::size_of::<f32>()
     }
 
-    /// Bytes of one token (a character may span tokens; the caller reassembles UTF-8).
+    /// Bytes of one token (a character may span tokens; the caller reassembles UTF-8). Control
+    /// tokens give their own text (`<|python_start|>`): what logprobs show to name the token.
     pub fn token_bytes(&self, id: u32) -> Vec<u8> {
         match self {
             ServedModel::Kiln { tok, .. } => tok.decode_bytes(&[id]),
             ServedModel::Gguf(m) => m.tok.decode_bytes(&[id]),
+        }
+    }
+
+    /// Whether `id` is a control token: it marks structure (turns, tool calls, documents) and is
+    /// no part of the reply's text, as `kiln chat` and other OpenAI-style servers treat them.
+    pub fn is_control(&self, id: u32) -> bool {
+        match self {
+            // Every special token of a kiln tokenizer: the chat format's own (the set
+            // `ChatTokens::is_format_token` names, which `kiln chat` hides) and a base
+            // tokenizer's document markers.
+            ServedModel::Kiln { tok, .. } => tok.is_special(id),
+            ServedModel::Gguf(m) => gguf_is_control(m, id),
+        }
+    }
+
+    /// What token `id` adds to a reply's text: its bytes, or nothing for a control token.
+    pub fn text_bytes(&self, id: u32) -> Vec<u8> {
+        if self.is_control(id) {
+            Vec::new()
+        } else {
+            self.token_bytes(id)
         }
     }
 
@@ -179,6 +201,19 @@ fn gguf_chat_prompt(m: &GgufChatModel, messages: &[ChatMessage]) -> Result<Vec<u
     }
     ids.extend(m.tok.encode(rest, true));
     Ok(ids)
+}
+
+/// GGUF token type 3 (`tokenizer.ggml.token_type`): a control token. User-defined tokens (type
+/// 4) stay text, as llama.cpp prints them: some vocabularies use them for plain words or tags.
+fn gguf_is_control(m: &GgufChatModel, id: u32) -> bool {
+    const TYPE_CONTROL: u64 = 3;
+    m.model
+        .file()
+        .get("tokenizer.ggml.token_type")
+        .and_then(|v| v.as_array())
+        .and_then(|types| types.get(id as usize))
+        .and_then(|t| t.as_u64())
+        == Some(TYPE_CONTROL)
 }
 
 fn bos_id(tok: &Tokenizer) -> Option<u32> {

@@ -123,6 +123,8 @@ impl FinishReason {
 #[derive(Debug, Clone)]
 pub struct TokenLogprob {
     pub bytes: Vec<u8>,
+    /// A control token: `bytes` name it, but it adds nothing to the reply's text.
+    pub control: bool,
     pub logprob: f32,
     pub top: Vec<(Vec<u8>, f32)>,
 }
@@ -326,6 +328,7 @@ fn logprob(model: &ServedModel, logits: &[f32], token: u32, k: usize) -> TokenLo
     }
     TokenLogprob {
         bytes: model.token_bytes(token),
+        control: model.is_control(token),
         logprob: logits[token as usize] - lse,
         top,
     }
@@ -606,7 +609,7 @@ impl Scheduler<'_, '_> {
                         .job
                         .logprobs
                         .map(|k| logprob(self.model, &s.logits, tok, k));
-                    let (mut text, hit) = s.text.push(&self.model.token_bytes(tok), &r.job.stop);
+                    let (mut text, hit) = s.text.push(&self.model.text_bytes(tok), &r.job.stop);
                     if hit {
                         finish = Some(FinishReason::Stop);
                     } else if s.generated >= r.job.max_tokens || self.dec.len(s.slot) + 1 > capacity

@@ -921,6 +921,17 @@ fn smollm2_gguf_answers_through_its_chat_template() {
     let (b1, b2) = (t1.join().unwrap(), t2.join().unwrap());
     assert_eq!(b1["choices"][0]["message"]["content"], answer.as_str());
     assert_eq!(b2["choices"][0]["message"]["content"], alone2);
+    // A control token that is not a stop token (`<|im_start|>`, forced) adds no text; its
+    // logprob entry still names it.
+    let start_id = 1;
+    let mut forced = ask("Hi");
+    forced["max_tokens"] = json!(2);
+    forced["logit_bias"] = json!({start_id.to_string(): 100});
+    forced["logprobs"] = json!(true);
+    let v = post(a, "/v1/chat/completions", &forced).json();
+    let c = &v["choices"][0];
+    assert_eq!(c["message"]["content"], "", "{v}");
+    assert_eq!(c["logprobs"]["content"][0]["token"], "<|im_start|>", "{v}");
     srv.shutdown().unwrap();
 }
 
@@ -1065,4 +1076,44 @@ fn a_prompt_that_continues_a_finished_one_reuses_its_cache_with_the_same_reply()
     assert_eq!(text(a, "zebra"), text(f, "zebra"));
     srv.shutdown().unwrap();
     fresh.shutdown().unwrap();
+}
+
+/// The id of one of kiln's chat special tokens in the test tokenizer.
+fn special_id(name: &str) -> u32 {
+    tokenizer(true).special_token_id(name).unwrap()
+}
+
+#[test]
+fn control_tokens_add_no_text_but_keep_their_logprob_entries() {
+    let srv = start(served(true, 128), opts(1), make_decoder);
+    let a = srv.addr();
+    let py = special_id("<|python_start|>");
+    let bias = json!({py.to_string(): 100});
+    let body = chat_body(
+        json!({"max_tokens": 3, "temperature": 0, "logit_bias": bias,
+                                "logprobs": true}),
+    );
+    let v = post(a, "/v1/chat/completions", &body).json();
+    let c = &v["choices"][0];
+    assert_eq!(c["message"]["content"], "", "{v}");
+    let lps = c["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(lps.len(), 3, "{v}");
+    assert!(lps.iter().all(|e| e["token"] == "<|python_start|>"), "{v}");
+    let mut sb = body.clone();
+    sb["stream"] = json!(true);
+    let (text, _, _, done) = stream(a, "/v1/chat/completions", &sb);
+    assert!(done);
+    assert_eq!(text, vec![String::new()]);
+    // Legacy completions: no text, and every token's offset stays at the start.
+    let cb = json!({"prompt": "hello", "max_tokens": 2, "temperature": 0, "logit_bias": bias,
+                    "logprobs": 0});
+    let v = post(a, "/v1/completions", &cb).json();
+    let c = &v["choices"][0];
+    assert_eq!(c["text"], "", "{v}");
+    assert_eq!(
+        c["logprobs"]["tokens"],
+        json!(["<|python_start|>", "<|python_start|>"])
+    );
+    assert_eq!(c["logprobs"]["text_offset"], json!([0, 0]));
+    srv.shutdown().unwrap();
 }
