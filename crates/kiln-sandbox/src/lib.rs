@@ -147,6 +147,9 @@ pub const FUEL_SLICE: u64 = 1_000_000_000;
 /// limit instead.
 const MAX_DENIED_GROWTHS: u32 = 256;
 
+/// Longest program accepted.
+pub const MAX_SOURCE_BYTES: usize = 1 << 20;
+
 /// Stack of the thread a program runs on: room above what the denied growths can take.
 const WORKER_STACK: usize = 8 << 20;
 
@@ -281,8 +284,17 @@ impl Sandbox {
     /// Run `source` (bytes as the model wrote them) under `limits`. Never panics, never returns an
     /// error: whatever happens becomes a [`ToolOutput`] the model can read.
     pub fn run(&self, source: &[u8], limits: &Limits) -> ToolOutput {
+        if source.len() > MAX_SOURCE_BYTES {
+            // The program travels in argv, copied into guest memory: a few MB of source made
+            // CPython fail at start-up with a bare "memory allocation failed".
+            return python_error(&format!(
+                "SyntaxError: the program is {} bytes; the code tool takes up to {MAX_SOURCE_BYTES}",
+                source.len()
+            ));
+        }
         let src = match std::str::from_utf8(source) {
-            Ok(s) => s,
+            // A byte-order mark is not Python (CPython's `-c` rejects it); editors write one.
+            Ok(s) => s.strip_prefix('\u{feff}').unwrap_or(s),
             Err(_) => return python_error("SyntaxError: source is not valid UTF-8"),
         };
         // argv is a C string: a NUL would silently cut the program short.
@@ -411,7 +423,12 @@ impl Compiled {
             Ended::Cancelled => (Status::Stopped(StopReason::TimeLimit), None),
             Ended::Error(status, exit) => (status, exit),
         };
-        finish(host.stdout, host.stderr, status, exit, fuel_used, limits)
+        let mut stderr = host.stderr_head;
+        if host.stderr_dropped {
+            stderr.extend_from_slice(b"\n...\n");
+        }
+        stderr.extend_from_slice(&host.stderr);
+        finish(host.stdout, stderr, status, exit, fuel_used, limits)
     }
 }
 
@@ -435,6 +452,10 @@ fn classify(e: &wasmi::Error, output_overflow: bool) -> (Status, Option<i32>) {
         None => Status::Stopped(match e.as_trap_code() {
             Some(TrapCode::OutOfFuel) => StopReason::CpuLimit,
             Some(TrapCode::StackOverflow) => StopReason::StackLimit,
+            // CPython's C stack sits at the bottom of linear memory and grows down: recursion
+            // through built-ins (`map`, `json.dumps` of deep nesting, `__getattr__`) overflows
+            // it below address 0.
+            Some(TrapCode::MemoryOutOfBounds) => StopReason::StackLimit,
             Some(TrapCode::GrowthOperationLimited) => StopReason::MemoryLimit,
             Some(code) => StopReason::Crash(code.to_string()),
             None => StopReason::Crash(e.to_string()),
@@ -474,9 +495,21 @@ fn finish(
             limits.output_bytes
         ));
     }
+    let stderr_text = String::from_utf8_lossy(&stderr);
+    let has_stderr = stderr_text.lines().any(|l| !l.trim().is_empty());
     let tail = match &status {
+        // What the program wrote to stderr and still ran to its end (a warning, an error in an
+        // `atexit` hook, a `print(..., file=sys.stderr)`): shown after its output, marked.
+        Status::Ok if has_stderr => {
+            Some(format!("[stderr]\n{}", traceback_tail(&stderr_text, exit)))
+        }
         Status::Ok => None,
-        Status::PythonError => Some(traceback_tail(&String::from_utf8_lossy(&stderr), exit)),
+        Status::PythonError => Some(traceback_tail(&stderr_text, exit)),
+        // A program whose output was still buffered when it raised: the error, then the stop.
+        Status::Stopped(StopReason::OutputLimit) if has_stderr => Some(format!(
+            "{}stopped: output limit\n",
+            traceback_tail(&stderr_text, exit)
+        )),
         Status::Stopped(reason) => Some(format!("stopped: {reason}\n")),
     };
     if let Some(tail) = tail {
@@ -492,8 +525,14 @@ fn finish(
     }
 }
 
-/// The traceback's header and last lines (the error and where it was raised); with nothing on
-/// stderr (`sys.exit(3)`, `os._exit(3)`: Python prints nothing), the exit status.
+/// Lines of an exception's message shown (a message may span many lines).
+const MESSAGE_LINES: usize = 5;
+/// Characters of one traceback line shown (a message may be one huge line).
+const LINE_CHARS: usize = 400;
+
+/// The traceback's header, its last frame and the error with the start of its message; with
+/// nothing on stderr (`sys.exit(3)`, `os._exit(3)`: Python prints nothing), the exit status.
+/// Keeping the *last* lines instead lost the error's name whenever its message spanned lines.
 fn traceback_tail(stderr: &str, exit: Option<i32>) -> String {
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     if lines.is_empty() {
@@ -502,21 +541,47 @@ fn traceback_tail(stderr: &str, exit: Option<i32>) -> String {
             None => "error: the program failed without a message\n".into(),
         };
     }
+    let mut kept: Vec<String> = Vec::new();
+    match lines.iter().rposition(|l| l.starts_with("  File ")) {
+        Some(frame) => {
+            if frame > 0 && lines[0].starts_with("Traceback") {
+                kept.push(lines[0].to_string());
+                if frame > 1 {
+                    kept.push("  ...".into());
+                }
+            }
+            // The frame's location and its (indented) source line, then the error: the first
+            // line back at the margin.
+            let error = (frame + 1..lines.len())
+                .find(|&i| !lines[i].starts_with(' '))
+                .unwrap_or(lines.len());
+            kept.extend(lines[frame..error].iter().map(|l| l.to_string()));
+            let message = &lines[error..];
+            kept.extend(message.iter().take(MESSAGE_LINES).map(|l| l.to_string()));
+            if message.len() > MESSAGE_LINES {
+                kept.push(format!(
+                    "  ... ({} more lines)",
+                    message.len() - MESSAGE_LINES
+                ));
+            }
+        }
+        None => {
+            // No frame (a SyntaxError's caret block, an exception group, plain stderr): the
+            // last lines.
+            let from = lines.len().saturating_sub(TRACEBACK_KEEP + 2);
+            kept.extend(lines[from..].iter().map(|l| l.to_string()));
+        }
+    }
     let mut out = String::new();
-    if lines.len() > TRACEBACK_KEEP + 2 {
-        if lines[0].starts_with("Traceback") {
-            out.push_str(lines[0]);
-            out.push_str("\n  ...\n");
+    for line in kept {
+        match line.char_indices().nth(LINE_CHARS) {
+            Some((at, _)) => {
+                out.push_str(&line[..at]);
+                out.push_str("…");
+            }
+            None => out.push_str(&line),
         }
-        for l in &lines[lines.len() - TRACEBACK_KEEP..] {
-            out.push_str(l);
-            out.push('\n');
-        }
-    } else {
-        for l in &lines {
-            out.push_str(l);
-            out.push('\n');
-        }
+        out.push('\n');
     }
     out
 }

@@ -17,11 +17,20 @@ const EBADF: i32 = 8;
 const EFAULT: i32 = 21;
 const ENOSYS: i32 = 52;
 
+/// Bytes of stderr kept from its start (beside the tail of `stderr_keep` bytes).
+const STDERR_HEAD: usize = 4 << 10;
+
 /// Per-call host state.
 pub struct Host {
     args: Vec<Vec<u8>>,
     pub stdout: Vec<u8>,
+    /// The first bytes of stderr (where a traceback with a huge message names its error).
+    pub stderr_head: Vec<u8>,
+    /// The last bytes of stderr after the head (where the traceback of the error that ended a
+    /// program spamming stderr is).
     pub stderr: Vec<u8>,
+    /// Bytes of stderr dropped between the head and the tail.
+    pub stderr_dropped: bool,
     output_limit: usize,
     stderr_keep: usize,
     /// Set when stdout reached `output_limit` and the program was stopped there.
@@ -40,7 +49,9 @@ impl Host {
         Host {
             args,
             stdout: Vec::new(),
+            stderr_head: Vec::new(),
             stderr: Vec::new(),
+            stderr_dropped: false,
             output_limit,
             stderr_keep,
             output_overflow: false,
@@ -171,13 +182,21 @@ fn fd_write(
             }
         }
         2 => {
-            // Only the tail is kept: copy at most that much of each buffer.
+            // A head and a tail are kept: copy at most that much of each buffer.
+            let head_room = STDERR_HEAD.min(host.stderr_keep);
             for part in &parts {
-                let keep = &part[part.len().saturating_sub(host.stderr_keep)..];
-                host.stderr.extend_from_slice(keep);
+                let to_head = part.len().min(head_room - host.stderr_head.len());
+                host.stderr_head.extend_from_slice(&part[..to_head]);
+                let rest = &part[to_head..];
+                if rest.len() > host.stderr_keep {
+                    host.stderr_dropped = true;
+                }
+                host.stderr
+                    .extend_from_slice(&rest[rest.len().saturating_sub(host.stderr_keep)..]);
                 if host.stderr.len() > host.stderr_keep {
                     let cut = host.stderr.len() - host.stderr_keep;
                     host.stderr.drain(..cut);
+                    host.stderr_dropped = true;
                 }
             }
         }

@@ -49,7 +49,9 @@ fn programs_cannot_crash_the_host_grow_its_memory_or_outrun_their_time() {
         &Limits::default(),
     );
     assert_eq!(out.status, Status::Ok, "{}", out.text);
-    assert_eq!(out.text, "done\n");
+    // The 2 GB on stderr reach the model as a few cut lines.
+    assert!(out.text.starts_with("done\n[stderr]\nxxx"), "{}", out.text);
+    assert!(out.text.len() < 1500, "{} bytes", out.text.len());
     let out = sb.run(
         b"import os\nb = b'x' * 2_000_000\nos.writev(1, [b] * 1024)",
         &Limits::default(),

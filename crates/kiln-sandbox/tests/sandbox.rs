@@ -277,3 +277,61 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn errors_keep_their_name_whatever_their_message() {
+    // One huge line: the error's name survives, the line is cut.
+    let out = run("raise ValueError('x' * 100000)");
+    assert_eq!(out.status, Status::PythonError);
+    assert!(out.text.contains("ValueError: xxx"), "{}", out.text);
+    assert!(out.text.len() < 1500, "{} bytes", out.text.len());
+    // A message over many lines: the name and its first lines, not its last.
+    let out = run("raise ValueError('\\n'.join(map(str, range(100))))");
+    assert!(out.text.contains("ValueError: 0\n1\n"), "{}", out.text);
+    assert!(out.text.contains("more lines)"), "{}", out.text);
+    // Chained: the error that ended the program is named.
+    let out = run("try:\n    1/0\nexcept ZeroDivisionError:\n    raise KeyError('k')");
+    assert!(out.text.ends_with("KeyError: 'k'\n"), "{}", out.text);
+}
+
+#[test]
+fn stderr_is_not_lost_when_the_program_ends_another_way() {
+    // Ran to its end, with something on stderr.
+    let out = run("import sys\nprint('out')\nprint('careful', file=sys.stderr)");
+    assert_eq!(out.status, Status::Ok);
+    assert_eq!(out.text, "out\n[stderr]\ncareful\n");
+    // Raised while its output was still buffered past the limit: the error, then the stop.
+    let out = run("print('a' * 5000)\n1/0");
+    assert_eq!(out.status, Status::Stopped(StopReason::OutputLimit));
+    assert!(
+        out.text
+            .ends_with("ZeroDivisionError: division by zero\nstopped: output limit\n"),
+        "{}",
+        &out.text[out.text.len().saturating_sub(300)..]
+    );
+}
+
+#[test]
+fn odd_sources_are_read_or_refused_readably() {
+    ok("\u{feff}print('bom')", "bom\n");
+    let big = format!("x = 1\n{}", "# pad\n".repeat(300_000));
+    let out = run(&big);
+    assert_eq!(out.status, Status::PythonError);
+    assert!(
+        out.text.starts_with("SyntaxError: the program is"),
+        "{}",
+        out.text
+    );
+    // Recursion through a built-in overflows CPython's C stack, not its recursion counter.
+    let out = run("def f(n):\n    return list(map(f, [n + 1]))\nf(0)");
+    assert!(
+        matches!(
+            out.status,
+            Status::PythonError | Status::Stopped(StopReason::StackLimit)
+        ),
+        "{:?} {}",
+        out.status,
+        out.text
+    );
+    assert!(!out.text.contains("crashed"), "{}", out.text);
+}
