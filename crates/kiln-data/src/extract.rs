@@ -104,6 +104,10 @@ const SOFT_SKIP_TAGS: &[&str] = &["nav", "footer", "aside", "form", "header", "m
 /// A block whose link text is more than this share of its text is navigation.
 const LINK_DENSITY_MAX: f64 = 0.7;
 
+/// Bytes of text outside links that make a block that is not mostly links running prose (a
+/// sentence, not a menu's column heading such as "Category 4").
+const PROSE_MIN_BYTES: usize = 40;
+
 /// A boilerplate-marked block holding at least this share of the main region's text is kept.
 const CONTENT_SHARE: f64 = 0.5;
 
@@ -676,6 +680,8 @@ struct Open {
     mark: Mark,
     start: usize,
     links_at_open: usize,
+    /// A block of running prose (not mostly links) was closed inside this element.
+    holds_prose: bool,
 }
 
 /// A closed element's range of the output text and how many of its bytes were link text.
@@ -750,7 +756,21 @@ impl Extractor<'_> {
             Mark::Boilerplate => self.boilerplate.push(span),
             Mark::None => {}
         }
-        if open.block && span.links as f64 > LINK_DENSITY_MAX * span.len() as f64 {
+        // Link density is judged on the innermost blocks: a block around a paragraph of prose
+        // is not a link list however many menus sit beside that paragraph (a mega-menu can
+        // outweigh the article), and <html>/<body> are the whole page, never a link list.
+        let link_dense = span.links as f64 > LINK_DENSITY_MAX * span.len() as f64;
+        let is_prose = open.block && !link_dense && span.len() - span.links >= PROSE_MIN_BYTES;
+        if open.holds_prose || is_prose {
+            if let Some(parent) = self.stack.last_mut() {
+                parent.holds_prose = true;
+            }
+        }
+        if open.block
+            && link_dense
+            && !open.holds_prose
+            && !matches!(open.name.as_str(), "html" | "body")
+        {
             self.link_blocks.push(span);
         }
     }
@@ -992,6 +1012,7 @@ impl Sink for Extractor<'_> {
             mark,
             start,
             links_at_open: self.link_bytes,
+            holds_prose: false,
         });
         false
     }
@@ -1529,6 +1550,28 @@ mod tests {
             "&bogus; &EACUTE; &Nbsp;"
         );
         assert!(NAMED_ENTITIES.windows(2).all(|w| w[0].0 < w[1].0));
+    }
+
+    #[test]
+    fn a_link_heavy_page_keeps_its_prose() {
+        let column = |c: usize| {
+            let links: String = (0..8)
+                .map(|i| {
+                    format!(r#"<div><a href="/c{c}/{i}">Subcategory link {c}.{i} title</a></div>"#)
+                })
+                .collect();
+            format!(r#"<div class="col"><h4>Category {c}</h4>{links}</div>"#)
+        };
+        let menu: String = (0..6).map(column).collect();
+        let html = format!(
+            r#"<html><body><div class="mega">{menu}</div><div class="content"><h1>Library opens on Sundays</h1>
+            <p>From next month the central library will open on Sundays from ten until four.</p>
+            <p>Staff will work the extra hours on a voluntary rota.</p></div></body></html>"#
+        );
+        assert_eq!(
+            ex(&html),
+            "Library opens on Sundays\nFrom next month the central library will open on Sundays from ten until four.\nStaff will work the extra hours on a voluntary rota."
+        );
     }
 
     #[test]
