@@ -107,10 +107,19 @@ impl ServedModel {
         }
     }
 
-    /// Tokens that end a plain completion: the end of a document.
+    /// Tokens that end a plain completion: the end of a document and, for a chat model, the end
+    /// of a turn (a chat checkpoint continuing a prompt ends its turn the way it ends a reply).
     pub fn completion_stop_ids(&self) -> Vec<u32> {
         match self {
-            ServedModel::Kiln { tok, .. } => bos_id(tok).into_iter().collect(),
+            ServedModel::Kiln { tok, chat, .. } => {
+                let mut ids: Vec<u32> = bos_id(tok).into_iter().collect();
+                for id in chat.map(|c| c.stop_ids()).unwrap_or_default() {
+                    if !ids.contains(&id) {
+                        ids.push(id);
+                    }
+                }
+                ids
+            }
             ServedModel::Gguf(m) => m.stop.clone(),
         }
     }

@@ -1117,3 +1117,18 @@ fn control_tokens_add_no_text_but_keep_their_logprob_entries() {
     assert_eq!(c["logprobs"]["text_offset"], json!([0, 0]));
     srv.shutdown().unwrap();
 }
+
+#[test]
+fn a_completion_on_a_chat_checkpoint_stops_at_the_end_of_the_turn() {
+    let srv = start(served(true, 128), opts(1), make_decoder);
+    let a = srv.addr();
+    for end in ["<|assistant_end|>", "<|user_start|>"] {
+        let bias = json!({special_id(end).to_string(): 100});
+        let cb = json!({"prompt": "hello", "max_tokens": 4, "temperature": 0,
+                        "logit_bias": bias});
+        let v = post(a, "/v1/completions", &cb).json();
+        assert_eq!(v["choices"][0]["finish_reason"], "stop", "{end}: {v}");
+        assert_eq!(v["usage"]["completion_tokens"], 0, "{end}: {v}");
+    }
+    srv.shutdown().unwrap();
+}
