@@ -682,6 +682,8 @@ struct Open {
     links_at_open: usize,
     /// A block of running prose (not mostly links) was closed inside this element.
     holds_prose: bool,
+    /// For `<a>`: text was written in it outside any block inside it.
+    inline_text: bool,
 }
 
 /// A closed element's range of the output text and how many of its bytes were link text.
@@ -842,6 +844,14 @@ impl Extractor<'_> {
                 _ => None,
             })
             .or_else(|| self.open_p_in_button_scope()),
+            // A link inside a link is not allowed: the new <a> ends the open one (what HTML's
+            // adoption agency does for a formatting element left open).
+            "a" => find(&|n| match n {
+                "a" => Some(true),
+                "td" | "th" | "caption" | "object" | "template" | "applet" | "marquee"
+                | "button" => Some(false),
+                _ => None,
+            }),
             "option" | "optgroup" => find(&|n| match n {
                 "option" => Some(true),
                 _ => Some(false),
@@ -856,6 +866,19 @@ impl Extractor<'_> {
             _ if P_CLOSING_TAGS.contains(&name) => self.open_p_in_button_scope(),
             _ => None,
         }
+    }
+
+    /// An `<a>` that was most likely never closed: the block start tag `name` arrives inside
+    /// it after it wrote inline text (`<a href="/">Home` then `<h1>`). Closing it there keeps
+    /// the rest of the page from counting as link text. A link around blocks that starts with
+    /// a block (`<a><h3>Title</h3><p>Summary</p></a>`, a teaser card) stays open.
+    fn unclosed_link_before_block(&self, name: &str) -> Option<usize> {
+        if self.link_depth == 0 || !BLOCK_TAGS.contains(&name) || matches!(name, "br" | "hr") {
+            return None;
+        }
+        let at = self.stack.iter().rposition(|o| o.block || o.name == "a")?;
+        let open = &self.stack[at];
+        (open.name == "a" && open.inline_text).then_some(at)
     }
 
     /// An open `<p>` that a block start tag closes: the spec's "has a p element in button
@@ -961,7 +984,10 @@ impl Sink for Extractor<'_> {
         if VOID_TAGS.contains(&name) || tag.self_closing {
             return false;
         }
-        if let Some(at) = self.implied_end(name) {
+        if let Some(at) = self
+            .implied_end(name)
+            .or_else(|| self.unclosed_link_before_block(name))
+        {
             while self.stack.len() > at {
                 let open = self.stack.pop().expect("non-empty");
                 self.close(open);
@@ -1013,6 +1039,7 @@ impl Sink for Extractor<'_> {
             start,
             links_at_open: self.link_bytes,
             holds_prose: false,
+            inline_text: false,
         });
         false
     }
@@ -1042,8 +1069,13 @@ impl Sink for Extractor<'_> {
         } else {
             self.out.push_inline(&decoded);
         }
-        if self.link_depth > 0 {
+        if self.link_depth > 0 && self.out.text.len() > before {
             self.link_bytes += self.out.text.len() - before;
+            if let Some(at) = self.stack.iter().rposition(|o| o.block || o.name == "a") {
+                if self.stack[at].name == "a" {
+                    self.stack[at].inline_text = true;
+                }
+            }
         }
     }
 }
@@ -1572,6 +1604,24 @@ mod tests {
             ex(&html),
             "Library opens on Sundays\nFrom next month the central library will open on Sundays from ten until four.\nStaff will work the extra hours on a voluntary rota."
         );
+    }
+
+    #[test]
+    fn an_unclosed_link_does_not_make_the_page_link_text() {
+        let prose = "This is a perfectly ordinary paragraph of running prose in the body.";
+        let html = format!(
+            r#"<html><body><a href="/">Home
+            <h1>Notice</h1><p>{prose}</p><p>{prose} Second.</p></body></html>"#
+        );
+        assert_eq!(ex(&html), format!("Home\nNotice\n{prose}\n{prose} Second."));
+        // A new <a> ends an open one.
+        let html = format!(r#"<div><a href="/1">One<a href="/2">Two</div><p>{prose}</p>"#);
+        assert_eq!(ex(&html), prose);
+        // A link around blocks (a teaser card) is still link text.
+        let html = format!(
+            r#"<div><a href="/s"><h3>Story title</h3><p>Its summary in a few words.</p></a></div><p>{prose}</p>"#
+        );
+        assert_eq!(ex(&html), prose);
     }
 
     #[test]
