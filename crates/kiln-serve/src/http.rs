@@ -219,7 +219,7 @@ async fn admit(
         Prompt::Messages(m) => model
             .chat_prompt(m)
             .map(|ids| (ids, model.chat_stop_ids()))
-            .map_err(|e| ApiError::invalid("messages", e)),
+            .map_err(|e| ApiError::invalid(&e.param, e.message)),
         Prompt::Text(t) => Ok((model.completion_prompt(t), model.completion_stop_ids())),
     })
     .await

@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use model::{make_decoder, ChatMessage, ServedModel};
+pub use model::{make_decoder, ChatMessage, PromptError, ServedModel};
 pub use scheduler::DecoderFactory;
 
 /// Settings of a server (the `kiln serve` flags).

@@ -3,7 +3,7 @@
 //! side uses it to turn requests into prompt ids and ids back into bytes; the scheduler uses it
 //! only through [`make_decoder`].
 
-use kiln_chat::format::{render_for_completion, ChatTokens, Conversation, Message};
+use kiln_chat::format::{render_for_completion, ChatTokens, Conversation, Message, Role};
 use kiln_chat::gguf_model::GgufChatModel;
 use kiln_engine::llama::LlamaBatch;
 use kiln_engine::{BatchDecoder, BatchedDecoder, CpuBackend, EngineError, Model};
@@ -14,6 +14,30 @@ use kiln_tokenizer::Tokenizer;
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+}
+
+/// Why a conversation cannot become a prompt: `param` is the request field to blame
+/// (`messages`, or `messages[i]` with `i` the message's index in the request as sent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromptError {
+    pub param: String,
+    pub message: String,
+}
+
+impl PromptError {
+    fn messages(message: impl Into<String>) -> PromptError {
+        PromptError {
+            param: "messages".into(),
+            message: message.into(),
+        }
+    }
+
+    fn at(index: usize, message: impl Into<String>) -> PromptError {
+        PromptError {
+            param: format!("messages[{index}]"),
+            message: format!("messages[{index}]: {}", message.into()),
+        }
+    }
 }
 
 /// A loaded model with what it needs to talk.
@@ -136,35 +160,91 @@ impl ServedModel {
         }
     }
 
-    /// Prompt ids of a conversation, ending with the assistant's turn opened. The error is a
-    /// sentence for the client about `messages`.
-    pub fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, String> {
+    /// Prompt ids of a conversation, ending with the assistant's turn opened.
+    pub fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, PromptError> {
         match self {
             ServedModel::Kiln { tok, chat, .. } => {
                 let chat = chat.as_ref().ok_or_else(|| {
-                    "this model's tokenizer has no chat tokens (a base model): use /v1/completions"
-                        .to_string()
+                    PromptError::messages(
+                        "this model's tokenizer has no chat tokens (a base model): use /v1/completions",
+                    )
                 })?;
-                // kiln's format has no system token: system messages become the conversation's
-                // system text, which the format puts before the first user turn.
-                let mut conv = Conversation::default();
-                let mut system = Vec::new();
-                for m in messages {
-                    match m.role.as_str() {
-                        "system" | "developer" => system.push(m.content.as_str()),
-                        "user" => conv.messages.push(Message::user(m.content.as_str())),
-                        "assistant" => conv.messages.push(Message::assistant(m.content.as_str())),
-                        r => return Err(format!("unsupported role {r:?}")),
-                    }
-                }
-                if !system.is_empty() {
-                    conv.system = Some(system.join("\n\n"));
-                }
-                render_for_completion(&conv, tok, chat).map_err(|e| e.to_string())
+                let conv = kiln_conversation(messages)?;
+                render_for_completion(&conv, tok, chat)
+                    .map_err(|e| PromptError::messages(e.to_string()))
             }
             ServedModel::Gguf(m) => gguf_chat_prompt(m, messages),
         }
     }
+}
+
+/// An API conversation in kiln's format, which has one system text and then strictly alternating
+/// turns, user first. Clients send looser conversations than that, and they are mapped rather
+/// than refused:
+/// - system and developer messages, wherever they are, join the system text;
+/// - consecutive messages of one role are one turn, their texts joined by a blank line;
+/// - an assistant message before the first user message (a UI's greeting) is dropped: the format
+///   has no place for it, and folding it into the system text would present the assistant's own
+///   words to the model as instructions;
+/// - an assistant message with no text (`content: null`, as clients send for a turn that only
+///   called tools) is dropped: it says nothing, and kiln's format has no empty turn.
+///
+/// What stays an error: no user message, and a conversation that ends with an assistant message
+/// (this server writes a new assistant turn; it does not continue one).
+fn kiln_conversation(messages: &[ChatMessage]) -> Result<Conversation, PromptError> {
+    let mut system = Vec::new();
+    // (role, text, index in the request of the turn's last message)
+    let mut turns: Vec<(Role, String, usize)> = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        let role = match m.role.as_str() {
+            "system" | "developer" => {
+                system.push(m.content.as_str());
+                continue;
+            }
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            r => return Err(PromptError::at(i, format!("unsupported role {r:?}"))),
+        };
+        if role == Role::Assistant && (turns.is_empty() || m.content.trim().is_empty()) {
+            continue;
+        }
+        match turns.last_mut() {
+            Some((last, text, at)) if *last == role => {
+                text.push_str("\n\n");
+                text.push_str(&m.content);
+                *at = i;
+            }
+            _ => turns.push((role, m.content.clone(), i)),
+        }
+    }
+    match turns.last() {
+        None => {
+            return Err(PromptError::messages(
+                "the conversation has no user message",
+            ))
+        }
+        Some((Role::Assistant, _, at)) => {
+            return Err(PromptError::at(
+                *at,
+                "the last message must be a user message: this server writes the next assistant \
+                 turn and does not continue one",
+            ))
+        }
+        Some(_) => {}
+    }
+    let mut conv = Conversation::new(
+        turns
+            .into_iter()
+            .map(|(role, text, _)| match role {
+                Role::User => Message::user(text),
+                Role::Assistant => Message::assistant(text),
+            })
+            .collect(),
+    );
+    if !system.is_empty() {
+        conv.system = Some(system.join("\n\n"));
+    }
+    Ok(conv)
 }
 
 /// A GGUF chat prompt whose special tokens come from the template only. The template is rendered
@@ -174,7 +254,7 @@ impl ServedModel {
 /// user text). The tokenizer already encodes the text between special tokens piece by piece, so
 /// cutting at the markers changes nothing else. A template that rewrites contents (the markers do
 /// not come back once each) is rendered the plain way.
-fn gguf_chat_prompt(m: &GgufChatModel, messages: &[ChatMessage]) -> Result<Vec<u32>, String> {
+fn gguf_chat_prompt(m: &GgufChatModel, messages: &[ChatMessage]) -> Result<Vec<u32>, PromptError> {
     let marks: Vec<String> = (0..messages.len())
         .map(|i| format!("\u{E000}{i}\u{E001}"))
         .collect();
@@ -183,13 +263,17 @@ fn gguf_chat_prompt(m: &GgufChatModel, messages: &[ChatMessage]) -> Result<Vec<u
         .zip(&marks)
         .map(|(msg, mark)| (msg.role.clone(), mark.clone()))
         .collect();
-    let text = m.render(&with_marks).map_err(|e| e.to_string())?;
+    let text = m
+        .render(&with_marks)
+        .map_err(|e| PromptError::messages(e.to_string()))?;
     if !marks.iter().all(|k| text.matches(k.as_str()).count() == 1) {
         let pairs: Vec<(String, String)> = messages
             .iter()
             .map(|msg| (msg.role.clone(), msg.content.clone()))
             .collect();
-        let text = m.render(&pairs).map_err(|e| e.to_string())?;
+        let text = m
+            .render(&pairs)
+            .map_err(|e| PromptError::messages(e.to_string()))?;
         return Ok(m.encode_prompt(&text, true));
     }
     let mut ids = m.encode_prompt("", true); // BOS when the file asks for it
@@ -198,12 +282,12 @@ fn gguf_chat_prompt(m: &GgufChatModel, messages: &[ChatMessage]) -> Result<Vec<u
         let after = &rest[start + '\u{E000}'.len_utf8()..];
         let (index, tail) = after
             .split_once('\u{E001}')
-            .ok_or_else(|| "chat template: a content marker was cut".to_string())?;
+            .ok_or_else(|| PromptError::messages("chat template: a content marker was cut"))?;
         let msg = index
             .parse::<usize>()
             .ok()
             .and_then(|i| messages.get(i))
-            .ok_or_else(|| "chat template: a content marker was changed".to_string())?;
+            .ok_or_else(|| PromptError::messages("chat template: a content marker was changed"))?;
         ids.extend(m.tok.encode(&rest[..start], true));
         ids.extend(m.tok.encode(&msg.content, false));
         rest = tail;
@@ -244,4 +328,58 @@ pub fn make_decoder(
         ServedModel::Kiln { model, .. } => Box::new(BatchedDecoder::new(model, slots, capacity)?),
         ServedModel::Gguf(m) => Box::new(LlamaBatch::new(&m.model, slots, capacity)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msgs(list: &[(&str, &str)]) -> Vec<ChatMessage> {
+        list.iter()
+            .map(|(role, content)| ChatMessage {
+                role: role.to_string(),
+                content: content.to_string(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn loose_conversations_become_kiln_turns() {
+        let conv = kiln_conversation(&msgs(&[
+            ("system", "S"),
+            ("assistant", "Hello! How can I help?"),
+            ("user", "a"),
+            ("developer", "D"),
+            ("user", "b"),
+            ("assistant", ""),
+            ("user", "c"),
+            ("assistant", "x"),
+            ("assistant", "y"),
+            ("user", "d"),
+        ]))
+        .unwrap();
+        assert_eq!(conv.system.as_deref(), Some("S\n\nD"));
+        assert_eq!(
+            conv.messages,
+            vec![
+                Message::user("a\n\nb\n\nc"),
+                Message::assistant("x\n\ny"),
+                Message::user("d"),
+            ]
+        );
+        conv.validate(false).unwrap();
+    }
+
+    #[test]
+    fn conversation_errors_name_the_message_as_sent() {
+        let err = |list: &[(&str, &str)]| kiln_conversation(&msgs(list)).unwrap_err();
+        let e = err(&[("system", "S"), ("user", "a"), ("assistant", "x")]);
+        assert_eq!(e.param, "messages[2]");
+        assert!(e.message.starts_with("messages[2]: "), "{}", e.message);
+        let e = err(&[("system", "S"), ("assistant", "hi")]);
+        assert_eq!(e.param, "messages");
+        assert!(e.message.contains("no user message"), "{}", e.message);
+        let e = err(&[("user", "a"), ("tool", "x")]);
+        assert_eq!(e.param, "messages[1]");
+    }
 }

@@ -1132,3 +1132,32 @@ fn a_completion_on_a_chat_checkpoint_stops_at_the_end_of_the_turn() {
     }
     srv.shutdown().unwrap();
 }
+
+#[test]
+fn loose_conversations_are_accepted_and_remaining_errors_name_the_message() {
+    let srv = start(served(true, 128), opts(1), make_decoder);
+    let a = srv.addr();
+    let with = |messages: Value| chat_body(json!({"messages": messages, "max_tokens": 2}));
+    for messages in [
+        json!([{"role": "system", "content": "S"},
+               {"role": "assistant", "content": "Hi! How can I help?"},
+               {"role": "user", "content": "a"}]),
+        json!([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]),
+        json!([{"role": "user", "content": "a"}, {"role": "assistant", "content": null},
+               {"role": "user", "content": "b"}]),
+    ] {
+        let r = post(a, "/v1/chat/completions", &with(messages.clone()));
+        assert_eq!(r.status, 200, "{messages}: {}", r.text());
+    }
+    let r = post(
+        a,
+        "/v1/chat/completions",
+        &with(
+            json!([{"role": "system", "content": "S"}, {"role": "user", "content": "a"},
+                     {"role": "assistant", "content": "b"}]),
+        ),
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["param"], "messages[2]", "{}", r.text());
+    srv.shutdown().unwrap();
+}
