@@ -100,6 +100,17 @@ impl ApiError {
         }
     }
 
+    pub fn method_not_allowed(method: &str, path: &str) -> ApiError {
+        ApiError {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            message: format!("{path} does not take {method} requests"),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("method_not_allowed"),
+            retry_after: None,
+        }
+    }
+
     pub fn not_found(path: &str) -> ApiError {
         ApiError {
             status: StatusCode::NOT_FOUND,

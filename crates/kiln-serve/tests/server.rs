@@ -1161,3 +1161,51 @@ fn loose_conversations_are_accepted_and_remaining_errors_name_the_message() {
     assert_eq!(r.json()["error"]["param"], "messages[2]", "{}", r.text());
     srv.shutdown().unwrap();
 }
+
+#[test]
+fn cors_preflights_pass_and_a_wrong_method_gets_a_json_405() {
+    let mut o = opts(1);
+    o.api_key = Some("sekrit".into());
+    let srv = start(served(true, 128), o, make_decoder);
+    let a = srv.addr();
+    // A browser's preflight carries no key and is answered anyway.
+    let r = call(
+        a,
+        "OPTIONS",
+        "/v1/chat/completions",
+        &[
+            ("Origin", "http://localhost:5173"),
+            ("Access-Control-Request-Method", "POST"),
+            (
+                "Access-Control-Request-Headers",
+                "authorization, content-type",
+            ),
+        ],
+        b"",
+    );
+    assert!(r.status == 204 || r.status == 200, "{}", r.status);
+    assert_eq!(r.headers["access-control-allow-origin"], "*");
+    assert!(r.headers["access-control-allow-methods"].contains("POST"));
+    let allowed = r.headers["access-control-allow-headers"].to_ascii_lowercase();
+    assert!(allowed.contains("authorization") && allowed.contains("content-type"));
+    // The real requests, answered or refused, carry the origin header too.
+    let h = [
+        ("Origin", "http://localhost:5173"),
+        ("Authorization", "Bearer sekrit"),
+    ];
+    let r = call(a, "GET", "/v1/models", &h, b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["access-control-allow-origin"], "*");
+    let r = call(a, "GET", "/v1/models", &h[..1], b"");
+    assert_eq!(r.status, 401);
+    assert_eq!(r.headers["access-control-allow-origin"], "*");
+    // A known route with the wrong method: 405 in the error shape.
+    let r = call(a, "GET", "/v1/chat/completions", &h, b"");
+    assert_eq!(r.status, 405);
+    let e = &r.json()["error"];
+    assert_eq!(e["code"], "method_not_allowed", "{}", r.text());
+    assert_eq!(r.headers.get("allow").map(String::as_str), Some("POST"));
+    assert_eq!(e["type"], "invalid_request_error");
+    assert!(e.get("param").is_some() && e["message"].is_string());
+    srv.shutdown().unwrap();
+}
