@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, Sse};
@@ -47,6 +47,8 @@ pub(crate) fn router(app: Arc<App>, body_limit: usize) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/v1/models", get(models))
+        // A wildcard: served names may contain slashes (`org/model`).
+        .route("/v1/models/{*id}", get(model))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .fallback(not_found)
@@ -164,14 +166,35 @@ async fn models(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     if let Err(e) = check_key(&app, &headers) {
         return e.into_response();
     }
-    Json(json!({"object": "list", "data": [{
+    Json(json!({"object": "list", "data": [model_object(&app)]})).into_response()
+}
+
+/// `/v1/models/{id}`: the served model, or 404 for any other id.
+async fn model(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(e) = check_key(&app, &headers) {
+        return e.into_response();
+    }
+    if id != app.name {
+        let mut e = ApiError::model_not_found(&id, &app.name);
+        // The id is in the path, not a body field.
+        e.param = None;
+        return e.into_response();
+    }
+    Json(model_object(&app)).into_response()
+}
+
+fn model_object(app: &App) -> Value {
+    json!({
         "id": app.name,
         "object": "model",
         "created": app.created,
         "owned_by": "kiln",
         "context_length": app.queue.capacity(),
-    }]}))
-    .into_response()
+    })
 }
 
 async fn chat(

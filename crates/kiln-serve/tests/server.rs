@@ -826,6 +826,12 @@ fn health_models_metrics_and_the_page() {
     assert_eq!(m["object"], "list");
     assert_eq!(m["data"][0]["id"], "tiny");
     assert_eq!(m["data"][0]["context_length"], 128);
+    let one = get(a, "/v1/models/tiny");
+    assert_eq!(one.status, 200, "{}", one.text());
+    assert_eq!(one.json(), m["data"][0]);
+    let other = get(a, "/v1/models/gpt-4o");
+    assert_eq!(other.status, 404);
+    assert_eq!(other.json()["error"]["code"], "model_not_found");
     // Requests that produced at least one token are the ones with a time to first token.
     let mut with_tokens = 0.0;
     for _ in 0..2 {
