@@ -698,6 +698,7 @@ impl Span {
     fn len(&self) -> usize {
         self.end - self.start
     }
+    #[cfg(test)]
     fn contains(&self, other: &Span) -> bool {
         self.start <= other.start && other.end <= self.end
     }
@@ -1234,6 +1235,40 @@ fn main_regions(marked: &[Span]) -> Vec<Span> {
         .collect()
 }
 
+/// Answers "does this block contain one of the spans?" in O(log n): the spans sorted by start,
+/// with the smallest end among each suffix. A block contains a span exactly when some span
+/// starting at or after the block's start ends at or before its end, and the smallest such end
+/// is the suffix minimum from the first span starting there. Asking every boilerplate block
+/// against every main region was quadratic (28.9 s on a 7.7 MB page of 240k article/nav pairs).
+struct SpanIndex {
+    starts: Vec<usize>,
+    min_end_from: Vec<usize>,
+}
+
+impl SpanIndex {
+    fn new(spans: &[Span]) -> Self {
+        let mut sorted: Vec<(usize, usize)> = spans.iter().map(|s| (s.start, s.end)).collect();
+        sorted.sort_unstable();
+        let mut min_end_from = vec![usize::MAX; sorted.len()];
+        let mut min_end = usize::MAX;
+        for (i, &(_, end)) in sorted.iter().enumerate().rev() {
+            min_end = min_end.min(end);
+            min_end_from[i] = min_end;
+        }
+        Self {
+            starts: sorted.iter().map(|&(start, _)| start).collect(),
+            min_end_from,
+        }
+    }
+
+    fn any_inside(&self, block: &Span) -> bool {
+        let first = self.starts.partition_point(|&s| s < block.start);
+        self.min_end_from
+            .get(first)
+            .is_some_and(|&end| end <= block.end)
+    }
+}
+
 /// The output ranges to leave out, sorted and merged: everything outside the page's main
 /// region (when it marks one) and the boilerplate blocks inside it.
 fn dropped_ranges(ex: &Extractor<'_>, config: &ExtractConfig) -> Vec<(usize, usize)> {
@@ -1265,9 +1300,10 @@ fn dropped_ranges(ex: &Extractor<'_>, config: &ExtractConfig) -> Vec<(usize, usi
     } else {
         total - dropped.iter().map(|(s, e)| e - s).sum::<usize>()
     };
+    let main_index = SpanIndex::new(&mains);
     for b in &ex.boilerplate {
         // Main content wins over a boilerplate-looking wrapper around it.
-        if mains.iter().any(|m| b.contains(m)) {
+        if main_index.any_inside(b) {
             continue;
         }
         // A block holding most of the page's text in running prose is the content, whatever
@@ -1281,7 +1317,7 @@ fn dropped_ranges(ex: &Extractor<'_>, config: &ExtractConfig) -> Vec<(usize, usi
         dropped.push((b.start, b.end));
     }
     for l in &ex.link_blocks {
-        if mains.iter().any(|m| l.contains(m)) {
+        if main_index.any_inside(l) {
             continue;
         }
         dropped.push((l.start, l.end));
@@ -1622,6 +1658,49 @@ mod tests {
             r#"<div><a href="/s"><h3>Story title</h3><p>Its summary in a few words.</p></a></div><p>{prose}</p>"#
         );
         assert_eq!(ex(&html), prose);
+    }
+
+    #[test]
+    fn span_index_agrees_with_asking_every_span() {
+        let span = |start, end| Span {
+            start,
+            end,
+            links: 0,
+        };
+        let spans = [
+            span(10, 20),
+            span(0, 100),
+            span(30, 35),
+            span(50, 80),
+            span(55, 60),
+        ];
+        let index = SpanIndex::new(&spans);
+        for start in 0..110 {
+            for end in start + 1..=110 {
+                let block = span(start, end);
+                assert_eq!(
+                    index.any_inside(&block),
+                    spans.iter().any(|m| block.contains(m)),
+                    "{start}..{end}"
+                );
+            }
+        }
+        assert!(!SpanIndex::new(&[]).any_inside(&span(0, 10)));
+    }
+
+    #[test]
+    fn many_main_regions_and_boilerplate_blocks_take_linear_time() {
+        // 200k article/nav pairs: asking every nav against every article took ~20 s in a
+        // release build; the index answers in well under a second.
+        let html = "<article>x</article><nav>y</nav>".repeat(200_000);
+        let started = std::time::Instant::now();
+        let text = ex(&html);
+        assert_eq!(text.lines().count(), 200_000);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]
