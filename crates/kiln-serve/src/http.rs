@@ -515,13 +515,23 @@ impl Streaming {
                 vec![self.chunk(choice)]
             }
             Some(Event::Finish { index, reason }) => {
+                let mut out = Vec::new();
+                // A reply that ends before its first token still says who speaks: clients build
+                // the message from the deltas and would otherwise have no role.
+                if self.meta.endpoint == Endpoint::Chat && !self.started[index] {
+                    self.started[index] = true;
+                    out.push(self.chunk(json!({"index": index,
+                        "delta": {"role": "assistant", "content": ""},
+                        "logprobs": null, "finish_reason": null})));
+                }
                 let choice = match self.meta.endpoint {
                     Endpoint::Chat => json!({"index": index, "delta": {}, "logprobs": null,
                                              "finish_reason": reason.as_str()}),
                     Endpoint::Completions => json!({"index": index, "text": "", "logprobs": null,
                                                     "finish_reason": reason.as_str()}),
                 };
-                vec![self.chunk(choice)]
+                out.push(self.chunk(choice));
+                out
             }
             Some(Event::Done {
                 prompt_tokens,

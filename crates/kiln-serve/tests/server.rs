@@ -1215,3 +1215,30 @@ fn cors_preflights_pass_and_a_wrong_method_gets_a_json_405() {
     assert!(e.get("param").is_some() && e["message"].is_string());
     srv.shutdown().unwrap();
 }
+
+#[test]
+fn a_streamed_reply_that_ends_at_once_still_sends_the_role() {
+    let srv = start(served(true, 128), opts(1), make_decoder);
+    let a = srv.addr();
+    let end = special_id("<|assistant_end|>");
+    let body = chat_body(json!({"stream": true, "logit_bias": {end.to_string(): 100}}));
+    let (status, _, mut r) = send(
+        a,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(status, 200);
+    let chunks: Vec<Value> = sse_events(r.as_mut(), usize::MAX)
+        .iter()
+        .filter(|e| *e != "[DONE]")
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let choices: Vec<&Value> = chunks.iter().map(|c| &c["choices"][0]).collect();
+    assert_eq!(choices.len(), 2, "{chunks:?}");
+    assert_eq!(choices[0]["delta"]["role"], "assistant", "{chunks:?}");
+    assert_eq!(choices[0]["delta"]["content"], "");
+    assert_eq!(choices[1]["finish_reason"], "stop");
+    srv.shutdown().unwrap();
+}
