@@ -254,14 +254,27 @@ fn kiln_conversation(messages: &[ChatMessage]) -> Result<Conversation, PromptErr
 /// user text). The tokenizer already encodes the text between special tokens piece by piece, so
 /// cutting at the markers changes nothing else. A template that rewrites contents (the markers do
 /// not come back once each) is rendered the plain way.
+///
+/// `developer` (OpenAI's newer name for `system`) is given to the template as `system`: templates
+/// know only the roles their model was trained on. A conversation without a user message is
+/// refused: templates render it as nothing, or as a system text the model has nothing to answer.
 fn gguf_chat_prompt(m: &GgufChatModel, messages: &[ChatMessage]) -> Result<Vec<u32>, PromptError> {
+    if !messages.iter().any(|msg| msg.role == "user") {
+        return Err(PromptError::messages(
+            "the conversation has no user message",
+        ));
+    }
+    let role = |msg: &ChatMessage| match msg.role.as_str() {
+        "developer" => "system".to_string(),
+        r => r.to_string(),
+    };
     let marks: Vec<String> = (0..messages.len())
         .map(|i| format!("\u{E000}{i}\u{E001}"))
         .collect();
     let with_marks: Vec<(String, String)> = messages
         .iter()
         .zip(&marks)
-        .map(|(msg, mark)| (msg.role.clone(), mark.clone()))
+        .map(|(msg, mark)| (role(msg), mark.clone()))
         .collect();
     let text = m
         .render(&with_marks)
@@ -269,7 +282,7 @@ fn gguf_chat_prompt(m: &GgufChatModel, messages: &[ChatMessage]) -> Result<Vec<u
     if !marks.iter().all(|k| text.matches(k.as_str()).count() == 1) {
         let pairs: Vec<(String, String)> = messages
             .iter()
-            .map(|msg| (msg.role.clone(), msg.content.clone()))
+            .map(|msg| (role(msg), msg.content.clone()))
             .collect();
         let text = m
             .render(&pairs)
