@@ -3,9 +3,10 @@
 //! The body is read as a JSON object and each field is taken by hand rather than through a
 //! derived `Deserialize`: serde's messages name a line and column, a client needs the *field*
 //! (`param` in OpenAI's error shape) and a reason it can act on. Fields that would change what
-//! the model writes but that kiln does not implement (tools, response formats, penalties, logit
-//! bias, echo, ...) are rejected by name instead of silently ignored; harmless bookkeeping fields
-//! (`user`, `metadata`, `store`) are ignored.
+//! the model writes but that kiln does not implement (tools, response formats, audio, echo,
+//! suffix, best_of, ...) are rejected by name instead of silently ignored; harmless bookkeeping
+//! fields (`user`, `metadata`, `store`) are ignored. Presence and frequency penalties and
+//! `logit_bias` are implemented (applied by the scheduler).
 
 use serde_json::{Map, Value};
 
@@ -139,7 +140,8 @@ impl<'a> Fields<'a> {
     }
 }
 
-/// Message content: a string, or an array of `{"type": "text", "text": ...}` parts.
+/// Message content: a string, or an array of `{"type": "text", "text": ...}` parts, joined by
+/// newlines (parts are separate pieces of text; run together, words at their edges would merge).
 fn content(v: Option<&Value>, param: &str) -> Result<String, ApiError> {
     match v {
         None | Some(Value::Null) => Ok(String::new()),
@@ -156,6 +158,9 @@ fn content(v: Option<&Value>, param: &str) -> Result<String, ApiError> {
                             "only text content parts ({\"type\": \"text\", \"text\": ...}) are supported",
                         )
                     })?;
+                if j > 0 {
+                    out.push('\n');
+                }
                 out.push_str(text);
             }
             Ok(out)
@@ -195,7 +200,9 @@ fn messages(f: &Fields) -> Result<Vec<ChatMessage>, ApiError> {
                 format!("role {role:?} is not supported (system, developer, user, assistant)"),
             ));
         }
-        if obj.get("tool_calls").is_some_and(|v| !v.is_null()) {
+        // Clients send `tool_calls: []` on a plain assistant turn: only actual calls are refused.
+        let no_calls = |v: &Value| v.is_null() || v.as_array().is_some_and(|a| a.is_empty());
+        if obj.get("tool_calls").is_some_and(|v| !no_calls(v)) {
             return Err(ApiError::invalid(
                 &format!("{p}.tool_calls"),
                 "tool calls are not supported by this server",
@@ -533,6 +540,27 @@ mod tests {
         let e = err(Endpoint::Completions, json!({"prompt": "a", "echo": true}));
         assert_eq!(e.param.as_deref(), Some("echo"));
         assert_eq!(err(Endpoint::Chat, json!([1])).param, None);
+    }
+
+    #[test]
+    fn text_parts_are_joined_by_newlines_and_empty_tool_calls_are_no_calls() {
+        let body = json!({"messages": [
+            {"role": "user", "content": [{"type": "text", "text": "a"},
+                                         {"type": "text", "text": "b"}]},
+            {"role": "assistant", "content": "x", "tool_calls": []},
+            {"role": "user", "content": "c"}]});
+        let r = parse(Endpoint::Chat, &body, &L).unwrap();
+        let Prompt::Messages(m) = r.prompt else {
+            panic!("not messages")
+        };
+        assert_eq!(m[0].content, "a\nb");
+        assert_eq!(m[1].content, "x");
+        let calls = json!({"messages": [{"role": "assistant", "content": null,
+                                         "tool_calls": [{"id": "1", "type": "function"}]}]});
+        assert_eq!(
+            err(Endpoint::Chat, calls).param.as_deref(),
+            Some("messages[0].tool_calls")
+        );
     }
 
     #[test]

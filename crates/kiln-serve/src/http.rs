@@ -135,7 +135,10 @@ fn check_key(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| v.split_once(' '))
+        // The scheme is case-insensitive (RFC 7235): `bearer <key>` is as good as `Bearer <key>`.
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, key)| key.trim_start_matches(' '));
     // Compare without an early exit so the time taken does not tell how much of a guess was right.
     let ok = given.is_some_and(|g| {
         g.len() == key.len()

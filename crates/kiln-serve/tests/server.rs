@@ -807,6 +807,14 @@ fn the_api_key_guards_the_api_but_not_health_or_the_page() {
         call(a, "POST", "/v1/chat/completions", &h, body.as_bytes()).status,
         200
     );
+    // The scheme's case does not matter (RFC 7235).
+    for auth in ["bearer sekrit", "BEARER sekrit"] {
+        assert_eq!(
+            call(a, "GET", "/v1/models", &[("Authorization", auth)], b"").status,
+            200,
+            "{auth}"
+        );
+    }
     assert_eq!(call(a, "GET", "/v1/models", &h, b"").status, 200);
     assert_eq!(get(a, "/health").status, 200);
     assert_eq!(get(a, "/").status, 200);
