@@ -315,7 +315,10 @@ fn attrs(attrs: &[u8]) -> Attrs<'_> {
             out.itemprop = Some(value);
         } else if name.eq_ignore_ascii_case(b"style") {
             out.style = Some(value);
-        } else if name.eq_ignore_ascii_case(b"hidden")
+        } else if (name.eq_ignore_ascii_case(b"hidden")
+            // `hidden="until-found"` is collapsed content the reader can expand and the
+            // browser's find-in-page reveals (Wikipedia's mobile sections): it is text.
+            && !value.eq_ignore_ascii_case(b"until-found"))
             || (name.eq_ignore_ascii_case(b"aria-hidden") && value.eq_ignore_ascii_case(b"true"))
         {
             out.hidden = true;
@@ -1008,6 +1011,15 @@ impl Sink for Extractor<'_> {
                 // Inside <pre>, class names are syntax highlighting (`hljs-comment`,
                 // `token comment`), not page structure.
                 mark = Self::mark(name, &a);
+                // A <header> inside an article or main region is that content's own header
+                // (its title, byline), not the page's banner.
+                if name == "header"
+                    && mark == Mark::Boilerplate
+                    && a.class.is_none_or(|c| !is_boilerplate_attr(c))
+                    && self.stack.iter().any(|o| o.mark == Mark::Main)
+                {
+                    mark = Mark::None;
+                }
             }
         }
         if !self.state.hard_skip && block {
@@ -1700,6 +1712,23 @@ mod tests {
             started.elapsed() < std::time::Duration::from_secs(10),
             "{:?}",
             started.elapsed()
+        );
+    }
+
+    #[test]
+    fn an_article_header_is_content_and_until_found_is_not_hidden() {
+        let body = "The committee met for three hours and agreed on a plan.";
+        assert_eq!(
+            ex(&format!(
+                r#"<header><a href="/">Site</a> banner</header><article><header class="entry-header"><h1>Ten years</h1><p class="byline">by Ana</p></header><p>{body}</p></article>"#
+            )),
+            format!("Ten years\nby Ana\n{body}")
+        );
+        assert_eq!(
+            ex(
+                r#"<p>One.</p><div hidden="until-found"><p>Collapsed section.</p></div><p hidden>Gone.</p>"#
+            ),
+            "One.\nCollapsed section."
         );
     }
 
