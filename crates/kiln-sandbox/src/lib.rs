@@ -577,7 +577,7 @@ fn traceback_tail(stderr: &str, exit: Option<i32>) -> String {
         match line.char_indices().nth(LINE_CHARS) {
             Some((at, _)) => {
                 out.push_str(&line[..at]);
-                out.push_str("…");
+                out.push('…');
             }
             None => out.push_str(&line),
         }
