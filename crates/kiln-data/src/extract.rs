@@ -687,8 +687,6 @@ struct Open {
     holds_prose: bool,
     /// For `<a>`: text was written in it outside any block inside it.
     inline_text: bool,
-    /// A boilerplate-marked element was open when this one opened.
-    in_boilerplate: bool,
 }
 
 /// A closed element's range of the output text and how many of its bytes were link text.
@@ -725,11 +723,6 @@ struct Extractor<'c> {
     /// Bytes of the output written inside `<a>`.
     link_bytes: usize,
     mains: Vec<Span>,
-    /// Main-marked regions opened inside a boilerplate-marked block: comments and related
-    /// posts written as `<article>`s in `#comments` or `<aside class="related">`.
-    mains_in_boilerplate: Vec<Span>,
-    /// How many boilerplate-marked elements are open.
-    open_boilerplate: usize,
     boilerplate: Vec<Span>,
     /// Blocks whose text is mostly link text (menus, link lists, tag clouds, related stories).
     link_blocks: Vec<Span>,
@@ -744,9 +737,6 @@ struct State {
 
 impl Extractor<'_> {
     fn close(&mut self, open: Open) {
-        if open.mark == Mark::Boilerplate {
-            self.open_boilerplate -= 1;
-        }
         match open.name.as_str() {
             "pre" => self.pre_depth = self.pre_depth.saturating_sub(1),
             "a" => self.link_depth = self.link_depth.saturating_sub(1),
@@ -768,7 +758,6 @@ impl Extractor<'_> {
             return;
         }
         match open.mark {
-            Mark::Main if open.in_boilerplate => self.mains_in_boilerplate.push(span),
             Mark::Main => self.mains.push(span),
             Mark::Boilerplate => self.boilerplate.push(span),
             Mark::None => {}
@@ -1055,9 +1044,6 @@ impl Sink for Extractor<'_> {
                 self.out.pending_space = true;
             }
         }
-        if mark == Mark::Boilerplate {
-            self.open_boilerplate += 1;
-        }
         self.stack.push(Open {
             name: tag.name,
             before,
@@ -1067,7 +1053,6 @@ impl Sink for Extractor<'_> {
             links_at_open: self.link_bytes,
             holds_prose: false,
             inline_text: false,
-            in_boilerplate: self.open_boilerplate > 0,
         });
         false
     }
@@ -1134,8 +1119,6 @@ pub fn extract(html: &str, config: &ExtractConfig) -> Result<String, ExtractErro
         },
         link_bytes: 0,
         mains: Vec::new(),
-        mains_in_boilerplate: Vec::new(),
-        open_boilerplate: 0,
         boilerplate: Vec::new(),
         link_blocks: Vec::new(),
     };
@@ -1249,20 +1232,17 @@ fn kept_ranges(ranges: &[(usize, usize)], pieces: &[(usize, usize, usize)]) -> V
 
 /// The marked main regions that hold the page's content: the largest, and every other that is
 /// not mostly link text. Those are teaser cards (an `<article>` per related or trending story)
-/// and do not make their surroundings content. A region inside a boilerplate block (a comment
-/// or related post written as `<article>`) counts only when it is the largest: then it is the
-/// content under a boilerplate-looking wrapper.
+/// and do not make their surroundings content.
 ///
 /// Tried and dropped: also leaving out regions under a fifth of the largest one's text. It gave
 /// +0.001 F1 on readability-pages dev and −0.03 on held-out (2026-12-03).
-fn main_regions(marked: &[Span], in_boilerplate: &[Span]) -> Vec<Span> {
-    let Some(largest) = marked.iter().chain(in_boilerplate).map(Span::len).max() else {
+fn main_regions(marked: &[Span]) -> Vec<Span> {
+    let Some(largest) = marked.iter().map(Span::len).max() else {
         return Vec::new();
     };
     marked
         .iter()
         .filter(|m| m.len() == largest || (m.links as f64) <= LINK_DENSITY_MAX * m.len() as f64)
-        .chain(in_boilerplate.iter().filter(|m| m.len() == largest))
         .copied()
         .collect()
 }
@@ -1307,7 +1287,7 @@ fn dropped_ranges(ex: &Extractor<'_>, config: &ExtractConfig) -> Vec<(usize, usi
     let total = ex.out.text.len();
     let mut dropped: Vec<(usize, usize)> = Vec::new();
     let mains: Vec<Span> = if config.prefer_main {
-        main_regions(&ex.mains, &ex.mains_in_boilerplate)
+        main_regions(&ex.mains)
     } else {
         Vec::new()
     };
@@ -1750,23 +1730,6 @@ mod tests {
             ),
             "One.\nCollapsed section."
         );
-    }
-
-    #[test]
-    fn comments_and_related_posts_written_as_articles_go_with_their_block() {
-        let post =
-            "We drove the ring road in nine days and saw more waterfalls than we could count.";
-        let html = format!(
-            r#"<main><article><h1>Our trip</h1><p>{post}</p></article>
-            <div id="comments"><h2>2 thoughts</h2><ol><li><article class="comment-body"><p>Lovely photos, which camera did you use?</p></article></li></ol></div></main>
-            <aside class="related-posts"><h3>You may also like</h3><article><h4><a href="/a">Tomatoes</a></h4><p>Tomatoes need six hours of sun a day.</p></article></aside>"#
-        );
-        assert_eq!(ex(&html), format!("Our trip\n{post}"));
-        // The page's only article inside a boilerplate-looking wrapper is still the content.
-        let html = format!(
-            r#"<div class="widget Blog"><article><p>{post}</p></article></div><nav>Menu</nav>"#
-        );
-        assert_eq!(ex(&html), post);
     }
 
     #[test]
