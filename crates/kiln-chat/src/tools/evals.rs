@@ -114,6 +114,15 @@ fn lists_source(output: &str, source: &str) -> bool {
         .any(|l| l.starts_with('[') && l.split_whitespace().nth(1) == Some(source))
 }
 
+/// What the calls of one tool sent (`input_of` picks the call segments and their text).
+fn call_inputs(segments: &[Segment], input_of: fn(&Segment) -> Option<&String>) -> Vec<&str> {
+    segments
+        .iter()
+        .filter_map(input_of)
+        .map(String::as_str)
+        .collect()
+}
+
 /// The outputs of the calls of one tool in a turn: `is_call` picks the call segments, and each
 /// call's output is the segment right after it.
 fn call_outputs(segments: &[Segment], is_call: fn(&Segment) -> bool) -> Vec<&str> {
@@ -158,13 +167,10 @@ pub fn run_tool_evals<B: Backend>(
             &r,
             &p.answer,
         );
-        let programs: Vec<&str> = segments
-            .iter()
-            .filter_map(|x| match x {
-                Segment::Python(c) => Some(c.as_str()),
-                _ => None,
-            })
-            .collect();
+        let programs = call_inputs(&segments, |x| match x {
+            Segment::Python(c) => Some(c),
+            _ => None,
+        });
         let outputs = call_outputs(&segments, |x| matches!(x, Segment::Python(_)));
         let printed = outputs
             .iter()
@@ -201,13 +207,10 @@ pub fn run_tool_evals<B: Backend>(
             &r,
             &q.answer,
         );
-        let queries: Vec<&str> = segments
-            .iter()
-            .filter_map(|x| match x {
-                Segment::Search(c) => Some(c.as_str()),
-                _ => None,
-            })
-            .collect();
+        let queries = call_inputs(&segments, |x| match x {
+            Segment::Search(c) => Some(c),
+            _ => None,
+        });
         let source = FactWorld::source_of(&q.place);
         let found = call_outputs(&segments, |x| matches!(x, Segment::Search(_)))
             .iter()
