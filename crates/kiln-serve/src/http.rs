@@ -191,13 +191,18 @@ async fn model(
 }
 
 fn model_object(app: &App) -> Value {
-    json!({
+    let mut m = json!({
         "id": app.name,
         "object": "model",
         "created": app.created,
         "owned_by": "kiln",
         "context_length": app.queue.capacity(),
-    })
+    });
+    if let Some(t) = app.model.tools() {
+        // kiln's extension: the tools chat replies may call (the page shows them).
+        m["kiln_tools"] = json!(t.names());
+    }
+    m
 }
 
 async fn chat(
@@ -333,6 +338,7 @@ async fn admit(
         n: req.n,
         logprobs: req.logprobs,
         penalties: req.penalties.clone(),
+        tools: endpoint == Endpoint::Chat && app.model.tools().is_some(),
         events: tx,
         accepted,
         deadline: accepted + app.timeout,
@@ -418,8 +424,31 @@ async fn whole(meta: Meta, n: usize, mut rx: UnboundedReceiver<Event>) -> Respon
     let mut text = vec![String::new(); n];
     let mut lps: Vec<Vec<TokenLogprob>> = (0..n).map(|_| Vec::new()).collect();
     let mut reasons = vec![FinishReason::Length; n];
+    let mut calls: Vec<Vec<Value>> = vec![Vec::new(); n];
     let (prompt_tokens, completion_tokens) = loop {
         match rx.recv().await {
+            Some(Event::ToolInput {
+                index,
+                call,
+                tool,
+                input,
+            }) => {
+                let list = &mut calls[index];
+                if list.len() <= call {
+                    list.push(json!({"tool": tool, "input": "", "output": null}));
+                }
+                let entry = &mut list[call]["input"];
+                *entry = json!(format!("{}{input}", entry.as_str().unwrap_or("")));
+            }
+            Some(Event::ToolOutput {
+                index,
+                call,
+                output,
+            }) => {
+                if let Some(c) = calls[index].get_mut(call) {
+                    c["output"] = json!(output);
+                }
+            }
             Some(Event::Delta {
                 index,
                 text: t,
@@ -441,12 +470,20 @@ async fn whole(meta: Meta, n: usize, mut rx: UnboundedReceiver<Event>) -> Respon
         .map(|i| {
             let reason = reasons[i].as_str();
             match meta.endpoint {
-                Endpoint::Chat => json!({
-                    "index": i,
-                    "message": {"role": "assistant", "content": text[i]},
-                    "logprobs": meta.logprobs.then(|| chat_logprobs(&lps[i])),
-                    "finish_reason": reason,
-                }),
+                Endpoint::Chat => {
+                    let mut message = json!({"role": "assistant", "content": text[i]});
+                    if !calls[i].is_empty() {
+                        // kiln's extension, apart from OpenAI's `tool_calls` (which ask the
+                        // client to run a function): calls the server ran, with their outputs.
+                        message["kiln_tool_calls"] = Value::Array(std::mem::take(&mut calls[i]));
+                    }
+                    json!({
+                        "index": i,
+                        "message": message,
+                        "logprobs": meta.logprobs.then(|| chat_logprobs(&lps[i])),
+                        "finish_reason": reason,
+                    })
+                }
                 Endpoint::Completions => json!({
                     "index": i,
                     "text": text[i],
@@ -479,6 +516,18 @@ impl Streaming {
             c["usage"] = Value::Null;
         }
         SseEvent::default().data(c.to_string())
+    }
+
+    /// A chunk whose delta is kiln's `kiln_tool_call` extension (the first chunk of a choice also
+    /// says who speaks).
+    fn tool_chunk(&mut self, index: usize, call: Value) -> SseEvent {
+        let mut delta = json!({"kiln_tool_call": call});
+        if !self.started[index] {
+            self.started[index] = true;
+            delta["role"] = json!("assistant");
+            delta["content"] = json!("");
+        }
+        self.chunk(json!({"index": index, "delta": delta, "logprobs": null, "finish_reason": null}))
     }
 
     /// The SSE events for one scheduler event (none, one or several).
@@ -517,6 +566,25 @@ impl Streaming {
                 self.offsets[index] += text.chars().count();
                 vec![self.chunk(choice)]
             }
+            Some(Event::ToolInput {
+                index,
+                call,
+                tool,
+                input,
+            }) => {
+                // The first piece of a call names its tool; later ones add to its input.
+                let call = if input.is_empty() {
+                    json!({"index": call, "tool": tool, "input": ""})
+                } else {
+                    json!({"index": call, "input": input})
+                };
+                vec![self.tool_chunk(index, call)]
+            }
+            Some(Event::ToolOutput {
+                index,
+                call,
+                output,
+            }) => vec![self.tool_chunk(index, json!({"index": call, "output": output}))],
             Some(Event::Finish { index, reason }) => {
                 let mut out = Vec::new();
                 // A reply that ends before its first token still says who speaks: clients build

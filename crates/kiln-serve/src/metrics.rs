@@ -39,6 +39,8 @@ pub struct Metrics {
     /// Prompt tokens whose cache a slot already held from an earlier request (not recomputed).
     pub cached_prompt_tokens: AtomicU64,
     pub generated_tokens: AtomicU64,
+    /// Tool calls the served model made (`kiln serve --tools`), refused ones included.
+    pub tool_calls: AtomicU64,
     /// Requests accepted but not yet given a slot.
     pub queue_depth: AtomicU64,
     pub busy_slots: AtomicU64,
@@ -95,6 +97,11 @@ impl Metrics {
                 "kiln_generated_tokens_total",
                 "Tokens generated.",
                 &self.generated_tokens,
+            ),
+            (
+                "kiln_tool_calls_total",
+                "Tool calls the model made (kiln serve --tools), refused ones included.",
+                &self.tool_calls,
             ),
         ];
         for (name, help, v) in counters {

@@ -3,8 +3,13 @@
 //! side uses it to turn requests into prompt ids and ids back into bytes; the scheduler uses it
 //! only through [`make_decoder`].
 
+use std::sync::Arc;
+
 use kiln_chat::format::{render_for_completion, ChatTokens, Conversation, Message, Role};
 use kiln_chat::gguf_model::GgufChatModel;
+use kiln_chat::tools::lessons::TOOLS_SYSTEM;
+use kiln_chat::tools::runtime::{ToolTokens, TurnLimits};
+use kiln_chat::tools::toolbox::ToolBox;
 use kiln_engine::llama::LlamaBatch;
 use kiln_engine::{BatchDecoder, BatchedDecoder, CpuBackend, EngineError, Model};
 use kiln_tokenizer::Tokenizer;
@@ -45,20 +50,120 @@ impl PromptError {
 #[allow(clippy::large_enum_variant)]
 pub enum ServedModel {
     /// A kiln checkpoint on the cpu and its tokenizer; `chat` is `None` when the tokenizer has no
-    /// chat tokens (a base model: completions only).
+    /// chat tokens (a base model: completions only); `tools` when chat replies may call tools.
     Kiln {
         model: Model<CpuBackend>,
         tok: Tokenizer,
         chat: Option<ChatTokens>,
+        tools: Option<ServedTools>,
     },
     Gguf(GgufChatModel),
+}
+
+/// The tools a kiln checkpoint's chat replies may call (`kiln serve --tools`): the scheduler runs
+/// a call when the model closes it and feeds the output back, as `kiln chat --tools` does.
+pub struct ServedTools {
+    /// Shared with the threads that run calls (the sandbox and the index are read-only).
+    pub toolbox: Arc<ToolBox>,
+    pub tokens: ToolTokens,
+    /// Calls per reply, characters of one output, and the reply's time for tools
+    /// (`max_new_tokens` is the request's `max_tokens` instead).
+    pub limits: TurnLimits,
+}
+
+impl ServedTools {
+    /// The tool names the server offers, as `/v1/models` lists them.
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut names = Vec::new();
+        if self.toolbox.code.is_some() {
+            names.push("code");
+        }
+        if self.toolbox.search.is_some() {
+            names.push("search");
+        }
+        names
+    }
 }
 
 impl ServedModel {
     /// A kiln checkpoint's model and tokenizer.
     pub fn kiln(model: Model<CpuBackend>, tok: Tokenizer) -> ServedModel {
         let chat = ChatTokens::from_codec(&tok).ok();
-        ServedModel::Kiln { model, tok, chat }
+        ServedModel::Kiln {
+            model,
+            tok,
+            chat,
+            tools: None,
+        }
+    }
+
+    /// This model with `toolbox`'s tools in its chat replies; the conversation's system text
+    /// then starts with the line the tool lessons were trained under ([`TOOLS_SYSTEM`]). Fails
+    /// for a model that was not trained on kiln's tool tokens (a GGUF model, a base checkpoint)
+    /// or a tokenizer that lacks a tool the box enables.
+    pub fn with_tools(self, toolbox: ToolBox) -> Result<ServedModel, String> {
+        let ServedModel::Kiln {
+            model,
+            tok,
+            chat,
+            tools: _,
+        } = self
+        else {
+            return Err(
+                "released (GGUF) models were not trained on kiln's tool tokens; serve a kiln \
+                 checkpoint to use tools"
+                    .into(),
+            );
+        };
+        let tokens = chat.as_ref().and_then(ToolTokens::from_chat).ok_or(
+            "this checkpoint's tokenizer has no tool tokens (<|output_start|>, <|output_end|>): \
+             a base model cannot call tools",
+        )?;
+        if toolbox.code.is_some() && tokens.python.is_none() {
+            return Err(
+                "the tokenizer has no <|python_start|>/<|python_end|>: no code tool".into(),
+            );
+        }
+        if toolbox.search.is_some() && tokens.search.is_none() {
+            return Err(
+                "the tokenizer has no <|search_start|>/<|search_end|>: no search tool".into(),
+            );
+        }
+        Ok(ServedModel::Kiln {
+            model,
+            tok,
+            chat,
+            tools: Some(ServedTools {
+                toolbox: Arc::new(toolbox),
+                tokens,
+                limits: TurnLimits::default(),
+            }),
+        })
+    }
+
+    /// The tools chat replies may call, if any.
+    pub fn tools(&self) -> Option<&ServedTools> {
+        match self {
+            ServedModel::Kiln { tools, .. } => tools.as_ref(),
+            ServedModel::Gguf(_) => None,
+        }
+    }
+
+    /// The text of a tool call's ids (what the model wrote between the call's tokens).
+    pub fn call_text(&self, ids: &[u32]) -> String {
+        match self {
+            ServedModel::Kiln { tok, .. } => kiln_chat::format::Codec::decode_text(tok, ids),
+            ServedModel::Gguf(m) => String::from_utf8_lossy(&m.tok.decode_bytes(ids)).into_owned(),
+        }
+    }
+
+    /// The forced ids of a tool's output (`<|output_start|> output <|output_end|>`); empty for a
+    /// model without tools.
+    pub fn output_ids(&self, output: &str) -> Vec<u32> {
+        match (self, self.tools()) {
+            (ServedModel::Kiln { tok, .. }, Some(t)) => t.tokens.output_ids(tok, output),
+            _ => Vec::new(),
+        }
     }
 
     /// Longest sequence (prompt + reply) the model was built for.
@@ -163,13 +268,23 @@ impl ServedModel {
     /// Prompt ids of a conversation, ending with the assistant's turn opened.
     pub fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, PromptError> {
         match self {
-            ServedModel::Kiln { tok, chat, .. } => {
+            ServedModel::Kiln {
+                tok, chat, tools, ..
+            } => {
                 let chat = chat.as_ref().ok_or_else(|| {
                     PromptError::messages(
                         "this model's tokenizer has no chat tokens (a base model): use /v1/completions",
                     )
                 })?;
-                let conv = kiln_conversation(messages)?;
+                let mut conv = kiln_conversation(messages)?;
+                if tools.is_some() {
+                    // As `kiln chat --tools`: the lessons' line first, the client's system text
+                    // after it.
+                    conv.system = Some(match conv.system.take() {
+                        Some(s) => format!("{TOOLS_SYSTEM}\n{s}"),
+                        None => TOOLS_SYSTEM.to_string(),
+                    });
+                }
                 render_for_completion(&conv, tok, chat)
                     .map_err(|e| PromptError::messages(e.to_string()))
             }

@@ -11,7 +11,16 @@
 //! 3. **step**: one decode step for all sequences still running, each at its own position;
 //!
 //! so requests join and leave the batch between steps, and a finished, cancelled (the client's
-//! receiver is gone) or timed-out request frees its slots at once. The thread never blocks on a
+//! receiver is gone) or timed-out request frees its slots at once.
+//!
+//! **Tools** (a kiln checkpoint served with `--tools`): when a chat reply's sampled token closes
+//! a tool call, that sequence leaves the batch and the call runs on a thread of its own (a
+//! sandboxed program may take seconds; the other sequences keep stepping). Its output comes back
+//! on a channel; the closing token and `<|output_start|> output <|output_end|>` are prefilled
+//! into the sequence's slot on top of the cache it holds (`prefill_reusing`, as RL rollouts do),
+//! and the sequence rejoins the batch. Limits are kiln-chat's per-turn ones: calls, output
+//! length (cut and marked) and the reply's time for tools; a call past them gets an error line
+//! the model reads, as does a call the model never closes. The thread never blocks on a
 //! client: events go out on unbounded channels, and a slow reader only costs memory for the text
 //! it has not read yet (bounded by `max_tokens`).
 //!
@@ -23,10 +32,11 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kiln_chat::tools::runtime::{call_output, CallStep, CallTracker, Tool, UNCLOSED_CALL};
 use kiln_engine::{sample_token, BatchDecoder, EngineError, Rng, SamplingParams};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -62,6 +72,8 @@ pub struct Job {
     pub logprobs: Option<usize>,
     /// Presence and frequency penalties and logit bias (all off by default).
     pub penalties: Penalties,
+    /// The reply may call the served model's tools (a chat request to a server with tools).
+    pub tools: bool,
     pub events: UnboundedSender<Event>,
     /// When the HTTP side accepted it (time to first token counts from here).
     pub accepted: Instant,
@@ -143,6 +155,19 @@ pub enum Event {
         index: usize,
         reason: FinishReason,
     },
+    /// Choice `index` opened its tool call number `call` (`input` empty) or wrote more of it.
+    ToolInput {
+        index: usize,
+        call: usize,
+        tool: &'static str,
+        input: String,
+    },
+    /// Tool call `call` of choice `index` returned `output`, which the model reads next.
+    ToolOutput {
+        index: usize,
+        call: usize,
+        output: String,
+    },
     /// Every choice has finished; the last event.
     Done {
         prompt_tokens: usize,
@@ -218,8 +243,13 @@ pub fn spawn(
                 }
             };
             m.slots.store(dec.slots() as u64, Relaxed);
+            let (tool_tx, tool_rx) = std::sync::mpsc::channel();
             Scheduler {
                 model: &model,
+                shared: model.clone(),
+                tool_tx,
+                tool_rx,
+                next_serial: 0,
                 dec: dec.as_mut(),
                 metrics: &m,
                 free: (0..slots).rev().collect(),
@@ -346,9 +376,74 @@ struct Seq {
     counts: HashMap<u32, u32>,
     text: TextOut,
     done: bool,
+    /// With tools: the reply's ids, sampled and forced (a call's text is read from them).
+    reply: Vec<u32>,
+    /// Where the reply stands with tool calls.
+    call: CallTracker,
+    /// Calls closed so far (the next call's number).
+    calls: usize,
+    /// The text of the call being written, decoded as it streams.
+    input: TextOut,
+    /// A tool is running for this sequence: it sits out the steps until its output is fed.
+    waiting: bool,
 }
 
+impl Seq {
+    fn new(index: usize, slot: usize, seed: u64, logits: Vec<f32>) -> Seq {
+        Seq {
+            index,
+            slot,
+            rng: Rng::new(seed),
+            logits,
+            generated: 0,
+            counts: HashMap::new(),
+            text: TextOut::default(),
+            done: false,
+            reply: Vec::new(),
+            call: CallTracker::default(),
+            calls: 0,
+            input: TextOut::default(),
+            waiting: false,
+        }
+    }
+}
+
+/// A tool call's result, sent back by the thread that ran it.
+struct ToolDone {
+    /// [`Running::serial`] of the request (it may have ended meanwhile).
+    serial: u64,
+    seq: usize,
+    call: usize,
+    output: String,
+    /// What the model reads: the output's forced ids.
+    forced: Vec<u32>,
+}
+
+/// A tool call to start once the step's sampling is over.
+struct CallToRun {
+    serial: u64,
+    seq: usize,
+    call: usize,
+    tool: Tool,
+    input: String,
+    /// When the request was admitted (the reply's time for tools counts from here).
+    since: Instant,
+}
+
+fn tool_name(tool: Tool) -> &'static str {
+    match tool {
+        Tool::Code => "code",
+        Tool::Search => "search",
+    }
+}
+
+/// What the client reads for a call closed by the reply's last allowed token.
+const NOT_RUN: &str = "error: the reply reached its length limit before the tool ran\n";
+
 struct Running {
+    /// Tells this request's tool results from a later request's in the same slot.
+    serial: u64,
+    admitted: Instant,
     job: Job,
     seqs: Vec<Seq>,
     completion_tokens: usize,
@@ -359,6 +454,11 @@ struct Running {
 
 struct Scheduler<'a, 'm> {
     model: &'a ServedModel,
+    /// The same model, for the threads that run tool calls.
+    shared: Arc<ServedModel>,
+    tool_tx: Sender<ToolDone>,
+    tool_rx: Receiver<ToolDone>,
+    next_serial: u64,
     dec: &'a mut (dyn BatchDecoder + 'm),
     metrics: &'a Metrics,
     free: Vec<usize>,
@@ -373,6 +473,16 @@ impl Scheduler<'_, '_> {
         let mut head: Option<Job> = None;
         let mut open = true;
         loop {
+            // Tool outputs that came back: feed them, and the sequences rejoin the batch. When
+            // every running sequence waits for a tool, wait here a little (new requests are
+            // looked for in between) instead of spinning.
+            let mut results: Vec<ToolDone> = self.tool_rx.try_iter().collect();
+            if results.is_empty() && !self.active.is_empty() && !self.any_runnable() {
+                results.extend(self.tool_rx.recv_timeout(Duration::from_millis(5)));
+            }
+            for d in results {
+                rayon::scope(|_| self.guarded(|s| s.tool_done(d)));
+            }
             // Admit while there are free slots and this round's prefill budget lasts.
             let mut budget = PREFILL_BUDGET;
             while !self.free.is_empty() && budget > 0 {
@@ -534,18 +644,19 @@ impl Scheduler<'_, '_> {
         let seqs = slots
             .into_iter()
             .enumerate()
-            .map(|(index, slot)| Seq {
-                index,
-                slot,
-                rng: Rng::new(job.seed.wrapping_add(index as u64)),
-                logits: logits.clone(),
-                generated: 0,
-                counts: HashMap::new(),
-                text: TextOut::default(),
-                done: false,
+            .map(|(index, slot)| {
+                Seq::new(
+                    index,
+                    slot,
+                    job.seed.wrapping_add(index as u64),
+                    logits.clone(),
+                )
             })
             .collect();
+        self.next_serial += 1;
         self.active.push(Running {
+            serial: self.next_serial,
+            admitted: Instant::now(),
             job,
             seqs,
             completion_tokens: 0,
@@ -563,6 +674,7 @@ impl Scheduler<'_, '_> {
         // (request, sequence) of each batch row.
         let mut owners = Vec::new();
         let mut freed = Vec::new();
+        let mut calls = Vec::new();
         let mut generated = 0u64;
         for (ri, r) in self.active.iter_mut().enumerate() {
             if r.job.events.is_closed() {
@@ -574,20 +686,26 @@ impl Scheduler<'_, '_> {
                 r.ended = Some((Outcome::Timeout, Some(ApiError::timeout(secs))));
                 continue;
             }
+            let tools = self.model.tools().filter(|_| r.job.tools);
             for (si, s) in r.seqs.iter_mut().enumerate() {
-                if s.done {
+                if s.done || s.waiting {
                     continue;
                 }
                 if !r.job.penalties.is_off() {
                     r.job.penalties.apply(&mut s.logits, &s.counts);
                 }
                 let tok = sample_token(&s.logits, &r.job.sampling, &mut s.rng);
+                let send = |ev: Event| {
+                    let _ = r.job.events.send(ev);
+                };
                 let mut finish = None;
+                // The call this token closes: it runs before the sequence goes on.
+                let mut closes = None;
                 if r.job.stop_ids.contains(&tok) {
                     finish = Some(FinishReason::Stop);
                     let rest = s.text.flush();
                     if !rest.is_empty() {
-                        let _ = r.job.events.send(Event::Delta {
+                        send(Event::Delta {
                             index: s.index,
                             text: rest,
                             logprobs: None,
@@ -609,30 +727,113 @@ impl Scheduler<'_, '_> {
                         .job
                         .logprobs
                         .map(|k| logprob(self.model, &s.logits, tok, k));
-                    let (mut text, hit) = s.text.push(&self.model.text_bytes(tok), &r.job.stop);
-                    if hit {
-                        finish = Some(FinishReason::Stop);
-                    } else if s.generated >= r.job.max_tokens || self.dec.len(s.slot) + 1 > capacity
+                    let mut text = String::new();
+                    let mut in_call = false;
+                    if let Some(t) = tools {
+                        s.reply.push(tok);
+                        let step = s.call.push(&t.tokens, &s.reply);
+                        let opened = matches!(step, CallStep::Opened(_));
+                        let (tool, piece) = match step {
+                            CallStep::Text => (None, String::new()),
+                            CallStep::Opened(tool) => {
+                                // The text before the call goes out whole, ahead of the call:
+                                // the call breaks any stop string it might have begun.
+                                let before = s.text.flush();
+                                if !before.is_empty() {
+                                    send(Event::Delta {
+                                        index: s.index,
+                                        text: before,
+                                        logprobs: None,
+                                    });
+                                }
+                                (Some(tool), String::new())
+                            }
+                            CallStep::Inside(tool) => {
+                                let bytes = self.model.text_bytes(tok);
+                                (Some(tool), s.input.push(&bytes, &[]).0)
+                            }
+                            CallStep::Closed(tool, range) => {
+                                let input = self.model.call_text(&s.reply[range]);
+                                closes = Some((tool, input, s.calls));
+                                (Some(tool), s.input.flush())
+                            }
+                        };
+                        if let Some(tool) = tool {
+                            in_call = true;
+                            // A call's first event (its opening id) has an empty piece; later
+                            // ones carry text.
+                            if opened || !piece.is_empty() {
+                                send(Event::ToolInput {
+                                    index: s.index,
+                                    call: s.calls,
+                                    tool: tool_name(tool),
+                                    input: piece,
+                                });
+                            }
+                            if closes.is_some() {
+                                s.calls += 1;
+                            }
+                        }
+                    }
+                    if !in_call {
+                        let (t, hit) = s.text.push(&self.model.text_bytes(tok), &r.job.stop);
+                        text = t;
+                        if hit {
+                            finish = Some(FinishReason::Stop);
+                        }
+                    }
+                    if finish.is_none()
+                        && (s.generated >= r.job.max_tokens || self.dec.len(s.slot) + 1 > capacity)
                     {
                         finish = Some(FinishReason::Length);
                         text.push_str(&s.text.flush());
                     }
-                    let _ = r.job.events.send(Event::Delta {
-                        index: s.index,
-                        text,
-                        logprobs: lp,
-                    });
+                    if !text.is_empty() || lp.is_some() || !in_call {
+                        send(Event::Delta {
+                            index: s.index,
+                            text,
+                            logprobs: lp,
+                        });
+                    }
                 }
-                match finish {
-                    Some(reason) => {
+                if finish.is_some() {
+                    // A call the reply ends inside, or closes with its last token, never runs;
+                    // the client still learns what became of it.
+                    let unrun = if s.call.unclosed().is_some() {
+                        s.calls += 1;
+                        Some((s.calls - 1, UNCLOSED_CALL))
+                    } else {
+                        closes.take().map(|(_, _, call)| (call, NOT_RUN))
+                    };
+                    if let Some((call, output)) = unrun {
+                        send(Event::ToolOutput {
+                            index: s.index,
+                            call,
+                            output: output.into(),
+                        });
+                    }
+                }
+                match (finish, closes) {
+                    (Some(reason), _) => {
                         s.done = true;
                         freed.push(s.slot);
-                        let _ = r.job.events.send(Event::Finish {
+                        send(Event::Finish {
                             index: s.index,
                             reason,
                         });
                     }
-                    None => {
+                    (None, Some((tool, input, call))) => {
+                        s.waiting = true;
+                        calls.push(CallToRun {
+                            serial: r.serial,
+                            seq: si,
+                            call,
+                            tool,
+                            input,
+                            since: r.admitted,
+                        });
+                    }
+                    (None, None) => {
                         batch_slots.push(s.slot);
                         batch_tokens.push(tok);
                         owners.push((ri, si));
@@ -643,6 +844,9 @@ impl Scheduler<'_, '_> {
         self.metrics.generated_tokens.fetch_add(generated, Relaxed);
         for s in freed {
             self.release(s);
+        }
+        for c in calls {
+            self.start_call(c);
         }
         if !batch_slots.is_empty() {
             match self.dec.step(&batch_slots, &batch_tokens) {
@@ -675,6 +879,149 @@ impl Scheduler<'_, '_> {
             }
         }
         self.retire();
+    }
+
+    /// Whether some running sequence can be sampled (not every one waits for a tool), or a
+    /// request has ended and is waiting to be retired.
+    fn any_runnable(&self) -> bool {
+        self.active
+            .iter()
+            .any(|r| r.ended.is_some() || r.seqs.iter().any(|s| !s.done && !s.waiting))
+    }
+
+    /// Starts a tool call on a thread of its own; its result comes back through `tool_rx`. A call
+    /// over the reply's limits (calls, time) is answered at once with the error the model reads.
+    fn start_call(&mut self, c: CallToRun) {
+        let Some(tools) = self.model.tools() else {
+            return; // a job only has tools when the model does
+        };
+        let limits = tools.limits;
+        self.metrics.tool_calls.fetch_add(1, Relaxed);
+        let done = |output: String, forced: Vec<u32>| ToolDone {
+            serial: c.serial,
+            seq: c.seq,
+            call: c.call,
+            output,
+            forced,
+        };
+        let refusal = if c.call >= limits.max_calls {
+            // call_output words the over-the-limit answer without running anything.
+            Some(call_output(
+                &mut &*tools.toolbox,
+                c.tool,
+                &c.input,
+                c.call,
+                &limits,
+            ))
+        } else if c.since.elapsed() >= limits.wall {
+            Some(format!(
+                "error: this reply's time for tools ({} s) is up\n",
+                limits.wall.as_secs()
+            ))
+        } else {
+            None
+        };
+        if let Some(output) = refusal {
+            let forced = self.model.output_ids(&output);
+            let _ = self.tool_tx.send(done(output, forced));
+            return;
+        }
+        let model = self.shared.clone();
+        let tx = self.tool_tx.clone();
+        let (serial, seq, call, tool, input) = (c.serial, c.seq, c.call, c.tool, c.input);
+        let spawned = std::thread::Builder::new()
+            .name("kiln-tool".into())
+            .spawn(move || {
+                let Some(tools) = model.tools() else { return };
+                // The sandbox turns a program's every failure into text; a panic here would be
+                // kiln's bug, and it must not leave the sequence waiting for ever.
+                let output = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    call_output(&mut &*tools.toolbox, tool, &input, call, &tools.limits)
+                }))
+                .unwrap_or_else(|_| "error: the tool failed\n".into());
+                let forced = model.output_ids(&output);
+                let _ = tx.send(ToolDone {
+                    serial,
+                    seq,
+                    call,
+                    output,
+                    forced,
+                });
+            });
+        if let Err(e) = spawned {
+            let output = format!("error: the tool could not start ({e})\n");
+            let forced = self.model.output_ids(&output);
+            let _ = self.tool_tx.send(ToolDone {
+                serial,
+                seq,
+                call,
+                output,
+                forced,
+            });
+        }
+    }
+
+    /// A tool's output for a waiting sequence: the closing id and the output join its slot's
+    /// cache in one prefill on top of what the slot holds, and the sequence rejoins the batch. A
+    /// result for a request that has ended meanwhile is dropped.
+    fn tool_done(&mut self, d: ToolDone) {
+        let Some(ri) = self.active.iter().position(|r| r.serial == d.serial) else {
+            return;
+        };
+        let r = &mut self.active[ri];
+        let Some(s) = r.seqs.get_mut(d.seq).filter(|s| s.waiting && !s.done) else {
+            return;
+        };
+        if r.ended.is_some() {
+            return;
+        }
+        s.waiting = false;
+        let _ = r.job.events.send(Event::ToolOutput {
+            index: s.index,
+            call: d.call,
+            output: d.output,
+        });
+        let slot = s.slot;
+        let close = *s
+            .reply
+            .last()
+            .expect("a waiting sequence sampled its closing id");
+        let held = &self.held[slot];
+        let mut context = Vec::with_capacity(held.len() + 1 + d.forced.len());
+        context.extend_from_slice(held);
+        context.push(close);
+        context.extend_from_slice(&d.forced);
+        // One more position for the token sampled after the output.
+        if context.len() + 1 > self.dec.capacity() {
+            s.done = true;
+            let _ = r.job.events.send(Event::Finish {
+                index: s.index,
+                reason: FinishReason::Length,
+            });
+            self.release(slot);
+            self.retire();
+            return;
+        }
+        let keep = held.len();
+        match self.dec.prefill_reusing(slot, keep, &context) {
+            Ok(logits) => {
+                let s = &mut self.active[ri].seqs[d.seq];
+                s.logits = logits;
+                s.reply.extend_from_slice(&d.forced);
+                self.held[slot] = context;
+            }
+            Err(e) => {
+                tracing::error!("feeding a tool output failed: {e}");
+                self.held[slot].clear();
+                self.dec.clear(slot);
+                let r = &mut self.active[ri];
+                r.ended = Some((
+                    Outcome::Failed,
+                    Some(ApiError::internal(format!("engine: {e}"))),
+                ));
+                self.retire();
+            }
+        }
     }
 
     /// Requests that are done or ended leave the batch; their slots are free at once.

@@ -144,6 +144,65 @@ impl ToolTokens {
     }
 }
 
+/// Where a reply stands with tool calls, token by token: the one state machine that
+/// [`run_turn`], RL's batched rollouts and the server's scheduler share. Feed it each id as it
+/// joins the reply; it says when a call opens and, on the call's closing id, which ids hold the
+/// call's text.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallTracker {
+    /// The open call: its tool, the id that closes it, where its text starts in the reply.
+    open: Option<(Tool, u32, usize)>,
+}
+
+/// What one id did to a reply's tool calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallStep {
+    /// Outside any call.
+    Text,
+    /// It opened a call of this tool.
+    Opened(Tool),
+    /// Part of an open call's text.
+    Inside(Tool),
+    /// It closed a call; the call's text is `reply[text]`.
+    Closed(Tool, std::ops::Range<usize>),
+}
+
+impl CallTracker {
+    /// `reply` ends with the id just sampled.
+    pub fn push(&mut self, tokens: &ToolTokens, reply: &[u32]) -> CallStep {
+        let Some(&id) = reply.last() else {
+            return CallStep::Text;
+        };
+        match self.open {
+            None => match tokens.opens(id) {
+                Some((tool, end)) => {
+                    self.open = Some((tool, end, reply.len()));
+                    CallStep::Opened(tool)
+                }
+                None => CallStep::Text,
+            },
+            Some((tool, end, from)) if id == end => {
+                self.open = None;
+                CallStep::Closed(tool, from..reply.len() - 1)
+            }
+            Some((tool, ..)) => CallStep::Inside(tool),
+        }
+    }
+
+    /// The call still open when a reply ends (never closed, so never run): its tool and where
+    /// its text starts in the reply.
+    pub fn unclosed(&mut self) -> Option<(Tool, usize)> {
+        self.open.take().map(|(tool, _, from)| (tool, from))
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.open.is_some()
+    }
+}
+
+/// What the model reads for a call it opened but never closed.
+pub const UNCLOSED_CALL: &str = "error: the tool call was not closed\n";
+
 /// Per-turn limits.
 #[derive(Debug, Clone, Copy)]
 pub struct TurnLimits {
@@ -229,8 +288,7 @@ pub fn run_turn_streaming<D: Decoder>(
         calls: Vec::new(),
         end: TurnEnd::MaxTokens,
     };
-    // The open call: its tool, closing token, and where its text starts in `ids`.
-    let mut open: Option<(Tool, u32, usize)> = None;
+    let mut calls = CallTracker::default();
     for _ in 0..limits.max_new_tokens {
         if decoder.room() == 0 {
             turn.end = TurnEnd::ContextFull;
@@ -244,49 +302,40 @@ pub fn run_turn_streaming<D: Decoder>(
         turn.ids.push(id);
         turn.forced.push(false);
         on_token(id, false);
-        match open {
-            None => {
-                if let Some((tool, e)) = tokens.opens(id) {
-                    open = Some((tool, e, turn.ids.len()));
-                }
+        if let CallStep::Closed(tool, text) = calls.push(tokens, &turn.ids) {
+            if started.elapsed() >= limits.wall {
+                turn.end = TurnEnd::WallTime;
+                return Ok(turn);
             }
-            Some((tool, end, from)) if id == end => {
-                open = None;
-                if started.elapsed() >= limits.wall {
-                    turn.end = TurnEnd::WallTime;
-                    return Ok(turn);
-                }
-                let input = codec.decode_text(&turn.ids[from..turn.ids.len() - 1]);
-                let output = call_output(tools, tool, &input, turn.calls.len(), limits);
-                let forced = tokens.output_ids(codec, &output);
-                if forced.len() > decoder.room() {
-                    turn.calls.push(ToolCall {
-                        tool,
-                        input,
-                        output,
-                    });
-                    turn.end = TurnEnd::ContextFull;
-                    return Ok(turn);
-                }
-                decoder.feed(&forced)?;
-                forced.iter().for_each(|&id| on_token(id, true));
-                turn.forced.extend(std::iter::repeat_n(true, forced.len()));
-                turn.ids.extend(forced);
+            let input = codec.decode_text(&turn.ids[text]);
+            let output = call_output(tools, tool, &input, turn.calls.len(), limits);
+            let forced = tokens.output_ids(codec, &output);
+            if forced.len() > decoder.room() {
                 turn.calls.push(ToolCall {
                     tool,
                     input,
                     output,
                 });
+                turn.end = TurnEnd::ContextFull;
+                return Ok(turn);
             }
-            Some(_) => {}
+            decoder.feed(&forced)?;
+            forced.iter().for_each(|&id| on_token(id, true));
+            turn.forced.extend(std::iter::repeat_n(true, forced.len()));
+            turn.ids.extend(forced);
+            turn.calls.push(ToolCall {
+                tool,
+                input,
+                output,
+            });
         }
     }
-    if let Some((tool, _, from)) = open {
+    if let Some((tool, from)) = calls.unclosed() {
         // An unterminated call is recorded (the model never closed it), not run.
         turn.calls.push(ToolCall {
             tool,
             input: codec.decode_text(&turn.ids[from..]),
-            output: "error: the tool call was not closed\n".into(),
+            output: UNCLOSED_CALL.into(),
         });
     }
     Ok(turn)

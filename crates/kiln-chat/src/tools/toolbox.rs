@@ -41,6 +41,13 @@ impl ToolRunner for ToolBox {
     }
 }
 
+/// A shared box runs calls too (its tools are read-only): a server's call threads share one.
+impl ToolRunner for &ToolBox {
+    fn run(&mut self, tool: Tool, input: &str) -> String {
+        self.answer(tool, input)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

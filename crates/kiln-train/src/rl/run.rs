@@ -24,7 +24,9 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln_chat::format::Codec;
 use kiln_chat::tasks::Score;
-use kiln_chat::tools::runtime::{call_output, Tool, ToolRunner, ToolTokens, TurnLimits};
+use kiln_chat::tools::runtime::{
+    call_output, CallStep, CallTracker, Tool, ToolRunner, ToolTokens, TurnLimits,
+};
 use kiln_engine::{
     load_checkpoint, resolve_checkpoint, sample_token, softmax_entropy, Backend, BatchDecoder,
     BatchedDecoder, CpuBackend, Model, OptimizerConfig, Rng, SamplingParams, Trainer,
@@ -318,9 +320,6 @@ pub fn rollouts<B: Backend>(
     Ok(all)
 }
 
-/// A row's open tool call: the tool, the id that closes it and where its text starts.
-type OpenCall = Option<(Tool, u32, usize)>;
-
 #[allow(clippy::too_many_arguments)]
 fn rollout_chunk<B: Backend>(
     model: &Model<B>,
@@ -361,7 +360,7 @@ fn rollout_chunk<B: Backend>(
         entropy: 0.0,
     };
     let mut done = vec![false; rows];
-    let mut open: Vec<OpenCall> = vec![None; rows];
+    let mut open = vec![CallTracker::default(); rows];
     let mut calls = vec![0usize; rows];
     // Calls closed at this step: (row, tool, input, calls the row made before).
     let mut pending: Vec<(usize, Tool, String, usize)> = Vec::new();
@@ -398,7 +397,12 @@ fn rollout_chunk<B: Backend>(
                 continue;
             }
             let call = match tools {
-                Some(t) => tool_call(t, &mut open[r], &out.ids[r], tok),
+                Some(t) => match open[r].push(&t.tokens, &out.ids[r]) {
+                    CallStep::Closed(tool, text) => {
+                        Some((tool, t.codec.decode_text(&out.ids[r][text])))
+                    }
+                    _ => None,
+                },
                 None => None,
             };
             match call {
@@ -451,24 +455,6 @@ fn rollout_chunk<B: Backend>(
         }
     }
     Ok(out)
-}
-
-/// The tool runtime's state machine for one rollout row after it sampled `tok` (already in
-/// `ids`): opens a call on a call's first id; on its closing id returns the call to run.
-fn tool_call(t: &RlTools, open: &mut OpenCall, ids: &[u32], tok: u32) -> Option<(Tool, String)> {
-    match *open {
-        None => {
-            if let Some((tool, end)) = t.tokens.opens(tok) {
-                *open = Some((tool, end, ids.len()));
-            }
-            None
-        }
-        Some((tool, end, from)) if tok == end => {
-            *open = None;
-            Some((tool, t.codec.decode_text(&ids[from..ids.len() - 1])))
-        }
-        Some(_) => None,
-    }
 }
 
 /// A shared tool function as the runtime's [`ToolRunner`].

@@ -63,9 +63,13 @@ pub enum ToolName {
     None,
 }
 
-/// The tools `--tools` asks for; `None` when it asks for none.
-fn toolbox(a: &ChatArgs) -> anyhow::Result<Option<ToolBox>> {
-    let wants = |t| a.tools.contains(&t);
+/// The tools `--tools` asks for, searching `index` (or the generated world); `None` when it asks
+/// for none. `kiln chat` and `kiln serve` share it.
+pub fn toolbox(
+    tools: &[ToolName],
+    index: Option<&std::path::Path>,
+) -> anyhow::Result<Option<ToolBox>> {
+    let wants = |t| tools.contains(&t);
     if !wants(ToolName::Code) && !wants(ToolName::Search) {
         return Ok(None);
     }
@@ -80,7 +84,7 @@ fn toolbox(a: &ChatArgs) -> anyhow::Result<Option<ToolBox>> {
         None
     };
     let search = if wants(ToolName::Search) {
-        Some(match &a.index {
+        Some(match index {
             Some(dir) => SearchIndex::load(dir)?,
             None => FactWorld::new(DEFAULT_PLACES, DEFAULT_WORLD_SEED).index([]),
         })
@@ -171,7 +175,7 @@ pub fn run(a: ChatArgs, threads: usize) -> anyhow::Result<()> {
     }
 
     let tokens = chat_tokens(&l.tok, &l.dir.display().to_string())?;
-    let mut tools = toolbox(&a)?;
+    let mut tools = toolbox(&a.tools, a.index.as_deref())?;
     let mut session = ChatSession::new(a.sampling.temperature, a.max_tokens, a.seed);
     session.sampling = sampling.clone();
     // With tools, the system message starts with the line the tool lessons were trained under;

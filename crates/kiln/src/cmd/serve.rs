@@ -49,6 +49,15 @@ pub struct ServeArgs {
     /// CPU threads for the model [default: all cores].
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Tools chat replies may call, run by the server as `kiln chat --tools` runs them: `code`
+    /// (sandboxed Python), `search`, both (`code,search`) or `none`. A kiln chat checkpoint only.
+    /// Calls and outputs come back in kiln's `kiln_tool_calls` field (see docs/cli.md).
+    #[arg(long, value_delimiter = ',', default_value = "none")]
+    pub tools: Vec<super::chat::ToolName>,
+    /// Search index folder (`kiln index build`) [default: the generated world of places the
+    /// `tool_search` SFT lessons teach on].
+    #[arg(long)]
+    pub index: Option<PathBuf>,
 }
 
 /// `MemAvailable` from /proc/meminfo, in bytes (None where there is no such file).
@@ -89,6 +98,12 @@ pub fn run(a: ServeArgs, threads: usize) -> anyhow::Result<()> {
                 .map_or(value.clone(), |s| s.to_string_lossy().into());
             (ServedModel::kiln(l.model, l.tok), name)
         }
+    };
+    let model = match super::chat::toolbox(&a.tools, a.index.as_deref())? {
+        Some(tb) => model
+            .with_tools(tb)
+            .map_err(|e| anyhow::anyhow!("--tools: {e}"))?,
+        None => model,
     };
     tracing::info!("loaded {value} in {:.2}s", t0.elapsed().as_secs_f64());
     let opts = ServeOptions {
