@@ -4,11 +4,15 @@
 Checks: the page loads and shows the model's name; a sent message streams tokens into the reply
 (the text grows while the page says it is streaming); Stop ends the stream (the text stops
 growing and the server counts a cancelled request); Markdown from a conversation stored in
-localStorage renders as elements while HTML and script in it stay inert text; the layout fits a
-phone-width window. Saves screenshots (desktop and phone) under --out, and the desktop one as
-docs/serve-page.png with --docs. Exits non-zero on any failure; prints `N passed, M failed`.
+localStorage renders as elements while HTML and script in it stay inert text, tool calls and their
+outputs included; the layout fits a phone-width window. With --tools-model (a kiln chat
+checkpoint), a second server runs it with `--tools code,search` and a question asked on the page
+must show the model's tool call and its output, streamed. Saves screenshots (desktop and phone)
+under --out, and the desktop ones as docs/serve-page.png (and docs/serve-page-tools.png) with
+--docs. Exits non-zero on any failure; prints `N passed, M failed`.
 
-usage: scripts/serve/page_test.py [--model smollm2-135m] [--out /tmp/kiln-serve-page] [--docs]
+usage: scripts/serve/page_test.py [--model smollm2-135m] [--tools-model runs/speedrun/sft]
+                                  [--out /tmp/kiln-serve-page] [--docs]
 needs: pip install selenium; apt-get install chromium chromium-driver
 """
 
@@ -61,6 +65,7 @@ def main():
     ap.add_argument("--threads", default="2")
     ap.add_argument("--out", default="/tmp/kiln-serve-page")
     ap.add_argument("--docs", action="store_true", help="also write docs/serve-page.png")
+    ap.add_argument("--tools-model", help="a kiln chat checkpoint to serve with --tools code,search")
     args = ap.parse_args()
     common.KILN = args.kiln
     os.makedirs(args.out, exist_ok=True)
@@ -162,6 +167,35 @@ def main():
         assert box.find_elements(By.CSS_SELECTOR, ".msg.user .body")[0].text == "<b>hi</b>"
 
     @check
+    def tool_calls_render_in_order_and_stay_text():
+        # A reply as `kiln serve --tools` streams it: text, a call with its output, more text.
+        parts = [{"text": "Let me check. "},
+                 {"tool": "code", "input": "print('<b>x</b>')", "output": "<img src=x onerror=\"window.__pwned=4\">\n"},
+                 {"text": "It printed a **tag**."}]
+        conv = {"id": "tools", "title": "Tools check", "system": "",
+                "messages": [{"role": "user", "content": "run it"},
+                             {"role": "assistant", "content": "Let me check. It printed a **tag**.",
+                              "parts": parts}]}
+        js("const s = JSON.parse(localStorage.getItem('kiln.chat.v1'));"
+           "s.convs.unshift(arguments[0]); s.current = 'tools';"
+           "localStorage.setItem('kiln.chat.v1', JSON.stringify(s));", conv)
+        d.refresh()
+        wait(lambda: find(By.ID, "model").text == args.model, 60, "reload")
+        box = find(By.ID, "messages")
+        assert js("return window.__pwned") is None, "script ran"
+        assert not box.find_elements(By.TAG_NAME, "img")
+        calls = box.find_elements(By.CSS_SELECTOR, ".msg.assistant .toolcall")
+        assert len(calls) == 1, len(calls)
+        assert calls[0].find_element(By.CSS_SELECTOR, ".label").text.lower() == "code"
+        assert calls[0].find_element(By.CSS_SELECTOR, "pre.input").text == "print('<b>x</b>')"
+        assert calls[0].find_element(By.CSS_SELECTOR, "pre.output").text.startswith("<img src=x")
+        body = box.find_elements(By.CSS_SELECTOR, ".msg.assistant .body")[0]
+        # text, call, text: in the order the reply came
+        kids = js("return Array.from(arguments[0].children).map(e => e.className || e.tagName)", body)
+        assert kids.index("toolcall") > 0 and kids.index("toolcall") < len(kids) - 1, kids
+        assert body.find_elements(By.TAG_NAME, "strong")[0].text == "tag"
+
+    @check
     def screenshot_desktop():
         # A real exchange for the picture: ask for code, so Markdown and a code block show.
         find(By.ID, "new").click()
@@ -186,6 +220,37 @@ def main():
             js("return document.getElementById('sidebar').getBoundingClientRect().right") <= 0
         assert find(By.ID, "send").is_displayed()
         d.save_screenshot(os.path.join(args.out, "serve-page-phone.png"))
+
+    if args.tools_model:
+        @check
+        def a_tool_call_streams_onto_the_page():
+            tsrv = common.Server(["--model", args.tools_model, "--tools", "code,search", "--parallel", "2",
+                                  "--threads", args.threads],
+                                 log_path=os.path.join(args.out, "server-tools.log"))
+            try:
+                d.set_window_size(1280, 860)
+                d.get(tsrv.url + "/")
+                wait(lambda: "tools: code, search" in find(By.ID, "model-badge").text, 60, "the tools badge")
+                find(By.ID, "new").click()
+                js("document.getElementById('temperature').value = 0;"
+                   "document.getElementById('temperature').dispatchEvent(new Event('input'));"
+                   "document.getElementById('max-tokens').value = 200;"
+                   "document.getElementById('max-tokens').dispatchEvent(new Event('input'));")
+                send("How many times does the letter r appear in the word strawberry?")
+                wait(lambda: not streaming() and reply_text(), 300, "the reply")
+                calls = d.find_elements(By.CSS_SELECTOR, ".msg.assistant .toolcall")
+                assert calls, "the model made no tool call: " + reply_text()
+                out = calls[0].find_element(By.CSS_SELECTOR, "pre.output").text
+                assert out, "the call has no output"
+                print("     call:", calls[0].find_element(By.CSS_SELECTOR, "pre.input").text.replace("\n", " | "),
+                      "->", out.replace("\n", " | "))
+                print("     reply:", reply_text().replace("\n", " | "))
+                path = os.path.join(args.out, "serve-page-tools.png")
+                d.save_screenshot(path)
+                if args.docs:
+                    shutil.copy(path, os.path.join(common.ROOT, "docs", "serve-page-tools.png"))
+            finally:
+                tsrv.stop()
 
     passed = failed = 0
     try:

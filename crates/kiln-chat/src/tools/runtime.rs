@@ -508,6 +508,37 @@ mod tests {
     }
 
     #[test]
+    fn the_call_tracker_marks_opening_inside_closing_and_unclosed_ids() {
+        let t = tokens();
+        let mut calls = CallTracker::default();
+        let mut reply = Vec::new();
+        let mut steps = Vec::new();
+        for id in [104, SEARCH.0, 107, PY.1, 108, SEARCH.1, 105, PY.0, 109] {
+            reply.push(id);
+            steps.push(calls.push(&t, &reply));
+        }
+        use CallStep::*;
+        assert_eq!(
+            steps,
+            vec![
+                Text,
+                Opened(Tool::Search),
+                Inside(Tool::Search),
+                // Another tool's closing id inside a search call is part of its text.
+                Inside(Tool::Search),
+                Inside(Tool::Search),
+                Closed(Tool::Search, 2..5),
+                Text,
+                Opened(Tool::Code),
+                Inside(Tool::Code),
+            ]
+        );
+        assert!(calls.is_open());
+        assert_eq!(calls.unclosed(), Some((Tool::Code, 8)));
+        assert!(!calls.is_open() && calls.unclosed().is_none());
+    }
+
+    #[test]
     fn a_code_call_pauses_runs_the_tool_and_feeds_its_output() {
         let mut model = script(&[
             &[PY.0],

@@ -56,6 +56,11 @@ pub enum Preset {
     /// default's 20-minute SFT model answers ~1–3% of the task's held-out problems, too few for
     /// GRPO's groups to carry a signal; after the cold start it answered 34% (2026-12-04).
     Reasoning,
+    /// The default model and stages with 15 more minutes of SFT, whose mix gives the tool lessons
+    /// more rows ([`TOOLS_MIX_COUNTS`]), ≤ 35 minutes: in the default run the tool lessons get
+    /// ~1,300 rows, short of the few thousand copying a searched fact out of a passage took in
+    /// the probes (docs/benchmarks.md).
+    Tools,
     /// The same stages on a GPU (`--device cuda`) with a GPT-2-124M-class model: 12 layers × 768
     /// wide, context 1024, vocab 8192, batch 16 × 1024; ≤ 5 minutes. Pretraining stops at 4
     /// passes over the web text (~1.4 M tokens: more would only memorize it).
@@ -69,6 +74,7 @@ impl Preset {
             Preset::Default => "speedrun",
             Preset::Smoke => "smoke",
             Preset::Reasoning => "reasoning",
+            Preset::Tools => "tools",
             Preset::Gpt2Small => "gpt2-small",
         }
     }
@@ -79,6 +85,7 @@ impl Preset {
             Preset::Default => 20.0,
             Preset::Smoke => 1.0,
             Preset::Reasoning => 26.0,
+            Preset::Tools => 35.0,
             Preset::Gpt2Small => 5.0,
         }
     }
@@ -225,7 +232,7 @@ pub fn base_plan(preset: Preset, minutes: f64) -> Plan {
         gen_tokens: 64,
     };
     match preset {
-        Preset::Default | Preset::Reasoning => p,
+        Preset::Default | Preset::Reasoning | Preset::Tools => p,
         Preset::Smoke => Plan {
             corpus_bytes: 400_000,
             vocab: 512,
@@ -277,6 +284,17 @@ impl Shares {
         };
         match preset {
             Preset::Default | Preset::Smoke | Preset::Gpt2Small => default,
+            // The default's seconds for every stage, and 15 more minutes of SFT.
+            Preset::Tools => {
+                let k = 20.0 / 35.0;
+                Shares {
+                    pretrain: default.pretrain * k,
+                    sft: default.sft * k + 15.0 / 35.0,
+                    honesty: default.honesty * k,
+                    cold_start: 0.0,
+                    rl: default.rl * k,
+                }
+            }
             // The default's seconds for every stage (shares × 20/26 of the 26 minutes), and ~310
             // s of cold start: ~740 steps of ~10 packed problems per row (1.5 M tokens). From the
             // default run's base model, 1.2 M such tokens gave 10% of held-out `arith-easy`, 1.8 M
@@ -622,7 +640,7 @@ pub fn run(
     let timings_path = run.join("timings.json");
     let mut timings: Timings = read_json(&timings_path).unwrap_or_default();
     let threads = opts.threads;
-    let default_mix = write_default_configs(run)?;
+    let default_mix = write_default_configs(run, opts.preset)?;
 
     // 1. data
     let t = Instant::now();
@@ -861,7 +879,8 @@ pub fn run(
             steps: plan.sft_steps,
             lr: 1e-3,
             scale: plan.sft_scale,
-            guard: 0.25,
+            // A little past the stage's share (the tools preset's is longer).
+            guard: (Shares::of(plan.preset).sft + 0.04).max(0.25),
         };
         stage.run(&plan, &tok_abs, opts)?;
         timings.record("sft", t.elapsed().as_secs_f64(), false);
@@ -1176,15 +1195,66 @@ fn write_cold_start_mix(run: &Path, plan: &Plan) -> Result<PathBuf, TrainError> 
     Ok(path)
 }
 
-/// Writes the compiled-in SFT mix, its persona, the base-model prompt and the web pipeline's
+/// Counts the `tools` preset's SFT mix changes, by source kind (or task name). Its SFT has ~4.5×
+/// the default's steps: the tool lessons (1,200 of each in the default) take ~65% of its rows
+/// instead of ~25%, and `count-items` (1,500) is cut so that it gets about the rows it gets in
+/// the default run and RL starts from a model no stronger at it. With the default's count it
+/// answered 65% of the held-out lists greedily after SFT, and RL took that to 45%
+/// (docs/benchmarks.md).
+pub const TOOLS_MIX_COUNTS: [(&str, usize); 3] = [
+    ("tool_code", 4000),
+    ("tool_search", 8000),
+    ("count-items", 600),
+];
+
+/// The SFT mix a preset starts from: the compiled-in default, with the `tools` preset's tool
+/// counts written into it (the text is edited line by line so its comments stay).
+fn preset_mix(preset: Preset) -> String {
+    if preset != Preset::Tools {
+        return DEFAULT_MIX.to_string();
+    }
+    let mut out = String::from(
+        "# The `tools` preset's mix: the default with more tool lessons (TOOLS_MIX_COUNTS).\n",
+    );
+    // The count of the source being read, when the table changes it: a `kind` line starts a
+    // source, a `task` line names a task source more closely.
+    let mut count = None;
+    for line in DEFAULT_MIX.lines() {
+        let name = line
+            .strip_prefix("kind = ")
+            .or_else(|| line.strip_prefix("task = "));
+        if let Some(name) = name {
+            let listed = TOOLS_MIX_COUNTS
+                .iter()
+                .find(|(n, _)| name.trim_matches('"') == *n);
+            if listed.is_some() || line.starts_with("kind = ") {
+                count = listed.map(|(_, c)| *c);
+            }
+        }
+        match count {
+            Some(c) if line.starts_with("count = ") => {
+                out.push_str(&format!("count = {c}\n"));
+                count = None;
+            }
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+/// Writes the preset's SFT mix, its persona, the base-model prompt and the web pipeline's
 /// configuration into `<run>/configs/`
 /// (kept if already there: the user may have edited them) and returns the mix's path.
-fn write_default_configs(run: &Path) -> Result<PathBuf, TrainError> {
+fn write_default_configs(run: &Path, preset: Preset) -> Result<PathBuf, TrainError> {
     let dir = run.join("configs");
     std::fs::create_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
     let pipeline = kiln_data::PipelineConfig::default().to_toml();
+    let mix = preset_mix(preset);
     for (name, text) in [
-        ("sft-mix.toml", DEFAULT_MIX),
+        ("sft-mix.toml", mix.as_str()),
         ("persona.toml", DEFAULT_PERSONA),
         ("base-prompt.txt", DEFAULT_BASE_PROMPT),
         (PIPELINE_CONFIG, pipeline.as_str()),
@@ -1359,6 +1429,56 @@ mod tests {
         assert!(secs(rm, r.cold_start) > 250.0);
         let total = r.pretrain + r.sft + r.honesty + r.cold_start + r.rl;
         assert!(total < 0.95, "{total}: room for data, evals and the report");
+    }
+
+    /// The tools preset keeps every other stage's seconds, adds 15 minutes of SFT, and its mix
+    /// differs from the default only in the tool lessons' counts.
+    #[test]
+    fn tools_preset_adds_sft_minutes_and_tool_lessons() {
+        let (d, t) = (Shares::of(Preset::Default), Shares::of(Preset::Tools));
+        let secs = |p: Preset, s: f64| p.default_minutes() * 60.0 * s;
+        for (a, b) in [
+            (d.pretrain, t.pretrain),
+            (d.honesty, t.honesty),
+            (d.rl, t.rl),
+        ] {
+            assert!((secs(Preset::Default, a) - secs(Preset::Tools, b)).abs() < 1e-6);
+        }
+        let extra = secs(Preset::Tools, t.sft) - secs(Preset::Default, d.sft);
+        assert!((extra - 900.0).abs() < 1e-6, "{extra}");
+        let total = t.pretrain + t.sft + t.honesty + t.cold_start + t.rl;
+        assert!(total < 0.95, "{total}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let parse = |text: &str| {
+            let path = dir.path().join("mix.toml");
+            std::fs::write(&path, text).unwrap();
+            kiln_chat::mix::MixConfig::load(&path).unwrap()
+        };
+        let (default, tools) = (parse(DEFAULT_MIX), parse(&preset_mix(Preset::Tools)));
+        assert_eq!(preset_mix(Preset::Default), DEFAULT_MIX);
+        assert_eq!(default.sources.len(), tools.sources.len());
+        let described = |s: &kiln_chat::mix::SourceConfig| format!("{s:?}");
+        let mut changed = 0;
+        for (a, b) in default.sources.iter().zip(&tools.sources) {
+            use kiln_chat::mix::SourceConfig::{Task, ToolCode, ToolSearch};
+            match (a, b) {
+                (Task { count: x, task }, Task { count: y, .. }) if task == "count-items" => {
+                    assert_eq!((*x, *y), (1500, 600));
+                    changed += 1;
+                }
+                (ToolCode { count: x }, ToolCode { count: y }) => {
+                    assert_eq!((*x, *y), (1200, 4000));
+                    changed += 1;
+                }
+                (ToolSearch { count: x, .. }, ToolSearch { count: y, .. }) => {
+                    assert_eq!((*x, *y), (1200, 8000));
+                    changed += 1;
+                }
+                _ => assert_eq!(described(a), described(b)),
+            }
+        }
+        assert_eq!(changed, 3);
     }
 
     #[test]

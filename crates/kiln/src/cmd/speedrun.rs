@@ -21,6 +21,9 @@ pub enum Preset {
     /// The default plus a cold start before RL (SFT on the RL task's training problems), ≤ 26
     /// minutes: RL then starts from a model that gets some problems right.
     Reasoning,
+    /// The default plus 15 minutes of SFT whose mix gives the tool lessons more rows, ≤ 35
+    /// minutes: the tool and honesty evals with more lessons behind them.
+    Tools,
     /// The same stages with a GPT-2-124M-class model on a GPU (`--device cuda`), ≤ 5 minutes.
     #[value(name = "gpt2-small")]
     Gpt2Small,
@@ -32,6 +35,7 @@ impl From<Preset> for speedrun::Preset {
             Preset::Default => speedrun::Preset::Default,
             Preset::Smoke => speedrun::Preset::Smoke,
             Preset::Reasoning => speedrun::Preset::Reasoning,
+            Preset::Tools => speedrun::Preset::Tools,
             Preset::Gpt2Small => speedrun::Preset::Gpt2Small,
         }
     }
@@ -41,7 +45,7 @@ impl From<Preset> for speedrun::Preset {
 pub struct SpeedrunArgs {
     #[arg(long, value_enum, default_value_t = Preset::Default)]
     pub preset: Preset,
-    /// Total time budget in minutes [default: 20, smoke: 1, reasoning: 26, gpt2-small: 5];
+    /// Total time budget in minutes [default: 20, smoke: 1, reasoning: 26, tools: 35, gpt2-small: 5];
     /// scales training steps.
     #[arg(long)]
     pub minutes: Option<f64>,
