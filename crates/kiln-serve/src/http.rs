@@ -424,7 +424,8 @@ async fn whole(meta: Meta, n: usize, mut rx: UnboundedReceiver<Event>) -> Respon
     let mut text = vec![String::new(); n];
     let mut lps: Vec<Vec<TokenLogprob>> = (0..n).map(|_| Vec::new()).collect();
     let mut reasons = vec![FinishReason::Length; n];
-    let mut calls: Vec<Vec<Value>> = vec![Vec::new(); n];
+    // Per choice, its tool calls: (tool, input, output).
+    let mut calls: Vec<Vec<(&str, String, Option<String>)>> = vec![Vec::new(); n];
     let (prompt_tokens, completion_tokens) = loop {
         match rx.recv().await {
             Some(Event::ToolInput {
@@ -435,10 +436,9 @@ async fn whole(meta: Meta, n: usize, mut rx: UnboundedReceiver<Event>) -> Respon
             }) => {
                 let list = &mut calls[index];
                 if list.len() <= call {
-                    list.push(json!({"tool": tool, "input": "", "output": null}));
+                    list.push((tool, String::new(), None));
                 }
-                let entry = &mut list[call]["input"];
-                *entry = json!(format!("{}{input}", entry.as_str().unwrap_or("")));
+                list[call].1.push_str(&input);
             }
             Some(Event::ToolOutput {
                 index,
@@ -446,7 +446,7 @@ async fn whole(meta: Meta, n: usize, mut rx: UnboundedReceiver<Event>) -> Respon
                 output,
             }) => {
                 if let Some(c) = calls[index].get_mut(call) {
-                    c["output"] = json!(output);
+                    c.2 = Some(output);
                 }
             }
             Some(Event::Delta {
@@ -475,7 +475,12 @@ async fn whole(meta: Meta, n: usize, mut rx: UnboundedReceiver<Event>) -> Respon
                     if !calls[i].is_empty() {
                         // kiln's extension, apart from OpenAI's `tool_calls` (which ask the
                         // client to run a function): calls the server ran, with their outputs.
-                        message["kiln_tool_calls"] = Value::Array(std::mem::take(&mut calls[i]));
+                        message["kiln_tool_calls"] = calls[i]
+                            .iter()
+                            .map(|(tool, input, output)| {
+                                json!({"tool": tool, "input": input, "output": output})
+                            })
+                            .collect();
                     }
                     json!({
                         "index": i,

@@ -11,7 +11,9 @@
 //! 3. **step**: one decode step for all sequences still running, each at its own position;
 //!
 //! so requests join and leave the batch between steps, and a finished, cancelled (the client's
-//! receiver is gone) or timed-out request frees its slots at once.
+//! receiver is gone) or timed-out request frees its slots at once. The thread never blocks on a
+//! client: events go out on unbounded channels, and a slow reader only costs memory for the text
+//! it has not read yet (bounded by `max_tokens`).
 //!
 //! **Tools** (a kiln checkpoint served with `--tools`): when a chat reply's sampled token closes
 //! a tool call, that sequence leaves the batch and the call runs on a thread of its own (a
@@ -20,9 +22,7 @@
 //! into the sequence's slot on top of the cache it holds (`prefill_reusing`, as RL rollouts do),
 //! and the sequence rejoins the batch. Limits are kiln-chat's per-turn ones: calls, output
 //! length (cut and marked) and the reply's time for tools; a call past them gets an error line
-//! the model reads, as does a call the model never closes. The thread never blocks on a
-//! client: events go out on unbounded channels, and a slow reader only costs memory for the text
-//! it has not read yet (bounded by `max_tokens`).
+//! the model reads, as does a call the model never closes.
 //!
 //! The queue is a `sync_channel`: its capacity is the number of requests that may wait for a
 //! slot, and a full queue is the HTTP side's 503. The scheduler only takes a request out of it
