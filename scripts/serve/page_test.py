@@ -95,6 +95,14 @@ def main():
     def streaming():
         return "streaming" in (find(By.TAG_NAME, "body").get_attribute("class") or "")
 
+    def open_stored(conv):
+        """Puts `conv` in the page's localStorage as the current conversation and reloads."""
+        js("const s = JSON.parse(localStorage.getItem('kiln.chat.v1'));"
+           "s.convs.unshift(arguments[0]); s.current = arguments[0].id;"
+           "localStorage.setItem('kiln.chat.v1', JSON.stringify(s));", conv)
+        d.refresh()
+        wait(lambda: find(By.ID, "model").text == args.model, 60, "reload")
+
     def send(text):
         box = find(By.ID, "input")
         box.clear()
@@ -150,11 +158,7 @@ def main():
         conv = {"id": "hostile", "title": "Markdown check", "system": "",
                 "messages": [{"role": "user", "content": "<b>hi</b>"},
                              {"role": "assistant", "content": HOSTILE}]}
-        js("const s = JSON.parse(localStorage.getItem('kiln.chat.v1'));"
-           "s.convs.unshift(arguments[0]); s.current = 'hostile';"
-           "localStorage.setItem('kiln.chat.v1', JSON.stringify(s));", conv)
-        d.refresh()
-        wait(lambda: find(By.ID, "model").text == args.model, 60, "reload")
+        open_stored(conv)
         box = find(By.ID, "messages")
         assert js("return window.__pwned") is None, "script ran"
         assert not box.find_elements(By.TAG_NAME, "img") and not box.find_elements(By.TAG_NAME, "script")
@@ -176,11 +180,7 @@ def main():
                 "messages": [{"role": "user", "content": "run it"},
                              {"role": "assistant", "content": "Let me check. It printed a **tag**.",
                               "parts": parts}]}
-        js("const s = JSON.parse(localStorage.getItem('kiln.chat.v1'));"
-           "s.convs.unshift(arguments[0]); s.current = 'tools';"
-           "localStorage.setItem('kiln.chat.v1', JSON.stringify(s));", conv)
-        d.refresh()
-        wait(lambda: find(By.ID, "model").text == args.model, 60, "reload")
+        open_stored(conv)
         box = find(By.ID, "messages")
         assert js("return window.__pwned") is None, "script ran"
         assert not box.find_elements(By.TAG_NAME, "img")
